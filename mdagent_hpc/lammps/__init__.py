@@ -1,0 +1,4 @@
+"""Pure LAMMPS domain: parsing, policy, potentials, preflight, log reading, evaluation.
+
+Nothing here imports AiiDA, Parsl or an HTTP client.
+"""

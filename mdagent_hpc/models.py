@@ -63,6 +63,7 @@ class Command(BaseModel):
         default_factory=list,
         description="every distinct word list this command can execute as (loops, index variables)",
     )
+    context: str = Field("", description="'if', 'run' or 'partition' when carried inside that command")
 
     @property
     def name(self) -> str:

@@ -5,7 +5,7 @@ import pytest
 
 from mdagent_hpc.lammps.parser import ScriptError, parse_script, parse_text, split_words, strip_comment
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "lammps-examples"
+from conftest import CORPUS
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())["examples"]
 
 

@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import CORPUS
 
 from mdagent_hpc.lammps.parser import parse_script, parse_text
 from mdagent_hpc.lammps.policy import check_policy
@@ -105,7 +106,6 @@ def test_loop_multiplies_steps():
 
 
 def test_corpus_passes_policy():
-    corpus = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "lammps-examples"
-    for folder in sorted(p for p in corpus.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in CORPUS.iterdir() if p.is_dir()):
         script = next(folder.glob("in.*"))
         assert check_policy(parse_script(script), None, folder) == [], folder.name

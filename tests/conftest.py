@@ -1,0 +1,30 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = Path(os.environ.get("MDAGENT_CORPUS", REPO.parent / "shared" / "corpus" / "lammps-examples"))
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    assert CORPUS.is_dir(), f"the LAMMPS example corpus is not at {CORPUS}; set MDAGENT_CORPUS"
+    return CORPUS
+
+
+def copy_example(src: Path, dest: Path) -> Path:
+    """A writable copy of a (read-only) corpus folder."""
+    shutil.copytree(src, dest)
+    for path in [dest, *dest.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)
+    return dest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Each test session gets its own MDAGENT_HOME, never the developer's."""
+    home = tmp_path_factory.getbasetemp() / "mdagent-home"
+    monkeypatch.setenv("MDAGENT_HOME", str(home))
+    monkeypatch.delenv("MDAGENT_SITE_POTENTIALS", raising=False)

@@ -24,14 +24,19 @@ def _types(word: str, ntypes: int) -> range | None:
     return range(lo, hi + 1)
 
 
-def _data_types(path: Path) -> int | None:
+def _data_file(path: Path) -> tuple[int | None, str | None]:
+    """Atom types in a data file's header, and its pair section ('Pair Coeffs' or 'PairIJ Coeffs'), if any."""
+    ntypes, section = None, None
     if not path.is_file():
-        return None
+        return ntypes, section
     with path.open(errors="replace") as fh:
-        for _, line in zip(range(60), fh, strict=False):
-            if m := re.match(r"\s*(\d+)\s+atom types\b", line):
-                return int(m.group(1))
-    return None
+        for line in fh:
+            if ntypes is None and (m := re.match(r"\s*(\d+)\s+atom types\b", line)):
+                ntypes = int(m.group(1))
+            elif line.startswith(("Pair Coeffs", "PairIJ Coeffs")):
+                section = line.split("#")[0].strip()
+                break
+    return ntypes, section
 
 
 def _diag(cmd: Command, code: str, message: str, hint: str, severity: Severity = Severity.ERROR) -> Diagnostic:
@@ -53,7 +58,10 @@ def pair_coefficient_checks(script: ParsedScript, run_dir: Path | None) -> list[
         elif n == "create_box" and a and a[0].isdigit():
             ntypes = int(a[0])
         elif n == "read_data" and a and run_dir is not None and ntypes is None:
-            ntypes = _data_types(run_dir / a[0])
+            ntypes, section = _data_file(run_dir / a[0])
+            if ntypes and section:
+                first = range(1, ntypes + 1)
+                covered |= {(i, j) for i in first for j in first if i == j or section == "PairIJ Coeffs"}
         elif n == "read_restart":
             ntypes = None  # coefficients may come from the restart file
         elif n == "pair_style" and a:

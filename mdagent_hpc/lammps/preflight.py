@@ -1,0 +1,181 @@
+"""Everything knowable before a job is queued: parse, policy, potentials, static checks, `lmp -skiprun`.
+
+The dry run executes the script (every command but run/minimize), so it runs only when the policy found
+nothing, in a scratch copy of the run folder, inside the sandbox when bubblewrap is there, under a timeout
+and a memory cap. A timeout is a failure, never a pass.
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from mdagent_hpc.lammps.install import LammpsInstall, find_lammps
+from mdagent_hpc.lammps.log import parse_log
+from mdagent_hpc.lammps.parser import ScriptError, parse_script
+from mdagent_hpc.lammps.policy import check_policy
+from mdagent_hpc.lammps.potentials import resolve_potentials
+from mdagent_hpc.lammps.sandbox import bwrap_path, sandboxed
+from mdagent_hpc.lammps.static import static_checks
+from mdagent_hpc.models import Command, Diagnostic, Limits, ParsedScript, PreflightReport, Severity
+
+DRY_RUN_MEMORY_BYTES = 4 * 1024**3
+MAX_COPY_BYTES = 2 * 1024**3
+
+# Errors that only happen because -skiprun skipped the runs that would have computed something.
+SKIPRUN_ARTIFACTS = (
+    "Energy was not tallied",
+    "Virial was not tallied",
+    "is not current",
+    "used between runs is not current",
+    "requires thermo to use/init",
+)
+
+# (pattern in the LAMMPS error message, hint)
+HINTS = [
+    (r"Unrecognized (\w+) style '([^']+)' is part of the (\S+) package",
+     "this LAMMPS lacks the {2} package; pick a {0} style from the installed packages"),
+    (r"Unrecognized (\w+) style '([^']+)'", "'{1}' is not a {0} style of this LAMMPS; check the spelling"),
+    (r"Unknown command", "check the spelling; it may need a package this LAMMPS lacks"),
+    (r"Cannot open (?:file|data file|restart file|include file|.*potential file) ([^\s:]+)",
+     "the file {0} is not in the run folder or the potentials folders; create it or use an available file"),
+    (r"Cannot open", "a file the script reads is missing; create it in the run folder"),
+    (r"Substitution for illegal variable", "define the variable before the line that uses it"),
+    (r"Incorrect args for pair coefficients", "check the pair_coeff arguments against the pair_style's doc"),
+    (r"Illegal (\S+) command", "check the arguments of {0} against the LAMMPS manual"),
+    (r"All pair coeffs are not set", "set pair_coeff for every pair of atom types"),
+    (r"Invalid atom type", "atom types run from 1 to the number given in create_box or the data file"),
+    (r"Did not assign all atoms correctly", "the atoms lie outside the box; check the region and lattice"),
+    (r"Element .* not in|not found in potential file|Element \S+ not defined",
+     "the potential file does not describe that element; choose a file that does"),
+    (r"Pair style .* requires", "this pair style needs another setting first; read its doc's restrictions"),
+    (r"Must have more than one processor partition", "run without partitions here"),
+]
+
+
+def _hint(message: str) -> str:
+    for pattern, hint in HINTS:
+        if m := re.search(pattern, message, re.IGNORECASE):
+            return hint.format(*m.groups())
+    return "read the LAMMPS manual page of this command and fix its arguments"
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.replace('"', "").replace("'", "").split())
+
+
+def find_command(script: ParsedScript, text: str) -> Command | None:
+    """The command LAMMPS reported as `Last input line:`, matched on words after or before substitution."""
+    target = _norm(text)
+    if not target:
+        return None
+    for cmd in reversed(script.commands):
+        if target in (_norm(" ".join(cmd.words)), _norm(cmd.text)) or any(
+                target == _norm(" ".join(v)) for v in cmd.variants):
+            return cmd
+    return next((c for c in reversed(script.commands) if target in _norm(c.text)), None) or next(
+        (c for c in reversed(script.commands) if c.name == target.split()[0]), None)
+
+
+def _copy_run_dir(src: Path, dest: Path) -> None:
+    total = 0
+    for path in src.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            total += path.stat().st_size
+            if total > MAX_COPY_BYTES:
+                raise ScriptError(f"the run folder {src} holds over {MAX_COPY_BYTES // 1024**3} GB; "
+                                  "keep only the files the script reads there")
+            target = dest / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (DRY_RUN_MEMORY_BYTES, DRY_RUN_MEMORY_BYTES))
+
+
+def dry_run(script: ParsedScript, run_dir: Path, install: LammpsInstall, limits: Limits,
+            stage: dict[str, Path]) -> tuple[list[Diagnostic], float, str]:
+    """`lmp -skiprun` in a scratch copy; returns diagnostics, seconds, and the log text."""
+    diags: list[Diagnostic] = []
+    with tempfile.TemporaryDirectory(prefix="mdagent-preflight-") as tmp:
+        scratch = Path(tmp) / "run"
+        scratch.mkdir()
+        _copy_run_dir(run_dir, scratch)
+        for name, path in stage.items():
+            if not (scratch / name).exists():
+                shutil.copyfile(path, scratch / name)
+        argv = install.command("-in", script.main, "-skiprun", "-log", "log.preflight", "-nocite",
+                               "-screen", "none")
+        env = install.environ({"PATH": "/usr/bin:/bin", "HOME": str(scratch)})
+        if bwrap_path():
+            read_only = [install.potentials_dir] if install.potentials_dir else []
+            argv = sandboxed(argv, scratch, env, read_only)
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(argv, cwd=scratch, env=env, capture_output=True, text=True, errors="replace",
+                                  timeout=limits.skiprun_timeout_s, preexec_fn=_limit_memory)
+        except subprocess.TimeoutExpired:
+            seconds = time.monotonic() - start
+            return [Diagnostic(severity=Severity.ERROR, code="preflight.timeout",
+                               message=f"the dry run (lmp -skiprun) did not finish in {limits.skiprun_timeout_s:.0f} s",
+                               hint="the setup itself is too slow (huge system or loop); make it smaller")], seconds, ""
+        seconds = time.monotonic() - start
+        log_path = scratch / "log.preflight"
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    log = parse_log(text + "\n" + proc.stdout)
+    for err in log.errors:
+        cmd = find_command(script, err.last_input) if err.last_input else None
+        artifact = any(a in err.message for a in SKIPRUN_ARTIFACTS)
+        diags.append(Diagnostic(
+            severity=Severity.WARNING if artifact else Severity.ERROR,
+            code="preflight.skiprun_limit" if artifact else "lammps.error",
+            message=err.message, line=cmd.line if cmd else None, file=cmd.file if cmd else None,
+            command=cmd.text if cmd else err.last_input,
+            hint=("the dry run skips runs, so this value is not computed yet; it is checked only in the real "
+                  "run, and commands after this line were not dry-run") if artifact else _hint(err.message)))
+    if proc.returncode != 0 and not log.errors:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        diags.append(Diagnostic(severity=Severity.ERROR, code="preflight.crash",
+                                message=f"lmp -skiprun exited with status {proc.returncode}: {' | '.join(tail)}",
+                                hint="LAMMPS stopped without an ERROR line; simplify the script around its end"))
+    if log.atoms and log.atoms > limits.max_atoms:
+        diags.append(Diagnostic(severity=Severity.ERROR, code="limit.atoms",
+                                message=f"the dry run created {log.atoms} atoms; the limit is {limits.max_atoms}",
+                                hint="use a smaller box or region"))
+    return diags, seconds, text
+
+
+def preflight(script_path: Path, run_dir: Path | None = None, *, limits: Limits | None = None,
+              install: LammpsInstall | None = None, dry: bool = True) -> PreflightReport:
+    """Check a script in its run folder (default: the script's folder). Never raises for a bad script."""
+    start = time.monotonic()
+    script_path = Path(script_path)
+    run_dir = Path(run_dir or script_path.parent)
+    limits = limits or Limits()
+    try:
+        script = parse_script(script_path, run_dir)
+    except ScriptError as exc:
+        return PreflightReport(script=str(script_path), ok=False, diagnostics=[Diagnostic(
+            severity=Severity.ERROR, code="script.unreadable", message=str(exc),
+            hint="pass the path of a LAMMPS input script")], seconds=time.monotonic() - start)
+    diags = list(script.diagnostics) + check_policy(script, limits, run_dir)
+    potentials, potential_diags = resolve_potentials(script, run_dir)
+    diags += potential_diags + static_checks(script, run_dir)
+    skiprun_seconds = None
+    if dry and not any(d.severity == Severity.ERROR for d in diags):
+        stage = {p.name: Path(p.resolved) for p in potentials
+                 if p.resolved and p.source not in ("run-folder", "lammps")}
+        try:
+            dry_diags, skiprun_seconds, _ = dry_run(script, run_dir, install or find_lammps(), limits, stage)
+        except ScriptError as exc:
+            dry_diags = [Diagnostic(severity=Severity.ERROR, code="preflight.copy", message=str(exc))]
+        diags += dry_diags
+    ok = not any(d.severity == Severity.ERROR for d in diags)
+    return PreflightReport(script=script.main, ok=ok, diagnostics=diags, potentials=potentials,
+                           files=script.files, skiprun_seconds=skiprun_seconds, seconds=time.monotonic() - start)

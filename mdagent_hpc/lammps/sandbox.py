@@ -62,3 +62,21 @@ def sandboxed(argv: list[str], run_dir: Path, env: dict[str, str], read_only: li
     for key, value in env.items():
         cmd += ["--setenv", key, value]
     return [*cmd, "--", *argv]
+
+
+def main() -> None:
+    """`mdagent-lmp ARGS`: run this machine's LAMMPS on ARGS, sandboxed in the current folder."""
+    import sys
+
+    from mdagent_hpc.lammps.install import LammpsNotFound, find_lammps
+
+    try:
+        install = find_lammps()
+        cwd = Path.cwd()
+        env = install.environ({"PATH": "/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8"})
+        read_only = [install.potentials_dir] if install.potentials_dir else []
+        argv = sandboxed(install.command(*sys.argv[1:]), cwd, env, read_only)
+    except (LammpsNotFound, SandboxUnavailable) as exc:
+        print(f"mdagent-lmp: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    os.execv(argv[0], argv)

@@ -161,14 +161,14 @@ def potentials_find(elements, style, as_json) -> None:
     matches = find_potentials(list(elements), style)
     if as_json:
         emit_json([m.model_dump(mode="json") for m in matches])
-    else:
-        table = Table("file", "style", "elements", "source", "md5")
+    elif matches:
+        table = Table("file", "styles", "elements", "folder", "md5")
         for m in matches:
-            table.add_row(m.name, m.style or "?", " ".join(m.elements), m.source, m.md5[:12])
+            table.add_row(m.name, " ".join(m.styles) or "?", " ".join(m.elements), str(Path(m.path).parent), m.md5[:12])
         out.print(table)
-        if not matches:
-            out.print(f"no potential file covers {' '.join(elements)}{' for ' + style if style else ''}; "
-                      "try without --style, or put a file in the run folder or MDAGENT_SITE_POTENTIALS")
+    else:
+        out.print(f"no potential file covers {' '.join(elements)}{' for ' + style if style else ''}; "
+                  "try without --style, or put a file in the run folder or MDAGENT_SITE_POTENTIALS")
     sys.exit(0 if matches else 1)
 
 

@@ -174,3 +174,200 @@ def potentials_find(elements, style, as_json) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- the agent ------------------------------------------------------------------------------------------------
+def _load_aiida():
+    from mdagent_hpc.workflows.profile import ProfileError, ensure_profile
+
+    try:
+        return ensure_profile()
+    except ProfileError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _live_reports() -> None:
+    """Print the workflow's `report` messages as they happen."""
+    import logging
+
+    class Live(logging.Handler):
+        def emit(self, record):
+            msg = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                err.print(f"[yellow]{msg}[/]", highlight=False)
+            else:
+                err.print(f"[dim]•[/] {msg}", highlight=False)
+
+    logger = logging.getLogger("aiida.orm.nodes.process.workflow.workchain.WorkChainNode")
+    logger.addHandler(Live(level=23))  # AiiDA's REPORT level
+
+
+@main.command()
+@click.argument("task")
+@click.option("--daemon", is_flag=True, help="submit to the AiiDA daemon and return at once")
+@click.option("--max-attempts", type=click.IntRange(1, 50), default=5, show_default=True)
+@click.option("--model", help="model name (default: MDAGENT_LLM_MODEL, else the first the server lists)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def run(task, daemon, max_attempts, model, as_json) -> None:
+    """Generate, check, run and evaluate LAMMPS for TASK, correcting until it passes."""
+    from mdagent_hpc.llm import LLMError, load_llm_settings
+    from mdagent_hpc.workflows.generate import STORED_SETTINGS
+
+    words = task.split()
+    if len(words) < 3 or len(task) > 4000:
+        raise UserError("describe the simulation in a sentence (3 words to 4000 characters), e.g. "
+                        "\"Melt a 4000-atom Cu crystal with EAM at 2000 K\"")
+    try:
+        settings = load_llm_settings({"model": model} if model else None)
+    except LLMError as exc:
+        raise UserError(str(exc)) from None
+    _load_aiida()
+    from aiida import orm
+    from aiida.engine import run_get_node, submit
+
+    from mdagent_hpc.agent.loop import LoopPolicy
+    from mdagent_hpc.workflows.agent import AgentWorkChain
+    from mdagent_hpc.workflows.profile import LOCAL_CODE, LOCAL_COMPUTER
+
+    llm = {k: v for k, v in settings.model_dump(mode="json").items() if k in STORED_SETTINGS and v is not None}
+    inputs = {"task": orm.Str(task), "code": orm.load_code(f"{LOCAL_CODE}@{LOCAL_COMPUTER}"),
+              "llm": orm.Dict(llm), "loop": orm.Dict(LoopPolicy(max_attempts=max_attempts).model_dump(mode="json"))}
+    if daemon:
+        _ensure_daemon()
+        node = submit(AgentWorkChain, **inputs)
+        if as_json:
+            emit_json({"pk": node.pk, "uuid": node.uuid, "state": "submitted"})
+        else:
+            out.print(f"submitted: pk {node.pk}; follow it with `mdagent show {node.pk}`")
+        return
+    if not as_json:
+        _live_reports()
+    _, node = run_get_node(AgentWorkChain, **inputs)
+    summary = run_summary(node)
+    if as_json:
+        emit_json(summary)
+    else:
+        print_summary(summary)
+    sys.exit(0 if node.is_finished_ok else 1)
+
+
+def _ensure_daemon() -> None:
+    from aiida.engine.daemon.client import get_daemon_client
+
+    client = get_daemon_client()
+    if not client.is_daemon_running:
+        with err.status("starting the AiiDA daemon ...", spinner="dots"):
+            client.start_daemon(number_workers=1)
+
+
+def run_summary(node) -> dict:
+    """What a user wants to know about one agent run, from its node and the nodes it called."""
+    from aiida.common.links import LinkType
+
+    called = {link.link_label: link.node for link in
+              node.base.links.get_outgoing(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK)).all()}
+    attempts = []
+    for n in range(1, int(node.base.extras.get("attempts", 0)) + 1):
+        step = {"attempt": n}
+        gen = called.get(f"generate_{n}")
+        if gen is not None:
+            step["generate"] = {"pk": gen.pk, "exit_status": gen.exit_status}
+            if "script" in gen.outputs:
+                step["script"] = gen.outputs.script.get_content()
+        if (pre := called.get(f"preflight_{n}")) is not None:
+            report = pre.outputs.result.get_dict()
+            step["preflight"] = {"pk": pre.pk, "ok": report["ok"], "diagnostics": report["diagnostics"]}
+        if (calc := called.get(f"run_{n}")) is not None:
+            step["run"] = {"pk": calc.pk, "exit_status": calc.exit_status, "workdir": calc.get_remote_workdir()}
+        if (ev := called.get(f"evaluate_{n}")) is not None:
+            result = ev.outputs.result.get_dict()
+            step["evaluation"] = {"pk": ev.pk, "grade": result["grade"], "reward": result["reward"],
+                                  "findings": result["findings"]}
+        attempts.append(step)
+    extras = node.base.extras.all
+    return {"pk": node.pk, "uuid": node.uuid, "task": extras.get("task"), "state": node.process_state.value
+            if node.process_state else None, "exit_status": node.exit_status, "exit_message": node.exit_message,
+            "verdict": extras.get("verdict"), "grade": extras.get("grade"), "reward": extras.get("reward"),
+            "ctime": node.ctime.isoformat(), "attempts": attempts}
+
+
+def print_summary(summary: dict) -> None:
+    import difflib
+
+    previous = None
+    for step in summary["attempts"]:
+        out.rule(f"attempt {step['attempt']}")
+        script = step.get("script")
+        if script and previous:
+            diff = difflib.unified_diff(previous.splitlines(), script.splitlines(), "previous", "this", lineterm="")
+            out.print("\n".join(diff) or "(same script)", highlight=False)
+        elif script:
+            out.print(script, highlight=False)
+        previous = script or previous
+        if "preflight" in step and not step["preflight"]["ok"]:
+            print_diagnostics([Diagnostic(**d) for d in step["preflight"]["diagnostics"]])
+        if "evaluation" in step:
+            ev = step["evaluation"]
+            out.print(f"evaluation: {ev['grade']} reward {ev['reward']:.2f}")
+            for f in ev["findings"]:
+                if f["severity"] != "info":
+                    out.print(f"  {f['severity']:7} {f['rule']}: {f['message']}", highlight=False)
+        if "run" in step:
+            out.print(f"outputs: {step['run']['workdir']}", highlight=False)
+    verdict = summary["verdict"]
+    color = "green" if verdict == "passed" else "red"
+    grade = f", grade {summary['grade']} (reward {summary['reward']:.2f})" if summary.get("grade") else ""
+    reason = f": {summary['exit_message']}" if summary.get("exit_message") else ""
+    out.print(f"[bold {color}]{verdict}[/]{grade} after {len(summary['attempts'])} attempt(s){reason}; "
+              f"pk {summary['pk']}")
+
+
+@main.command()
+@click.argument("pk", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def show(pk, as_json) -> None:
+    """The story of one run: each attempt's script diff, diagnostics and evaluation."""
+    _load_aiida()
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    from mdagent_hpc.workflows.agent import AgentWorkChain
+
+    try:
+        node = orm.load_node(pk)
+    except NotExistent:
+        raise UserError(f"no node with pk {pk}; `mdagent runs` lists the runs") from None
+    if node.process_class is not AgentWorkChain:
+        raise UserError(f"node {pk} is not an agent run; `mdagent runs` lists the runs")
+    summary = run_summary(node)
+    if as_json:
+        emit_json(summary)
+    else:
+        print_summary(summary)
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def runs(limit, as_json) -> None:
+    """Recent agent runs: task, verdict, grade, attempts, time."""
+    _load_aiida()
+    from aiida import orm
+
+    qb = orm.QueryBuilder().append(orm.WorkChainNode, filters={"attributes.process_label": "AgentWorkChain"},
+                                   project=["*"], tag="run").order_by({"run": {"ctime": "desc"}}).limit(limit)
+    rows = []
+    for (node,) in qb.all():
+        extras = node.base.extras.all
+        seconds = (node.mtime - node.ctime).total_seconds()
+        rows.append({"pk": node.pk, "task": extras.get("task"), "verdict": extras.get("verdict"),
+                     "grade": extras.get("grade"), "attempts": extras.get("attempts"),
+                     "ctime": node.ctime.isoformat(timespec="seconds"), "seconds": round(seconds, 1)})
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("pk", "task", "verdict", "grade", "attempts", "started", "s")
+    for r in rows:
+        table.add_row(str(r["pk"]), (r["task"] or "")[:60], r["verdict"] or "", r["grade"] or "",
+                      str(r["attempts"]), r["ctime"], str(r["seconds"]))
+    out.print(table)

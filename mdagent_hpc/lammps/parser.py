@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdagent_hpc.lammps.files import file_accesses
-from mdagent_hpc.models import Command, Diagnostic, FileAccess, ParsedScript, Severity
+from mdagent_hpc.models import Command, Diagnostic, ParsedScript, Severity
 
 MAX_SCRIPT_BYTES = 5_000_000
 MAX_VARIANTS = 64

@@ -1,0 +1,65 @@
+"""One LLM generation as an AiiDA process whose `run` is a coroutine.
+
+The HTTP call runs in a worker thread and the process awaits it, so a slow endpoint leaves the daemon
+worker's event loop free for every other process (see docs/architecture.md for the measurement). The node is
+a CalcFunctionNode, so the script it returns is *created* by it in the provenance graph, from the prompt and
+the sampling settings. The API key is read where the process runs (environment or config file), never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from aiida import orm
+from aiida.engine import Process
+
+from mdagent_hpc.llm import LLMError, LLMUnavailable, generate, load_llm_settings
+
+# Settings that may be stored (and so passed as inputs); the API key is deliberately not among them.
+STORED_SETTINGS = ("base_url", "model", "timeout_s", "max_retries", "temperature", "top_p", "max_tokens", "seed",
+                   "structured_output")
+
+
+class GenerateScript(Process):
+    _node_class = orm.CalcFunctionNode
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input("messages", valid_type=orm.List, help="the chat messages sent to the model")
+        spec.input("settings", valid_type=orm.Dict, help="endpoint and sampling settings (no secrets)")
+        spec.output("script", valid_type=orm.SinglefileData, required=False)
+        spec.output_namespace("files", valid_type=orm.SinglefileData, dynamic=True, required=False)
+        spec.output("response", valid_type=orm.Dict, help="raw answer, model, usage, latency, problems")
+        spec.exit_code(300, "ERROR_LLM_UNAVAILABLE", message="the LLM endpoint failed: {kind}: {message}")
+        spec.exit_code(310, "ERROR_NO_SCRIPT", message="the answer held no usable script")
+
+    def _build_process_label(self) -> str:
+        return "generate_script"
+
+    async def run(self):
+        from mdagent_hpc.lammps.policy import path_problem
+        from mdagent_hpc.workflows.lammps_calc import node_key
+
+        overrides = {k: v for k, v in self.inputs.settings.get_dict().items() if k in STORED_SETTINGS}
+        messages = self.inputs.messages.get_list()
+        try:
+            settings = load_llm_settings(overrides)
+            call = functools.partial(generate, settings, messages)
+            generation = await asyncio.get_running_loop().run_in_executor(None, call)
+        except LLMUnavailable as exc:
+            self.out("response", orm.Dict({"error": exc.kind, "message": str(exc)}))
+            return self.exit_codes.ERROR_LLM_UNAVAILABLE.format(kind=exc.kind, message=str(exc))
+        except LLMError as exc:
+            self.out("response", orm.Dict({"error": "config", "message": str(exc)}))
+            return self.exit_codes.ERROR_LLM_UNAVAILABLE.format(kind="config", message=str(exc))
+        response = generation.model_dump(mode="json", exclude={"messages", "script"})
+        self.out("response", orm.Dict(response))
+        if generation.script is None:
+            return self.exit_codes.ERROR_NO_SCRIPT
+        self.out("script", orm.SinglefileData.from_string(generation.script.script, filename="in.lammps"))
+        for name, content in generation.script.files.items():
+            if "/" not in name and path_problem(name) is None:  # refused names are reported by preflight
+                self.out(f"files.{node_key(name)}", orm.SinglefileData.from_string(content, filename=name))
+        return None

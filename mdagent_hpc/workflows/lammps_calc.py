@@ -1,0 +1,88 @@
+"""A LAMMPS run as an AiiDA CalcJob, and its parser.
+
+Ours rather than aiida-lammps' LammpsRawCalculation: that parser reads only stdout and stops at the first
+ERROR, while the agent needs the whole log (every thermo block, warnings, the error with its input line)
+to evaluate the run and to feed failures back. Potential files are inputs, so their content is in provenance.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from aiida import orm
+from aiida.common import datastructures
+from aiida.engine import CalcJob
+from aiida.parsers import Parser
+
+from mdagent_hpc.lammps.log import parse_log
+
+INPUT = "in.lammps"
+LOG = "log.lammps"
+STDOUT = "lammps.out"
+
+
+def node_key(filename: str) -> str:
+    """A port name for a file name (ports allow letters, digits and underscores)."""
+    key = re.sub(r"\W", "_", filename)
+    return key if key[:1].isalpha() else f"f_{key}"
+
+
+class LammpsCalculation(CalcJob):
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input("script", valid_type=orm.SinglefileData, help="the LAMMPS input script")
+        spec.input_namespace("files", valid_type=orm.SinglefileData, dynamic=True, required=False,
+                             help="extra files the script reads, staged under their filename")
+        spec.input_namespace("potentials", valid_type=orm.SinglefileData, dynamic=True, required=False,
+                             help="potential files, staged under their filename")
+        spec.inputs["metadata"]["options"]["resources"].default = {"num_machines": 1,
+                                                                  "num_mpiprocs_per_machine": 1}
+        spec.inputs["metadata"]["options"]["parser_name"].default = "mdagent.lammps"
+        spec.inputs["metadata"]["options"]["withmpi"].default = False
+        spec.output("results", valid_type=orm.Dict, help="summary of the log: completion, errors, last thermo row")
+        spec.exit_code(310, "ERROR_NO_LOG", message="LAMMPS wrote no log: it did not start")
+        spec.exit_code(320, "ERROR_LAMMPS", message="LAMMPS stopped with an ERROR")
+        spec.exit_code(321, "ERROR_INCOMPLETE", message="the log ends before 'Total wall time': the run was cut off")
+
+    def prepare_for_submission(self, folder):
+        local_copy_list = [(self.inputs.script.uuid, self.inputs.script.filename, INPUT)]
+        for namespace in ("files", "potentials"):
+            for node in (self.inputs[namespace].values() if namespace in self.inputs else []):
+                local_copy_list.append((node.uuid, node.filename, node.filename))
+        codeinfo = datastructures.CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = ["-in", INPUT, "-log", LOG, "-nocite"]
+        codeinfo.stdout_name = STDOUT
+        calcinfo = datastructures.CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        calcinfo.local_copy_list = local_copy_list
+        calcinfo.retrieve_list = [LOG, STDOUT]
+        return calcinfo
+
+
+class LammpsParser(Parser):
+    def parse(self, **kwargs):
+        retrieved = self.retrieved
+        names = retrieved.base.repository.list_object_names()
+        if LOG not in names:
+            return self.exit_codes.ERROR_NO_LOG
+        log = parse_log(retrieved.base.repository.get_object_content(LOG, mode="r"))
+        last = log.last_block
+        self.out("results", orm.Dict({
+            "completed": log.completed,
+            "errors": [e.message for e in log.errors],
+            "warnings": len(log.warnings),
+            "atoms": log.atoms,
+            "blocks": len(log.blocks),
+            "total_wall_time": log.total_wall_time,
+            "final_thermo": {c: v if math.isfinite(v) else str(v) for c, v in zip(last.columns, last.rows[-1],
+                                                                                     strict=False)}
+            if last and last.rows else {},
+        }))
+        if log.errors:
+            return self.exit_codes.ERROR_LAMMPS
+        if not log.completed:
+            return self.exit_codes.ERROR_INCOMPLETE
+        return None

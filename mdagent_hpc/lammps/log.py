@@ -155,7 +155,7 @@ def _numbers(tokens: list[str]) -> list[float] | None:
 
 
 def _is_header(tokens: list[str]) -> bool:
-    return bool(tokens) and _numbers(tokens[:1]) is None and all(_numbers([t]) is None for t in tokens)
+    return bool(tokens) and all(_numbers([t]) is None for t in tokens)
 
 
 def _wall_seconds(text: str) -> float | None:
@@ -180,7 +180,7 @@ class _Parser:
         self.timestep: float | None = None
         self.created = 0
         self.read_atoms = 0
-        self.echo_since_block: str | None = None
+        self.echo_since_block: str | None = None  # echoed run-like command not yet given a block
 
     def run(self) -> LammpsLog:
         i = 0
@@ -204,13 +204,13 @@ class _Parser:
             nxt = self.lines[i + 1].strip() if i + 1 < len(self.lines) else ""
             return i + 2 if _MORE_INFO.match(nxt) else i + 1
         if s.startswith("Loop time of"):
-            self.end_block(s)
+            self.end_block(i, s)
             return i + 1
         if self.block is not None:
             if s.startswith(("Total wall time", "LAMMPS (")):
                 self.close_block()
                 return self.outside(i, line, s)
-            self.block_line(i, line, s)
+            self.block_line(line, s)
             return i + 1
         return self.outside(i, line, s)
 
@@ -225,7 +225,7 @@ class _Parser:
         if self.block.command and self.block.command.split()[0].startswith("minimize"):
             self.block.minimization = True
 
-    def block_line(self, i: int, line: str, s: str) -> None:
+    def block_line(self, line: str, s: str) -> None:
         block = self.block
         assert block is not None
         if block.style == "multi":
@@ -258,12 +258,11 @@ class _Parser:
         self.block.rows.append([self.multi.get(c, math.nan) for c in self.block.columns])
         self.multi = None
 
-    def end_block(self, s: str) -> None:
-        if self.block is None:  # e.g. a run with no thermo output we recognised
-            self.block = ThermoBlock(style="custom", line=0, columns=[], command=self.echo_since_block,
-                                     units=self.log.units, timestep=self.timestep)
-            self.echo_since_block = None
+    def end_block(self, i: int, s: str) -> None:
+        if self.block is None:  # a run whose thermo output we did not recognise: keep it, runs are counted
+            self.start_block(i, "custom", [])
         block = self.block
+        assert block is not None
         if m := _LOOP.match(s):
             block.loop_time = float(m.group(1))
             block.procs, block.steps, block.atoms = int(m.group(2)), int(m.group(3)), int(m.group(4))
@@ -273,9 +272,8 @@ class _Parser:
         if self.block is None:
             return
         self.flush_multi()
-        if self.block.line:
-            self.log.blocks.append(self.block)
-            self.last = self.block
+        self.log.blocks.append(self.block)
+        self.last = self.block
         self.block = None
         self.expect_header = False
 
@@ -340,7 +338,8 @@ class _Parser:
             self.timestep = num[0]
         elif name == "clear":
             self.log.units, self.timestep = None, None
-        self.echo_since_block = s
+        elif name in ("run", "rerun") or name.startswith(("minimize", "temper", "neb", "prd", "tad", "hyper")):
+            self.echo_since_block = s
 
     def post_run(self, s: str) -> None:
         """Statistics LAMMPS prints after 'Loop time' belong to the last block."""

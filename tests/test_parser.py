@@ -1,11 +1,10 @@
 import json
-from pathlib import Path
 
 import pytest
+from conftest import CORPUS
 
 from mdagent_hpc.lammps.parser import ScriptError, parse_script, parse_text, split_words, strip_comment
 
-from conftest import CORPUS
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())["examples"]
 
 

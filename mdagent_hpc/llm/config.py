@@ -61,6 +61,7 @@ ENV_VARS = {
     "timeout_s": "MDAGENT_LLM_TIMEOUT",
     "temperature": "MDAGENT_LLM_TEMPERATURE",
     "max_tokens": "MDAGENT_LLM_MAX_TOKENS",
+    "max_retries": "MDAGENT_LLM_MAX_RETRIES",
 }
 
 

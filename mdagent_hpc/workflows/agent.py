@@ -107,8 +107,9 @@ class AgentWorkChain(WorkChain):
         self.ctx.checked = False
         self.ctx.script_text = ""
         if gen.exit_status == GenerateScript.exit_codes.ERROR_LLM_UNAVAILABLE.status:
-            self.ctx.fatal = gen.exit_message
-            return self.exit_codes.ERROR_LLM_UNAVAILABLE.format(message=gen.exit_message)
+            failure = gen.outputs.response.get_dict()
+            self.node.base.extras.set("verdict", "failed")
+            return self.exit_codes.ERROR_LLM_UNAVAILABLE.format(message=f"{failure['error']}: {failure['message']}")
         response = gen.outputs.response.get_dict()
         if "script" not in gen.outputs:
             problems = response.get("problems") or [_diag("generate.no_script", "the answer held no script")]

@@ -1,0 +1,213 @@
+"""The agent loop end to end: a real AiiDA profile, real LAMMPS under bubblewrap, a real HTTP server speaking
+the OpenAI API (FakeOpenAIServer, the test double for vLLM) replaying scripted answers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from openai_server import FakeOpenAIServer
+
+from mdagent_hpc.agent.loop import AttemptRecord, LoopPolicy, is_stuck, next_temperature, should_stop_stuck
+
+DATA = Path(__file__).parent / "data" / "agent"
+TASK = "Heat a small Cu crystal with EAM to 800 K in NVT"
+
+
+def answer(name: str) -> str:
+    return json.dumps({"script": (DATA / name).read_text(), "files": [], "potentials": [], "notes": ""})
+
+
+THREE_ATTEMPTS = [answer("wrong-potential.lammps"), answer("lost-atoms.lammps"), answer("good.lammps")]
+
+
+def mdagent(*args, env_extra=None, timeout=300):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def aiida_profile():
+    from mdagent_hpc.workflows.profile import ensure_profile
+
+    return ensure_profile()
+
+
+def llm_env(server) -> dict:
+    return {"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model",
+            "MDAGENT_LLM_MAX_RETRIES": "0"}
+
+
+def test_three_attempts_end_to_end_with_provenance(aiida_profile):
+    from aiida import orm
+
+    with FakeOpenAIServer(THREE_ATTEMPTS) as server:
+        result = mdagent("run", TASK, "--json", env_extra=llm_env(server))
+        prompts = [r["messages"] for r in server.requests]
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["verdict"] == "passed" and summary["exit_status"] == 0
+    steps = summary["attempts"]
+    assert len(steps) == 3
+    assert steps[0]["preflight"]["ok"] is False
+    assert steps[0]["preflight"]["diagnostics"][0]["code"] == "potential.missing"
+    assert "run" not in steps[0]  # a failed preflight never reaches the scheduler
+    assert steps[1]["evaluation"]["grade"] == "fail"
+    assert any(f["rule"] == "lost_atoms" for f in steps[1]["evaluation"]["findings"])
+    assert steps[2]["evaluation"]["grade"] in ("pass", "warn")
+
+    # The feedback reached the model: attempt 2's prompt names the missing file, attempt 3's the lost atoms.
+    assert "Cu_u3_typo.eam" in prompts[1][-1]["content"] and "Cu_u3.eam" in prompts[1][-1]["content"]
+    assert "Lost atoms" in prompts[2][-1]["content"]
+
+    # Every step is a node, linked to the workflow and to its data.
+    node = orm.load_node(summary["pk"])
+    assert node.is_finished_ok
+    qb = orm.QueryBuilder()
+    qb.append(orm.WorkChainNode, filters={"id": node.pk}, tag="agent")
+    qb.append(orm.ProcessNode, with_incoming="agent", project=["attributes.process_label"],
+              edge_project=["label"])
+    called = {label: process for process, label in qb.all()}
+    assert set(called) == {"generate_1", "preflight_1", "generate_2", "preflight_2", "run_2", "evaluate_2",
+                           "generate_3", "preflight_3", "run_3", "evaluate_3"}
+    assert called["run_3"] == "LammpsCalculation" and called["generate_1"] == "generate_script"
+
+    # The evaluation was computed from the run's retrieved log and the generated script.
+    qb = orm.QueryBuilder()
+    qb.append(orm.CalcJobNode, filters={"id": summary["attempts"][2]["run"]["pk"]}, tag="run")
+    qb.append(orm.FolderData, with_incoming="run", edge_filters={"label": "retrieved"}, tag="log")
+    qb.append(orm.CalcFunctionNode, with_incoming="log", project=["attributes.process_label"], tag="ev")
+    qb.append(orm.Dict, with_incoming="ev", project=["attributes.grade"])
+    assert qb.all() == [["evaluate_run", steps[2]["evaluation"]["grade"]]]
+    gen = orm.load_node(steps[2]["generate"]["pk"])
+    assert gen.inputs.settings.get_dict()["model"] == "fake-model"
+    assert "api_key" not in gen.inputs.settings.get_dict()
+    assert gen.outputs.response.get_dict()["usage"]["total_tokens"] > 0
+    assert node.outputs.script.uuid == gen.outputs.script.uuid
+
+
+def test_same_error_twice_changes_strategy_then_stops_stuck(aiida_profile):
+    lost = answer("lost-atoms.lammps")
+    with FakeOpenAIServer([lost, lost, lost]) as server:
+        result = mdagent("run", TASK, "--json", env_extra=llm_env(server))
+        temperatures = [r.get("temperature") for r in server.requests]
+        third_prompt = server.requests[2]["messages"][-1]["content"]
+    summary = json.loads(result.stdout)
+    assert result.returncode == 1 and summary["exit_status"] == 330
+    assert temperatures[0] == temperatures[1] < temperatures[2]  # hotter once the error repeated
+    assert "change" in third_prompt.lower() and "strategy" in third_prompt.lower()
+
+
+@pytest.mark.parametrize("faults, status, kind", [
+    ([{"status": 401}], 300, "auth"),
+    ([{"status": 500}], 300, "server_error"),
+    ([{"garbage": "<html>proxy error</html>"}], 300, "server_error"),
+])
+def test_endpoint_faults_end_with_a_clear_exit_code(aiida_profile, faults, status, kind):
+    with FakeOpenAIServer(faults) as server:
+        result = mdagent("run", TASK, "--json", env_extra=llm_env(server))
+    summary = json.loads(result.stdout)
+    assert result.returncode == 1
+    assert summary["exit_status"] == status and kind in summary["exit_message"]
+
+
+def test_unreachable_endpoint_and_timeout_never_hang(aiida_profile):
+    start = time.monotonic()
+    result = mdagent("run", TASK, "--json", env_extra={"MDAGENT_LLM_BASE_URL": "http://127.0.0.1:9/v1",
+                                                       "MDAGENT_LLM_MODEL": "m", "MDAGENT_LLM_MAX_RETRIES": "0"})
+    assert json.loads(result.stdout)["exit_status"] == 300 and "unreachable" in result.stdout
+    with FakeOpenAIServer([{"hang": 30}]) as server:
+        env = {**llm_env(server), "MDAGENT_LLM_TIMEOUT": "2"}
+        result = mdagent("run", TASK, "--json", env_extra=env)
+    assert json.loads(result.stdout)["exit_status"] == 300 and "timeout" in result.stdout
+    assert time.monotonic() - start < 60
+
+
+def test_prose_and_policy_violations_are_fed_back(aiida_profile):
+    evil = json.dumps({"script": "units lj\nshell curl http://example.org\n", "files": [], "potentials": []})
+    with FakeOpenAIServer(["I cannot write that script, sorry.", evil, answer("good.lammps")]) as server:
+        result = mdagent("run", TASK, "--json", env_extra=llm_env(server))
+        second, third = (r["messages"][-1]["content"] for r in server.requests[1:3])
+    summary = json.loads(result.stdout)
+    assert result.returncode == 0 and len(summary["attempts"]) == 3
+    assert "generate.no_script" in second
+    assert "policy.shell" in third
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "hi"], "describe the simulation"),
+    (["run", ""], "describe the simulation"),
+    (["show", "999999"], "no node with pk 999999"),
+])
+def test_bad_input_is_a_usage_error(aiida_profile, args, message):
+    result = mdagent(*args, env_extra={"MDAGENT_LLM_BASE_URL": "http://127.0.0.1:9/v1"})
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_not_configured_says_how(aiida_profile):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MDAGENT_LLM")}
+    result = subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", "run", TASK], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 2 and "MDAGENT_LLM_BASE_URL" in result.stderr
+
+
+def test_ctrl_c_leaves_a_killed_node(aiida_profile):
+    from aiida import orm
+
+    with FakeOpenAIServer([{"hang": 15}]) as server:
+        env = {**os.environ, **llm_env(server), "MDAGENT_LLM_TIMEOUT": "120"}
+        proc = subprocess.Popen([sys.executable, "-m", "mdagent_hpc.cli", "run", TASK], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not server.requests and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    qb = orm.QueryBuilder().append(orm.WorkChainNode, filters={"attributes.process_label": "AgentWorkChain"},
+                                   project=["*"]).order_by({orm.WorkChainNode: {"ctime": "desc"}})
+    (node,) = qb.first()
+    assert node.is_terminated and not node.is_finished_ok
+
+
+def test_daemon_submission(aiida_profile):
+    from aiida import orm
+    from aiida.engine.daemon.client import get_daemon_client
+
+    with FakeOpenAIServer(THREE_ATTEMPTS) as server:
+        env = {**llm_env(server)}
+        os.environ.update(env)  # the daemon inherits the environment it is started with
+        try:
+            result = mdagent("run", TASK, "--daemon", "--json", env_extra=env)
+            assert result.returncode == 0, result.stderr
+            pk = json.loads(result.stdout)["pk"]
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and not orm.load_node(pk).is_terminated:
+                time.sleep(1)
+        finally:
+            get_daemon_client().stop_daemon(wait=True)
+            for key in env:
+                os.environ.pop(key)
+    node = orm.load_node(pk)
+    assert node.is_finished_ok, node.exit_message
+    assert node.base.extras.get("attempts") == 3
+    shown = mdagent("show", str(pk), "--json")
+    assert json.loads(shown.stdout)["verdict"] == "passed"
+    listed = json.loads(mdagent("runs", "--json").stdout)
+    assert any(r["pk"] == pk and r["verdict"] == "passed" for r in listed)
+
+
+def test_stuck_rules_are_pure():
+    policy = LoopPolicy()
+    same = [AttemptRecord(attempt=i, stage="run", error_key="eval:lost_atoms") for i in (1, 2)]
+    assert is_stuck(same) and not should_stop_stuck(same, policy)
+    assert next_temperature(0.2, same, policy) == pytest.approx(0.5)
+    assert should_stop_stuck([*same, AttemptRecord(attempt=3, stage="run", error_key="eval:lost_atoms")], policy)
+    different = [AttemptRecord(attempt=1, stage="run", error_key="a"), AttemptRecord(attempt=2, stage="run",
+                                                                                  error_key="b")]
+    assert not is_stuck(different) and next_temperature(0.2, different, policy) == 0.2

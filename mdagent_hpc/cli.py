@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -55,6 +56,9 @@ def print_diagnostics(diags: list[Diagnostic]) -> None:
 @click.version_option(package_name="mdagent-hpc")
 def main() -> None:
     """Plain-language LAMMPS simulations, generated, checked, run and evaluated by an LLM agent."""
+    from mdagent_hpc.workflows.profile import configure_environment
+
+    configure_environment()  # before anything imports AiiDA, which reads AIIDA_PATH once
 
 
 @main.command()
@@ -194,6 +198,9 @@ def _live_reports() -> None:
             else:
                 err.print(f"[dim]•[/] {msg}", highlight=False)
 
+    for handler in logging.getLogger("aiida").handlers:  # AiiDA's own console echo would print each twice
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.WARNING)
     logger = logging.getLogger("aiida.orm.nodes.process.workflow.workchain.WorkChainNode")
     logger.addHandler(Live(level=23))  # AiiDA's REPORT level
 
@@ -245,6 +252,32 @@ def run(task, daemon, max_attempts, model, as_json) -> None:
     else:
         print_summary(summary)
     sys.exit(0 if node.is_finished_ok else 1)
+
+
+DEMO_TASK = "Heat a small Cu crystal with EAM to 800 K in NVT and report its temperature"
+DEMO_ANSWERS = ("wrong-potential.lammps", "lost-atoms.lammps", "good.lammps")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@click.pass_context
+def demo(ctx, as_json) -> None:
+    """The whole loop with a replayed model: a wrong potential file, then lost atoms, then a good script.
+
+    Real AiiDA, real preflight, real LAMMPS in the sandbox, real evaluation; only the model's three answers are
+    recorded, served by a local OpenAI-compatible replay server. Use `mdagent run` for a real model.
+    """
+    from mdagent_hpc.llm.replay import FakeOpenAIServer
+
+    folder = resources.files("mdagent_hpc") / "examples" / "demo"
+    answers = [json.dumps({"script": (folder / name).read_text(), "files": [], "potentials": [], "notes": ""})
+               for name in DEMO_ANSWERS]
+    with FakeOpenAIServer(answers, model="replay") as server:
+        os.environ.update({"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "replay",
+                           "MDAGENT_LLM_API_KEY": "EMPTY", "MDAGENT_LLM_MAX_RETRIES": "0"})
+        if not as_json:
+            err.print(f"replaying {len(answers)} recorded answers from {server.base_url}")
+        ctx.invoke(run, task=DEMO_TASK, daemon=False, max_attempts=len(answers), model=None, as_json=as_json)
 
 
 def _ensure_daemon() -> None:

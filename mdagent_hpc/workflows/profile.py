@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from mdagent_hpc.home import mdagent_home
@@ -27,6 +28,7 @@ def configure_environment() -> str:
     if name := os.environ.get("MDAGENT_AIIDA_PROFILE"):
         return name
     os.environ["AIIDA_PATH"] = str(mdagent_home())
+    warnings.filterwarnings("ignore", message="Creating AiiDA configuration folder")
     bindir = str(Path(sys.executable).parent)  # the daemon needs `verdi` on PATH
     if bindir not in os.environ.get("PATH", "").split(":"):
         os.environ["PATH"] = f"{bindir}:{os.environ.get('PATH', '')}"

@@ -129,14 +129,16 @@ def test_unreachable_endpoint_and_timeout_never_hang(aiida_profile):
 
 
 def test_prose_and_policy_violations_are_fed_back(aiida_profile):
-    evil = json.dumps({"script": "units lj\nshell curl http://example.org\n", "files": [], "potentials": []})
+    evil = json.dumps({"script": "units lj\nshell curl http://example.org\n", "potentials": [],
+                       "files": [{"name": "../escape.txt", "content": "x"}]})
     with FakeOpenAIServer(["I cannot write that script, sorry.", evil, answer("good.lammps")]) as server:
         result = mdagent("run", TASK, "--json", env_extra=llm_env(server))
         second, third = (r["messages"][-1]["content"] for r in server.requests[1:3])
     summary = json.loads(result.stdout)
     assert result.returncode == 0 and len(summary["attempts"]) == 3
     assert "generate.no_script" in second
-    assert "policy.shell" in third
+    assert "policy.shell" in third and "'../escape.txt' is not a plain name" in third
+    assert not list(Path(os.environ["MDAGENT_HOME"]).rglob("escape.txt"))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -121,6 +121,11 @@ class AgentWorkChain(WorkChain):
         files = dict(gen.outputs.files) if "files" in gen.outputs else {}
         report = preflight_script(script, self.inputs.limits, **files,
                                   metadata={"call_link_label": f"preflight_{self.ctx.attempt}"}).get_dict()
+        refused = [_diag("policy.path", f"the extra file name '{name}' is not a plain name in the run folder",
+                         "name extra files like data.lmp, without folders") for name in response["refused_files"]]
+        if refused:
+            report["ok"] = False
+            report["diagnostics"] = refused + report["diagnostics"]
         if not report["ok"]:
             errors = [d for d in report["diagnostics"] if d["severity"] == "error"]
             self.report(f"attempt {self.ctx.attempt}: preflight failed: {errors[0]['code']} at line "

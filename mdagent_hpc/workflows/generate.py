@@ -55,11 +55,14 @@ class GenerateScript(Process):
             self.out("response", orm.Dict({"error": "config", "message": str(exc)}))
             return self.exit_codes.ERROR_LLM_UNAVAILABLE.format(kind="config", message=str(exc))
         response = generation.model_dump(mode="json", exclude={"messages", "script"})
+        files = generation.script.files if generation.script else {}
+        # A file is written into the run folder under its name: only plain names inside it.
+        response["refused_files"] = [n for n in files if "/" in n or path_problem(n) is not None]
         self.out("response", orm.Dict(response))
         if generation.script is None:
             return self.exit_codes.ERROR_NO_SCRIPT
         self.out("script", orm.SinglefileData.from_string(generation.script.script, filename="in.lammps"))
-        for name, content in generation.script.files.items():
-            if "/" not in name and path_problem(name) is None:  # refused names are reported by preflight
+        for name, content in files.items():
+            if name not in response["refused_files"]:
                 self.out(f"files.{node_key(name)}", orm.SinglefileData.from_string(content, filename=name))
         return None

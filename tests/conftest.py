@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["openai_server"]  # the fake_openai fixture
+
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("MDAGENT_CORPUS", REPO.parent / "shared" / "corpus" / "lammps-examples"))
 if not (CORPUS / "manifest.json").is_file():

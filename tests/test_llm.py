@@ -34,7 +34,6 @@ from mdagent_hpc.models import Diagnostic, Limits, Severity
 if TYPE_CHECKING:
     from openai_server import FakeOpenAIServer
 
-pytest_plugins = ["openai_server"]  # tests/openai_server.py: the fake_openai fixture
 
 StartServer = Callable[..., "FakeOpenAIServer"]
 SECRET = "sk-test-secret-123"

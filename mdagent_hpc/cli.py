@@ -395,6 +395,9 @@ def runs(limit, as_json) -> None:
     if as_json:
         emit_json(rows)
         return
+    if not rows:
+        out.print("no agent runs yet; start one with `mdagent run \"TASK\"` (or try `mdagent demo`)")
+        return
     table = Table("pk", "task", "verdict", "grade", "attempts", "started", "s")
     for r in rows:
         table.add_row(str(r["pk"]), (r["task"] or "")[:60], r["verdict"] or "", r["grade"] or "",

@@ -14,7 +14,7 @@ from openai_server import FakeOpenAIServer
 
 from mdagent_hpc.agent.loop import AttemptRecord, LoopPolicy, is_stuck, next_temperature, should_stop_stuck
 
-DATA = Path(__file__).parent / "data" / "agent"
+DATA = Path(__file__).resolve().parents[1] / "mdagent_hpc" / "examples" / "demo"
 TASK = "Heat a small Cu crystal with EAM to 800 K in NVT"
 
 

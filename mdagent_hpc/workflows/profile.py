@@ -43,6 +43,12 @@ def ensure_profile():
     from aiida.manage.configuration import create_profile, get_config
     from aiida.plugins import BrokerFactory
 
+    if not os.environ.get("MDAGENT_AIIDA_PROFILE"):
+        from aiida.manage.configuration.settings import AiiDAConfigDir
+
+        if AiiDAConfigDir.get().parent != mdagent_home():
+            raise ProfileError(f"AiiDA was loaded before mdagent chose its folder (it uses {AiiDAConfigDir.get()}); "
+                               "call mdagent_hpc.workflows.profile.configure_environment() before importing aiida")
     config = get_config(create=True)
     if name not in config.profile_names:
         if os.environ.get("MDAGENT_AIIDA_PROFILE"):

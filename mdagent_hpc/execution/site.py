@@ -1,0 +1,487 @@
+"""Site configs: where and how LAMMPS runs (scheduler, transport, container or binary), loaded from YAML.
+
+`load_site` reports every problem as `file:line: key.path: message`. The `aiida_*` functions are pure: they
+return the arguments for AiiDA's `Computer`, `Computer.configure`, the code classes and CalcJob options,
+and never create nodes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from mdagent_hpc.home import mdagent_home
+from mdagent_hpc.models import Limits
+
+Scheduler = Literal["direct", "slurm", "pbspro"]
+Policy = Literal["resubmit", "restart", "fail"]
+KeyPolicy = Literal["RejectPolicy", "WarningPolicy", "AutoAddPolicy"]
+
+AIIDA_SCHEDULERS: dict[str, str] = {"direct": "core.direct", "slurm": "core.slurm", "pbspro": "core.pbspro"}
+IMAGE_SCHEMES = ("oras://", "docker://", "library://")
+# Fields AiiDA substitutes in a Computer's mpirun_command (the NodeNumberJobResource keys plus the total).
+MPI_PLACEHOLDERS = (
+    "tot_num_mpiprocs",
+    "num_machines",
+    "num_mpiprocs_per_machine",
+    "num_cores_per_machine",
+    "num_cores_per_mpiproc",
+)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
+
+
+class SiteConfigError(Exception):
+    """One or more problems in a site config, one `file:line: key: message` per line."""
+
+    def __init__(self, problems: str | Sequence[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SiteLimits(Limits):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Transport(_Strict):
+    """`local`, or `ssh` to `host`. The key is referenced by path; passwords have no place here."""
+
+    type: Literal["local", "ssh"] = "local"
+    host: str | None = None
+    user: str | None = Field(None, description="login name; default: from ~/.ssh/config or the local user")
+    port: int = Field(22, ge=1, le=65535)
+    key_filename: str | None = Field(None, description="path of the private key file (never its content)")
+    proxy_jump: str | None = Field(None, description="[user@]host[:port], comma-separated for several hops")
+    key_policy: KeyPolicy = Field("RejectPolicy", description="what to do with an unknown host key")
+    use_login_shell: bool = True
+    safe_interval: float | None = Field(None, ge=0, description="seconds between connections; default: AiiDA's")
+
+    @field_validator("key_filename")
+    @classmethod
+    def _a_path_not_a_key(cls, value: str | None) -> str | None:
+        if value is not None and ("PRIVATE KEY" in value or "\n" in value):
+            raise ValueError("give the path of the key file, not the key itself")
+        return value
+
+    @model_validator(mode="after")
+    def _ssh_fields(self) -> Transport:
+        ssh_only = {"host", "user", "port", "key_filename", "proxy_jump", "key_policy"} & self.model_fields_set
+        if self.type == "local" and ssh_only:
+            raise ValueError(f"{', '.join(sorted(ssh_only))} only apply to type: ssh")
+        if self.type == "ssh" and not self.host:
+            raise ValueError("type: ssh needs a host")
+        return self
+
+
+class Resources(_Strict):
+    """What a job asks the scheduler for by default."""
+
+    nodes: int = Field(1, ge=1)
+    mpi_ranks_per_node: int = Field(1, ge=1)
+    threads_per_rank: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    memory_mb: int | None = Field(None, ge=1, description="per node")
+    walltime: int = Field(3600, ge=1, description="seconds; YAML may give '[D-]HH:MM:SS'")
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.strip().isdigit():
+                return int(value)
+            match = _WALLTIME.match(value.strip())
+            if not match:
+                raise ValueError(f"{value!r} is neither seconds nor [D-]HH:MM:SS")
+            days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+            if minutes > 59 or seconds > 59:
+                raise ValueError(f"{value!r}: minutes and seconds must be below 60")
+            return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+        return value
+
+
+def _bind(spec: str) -> str:
+    _no_space_or_braces(spec)
+    parts = spec.split(":")
+    if len(parts) > 3 or not parts[0] or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise ValueError(f"{spec!r} is not src[:dst[:ro|rw]]")
+    return spec
+
+
+class Lammps(_Strict):
+    """Either an Apptainer `image` or a `binary`; `modules` are loaded before either runs."""
+
+    image: str | None = Field(None, description="a .sif path or an oras://, docker:// or library:// URI")
+    binds: list[Annotated[str, AfterValidator(_bind)]] = Field(default_factory=list, description="src[:dst[:ro|rw]]")
+    containall: bool = True
+    nv: bool = Field(False, description="expose NVIDIA GPUs inside the container")
+    executable: str = Field("lmp", description="the LAMMPS executable inside the image")
+    binary: str | None = Field(None, description="path (or name on PATH after the module loads) of lmp")
+    modules: list[str] = Field(default_factory=list)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not (value.startswith(IMAGE_SCHEMES) or value.startswith("/")):
+            raise ValueError(f"{value!r} is neither an absolute path nor an {', '.join(IMAGE_SCHEMES)} URI")
+        _no_space_or_braces(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Lammps:
+        if (self.image is None) == (self.binary is None):
+            raise ValueError("give exactly one of image (Apptainer) or binary")
+        image_only = {"binds", "containall", "nv", "executable"} & self.model_fields_set
+        if self.binary is not None and image_only:
+            raise ValueError(f"{', '.join(sorted(image_only))} only apply to an image")
+        return self
+
+
+class OnFailure(_Strict):
+    """What to do when a job dies for a reason that is not the script's fault."""
+
+    cancelled: Policy = "fail"
+    walltime: Policy = "restart"
+    node_failure: Policy = "resubmit"
+    connection_lost: Policy = "resubmit"
+    max_resubmits: int = Field(2, ge=0)
+
+
+class SiteConfig(_Strict):
+    name: str = Field(description="also the AiiDA computer label")
+    description: str = ""
+    scheduler: Scheduler
+    transport: Transport = Field(default_factory=Transport)
+    workdir: str | None = Field(
+        None, validate_default=True, description="absolute, may use {username}; default (local): $MDAGENT_HOME/work"
+    )
+    queue: str | None = Field(
+        None, validation_alias=AliasChoices("queue", "partition"), description="Slurm partition or PBS queue"
+    )
+    account: str | None = None
+    qos: str | None = None
+    resources: Resources = Field(default_factory=Resources)
+    mpi_launcher: str = "mpirun -np {tot_num_mpiprocs}"
+    lammps: Lammps = Field(default_factory=lambda: Lammps(binary="lmp"))
+    potentials_dir: str | None = Field(None, description="site-wide potentials cache (absolute path on the site)")
+    limits: SiteLimits = Field(default_factory=SiteLimits)
+    on_failure: OnFailure = Field(default_factory=OnFailure)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value!r}: use letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("transport", mode="before")
+    @classmethod
+    def _transport_shorthand(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("queue", "account", "qos")
+    @classmethod
+    def _batch_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("scheduler") == "direct":
+            raise ValueError("only applies to slurm and pbspro, not direct")
+        return value
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            transport = info.data.get("transport")
+            if transport is not None and transport.type == "ssh":
+                raise ValueError("an ssh site needs a workdir")
+            return value
+        if not value.startswith("/"):
+            raise ValueError(f"{value!r} is not an absolute path")
+        _known_placeholders(value, ("username",))
+        return value
+
+    @field_validator("potentials_dir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"{value!r} is not an absolute path")
+        if value is not None:
+            _no_space_or_braces(value)  # it becomes an Apptainer bind
+        return value
+
+    @field_validator("mpi_launcher")
+    @classmethod
+    def _launcher(cls, value: str) -> str:
+        words = shlex.split(value)
+        if not words:
+            raise ValueError("is empty")
+        _known_placeholders(value, MPI_PLACEHOLDERS)
+        return value
+
+
+# ---------------------------------------------------------------- loading with line numbers
+
+
+def load_site(path: str | Path) -> SiteConfig:
+    """Read and validate a site config; raise `SiteConfigError` naming file, line and key for every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SiteConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise SiteConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise SiteConfigError(f"{path}:{line}: YAML syntax error: {exc.problem or exc.context}") from None
+    if data is None:
+        raise SiteConfigError(f"{path}:1: the file is empty; a site config needs at least name and scheduler")
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"{type(data).__name__} {data!r}"
+        raise SiteConfigError(f"{path}:{root.start_mark.line + 1}: expected a mapping of keys at the top, got {kind}")
+
+    lines: dict[tuple[str | int, ...], int] = {}
+    problems: list[tuple[int, str]] = []
+    _index(root, (), lines, problems)
+    try:
+        site = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        problems += [_explain(error, lines) for error in exc.errors()]
+    if problems:
+        raise SiteConfigError([f"{path}:{line}: {msg}" for line, msg in sorted(problems, key=lambda p: p[0])])
+    return site
+
+
+def _index(node: yaml.Node, at: tuple[str | int, ...], lines: dict, problems: list[tuple[int, str]]) -> None:
+    """Map each key path to the line of its key (or list item), and note duplicate keys."""
+    lines.setdefault(at, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if (*at, key) in lines:
+                problems.append((line, f"{_dotted((*at, key))}: duplicate key (first at line {lines[(*at, key)]})"))
+                continue
+            lines[(*at, key)] = line
+            _index(value_node, (*at, key), lines, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index(item, (*at, i), lines, problems)
+
+
+def _explain(error: Any, lines: dict[tuple[str | int, ...], int]) -> tuple[int, str]:
+    loc = tuple(part for part in error["loc"] if isinstance(part, int) or "[" not in part)
+    known = loc
+    while known and known not in lines:
+        known = known[:-1]
+    line = lines.get(known, 1)
+    kind, value, msg = error["type"], error.get("input"), error["msg"]
+
+    if kind == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        key = str(loc[-1])
+        if key in allowed:  # an alias given next to its field, e.g. partition and queue
+            return line, f"{_dotted(loc)}: given twice, as {key} and under another name; keep one"
+        close = difflib.get_close_matches(key, allowed, n=1) or [a for a in allowed if a.startswith(key)][:1]
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return line, f"{_dotted(loc)}: unknown key{hint}; allowed: {', '.join(allowed)}"
+    if kind == "missing":
+        return line, f"{_dotted(loc)}: required key is missing"
+    if kind == "literal_error":
+        allowed = ", ".join(re.findall(r"'([^']*)'", error["ctx"]["expected"]))
+        return line, f"{_dotted(loc)}: {value!r} is not one of {allowed}"
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        msg = f"expected a mapping of keys, got {value!r}"
+    elif not isinstance(value, dict | list):
+        msg = f"{msg[0].lower()}{msg[1:]}, got {value!r}"
+    return line, f"{_dotted(loc) or '(top)'}: {msg}"
+
+
+def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
+    model: type[BaseModel] = SiteConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    names = []
+    for name, field in model.model_fields.items():
+        names += field.validation_alias.choices if isinstance(field.validation_alias, AliasChoices) else [name]
+    return [str(name) for name in names]
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _known_placeholders(value: str, known: Sequence[str]) -> None:
+    for name in re.findall(r"{([^}]*)}", value):
+        if name not in known:
+            raise ValueError(f"unknown placeholder {{{name}}}; known: {', '.join('{' + k + '}' for k in known)}")
+
+
+def _no_space_or_braces(value: str) -> None:
+    # AiiDA splits the engine command on whitespace and formats it with {image_name}.
+    if re.search(r"[\s{}]", value):
+        raise ValueError(f"{value!r} must not contain spaces or braces")
+
+
+# ---------------------------------------------------------------- AiiDA and Apptainer
+
+
+def aiida_computer_kwargs(site: SiteConfig) -> dict[str, Any]:
+    """Arguments of `orm.Computer(...)`; the scheduler defaults go in `metadata`, as Computer's setters store them."""
+    metadata: dict[str, Any] = {
+        "shebang": "#!/bin/bash",
+        "mpirun_command": shlex.split(site.mpi_launcher),
+        "default_mpiprocs_per_machine": site.resources.mpi_ranks_per_node,
+    }
+    if site.resources.memory_mb:
+        metadata["default_memory_per_machine"] = site.resources.memory_mb * 1024
+    if site.lammps.image:
+        metadata["use_double_quotes"] = True  # so that $PWD in the engine command expands in the job script
+    return {
+        "label": site.name,
+        "description": site.description,
+        "hostname": site.transport.host if site.transport.type == "ssh" else "localhost",
+        "transport_type": f"core.{site.transport.type}",
+        "scheduler_type": AIIDA_SCHEDULERS[site.scheduler],
+        "workdir": site.workdir or str(mdagent_home() / "work"),  # as workflows/profile.py's `local`
+        "metadata": metadata,
+    }
+
+
+def aiida_configure_kwargs(site: SiteConfig) -> dict[str, Any]:
+    """Arguments of `computer.configure(...)` (the auth params of core.local or core.ssh)."""
+    t = site.transport
+    kwargs: dict[str, Any] = {"use_login_shell": t.use_login_shell}
+    if t.safe_interval is not None:
+        kwargs["safe_interval"] = t.safe_interval
+    if t.type == "ssh":
+        kwargs |= {"port": t.port, "key_policy": t.key_policy, "look_for_keys": t.key_filename is None}
+        if t.user:
+            kwargs["username"] = t.user
+        if t.key_filename:
+            kwargs["key_filename"] = str(Path(t.key_filename).expanduser())
+        if t.proxy_jump:
+            kwargs["proxy_jump"] = t.proxy_jump
+    return kwargs
+
+
+def aiida_code_type(site: SiteConfig) -> str:
+    """The AiiDA data entry point of the LAMMPS code: `core.code.containerized` or `core.code.installed`."""
+    return "core.code.containerized" if site.lammps.image else "core.code.installed"
+
+
+def aiida_code_kwargs(site: SiteConfig, label: str = "lammps") -> dict[str, Any]:
+    """Arguments of `orm.ContainerizedCode(...)` (image) or `orm.InstalledCode(...)` (binary)."""
+    lmp = site.lammps
+    kwargs: dict[str, Any] = {
+        "label": label,
+        "description": f"LAMMPS on {site.name}",
+        "computer": site.name,
+        "default_calc_job_plugin": "mdagent.lammps",
+        "prepend_text": "\n".join(f"module load {m}" for m in lmp.modules),
+    }
+    if site.potentials_dir:
+        kwargs["prepend_text"] += f"\nexport LAMMPS_POTENTIALS={shlex.quote(site.potentials_dir)}"
+        kwargs["prepend_text"] = kwargs["prepend_text"].lstrip("\n")
+    if lmp.image:
+        engine = _apptainer_options(site, workdir="$PWD")
+        kwargs |= {
+            "filepath_executable": lmp.executable,
+            "image_name": lmp.image,
+            "engine_command": " ".join(["apptainer", "exec", *engine, "{image_name}"]),
+        }
+    else:
+        kwargs["filepath_executable"] = lmp.binary
+    return kwargs
+
+
+def aiida_calcjob_options(site: SiteConfig) -> dict[str, Any]:
+    """The site's defaults as `metadata.options` of a CalcJob."""
+    r = site.resources
+    options: dict[str, Any] = {
+        "resources": {
+            "num_machines": r.nodes,
+            "num_mpiprocs_per_machine": r.mpi_ranks_per_node,
+            "num_cores_per_mpiproc": r.threads_per_rank,
+        },
+        "max_wallclock_seconds": r.walltime,
+        "withmpi": r.nodes * r.mpi_ranks_per_node > 1,
+    }
+    if site.scheduler == "direct":
+        options["resources"] = {"num_machines": 1, "num_mpiprocs_per_machine": r.mpi_ranks_per_node}
+    if r.memory_mb:
+        options["max_memory_kb"] = r.memory_mb * 1024
+    for key, value in (("queue_name", site.queue), ("account", site.account), ("qos", site.qos)):
+        if value:
+            options[key] = value
+    if r.gpus_per_node and site.scheduler == "slurm":
+        options["custom_scheduler_commands"] = f"#SBATCH --gpus-per-node={r.gpus_per_node}"
+    elif r.gpus_per_node and site.scheduler == "pbspro":
+        # core.pbspro writes its own `-l select=` line and offers no way to add ngpus to it.
+        raise ValueError(f"site {site.name}: AiiDA's core.pbspro cannot request GPUs (gpus_per_node)")
+    return options
+
+
+def apptainer_command(site: SiteConfig, args: Sequence[str] = (), workdir: str | None = None) -> list[str]:
+    """`apptainer exec [--containall] [--nv] [--bind src[:dst[:ro]]]... IMAGE lmp ARGS` for this site's image.
+
+    `workdir` is bound and made the working directory (needed with --containall, which mounts no host folders).
+    """
+    if not site.lammps.image:
+        raise ValueError(f"site {site.name} runs a LAMMPS binary, not an Apptainer image")
+    return ["apptainer", "exec", *_apptainer_options(site, workdir), site.lammps.image, site.lammps.executable, *args]
+
+
+def _apptainer_options(site: SiteConfig, workdir: str | None) -> list[str]:
+    lmp = site.lammps
+    options = ["--containall"] if lmp.containall else []
+    if lmp.nv:
+        options.append("--nv")
+    binds = list(lmp.binds)
+    if workdir:
+        binds.append(workdir)
+    if site.potentials_dir:
+        binds.append(f"{site.potentials_dir}:{site.potentials_dir}:ro")
+    for spec in binds:
+        options += ["--bind", spec]
+    if workdir:
+        options += ["--pwd", workdir]
+    if lmp.containall:
+        # --containall starts from a clean environment: pass on what LAMMPS reads.
+        options += ["--env", f"OMP_NUM_THREADS={site.resources.threads_per_rank}"]
+        if site.potentials_dir:
+            options += ["--env", f"LAMMPS_POTENTIALS={site.potentials_dir}"]
+    return options

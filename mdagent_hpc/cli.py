@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -85,7 +86,7 @@ def check(script, example, run_dir, no_dry_run, strict, max_atoms, max_steps, as
     limits = Limits(**{k: v for k, v in {"max_atoms": max_atoms, "max_steps": max_steps}.items() if v})
     try:
         with err.status("preflight: parse, policy, potentials, dry run ...", spinner="dots") if not as_json \
-                else _nothing():
+                else contextlib.nullcontext():
             report = preflight(script, run_dir, limits=limits, dry=not no_dry_run)
     except LammpsNotFound as exc:
         raise UserError(str(exc)) from None
@@ -106,14 +107,6 @@ def check(script, example, run_dir, no_dry_run, strict, max_atoms, max_steps, as
                   f"error(s), {sum(d.severity == Severity.WARNING for d in report.diagnostics)} warning(s) "
                   f"in {report.seconds:.2f} s{dry}")
     sys.exit(1 if failed else 0)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 @main.command()

@@ -14,10 +14,10 @@ ctime/mtime, the CalcJob split by the files in its remote folder (_aiidasubmit.s
 log.lammps last written = LAMMPS done) and its `scheduler_lastchecktime` (the job seen finished). The target
 is an in-process overhead under 3 s. Timings are printed, never asserted.
 
-`--poll-interval N` sets AiiDA's `runner.poll.interval` of the temporary profile (mdagent sets 1 s): a local
-runner has no broker, so a workchain learns that a child it awaits has finished only by polling.
+A local runner has no broker, so a workchain learns that a child it awaits has finished only by polling; `mdagent
+run` and this benchmark use `run_here`, which polls every LOCAL_POLL_SECONDS (0.1 s).
 
-    .venv/bin/python bench/loop_overhead.py [--runs 3] [--poll-interval N]
+    .venv/bin/python bench/loop_overhead.py [--runs 3]
 """
 
 from __future__ import annotations
@@ -48,20 +48,19 @@ STEPS = ("generate_1", "preflight_1", "run_1", "evaluate_1")
 def run_in_process() -> tuple[float, int]:
     """One agent run in this process, as `mdagent run` does it; (seconds, pk)."""
     from aiida import orm
-    from aiida.engine import run_get_node
 
     from mdagent_hpc.agent.loop import LoopPolicy
     from mdagent_hpc.llm import load_llm_settings
     from mdagent_hpc.workflows.agent import AgentWorkChain
     from mdagent_hpc.workflows.generate import STORED_SETTINGS
-    from mdagent_hpc.workflows.profile import LOCAL_CODE, LOCAL_COMPUTER
+    from mdagent_hpc.workflows.profile import LOCAL_CODE, LOCAL_COMPUTER, run_here
 
     start = time.monotonic()
     settings = load_llm_settings()
     llm = {k: v for k, v in settings.model_dump(mode="json").items() if k in STORED_SETTINGS and v is not None}
     inputs = {"task": orm.Str(TASK), "code": orm.load_code(f"{LOCAL_CODE}@{LOCAL_COMPUTER}"),
               "llm": orm.Dict(llm), "loop": orm.Dict(LoopPolicy(max_attempts=1).model_dump(mode="json"))}
-    _, node = run_get_node(AgentWorkChain, **inputs)
+    _, node = run_here(AgentWorkChain, **inputs)
     return time.monotonic() - start, node.pk
 
 
@@ -117,7 +116,6 @@ def analyse(pk: int, total: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="measured runs per mode (after one warm-up)")
-    parser.add_argument("--poll-interval", type=int, help="set runner.poll.interval of the temporary profile")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mdagent-bench-home-") as home, FakeOpenAIServer() as server:
         os.environ["MDAGENT_HOME"] = home
@@ -132,14 +130,10 @@ def main() -> None:
         from mdagent_hpc.workflows.profile import ensure_profile
 
         ensure_profile()  # before any other aiida import, which would fix the config folder at ~/.aiida
-        from aiida.manage.configuration import get_config, get_config_option
+        from mdagent_hpc.workflows.profile import LOCAL_POLL_SECONDS
 
         logging.getLogger("aiida").setLevel(logging.WARNING)  # no REPORT lines from the in-process runs
-        if args.poll_interval is not None:
-            config = get_config()
-            config.set_option("runner.poll.interval", args.poll_interval, scope="mdagent")
-            config.store()
-        print(f"runner.poll.interval = {get_config_option('runner.poll.interval')} s", flush=True)
+        print(f"local runner polls every {LOCAL_POLL_SECONDS} s", flush=True)
         server.add(GOOD)
         seconds, _ = run_in_process()
         print(f"warm-up (in-process, imports and caches): {seconds:.2f} s", flush=True)

@@ -219,11 +219,11 @@ def run(task, daemon, max_attempts, model, as_json) -> None:
         raise UserError(str(exc)) from None
     _load_aiida()
     from aiida import orm
-    from aiida.engine import run_get_node, submit
+    from aiida.engine import submit
 
     from mdagent_hpc.agent.loop import LoopPolicy
     from mdagent_hpc.workflows.agent import AgentWorkChain
-    from mdagent_hpc.workflows.profile import LOCAL_CODE, LOCAL_COMPUTER
+    from mdagent_hpc.workflows.profile import LOCAL_CODE, LOCAL_COMPUTER, run_here
 
     llm = {k: v for k, v in settings.model_dump(mode="json").items() if k in STORED_SETTINGS and v is not None}
     inputs = {"task": orm.Str(task), "code": orm.load_code(f"{LOCAL_CODE}@{LOCAL_COMPUTER}"),
@@ -238,7 +238,7 @@ def run(task, daemon, max_attempts, model, as_json) -> None:
         return
     if not as_json:
         _live_reports()
-    _, node = run_get_node(AgentWorkChain, **inputs)
+    _, node = run_here(AgentWorkChain, **inputs)
     summary = run_summary(node)
     if as_json:
         emit_json(summary)

@@ -78,7 +78,7 @@ class ParsedScript(BaseModel):
     main: str = Field(description="main input file, relative to the run folder")
     commands: list[Command]
     variables: dict[str, list[str]] = Field(
-        default_factory=dict, description="variable name -> every value it may take ('?' when computed at run time)"
+        default_factory=dict, description="variable name -> every value it may take ('0' when computed at run time)"
     )
     files: list[FileAccess] = Field(default_factory=list)
     diagnostics: list[Diagnostic] = Field(default_factory=list)

@@ -188,8 +188,9 @@ class AgentWorkChain(WorkChain):
         if self.ctx.passed:
             return
         records = [AttemptRecord(**r) for r in self.ctx.records]
-        if should_stop_stuck(records, LoopPolicy(**self.ctx.policy)):
-            self.report(f"stuck: the same script or error {len(records)} times; stopping")
+        policy = LoopPolicy(**self.ctx.policy)
+        if should_stop_stuck(records, policy):
+            self.report(f"stuck: the same script or error {policy.stuck_limit} times in a row; stopping")
 
     def finalize(self):
         attempts = self.ctx.attempt

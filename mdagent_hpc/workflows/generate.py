@@ -14,7 +14,9 @@ import functools
 from aiida import orm
 from aiida.engine import Process
 
+from mdagent_hpc.lammps.policy import path_problem
 from mdagent_hpc.llm import LLMError, LLMUnavailable, generate, load_llm_settings
+from mdagent_hpc.workflows.lammps_calc import node_key
 
 # Settings that may be stored (and so passed as inputs); the API key is deliberately not among them.
 STORED_SETTINGS = ("base_url", "model", "timeout_s", "max_retries", "temperature", "top_p", "max_tokens", "seed",
@@ -39,9 +41,6 @@ class GenerateScript(Process):
         return "generate_script"
 
     async def run(self):
-        from mdagent_hpc.lammps.policy import path_problem
-        from mdagent_hpc.workflows.lammps_calc import node_key
-
         overrides = {k: v for k, v in self.inputs.settings.get_dict().items() if k in STORED_SETTINGS}
         messages = self.inputs.messages.get_list()
         try:

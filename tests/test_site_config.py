@@ -312,14 +312,23 @@ def test_installed_code_kwargs(tmp_path):
 def test_calcjob_options():
     options = aiida_calcjob_options(load_site(SITE_CONFIGS / "slurm-local.yaml"))
     assert options == {
-        "resources": {"num_machines": 1, "num_mpiprocs_per_machine": 2, "num_cores_per_mpiproc": 1},
+        "resources": {"num_machines": 1, "num_mpiprocs_per_machine": 1, "num_cores_per_mpiproc": 1},
         "max_wallclock_seconds": 600,
         "max_memory_kb": 1000 * 1024,
         "queue_name": "debug",
-        "withmpi": True,
+        "withmpi": False,
     }
+    two = aiida_calcjob_options(load_site(SITE_CONFIGS / "pbs-gpu.yaml").model_copy(
+        update={"resources": load_site(SITE_CONFIGS / "slurm-local.yaml").resources.model_copy(
+            update={"mpi_ranks_per_node": 2})}))
+    assert two["withmpi"] is True and two["resources"]["num_mpiprocs_per_machine"] == 2
     local = aiida_calcjob_options(load_site(SITE_CONFIGS / "local.yaml"))
     assert local["resources"] == {"num_machines": 1, "num_mpiprocs_per_machine": 1}
+
+
+def test_pbs_has_no_qos(tmp_path):
+    with pytest.raises(SiteConfigError, match="qos: PBS Pro has no QOS"):
+        site("name: p\nscheduler: pbspro\nqos: high\n", tmp_path)
 
 
 def test_calcjob_gpus(tmp_path):

@@ -209,6 +209,13 @@ class SiteConfig(_Strict):
             raise ValueError("only applies to slurm and pbspro, not direct")
         return value
 
+    @field_validator("qos")
+    @classmethod
+    def _no_qos_on_pbs(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("scheduler") == "pbspro":
+            raise ValueError("PBS Pro has no QOS (AiiDA's core.pbspro would ignore it); use queue and account")
+        return value
+
     @field_validator("workdir")
     @classmethod
     def _workdir(cls, value: str | None, info: ValidationInfo) -> str | None:

@@ -1,0 +1,335 @@
+"""The agent on real clusters: a single-node Slurm (slurmctld, slurmd, slurmdbd on MariaDB) and an sshd on
+127.0.0.1, both started by this module's fixtures and shared by its tests; the model is the replay server."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from openai_server import FakeOpenAIServer
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "mdagent_hpc" / "examples" / "demo"
+TASK = "Heat a small Cu crystal with EAM to 800 K in NVT"
+MDAGENT_LMP = str(Path(sys.executable).parent / "mdagent-lmp")
+SSHD_STATE = "/tmp/mdagent-sshd-tests"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="starts Slurm and sshd: needs root")
+
+
+def answer(script: str) -> str:
+    return json.dumps({"script": script, "files": [], "potentials": [], "notes": ""})
+
+
+def good(steps: int = 2000, extra: str = "") -> str:
+    """The demo's good script, running `steps` steps (~0.2 ms each here), with `extra` lines before the run."""
+    text = (DEMO / "good.lammps").read_text()
+    return re.sub(r"^run\s+\d+", f"{extra}run             {steps}", text, flags=re.M)
+
+
+def mdagent(*args, env_extra=None, timeout=600):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def llm_env(server) -> dict:
+    return {"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model",
+            "MDAGENT_LLM_MAX_RETRIES": "0"}
+
+
+def write_site(folder: Path, name: str, body: str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"name: {name}\n{body}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """The test cluster (idempotent: a running one is reused); partition `debug`, accounting through slurmdbd."""
+    started = subprocess.run(["bash", str(REPO / "schedulers/slurm-local/start.sh")], capture_output=True,
+                             text=True, timeout=600)
+    assert started.returncode == 0, started.stdout + started.stderr
+    return subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def sshd():
+    started = subprocess.run(["bash", str(REPO / "schedulers/sshd-local/start.sh"), SSHD_STATE],
+                             capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stdout + started.stderr
+    yield started.stdout.strip().splitlines()[-1]
+    subprocess.run(["bash", str(REPO / "schedulers/sshd-local/stop.sh"), SSHD_STATE], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory, slurm, sshd):
+    """Site configs for the tests, added with `mdagent site add`."""
+    from mdagent_hpc.workflows.profile import ensure_profile
+
+    ensure_profile()
+    folder = tmp_path_factory.mktemp("sites")
+    slurm_body = (f"scheduler: slurm\ntransport: {{type: local, use_login_shell: false, safe_interval: 0}}\n"
+                  f"queue: debug\npoll_interval: 0.5\nresources: {{memory_mb: 1000, walltime: 600}}\n"
+                  f"lammps: {{binary: {MDAGENT_LMP}}}\n")
+    files = {
+        "slurm-local": write_site(folder, "slurm-local", slurm_body),
+        "slurm-cancel-fail": write_site(folder, "slurm-cancel-fail", slurm_body + "on_failure: {cancelled: fail}\n"),
+        "slurm-walltime": write_site(folder, "slurm-walltime", slurm_body.replace("walltime: 600", "walltime: 60")
+                                     + "on_failure: {walltime: restart}\n"),
+        "slurm-ssh": write_site(folder, "slurm-ssh", (
+            f"scheduler: slurm\ntransport:\n  type: ssh\n  host: 127.0.0.1\n  port: 2222\n  user: root\n"
+            f"  key_filename: {sshd}\n  key_policy: AutoAddPolicy\n  use_login_shell: false\n  safe_interval: 0\n"
+            f"workdir: /tmp/mdagent-ssh-work/{{username}}\nqueue: debug\npoll_interval: 0.5\n"
+            f"resources: {{memory_mb: 1000, walltime: 600}}\nlammps: {{binary: {MDAGENT_LMP}}}\n"
+            f"on_failure: {{connection_lost: resubmit, max_resubmits: 2}}\n")),
+    }
+    for path in files.values():
+        added = mdagent("site", "add", str(path))
+        assert added.returncode == 0, added.stderr
+    return files
+
+
+def jobs(state: str = "RUNNING") -> list[str]:
+    listed = subprocess.run(["squeue", "-h", "-t", state, "-o", "%i"], capture_output=True, text=True)
+    return listed.stdout.split()
+
+
+def when_running(action, seconds: float = 120.0) -> threading.Thread:
+    """Call `action(job_id)` in a thread as soon as a LAMMPS job of ours is running."""
+    def watch():
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            running = jobs()
+            if running:
+                time.sleep(1.0)  # let LAMMPS start writing
+                action(running[0])
+                return
+            time.sleep(0.2)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def called(pk: int) -> dict:
+    from aiida import orm
+    from aiida.common.links import LinkType
+
+    node = orm.load_node(pk)
+    return {link.link_label: link.node for link in
+            node.base.links.get_outgoing(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK)).all()}
+
+
+# ------------------------------------------------------------------------------------------------ site commands
+def test_site_add_is_idempotent_and_site_test_runs_a_job(sites, tmp_path):
+    again = mdagent("site", "add", str(sites["slurm-local"]))
+    assert again.returncode == 0 and "unchanged" in again.stdout and "up to date" in again.stdout, again.stdout
+
+    tested = mdagent("site", "test", "slurm-local", "--json")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    report = json.loads(tested.stdout)
+    assert [s["name"] for s in report["stages"]] == ["aiida", "connect", "scheduler", "lammps job", "read back"]
+    assert all(s["ok"] and s["seconds"] >= 0 for s in report["stages"])
+    assert re.search(r"job \d+ ran 1 step", report["stages"][3]["detail"])
+    assert "accounting: COMPLETED" in report["stages"][4]["detail"]
+
+    # A changed binary replaces the code; the old one stays (hidden) for the runs that used it.
+    from aiida import orm
+
+    old = orm.load_code("lammps@slurm-local")
+    changed = write_site(tmp_path, "slurm-local", sites["slurm-local"].read_text().split("\n", 1)[1]
+                         .replace(MDAGENT_LMP, str(Path(sys.executable).parent / "lmp")))
+    assert mdagent("site", "add", str(changed)).returncode == 0
+    new = orm.load_code("lammps@slurm-local")
+    assert new.pk != old.pk and str(new.filepath_executable).endswith("/lmp")
+    assert orm.load_node(old.pk).is_hidden
+    assert mdagent("site", "add", str(sites["slurm-local"])).returncode == 0  # back to the sandboxed binary
+
+
+def test_site_test_names_the_failing_stage_and_the_fix(sites, tmp_path):
+    broken = write_site(tmp_path, "slurm-nolmp", sites["slurm-local"].read_text().split("\n", 1)[1]
+                        .replace(MDAGENT_LMP, "/nonexistent/lmp"))
+    assert mdagent("site", "add", str(broken)).returncode == 0
+    tested = mdagent("site", "test", "slurm-nolmp", "--json")
+    assert tested.returncode == 1
+    report = json.loads(tested.stdout)
+    failed = report["stages"][-1]
+    assert failed["name"] == "lammps job" and not failed["ok"] and "lammps.binary" in failed["fix"]
+
+    unknown = mdagent("site", "test", "no-such-site")
+    assert unknown.returncode == 2 and "no site 'no-such-site'" in unknown.stderr and "Traceback" not in unknown.stderr
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nscheduler: lsf\n")
+    added = mdagent("site", "add", str(bad))
+    assert added.returncode == 2 and f"{bad}:2: scheduler: 'lsf' is not one of direct, slurm, pbspro" in added.stderr
+
+
+# ------------------------------------------------------------------------------------------------ agent runs
+def test_agent_run_through_sbatch_records_job_id_and_accounting(sites):
+    from aiida import orm
+
+    with FakeOpenAIServer([answer(good())]) as server:
+        result = mdagent("run", TASK, "--site", "slurm-local", "--json", env_extra=llm_env(server))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["verdict"] == "passed"
+    calc = called(summary["pk"])["run_1"]
+    assert calc.computer.label == "slurm-local" and calc.computer.scheduler_type == "core.slurm"
+    job_id = calc.get_job_id()
+    assert job_id and job_id.isdigit()
+    sacct = calc.get_detailed_job_info()  # what AiiDA stored from sacct, in provenance
+    assert sacct["retval"] == 0 and f"|{job_id}|" in sacct["stdout"]
+    accounting = calc.outputs.results["accounting"]
+    assert accounting["JobID"] == job_id and accounting["State"] == "COMPLETED"
+    assert accounting["ExitCode"] == "0:0" and accounting["Elapsed"], accounting
+    script = calc.base.repository.get_object_content("_aiidasubmit.sh")
+    assert "#SBATCH --partition=debug" in script and MDAGENT_LMP in script
+    assert orm.load_node(summary["pk"]).inputs.site["dry_run"] == "here"
+
+
+def test_agent_run_over_ssh_with_the_dry_run_as_a_job(sites):
+    with FakeOpenAIServer([answer(good())]) as server:
+        result = mdagent("run", TASK, "--site", "slurm-ssh", "--json", env_extra=llm_env(server))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["verdict"] == "passed"
+    steps = called(summary["pk"])
+    dry, run = steps["dryrun_1"], steps["run_1"]
+    assert dry.inputs.skiprun.value and dry.is_finished_ok and dry.get_job_id() != run.get_job_id()
+    assert steps["dryrun_report_1"].outputs.result["ok"]
+    assert run.computer.transport_type == "core.ssh" and run.computer.hostname == "127.0.0.1"
+    assert run.get_remote_workdir().startswith("/tmp/mdagent-ssh-work/root/")
+    assert run.outputs.results["accounting"]["State"] == "COMPLETED"
+
+
+def test_dry_run_job_errors_come_back_as_preflight_feedback(sites):
+    broken = good().replace("pair_coeff      1 1 Cu_u3.eam", "pair_coeff      1 1 Cu_u3.eam\nfix 2 all nonesuch")
+    with FakeOpenAIServer([answer(broken), answer(good())]) as server:
+        result = mdagent("run", TASK, "--site", "slurm-ssh", "--json", env_extra=llm_env(server))
+        second_prompt = json.dumps(server.requests[1]["messages"])
+    summary = json.loads(result.stdout)
+    assert summary["verdict"] == "passed", result.stderr[-3000:]
+    steps = called(summary["pk"])
+    assert "run_1" not in steps and not steps["dryrun_report_1"].outputs.result["ok"]
+    assert "nonesuch" in second_prompt
+
+
+# ------------------------------------------------------------------------------------------------ faults
+def test_scancel_fails_the_attempt_with_feedback(sites):
+    cancel = when_running(lambda job: subprocess.run(["scancel", job], check=True))
+    with FakeOpenAIServer([answer(good(steps=400000)), answer(good())]) as server:
+        result = mdagent("run", TASK, "--site", "slurm-cancel-fail", "--json", env_extra=llm_env(server))
+        second_prompt = json.dumps(server.requests[1]["messages"])
+    cancel.join()
+    summary = json.loads(result.stdout)
+    assert summary["verdict"] == "passed", result.stderr[-3000:]
+    first = called(summary["pk"])["run_1"]
+    assert first.exit_status == 350 and first.outputs.results["accounting"]["State"].startswith("CANCELLED")
+    assert "cancelled" in second_prompt and "run.cancelled" in second_prompt
+    from aiida.cmdline.utils.common import get_workchain_report
+    from aiida.orm import load_node
+
+    assert "site policy: fail" in get_workchain_report(load_node(summary["pk"]), "REPORT")
+
+
+def test_node_failure_mid_run_is_resubmitted(sites, slurm):
+    def down(job):
+        subprocess.run(["scontrol", "update", f"nodename={slurm}", "state=down", "reason=mdagent-test"], check=True)
+        time.sleep(1.0)
+        subprocess.run(["scontrol", "update", f"nodename={slurm}", "state=resume"], check=False)
+
+    failing = when_running(down)
+    with FakeOpenAIServer([answer(good(steps=30000))]) as server:
+        result = mdagent("run", TASK, "--site", "slurm-local", "--json", env_extra=llm_env(server))
+    failing.join()
+    summary = json.loads(result.stdout)
+    assert summary["verdict"] == "passed", result.stderr[-3000:]
+    steps = called(summary["pk"])
+    assert steps["run_1"].exit_status == 140  # AiiDA's ERROR_SCHEDULER_NODE_FAILURE, from sacct's NODE_FAIL
+    assert steps["run_1"].outputs.results["accounting"]["State"] == "NODE_FAIL"
+    assert steps["run_1_2"].is_finished_ok and steps["run_1_2"].get_job_id() != steps["run_1"].get_job_id()
+    assert len(summary["attempts"]) == 1  # a resubmission is not a new attempt of the agent
+
+
+def test_walltime_falls_back_to_the_restart_file(sites):
+    continuation = (DEMO / "good.lammps").read_text()
+    continuation = re.sub(r"(?s)^.*?pair_style", "read_restart    cont.restart\npair_style", continuation)
+    continuation = re.sub(r"^velocity.*\n", "", continuation, flags=re.M).replace("run             2000",
+                                                                                 "run             1000")
+    with FakeOpenAIServer([answer(good(steps=5_000_000, extra="restart         500 cont.restart\n")),
+                           answer(continuation)]) as server:
+        result = mdagent("run", TASK, "--site", "slurm-walltime", "--json", env_extra=llm_env(server))
+        second_prompt = json.dumps(server.requests[1]["messages"])
+    summary = json.loads(result.stdout)
+    assert summary["verdict"] == "passed", result.stderr[-3000:]
+    steps = called(summary["pk"])
+    first = steps["run_1"]
+    assert first.exit_status == 120 and first.outputs.results["accounting"]["State"] == "TIMEOUT"
+    assert first.outputs.results["restart_files"] == ["cont.restart"]
+    assert "cont.restart" in second_prompt and "read_restart" in second_prompt
+    staged = steps["run_2"].inputs.files
+    assert [node.filename for node in staged.values()] == ["cont.restart"]
+    assert steps["restart_files_1"].inputs  # the restart file's node was made from run_1's retrieved files
+
+
+def test_ssh_drop_mid_run_is_retried_and_recorded(sites, sshd):
+    from aiida import orm
+
+    def drop(job):
+        subprocess.run(["bash", str(REPO / "schedulers/sshd-local/stop.sh"), SSHD_STATE], check=True)
+        subprocess.run(["pkill", "-f", "sshd: root"], check=False)  # the open sessions too
+        time.sleep(4.0)
+        subprocess.run(["bash", str(REPO / "schedulers/sshd-local/start.sh"), SSHD_STATE], check=True,
+                       capture_output=True)
+
+    dropping = when_running(drop)
+    with FakeOpenAIServer([answer(good(steps=30000))]) as server:
+        result = mdagent("run", TASK, "--site", "slurm-ssh", "--json", env_extra=llm_env(server))
+    dropping.join()
+    summary = json.loads(result.stdout)
+    assert summary["verdict"] == "passed", result.stderr[-3000:]
+    run = called(summary["pk"])["run_1"]
+    assert run.is_finished_ok and run.outputs.results["accounting"]["State"] == "COMPLETED"
+    logs = " ".join(entry.message for entry in orm.Log.collection.get_logs_for(run))
+    assert "connection" in logs.lower() or "transport" in logs.lower(), logs
+
+
+def test_daemon_restart_mid_run_loses_nothing(sites):
+    from aiida import orm
+    from aiida.engine.daemon.client import get_daemon_client
+
+    with FakeOpenAIServer([answer(good(steps=30000))]) as server:
+        env = llm_env(server)
+        os.environ.update(env)  # the daemon inherits the environment it starts with
+        client = get_daemon_client()
+        try:
+            submitted = mdagent("run", TASK, "--site", "slurm-local", "--daemon", "--json", env_extra=env)
+            assert submitted.returncode == 0, submitted.stderr
+            pk = json.loads(submitted.stdout)["pk"]
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not jobs():
+                time.sleep(0.2)
+            assert jobs(), "the LAMMPS job never started"
+            client.stop_daemon(wait=True)
+            time.sleep(2.0)
+            client.start_daemon(number_workers=1)
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and not orm.load_node(pk).is_terminated:
+                time.sleep(1)
+        finally:
+            client.stop_daemon(wait=True)
+            for key in env:
+                os.environ.pop(key)
+        requests = len(server.requests)
+    node = orm.load_node(pk)
+    assert node.is_finished_ok, node.exit_message
+    steps = called(pk)
+    assert set(steps) == {"generate_1", "preflight_1", "run_1", "evaluate_1"}
+    assert requests == 1  # the model was not asked twice
+    assert steps["run_1"].outputs.results["accounting"]["State"] == "COMPLETED"

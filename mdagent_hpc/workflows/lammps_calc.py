@@ -75,7 +75,12 @@ def restart_files(script: str) -> list[str]:
         parsed = parse_text(script, INPUT)
     except ScriptError:
         return []
-    patterns = {f.path.replace("%", "*") for f in parsed.files if f.kind == "restart" and f.mode == "write"}
+    patterns = set()
+    for f in parsed.files:
+        if f.kind == "restart" and f.mode == "write":
+            patterns.add(f.path.replace("%", "*"))
+            if f.command.split()[0] == "restart" and "*" not in f.path:
+                patterns.add(f"{f.path}.*")  # `restart N root` writes root.STEP files
     return sorted(p for p in patterns if "/" not in p and not p.startswith("."))
 
 

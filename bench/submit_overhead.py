@@ -1,0 +1,111 @@
+"""Submit overhead on the single-node Slurm: AiiDA's round trip against a plain `sbatch --wait`.
+
+Starts the test cluster (schedulers/slurm-local/start.sh), then alternates, `--runs` times each:
+
+- mdagent: the LAMMPS CalcJob on site `slurm-local` (sandboxed `mdagent-lmp`, poll interval 0.5 s), from the call
+  to the moment its results are in provenance (upload, sbatch, squeue polls, sacct, retrieve, parse, store);
+- baseline: `sbatch --wait` of a job script running the same `mdagent-lmp` command on the same files.
+
+The job is a ~1 s LAMMPS run (Lennard-Jones, 4000 atoms). Prints both medians and their ratio; target <= 1.5.
+Works in a temporary MDAGENT_HOME. Timings are printed, never asserted.
+
+    .venv/bin/python bench/submit_overhead.py [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = 1.5
+SCRIPT = """\
+units lj
+lattice fcc 0.8442
+region box block 0 10 0 10 0 10
+create_box 1 box
+create_atoms 1 box
+mass 1 1.0
+velocity all create 1.0 87287 loop geom
+pair_style lj/cut 2.5
+pair_coeff 1 1 1.0 1.0 2.5
+fix 1 all nve
+thermo 100
+run 1000
+"""
+
+
+def mdagent_run(code, options) -> float:
+    from aiida import orm
+
+    from mdagent_hpc.workflows.lammps_calc import LammpsCalculation
+    from mdagent_hpc.workflows.profile import run_here
+
+    script = orm.SinglefileData(io.BytesIO(SCRIPT.encode()), filename="in.lammps")
+    start = time.monotonic()
+    _, node = run_here(LammpsCalculation, code=code, script=script, metadata={"options": options})
+    seconds = time.monotonic() - start
+    if not node.is_finished_ok:
+        sys.exit(f"the CalcJob failed: {node.exit_status} {node.exit_message}")
+    return seconds
+
+
+def sbatch_wait(folder: Path, lmp: str) -> float:
+    (folder / "in.lammps").write_text(SCRIPT)
+    (folder / "job.sh").write_text(f"#!/bin/bash\n#SBATCH --partition=debug\n#SBATCH --mem=1000\n#SBATCH --time=10\n"
+                                   f"cd {folder}\n'{lmp}' -in in.lammps -log log.lammps -nocite > lammps.out\n")
+    start = time.monotonic()
+    done = subprocess.run(["sbatch", "--wait", "--parsable", "-o", str(folder / "slurm.out"), str(folder / "job.sh")],
+                          cwd=folder, capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    if done.returncode != 0:
+        sys.exit(f"sbatch --wait failed: {done.stderr.strip()}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+
+    print("starting the test cluster ...", file=sys.stderr)
+    subprocess.run(["bash", str(REPO / "schedulers/slurm-local/start.sh")], check=True, stdout=subprocess.DEVNULL)
+    home = tempfile.mkdtemp(prefix="mdagent-bench-")
+    os.environ["MDAGENT_HOME"] = home
+    from mdagent_hpc.workflows.profile import configure_environment, ensure_profile
+
+    configure_environment()
+    ensure_profile()
+    from mdagent_hpc.execution.registry import BUNDLED
+    from mdagent_hpc.execution.site import aiida_calcjob_options, load_site
+    from mdagent_hpc.workflows.computers import ensure_site
+
+    site = load_site(BUNDLED / "slurm-local.yaml")
+    setup = ensure_site(site)
+    options = aiida_calcjob_options(site)
+    lmp = str(setup.code.filepath_executable)
+
+    mdagent_run(setup.code, options)  # warm-up: imports, first connection
+    ours, baseline = [], []
+    for i in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="sbatch-", dir=home) as tmp:
+            baseline.append(sbatch_wait(Path(tmp), lmp))
+        ours.append(mdagent_run(setup.code, options))
+        print(f"run {i + 1:2}/{args.runs}: mdagent {ours[-1]:5.2f} s   sbatch --wait {baseline[-1]:5.2f} s",
+              file=sys.stderr)
+    m_ours, m_base = statistics.median(ours), statistics.median(baseline)
+    ratio = m_ours / m_base
+    print(f"median submit -> results in provenance: {m_ours:.2f} s (min {min(ours):.2f}, max {max(ours):.2f})")
+    print(f"median sbatch --wait:                   {m_base:.2f} s (min {min(baseline):.2f}, max {max(baseline):.2f})")
+    print(f"ratio {ratio:.2f} (target <= {TARGET}): {'met' if ratio <= TARGET else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,7 +4,9 @@ Starts the test cluster (schedulers/slurm-local/start.sh), then alternates, `--r
 
 - mdagent: the LAMMPS CalcJob on site `slurm-local` (sandboxed `mdagent-lmp`, poll interval 0.5 s), from the call
   to the moment its results are in provenance (upload, sbatch, squeue polls, sacct, retrieve, parse, store);
-- baseline: `sbatch --wait` of a job script running the same `mdagent-lmp` command on the same files.
+- baseline: `sbatch --wait` of a job script running the same `mdagent-lmp` command on the same files;
+- tight: the same job submitted with `sbatch` and watched with `squeue` every 0.1 s (a stricter reference:
+  `sbatch --wait` itself polls slowly, so the target ratio alone flatters us).
 
 The job is a ~1 s LAMMPS run (Lennard-Jones, 4000 atoms). Prints both medians and their ratio; target <= 1.5.
 Works in a temporary MDAGENT_HOME. Timings are printed, never asserted.
@@ -57,17 +59,20 @@ def mdagent_run(code, options) -> float:
     return seconds
 
 
-def sbatch_wait(folder: Path, lmp: str) -> float:
+def sbatch_wait(folder: Path, lmp: str, tight: bool = False) -> float:
     (folder / "in.lammps").write_text(SCRIPT)
     (folder / "job.sh").write_text(f"#!/bin/bash\n#SBATCH --partition=debug\n#SBATCH --mem=1000\n#SBATCH --time=10\n"
                                    f"cd {folder}\n'{lmp}' -in in.lammps -log log.lammps -nocite > lammps.out\n")
     start = time.monotonic()
-    done = subprocess.run(["sbatch", "--wait", "--parsable", "-o", str(folder / "slurm.out"), str(folder / "job.sh")],
+    wait = [] if tight else ["--wait"]
+    done = subprocess.run(["sbatch", *wait, "--parsable", "-o", str(folder / "slurm.out"), str(folder / "job.sh")],
                           cwd=folder, capture_output=True, text=True)
-    seconds = time.monotonic() - start
     if done.returncode != 0:
-        sys.exit(f"sbatch --wait failed: {done.stderr.strip()}")
-    return seconds
+        sys.exit(f"sbatch failed: {done.stderr.strip()}")
+    while tight and subprocess.run(["squeue", "-h", "-j", done.stdout.strip().split(";")[0], "-t", "PD,R,CG"],
+                                   capture_output=True, text=True).stdout.strip():
+        time.sleep(0.1)
+    return time.monotonic() - start
 
 
 def main() -> None:
@@ -93,18 +98,22 @@ def main() -> None:
     lmp = str(setup.code.filepath_executable)
 
     mdagent_run(setup.code, options)  # warm-up: imports, first connection
-    ours, baseline = [], []
+    ours, baseline, tight = [], [], []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="sbatch-", dir=home) as tmp:
             baseline.append(sbatch_wait(Path(tmp), lmp))
+        with tempfile.TemporaryDirectory(prefix="sbatch-", dir=home) as tmp:
+            tight.append(sbatch_wait(Path(tmp), lmp, tight=True))
         ours.append(mdagent_run(setup.code, options))
-        print(f"run {i + 1:2}/{args.runs}: mdagent {ours[-1]:5.2f} s   sbatch --wait {baseline[-1]:5.2f} s",
-              file=sys.stderr)
-    m_ours, m_base = statistics.median(ours), statistics.median(baseline)
+        print(f"run {i + 1:2}/{args.runs}: mdagent {ours[-1]:5.2f} s   sbatch --wait {baseline[-1]:5.2f} s   "
+              f"sbatch + squeue {tight[-1]:5.2f} s", file=sys.stderr)
+    m_ours, m_base, m_tight = statistics.median(ours), statistics.median(baseline), statistics.median(tight)
     ratio = m_ours / m_base
     print(f"median submit -> results in provenance: {m_ours:.2f} s (min {min(ours):.2f}, max {max(ours):.2f})")
     print(f"median sbatch --wait:                   {m_base:.2f} s (min {min(baseline):.2f}, max {max(baseline):.2f})")
-    print(f"ratio {ratio:.2f} (target <= {TARGET}): {'met' if ratio <= TARGET else 'MISSED'}")
+    print(f"median sbatch + squeue every 0.1 s:     {m_tight:.2f} s (min {min(tight):.2f}, max {max(tight):.2f})")
+    print(f"ratio {ratio:.2f} (target <= {TARGET}): {'met' if ratio <= TARGET else 'MISSED'}; "
+          f"against the tight reference: {m_ours / m_tight:.2f}")
 
 
 if __name__ == "__main__":

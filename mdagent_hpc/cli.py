@@ -514,5 +514,9 @@ def runs(limit, as_json) -> None:
     out.print(table)
 
 
+from mdagent_hpc.cli_image import image  # noqa: E402 (the group is defined apart from the core commands)
+
+main.add_command(image)
+
 if __name__ == "__main__":
     main()

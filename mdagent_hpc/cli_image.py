@@ -40,6 +40,8 @@ def check(image_ref: str, apptainer: str, executable: str, timeout: float, as_js
         emit_json(report.model_dump())
         return
     table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
     table.add_row("image", report.image)
     table.add_row("LAMMPS", f"[bold]{report.lammps_version}[/]")
     table.add_row("Apptainer", report.apptainer_version)

@@ -28,20 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 1.5
-SCRIPT = """\
-units lj
-lattice fcc 0.8442
-region box block 0 10 0 10 0 10
-create_box 1 box
-create_atoms 1 box
-mass 1 1.0
-velocity all create 1.0 87287 loop geom
-pair_style lj/cut 2.5
-pair_coeff 1 1 1.0 1.0 2.5
-fix 1 all nve
-thermo 100
-run 1000
-"""
+from mdagent_hpc.workflows.site_test import lj_script  # noqa: E402
+
+SCRIPT = lj_script(10, 1000)
 
 
 def mdagent_run(code, options) -> float:

@@ -278,7 +278,10 @@ def test_walltime_falls_back_to_the_restart_file(sites):
     assert "cont.restart" in second_prompt and "read_restart" in second_prompt
     staged = steps["run_2"].inputs.files
     assert [node.filename for node in staged.values()] == ["cont.restart"]
-    assert steps["restart_files_1"].inputs  # the restart file's node was made from run_1's retrieved files
+    # The staged restart file was made from run_1's retrieved files, by the restart_files_1 calcfunction.
+    (node,) = staged.values()
+    assert node.creator.pk == steps["restart_files_1"].pk
+    assert steps["restart_files_1"].inputs.retrieved.pk == first.outputs.retrieved.pk
 
 
 def test_ssh_drop_mid_run_is_retried_and_recorded(sites, sshd):

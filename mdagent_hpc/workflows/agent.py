@@ -116,6 +116,7 @@ class AgentWorkChain(WorkChain):
     def check(self):
         gen = self.ctx.generation
         self.ctx.checked = False
+        self.ctx.runs = 0  # LAMMPS jobs of this attempt (1 + resubmissions)
         self.ctx.script_text = ""
         if gen.exit_status == GenerateScript.exit_codes.ERROR_LLM_UNAVAILABLE.status:
             failure = gen.outputs.response.get_dict()
@@ -185,8 +186,7 @@ class AgentWorkChain(WorkChain):
         return self.ctx.checked
 
     def run_lammps(self):
-        self.ctx.runs = self.ctx.get("runs", 0) + 1 if self.ctx.get("run_attempt") == self.ctx.attempt else 1
-        self.ctx.run_attempt = self.ctx.attempt
+        self.ctx.runs += 1
         label = f"run_{self.ctx.attempt}" + (f"_{self.ctx.runs}" if self.ctx.runs > 1 else "")
         inputs = self._lammps_inputs(self.inputs.options.get_dict(), label)
         again = f" (resubmission {self.ctx.runs - 1})" if self.ctx.runs > 1 else ""

@@ -60,13 +60,14 @@ def ensure_site(site: SiteConfig) -> SiteSetup:
     wanted = aiida_computer_kwargs(site)
     try:
         computer = orm.load_computer(site.name)
+        created = False
     except NotExistent:
         computer = orm.Computer(**{k: v for k, v in wanted.items() if k != "metadata"}).store()
         changes.append(f"created computer {site.name}")
+        created = True
     for key in ("description", "hostname", "transport_type", "scheduler_type"):
         if getattr(computer, key) != wanted[key]:
-            if not changes:
-                changes.append(f"computer {site.name}: {key} {getattr(computer, key)!r} -> {wanted[key]!r}")
+            changes.append(f"computer {site.name}: {key} {getattr(computer, key)!r} -> {wanted[key]!r}")
             setattr(computer, key, wanted[key])
     if computer.get_workdir() != wanted["workdir"]:
         changes.append(f"computer {site.name}: workdir -> {wanted['workdir']}")
@@ -77,7 +78,7 @@ def ensure_site(site: SiteConfig) -> SiteSetup:
         if key not in wanted["metadata"]:
             desired.pop(key, None)
     if desired != metadata:
-        if "created computer" not in " ".join(changes):
+        if not created:
             changes.append(f"computer {site.name}: settings updated")
         computer.metadata = desired
 

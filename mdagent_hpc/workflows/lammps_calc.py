@@ -88,8 +88,9 @@ class LammpsParser(Parser):
     def parse(self, **kwargs):
         info = self.node.get_detailed_job_info() or {}
         accounting = parse_sacct(info.get("stdout", "")) if info.get("retval") == 0 else {}
-        fault = fault_of(accounting.get("State"))
         scheduler_status = self.node.exit_status  # set by AiiDA when its scheduler plugin read a fault
+        fault = fault_of(accounting.get("State")) or {120: Fault.WALLTIME, 140: Fault.NODE_FAILURE}.get(
+            scheduler_status)
         retrieved = self.retrieved
         names = retrieved.base.repository.list_object_names()
         if LOG not in names:
@@ -98,10 +99,6 @@ class LammpsParser(Parser):
             return self._fault_exit(fault, scheduler_status) or self.exit_codes.ERROR_NO_LOG
         log = parse_log(retrieved.base.repository.get_object_content(LOG, mode="r"))
         last = log.last_block
-        if fault is None and scheduler_status == 120:
-            fault = Fault.WALLTIME
-        elif fault is None and scheduler_status == 140:
-            fault = Fault.NODE_FAILURE
         self.out("results", orm.Dict({
             "job_id": self.node.get_job_id(),
             "accounting": accounting,

@@ -9,21 +9,15 @@ from dataclasses import dataclass
 
 from mdagent_hpc.execution.site import SiteConfig, SiteConfigError, aiida_calcjob_options
 
-# One MD step of a small Lennard-Jones crystal: needs no potential file and runs in well under a second.
-TEST_SCRIPT = """\
-units lj
-lattice fcc 0.8442
-region box block 0 4 0 4 0 4
-create_box 1 box
-create_atoms 1 box
-mass 1 1.0
-velocity all create 1.0 87287 loop geom
-pair_style lj/cut 2.5
-pair_coeff 1 1 1.0 1.0 2.5
-fix 1 all nve
-thermo 1
-run 1
-"""
+
+def lj_script(cells: int, steps: int) -> str:
+    """NVE steps of a Lennard-Jones fcc crystal of 4 x cells^3 atoms: needs no potential file."""
+    return (f"units lj\nlattice fcc 0.8442\nregion box block 0 {cells} 0 {cells} 0 {cells}\ncreate_box 1 box\n"
+            "create_atoms 1 box\nmass 1 1.0\nvelocity all create 1.0 87287 loop geom\npair_style lj/cut 2.5\n"
+            f"pair_coeff 1 1 1.0 1.0 2.5\nfix 1 all nve\nthermo {max(1, steps // 10)}\nrun {steps}\n")
+
+
+TEST_SCRIPT = lj_script(4, 1)  # one step of 256 atoms: well under a second
 
 
 @dataclass

@@ -53,7 +53,7 @@ def run_in_process() -> tuple[float, int]:
     from mdagent_hpc.llm import load_llm_settings
     from mdagent_hpc.workflows.agent import AgentWorkChain
     from mdagent_hpc.workflows.generate import STORED_SETTINGS
-    from mdagent_hpc.workflows.profile import LOCAL_CODE, LOCAL_COMPUTER, run_here
+    from mdagent_hpc.execution.profile import LOCAL_CODE, LOCAL_COMPUTER, run_here
 
     start = time.monotonic()
     settings = load_llm_settings()
@@ -127,10 +127,10 @@ def main() -> None:
         server.add(GOOD)
         seconds, _ = run_cli()
         print(f"warm-up (CLI, creates the profile): {seconds:.2f} s", flush=True)
-        from mdagent_hpc.workflows.profile import ensure_profile
+        from mdagent_hpc.execution.profile import ensure_profile
 
         ensure_profile()  # before any other aiida import, which would fix the config folder at ~/.aiida
-        from mdagent_hpc.workflows.profile import LOCAL_POLL_SECONDS
+        from mdagent_hpc.execution.profile import LOCAL_POLL_SECONDS
 
         logging.getLogger("aiida").setLevel(logging.WARNING)  # no REPORT lines from the in-process runs
         print(f"local runner polls every {LOCAL_POLL_SECONDS} s", flush=True)

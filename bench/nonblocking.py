@@ -65,7 +65,7 @@ def agent_inputs() -> dict:
     from mdagent_hpc.agent.loop import LoopPolicy
     from mdagent_hpc.llm import load_llm_settings
     from mdagent_hpc.workflows.generate import STORED_SETTINGS
-    from mdagent_hpc.workflows.profile import LOCAL_CODE, LOCAL_COMPUTER
+    from mdagent_hpc.execution.profile import LOCAL_CODE, LOCAL_COMPUTER
 
     settings = load_llm_settings()
     llm = {k: v for k, v in settings.model_dump(mode="json").items() if k in STORED_SETTINGS and v is not None}
@@ -153,7 +153,7 @@ def main() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH), os.environ.get("PYTHONPATH")) if p)
         print(f"MDAGENT_HOME={home}; endpoint {server.base_url}", flush=True)
 
-        from mdagent_hpc.workflows.profile import ensure_profile
+        from mdagent_hpc.execution.profile import ensure_profile
 
         ensure_profile()  # before any other aiida import, which would fix the config folder at ~/.aiida
         from aiida.engine.daemon.client import get_daemon_client

@@ -28,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 1.5
-from mdagent_hpc.workflows.site_test import lj_script  # noqa: E402
+from mdagent_hpc.execution.probe import lj_script  # noqa: E402
 
 SCRIPT = lj_script(10, 1000)
 
@@ -37,7 +37,7 @@ def mdagent_run(code, options) -> float:
     from aiida import orm
 
     from mdagent_hpc.workflows.lammps_calc import LammpsCalculation
-    from mdagent_hpc.workflows.profile import run_here
+    from mdagent_hpc.execution.profile import run_here
 
     script = orm.SinglefileData(io.BytesIO(SCRIPT.encode()), filename="in.lammps")
     start = time.monotonic()
@@ -73,13 +73,13 @@ def main() -> None:
     subprocess.run(["bash", str(REPO / "schedulers/slurm-local/start.sh")], check=True, stdout=subprocess.DEVNULL)
     home = tempfile.mkdtemp(prefix="mdagent-bench-")
     os.environ["MDAGENT_HOME"] = home
-    from mdagent_hpc.workflows.profile import configure_environment, ensure_profile
+    from mdagent_hpc.execution.profile import configure_environment, ensure_profile
 
     configure_environment()
     ensure_profile()
     from mdagent_hpc.execution.registry import BUNDLED
     from mdagent_hpc.execution.site import aiida_calcjob_options, load_site
-    from mdagent_hpc.workflows.computers import ensure_site
+    from mdagent_hpc.execution.computers import ensure_site
 
     site = load_site(BUNDLED / "slurm-local.yaml")
     setup = ensure_site(site)

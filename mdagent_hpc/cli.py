@@ -57,7 +57,7 @@ def print_diagnostics(diags: list[Diagnostic]) -> None:
 @click.version_option(package_name="mdagent-hpc")
 def main() -> None:
     """Plain-language LAMMPS simulations, generated, checked, run and evaluated by an LLM agent."""
-    from mdagent_hpc.workflows.profile import configure_environment
+    from mdagent_hpc.execution.profile import configure_environment
 
     configure_environment()  # before anything imports AiiDA, which reads AIIDA_PATH once
 
@@ -171,7 +171,7 @@ def potentials_find(elements, style, as_json) -> None:
 
 # -- the agent ------------------------------------------------------------------------------------------------
 def _load_aiida():
-    from mdagent_hpc.workflows.profile import ProfileError, ensure_profile
+    from mdagent_hpc.execution.profile import ProfileError, ensure_profile
 
     try:
         return ensure_profile()
@@ -226,8 +226,8 @@ def run(task, site_name, daemon, max_attempts, model, as_json) -> None:
     from mdagent_hpc.agent.loop import LoopPolicy
     from mdagent_hpc.execution.site import SiteConfigError
     from mdagent_hpc.workflows.agent import AgentWorkChain
-    from mdagent_hpc.workflows.computers import workflow_inputs
-    from mdagent_hpc.workflows.profile import run_here
+    from mdagent_hpc.execution.computers import workflow_inputs
+    from mdagent_hpc.execution.profile import run_here
 
     llm = {k: v for k, v in settings.model_dump(mode="json").items() if k in STORED_SETTINGS and v is not None}
     try:
@@ -259,7 +259,7 @@ def _site(name: str | None):
     """The named site config, or the embedded default (this machine, sandboxed) when no name is given."""
     from mdagent_hpc.execution.registry import find_site
     from mdagent_hpc.execution.site import SiteConfigError
-    from mdagent_hpc.workflows.computers import local_site
+    from mdagent_hpc.execution.computers import local_site
 
     if name is None:
         return local_site()
@@ -281,7 +281,7 @@ def site_add(file) -> None:
     """Validate FILE, keep it as your site config, and create or update its AiiDA computer and code."""
     from mdagent_hpc.execution.registry import add_site
     from mdagent_hpc.execution.site import SiteConfigError
-    from mdagent_hpc.workflows.computers import ensure_site
+    from mdagent_hpc.execution.computers import ensure_site
 
     try:
         config, dest, changed = add_site(file)
@@ -328,12 +328,12 @@ def site_list(as_json) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def site_test_command(name, as_json) -> None:
     """Connect to site NAME, query its scheduler, run a 1-step LAMMPS job and read it back, timing each stage."""
-    from mdagent_hpc.workflows.site_test import site_test
+    from mdagent_hpc.execution.probe import probe_site
 
     config = _site(name)
     _load_aiida()
     stages = []
-    for stage in site_test(config) if as_json else _with_progress(site_test(config)):
+    for stage in probe_site(config) if as_json else _with_progress(probe_site(config)):
         stages.append(stage)
         if not as_json:
             mark = "[green]ok[/]  " if stage.ok else "[bold red]FAIL[/]"

@@ -131,3 +131,59 @@ class Evaluation(BaseModel):
     reward: float = Field(ge=0.0, le=1.0)
     findings: list[Finding]
     summary: dict[str, float | int | str | None] = Field(default_factory=dict)
+    observables: dict[str, float] = Field(
+        default_factory=dict,
+        description="physical results read from the log, e.g. temp_final, temp_mean, press_mean, toteng_final",
+    )
+
+
+class Stage(StrEnum):
+    """How far an attempt got: the last step it reached."""
+
+    GENERATE = "generate"
+    PREFLIGHT = "preflight"
+    DRY_RUN = "dry_run"
+    RUN = "run"
+    EVALUATE = "evaluate"
+
+
+class Job(BaseModel):
+    """The LAMMPS job of an attempt, as the scheduler saw it."""
+
+    site: str = "local"
+    job_id: str | None = None
+    exit_status: int | None = None
+    accounting: dict = Field(default_factory=dict, description="the scheduler's record (sacct fields)")
+    fault: str | None = Field(None, description="cancelled, walltime, node_failure, connection_lost")
+    action: str | None = Field(None, description="what the site's policy did about the fault")
+    resubmissions: int = 0
+    restarts: int = Field(0, description="continuations from restart files after a wall-time cut")
+    workdir: str | None = None
+
+
+class Usage(BaseModel):
+    """What one generation cost."""
+
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+
+
+class Attempt(BaseModel):
+    """Everything one attempt of the agent loop is: the one shape every consumer reads."""
+
+    number: int = Field(ge=1)
+    stage: Stage = Field(description="the last step this attempt reached")
+    passed: bool = False
+    script: str | None = None
+    script_sha: str | None = None
+    files: list[str] = Field(default_factory=list, description="extra files staged next to the script")
+    diagnostics: list[Diagnostic] = Field(default_factory=list, description="what stopped or warned this attempt")
+    evaluation: Evaluation | None = None
+    job: Job | None = None
+    feedback: str | None = Field(None, description="what the model was told about this attempt")
+    error_key: str | None = Field(None, description="the first blocking problem, reduced to a comparable key")
+    seconds: dict[str, float] = Field(default_factory=dict, description="step name -> wall seconds")
+    usage: Usage = Field(default_factory=Usage)
+    nodes: dict[str, int] = Field(default_factory=dict, description="step name -> provenance node pk")

@@ -33,7 +33,7 @@ def mdagent(*args, env_extra=None, timeout=300):
 
 @pytest.fixture(scope="module")
 def aiida_profile():
-    from mdagent_hpc.workflows.profile import ensure_profile
+    from mdagent_hpc.execution.profile import ensure_profile
 
     return ensure_profile()
 

@@ -70,7 +70,7 @@ def sshd():
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory, slurm, sshd):
     """Site configs for the tests, added with `mdagent site add`."""
-    from mdagent_hpc.workflows.profile import ensure_profile
+    from mdagent_hpc.execution.profile import ensure_profile
 
     ensure_profile()
     folder = tmp_path_factory.mktemp("sites")

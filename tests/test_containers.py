@@ -216,7 +216,7 @@ def test_apptainer_command_is_documented(tmp_path):
 
 @pytest.fixture(scope="module")
 def aiida_orm():
-    from mdagent_hpc.workflows.profile import configure_environment
+    from mdagent_hpc.execution.profile import configure_environment
 
     configure_environment()
     from aiida import orm

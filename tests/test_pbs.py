@@ -61,7 +61,7 @@ MINIMAL = "name: pbs-min\nscheduler: pbspro\n"
 @pytest.fixture(scope="module")
 def aiida():
     """AiiDA's PBS Pro plugin and datastructures, imported under the test's MDAGENT_HOME (no profile is loaded)."""
-    from mdagent_hpc.workflows.profile import configure_environment
+    from mdagent_hpc.execution.profile import configure_environment
 
     configure_environment()
     from aiida.common.datastructures import CodeRunMode

@@ -26,7 +26,7 @@ MINIMAL = "name: x\nscheduler: slurm\n"
 @pytest.fixture(scope="module")
 def aiida():
     """AiiDA's classes, imported with AIIDA_PATH under the test's MDAGENT_HOME (no profile is loaded)."""
-    from mdagent_hpc.workflows.profile import configure_environment
+    from mdagent_hpc.execution.profile import configure_environment
 
     configure_environment()
     from aiida import orm, plugins

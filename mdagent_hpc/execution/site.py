@@ -384,7 +384,7 @@ def aiida_computer_kwargs(site: SiteConfig) -> dict[str, Any]:
         "hostname": site.transport.host if site.transport.type == "ssh" else "localhost",
         "transport_type": f"core.{site.transport.type}",
         "scheduler_type": AIIDA_SCHEDULERS[site.scheduler],
-        "workdir": site.workdir or str(mdagent_home() / "work"),  # as workflows/profile.py's `local`
+        "workdir": site.workdir or str(mdagent_home() / "work"),  # as execution/profile.py's `local`
         "metadata": metadata,
     }
 

@@ -48,7 +48,7 @@ def ensure_profile():
 
         if AiiDAConfigDir.get().parent != mdagent_home():
             raise ProfileError(f"AiiDA was loaded before mdagent chose its folder (it uses {AiiDAConfigDir.get()}); "
-                               "call mdagent_hpc.workflows.profile.configure_environment() before importing aiida")
+                               "call mdagent_hpc.execution.profile.configure_environment() before importing aiida")
     config = get_config(create=True)
     if name not in config.profile_names:
         if os.environ.get("MDAGENT_AIIDA_PROFILE"):
@@ -71,7 +71,7 @@ def ensure_profile():
 
 def ensure_local_code():
     """The `local` computer (direct scheduler, local transport) and `lammps@local` under bubblewrap, up to date."""
-    from mdagent_hpc.workflows.computers import ensure_site, local_site
+    from mdagent_hpc.execution.computers import ensure_site, local_site
 
     return ensure_site(local_site()).code
 

@@ -35,7 +35,7 @@ class StageFailed(Exception):
         self.detail, self.fix = detail, fix
 
 
-def site_test(site: SiteConfig) -> Iterator[Stage]:
+def probe_site(site: SiteConfig) -> Iterator[Stage]:
     """Yield the stages as they finish; stop after the first that fails."""
     state: dict = {}
     stages: list[tuple[str, Callable[[SiteConfig, dict], str]]] = [
@@ -52,7 +52,7 @@ def site_test(site: SiteConfig) -> Iterator[Stage]:
 
 
 def _aiida(site: SiteConfig, state: dict) -> str:
-    from mdagent_hpc.workflows.computers import ensure_site
+    from mdagent_hpc.execution.computers import ensure_site
 
     try:
         setup = ensure_site(site)
@@ -106,7 +106,7 @@ def _job(site: SiteConfig, state: dict) -> str:
     from aiida import orm
 
     from mdagent_hpc.workflows.lammps_calc import LammpsCalculation
-    from mdagent_hpc.workflows.profile import run_here
+    from mdagent_hpc.execution.profile import run_here
 
     options = aiida_calcjob_options(site)
     options["max_wallclock_seconds"] = min(options["max_wallclock_seconds"], 600)

@@ -49,11 +49,11 @@ def run_in_process() -> tuple[float, int]:
     """One agent run in this process, as `mdagent run` does it; (seconds, pk)."""
     from aiida import orm
 
-    from mdagent_hpc.agent.loop import LoopPolicy
+    from mdagent_hpc.execution.profile import LOCAL_CODE, LOCAL_COMPUTER, run_here
     from mdagent_hpc.llm import load_llm_settings
+    from mdagent_hpc.models import LoopPolicy
     from mdagent_hpc.workflows.agent import AgentWorkChain
     from mdagent_hpc.workflows.generate import STORED_SETTINGS
-    from mdagent_hpc.execution.profile import LOCAL_CODE, LOCAL_COMPUTER, run_here
 
     start = time.monotonic()
     settings = load_llm_settings()

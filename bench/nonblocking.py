@@ -62,10 +62,10 @@ def agent_inputs() -> dict:
     """The inputs `mdagent run` builds."""
     from aiida import orm
 
-    from mdagent_hpc.agent.loop import LoopPolicy
-    from mdagent_hpc.llm import load_llm_settings
-    from mdagent_hpc.workflows.generate import STORED_SETTINGS
     from mdagent_hpc.execution.profile import LOCAL_CODE, LOCAL_COMPUTER
+    from mdagent_hpc.llm import load_llm_settings
+    from mdagent_hpc.models import LoopPolicy
+    from mdagent_hpc.workflows.generate import STORED_SETTINGS
 
     settings = load_llm_settings()
     llm = {k: v for k, v in settings.model_dump(mode="json").items() if k in STORED_SETTINGS and v is not None}

@@ -36,8 +36,8 @@ SCRIPT = lj_script(10, 1000)
 def mdagent_run(code, options) -> float:
     from aiida import orm
 
-    from mdagent_hpc.workflows.lammps_calc import LammpsCalculation
     from mdagent_hpc.execution.profile import run_here
+    from mdagent_hpc.workflows.lammps_calc import LammpsCalculation
 
     script = orm.SinglefileData(io.BytesIO(SCRIPT.encode()), filename="in.lammps")
     start = time.monotonic()
@@ -77,9 +77,9 @@ def main() -> None:
 
     configure_environment()
     ensure_profile()
+    from mdagent_hpc.execution.computers import ensure_site
     from mdagent_hpc.execution.registry import BUNDLED
     from mdagent_hpc.execution.site import aiida_calcjob_options, load_site
-    from mdagent_hpc.execution.computers import ensure_site
 
     site = load_site(BUNDLED / "slurm-local.yaml")
     setup = ensure_site(site)

@@ -223,11 +223,11 @@ def run(task, site_name, daemon, max_attempts, model, as_json) -> None:
     from aiida import orm
     from aiida.engine import submit
 
-    from mdagent_hpc.agent.loop import LoopPolicy
-    from mdagent_hpc.execution.site import SiteConfigError
-    from mdagent_hpc.workflows.agent import AgentWorkChain
     from mdagent_hpc.execution.computers import workflow_inputs
     from mdagent_hpc.execution.profile import run_here
+    from mdagent_hpc.execution.site import SiteConfigError
+    from mdagent_hpc.models import LoopPolicy
+    from mdagent_hpc.workflows.agent import AgentWorkChain
 
     llm = {k: v for k, v in settings.model_dump(mode="json").items() if k in STORED_SETTINGS and v is not None}
     try:
@@ -257,9 +257,9 @@ def run(task, site_name, daemon, max_attempts, model, as_json) -> None:
 
 def _site(name: str | None):
     """The named site config, or the embedded default (this machine, sandboxed) when no name is given."""
+    from mdagent_hpc.execution.computers import local_site
     from mdagent_hpc.execution.registry import find_site
     from mdagent_hpc.execution.site import SiteConfigError
-    from mdagent_hpc.execution.computers import local_site
 
     if name is None:
         return local_site()
@@ -279,9 +279,9 @@ def site() -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 def site_add(file) -> None:
     """Validate FILE, keep it as your site config, and create or update its AiiDA computer and code."""
+    from mdagent_hpc.execution.computers import ensure_site
     from mdagent_hpc.execution.registry import add_site
     from mdagent_hpc.execution.site import SiteConfigError
-    from mdagent_hpc.execution.computers import ensure_site
 
     try:
         config, dest, changed = add_site(file)

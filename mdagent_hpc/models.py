@@ -137,6 +137,33 @@ class Evaluation(BaseModel):
     )
 
 
+class LoopPolicy(BaseModel):
+    max_attempts: int = Field(5, ge=1, le=50)
+    pass_grade: Grade = Field(Grade.WARN, description="the worst grade that still passes (pass or warn)")
+    min_reward: float = Field(0.5, ge=0.0, le=1.0)
+    stuck_limit: int = Field(3, ge=2, description="the same script or error this many times in a row: stop")
+    temperature_step: float = Field(0.3, description="added to the sampling temperature while stuck")
+    max_temperature: float = 1.2
+
+
+class Request(BaseModel):
+    """What a user asks for: a task in plain language, where to run it, and how hard to try.
+
+    A request file (`workflows/requests/*.yaml`) holds one; `answers` are recorded model answers to replay, so
+    an example runs without an endpoint.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    task: str = Field(min_length=10, max_length=4000, description="the simulation, in plain language")
+    site: str | None = Field(None, description="a site config name; None: this machine, sandboxed")
+    model: str | None = Field(None, description="model name; None: MDAGENT_LLM_MODEL or the server's first")
+    loop: LoopPolicy = Field(default_factory=lambda: LoopPolicy())
+    limits: Limits | None = Field(None, description="None: the site's limits")
+    answers: list[str] | None = Field(None, description="recorded model answers, replayed in order")
+    description: str | None = None
+
+
 class Stage(StrEnum):
     """How far an attempt got: the last step it reached."""
 
@@ -187,3 +214,25 @@ class Attempt(BaseModel):
     seconds: dict[str, float] = Field(default_factory=dict, description="step name -> wall seconds")
     usage: Usage = Field(default_factory=Usage)
     nodes: dict[str, int] = Field(default_factory=dict, description="step name -> provenance node pk")
+
+
+class Run(BaseModel):
+    """One agent run as a user reads it: the request, the verdict, the passed script and every attempt."""
+
+    pk: int
+    uuid: str
+    task: str
+    site: str = "local"
+    state: str | None = Field(None, description="AiiDA process state: created, waiting, running, finished, ...")
+    exit_status: int | None = None
+    exit_message: str | None = None
+    verdict: str = Field("running", description="running, passed or failed")
+    ctime: str
+    seconds: float | None = None
+    script: str | None = Field(None, description="the script that passed")
+    evaluation: Evaluation | None = Field(None, description="the evaluation of the run that passed")
+    attempts: list[Attempt] = Field(default_factory=list)
+
+    @property
+    def observables(self) -> dict[str, float]:
+        return self.evaluation.observables if self.evaluation else {}

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from openai_server import FakeOpenAIServer
 
-from mdagent_hpc.agent.loop import AttemptRecord, LoopPolicy, is_stuck, next_temperature, should_stop_stuck
+from mdagent_hpc.agent.loop import AttemptRecord, is_stuck, next_temperature, should_stop_stuck
+from mdagent_hpc.models import LoopPolicy
 
 DATA = Path(__file__).resolve().parents[1] / "mdagent_hpc" / "examples" / "demo"
 TASK = "Heat a small Cu crystal with EAM to 800 K in NVT"

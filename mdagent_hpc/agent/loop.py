@@ -7,16 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from mdagent_hpc.models import Diagnostic, Evaluation, Grade, Severity
-
-
-class LoopPolicy(BaseModel):
-    max_attempts: int = Field(5, ge=1, le=50)
-    pass_grade: Grade = Field(Grade.WARN, description="the worst grade that still passes (pass or warn)")
-    min_reward: float = Field(0.5, ge=0.0, le=1.0)
-    stuck_limit: int = Field(3, ge=2, description="the same script or error this many times in a row: stop")
-    temperature_step: float = Field(0.3, description="added to the sampling temperature while stuck")
-    max_temperature: float = 1.2
+from mdagent_hpc.models import Diagnostic, Evaluation, Grade, LoopPolicy, Severity
 
 
 class SiteRun(BaseModel):

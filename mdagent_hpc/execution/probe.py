@@ -105,8 +105,8 @@ def _scheduler(site: SiteConfig, state: dict) -> str:
 def _job(site: SiteConfig, state: dict) -> str:
     from aiida import orm
 
-    from mdagent_hpc.workflows.lammps_calc import LammpsCalculation
     from mdagent_hpc.execution.profile import run_here
+    from mdagent_hpc.workflows.lammps_calc import LammpsCalculation
 
     options = aiida_calcjob_options(site)
     options["max_wallclock_seconds"] = min(options["max_wallclock_seconds"], 600)

@@ -9,7 +9,6 @@ from aiida.engine import ToContext, WorkChain, if_, while_
 
 from mdagent_hpc.agent.loop import (
     AttemptRecord,
-    LoopPolicy,
     SiteRun,
     error_key,
     evaluation_error_key,
@@ -25,7 +24,7 @@ from mdagent_hpc.lammps.install import capabilities
 from mdagent_hpc.lammps.potentials import find_potentials
 from mdagent_hpc.llm import AttemptFeedback, PotentialInfo, SiteCapabilities, build_messages, task_elements
 from mdagent_hpc.llm.prompts import describe_limits
-from mdagent_hpc.models import Diagnostic, Evaluation, Limits, Severity
+from mdagent_hpc.models import Diagnostic, Evaluation, Limits, LoopPolicy, Severity
 from mdagent_hpc.workflows.generate import GenerateScript
 from mdagent_hpc.workflows.lammps_calc import LammpsCalculation, node_key
 from mdagent_hpc.workflows.steps import dry_run_report, evaluate_run, preflight_script, restart_files_of

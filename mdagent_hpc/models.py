@@ -24,6 +24,13 @@ class Diagnostic(BaseModel):
     command: str | None = Field(None, description="the command as LAMMPS would execute it")
     hint: str | None = Field(None, description="what to change")
 
+    @classmethod
+    def at(cls, command: Command, code: str, message: str, hint: str | None = None,
+           severity: Severity = Severity.ERROR, words: list[str] | None = None) -> Diagnostic:
+        """A diagnostic pointing at `command` (shown as `words` when given: the variant that was judged)."""
+        return cls(severity=severity, code=code, message=message, line=command.line, file=command.file,
+                   command=" ".join(words) if words else command.text, hint=hint)
+
     def render(self) -> str:
         where = f"{self.file or 'script'}:{self.line}" if self.line else (self.file or "script")
         text = f"{self.severity.value.upper()} {where} [{self.code}] {self.message}"

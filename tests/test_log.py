@@ -201,6 +201,25 @@ def test_truncated_log_has_an_unfinished_last_block(tmp_path):
     assert log.atoms == 4000  # from "Created 4000 atoms"
 
 
+def test_read_log_refuses_what_is_not_a_log(tmp_path):
+    with pytest.raises(LogError, match="is a folder"):
+        read_log(tmp_path)
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(LogError, match="empty"):
+        read_log(tmp_path / "empty")
+    (tmp_path / "notes.txt").write_text("shopping list\nmilk\neggs and flour\n")
+    with pytest.raises(LogError, match="not a LAMMPS log"):
+        read_log(tmp_path / "notes.txt")
+    # a real LAMMPS log cut off right after its start is still a log: a run that did not finish
+    (tmp_path / "cut").write_text("LAMMPS (22 Jul 2025 - Update 4)\nunits lj\natom_style atomic\n")
+    log = read_log(tmp_path / "cut")
+    assert log.version.startswith("22 Jul 2025") and not log.completed
+    # a second log file opened by `log other.log` starts with commands, not with the version line
+    (tmp_path / "second").write_text("run 10\nStep Temp\n0 1.0\n10 1.1\nLoop time of 0.01 on 1 procs for 10 "
+                                     "steps with 10 atoms\n")
+    assert read_log(tmp_path / "second").blocks[0].finished
+
+
 def test_read_log_refuses_missing_binary_and_huge_files(tmp_path):
     with pytest.raises(LogError, match="no such log file"):
         read_log(tmp_path / "log.lammps")

@@ -1,8 +1,5 @@
-import functools
 import hashlib
-import http.server
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -11,9 +8,7 @@ from conftest import CORPUS
 
 from mdagent_hpc.lammps import potentials as pot
 from mdagent_hpc.lammps.potentials import (
-    PotentialDownloadError,
     build_index,
-    fetch_potential,
     find_potentials,
     resolve_potentials,
 )
@@ -298,56 +293,6 @@ def test_every_corpus_script_resolves_without_errors():
 
 
 # ---------------------------------------------------------------- download
-
-
-def test_download_from_an_unreachable_server_fails_fast(tmp_path):
-    start = time.perf_counter()
-    with pytest.raises(PotentialDownloadError) as info:
-        fetch_potential("Cu_u3.eam", tmp_path / "dest", timeout=1, base_url="http://127.0.0.1:9")
-    assert time.perf_counter() - start < 2
-    assert "could not reach http://127.0.0.1:9/Cu_u3.eam" in str(info.value)
-    assert "MDAGENT_SITE_POTENTIALS" in str(info.value)
-    assert info.value.diagnostic().code == "potential.download_failed"
-    assert list((tmp_path / "dest").iterdir()) == []  # no partial file left behind
-
-
-@pytest.fixture
-def server(tmp_path):
-    served = tmp_path / "served"
-    served.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    handler = functools.partial(Quiet, directory=str(served))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def test_download_writes_the_file_and_checks_md5(tmp_path, server):
-    served, url = server
-    (served / "X.sw").write_text("Si Si Si 1 2 3\n")
-    dest = tmp_path / "cache"
-    good = hashlib.md5(b"Si Si Si 1 2 3\n").hexdigest()
-    assert fetch_potential("X.sw", dest, base_url=url, md5=good).read_text() == "Si Si Si 1 2 3\n"
-    with pytest.raises(PotentialDownloadError, match="expected 0+"):
-        fetch_potential("X.sw", tmp_path / "other", base_url=url, md5="0" * 32)
-    assert list((tmp_path / "other").iterdir()) == []
-    # files LAMMPS lists with an md5 are stored as <name>.<md5>
-    data = b"mesocnt"
-    monkey_md5 = hashlib.md5(data).hexdigest()
-    (served / f"Z.mesocnt.{monkey_md5}").write_bytes(data)
-    pot.KNOWN_MD5["Z.mesocnt"] = monkey_md5
-    try:
-        assert fetch_potential("Z.mesocnt", dest, base_url=url).read_bytes() == data
-    finally:
-        del pot.KNOWN_MD5["Z.mesocnt"]
-    with pytest.raises(PotentialDownloadError, match="HTTP 404"):
-        fetch_potential("absent.sw", dest, base_url=url)
 
 
 def test_corpus_files_copied_into_a_cache_are_found(tmp_path, home):

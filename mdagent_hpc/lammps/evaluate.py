@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
 
+from mdagent_hpc.lammps.files import number
 from mdagent_hpc.lammps.log import LammpsLog, ThermoBlock
 from mdagent_hpc.models import Evaluation, Finding, Grade, ParsedScript, Severity
 
@@ -100,11 +101,9 @@ class _Run:
 
 
 def _float(word: str) -> float | None:
-    try:
-        value = float(word)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+    """A finite number, else None."""
+    value = number(word)
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _style(word: str) -> str:

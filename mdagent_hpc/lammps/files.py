@@ -19,12 +19,22 @@ _READ_KEYWORDS = {"infile"}
 _KEYWORD_COMMANDS = {"print", "fix", "info", "compute"}
 
 
-def is_number(word: str) -> bool:
+def number(word: str) -> float | None:
+    """The value of a LAMMPS numeric word (`1e-3`, `-2`, `nan`, `inf`), else None. The one number parser."""
     try:
-        float(word)
+        return float(word)
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def numbers(words: list[str]) -> list[float] | None:
+    """Every word's value, or None when one word is not a number."""
+    values = [number(w) for w in words]
+    return None if None in values else values  # type: ignore[return-value]
+
+
+def is_number(word: str) -> bool:
+    return number(word) is not None
 
 
 def looks_like_file(word: str) -> bool:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from mdagent_hpc.lammps.files import numbers as _numbers
+
 MAX_LOG_BYTES = 200_000_000
 
 _VERSION = re.compile(r"^LAMMPS \((.+)\)\s*$")
@@ -145,13 +147,6 @@ class LammpsLog(BaseModel):
     @property
     def last_block(self) -> ThermoBlock | None:
         return self.blocks[-1] if self.blocks else None
-
-
-def _numbers(tokens: list[str]) -> list[float] | None:
-    try:
-        return [float(t) for t in tokens]
-    except ValueError:
-        return None
 
 
 def _is_header(tokens: list[str]) -> bool:
@@ -407,6 +402,8 @@ def parse_log(text: str) -> LammpsLog:
 
 def read_log(path: Path | str, max_bytes: int = MAX_LOG_BYTES) -> LammpsLog:
     path = Path(path)
+    if path.is_dir():
+        raise LogError(f"{path} is a folder, not a LAMMPS log file")
     if not path.is_file():
         raise LogError(f"{path}: no such log file")
     size = path.stat().st_size
@@ -416,4 +413,11 @@ def read_log(path: Path | str, max_bytes: int = MAX_LOG_BYTES) -> LammpsLog:
     sample = data[:65536]
     if b"\0" in sample or sample.decode("utf-8", errors="replace").count("\ufffd") > len(sample) // 10:
         raise LogError(f"{path} is a binary file, not a LAMMPS log")
-    return parse_log(data.decode("utf-8", errors="replace"))
+    if not data.strip():
+        raise LogError(f"{path} is empty, not a LAMMPS log")
+    log = parse_log(data.decode("utf-8", errors="replace"))
+    # A log starts with "LAMMPS (version)"; a second log opened by the `log` command does not, but then it
+    # holds thermo output, an ERROR or the final wall time.
+    if log.version is None and not (log.blocks or log.errors or log.total_wall_time is not None):
+        raise LogError(f"{path} is not a LAMMPS log (no 'LAMMPS (version)' line, thermo output or ERROR)")
+    return log

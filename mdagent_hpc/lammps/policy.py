@@ -12,7 +12,8 @@ import re
 from pathlib import Path, PurePosixPath
 
 from mdagent_hpc.lammps.files import command_files
-from mdagent_hpc.models import Command, Diagnostic, Limits, ParsedScript, Severity
+from mdagent_hpc.lammps.files import number as _number
+from mdagent_hpc.models import Command, Diagnostic, Limits, ParsedScript
 
 # command -> why it is refused
 REFUSED_COMMANDS = {
@@ -38,8 +39,7 @@ SAFE_PATH = re.compile(r"[A-Za-z0-9._+\-*%/=,:@]+")
 
 
 def _diag(cmd: Command, code: str, message: str, hint: str, words: list[str] | None = None) -> Diagnostic:
-    return Diagnostic(severity=Severity.ERROR, code=code, message=message, line=cmd.line, file=cmd.file,
-                      command=" ".join(words) if words else cmd.text, hint=hint)
+    return Diagnostic.at(cmd, code, message, hint, words=words)
 
 
 def path_problem(path: str) -> str | None:
@@ -111,13 +111,6 @@ def check_policy(script: ParsedScript, limits: Limits | None = None, run_dir: Pa
                 for d in _check_words(cmd, words, run_dir):
                     found.setdefault((cmd.line, cmd.file, d.code, d.message), d)
     return list(found.values()) + check_limits(script, limits, run_dir)
-
-
-def _number(word: str) -> float | None:
-    try:
-        return float(word)
-    except ValueError:
-        return None
 
 
 def _loop_multipliers(script: ParsedScript) -> list[int]:

@@ -13,10 +13,6 @@ import json
 import os
 import re
 import tempfile
-import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -472,8 +468,7 @@ class _Resolver:
         key = (code, message, cmd.file, cmd.line)
         if key not in self._seen:
             self._seen.add(key)
-            self.diagnostics.append(Diagnostic(severity=severity, code=code, message=message, line=cmd.line,
-                                               file=cmd.file, command=" ".join(words), hint=hint))
+            self.diagnostics.append(Diagnostic.at(cmd, code, message, hint, severity, words))
 
     def suggest(self, name: str, style: str, names: list[str]) -> list[str]:
         wanted = [n for n in names if n != "NULL"]
@@ -640,81 +635,3 @@ def resolve_potentials(script: ParsedScript, run_dir: Path, *,
 
 def _distinct_lists(lists: list[list[str]]) -> list[list[str]]:
     return [list(t) for t in dict.fromkeys(tuple(w) for w in lists)]
-
-
-# ---------------------------------------------------------------- download
-
-DOWNLOAD_URL = "https://download.lammps.org/potentials"
-# From LAMMPS src/*/potentials.txt, which its build fetches as DOWNLOAD_URL/<file>.<md5>.
-KNOWN_MD5 = {
-    "C_10_10.mesocnt": "68b5ca26283968fd9889aa0a37f7b7fb",
-    "TABTP_10_10.mesont": "744a739da49ad5e78492c1fc9fd9f8c1",
-}
-
-
-class PotentialDownloadError(RuntimeError):
-    def __init__(self, message: str, name: str):
-        super().__init__(message)
-        self.name = name
-
-    def diagnostic(self) -> Diagnostic:
-        return Diagnostic(severity=Severity.ERROR, code="potential.download_failed", message=str(self))
-
-
-def _resolve_host(host: str, timeout: float) -> None:
-    """Name lookup ignores socket timeouts; on a node with a dead DNS server it would stall for long."""
-    import socket
-
-    error: list[BaseException] = []
-
-    def lookup() -> None:
-        try:
-            socket.getaddrinfo(host, None)
-        except OSError as e:
-            error.append(e)
-
-    thread = threading.Thread(target=lookup, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise TimeoutError(f"name lookup for {host} took more than {timeout} s")
-    if error:
-        raise error[0]
-
-
-def fetch_potential(name: str, dest: Path, *, timeout: float = 10, base_url: str = DOWNLOAD_URL,
-                    md5: str | None = None) -> Path:
-    """Download `name` into folder `dest` (atomically) and return its path; md5 checked when known.
-
-    Raises PotentialDownloadError quickly when the server cannot be reached (no internet on compute nodes).
-    """
-    if "/" in name or name in ("", ".", ".."):
-        raise ValueError(f"not a potential file name: {name!r}")
-    md5 = md5 or KNOWN_MD5.get(name)
-    # LAMMPS keeps the files its build fetches as <name>.<md5>
-    url = f"{base_url.rstrip('/')}/{name}" + (f".{md5}" if name in KNOWN_MD5 else "")
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.md5(usedforsecurity=False)
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                _resolve_host(urllib.parse.urlsplit(url).hostname or "", timeout)
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    while chunk := response.read(1 << 20):
-                        digest.update(chunk)
-                        out.write(chunk)
-            except urllib.error.HTTPError as e:
-                raise PotentialDownloadError(
-                    f"could not download {url} (HTTP {e.code} {e.reason}); {HINT_STAGE}", name) from e
-            except OSError as e:  # URLError and timeouts are OSErrors too
-                reason = getattr(e, "reason", None) or e
-                raise PotentialDownloadError(f"could not reach {url} ({reason}); {HINT_STAGE}", name) from e
-        if md5 and digest.hexdigest() != md5:
-            raise PotentialDownloadError(f"{url} has md5 {digest.hexdigest()}, expected {md5}", name)
-        target = dest / name
-        os.replace(tmp, target)
-        return target
-    finally:
-        Path(tmp).unlink(missing_ok=True)

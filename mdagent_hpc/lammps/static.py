@@ -40,8 +40,7 @@ def _data_file(path: Path) -> tuple[int | None, str | None]:
 
 
 def _diag(cmd: Command, code: str, message: str, hint: str, severity: Severity = Severity.ERROR) -> Diagnostic:
-    return Diagnostic(severity=severity, code=code, message=message, line=cmd.line, file=cmd.file,
-                      command=cmd.text, hint=hint)
+    return Diagnostic.at(cmd, code, message, hint, severity)
 
 
 def pair_coefficient_checks(script: ParsedScript, run_dir: Path | None) -> list[Diagnostic]:

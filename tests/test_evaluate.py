@@ -233,3 +233,27 @@ def test_no_corpus_reference_run_fails(example):
         ev = evaluate(log, script)
         assert ev.grade != Grade.FAIL, [f for f in ev.findings if f.severity == Severity.ERROR]
         assert 0.5 <= ev.reward <= 1.0
+
+
+def test_observables_are_what_the_production_run_measured(tmp_path):
+    script = (LJ.format(T=1.0) + "minimize 1e-4 1e-6 100 1000\nfix 1 all nvt temp 1.5 1.5 0.5\n"
+              "thermo_style custom step temp press pe ke etotal vol density lx\nthermo 100\nrun 500\nrun 2000\n")
+    log, _ = run(tmp_path, script)
+    parsed = read_log(log)
+    obs = evaluate(parsed).observables
+    production = parsed.blocks[-1]
+    assert obs["temp_final"] == production.column("Temp")[-1]
+    temps = production.column("Temp")[1:]
+    assert obs["temp_mean"] == pytest.approx(sum(temps) / len(temps))
+    assert abs(obs["temp_mean"] - 1.5) < 0.15 and obs["temp_std"] > 0
+    assert obs["vol_final"] == production.column("Volume")[-1] and obs["lx_final"] > 0
+    assert obs["toteng_final"] == pytest.approx(obs["pe_final"] + obs["ke_final"], abs=1e-4)
+    assert {"press_mean", "density_mean", "temp_mean_all"} <= set(obs)
+    assert obs["atoms"] == 500 and obs["production_steps"] == 2000
+    minimized = parsed.blocks[0]  # thermo_style one there: E_pair + E_mol
+    assert obs["min_pe_final"] == pytest.approx(minimized.column("E_pair")[-1] + minimized.column("E_mol")[-1])
+    # thermo_style one: the potential energy is E_pair + E_mol
+    one = parse_log("Per MPI rank memory allocation (min/avg/max) = 3 | 3 | 3 Mbytes\n"
+                    "Step Temp E_pair E_mol TotEng Press\n0 1.0 -5.0 -1.0 -4.5 0.1\n10 1.1 -4.0 -1.0 -3.5 0.2\n"
+                    "Loop time of 1 on 1 procs for 10 steps with 10 atoms\n")
+    assert evaluate(one).observables["pe_final"] == -5.0

@@ -1,4 +1,9 @@
-"""What the scheduler says happened to a job: its accounting record, and the fault it shows, if any."""
+"""What the scheduler says happened to a job: its accounting record, the fault it shows, and what to do about it.
+
+The one scheduler-fault table: Slurm states and CalcJob exit statuses map to a `Fault` here, and `decide` applies a
+site's `on_failure` policy to it. Pure functions: LammpsCalculation's parser and LammpsBaseWorkChain's handlers call
+them; tests/test_faults.py checks them without AiiDA.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +45,21 @@ def fault_of(state: str | None) -> Fault | None:
     return {"CANCELLED": Fault.CANCELLED, "TIMEOUT": Fault.WALLTIME, "DEADLINE": Fault.WALLTIME,
             "NODE_FAIL": Fault.NODE_FAILURE, "BOOT_FAIL": Fault.NODE_FAILURE, "PREEMPTED": Fault.NODE_FAILURE
             }.get(word)
+
+
+# The LammpsCalculation exit statuses that stand for a fault (AiiDA's scheduler codes 120 and 140, ours 350, 360).
+FAULT_OF_EXIT_STATUS: dict[int, Fault] = {120: Fault.WALLTIME, 140: Fault.NODE_FAILURE, 350: Fault.CANCELLED,
+                                          360: Fault.CONNECTION_LOST}
+# The LammpsCalculation exit statuses that are LAMMPS's own failure (no log, an ERROR, a log cut off): the script's
+# fault, never retried.
+LAMMPS_FAILED = frozenset({310, 320, 321})
+
+
+def fault_of_job(exit_status: int | None, killed: bool = False) -> Fault | None:
+    """The fault behind a finished LAMMPS job: killed (by `verdi process kill`) counts as cancelled."""
+    if killed:
+        return Fault.CANCELLED
+    return FAULT_OF_EXIT_STATUS.get(exit_status) if exit_status is not None else None
 
 
 FAULT_MESSAGES = {

@@ -1,8 +1,14 @@
-"""A LAMMPS run as an AiiDA CalcJob, and its parser.
+"""A LAMMPS run as an AiiDA CalcJob on aiida-lammps' `LammpsRawCalculation`, and its parser.
 
-Ours rather than aiida-lammps' LammpsRawCalculation: that parser reads only stdout and stops at the first
-ERROR, while the agent needs the whole log (every thermo block, warnings, the error with its input line)
-to evaluate the run and to feed failures back. Potential files are inputs, so their content is in provenance.
+What aiida-lammps carries, we take from it: the `script`, `files` (and `filenames`) and `settings` inputs
+(`settings.additional_retrieve_list` brings back the restart files a script writes), the writing of the script
+and files into the run folder, `lammps.out` as stdout, and its exit codes; its `LammpsRawParser` reads our runs
+(`LammpsRawParser.parse_from_node(calc)`). What it cannot carry stays ours: the `potentials` namespace (potential
+files staged as inputs, so their content is in provenance), the `skiprun` flag (`lmp -skiprun`), `-log log.lammps`
+and `-nocite` on the command line, `in.lammps` as the input name, and our parser (`mdagent.lammps`): aiida-lammps'
+raw parser reads only stdout and stops at the first ERROR, while the agent needs the whole log (every thermo
+block, warnings, the error with its input line) and the scheduler's verdict. A job whose site cannot be reached
+past AiiDA's transport retries ends with ERROR_CONNECTION_LOST instead of pausing (see `_Waiting`).
 """
 
 from __future__ import annotations
@@ -10,18 +16,22 @@ from __future__ import annotations
 import math
 import re
 
+import plumpy
 from aiida import orm
-from aiida.common import datastructures
-from aiida.engine import CalcJob
+from aiida.common.exceptions import TransportTaskException
+from aiida.engine.processes.calcjobs.tasks import Waiting
+from aiida.engine.processes.process import ProcessState
 from aiida.parsers import Parser
+from aiida_lammps.calculations.raw import LammpsRawCalculation
 
-from mdagent_hpc.execution.accounting import Fault, fault_of, parse_sacct
+from mdagent_hpc.execution.accounting import FAULT_OF_EXIT_STATUS, Fault, fault_of, parse_sacct
 from mdagent_hpc.lammps.log import parse_log
 from mdagent_hpc.lammps.parser import ScriptError, parse_text
 
 INPUT = "in.lammps"
 LOG = "log.lammps"
 STDOUT = "lammps.out"
+CONNECTION_LOST = 360
 
 
 def node_key(filename: str) -> str:
@@ -30,43 +40,73 @@ def node_key(filename: str) -> str:
     return key if key[:1].isalpha() else f"f_{key}"
 
 
-class LammpsCalculation(CalcJob):
+class _Waiting(Waiting):
+    """AiiDA's CalcJob waiting state, except that a transport task failing past its retries ends the job.
+
+    AiiDA pauses the CalcJob then (tasks.py: `except TransportTaskException: raise PauseInterruption`), and a
+    paused child never tells its parent workchain, so no failure policy could act. Here the job terminates with
+    ERROR_CONNECTION_LOST, which LammpsBaseWorkChain's handler sees. A pause asked for by a user stays a pause.
+    """
+
+    async def execute(self):
+        try:
+            return await super().execute()
+        except plumpy.process_states.PauseInterruption as exc:
+            if not isinstance(exc.__context__, TransportTaskException):
+                raise
+            failed = exc.__context__
+            cause = failed.__cause__
+            message = f"{failed}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
+            self.process.node.set_process_status(None)
+            exit_code = self.process.exit_codes.ERROR_CONNECTION_LOST.format(message=message)
+            return self.create_state(ProcessState.RUNNING, self.process.terminate, exit_code)
+
+
+class LammpsCalculation(LammpsRawCalculation):
+    FILENAME_INPUT = INPUT
+
     @classmethod
     def define(cls, spec):
         super().define(spec)
-        spec.input("script", valid_type=orm.SinglefileData, help="the LAMMPS input script")
-        spec.input_namespace("files", valid_type=orm.SinglefileData, dynamic=True, required=False,
-                             help="extra files the script reads, staged under their filename")
         spec.input_namespace("potentials", valid_type=orm.SinglefileData, dynamic=True, required=False,
                              help="potential files, staged under their filename")
         spec.input("skiprun", valid_type=orm.Bool, required=False,
                    help="a dry run (`lmp -skiprun`): set up everything, run no steps")
-        spec.inputs["metadata"]["options"]["resources"].default = {"num_machines": 1,
-                                                                  "num_mpiprocs_per_machine": 1}
-        spec.inputs["metadata"]["options"]["parser_name"].default = "mdagent.lammps"
-        spec.inputs["metadata"]["options"]["withmpi"].default = False
-        spec.output("results", valid_type=orm.Dict, help="summary of the log: completion, errors, last thermo row")
+        options = spec.inputs["metadata"]["options"]
+        options["input_filename"].default = INPUT
+        options["output_filename"].default = STDOUT
+        options["resources"].default = {"num_machines": 1, "num_mpiprocs_per_machine": 1}
+        options["parser_name"].default = "mdagent.lammps"
+        options["withmpi"].default = False
         spec.exit_code(310, "ERROR_NO_LOG", message="LAMMPS wrote no log: it did not start")
         spec.exit_code(320, "ERROR_LAMMPS", message="LAMMPS stopped with an ERROR")
         spec.exit_code(321, "ERROR_INCOMPLETE", message="the log ends before 'Total wall time': the run was cut off")
         spec.exit_code(350, "ERROR_CANCELLED", message="the job was cancelled (scancel or the administrator)")
+        spec.exit_code(CONNECTION_LOST, "ERROR_CONNECTION_LOST", message="the site could not be reached: {message}")
+
+    @classmethod
+    def get_state_classes(cls):
+        states = super().get_state_classes()
+        states[ProcessState.WAITING] = _Waiting
+        return states
 
     def prepare_for_submission(self, folder):
-        local_copy_list = [(self.inputs.script.uuid, self.inputs.script.filename, INPUT)]
-        for namespace in ("files", "potentials"):
-            for node in (self.inputs[namespace].values() if namespace in self.inputs else []):
-                local_copy_list.append((node.uuid, node.filename, node.filename))
-        codeinfo = datastructures.CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = ["-in", INPUT, "-log", LOG, "-nocite"]
+        calcinfo = super().prepare_for_submission(folder)  # the script, `files`, lammps.out, additional retrieves
+        for node in (self.inputs.potentials.values() if "potentials" in self.inputs else []):
+            with folder.open(node.filename, "wb") as target:
+                target.write(node.get_content(mode="rb"))
+            calcinfo.provenance_exclude_list.append(node.filename)  # the input node holds it
+        codeinfo = calcinfo.codes_info[0]
+        codeinfo.cmdline_params += ["-log", LOG, "-nocite"]
         if "skiprun" in self.inputs and self.inputs.skiprun.value:
             codeinfo.cmdline_params.append("-skiprun")
-        codeinfo.stdout_name = STDOUT
-        calcinfo = datastructures.CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.local_copy_list = local_copy_list
-        calcinfo.retrieve_list = [LOG, STDOUT, *restart_files(self.inputs.script.get_content())]
+        calcinfo.retrieve_list = [LOG, *calcinfo.retrieve_list]
         return calcinfo
+
+
+def lammps_settings(script: str) -> orm.Dict:
+    """The `settings` input for a script: retrieve the restart files it writes (so a run cut off can continue)."""
+    return orm.Dict({"additional_retrieve_list": restart_files(script)})
 
 
 def restart_files(script: str) -> list[str]:
@@ -89,8 +129,7 @@ class LammpsParser(Parser):
         info = self.node.get_detailed_job_info() or {}
         accounting = parse_sacct(info.get("stdout", "")) if info.get("retval") == 0 else {}
         scheduler_status = self.node.exit_status  # set by AiiDA when its scheduler plugin read a fault
-        fault = fault_of(accounting.get("State")) or {120: Fault.WALLTIME, 140: Fault.NODE_FAILURE}.get(
-            scheduler_status)
+        fault = fault_of(accounting.get("State")) or FAULT_OF_EXIT_STATUS.get(scheduler_status)
         retrieved = self.retrieved
         names = retrieved.base.repository.list_object_names()
         if LOG not in names:

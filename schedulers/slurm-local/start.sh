@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Start a single-node Slurm cluster with accounting on this machine (root, no systemd): munge, slurmdbd
 # (MariaDB on 127.0.0.1:3306), slurmctld, slurmd. Installs the packages if missing. Safe to run again.
+# The accounting database: MDAGENT_SLURMDBD_DB_USER and MDAGENT_SLURMDBD_DB_PASS name an existing MariaDB user
+# that may create MDAGENT_SLURMDBD_DB_NAME (default slurm_acct_db); without them MariaDB's root creates the
+# database and a `slurm` user.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CONF_DIR=/etc/slurm
-DB_NAME=slurm_acct_db
-DB_USER=slurm
+DB_NAME="${MDAGENT_SLURMDBD_DB_NAME:-slurm_acct_db}"
+DB_USER="${MDAGENT_SLURMDBD_DB_USER:-slurm}"
 CLUSTER=mdagent
 WAIT_S="${SLURM_START_TIMEOUT:-60}"
 t0=$(date +%s%N)
@@ -18,6 +21,10 @@ log() { echo "slurm-local: $*"; }
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for pkg in slurm-wlm munge slurmdbd; do installed "$pkg" || missing+=("$pkg"); done
+db_listening() { (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; }
+# No database server here at all: use Debian's MariaDB (it stays installed and running after stop.sh).
+if ! db_listening && ! installed mariadb-server; then missing+=(mariadb-server); fi
+command -v mysql >/dev/null || installed mariadb-server || missing+=(mariadb-client)
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -qq
@@ -40,8 +47,11 @@ new_conf="$(sed -e "s/@HOSTNAME@/$host/g" -e "s/@NODE_HARDWARE@/$node_hardware/"
     -e "s/@REAL_MEMORY@/$real_memory/" "$HERE/slurm.conf.in")"
 
 # Keep the database password across runs; a new one would lock out a running slurmdbd.
-db_pass="$(sed -n 's/^StoragePass=//p' "$CONF_DIR/slurmdbd.conf" 2>/dev/null || true)"
-[ -n "$db_pass" ] || db_pass="$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
+db_pass="${MDAGENT_SLURMDBD_DB_PASS:-}"
+[ -n "$db_pass" ] || [ -n "${MDAGENT_SLURMDBD_DB_USER:-}" ] \
+    || db_pass="$(sed -n 's/^StoragePass=//p' "$CONF_DIR/slurmdbd.conf" 2>/dev/null || true)"
+[ -n "$db_pass" ] || [ -n "${MDAGENT_SLURMDBD_DB_USER:-}" ] \
+    || db_pass="$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
 new_dbd_conf="# written by mdagent schedulers/slurm-local/start.sh
 AuthType=auth/munge
 DbdHost=localhost
@@ -74,15 +84,32 @@ if [ "$changed" = 1 ]; then
 fi
 
 # --- database -----------------------------------------------------------------------------------
-mysql -h 127.0.0.1 -P 3306 -u root <<SQL || die "cannot set up $DB_NAME in MariaDB at 127.0.0.1:3306 as root"
-CREATE DATABASE IF NOT EXISTS $DB_NAME;
+db_fail() {
+    die "cannot set up the accounting database $DB_NAME in MariaDB at 127.0.0.1:3306 ($1); set \
+MDAGENT_SLURMDBD_DB_USER and MDAGENT_SLURMDBD_DB_PASS to a MariaDB user that may create $DB_NAME, then rerun"
+}
+if ! db_listening; then
+    service mariadb start >/dev/null 2>&1 || db_fail "nothing listens there and 'service mariadb start' failed"
+    for _ in $(seq 100); do db_listening && break; sleep 0.2; done
+    db_listening || db_fail "MariaDB started but does not listen there after 20 s"
+fi
+if [ -n "${MDAGENT_SLURMDBD_DB_USER:-}" ]; then
+    err="$(MYSQL_PWD="$db_pass" mysql -h 127.0.0.1 -P 3306 -u "$DB_USER" \
+        -e "CREATE DATABASE IF NOT EXISTS \`$DB_NAME\`" 2>&1)" || db_fail "as $DB_USER: ${err##*$'\n'}"
+else
+    setup_sql="CREATE DATABASE IF NOT EXISTS \`$DB_NAME\`;
 CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$db_pass';
 CREATE USER IF NOT EXISTS '$DB_USER'@'127.0.0.1' IDENTIFIED BY '$db_pass';
 ALTER USER '$DB_USER'@'localhost' IDENTIFIED BY '$db_pass';
 ALTER USER '$DB_USER'@'127.0.0.1' IDENTIFIED BY '$db_pass';
-GRANT ALL ON $DB_NAME.* TO '$DB_USER'@'localhost';
-GRANT ALL ON $DB_NAME.* TO '$DB_USER'@'127.0.0.1';
-SQL
+GRANT ALL ON \`$DB_NAME\`.* TO '$DB_USER'@'localhost';
+GRANT ALL ON \`$DB_NAME\`.* TO '$DB_USER'@'127.0.0.1';"
+    # MariaDB's root: over the unix socket first (Debian's root logs in there by unix_socket, whatever its
+    # TCP password), then over TCP without a password (MYSQL_PWD, if set, is used).
+    err="$(mysql -u root <<<"$setup_sql" 2>&1)" \
+        || err="$(mysql -h 127.0.0.1 -P 3306 -u root <<<"$setup_sql" 2>&1)" \
+        || db_fail "MariaDB's root was refused over its unix socket and over TCP: ${err##*$'\n'}"
+fi
 
 # --- daemons ------------------------------------------------------------------------------------
 wait_for() {  # wait_for DESCRIPTION LOGFILE COMMAND...

@@ -6,12 +6,29 @@ import os
 from pathlib import Path
 
 
+class HomeError(OSError):
+    """MDAGENT_HOME cannot be used; the message says which folder and what to do."""
+
+
 def mdagent_home() -> Path:
     """`MDAGENT_HOME`, else `$XDG_DATA_HOME/mdagent`, else `~/.local/share/mdagent`."""
     if env := os.environ.get("MDAGENT_HOME"):
         return Path(env).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "mdagent"
+
+
+def ensure_home() -> Path:
+    """The home folder, created if missing; `HomeError` when it cannot be created or written."""
+    home = mdagent_home()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HomeError(f"cannot create mdagent's folder {home} ({exc.strerror}); set MDAGENT_HOME to a folder "
+                        "you can write") from None
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise HomeError(f"mdagent's folder {home} is not writable; set MDAGENT_HOME to a folder you can write")
+    return home
 
 
 def user_potentials_dir() -> Path:

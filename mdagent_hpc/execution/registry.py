@@ -54,8 +54,12 @@ def add_site(path: str | Path) -> tuple[SiteConfig, Path, bool]:
     text = Path(path).read_text()
     changed = not dest.exists() or dest.read_text() != text
     if changed:
-        dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".yaml.tmp")
-        tmp.write_text(text)
-        shutil.move(tmp, dest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            shutil.move(tmp, dest)
+        except OSError as exc:
+            raise SiteConfigError(f"cannot keep the site config in {dest.parent} ({exc.strerror}); set MDAGENT_HOME "
+                                  "to a folder you can write") from None
     return site, dest, changed

@@ -258,6 +258,8 @@ def load_site(path: str | Path) -> SiteConfig:
         text = path.read_text()
     except FileNotFoundError:
         raise SiteConfigError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise SiteConfigError(f"{path}: not a text file; a site config is YAML") from None
     except OSError as exc:
         raise SiteConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
@@ -267,6 +269,9 @@ def load_site(path: str | Path) -> SiteConfig:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise SiteConfigError(f"{path}:{line}: YAML syntax error: {exc.problem or exc.context}") from None
+    except yaml.YAMLError:  # a reader error: control characters, which no YAML text holds
+        raise SiteConfigError(f"{path}: not a text file (it holds control characters); a site config is YAML") \
+            from None
     if data is None:
         raise SiteConfigError(f"{path}:1: the file is empty; a site config needs at least name and scheduler")
     if not isinstance(data, dict):

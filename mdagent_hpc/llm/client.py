@@ -273,22 +273,35 @@ def generate(
 
 
 def check_endpoint(settings: LLMSettings) -> dict[str, Any]:
-    """List the served models and say whether the configured one is among them (for `mdagent llm check`)."""
-    client = get_client(settings)
-    result: dict[str, Any] = {"base_url": client.url, "model": settings.model}
+    """Reach the endpoint as the agent will (for `mdagent llm check`), without retries, each step timed.
+
+    Lists the served models, says whether the configured one is among them, and asks it for one tiny chat
+    completion. `ok` is True only when all of that worked; otherwise `kind` (as in `LLMUnavailable`) and `error`
+    (one sentence saying what to do) tell why.
+    """
+    client = get_client(settings.model_copy(update={"max_retries": 0}))
+    result: dict[str, Any] = {"ok": False, "base_url": client.url, "model": settings.model, "reachable": False,
+                              "models": [], "model_served": False, "models_seconds": None, "chat_seconds": None,
+                              "answer": None, "kind": None, "error": None}
     start = time.monotonic()
     try:
         models = client.list_models()
     except LLMUnavailable as err:
-        return result | {"reachable": False, "kind": err.kind, "error": err.message, "models": []}
-    result |= {"reachable": True, "models": models, "latency_s": round(time.monotonic() - start, 3)}
-    if settings.model is None:
-        result |= {"model": models[0] if models else None, "model_served": bool(models)}
-    else:
-        result["model_served"] = settings.model in models
+        return result | {"kind": err.kind, "error": err.message}
+    model = settings.model or (models[0] if models else None)
+    result |= {"reachable": True, "models": models, "models_seconds": round(time.monotonic() - start, 3),
+               "model": model, "model_served": model in models}
     if not result["model_served"]:
-        result["error"] = f"model {result['model']!r} is not served; served: {', '.join(models) or 'none'}"
-    return result
+        return result | {"kind": "bad_request", "error": f"model {model!r} is not served by {client.url}; served: "
+                         f"{', '.join(models) or 'none'} (set MDAGENT_LLM_MODEL to one of them)"}
+    start = time.monotonic()
+    try:
+        response = client._create(model, [{"role": "user", "content": "Answer with one word: ready"}],
+                                  {"temperature": 0.0, "max_tokens": 16}, None)
+    except LLMUnavailable as err:
+        return result | {"kind": err.kind, "error": err.message}
+    text = (response.choices[0].message.content if response.choices[0].message else None) or ""
+    return result | {"ok": True, "chat_seconds": round(time.monotonic() - start, 3), "answer": _one_line(text, 80)}
 
 
 # --- reading the answer ---------------------------------------------------------------------------

@@ -1,0 +1,276 @@
+"""The Python API, for notebooks and scripts: `from mdagent_hpc import run, get_run, check, ...`.
+
+Thin functions over the layers below, returning the shared models (`Run`, `Attempt`, `PreflightReport`,
+`Evaluation`, ...). A user mistake (a missing file, a bad request, an unknown site, a node that is not an agent run)
+raises `MDAgentError` with one sentence; the `mdagent` command shows that sentence and exits 2.
+
+Heavy imports (AiiDA, LAMMPS tools, pydantic models) happen inside the functions, so `import mdagent_hpc` stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mdagent_hpc.lammps.potentials import PotentialEntry
+    from mdagent_hpc.models import Evaluation, PreflightReport, Request, Run
+
+__all__ = [
+    "MDAgentError",
+    "check",
+    "evaluate",
+    "find_potentials",
+    "get_run",
+    "list_runs",
+    "load_profile",
+    "load_request",
+    "make_request",
+    "run",
+    "submit",
+]
+
+
+class MDAgentError(Exception):
+    """A user mistake or a setup problem, said in one sentence."""
+
+
+# -- the agent ------------------------------------------------------------------------------------------------
+def make_request(task: str | Request, *, site: str | None = None, model: str | None = None,
+                 max_attempts: int | None = None, answers: list[str] | None = None) -> Request:
+    """A `Request` from a task sentence (or a copy of a request) with the given fields replaced."""
+    from pydantic import ValidationError
+
+    from mdagent_hpc.models import Request
+
+    if isinstance(task, Request):
+        data = task.model_dump()
+    elif isinstance(task, str):
+        data = {"task": task}
+    else:
+        raise MDAgentError(f"a task is a sentence or a Request, not {type(task).__name__}")
+    data.update({k: v for k, v in {"site": site, "model": model, "answers": answers}.items() if v is not None})
+    if max_attempts is not None:
+        data["loop"] = {**dict(data.get("loop") or {}), "max_attempts": max_attempts}
+    if isinstance(data.get("task"), str) and len(data["task"].split()) < 3:
+        raise MDAgentError("describe the simulation in a sentence (3 words to 4000 characters), e.g. "
+                           "\"Melt a 4000-atom Cu crystal with EAM at 2000 K\"")
+    try:
+        return Request.model_validate(data)
+    except ValidationError as exc:
+        raise MDAgentError(_validation_sentence(exc, {})) from None
+
+
+def load_request(path: str | Path) -> Request:
+    """Read a request file (YAML with the fields of `Request`); a bad file is one sentence with file:line."""
+    import yaml
+    from pydantic import ValidationError
+
+    from mdagent_hpc.models import Request
+
+    path = Path(path)
+    if path.is_dir():
+        raise MDAgentError(f"{path} is a folder; give a request file such as workflows/requests/demo.yaml")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise MDAgentError(f"{path}: no such request file") from None
+    except UnicodeDecodeError:
+        raise MDAgentError(f"{path} is not a text file; a request file is YAML with a task") from None
+    except OSError as exc:
+        raise MDAgentError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or "unreadable"
+        raise MDAgentError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML ({problem})") from None
+    if not isinstance(data, dict):
+        got = "nothing" if data is None else type(data).__name__
+        raise MDAgentError(f"{path}:1: a request file is a mapping with at least `task:`, got {got}")
+    lines = _key_lines(root)
+    try:
+        return Request.model_validate(data)
+    except ValidationError as exc:
+        raise MDAgentError(f"{path}:{_validation_sentence(exc, lines)}") from None
+
+
+def _key_lines(node, at: tuple = (), lines: dict | None = None) -> dict[tuple, int]:
+    """Each key path of a YAML document -> the 1-based line where it is written."""
+    import yaml
+
+    lines = {} if lines is None else lines
+    lines.setdefault(at, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            lines[(*at, key_node.value)] = key_node.start_mark.line + 1
+            _key_lines(value_node, (*at, key_node.value), lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _key_lines(item, (*at, i), lines)
+    return lines
+
+
+def _validation_sentence(exc, lines: dict[tuple, int]) -> str:
+    """The first validation problem as `LINE: key: message` (or `key: message` without line numbers)."""
+    error = exc.errors()[0]
+    loc = tuple(error["loc"])
+    known = loc
+    while known and known not in lines:
+        known = known[:-1]
+    key = ".".join(map(str, loc)) or "(top)"
+    if error["type"] == "extra_forbidden":
+        message = "unknown key; a request has task, site, model, loop, limits, answers, description"
+        if len(loc) > 1:
+            message = "unknown key"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    else:
+        message = error["msg"].removeprefix("Value error, ")
+    sentence = f"{key}: {message}"
+    return f"{lines.get(known, 1)}: {sentence}" if lines else sentence
+
+
+def run(task: str | Request, *, site: str | None = None, model: str | None = None,
+        max_attempts: int | None = None, answers: list[str] | None = None) -> Run:
+    """Run the agent loop in this process and wait for it: generate, check, run and evaluate until it passes.
+
+    `task` is a sentence or a `Request` (e.g. from `load_request`); `answers` replays recorded model answers
+    instead of asking an endpoint. Returns the finished `Run` (look at `.verdict`, `.script`, `.observables`).
+    """
+    request = make_request(task, site=site, model=model, max_attempts=max_attempts, answers=answers)
+    load_profile()
+    from mdagent_hpc.workflows.launch import LaunchError, run_request
+
+    try:
+        node = run_request(request)
+    except LaunchError as exc:
+        raise MDAgentError(str(exc)) from None
+    return get_run(node.pk)
+
+
+def submit(task: str | Request, *, site: str | None = None, model: str | None = None,
+           max_attempts: int | None = None) -> Run:
+    """Hand the agent loop to the AiiDA daemon (starting it if needed) and return at once; follow with `get_run`."""
+    request = make_request(task, site=site, model=model, max_attempts=max_attempts)
+    if request.answers:
+        raise MDAgentError("a request with recorded answers runs in this process; use run(), not submit()")
+    load_profile()
+    from mdagent_hpc.workflows.launch import LaunchError, submit_request
+
+    try:
+        node = submit_request(request)
+    except LaunchError as exc:
+        raise MDAgentError(str(exc)) from None
+    return get_run(node.pk)
+
+
+def get_run(pk: int | str) -> Run:
+    """One agent run (by pk or UUID): task, verdict, the passed script, its evaluation and observables, attempts."""
+    load_profile()
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    from mdagent_hpc.workflows.results import NotAnAgentRun, read_run
+
+    try:
+        node = orm.load_node(pk)
+    except (NotExistent, MultipleObjectsError, ValueError, TypeError):
+        raise MDAgentError(f"no node with pk {pk}; `mdagent runs` (or list_runs()) lists the runs") from None
+    try:
+        return read_run(node)
+    except NotAnAgentRun as exc:
+        raise MDAgentError(str(exc)) from None
+
+
+def list_runs(limit: int = 20, *, verdict: str | None = None, site: str | None = None,
+              task_contains: str | None = None) -> list[Run]:
+    """Recent agent runs, newest first; filter by verdict (running, passed, failed), site or words of the task."""
+    if verdict is not None and verdict not in ("running", "passed", "failed"):
+        raise MDAgentError(f"verdict {verdict!r} is not one of running, passed, failed")
+    if not isinstance(limit, int) or limit < 1:
+        raise MDAgentError(f"limit must be a positive whole number, not {limit!r}")
+    load_profile()
+    from mdagent_hpc.workflows.results import list_runs as query
+
+    return query(limit=limit, verdict=verdict, site=site, task_contains=task_contains)
+
+
+# -- the tools ------------------------------------------------------------------------------------------------
+def check(script: str | Path, *, run_dir: str | Path | None = None, dry_run: bool = True,
+          max_atoms: int | None = None, max_steps: int | None = None) -> PreflightReport:
+    """Preflight a LAMMPS script: parse, sandbox policy, potentials, static checks and a `lmp -skiprun` dry run.
+
+    Problems in the script are in the report (`.ok`, `.diagnostics`); only a file that is not a script raises.
+    """
+    from mdagent_hpc.lammps.install import LammpsNotFound
+    from mdagent_hpc.lammps.preflight import preflight
+    from mdagent_hpc.models import Limits
+
+    script = Path(script)
+    if script.is_dir():
+        raise MDAgentError(f"{script} is a folder; give the input script in it (e.g. {script}/in.lammps)")
+    if not script.is_file():
+        raise MDAgentError(f"{script}: no such script")
+    if run_dir is not None and not Path(run_dir).is_dir():
+        raise MDAgentError(f"run folder {run_dir} does not exist")
+    limits = Limits(**{k: v for k, v in {"max_atoms": max_atoms, "max_steps": max_steps}.items() if v})
+    try:
+        report = preflight(script, Path(run_dir) if run_dir else None, limits=limits, dry=dry_run)
+    except LammpsNotFound as exc:
+        raise MDAgentError(str(exc)) from None
+    unreadable = [d for d in report.diagnostics if d.code == "script.unreadable"]
+    if unreadable:
+        raise MDAgentError(unreadable[0].message)
+    return report
+
+
+def evaluate(log: str | Path, script: str | Path | None = None) -> Evaluation:
+    """Judge a finished run from its LAMMPS log (and, for thermostat targets, its input script)."""
+    from mdagent_hpc.lammps.evaluate import evaluate as judge
+    from mdagent_hpc.lammps.log import LogError, read_log
+    from mdagent_hpc.lammps.parser import ScriptError, parse_script
+
+    try:
+        parsed_log = read_log(log)
+        parsed_script = parse_script(Path(script)) if script else None
+    except (LogError, ScriptError) as exc:
+        raise MDAgentError(str(exc)) from None
+    return judge(parsed_log, parsed_script)
+
+
+_ELEMENT = re.compile(r"[A-Z][a-z]?")
+
+
+def find_potentials(elements: str | list[str], style: str | None = None) -> list[PotentialEntry]:
+    """Potential files here covering all `elements` ("Cu Ni" or ["Cu", "Ni"]), best match first."""
+    from mdagent_hpc.lammps.potentials import find_potentials as search
+
+    symbols = elements.split() if isinstance(elements, str) else list(elements)
+    bad = [e for e in symbols if not isinstance(e, str) or not _ELEMENT.fullmatch(e)]
+    if bad or not symbols:
+        raise MDAgentError(f"{', '.join(map(str, bad)) or 'nothing'} is not an element symbol (write Cu, Ni, ...)")
+    return search(symbols, style)
+
+
+# -- setup ----------------------------------------------------------------------------------------------------
+_loaded: dict[str, Any] = {}
+
+
+def load_profile():
+    """Load mdagent's AiiDA profile (creating it, its `local` computer and LAMMPS code on first use)."""
+    from mdagent_hpc.home import HomeError, ensure_home, mdagent_home
+
+    key = str(mdagent_home())
+    if key in _loaded:
+        return _loaded[key]
+    from mdagent_hpc.execution.profile import ProfileError, ensure_profile
+
+    try:
+        ensure_home()
+        _loaded[key] = ensure_profile()
+    except (HomeError, ProfileError) as exc:
+        raise MDAgentError(str(exc)) from None
+    return _loaded[key]

@@ -1,0 +1,3 @@
+from mdagent_hpc.cli.main import main
+
+main()

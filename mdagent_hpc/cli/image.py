@@ -1,0 +1,50 @@
+"""`mdagent image`: Apptainer images of LAMMPS."""
+
+from __future__ import annotations
+
+import click
+
+from mdagent_hpc.cli.main import UserError, emit_json, out, status
+
+
+@click.group()
+def image() -> None:
+    """Apptainer images of LAMMPS (see containers/README.md for building, signing and publishing them)."""
+
+
+@image.command("check")
+@click.argument("image_ref", metavar="IMAGE")
+@click.option("--apptainer", default="apptainer", show_default=True, help="the apptainer command or its path")
+@click.option("--executable", default="lmp", show_default=True, help="the LAMMPS binary inside the image")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="seconds for each `apptainer exec` (a URI's first run downloads the image)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def check(image_ref: str, apptainer: str, executable: str, timeout: float, as_json: bool) -> None:
+    """Report the LAMMPS version and packages of IMAGE (a .sif path, or an oras://, docker:// or library:// URI).
+
+    Runs `apptainer exec --containall IMAGE lmp -h`; needs Apptainer, so run it on a cluster's login node.
+    """
+    from rich.table import Table
+
+    from mdagent_hpc.execution.image import ImageCheckError, check_image
+
+    try:
+        with status(f"Running `{executable} -h` in {image_ref} through Apptainer..."):
+            report = check_image(image_ref, apptainer=apptainer, executable=executable, timeout=timeout)
+    except ImageCheckError as exc:
+        raise UserError(str(exc)) from None
+    if as_json:
+        emit_json(report.model_dump())
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("image", report.image)
+    table.add_row("LAMMPS", f"[bold]{report.lammps_version}[/]")
+    table.add_row("Apptainer", report.apptainer_version)
+    if report.potentials_dir:
+        table.add_row("potentials", f"{report.potentials_dir} ({report.potential_files} files)")
+    else:
+        table.add_row("potentials", "[yellow]LAMMPS_POTENTIALS is not set to a folder in the image[/]")
+    table.add_row(f"packages ({len(report.packages)})", " ".join(report.packages) or "[yellow]none listed[/]")
+    out().print(table)

@@ -1,0 +1,100 @@
+"""The `mdagent` group, loading each command's module only when that command runs (as `verdi` does).
+
+Exit codes: 0 clean, 1 the check or run found a failure, 2 bad input or setup (one sentence, no traceback).
+Command modules import their heavy dependencies (AiiDA, rich, pydantic models, LAMMPS tools) inside the commands,
+so `mdagent --help` and `mdagent check` start fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+
+import click
+
+# name -> "module:attribute" under mdagent_hpc.cli, in the order `mdagent --help` lists them.
+COMMANDS = {
+    "run": "run:run",
+    "demo": "run:demo",
+    "show": "runs:show",
+    "runs": "runs:runs",
+    "check": "check:check",
+    "evaluate": "evaluate:evaluate",
+    "potentials": "potentials:potentials",
+    "site": "site:site",
+    "image": "image:image",
+    "llm": "llm:llm",
+    "verdi": "verdi:verdi",
+    "daemon": "verdi:daemon",
+}
+
+
+class UserError(click.ClickException):
+    """One clear sentence for the user, exit status 2, no traceback."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # noqa: ARG002 (click's signature)
+        err().print(f"[bold red]error:[/] {self.message}", highlight=False)
+
+
+class LazyGroup(click.Group):
+    """A group whose commands live in modules imported only when a command is asked for.
+
+    The API's `MDAgentError` (one sentence about a user mistake) becomes a `UserError` here, once for all commands.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(f"mdagent_hpc.cli.{module}"), attribute)
+
+    def invoke(self, ctx: click.Context):
+        from mdagent_hpc.api import MDAgentError
+
+        try:
+            return super().invoke(ctx)
+        except MDAgentError as exc:
+            raise UserError(str(exc)) from None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mdagent-hpc")
+def main() -> None:
+    """Plain-language LAMMPS simulations, generated, checked, run and evaluated by an LLM agent."""
+    from mdagent_hpc.execution.profile import configure_environment
+
+    configure_environment()  # before anything imports AiiDA, which reads AIIDA_PATH once
+
+
+# -- output helpers shared by the commands ------------------------------------------------------------------
+@functools.cache
+def out():
+    """The console for results (stdout)."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True)
+
+
+@functools.cache
+def err():
+    """The console for progress and errors (stderr)."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def status(message: str, quiet: bool = False):
+    """A spinner on stderr while something slow runs (nothing when `quiet`, e.g. with --json)."""
+    import contextlib
+
+    return contextlib.nullcontext() if quiet else err().status(message, spinner="dots")

@@ -1,0 +1,118 @@
+"""`mdagent site`: the clusters and machines LAMMPS runs on (site configs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from mdagent_hpc.cli.main import UserError, emit_json, err, out
+
+
+def find_site(name: str):
+    """The named site config; an unknown or invalid one is a `UserError`."""
+    from mdagent_hpc.execution.registry import find_site as lookup
+    from mdagent_hpc.execution.site import SiteConfigError
+
+    try:
+        return lookup(name)
+    except SiteConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+@click.group()
+def site() -> None:
+    """Clusters and machines LAMMPS runs on (site configs)."""
+
+
+@site.command("add")
+@click.argument("file", type=click.Path(path_type=Path))
+def add(file) -> None:
+    """Validate FILE, keep it as your site config, and create or update its AiiDA computer and code."""
+    from mdagent_hpc import api
+    from mdagent_hpc.execution.computers import ensure_site
+    from mdagent_hpc.execution.registry import add_site
+    from mdagent_hpc.execution.site import SiteConfigError
+    from mdagent_hpc.home import HomeError
+
+    try:
+        config, dest, changed = add_site(file)
+        api.load_profile()
+        setup = ensure_site(config)
+    except (SiteConfigError, HomeError) as exc:
+        raise UserError(str(exc)) from None
+    out().print(f"site {config.name}: {'saved' if changed else 'unchanged'} {dest}", highlight=False)
+    for change in setup.changes or [f"computer {config.name} and code {setup.code.full_label} up to date"]:
+        out().print(f"  {change}", highlight=False)
+    out().print(f"next: `mdagent site test {config.name}`", highlight=False)
+
+
+@site.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print the sites as JSON")
+def list_sites(as_json) -> None:
+    """The site configs found (your folder, MDAGENT_SITE_CONFIGS, the bundled ones), first one of a name wins."""
+    from rich.table import Table
+
+    from mdagent_hpc.execution.registry import site_files
+    from mdagent_hpc.execution.site import SiteConfigError, load_site
+
+    rows = []
+    for name, path in sorted(site_files().items()):
+        try:
+            config = load_site(path)
+            rows.append({"name": name, "scheduler": config.scheduler, "transport": config.transport.type,
+                         "host": config.transport.host or "localhost",
+                         "lammps": config.lammps.image or config.lammps.binary, "path": str(path), "problem": None})
+        except SiteConfigError as exc:
+            rows.append({"name": name, "path": str(path), "problem": exc.problems[0]})
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("name", "scheduler", "transport", "host", "lammps", "file")
+    for r in rows:
+        if r["problem"]:
+            table.add_row(r["name"], "[red]invalid[/]", "", "", r["problem"], r["path"])
+        else:
+            table.add_row(r["name"], r["scheduler"], r["transport"], r["host"], r["lammps"], r["path"])
+    out().print(table)
+
+
+@site.command("test")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="print the stages as JSON")
+def probe(name, as_json) -> None:
+    """Connect to site NAME, query its scheduler, run a 1-step LAMMPS job and read it back, timing each stage."""
+    from mdagent_hpc import api
+    from mdagent_hpc.execution.probe import probe_site
+
+    config = find_site(name)
+    api.load_profile()
+    stages = []
+    for stage in probe_site(config) if as_json else _with_progress(probe_site(config)):
+        stages.append(stage)
+        if not as_json:
+            mark = "[green]ok[/]  " if stage.ok else "[bold red]FAIL[/]"
+            out().print(f"{mark} {stage.name:11} {stage.seconds:6.2f} s  {stage.detail}", highlight=False)
+            if stage.fix:
+                out().print(f"     fix: {stage.fix}", highlight=False)
+    ok = all(s.ok for s in stages) and len(stages) == 5
+    if as_json:
+        emit_json({"site": name, "ok": ok, "stages": [vars(s) for s in stages]})
+    else:
+        total = sum(s.seconds for s in stages)
+        out().print(f"{'[bold green]site ' + name + ' works[/]' if ok else '[bold red]site ' + name + ' failed[/]'} "
+                    f"in {total:.1f} s", highlight=False)
+    sys.exit(0 if ok else 1)
+
+
+def _with_progress(stages):
+    """Show a spinner while each stage runs (submitting and waiting for a job can take a while)."""
+    names = iter(["creating the AiiDA computer and code", "connecting", "asking the scheduler",
+                  "running a 1-step LAMMPS job", "reading it back"])
+    while True:
+        with err().status(f"{next(names, 'working')} ...", spinner="dots"):
+            stage = next(stages, None)
+        if stage is None:
+            return
+        yield stage

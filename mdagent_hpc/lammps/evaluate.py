@@ -16,15 +16,8 @@ from pydantic import BaseModel, Field
 
 from mdagent_hpc.lammps.files import number
 from mdagent_hpc.lammps.log import LammpsLog, ThermoBlock
+from mdagent_hpc.lammps.units import BOLTZMANN, DEFAULT_TIMESTEP, TIME_UNIT
 from mdagent_hpc.models import Evaluation, Finding, Grade, ParsedScript, Severity
-
-# Default timestep (in the unit style's time unit) and Boltzmann constant (energy unit per K; 1 in lj).
-DEFAULT_TIMESTEP = {"lj": 0.005, "real": 1.0, "metal": 0.001, "si": 1e-8, "cgs": 1e-8, "electron": 0.001,
-                    "micro": 2.0, "nano": 0.00045}
-BOLTZMANN = {"lj": 1.0, "real": 0.0019872067, "metal": 8.617333262e-5, "si": 1.380649e-23,
-             "cgs": 1.380649e-16, "electron": 3.166811563e-6, "micro": 1.380649e-8, "nano": 0.01380649}
-TIME_UNIT = {"lj": "tau", "real": "fs", "metal": "ps", "si": "s", "cgs": "s", "electron": "fs", "micro": "us",
-             "nano": "ns"}
 
 RUN_COMMANDS = ("run", "rerun", "minimize")
 # Fixes that keep an NVE run energy-conserving: integrators, constraints, output and bookkeeping.

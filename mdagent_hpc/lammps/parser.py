@@ -44,6 +44,7 @@ class _Line:
     file: str
     line: int
     text: str
+    open_quote: str | None = None  # a quote left open in the line as written
 
 
 @dataclass
@@ -99,9 +100,10 @@ def logical_lines(text: str, file: str) -> list[_Line]:
                 i += 1
             else:
                 break
+        quote = unmatched_quote(buf)
         buf = strip_comment(buf).strip()
         if buf:
-            out.append(_Line(file, start + 1, buf))
+            out.append(_Line(file, start + 1, buf, quote))
     return out
 
 
@@ -126,6 +128,24 @@ def _quote_spans(text: str):
             i += 1
     if plain:
         yield plain, ""
+
+
+def unmatched_quote(text: str) -> str | None:
+    """The quote left open in a logical line (single, double or triple), else None. LAMMPS stops on it."""
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] == "#":
+            return None
+        for q in ('"""', '"', "'"):
+            if text.startswith(q, i):
+                end = text.find(q, i + len(q))
+                if end < 0:
+                    return q
+                i = end + len(q)
+                break
+        else:
+            i += 1
+    return None
 
 
 def strip_comment(text: str) -> str:
@@ -289,6 +309,13 @@ def parse_text(text: str, name: str = "in.lammps", run_dir: Path | None = None,
 
     def walk(lines: list[_Line], depth: int, context: str = "") -> None:
         for ln in lines:
+            if quote := ln.open_quote:
+                kind = {"'": "single", '"': "double", '"""': "triple"}[quote]
+                diagnostics.append(Diagnostic(
+                    severity=Severity.ERROR, code="parse.unmatched_quote",
+                    message=f"unmatched {kind} quote ({quote}): LAMMPS stops at this line", line=ln.line,
+                    file=ln.file, command=ln.text, hint="close the quote on the same line (or join lines with &); "
+                    "curly quotes and apostrophes in plain words count as quotes too"))
             texts = substitute(ln.text, {k: [v] for k, v in vars.current.items()})
             words = split_words(texts[0])
             if not words:

@@ -34,7 +34,12 @@ SKIPRUN_ARTIFACTS = (
     "is not current",
     "used between runs is not current",
     "requires thermo to use/init",
+    "cannot be invoked before initialization by a run",
+    "not computed at compatible time",
 )
+# A second dry run after a -skiprun artefact: runs become `run 0` (setup only), under this timeout at most.
+SETUP_RUN_TIMEOUT_S = 10.0
+_RUN_LINE = re.compile(r"^(\s*)(run|minimize|minimize/\w+|rerun)(\s.*)?$")
 
 # (pattern in the LAMMPS error message, hint)
 HINTS = [
@@ -99,9 +104,34 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (DRY_RUN_MEMORY_BYTES, DRY_RUN_MEMORY_BYTES))
 
 
+def _setup_only(scratch: Path, script: ParsedScript) -> None:
+    """Rewrite every script file in `scratch` so that each run or minimization is `run 0 post no`."""
+    for name in {c.file for c in script.commands}:
+        path = scratch / name
+        if not path.is_file():
+            continue
+        lines, out, skip = path.read_text(errors="replace").splitlines(), [], False
+        for line in lines:
+            if skip:  # continuation lines of a rewritten command
+                skip = line.rstrip().endswith("&")
+                out.append("")
+                continue
+            m = _RUN_LINE.match(line)
+            if m:
+                skip = line.rstrip().endswith("&")
+                line = f"{m.group(1)}run 0 post no"
+            out.append(line)
+        path.write_text("\n".join(out) + "\n")
+
+
 def dry_run(script: ParsedScript, run_dir: Path, install: LammpsInstall, limits: Limits,
-            stage: dict[str, Path]) -> tuple[list[Diagnostic], float, str]:
-    """`lmp -skiprun` in a scratch copy; returns diagnostics, seconds, and the log text."""
+            stage: dict[str, Path], *, setup_runs: bool = False) -> tuple[list[Diagnostic], float, str]:
+    """`lmp -skiprun` in a scratch copy; returns diagnostics, seconds, and the screen text.
+
+    The screen output is read, not the log file: a script may switch or close its log (`log other.log`,
+    `log none`), never the screen. `setup_runs`: instead of skipping runs, make each a `run 0` (setup only).
+    """
+    timeout = min(limits.skiprun_timeout_s, SETUP_RUN_TIMEOUT_S) if setup_runs else limits.skiprun_timeout_s
     with tempfile.TemporaryDirectory(prefix="mdagent-preflight-") as tmp:
         scratch = Path(tmp) / "run"
         scratch.mkdir()
@@ -109,8 +139,10 @@ def dry_run(script: ParsedScript, run_dir: Path, install: LammpsInstall, limits:
         for name, path in stage.items():
             if not (scratch / name).exists():
                 shutil.copyfile(path, scratch / name)
-        argv = install.command("-in", script.main, "-skiprun", "-log", "log.preflight", "-nocite",
-                               "-screen", "none")
+        if setup_runs:
+            _setup_only(scratch, script)
+        flags = [] if setup_runs else ["-skiprun"]
+        argv = install.command("-in", script.main, *flags, "-log", "none", "-echo", "screen", "-nocite")
         env = install.environ({"PATH": "/usr/bin:/bin", "HOME": str(scratch)})
         if bwrap_path():
             read_only = [install.potentials_dir] if install.potentials_dir else []
@@ -118,18 +150,16 @@ def dry_run(script: ParsedScript, run_dir: Path, install: LammpsInstall, limits:
         start = time.monotonic()
         try:
             proc = subprocess.run(argv, cwd=scratch, env=env, capture_output=True, text=True, errors="replace",
-                                  timeout=limits.skiprun_timeout_s, preexec_fn=_limit_memory)
+                                  timeout=timeout, preexec_fn=_limit_memory)
         except subprocess.TimeoutExpired:
             seconds = time.monotonic() - start
+            what = "with each run made a `run 0`" if setup_runs else "(lmp -skiprun)"
             return [Diagnostic(severity=Severity.ERROR, code="preflight.timeout",
-                               message=f"the dry run (lmp -skiprun) did not finish in {limits.skiprun_timeout_s:.0f} s",
+                               message=f"the dry run {what} did not finish in {timeout:.0f} s",
                                hint="the setup itself is too slow (huge system or loop); make it smaller")], seconds, ""
         seconds = time.monotonic() - start
-        log_path = scratch / "log.preflight"
-        text = log_path.read_text(errors="replace") if log_path.exists() else ""
-    diags = skiprun_diagnostics(script, text + "\n" + proc.stdout, proc.returncode, proc.stderr or proc.stdout,
-                                limits)
-    return diags, seconds, text
+    diags = skiprun_diagnostics(script, proc.stdout, proc.returncode, proc.stderr or proc.stdout, limits)
+    return diags, seconds, proc.stdout
 
 
 def skiprun_diagnostics(script: ParsedScript, log_text: str, returncode: int | None, output: str,
@@ -137,7 +167,11 @@ def skiprun_diagnostics(script: ParsedScript, log_text: str, returncode: int | N
     """Diagnostics from a `lmp -skiprun` log (here or from a short job on a site), mapped to script lines."""
     diags: list[Diagnostic] = []
     log = parse_log(log_text)
+    seen: set[tuple[str, str | None]] = set()
     for err in log.errors:
+        if (err.message, err.last_input) in seen:  # the same error read from the log and from the screen
+            continue
+        seen.add((err.message, err.last_input))
         cmd = find_command(script, err.last_input) if err.last_input else None
         artifact = any(a in err.message for a in SKIPRUN_ARTIFACTS)
         diags.append(Diagnostic(
@@ -153,10 +187,30 @@ def skiprun_diagnostics(script: ParsedScript, log_text: str, returncode: int | N
                                 message=f"lmp -skiprun exited with status {returncode}: {' | '.join(tail)}",
                                 hint="LAMMPS stopped without an ERROR line; simplify the script around its end"))
     if log.atoms and log.atoms > limits.max_atoms:
+        cmd = _atoms_command(script, log_text, log.commands, limits.max_atoms)
         diags.append(Diagnostic(severity=Severity.ERROR, code="limit.atoms",
                                 message=f"the dry run created {log.atoms} atoms; the limit is {limits.max_atoms}",
-                                hint="use a smaller box or region"))
+                                line=cmd.line if cmd else None, file=cmd.file if cmd else None,
+                                command=cmd.text if cmd else None, hint="use a smaller box or region"))
     return diags
+
+
+_ATOM_COUNT = re.compile(r"^(?:Created (\d+) atoms|\s+(\d+) atoms\s*$)")
+
+
+def _atoms_command(script: ParsedScript, text: str, echoed: list[tuple[int, str]], limit: int) -> Command | None:
+    """The command after which the atom count went over `limit`: the last one echoed before that count."""
+    total = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if m := _ATOM_COUNT.match(line):
+            count = int(m.group(1) or m.group(2))
+            total += count
+            if count > limit or total > limit:
+                before = [c for n, c in echoed if n < number]
+                if before and (cmd := find_command(script, before[-1])):
+                    return cmd
+                break
+    return next((c for c in script.commands if c.name in ("create_atoms", "read_data", "replicate")), None)
 
 
 def preflight(script_path: Path, run_dir: Path | None = None, *, limits: Limits | None = None,
@@ -172,18 +226,62 @@ def preflight(script_path: Path, run_dir: Path | None = None, *, limits: Limits 
         return PreflightReport(script=str(script_path), ok=False, diagnostics=[Diagnostic(
             severity=Severity.ERROR, code="script.unreadable", message=str(exc),
             hint="pass the path of a LAMMPS input script")], seconds=time.monotonic() - start)
-    diags = list(script.diagnostics) + check_policy(script, limits, run_dir)
+    policy = check_policy(script, limits, run_dir)
     potentials, potential_diags = resolve_potentials(script, run_dir)
-    diags += potential_diags + static_checks(script, run_dir)
+    diags = list(script.diagnostics) + policy + potential_diags + static_checks(script, run_dir)
     skiprun_seconds = None
-    if dry and not any(d.severity == Severity.ERROR for d in diags):
+    # The policy is the wall before anything executes; an over-large system would only hit the memory cap.
+    # Any other finding still lets the dry run locate errors the static checks cannot see (issue 9, item 3).
+    blocked = any(d.severity == Severity.ERROR and d.code.startswith(("policy.", "limit.atoms", "parse.include"))
+                  for d in diags)
+    if dry and not blocked:
         stage = {p.name: Path(p.resolved) for p in potentials
                  if p.resolved and p.source not in ("run-folder", "lammps")}
         try:
-            dry_diags, skiprun_seconds, _ = dry_run(script, run_dir, install or find_lammps(), limits, stage)
+            lammps = install or find_lammps()
+            dry_diags, skiprun_seconds, _ = dry_run(script, run_dir, lammps, limits, stage)
+            if any(d.code == "preflight.skiprun_limit" for d in dry_diags):
+                dry_diags = _past_artifacts(script, run_dir, lammps, limits, stage, dry_diags)
         except ScriptError as exc:
             dry_diags = [Diagnostic(severity=Severity.ERROR, code="preflight.copy", message=str(exc))]
-        diags += dry_diags
+        diags = merge_diagnostics(script, diags, dry_diags)
     ok = not any(d.severity == Severity.ERROR for d in diags)
     return PreflightReport(script=script.main, ok=ok, diagnostics=diags, potentials=potentials,
                            files=script.files, skiprun_seconds=skiprun_seconds, seconds=time.monotonic() - start)
+
+
+def _past_artifacts(script: ParsedScript, run_dir: Path, install: LammpsInstall, limits: Limits,
+                    stage: dict[str, Path], skipped: list[Diagnostic]) -> list[Diagnostic]:
+    """-skiprun stopped at a value only a run computes: dry-run again with every run made a `run 0`.
+
+    A `run 0` only sets up (neighbor lists, one force evaluation), so it is cheap; its errors are real ones.
+    When that second pass cannot finish (a loop waiting for steps that never come), the artefact stays a
+    warning and the rest of the script is checked only by the real run.
+    """
+    setup, _, _ = dry_run(script, run_dir, install, limits, stage, setup_runs=True)
+    if any(d.code in ("preflight.timeout", "preflight.crash") for d in setup):
+        return skipped
+    return [d for d in skipped if d.code == "preflight.skiprun_limit"] + [
+        d for d in setup if d.code != "preflight.skiprun_limit"]
+
+
+def _order(script: ParsedScript) -> dict[tuple[str | None, int | None], int]:
+    return {(c.file, c.line): i for i, c in reversed(list(enumerate(script.commands)))}
+
+
+def merge_diagnostics(script: ParsedScript, found: list[Diagnostic], dry: list[Diagnostic]) -> list[Diagnostic]:
+    """Static and dry-run findings in script order; a dry-run error on a line a check already explains goes.
+
+    A style the dry run finds missing (a package this LAMMPS lacks) is the root cause of the potential
+    findings of its pair_coeff lines: those are dropped.
+    """
+    explained = {(d.file, d.line) for d in found if d.severity == Severity.ERROR and d.line}
+    kept = [d for d in dry if not (d.severity == Severity.ERROR and (d.file, d.line) in explained)]
+    unknown_pair_style = next((d for d in kept if d.code == "lammps.error" and d.line
+                               and re.match(r"Unrecognized pair style", d.message)), None)
+    if unknown_pair_style is not None:
+        found = [d for d in found if not (d.code.startswith("potential.") and (d.line or 0) > unknown_pair_style.line
+                                          and d.file == unknown_pair_style.file)]
+    order = _order(script)
+    merged = found + kept
+    return sorted(merged, key=lambda d: order.get((d.file, d.line), len(order) if d.line is None else len(order) - 1))

@@ -1,10 +1,16 @@
-"""Static checks for mistakes `lmp -skiprun` does not catch (they surface only when a run starts)."""
+"""Static checks: mistakes `lmp -skiprun` does not catch (they surface only when a run starts), input files
+that are missing (all reported at once, before the dry run stops at the first), and settings that make no
+physical sense.
+"""
 
 from __future__ import annotations
 
 import re
+from fnmatch import fnmatchcase
 from pathlib import Path
 
+from mdagent_hpc.lammps.files import number
+from mdagent_hpc.lammps.units import DEFAULT_TIMESTEP, fix_parameter_problems, timestep_problem
 from mdagent_hpc.models import Command, Diagnostic, ParsedScript, Severity
 
 # Pair styles that cannot mix i-j coefficients from i-i and j-j: every pair must be given.
@@ -115,5 +121,154 @@ def reference_checks(script: ParsedScript) -> list[Diagnostic]:
     return out
 
 
+# Atom styles whose masses are per type (the `mass` command or a data file's Masses section).
+PER_TYPE_MASS = {"atomic", "charge", "bond", "angle", "molecular", "full", "dipole", "spin", "template"}
+# Fix styles that move atoms (time integration); two on the same atoms integrate them twice.
+# Pair styles whose potential files set the masses.
+MASS_FROM_POTENTIAL = re.compile(r"^(eam|meam|adp|bop|kim|polymorphic)(/|$)")
+INTEGRATOR = re.compile(r"^(nve|nvt|npt|nph|nvk|rigid|brownian|sph|meso|tfmc|smd/integrate)(/|$)")
+
+
+def _data_sections(path: Path) -> set[str]:
+    """Section names of a data file (Masses, Atoms, Pair Coeffs, ...)."""
+    if not path.is_file():
+        return set()
+    with path.open(errors="replace") as fh:
+        return {s for line in fh if (s := line.split("#")[0].strip()) and s[0].isupper() and not s[0].isdigit()
+                and s.replace(" ", "").isalpha()}
+
+
+def mass_checks(script: ParsedScript, run_dir: Path | None) -> list[Diagnostic]:
+    """At the first run after setup: does every atom type have a mass (styles with per-type masses)?"""
+    out: list[Diagnostic] = []
+    style, ntypes, massed, checked, unknown = "atomic", None, set(), False, False
+    for cmd in script.commands:
+        n, a = cmd.name, cmd.args
+        if n == "clear":
+            style, ntypes, massed, checked, unknown = "atomic", None, set(), False, False
+        elif n == "atom_style" and a:
+            style = a[0]
+        elif n == "create_box" and a and a[0].isdigit():
+            ntypes = int(a[0])
+        elif n == "read_data" and a and run_dir is not None and ntypes is None:
+            path = run_dir / a[0]
+            ntypes, _ = _data_file(path)
+            if "Masses" in _data_sections(path) and ntypes:
+                massed |= set(range(1, ntypes + 1))
+            unknown = unknown or not path.is_file()
+        elif n in ("read_restart", "labelmap", "molecule") or (n == "set" and "mass" in a):
+            unknown = True  # masses from elsewhere, or type labels we do not map
+        elif n == "pair_style" and any(MASS_FROM_POTENTIAL.match(w) for w in a):
+            unknown = True
+        elif n == "mass" and a and ntypes:
+            types = _types(a[0], ntypes)
+            if types is None:
+                unknown = True
+            else:
+                massed |= set(types)
+        elif n in ("run", "minimize") and ntypes and not checked and not unknown and style in PER_TYPE_MASS:
+            checked = True
+            missing = [i for i in range(1, ntypes + 1) if i not in massed]
+            if missing:
+                out.append(_diag(cmd, "static.mass_missing",
+                                 f"atom type(s) {missing} of {ntypes} have no mass before this {n} "
+                                 f"(LAMMPS stops here: 'Not all per-type masses are set')",
+                                 f"add `mass {missing[0]} VALUE` for each type after create_box/read_data"))
+    return out
+
+
+def integrator_checks(script: ParsedScript) -> list[Diagnostic]:
+    """At each run: two time integrators on the same atoms (same group, or one of them on `all`)."""
+    out: list[Diagnostic] = []
+    fixes: dict[str, Command] = {}
+    reported: set[tuple[str, str]] = set()
+    for cmd in script.commands:
+        n, a = cmd.name, cmd.args
+        if n == "fix" and len(a) > 2:
+            fixes[a[0]] = cmd
+        elif n == "unfix" and a:
+            fixes.pop(a[0], None)
+        elif n == "clear":
+            fixes = {}
+        elif n == "run":
+            moving = [c for c in fixes.values() if INTEGRATOR.match(c.args[2])]
+            for i, first in enumerate(moving):
+                for second in moving[i + 1:]:
+                    g1, g2 = first.args[1], second.args[1]
+                    key = (first.args[0], second.args[0])
+                    if key in reported or not (g1 == g2 or "all" in (g1, g2)):
+                        continue
+                    reported.add(key)
+                    out.append(_diag(second, "static.double_integration",
+                                     f"fix {second.args[2]} on group '{g2}' and fix {first.args[2]} (line "
+                                     f"{first.line}) on group '{g1}' both move the same atoms: they would be "
+                                     "integrated twice", "keep one integrator per atom: `unfix` one of them, "
+                                     "or put them on groups that do not overlap"))
+    return out
+
+
+def parameter_checks(script: ParsedScript) -> list[Diagnostic]:
+    """Timesteps and thermostat/barostat settings that make no physical sense for the unit style."""
+    out: list[Diagnostic] = []
+    units, dt = "lj", None
+    for cmd in script.commands:
+        n, a = cmd.name, cmd.args
+        if n == "units" and a:
+            units, dt = a[0], None
+        elif n == "clear":
+            units, dt = "lj", None
+        elif n == "timestep" and a and a[0] != "0" and (value := number(a[0])) is not None:
+            dt = value
+            if problem := timestep_problem(units, value):
+                out.append(_diag(cmd, "static.timestep", problem,
+                                 f"use a timestep near {DEFAULT_TIMESTEP.get(units, 'the default'):g} for "
+                                 f"{units} units, or check the `units` command"))
+        elif n == "fix" and len(a) > 2:
+            for problem in fix_parameter_problems(cmd.words, dt or DEFAULT_TIMESTEP.get(units)):
+                out.append(_diag(cmd, "static.fix_parameter", problem,
+                                 "temperatures are absolute (K, or lj units); damping is a time in the units' "
+                                 "time unit"))
+    return out
+
+
+def _written_before(script: ParsedScript, path: str, line_index: int) -> bool:
+    """Does a command before `line_index` write `path` (restart and dump names may hold `*` and `%`)?"""
+    for cmd in script.commands[:line_index]:
+        for access in script.files:
+            if access.mode == "write" and access.line == cmd.line and access.file == cmd.file:
+                pattern = access.path.replace("%", "*")
+                if access.path == path or ("*" in pattern and fnmatchcase(path, pattern)):
+                    return True
+    return False
+
+
+def missing_input_checks(script: ParsedScript, run_dir: Path | None) -> list[Diagnostic]:
+    """Every file the script reads (data, restart, include, molecule, fix and variable files) must exist in the
+    run folder or be written earlier by the script. Potential files are resolved in potentials.py."""
+    if run_dir is None:
+        return []
+    out: list[Diagnostic] = []
+    index = {(c.file, c.line): i for i, c in enumerate(script.commands)}
+    seen: set[tuple[str, int, str]] = set()
+    for access in script.files:
+        if access.mode != "read" or access.kind == "potential" or "$" in access.path:
+            continue
+        if (access.file, access.line, access.path) in seen:
+            continue
+        seen.add((access.file, access.line, access.path))
+        pattern = access.path.replace("%", "*")
+        exists = (run_dir / access.path).exists() if "*" not in pattern else any(run_dir.glob(pattern))
+        if exists or _written_before(script, access.path, index.get((access.file, access.line), 0)):
+            continue
+        out.append(Diagnostic(severity=Severity.ERROR, code="file.missing",
+                              message=f"{access.kind} file '{access.path}' is not in the run folder",
+                              line=access.line, file=access.file, command=access.command,
+                              hint=f"create '{access.path}' in the run folder (or pass it as an extra file), or "
+                                   "write it earlier in the script"))
+    return out
+
+
 def static_checks(script: ParsedScript, run_dir: Path | None = None) -> list[Diagnostic]:
-    return pair_coefficient_checks(script, run_dir) + reference_checks(script)
+    return (missing_input_checks(script, run_dir) + pair_coefficient_checks(script, run_dir)
+            + mass_checks(script, run_dir) + integrator_checks(script) + parameter_checks(script)
+            + reference_checks(script))

@@ -174,11 +174,30 @@ def test_missing_file_is_an_error_suggesting_files_for_the_same_elements(tmp_pat
     uses, diags = resolve(tmp_path, "units metal", EAM, "pair_coeff * * CuNi_v2.eam.alloy Cu Ni")
     assert [(d.code, d.severity, d.line) for d in diags] == [("potential.missing", Severity.ERROR, 3)]
     assert "CuNi.eam.alloy" in diags[0].hint and "MDAGENT_SITE_POTENTIALS" in diags[0].hint
-    assert len(diags[0].hint.split(":", 1)[1].split(";")[0].split(",")) == 3
+    suggested = diags[0].hint.split(": ", 1)[1].split(";")[0].split(", ")
+    index = {e.name: e for e in build_index([LAMMPS])}
+    assert suggested and all({"Cu", "Ni"} <= set(index[n].elements) and "eam/alloy" in index[n].styles
+                             for n in suggested)
     assert uses[0].resolved is None and uses[0].source is None
 
     _, diags = resolve(tmp_path, "units metal", "pair_style tersoff", "pair_coeff * * Si.tersof Si")
-    assert "Si.tersoff" in diags[0].hint  # no exact element match needed: close names come next
+    assert "Si.tersoff" in diags[0].hint
+
+
+def test_suggestions_hold_every_element_and_the_same_style_or_say_none_fits(tmp_path):
+    index = {e.name: e for e in build_index([LAMMPS])}
+    _, diags = resolve(tmp_path, "units metal", "pair_style tersoff", "pair_coeff * * SiCGe_v9.tersoff Si C Ge")
+    for name in diags[0].hint.split(": ", 1)[1].split(";")[0].split(", "):
+        assert {"Si", "C", "Ge"} <= set(index[name].elements) and "tersoff" in index[name].styles
+    # nothing holds Og: say so, never a file with a similar name (Cu_u3.eam for Cu_u4.eam)
+    _, diags = resolve(tmp_path, "units metal", EAM, "pair_coeff * * CuOg.eam.alloy Cu Og")
+    assert "no available eam/alloy file holds all of Cu Og" in diags[0].hint
+    assert ".eam" not in diags[0].hint.replace("CuOg.eam.alloy", "")
+    # an element missing from a file: the hint names only files with all the elements asked for
+    _, diags = resolve(tmp_path, "units metal", EAM, "pair_coeff * * CuNi.eam.alloy Cu Al")
+    assert diags[0].code == "potential.element_missing"
+    for name in diags[0].hint.split("Cu Al: ", 1)[1].split(", "):
+        assert {"Cu", "Al"} <= set(index[name].elements)
 
 
 def test_hybrid_styles_resolve_the_file_of_each_sub_style(tmp_path):

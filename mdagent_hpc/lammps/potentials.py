@@ -7,7 +7,6 @@ site cache and the LAMMPS potentials folder, and record the absolute path so the
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -471,14 +470,22 @@ class _Resolver:
             self.diagnostics.append(Diagnostic.at(cmd, code, message, hint, severity, words))
 
     def suggest(self, name: str, style: str, names: list[str]) -> list[str]:
+        """Files of the same pair style that hold every element mapped: never a file by name similarity."""
         wanted = [n for n in names if n != "NULL"]
         elements = [e for n in wanted if (e := element_of(n))]
-        picks: list[str] = []
-        if elements and len(elements) == len(wanted):
-            picks = [e.name for e in rank_potentials(self.index(), elements, style) if e.name != name]
-        every = _distinct(e.name for e in self.index())
-        picks += difflib.get_close_matches(name, every, n=3, cutoff=0.4)
-        return _distinct(picks)[:3]
+        if not elements or len(elements) != len(wanted):
+            return []
+        return _distinct(e.name for e in rank_potentials(self.index(), elements, style) if e.name != name)[:3]
+
+    def fits(self, name: str, style: str, names: list[str]) -> str:
+        """The hint's list of files that fit, or a sentence saying none does."""
+        close = self.suggest(name, style, names)
+        elements = " ".join(_distinct(n for n in names if n != "NULL"))
+        if close:
+            return f"{style} files holding {elements}: {', '.join(close)}"
+        if elements and style != "table":
+            return f"no available {style} file holds all of {elements}"
+        return ""
 
     def use(self, cmd: Command, words: list[str], name: str, style: str,
             names: list[str] | None = None) -> tuple[PotentialUse, PotentialEntry | None] | None:
@@ -499,8 +506,8 @@ class _Resolver:
             self.uses.append(use)
         if entry is None:
             where = ", ".join(["the run folder", *(label for label, _ in self.search_path)])
-            close = self.suggest(name, style, names)
-            hint = (f"closest available: {', '.join(close)}; " if close else "") + HINT_STAGE
+            fits = self.fits(name, style, names)
+            hint = (f"{fits}; " if fits else "") + HINT_STAGE
             self.error(cmd, words, "potential.missing", f"potential file '{name}' not found ({where})", hint)
             return use, None
         if entry.units and self.units != entry.units:
@@ -521,9 +528,9 @@ class _Resolver:
             return
         what = "keyword" if style == "table" else "element"
         wanted = [n for n in names if n != "NULL"]
-        close = self.suggest(name, style, wanted) if what == "element" else []
         hint = f"'{name}' defines {' '.join(available)}"
-        hint += f"; potentials for {' '.join(_distinct(wanted))}: {', '.join(close)}" if close else ""
+        fits = self.fits(name, style, wanted) if what == "element" else ""
+        hint += f"; {fits}" if fits else ""
         self.error(cmd, words, "potential.element_missing",
                    f"{what} {' '.join(missing)} not in '{name}'", hint)
 

@@ -53,7 +53,7 @@ def demo_answers() -> list[str]:
     from importlib import resources
 
     folder = resources.files("mdagent_hpc") / "examples" / "demo"
-    return [f"```lammps\n{(folder / name).read_text()}```" for name in DEMO_ANSWERS]
+    return [f"```lammps\n{(folder / name).read_text()}```\n" for name in DEMO_ANSWERS]
 
 
 def launch(request, *, daemon: bool, as_json: bool) -> None:

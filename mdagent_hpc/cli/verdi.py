@@ -37,11 +37,11 @@ def daemon() -> None:
 
 
 def _client():
-    from aiida.engine.daemon.client import get_daemon_client
-
     from mdagent_hpc import api
 
-    api.load_profile()
+    api.load_profile()  # first: importing AiiDA creates its configuration folder
+    from aiida.engine.daemon.client import get_daemon_client
+
     return get_daemon_client()
 
 
@@ -49,10 +49,10 @@ def _client():
 @click.option("--json", "as_json", is_flag=True, help="print the status as JSON")
 def daemon_status(as_json) -> None:
     """Whether the daemon runs, its pid and workers, and the agent runs it holds."""
+    client = _client()  # loads the profile before anything of AiiDA is imported
     from aiida import orm
     from aiida.engine.daemon.client import DaemonException
 
-    client = _client()
     running = client.is_daemon_running
     info = {"profile": client.profile.name, "running": running, "pid": client.get_daemon_pid() if running else None,
             "workers": None, "log": client.daemon_log_file}

@@ -138,3 +138,89 @@ def test_cli_check_bad_input_is_one_sentence(tmp_path, make, message):
     result = subprocess.run(["mdagent", "check", str(make(tmp_path))], capture_output=True, text=True)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stdout + result.stderr
+
+
+# --- issue 9: blind spots ------------------------------------------------------------------------------
+
+PAIR = "pair_style lj/cut 2.5\npair_coeff 1 1 1.0 1.0 2.5\n"  # lines 8-9 after SETUP
+
+
+@pytest.mark.parametrize("redirect", ["log other.log", "log none", "echo none", "log other.log append\necho screen"])
+def test_a_script_that_moves_its_log_does_not_blind_the_dry_run(tmp_path, redirect):
+    text = redirect + "\n" + SETUP + PAIR + "foo_bar 1 2\n"
+    first = 1 + redirect.count("\n")
+    report = preflight(write(tmp_path, text))
+    (diag,) = report.diagnostics
+    assert (diag.code, diag.line) == ("lammps.error", first + 10) and "Unknown command" in diag.message
+    # the atom limit is checked from what the dry run printed, at the command that created the atoms
+    # (a cylinder: the static estimate does not know its atoms, only the dry run does)
+    cylinder = SETUP.replace("create_atoms 1 box", "region cyl cylinder z 2 2 1.9 0 4\ncreate_atoms 1 region cyl")
+    report = preflight(write(tmp_path, redirect + "\n" + cylinder + PAIR), limits=Limits(max_atoms=100))
+    assert errors(report) == [("limit.atoms", first + 7)]
+
+
+def test_run_zero_then_a_compute_value_is_no_refusal_and_the_rest_is_still_dry_run(tmp_path):
+    idiom = (SETUP + PAIR + "compute pe all pe\nrun 0\nvariable E equal c_pe\nvariable E0 equal $E\n"
+             "print \"E0 = ${E0}\"\nvariable P equal press\nprint \"P = $P\"\n")
+    report = preflight(write(tmp_path, idiom + "fix 1 all nve\nrun 100\n"))
+    assert report.ok, [d.render() for d in report.diagnostics]
+    # a real mistake after the idiom is still found, at its line
+    report = preflight(write(tmp_path, idiom + "fix 1 all nvee\nrun 100\n"))
+    assert errors(report) == [("lammps.error", 17)] and "nvee" in report.diagnostics[-1].message
+
+
+def test_a_missing_package_is_the_root_cause_at_the_style_line(tmp_path):
+    text = SETUP.replace("lj", "metal") + "pair_style pace\npair_coeff * * Cu_v9.yace Cu\nrun 10\n"
+    report = preflight(write(tmp_path, text))
+    (diag,) = [d for d in report.diagnostics if d.severity == "error"]
+    assert (diag.code, diag.line) == ("lammps.error", 8)
+    assert "ML-PACE" in diag.message and "ML-PACE package" in diag.hint
+
+
+def test_static_findings_do_not_hide_an_earlier_dry_run_error(tmp_path):
+    # line 8 is misspelled; the missing pair coefficient of type 2 (static, at the run) comes after it
+    text = SETUP.replace("create_box 1", "create_box 2") + "mass 2 1.0\nvelocityy all create 1.0 1\n" \
+        + PAIR + "run 10\n"
+    report = preflight(write(tmp_path, text))
+    assert errors(report) == [("lammps.error", 9), ("static.pair_coeff_missing", 12)]
+
+
+def test_every_missing_input_file_is_reported_at_once(tmp_path):
+    text = ("units metal\natom_style full\nread_data system.data\ninclude settings.in\n"
+            "molecule water water.mol\npair_style eam/alloy\npair_coeff * * CuNi_v9.eam.alloy Cu Ni\n"
+            "fix 1 all nve\nwrite_restart state.restart\nread_restart state.restart\nread_restart other.restart\n")
+    report = preflight(write(tmp_path, text))
+    assert errors(report) == [("file.missing", 3), ("file.missing", 4), ("file.missing", 5),
+                              ("potential.missing", 7), ("file.missing", 11)]
+    assert "system.data" in report.diagnostics[0].message and "settings.in" in report.diagnostics[1].message
+
+
+def test_an_unmatched_quote_is_an_error_at_its_line_even_without_the_dry_run(tmp_path):
+    text = SETUP + PAIR + 'print "done\nrun 10\n'
+    for dry in (False, True):
+        report = preflight(write(tmp_path, text), dry=dry)
+        assert errors(report)[0] == ("parse.unmatched_quote", 10)
+    assert preflight(write(tmp_path, SETUP + PAIR + "print \"it is done\" # don't\n"), dry=False).ok
+
+
+def test_physically_absurd_settings_are_errors(tmp_path):
+    metal = SETUP.replace("units lj", "units metal") + PAIR
+    cases = [("timestep 10.0\n", "static.timestep"),
+             ("fix 1 all nvt temp -300 300 0.1\n", "static.fix_parameter"),
+             ("timestep 0.002\nfix 1 all nvt temp 300 300 0.001\n", "static.fix_parameter"),
+             ("fix 1 all nve\nfix 2 all langevin 300 300 0.0001 4828\n", "static.fix_parameter"),
+             ("fix 1 all nvt temp 300 300 0.1\nfix 2 all nve\n", "static.double_integration")]
+    for settings, code in cases:
+        report = preflight(write(tmp_path, metal + settings + "run 10\n"), dry=False)
+        assert [c for c, _ in errors(report)] == [code], (settings, report.diagnostics)
+        assert report.diagnostics[0].line == 10 + settings.count("\n") - 1
+    sound = "timestep 0.002\nfix 1 all nvt temp 300 300 0.1\nfix 2 all langevin 300 300 0.1 48 \nunfix 2\n" \
+        "run 10\nunfix 1\nfix 3 all nve\nrun 10\n"
+    assert preflight(write(tmp_path, metal + sound), dry=False).ok
+
+
+def test_a_missing_mass_is_found_before_the_run(tmp_path):
+    text = SETUP.replace("create_box 1", "create_box 2").replace("mass 1 1.0", "mass 1 1.0") + \
+        "pair_style lj/cut 2.5\npair_coeff * * 1.0 1.0\nrun 10\n"
+    report = preflight(write(tmp_path, text))
+    assert errors(report) == [("static.mass_missing", 10)]

@@ -200,6 +200,7 @@ _ATOM_COUNT = re.compile(r"^(?:Created (\d+) atoms|\s+(\d+) atoms\s*$)")
 
 def _atoms_command(script: ParsedScript, text: str, echoed: list[tuple[int, str]], limit: int) -> Command | None:
     """The command after which the atom count went over `limit`: the last one echoed before that count."""
+    creating = ("create_atoms", "read_data", "replicate", "read_restart", "read_dump")
     total = 0
     for number, line in enumerate(text.splitlines(), 1):
         if m := _ATOM_COUNT.match(line):
@@ -207,10 +208,10 @@ def _atoms_command(script: ParsedScript, text: str, echoed: list[tuple[int, str]
             total += count
             if count > limit or total > limit:
                 before = [c for n, c in echoed if n < number]
-                if before and (cmd := find_command(script, before[-1])):
+                if before and (cmd := find_command(script, before[-1])) and cmd.name in creating:
                     return cmd
                 break
-    return next((c for c in script.commands if c.name in ("create_atoms", "read_data", "replicate")), None)
+    return next((c for c in script.commands if c.name in creating), None)  # not echoed (`echo none`)
 
 
 def preflight(script_path: Path, run_dir: Path | None = None, *, limits: Limits | None = None,

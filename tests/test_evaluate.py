@@ -257,3 +257,37 @@ def test_observables_are_what_the_production_run_measured(tmp_path):
                     "Step Temp E_pair E_mol TotEng Press\n0 1.0 -5.0 -1.0 -4.5 0.1\n10 1.1 -4.0 -1.0 -3.5 0.2\n"
                     "Loop time of 1 on 1 procs for 10 steps with 10 atoms\n")
     assert evaluate(one).observables["pe_final"] == -5.0
+
+
+def test_atoms_lost_silently_fail_and_atoms_removed_on_purpose_do_not(tmp_path):
+    hot = LJ.format(T=50.0) + "fix 1 all nve\ntimestep 1.0\nthermo 10\n"
+    log, script = run(tmp_path / "ignore", hot + "thermo_modify lost ignore\nrun 100\n")
+    parsed = read_log(log)
+    assert parsed.completed and parsed.blocks[0].atoms_start == 500 and parsed.blocks[0].atoms < 500
+    ev = evaluate(parsed, parse_script(script))
+    assert ev.grade == Grade.FAIL and "atoms_not_conserved" in rules(ev, Severity.ERROR)
+    assert "lost ignore" in finding(ev, "atoms_not_conserved").hint
+    # delete_atoms between runs and fix evaporate during one remove atoms on purpose
+    calm = LJ.format(T=1.0) + "fix 1 all nve\nthermo 50\nrun 100\n"
+    log, script = run(tmp_path / "delete", calm + "region corner block 0 1 0 1 0 1\n"
+                      "delete_atoms region corner\nrun 100\n")
+    parsed = read_log(log)
+    assert parsed.blocks[1].atoms_start == parsed.blocks[1].atoms < 500
+    assert "atoms_not_conserved" not in rules(evaluate(parsed, parse_script(script)))
+    log, script = run(tmp_path / "evaporate", calm + "region top block INF INF INF INF 4 5\n"
+                      "fix 2 all evaporate 10 5 top 38974\nrun 200\n")
+    parsed = read_log(log)
+    assert parsed.blocks[1].atoms < parsed.blocks[1].atoms_start
+    assert "atoms_not_conserved" not in rules(evaluate(parsed), Severity.ERROR)  # from the echo alone
+
+
+def test_absurd_parameters_are_findings_of_the_evaluation():
+    log = parse_log("LAMMPS (22 Jul 2025)\nunits metal\ntimestep 10.0\nfix 1 all nvt temp -300 300 0.1\n"
+                    "fix 2 all nve\nrun 10\nPer MPI rank memory allocation (min/avg/max) = 3 | 3 | 3 Mbytes\n"
+                    "Step Temp TotEng\n0 300 -5.0\n10 301 -5.0\n"
+                    "Loop time of 1 on 1 procs for 10 steps with 500 atoms\nTotal wall time: 0:00:01\n")
+    ev = evaluate(log)
+    messages = [f.message for f in ev.findings if f.rule == "implausible_parameter"]
+    assert ev.grade == Grade.FAIL and len(messages) == 3
+    assert "timestep 10 ps" in messages[0] and "cannot be negative" in messages[1]
+    assert "Tdamp 0.1 is shorter than the timestep 10" in messages[2]

@@ -107,3 +107,11 @@ def test_corpus_files_found(example):
     expected = set(example["files"]) - {example["input"]}
     assert expected <= reads
     assert reads - expected <= written  # anything else read was written by the script first
+
+
+def test_an_unmatched_quote_is_an_error_at_its_line():
+    script = parse_text('units lj\nprint "done\nprint don\'t\nprint "it is" # it\'s fine\n'
+                        'print """\nmany lines\n"""\n')
+    assert [(d.code, d.line) for d in script.diagnostics] == [("parse.unmatched_quote", 2),
+                                                               ("parse.unmatched_quote", 3)]
+    assert "double" in script.diagnostics[0].message and "single" in script.diagnostics[1].message

@@ -16,7 +16,13 @@ from pydantic import BaseModel, Field
 
 from mdagent_hpc.lammps.files import number
 from mdagent_hpc.lammps.log import LammpsLog, ThermoBlock
-from mdagent_hpc.lammps.units import BOLTZMANN, DEFAULT_TIMESTEP, TIME_UNIT
+from mdagent_hpc.lammps.units import (
+    BOLTZMANN,
+    DEFAULT_TIMESTEP,
+    TIME_UNIT,
+    fix_parameter_problems,
+    timestep_problem,
+)
 from mdagent_hpc.models import Evaluation, Finding, Grade, ParsedScript, Severity
 
 RUN_COMMANDS = ("run", "rerun", "minimize")
@@ -35,6 +41,8 @@ NON_EQUILIBRIUM = {"deform", "pour", "deposit", "evaporate", "gcmc", "widom", "i
 SIMPLE_THERMOSTATS = {"langevin": 0, "temp/berendsen": 0, "temp/csvr": 0, "temp/csld": 0, "temp/rescale": 1}
 THERMOSTAT_HINTS = ("langevin", "temp/", "nvt", "npt", "gle", "gld", "ttm", "tstat", "nvk")
 BAROSTAT_STYLES = ("npt", "nph", "rigid/npt", "rigid/nph", "press/berendsen", "press/langevin")
+# Fixes and commands that remove atoms on purpose: fewer atoms after a run is then no loss.
+REMOVING_FIXES = {"evaporate", "gcmc", "reaxff/species", "charge/regulation", "bond/react", "sgcmc", "widom"}
 KEY_COLUMNS = {"TotEng", "Temp", "Press", "PotEng", "E_pair", "KinEng", "Volume", "Density"}
 # LAMMPS messages (ERROR or WARNING) that mean the simulation is broken, with what to change.
 BROKEN = [
@@ -559,10 +567,44 @@ def _check_drift(label: str, block: ThermoBlock, run: _Run | None, natoms: int |
                        "`neigh_modify every 1 delay 0 check yes`, or a smooth (shifted) pair cutoff"))
 
 
+def _check_atoms(label: str, block: ThermoBlock, run: _Run | None, log: LammpsLog, out: list[Finding]) -> None:
+    """Atoms at the end of a run vs at its start, unless a fix removes atoms on purpose."""
+    if block.atoms is None or block.atoms_start is None or block.atoms >= block.atoms_start:
+        return
+    if run is not None:
+        removing = any(_style(w[3]) in REMOVING_FIXES for w in run.fixes.values())
+    else:  # run not known: any removing fix anywhere in the echo excuses it
+        removing = any(len(w) > 3 and w[0] == "fix" and _style(w[3]) in REMOVING_FIXES
+                       for w in (text.split() for _, text in log.commands))
+    if removing:
+        return
+    lost = block.atoms_start - block.atoms
+    out.append(Finding(rule="atoms_not_conserved", severity=Severity.ERROR, value=float(lost),
+                       threshold=0.0,
+                       message=f"{label}: {lost} of {block.atoms_start} atoms disappeared during the run "
+                               f"({block.atoms} at its end) and no command removes atoms on purpose",
+                       hint="atoms were lost (`thermo_modify lost ignore` hides it): reduce the timestep, "
+                            "minimize first, check units and potential parameters; use `boundary` s/m if atoms "
+                            "may legitimately leave, or remove them on purpose (`delete_atoms`, `fix evaporate`)"))
+
+
+def _check_parameters(label: str, run: _Run, out: list[Finding]) -> None:
+    units = run.units or "lj"
+    dt = run.timestep or DEFAULT_TIMESTEP.get(units)
+    problems = [p for p in [timestep_problem(units, run.timestep)] if p] if run.timestep is not None else []
+    problems += [p for words in run.fixes.values() for p in fix_parameter_problems(words, dt)]
+    for problem in problems:
+        out.append(Finding(rule="implausible_parameter", severity=Severity.ERROR, message=f"{label}: {problem}",
+                           hint="the run finished but its numbers mean nothing: fix the setting and run again"))
+
+
 def _check_block(i: int, block: ThermoBlock, run: _Run | None, log: LammpsLog, th: EvaluationThresholds,
                  out: list[Finding]) -> None:
     label = _label(i, block)
     _check_nonfinite(label, block, out)
+    _check_atoms(label, block, run, log, out)
+    if run is not None and run.kind != "minimize":
+        _check_parameters(label, run, out)
     _check_neighbors(label, block, th, out)
     if block.minimization or (run is not None and run.kind == "minimize"):
         stop = block.min_stop or ""

@@ -31,6 +31,7 @@ _MORE_INFO = re.compile(r"^For more information see (\S+)(?:\s+\(([^()]+:\d+)\))
 _LAST_INPUT = re.compile(r"^Last (?:input line|command): ?(.*)$")
 _ECHO = re.compile(r"^\s*[a-z][a-z0-9_/]*(\s|$)")
 _CREATED = re.compile(r"^Created (\d+) atoms")
+_DELETED = re.compile(r"^Deleted \d+ atoms, new total = (\d+)")
 _READ_ATOMS = re.compile(r"^\s+(\d+) atoms\s*$")
 _CPU = re.compile(r"^([\d.]+)% CPU use with (\d+) MPI tasks")
 _TIMING = re.compile(r"^(\w+)\s*\|([^|]*)\|([^|]*)\|([^|]*)\|([^|]*)\|\s*(\S+)\s*$")
@@ -101,6 +102,8 @@ class ThermoBlock(BaseModel):
     procs: int | None = None
     steps: int | None = Field(None, description="run length from the Loop time line")
     atoms: int | None = Field(None, description="atoms at the end, from the Loop time line")
+    atoms_start: int | None = Field(
+        None, description="atoms when the run started: created, read, replicated, deleted or left by the last run")
     minimization: bool = False
     min_stop: str | None = Field(None, description="minimizer stopping criterion")
     performance: Performance | None = None
@@ -176,6 +179,8 @@ class _Parser:
         self.created = 0
         self.read_atoms = 0
         self.echo_since_block: str | None = None  # echoed run-like command not yet given a block
+        self.last_echo = ""  # name of the last echoed command
+        self.count: int | None = None  # atoms in the system as far as the log tells
 
     def run(self) -> LammpsLog:
         i = 0
@@ -214,7 +219,7 @@ class _Parser:
     def start_block(self, i: int, style: str, columns: list[str]) -> None:
         self.close_block()
         self.block = ThermoBlock(style=style, line=i + 1, columns=columns, command=self.echo_since_block,
-                                 units=self.log.units, timestep=self.timestep)
+                                 units=self.log.units, timestep=self.timestep, atoms_start=self.count)
         self.echo_since_block = None
         self.expect_header = False
         if self.block.command and self.block.command.split()[0].startswith("minimize"):
@@ -261,6 +266,7 @@ class _Parser:
         if m := _LOOP.match(s):
             block.loop_time = float(m.group(1))
             block.procs, block.steps, block.atoms = int(m.group(2)), int(m.group(3)), int(m.group(4))
+            self.count = block.atoms
         self.close_block()
 
     def close_block(self) -> None:
@@ -294,8 +300,13 @@ class _Parser:
             log.total_wall_time = _wall_seconds(s.split(":", 1)[1])
         elif m := _CREATED.match(s):
             self.created += int(m.group(1))
+            self.count = (self.count or 0) + int(m.group(1))
+        elif m := _DELETED.match(s):
+            self.count = int(m.group(1))
         elif m := _READ_ATOMS.match(line):
             self.read_atoms += int(m.group(1))
+            # replicate prints the new total; read_data/read_restart the atoms they add
+            self.count = int(m.group(1)) + (0 if self.last_echo == "replicate" else self.count or 0)
         elif s.startswith(("Unit style", "Time step")) and ":" in s:
             value = s.split(":", 1)[1].strip()
             if s.startswith("Unit style"):
@@ -327,6 +338,9 @@ class _Parser:
         if "$" in s:  # LAMMPS echoes the line again after substituting variables
             return
         name = tokens[0]
+        self.last_echo = name
+        if name == "clear":
+            self.count = None
         if name == "units" and len(tokens) > 1:
             self.log.units, self.timestep = tokens[1], None
         elif name == "timestep" and len(tokens) > 1 and (num := _numbers(tokens[1:2])) is not None:

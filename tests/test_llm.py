@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from mdagent_hpc.agent.feedback import feedback_text
 from mdagent_hpc.llm.client import (
     RESPONSE_SCHEMA,
     LLMUnavailable,
@@ -21,7 +22,6 @@ from mdagent_hpc.llm.client import (
 from mdagent_hpc.llm.config import LLMConfigError, LLMNotConfigured, LLMSettings, load_llm_settings
 from mdagent_hpc.llm.prompts import (
     STUCK_INSTRUCTION,
-    AttemptFeedback,
     PotentialInfo,
     SiteCapabilities,
     build_messages,
@@ -29,7 +29,7 @@ from mdagent_hpc.llm.prompts import (
     relevant_potentials,
     task_elements,
 )
-from mdagent_hpc.models import Diagnostic, Limits, Severity
+from mdagent_hpc.models import Attempt, Diagnostic, Limits, Severity
 
 if TYPE_CHECKING:
     from openai_server import FakeOpenAIServer
@@ -206,8 +206,9 @@ CAPS = SiteCapabilities(
 )
 
 
-def attempt(n: int, stage: str = "preflight", script: str = SCRIPT, **kw) -> AttemptFeedback:
-    return AttemptFeedback(attempt=n, script=script, stage=stage, **kw)
+def attempt(n: int, stage: str = "preflight", script: str = SCRIPT, diagnostics=(), evaluation: str = "") -> Attempt:
+    feedback = feedback_text(list(diagnostics)) + (f"\nEvaluation: {evaluation}" if evaluation else "")
+    return Attempt(number=n, stage=stage, script=script, feedback=feedback)
 
 
 def test_system_prompt_rules_and_format() -> None:

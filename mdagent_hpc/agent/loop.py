@@ -1,13 +1,17 @@
-"""The agent loop's decisions as pure functions: pass or retry, stuck or not, how hot to sample next."""
+"""The agent loop's decisions as pure functions: pass or retry, stuck or not, how hot to sample next, go on or stop,
+and which exit code a run ends with. They read the attempts so far (`models.Attempt`, oldest first)."""
 
 from __future__ import annotations
 
 import hashlib
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from mdagent_hpc.models import Diagnostic, Evaluation, Grade, LoopPolicy, Severity
+from mdagent_hpc.models import Attempt, Diagnostic, Evaluation, Grade, LoopPolicy, Severity, Stage
+
+LLM_UNAVAILABLE = "llm.unavailable"  # the diagnostic code of a generation the endpoint could not answer
 
 
 class SiteRun(BaseModel):
@@ -16,16 +20,6 @@ class SiteRun(BaseModel):
     name: str = "local"
     dry_run: Literal["here", "job"] = Field("here", description="here: lmp -skiprun on this machine; job: on the site")
     on_failure: dict = Field(default_factory=dict, description="the site's on_failure policy")
-
-
-class AttemptRecord(BaseModel):
-    """One attempt as the loop remembers it (plain data, so it persists in the workflow's context)."""
-
-    attempt: int
-    stage: str = Field(description="generate, preflight, run or evaluate: where it ended")
-    script_sha: str | None = None
-    error_key: str | None = Field(None, description="the first blocking problem, reduced to a comparable key")
-    passed: bool = False
 
 
 def script_sha(text: str) -> str:
@@ -42,9 +36,9 @@ def error_key(diagnostics: list[Diagnostic]) -> str | None:
     return f"{first.code}:{' '.join(words[:12])}"
 
 
-def evaluation_error_key(evaluation: Evaluation) -> str | None:
+def evaluation_error_key(evaluation: Evaluation) -> str:
     first = next((f for f in evaluation.findings if f.severity == Severity.ERROR), None)
-    return f"eval:{first.rule}" if first else None
+    return f"eval:{first.rule}" if first else f"eval:{evaluation.grade.value}"
 
 
 def passes(evaluation: Evaluation, policy: LoopPolicy) -> bool:
@@ -52,7 +46,7 @@ def passes(evaluation: Evaluation, policy: LoopPolicy) -> bool:
     return order[evaluation.grade] <= order[policy.pass_grade] and evaluation.reward >= policy.min_reward
 
 
-def repeats(history: list[AttemptRecord]) -> int:
+def repeats(history: list[Attempt]) -> int:
     """How many of the latest attempts in a row had the same script or the same error as the last one."""
     if not history:
         return 0
@@ -67,16 +61,64 @@ def repeats(history: list[AttemptRecord]) -> int:
     return count
 
 
-def is_stuck(history: list[AttemptRecord]) -> bool:
+def is_stuck(history: list[Attempt]) -> bool:
     """The same script or the same error twice in a row: the next attempt must change strategy."""
     return repeats(history) >= 2
 
 
-def should_stop_stuck(history: list[AttemptRecord], policy: LoopPolicy) -> bool:
+def should_stop_stuck(history: list[Attempt], policy: LoopPolicy) -> bool:
     return repeats(history) >= policy.stuck_limit
 
 
-def next_temperature(base: float, history: list[AttemptRecord], policy: LoopPolicy) -> float:
+def next_temperature(base: float, history: list[Attempt], policy: LoopPolicy) -> float:
     """Sample hotter for each repeat beyond the first, so a stuck model explores."""
     extra = max(0, repeats(history) - 1) * policy.temperature_step
     return min(policy.max_temperature, base + extra) if extra else base
+
+
+class Stop(StrEnum):
+    """Why the loop stops."""
+
+    PASSED = "passed"
+    LLM_UNAVAILABLE = "llm_unavailable"
+    MAX_ATTEMPTS = "max_attempts"
+    STUCK = "stuck"
+
+
+def unavailable(attempt: Attempt) -> Diagnostic | None:
+    """The diagnostic of a generation the endpoint could not answer at all (no retry can help)."""
+    return next((d for d in attempt.diagnostics if d.code == LLM_UNAVAILABLE), None)
+
+
+def stop_reason(history: list[Attempt], policy: LoopPolicy) -> Stop | None:
+    """Go on (None) or stop, and why, after the attempts so far."""
+    if not history:
+        return None
+    last = history[-1]
+    if last.passed:
+        return Stop.PASSED
+    if unavailable(last):
+        return Stop.LLM_UNAVAILABLE
+    if len(history) >= policy.max_attempts:
+        return Stop.MAX_ATTEMPTS
+    if should_stop_stuck(history, policy):
+        return Stop.STUCK
+    return None
+
+
+def exit_code(history: list[Attempt], policy: LoopPolicy) -> tuple[str, dict] | None:
+    """The AgentWorkChain exit code a finished loop ends with, as (name, message parameters); None: it passed.
+
+    300 the endpoint failed, 330 stuck (before the attempts ran out), 310 no script ever got past preflight to a
+    LAMMPS run, 320 every attempt used without a pass.
+    """
+    reason = stop_reason(history, policy)
+    if reason == Stop.PASSED:
+        return None
+    if reason == Stop.LLM_UNAVAILABLE:
+        return "ERROR_LLM_UNAVAILABLE", {"message": unavailable(history[-1]).message}
+    if reason == Stop.STUCK:
+        return "ERROR_STUCK", {"times": policy.stuck_limit}
+    if not any(a.stage in (Stage.RUN, Stage.EVALUATE) for a in history):
+        return "ERROR_NO_VALID_SCRIPT", {}
+    return "ERROR_MAX_ATTEMPTS", {"attempts": len(history)}

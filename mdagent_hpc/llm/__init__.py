@@ -1,29 +1,25 @@
-"""LLM access: settings, prompts and the script-generating client."""
+"""LLM access: settings, prompts and the script-generating client.
 
-from mdagent_hpc.llm.client import GeneratedScript, Generation, LLMUnavailable, check_endpoint, generate
-from mdagent_hpc.llm.config import LLMConfigError, LLMError, LLMNotConfigured, LLMSettings, load_llm_settings
-from mdagent_hpc.llm.prompts import (
-    AttemptFeedback,
-    PotentialInfo,
-    SiteCapabilities,
-    build_messages,
-    task_elements,
-)
+Names load on first use, so that the pure prompt builder (`llm.prompts`) imports without the openai client.
+"""
 
-__all__ = [
-    "AttemptFeedback",
-    "GeneratedScript",
-    "Generation",
-    "LLMConfigError",
-    "LLMError",
-    "LLMNotConfigured",
-    "LLMSettings",
-    "LLMUnavailable",
-    "PotentialInfo",
-    "SiteCapabilities",
-    "build_messages",
-    "check_endpoint",
-    "generate",
-    "load_llm_settings",
-    "task_elements",
-]
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "GeneratedScript": "client", "Generation": "client", "LLMUnavailable": "client", "check_endpoint": "client",
+    "generate": "client",
+    "LLMConfigError": "config", "LLMError": "config", "LLMNotConfigured": "config", "LLMSettings": "config",
+    "load_llm_settings": "config",
+    "PotentialInfo": "prompts", "SiteCapabilities": "prompts", "build_messages": "prompts", "task_elements": "prompts",
+}
+__all__ = ["GeneratedScript", "Generation", "LLMConfigError", "LLMError", "LLMNotConfigured", "LLMSettings",
+           "LLMUnavailable", "PotentialInfo", "SiteCapabilities", "build_messages", "check_endpoint", "generate",
+           "load_llm_settings", "task_elements"]
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

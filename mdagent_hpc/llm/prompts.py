@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from mdagent_hpc.models import Diagnostic, Limits
+from mdagent_hpc.models import Attempt, Limits
 
 
 class PotentialInfo(BaseModel):
@@ -23,16 +22,6 @@ class SiteCapabilities(BaseModel):
     packages: list[str] = Field(default_factory=list)
     potentials: list[PotentialInfo] = Field(default_factory=list, description="those relevant to the task")
     limits: str = Field("", description="human-readable limits, see describe_limits()")
-
-
-class AttemptFeedback(BaseModel):
-    """What happened to one earlier attempt."""
-
-    attempt: int
-    script: str
-    diagnostics: list[Diagnostic] = Field(default_factory=list)
-    evaluation: str | None = Field(None, description="evaluation summary text")
-    stage: Literal["generate", "preflight", "run", "evaluate"] = Field(description="where it failed")
 
 
 SYSTEM_PROMPT = """\
@@ -71,12 +60,13 @@ CHARS_PER_TOKEN = 4  # rough; good enough for a budget
 def build_messages(
     task: str,
     capabilities: SiteCapabilities,
-    history: list[AttemptFeedback],
+    history: list[Attempt],
     *,
     stuck: bool = False,
     history_tokens: int = 6000,
 ) -> list[dict[str, str]]:
-    """System + user message for one generation. `history` is oldest first."""
+    """System + user message for one generation. `history`: the failed attempts so far, oldest first; each is
+    shown with its script and its `feedback` (agent/feedback.py)."""
     parts = [f"## Task\n{task.strip()}", _render_capabilities(capabilities)]
     if history:
         parts.append(_render_history(history, history_tokens))
@@ -118,25 +108,21 @@ def _render_capabilities(caps: SiteCapabilities) -> str:
     return "\n".join(lines)
 
 
-def _render_attempt(att: AttemptFeedback, *, with_script: bool) -> str:
-    lines = [f"### Attempt {att.attempt} (failed at: {att.stage})"]
-    if with_script:
+def _render_attempt(att: Attempt, *, with_script: bool) -> str:
+    lines = [f"### Attempt {att.number} (failed at: {att.stage.value})"]
+    if not att.script:
+        lines.append("(the answer held no script)")
+    elif with_script:
         numbered = "\n".join(f"{i:4d}| {line}" for i, line in enumerate(att.script.splitlines(), 1))
         lines.append(f"Script (line numbers added for reference only):\n```\n{numbered}\n```")
     else:
         lines.append("(script omitted for brevity)")
-    if att.diagnostics:
-        lines.append("Problems found:")
-        for d in att.diagnostics:
-            lines.append(d.render())
-            if d.command:
-                lines.append(f"    command: {d.command}")
-    if att.evaluation:
-        lines.append(f"Evaluation: {att.evaluation.strip()}")
+    if att.feedback:
+        lines.append(att.feedback.strip())
     return "\n".join(lines)
 
 
-def _render_history(history: list[AttemptFeedback], budget_tokens: int) -> str:
+def _render_history(history: list[Attempt], budget_tokens: int) -> str:
     """Last two attempts in full; older ones, newest first, in full or without script while they fit."""
     recent = [_render_attempt(a, with_script=True) for a in history[-2:]]
     budget = budget_tokens * CHARS_PER_TOKEN - sum(len(r) for r in recent)

@@ -14,7 +14,7 @@ import functools
 from aiida import orm
 from aiida.engine import Process
 
-from mdagent_hpc.lammps.policy import path_problem
+from mdagent_hpc.agent.staging import refused_name
 from mdagent_hpc.llm import LLMError, LLMUnavailable, generate, load_llm_settings
 from mdagent_hpc.workflows.lammps_calc import node_key
 
@@ -56,7 +56,7 @@ class GenerateScript(Process):
         response = generation.model_dump(mode="json", exclude={"messages", "script"})
         files = generation.script.files if generation.script else {}
         # A file is written into the run folder under its name: only plain names inside it.
-        response["refused_files"] = [n for n in files if "/" in n or path_problem(n) is not None]
+        response["refused_files"] = [n for n in files if refused_name(n)]
         self.out("response", orm.Dict(response))
         if generation.script is None:
             return self.exit_codes.ERROR_NO_SCRIPT

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import tempfile
 from pathlib import Path
@@ -15,7 +14,7 @@ from mdagent_hpc.lammps.log import parse_log
 from mdagent_hpc.lammps.parser import parse_text
 from mdagent_hpc.lammps.preflight import preflight, skiprun_diagnostics
 from mdagent_hpc.models import Limits, Severity
-from mdagent_hpc.workflows.lammps_calc import INPUT, LOG, STDOUT, node_key
+from mdagent_hpc.workflows.lammps_calc import INPUT, LOG, STDOUT
 
 
 def finite(data):
@@ -60,15 +59,6 @@ def dry_run_report(retrieved: orm.FolderData, script: orm.SinglefileData, limits
                                 Limits(**limits.get_dict()))
     ok = not any(d.severity == Severity.ERROR for d in diags)
     return orm.Dict({"ok": ok, "diagnostics": [d.model_dump(mode="json") for d in diags]})
-
-
-@calcfunction
-def restart_files_of(retrieved: orm.FolderData) -> dict:
-    """The restart files a cut-off run left, as files for the next run (so provenance shows where they came from)."""
-    names = retrieved.base.repository.list_object_names()
-    return {node_key(name): orm.SinglefileData(io.BytesIO(retrieved.base.repository.get_object_content(name, "rb")),
-                                               filename=name)
-            for name in names if name not in (LOG, STDOUT) and not name.startswith("_")}
 
 
 @calcfunction

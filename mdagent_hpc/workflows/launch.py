@@ -1,0 +1,102 @@
+"""From a `models.Request` to a running AgentWorkChain: the one place that builds its inputs.
+
+`agent_inputs` resolves the site (its AiiDA computer and code, set up or brought up to date), loads the LLM
+settings and builds every input; `run_request` runs the workflow in this process and waits (replaying the
+request's recorded answers through a local OpenAI-compatible server when it has some); `submit_request` hands it
+to the daemon. A user's mistake (unknown site, no endpoint configured, ...) raises `LaunchError` with one sentence.
+"""
+
+from __future__ import annotations
+
+from mdagent_hpc.models import Request
+
+REPLAY_MODEL = "replay"
+
+
+class LaunchError(Exception):
+    """A request that cannot start, in one sentence for the user."""
+
+
+def agent_inputs(request: Request) -> dict:
+    """Every AgentWorkChain input for `request`; the limits are the request's, else the site's."""
+    return _inputs(request, {"model": request.model} if request.model else {})
+
+
+def run_request(request: Request):
+    """Run `request` in this process (polling every LOCAL_POLL_SECONDS) and return the finished ProcessNode."""
+    from mdagent_hpc.execution.profile import run_here
+    from mdagent_hpc.workflows.agent import AgentWorkChain
+
+    if not request.answers:
+        return run_here(AgentWorkChain, **agent_inputs(request))[1]
+    from mdagent_hpc.llm.replay import FakeOpenAIServer
+
+    with FakeOpenAIServer(list(request.answers), model=REPLAY_MODEL) as server:
+        inputs = _inputs(request, {"base_url": server.base_url, "model": REPLAY_MODEL, "max_retries": 0})
+        return run_here(AgentWorkChain, **inputs)[1]
+
+
+def submit_request(request: Request):
+    """Hand `request` to the AiiDA daemon (started with one worker if it is not running); returns at once."""
+    if request.answers:
+        raise LaunchError("a request with recorded answers runs in this process (run_request or `mdagent run` "
+                          "without --daemon): the replay server lives only as long as the run")
+    inputs = agent_inputs(request)
+    from aiida.engine import submit
+    from aiida.engine.daemon.client import get_daemon_client
+
+    from mdagent_hpc.workflows.agent import AgentWorkChain
+
+    client = get_daemon_client()
+    if not client.is_daemon_running:
+        client.start_daemon(number_workers=1)
+    return submit(AgentWorkChain, **inputs)
+
+
+def _inputs(request: Request, llm_overrides: dict) -> dict:
+    from mdagent_hpc.execution.profile import ProfileError
+    from mdagent_hpc.execution.site import SiteConfigError
+    from mdagent_hpc.llm import LLMError, load_llm_settings
+
+    try:
+        settings = load_llm_settings(llm_overrides)
+    except LLMError as exc:
+        raise LaunchError(str(exc)) from None
+    try:
+        _load_profile()
+        return _site_inputs(request) | _request_inputs(request, settings)
+    except (SiteConfigError, ProfileError) as exc:
+        raise LaunchError(str(exc)) from None
+
+
+def _load_profile() -> None:
+    from mdagent_hpc.execution.profile import configure_environment, ensure_profile
+
+    configure_environment()
+    from aiida.manage import get_manager
+
+    if get_manager().get_profile() is None:
+        ensure_profile()
+
+
+def _site_inputs(request: Request) -> dict:
+    from aiida import orm
+
+    from mdagent_hpc.execution.computers import local_site, workflow_inputs
+    from mdagent_hpc.execution.registry import find_site
+
+    site = local_site() if request.site is None else find_site(request.site)
+    inputs = workflow_inputs(site)
+    if request.limits is not None:
+        inputs["limits"] = orm.Dict(request.limits.model_dump())
+    return inputs
+
+
+def _request_inputs(request: Request, settings) -> dict:
+    from aiida import orm
+
+    from mdagent_hpc.workflows.generate import STORED_SETTINGS
+
+    llm = {k: v for k, v in settings.model_dump(mode="json").items() if k in STORED_SETTINGS and v is not None}
+    return {"task": orm.Str(request.task), "llm": orm.Dict(llm),
+            "loop": orm.Dict(request.loop.model_dump(mode="json"))}

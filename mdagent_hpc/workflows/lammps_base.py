@@ -118,8 +118,8 @@ class LammpsBaseWorkChain(BaseRestartWorkChain):
             action = "fail"
         step = f" at step {results['last_step']}" if results.get("last_step") is not None else ""
         job = f"job {node.get_job_id()}" if node.get_job_id() else "the job"
-        detail = f": {node.exit_message}" if fault == Fault.CONNECTION_LOST else ""
-        self.report(f"{job}: {FAULT_MESSAGES[fault]}{step}{detail} (exit {node.exit_status}); site policy: {action}")
+        what = node.exit_message if fault == Fault.CONNECTION_LOST else FAULT_MESSAGES[fault]  # with the cause
+        self.report(f"{job}: {what}{step} (exit {node.exit_status}); site policy: {action}")
         self.ctx.job.update(fault=fault.value, action=action)
         if action == "resubmit":
             self.ctx.resubmissions += 1
@@ -129,7 +129,7 @@ class LammpsBaseWorkChain(BaseRestartWorkChain):
                                                             metadata={"call_link_label": "restart_files"})))
             self.ctx.job["restarts"] = 1
         self._finish(node)
-        message = f"{FAULT_MESSAGES[fault]}{step}{detail}; site policy: {action}"
+        message = f"{what}{step}; site policy: {action}"
         return ProcessHandlerReport(True, self.exit_codes.ERROR_JOB_FAULT.format(message=message))
 
     def _finish(self, node) -> None:

@@ -31,7 +31,6 @@ from mdagent_hpc.lammps.parser import ScriptError, parse_text
 INPUT = "in.lammps"
 LOG = "log.lammps"
 STDOUT = "lammps.out"
-CONNECTION_LOST = 360
 
 
 def node_key(filename: str) -> str:
@@ -82,7 +81,7 @@ class LammpsCalculation(LammpsRawCalculation):
         spec.exit_code(320, "ERROR_LAMMPS", message="LAMMPS stopped with an ERROR")
         spec.exit_code(321, "ERROR_INCOMPLETE", message="the log ends before 'Total wall time': the run was cut off")
         spec.exit_code(350, "ERROR_CANCELLED", message="the job was cancelled (scancel or the administrator)")
-        spec.exit_code(CONNECTION_LOST, "ERROR_CONNECTION_LOST", message="the site could not be reached: {message}")
+        spec.exit_code(360, "ERROR_CONNECTION_LOST", message="the connection to the site was lost: {message}")
 
     @classmethod
     def get_state_classes(cls):

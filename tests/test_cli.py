@@ -260,8 +260,9 @@ def test_run_and_show_print_the_task_observables_and_failed_generations(aiida_pr
                        + "    ```\n")
     result = mdagent("run", "--file", str(request))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "task: Heat a small Cu crystal" in result.stderr  # the live progress starts with the task
-    assert "observables: temp_final" in result.stdout and " K" in result.stdout
+    assert "task: 'Heat a small Cu crystal" in result.stderr  # the live progress starts with the task
+    assert result.stdout.startswith("task: Heat a small Cu crystal")
+    assert "observables (metal units): temp " in result.stdout and " K (mean " in result.stdout
     live = result.stderr
     for leak in ("[WARNING]", "[REPORT]", "output parser returned", "AgentWorkChain|"):
         assert leak not in live, live
@@ -271,7 +272,7 @@ def test_run_and_show_print_the_task_observables_and_failed_generations(aiida_pr
     assert shown.returncode == 0, shown.stderr
     assert "task: Heat a small Cu crystal" in shown.stdout
     assert "attempt 1: reached generate" in shown.stdout and "generate.no_script" in shown.stdout
-    assert "observables: temp_final" in shown.stdout and "passed" in shown.stdout
+    assert "observables (metal units): temp " in shown.stdout and "passed" in shown.stdout
     data = json.loads(mdagent("show", str(pk), "--json").stdout)
     assert data["task"].startswith("Heat a small Cu crystal") and data["verdict"] == "passed"
     assert data["observables"]["temp_final"] > 0 and data["grade"] in ("pass", "warn")

@@ -9,9 +9,13 @@ from mdagent_hpc.models import Attempt, Diagnostic, Evaluation, Run, Severity, S
 
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
-# Observables the evaluation extracts, in the order and with the units a user reads them.
-OBSERVABLES = {"temp": "K", "press": "bar", "toteng": "", "poteng": "", "kineng": "", "etotal": "", "pe": "",
-               "ke": "", "vol": "Å³", "density": "g/cm³"}
+# The quantities `run`, `show` and `runs` print from Evaluation.observables, in this order, and their units in the
+# unit styles that have named ones (lj is reduced: no units). `--json` has every observable.
+QUANTITIES = ("temp", "press", "toteng", "pe", "ke", "vol", "density")
+ENERGY = ("toteng", "pe", "ke")
+UNITS = {"metal": {"temp": "K", "press": "bar", "energy": "eV", "vol": "Å³", "density": "g/cm³"},
+         "real": {"temp": "K", "press": "atm", "energy": "kcal/mol", "vol": "Å³", "density": "g/cm³"},
+         "si": {"temp": "K", "press": "Pa", "energy": "J", "vol": "m³", "density": "kg/m³"}}
 
 
 def print_diagnostics(diags: list[Diagnostic], indent: str = "") -> None:
@@ -30,27 +34,34 @@ def print_evaluation(result: Evaluation) -> None:
         out().print(f"[{STYLE[f.severity]}]{f.severity.value:7}[/] [dim]{f.rule}[/] {f.message}", highlight=False)
         if f.hint and f.severity != Severity.INFO:
             out().print(f"        hint: {f.hint}", highlight=False)
-    print_observables(result.observables)
+    print_observables(result)
     color = {"pass": "green", "warn": "yellow", "fail": "red"}[result.grade.value]
     out().print(f"[bold {color}]{result.grade.value.upper()}[/] reward {result.reward:.2f}")
 
 
-def format_observables(observables: dict[str, float]) -> str:
-    """`temp_final 801.3 K, temp_mean 799.8 K, ...`, the temperature first."""
-    def order(name: str) -> tuple[int, str]:
-        base = name.rsplit("_", 1)[0]
-        return (list(OBSERVABLES).index(base) if base in OBSERVABLES else len(OBSERVABLES), name)
-
+def format_observables(observables: dict[str, float], units: str | None = None) -> str:
+    """`temp 801.3 K (mean 799.8 ± 12.1), press ...; 256 atoms` from an evaluation's observables."""
+    named = UNITS.get(units or "", {})
     parts = []
-    for name in sorted(observables, key=order):
-        unit = OBSERVABLES.get(name.rsplit("_", 1)[0], "")
-        parts.append(f"{name} {observables[name]:.6g}{' ' + unit if unit else ''}")
+    for q in QUANTITIES:
+        if f"{q}_final" not in observables:
+            continue
+        unit = named.get("energy" if q in ENERGY else q)
+        text = f"{q} {observables[f'{q}_final']:.5g}{' ' + unit if unit else ''}"
+        if f"{q}_mean" in observables:
+            spread = f" ± {observables[f'{q}_std']:.3g}" if f"{q}_std" in observables else ""
+            text += f" (mean {observables[f'{q}_mean']:.5g}{spread})"
+        parts.append(text)
+    if "atoms" in observables:
+        parts.append(f"{observables['atoms']:g} atoms")
     return ", ".join(parts)
 
 
-def print_observables(observables: dict[str, float]) -> None:
-    if observables:
-        out().print(f"observables: {format_observables(observables)}", highlight=False)
+def print_observables(evaluation: Evaluation | None) -> None:
+    if evaluation is not None and evaluation.observables:
+        units = evaluation.summary.get("units")
+        out().print(f"observables{f' ({units} units)' if units else ''}: "
+                    f"{format_observables(evaluation.observables, units)}", highlight=False)
 
 
 def print_run(run: Run) -> None:
@@ -71,7 +82,7 @@ def print_run(run: Run) -> None:
     color = {"passed": "green", "failed": "red"}.get(verdict, "yellow")
     grade = f", grade {run.evaluation.grade.value} (reward {run.evaluation.reward:.2f})" if run.evaluation else ""
     reason = f": {run.exit_message}" if run.exit_message and verdict != "passed" else ""
-    print_observables(run.observables)
+    print_observables(run.evaluation)
     out().print(f"[bold {color}]{verdict}[/]{grade} after {len(run.attempts)} attempt(s){reason}; pk {run.pk}",
                 highlight=False)
 
@@ -87,7 +98,8 @@ def print_attempt_outcome(attempt: Attempt) -> None:
         for f in ev.findings:
             if f.severity != Severity.INFO:
                 out().print(f"  {f.severity.value:7} {f.rule}: {f.message}", highlight=False)
-        print_observables(ev.observables)
+        if not attempt.passed:  # the passed attempt's observables are the run's, printed at the end
+            print_observables(ev)
     job = attempt.job
     if job is not None:
         fault = f"; {job.fault} ({job.action})" if job.fault else ""
@@ -126,4 +138,5 @@ def runs_rows(runs: list[Run]) -> list[dict]:
     """`runs --json`: one row per run."""
     return [{"pk": r.pk, "task": r.task, "verdict": r.verdict,
              "grade": r.evaluation.grade.value if r.evaluation else None, "attempts": len(r.attempts),
-             "site": r.site, "ctime": r.ctime, "seconds": r.seconds, "observables": r.observables} for r in runs]
+             "site": r.site, "ctime": r.ctime, "seconds": r.seconds, "observables": r.observables,
+             "units": r.evaluation.summary.get("units") if r.evaluation else None} for r in runs]

@@ -73,7 +73,6 @@ def launch(request, *, daemon: bool, as_json: bool) -> None:
     with status("loading the AiiDA profile ...", quiet=as_json):
         api.load_profile()
     if not as_json:
-        err().print(f"[bold]task:[/] {request.task}", highlight=False)
         if request.answers:
             err().print(f"replaying {len(request.answers)} recorded model answer(s)", highlight=False)
         live_reports()

@@ -47,6 +47,6 @@ def runs(limit, verdict, site, task_contains, as_json) -> None:
     table = Table("pk", "task", "verdict", "grade", "attempts", "observables", "started", "s")
     for r in rows:
         table.add_row(str(r["pk"]), (r["task"] or "")[:60], r["verdict"] or "", r["grade"] or "",
-                      str(r["attempts"]), format_observables(r["observables"])[:60], r["ctime"][:19],
+                      str(r["attempts"]), format_observables(r["observables"], r["units"])[:60], r["ctime"][:19],
                       "" if r["seconds"] is None else f"{r['seconds']:.1f}")
     out().print(table)

@@ -5,7 +5,7 @@ answer for `--hang` seconds (default 20) before answering with a good script. Th
 
 1. submits K (`-k`, default 5) small calcfunctions (bench/_bench_processes.py:add) to the idle daemon, once
    as a warm-up, then again as the baseline, timing submission to all terminated;
-2. submits an AgentWorkChain (as `mdagent run --daemon` does), waits until the server has received its
+2. submits an AgentWorkChain (with the inputs `mdagent run --daemon` builds), waits until the server has received its
    request (the generation is in flight, hanging), and submits the same K processes, timed the same way;
 3. waits for the agent run to finish (it passes once the answer arrives);
 4. the negative control (skip with --no-control): a process whose coroutine `run` calls time.sleep(hang)
@@ -59,18 +59,11 @@ def submit_batch(k: int, tag: int) -> float:
 
 
 def agent_inputs() -> dict:
-    """The inputs `mdagent run` builds."""
-    from aiida import orm
+    """The inputs `mdagent run` builds (workflows.launch)."""
+    from mdagent_hpc.models import LoopPolicy, Request
+    from mdagent_hpc.workflows.launch import agent_inputs as build
 
-    from mdagent_hpc.execution.profile import LOCAL_CODE, LOCAL_COMPUTER
-    from mdagent_hpc.llm import load_llm_settings
-    from mdagent_hpc.models import LoopPolicy
-    from mdagent_hpc.workflows.generate import STORED_SETTINGS
-
-    settings = load_llm_settings()
-    llm = {k: v for k, v in settings.model_dump(mode="json").items() if k in STORED_SETTINGS and v is not None}
-    return {"task": orm.Str(TASK), "code": orm.load_code(f"{LOCAL_CODE}@{LOCAL_COMPUTER}"), "llm": orm.Dict(llm),
-            "loop": orm.Dict(LoopPolicy(max_attempts=1).model_dump(mode="json"))}
+    return build(Request(task=TASK, loop=LoopPolicy(max_attempts=1)))
 
 
 def blocking_control(k: int, hang: float) -> float:

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from openai_server import FakeOpenAIServer
 
-from mdagent_hpc.agent.loop import AttemptRecord, is_stuck, next_temperature, should_stop_stuck
-from mdagent_hpc.models import LoopPolicy
+from mdagent_hpc.models import Stage
 
 DATA = Path(__file__).resolve().parents[1] / "mdagent_hpc" / "examples" / "demo"
 TASK = "Heat a small Cu crystal with EAM to 800 K in NVT"
@@ -66,26 +65,39 @@ def test_three_attempts_end_to_end_with_provenance(aiida_profile):
     assert "Cu_u3_typo.eam" in prompts[1][-1]["content"] and "Cu_u3.eam" in prompts[1][-1]["content"]
     assert "Lost atoms" in prompts[2][-1]["content"]
 
-    # Every step is a node, linked to the workflow and to its data.
+    # One Attempt record per attempt, in provenance: what it reached, what the model heard, what each step took.
+    from mdagent_hpc.workflows.results import read_run
+
+    run = read_run(summary["pk"])
+    first, second, third = run.attempts
+    assert [a.stage for a in run.attempts] == [Stage.PREFLIGHT, Stage.EVALUATE, Stage.EVALUATE]
+    assert first.diagnostics[0].code == "potential.missing" and first.job is None and set(first.nodes) == {
+        "generate", "preflight"}
+    assert first.feedback and first.feedback in prompts[1][-1]["content"]  # the model heard exactly this
+    assert second.feedback in prompts[2][-1]["content"] and second.error_key.startswith("eval:")
+    assert third.passed and third.feedback is None and run.script == third.script
+    assert set(third.nodes) == set(third.seconds) == {"generate", "preflight", "run", "evaluate"}
+    assert all(seconds > 0 for seconds in third.seconds.values())
+    assert third.job.exit_status == 0 and third.job.site == "local" and third.job.workdir
+    assert third.usage.model == "fake-model" and third.usage.prompt_tokens > 0 and third.usage.latency_s > 0
+    assert run.observables["temp_mean"] == third.evaluation.observables["temp_mean"]
+
+    # The records name the workflow's own steps; each is a node it called, linked to its data.
     node = orm.load_node(summary["pk"])
     assert node.is_finished_ok
-    qb = orm.QueryBuilder()
-    qb.append(orm.WorkChainNode, filters={"id": node.pk}, tag="agent")
-    qb.append(orm.ProcessNode, with_incoming="agent", project=["attributes.process_label"],
-              edge_project=["label"])
-    called = {label: process for process, label in qb.all()}
-    assert set(called) == {"generate_1", "preflight_1", "generate_2", "preflight_2", "run_2", "evaluate_2",
-                           "generate_3", "preflight_3", "run_3", "evaluate_3"}
-    assert called["run_3"] == "LammpsCalculation" and called["generate_1"] == "generate_script"
+    assert sorted(node.outputs.attempts) == ["attempt_1", "attempt_2", "attempt_3"]
+    called = {child.pk: child.process_label for child in node.called}
+    assert sorted(called) == sorted(pk for a in run.attempts for pk in a.nodes.values())
+    assert called[third.nodes["run"]] == "LammpsBaseWorkChain" and called[first.nodes["generate"]] == "generate_script"
 
     # The evaluation was computed from the run's retrieved log and the generated script.
     qb = orm.QueryBuilder()
-    qb.append(orm.CalcJobNode, filters={"id": summary["attempts"][2]["run"]["pk"]}, tag="run")
+    qb.append(orm.WorkChainNode, filters={"id": third.nodes["run"]}, tag="run")
     qb.append(orm.FolderData, with_incoming="run", edge_filters={"label": "retrieved"}, tag="log")
-    qb.append(orm.CalcFunctionNode, with_incoming="log", project=["attributes.process_label"], tag="ev")
+    qb.append(orm.CalcFunctionNode, with_incoming="log", project=["id"], tag="ev")
     qb.append(orm.Dict, with_incoming="ev", project=["attributes.grade"])
-    assert qb.all() == [["evaluate_run", steps[2]["evaluation"]["grade"]]]
-    gen = orm.load_node(steps[2]["generate"]["pk"])
+    assert qb.all() == [[third.nodes["evaluate"], third.evaluation.grade.value]]
+    gen = orm.load_node(third.nodes["generate"])
     assert gen.inputs.settings.get_dict()["model"] == "fake-model"
     assert "api_key" not in gen.inputs.settings.get_dict()
     assert gen.outputs.response.get_dict()["usage"]["total_tokens"] > 0
@@ -115,6 +127,9 @@ def test_endpoint_faults_end_with_a_clear_exit_code(aiida_profile, faults, statu
     summary = json.loads(result.stdout)
     assert result.returncode == 1
     assert summary["exit_status"] == status and kind in summary["exit_message"]
+    (failed,) = summary["attempts"]  # the attempt whose generation failed is recorded, with the reason
+    assert failed["stage"] == "generate" and failed["diagnostics"][0]["code"] == "llm.unavailable"
+    assert kind in failed["diagnostics"][0]["message"]
 
 
 def test_unreachable_endpoint_and_timeout_never_hang(aiida_profile):
@@ -205,12 +220,27 @@ def test_daemon_submission(aiida_profile):
     assert any(r["pk"] == pk and r["verdict"] == "passed" for r in listed)
 
 
-def test_stuck_rules_are_pure():
-    policy = LoopPolicy()
-    same = [AttemptRecord(attempt=i, stage="run", error_key="eval:lost_atoms") for i in (1, 2)]
-    assert is_stuck(same) and not should_stop_stuck(same, policy)
-    assert next_temperature(0.2, same, policy) == pytest.approx(0.5)
-    assert should_stop_stuck([*same, AttemptRecord(attempt=3, stage="run", error_key="eval:lost_atoms")], policy)
-    different = [AttemptRecord(attempt=1, stage="run", error_key="a"), AttemptRecord(attempt=2, stage="run",
-                                                                                  error_key="b")]
-    assert not is_stuck(different) and next_temperature(0.2, different, policy) == 0.2
+def test_request_api_replays_answers_reads_and_lists_runs(aiida_profile):
+    from aiida import orm
+
+    from mdagent_hpc.models import LoopPolicy, Request
+    from mdagent_hpc.workflows.launch import LaunchError, agent_inputs, run_request, submit_request
+    from mdagent_hpc.workflows.results import NotAnAgentRun, list_runs, read_run
+
+    request = Request(task=TASK + " (replayed)", answers=[answer("good.lammps")], loop=LoopPolicy(max_attempts=1))
+    run = read_run(run_request(request))
+    assert run.verdict == "passed" and run.attempts[0].usage.model == "replay"
+    assert run.observables and run.script == (DATA / "good.lammps").read_text()
+    assert read_run(run.uuid).pk == run.pk
+
+    assert [r.pk for r in list_runs(limit=1)] == [run.pk]
+    assert run.pk in [r.pk for r in list_runs(verdict="passed", site="local", task_contains="(REPLAYED)")]
+    assert run.pk not in [r.pk for r in list_runs(verdict="failed")]
+    assert list_runs(site="no-such-site") == []
+
+    with pytest.raises(NotAnAgentRun, match="is not an agent run"):
+        read_run(orm.load_node(run.attempts[0].nodes["run"]))
+    with pytest.raises(LaunchError, match="no site 'nowhere'"):
+        agent_inputs(Request(task=TASK, site="nowhere"))
+    with pytest.raises(LaunchError, match="recorded answers"):
+        submit_request(request)

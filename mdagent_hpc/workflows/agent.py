@@ -90,7 +90,7 @@ class AgentWorkChain(WorkChain):
     # -- the loop ---------------------------------------------------------------------------------------------
     def setup(self):
         task = self.inputs.task.value
-        self.ctx.attempts = []  # finished attempts, as JSON (models.Attempt)
+        self.ctx.attempts = []  # finished attempts: the stored Dict records (models.Attempt)
         self.ctx.restart_files = {}  # restart files a cut-off run left, for the next attempt
         elements = task_elements(task)
         potentials = offered_potentials(elements, find_potentials(elements) if elements else [])
@@ -99,9 +99,12 @@ class AgentWorkChain(WorkChain):
             lammps_version=caps.version, packages=list(caps.packages), potentials=potentials,
             limits=describe_limits(Limits(**self.inputs.limits.get_dict()))).model_dump(mode="json")
         site = SiteRun(**self.inputs.site.get_dict())
-        # Stored once, for every LAMMPS job of this run.
-        self.ctx.on_failure = orm.Dict(site.on_failure).store()
-        self.ctx.site_name = orm.Str(site.name).store()
+        # Stored once, for every preflight and LAMMPS job of this run.
+        self.ctx.dry_here = orm.Bool(site.dry_run == "here").store()
+        base = LammpsBaseWorkChain.spec().inputs
+        self.ctx.job_inputs = {"on_failure": orm.Dict(site.on_failure).store(), "site": orm.Str(site.name).store(),
+                               "max_iterations": base["max_iterations"].default().store(),
+                               "clean_workdir": base["clean_workdir"].default().store()}
         self.node.base.extras.set_many({"task": task, "site": site.name, "verdict": "running", "attempts": 0})
         self.report(f"task: {task!r}; elements {elements or 'none named'}; {len(potentials)} potentials offered")
 
@@ -145,8 +148,7 @@ class AgentWorkChain(WorkChain):
         self.ctx.files = files_to_stage(self._generated_files(gen), self.ctx.restart_files)
         self._update(stage=Stage.PREFLIGHT, script=script.get_content(), files=sorted(self.ctx.files),
                      script_sha=script_sha(script.get_content()))
-        dry_here = self.inputs.site["dry_run"] == "here"
-        check = preflight_script(script, self.inputs.limits, dry=orm.Bool(dry_here),
+        check = preflight_script(script, self.inputs.limits, dry=self.ctx.dry_here,
                                  **{node_key(name): f for name, f in self.ctx.files.items()},
                                  metadata={"call_link_label": f"preflight_{self._number()}"})
         self._took("preflight", check.creator)
@@ -159,7 +161,7 @@ class AgentWorkChain(WorkChain):
         # Stored now: the dry-run job and the run stage the same nodes.
         self.ctx.potentials = {node_key(name): orm.SinglefileData(path, filename=name).store()
                                for name, path in potentials_to_stage(report).items()}
-        where = "" if dry_here else f"; dry run next, as a short job on {self.inputs.site['name']}"
+        where = "" if self.ctx.dry_here.value else f"; dry run next, as a short job on {self.inputs.site['name']}"
         self.report(f"attempt {self._number()}: preflight passed ({len(report.diagnostics)} notes{where})")
 
     def needs_dry_run_job(self):
@@ -197,7 +199,7 @@ class AgentWorkChain(WorkChain):
     def evaluate(self):
         run = self.ctx.run
         self._took("run", run)
-        job = Job(**run.outputs.job.get_dict()) if "job" in run.outputs else Job(site=self.ctx.site_name.value)
+        job = Job(**run.outputs.job.get_dict()) if "job" in run.outputs else Job(site=self.inputs.site["name"])
         restart = dict(run.outputs.restart_files) if "restart_files" in run.outputs else {}
         self.ctx.restart_files = {node.filename: node for node in restart.values()}
         self._update(job=job)
@@ -231,8 +233,9 @@ class AgentWorkChain(WorkChain):
         if not attempt.passed:
             attempt.feedback = feedback.feedback_text(self._failure(), attempt.evaluation)
             attempt.error_key = self.ctx.error_key or error_key(self._failure())
-        self.ctx.attempts.append(attempt.model_dump(mode="json"))
-        self.out(f"attempts.attempt_{attempt.number}", orm.Dict(attempt.model_dump(mode="json")).store())
+        record = orm.Dict(attempt.model_dump(mode="json")).store()
+        self.ctx.attempts.append(record)
+        self.out(f"attempts.attempt_{attempt.number}", record)
         reason = stop_reason(self._history(), self._policy())
         if reason == Stop.STUCK:
             self.report(f"stuck: the same script or error {self._policy().stuck_limit} times in a row; stopping")
@@ -255,7 +258,7 @@ class AgentWorkChain(WorkChain):
         return LoopPolicy(**self.inputs.loop.get_dict())
 
     def _history(self) -> list[Attempt]:
-        return [Attempt(**a) for a in self.ctx.attempts]
+        return [Attempt(**record.get_dict()) for record in self.ctx.attempts]
 
     def _number(self) -> int:
         return self.ctx.current["number"]
@@ -297,5 +300,5 @@ class AgentWorkChain(WorkChain):
             lammps["potentials"] = self.ctx.potentials
         if skiprun:
             lammps["skiprun"] = orm.Bool(True)
-        return self.submit(LammpsBaseWorkChain, lammps=lammps, on_failure=self.ctx.on_failure,
-                           site=self.ctx.site_name, metadata={"call_link_label": label})
+        return self.submit(LammpsBaseWorkChain, lammps=lammps, **self.ctx.job_inputs,
+                           metadata={"call_link_label": label})

@@ -54,19 +54,28 @@ def submit_request(request: Request):
 
 
 def _inputs(request: Request, llm_overrides: dict) -> dict:
+    from mdagent_hpc.execution.computers import local_site, workflow_inputs
     from mdagent_hpc.execution.profile import ProfileError
+    from mdagent_hpc.execution.registry import find_site
     from mdagent_hpc.execution.site import SiteConfigError
     from mdagent_hpc.llm import LLMError, load_llm_settings
 
     try:
+        site = local_site() if request.site is None else find_site(request.site)
         settings = load_llm_settings(llm_overrides)
-    except LLMError as exc:
-        raise LaunchError(str(exc)) from None
-    try:
         _load_profile()
-        return _site_inputs(request) | _request_inputs(request, settings)
-    except (SiteConfigError, ProfileError) as exc:
+        inputs = workflow_inputs(site)  # the site's computer and code, created or brought up to date
+    except (SiteConfigError, LLMError, ProfileError) as exc:
         raise LaunchError(str(exc)) from None
+    from aiida import orm
+
+    from mdagent_hpc.workflows.generate import STORED_SETTINGS
+
+    if request.limits is not None:
+        inputs["limits"] = orm.Dict(request.limits.model_dump())
+    llm = {k: v for k, v in settings.model_dump(mode="json").items() if k in STORED_SETTINGS and v is not None}
+    return {**inputs, "task": orm.Str(request.task), "llm": orm.Dict(llm),
+            "loop": orm.Dict(request.loop.model_dump(mode="json"))}
 
 
 def _load_profile() -> None:
@@ -77,26 +86,3 @@ def _load_profile() -> None:
 
     if get_manager().get_profile() is None:
         ensure_profile()
-
-
-def _site_inputs(request: Request) -> dict:
-    from aiida import orm
-
-    from mdagent_hpc.execution.computers import local_site, workflow_inputs
-    from mdagent_hpc.execution.registry import find_site
-
-    site = local_site() if request.site is None else find_site(request.site)
-    inputs = workflow_inputs(site)
-    if request.limits is not None:
-        inputs["limits"] = orm.Dict(request.limits.model_dump())
-    return inputs
-
-
-def _request_inputs(request: Request, settings) -> dict:
-    from aiida import orm
-
-    from mdagent_hpc.workflows.generate import STORED_SETTINGS
-
-    llm = {k: v for k, v in settings.model_dump(mode="json").items() if k in STORED_SETTINGS and v is not None}
-    return {"task": orm.Str(request.task), "llm": orm.Dict(llm),
-            "loop": orm.Dict(request.loop.model_dump(mode="json"))}

@@ -320,3 +320,16 @@ def test_corpus_files_copied_into_a_cache_are_found(tmp_path, home):
     parsed = script("units metal", "pair_style eim", "pair_coeff * * Na Cl ffield.eim Na Cl")
     uses, diags = resolve_potentials(parsed, tmp_path, search_path=[("user-cache", home / "potentials")])
     assert diags == [] and uses[0].source == "user-cache"
+
+
+def test_element_names_in_the_wrong_type_order_are_found_from_the_masses(tmp_path):
+    lines = ("units metal", "mass 1 63.546", "mass 2 58.693", EAM)
+    _, diags = resolve(tmp_path, *lines, "pair_coeff * * CuNi.eam.alloy Ni Cu")
+    assert [(d.code, d.line) for d in diags] == [("potential.element_order", 5), ("potential.element_order", 5)]
+    assert "type 1 is mapped to Ni" in diags[0].message and "mass of Cu" in diags[0].message
+    _, diags = resolve(tmp_path, *lines, "pair_coeff * * CuNi.eam.alloy Cu Ni")
+    assert diags == []
+    # a mass that is no mapped element's (deuterium for H, a heavy bead) is not a swap
+    _, diags = resolve(tmp_path, "units metal", "mass 1 2.014", "mass 2 58.693", EAM,
+                       "pair_coeff * * NiAlH_jea.eam.alloy H Ni")
+    assert [d.code for d in diags] == []

@@ -20,17 +20,11 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from mdagent_hpc.home import mdagent_home, site_potentials_dir, user_potentials_dir
+from mdagent_hpc.lammps.elements import MASSES, SYMBOL_SET, SYMBOLS
 from mdagent_hpc.lammps.files import is_number, looks_like_file
 from mdagent_hpc.lammps.install import LammpsNotFound, find_lammps
 from mdagent_hpc.models import Command, Diagnostic, ParsedScript, PotentialUse, Severity
 
-SYMBOLS = (
-    "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr "
-    "Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb "
-    "Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr "
-    "Rf Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og"
-).split()  # index = atomic number - 1
-_SYMBOL_SET = set(SYMBOLS)
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _ACCELERATORS = ("/kk/host", "/kk/device", "/kk", "/omp", "/gpu", "/intel", "/opt")
 _ALIASES = {"reax/c": "reaxff", "meam/c": "meam"}
@@ -78,7 +72,7 @@ def _distinct(items: Iterable[str]) -> list[str]:
 def element_of(name: str) -> str | None:
     """The chemical element a label stands for: 'Cu' -> Cu, 'AlS' -> Al, 'Ow' -> O, 'C1' -> C, 'X' -> None."""
     for n in (name, name[:2], name[:1]):
-        if n in _SYMBOL_SET:
+        if n in SYMBOL_SET:
             return n
     return None
 
@@ -89,7 +83,7 @@ def elements_from_filename(name: str) -> list[str]:
     if not run:
         return []
     parts = re.findall(r"[A-Z][a-z]?", run.group())
-    if "".join(parts) != run.group() or not all(p in _SYMBOL_SET for p in parts):
+    if "".join(parts) != run.group() or not all(p in SYMBOL_SET for p in parts):
         return []
     return _distinct(parts)
 
@@ -448,6 +442,7 @@ class _Resolver:
     units: str = "lj"
     mliap_uses: list[PotentialUse] = field(default_factory=list)  # files named by `pair_style mliap`
     mliap_descriptor: PotentialEntry | None = None
+    mappings: list[tuple[Command, list[str], list[str]]] = field(default_factory=list)  # pair_coeff * * names
     _seen: set[tuple] = field(default_factory=set)
     _entries: dict[Path, PotentialEntry] = field(default_factory=dict)
     _index: list[PotentialEntry] | None = None
@@ -574,6 +569,8 @@ class _Resolver:
             rest = rest[skip:]
         if style in _FILES_THEN_NAMES:
             n = _FILES_THEN_NAMES[style]
+            if words[1:3] == ["*", "*"]:
+                self.mappings.append((cmd, words, rest[n:]))
             for file in rest[:n]:
                 self.use(cmd, words, file, style, rest[n:])
             if style == "comb3":  # pair comb3 also reads lib.comb3 by that name
@@ -625,6 +622,7 @@ def resolve_potentials(script: ParsedScript, run_dir: Path, *,
     `search_path` lists (label, folder) to try after the run folder; default `default_search_path()`.
     """
     r = _Resolver(Path(run_dir).resolve(), default_search_path() if search_path is None else search_path)
+    masses: dict[int, float] = {}
     style_args: list[str] = []
     for cmd in script.commands:
         if cmd.name == "units" and cmd.args:
@@ -637,7 +635,29 @@ def resolve_potentials(script: ParsedScript, run_dir: Path, *,
                 r.pair_coeff(cmd, words, style_args)
         elif cmd.name == "fix":
             r.fix(cmd)
+        elif cmd.name == "mass" and len(cmd.args) > 1 and cmd.args[0].isdigit() and is_number(cmd.args[1]):
+            masses[int(cmd.args[0])] = float(cmd.args[1])
+    for cmd, words, names in r.mappings:
+        _check_order(r, cmd, words, names, masses)
     return r.uses, r.diagnostics
+
+
+def _check_order(r: _Resolver, cmd: Command, words: list[str], names: list[str], masses: dict[int, float]) -> None:
+    """Element names in type order: a type whose mass is another mapped element's (and not its own) was swapped.
+
+    Only swaps are judged: a mass far from every mapped element (an isotope, a coarse-grained bead) passes."""
+    mapped = {i: element_of(n) for i, n in enumerate(names, 1) if n != "NULL"}
+    known = {e: MASSES[e] for e in mapped.values() if e in MASSES}
+    for i, element in mapped.items():
+        mass = masses.get(i)
+        if mass is None or element not in known or abs(mass - known[element]) <= 0.02 * known[element]:
+            continue
+        other = next((e for e, m in known.items() if e != element and abs(mass - m) <= 0.02 * m), None)
+        if other:
+            r.error(cmd, words, "potential.element_order",
+                    f"type {i} is mapped to {element} ({known[element]:g}) but has the mass of {other} "
+                    f"({mass:g}): the element names are probably in the wrong order",
+                    f"list the elements in the order of the atom types, one per type (type {i} is {other}?)")
 
 
 def _distinct_lists(lists: list[list[str]]) -> list[list[str]]:

@@ -10,7 +10,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from mdagent_hpc.lammps.files import number
-from mdagent_hpc.lammps.units import DEFAULT_TIMESTEP, fix_parameter_problems, timestep_problem
+from mdagent_hpc.lammps.units import DEFAULT_TIMESTEP, fix_parameter_problems, lattice_problem, timestep_problem
 from mdagent_hpc.models import Command, Diagnostic, ParsedScript, Severity
 
 # Pair styles that cannot mix i-j coefficients from i-i and j-j: every pair must be given.
@@ -94,24 +94,37 @@ def pair_coefficient_checks(script: ParsedScript, run_dir: Path | None) -> list[
     return out
 
 
+_REFERENCE = re.compile(r"(?<![A-Za-z0-9_])([vcf])_([A-Za-z0-9_]+)")
+FORMULA_STYLES = {"equal", "vector", "atom"}
+
+
+def _references(cmd: Command) -> list[tuple[str, str, str]]:
+    """(word, kind, name) of the `v_`, `c_`, `f_` references a command evaluates."""
+    n, a = cmd.name, cmd.args
+    if n == "thermo_style":
+        words = a[1:]
+    elif n in ("fix", "compute") and len(a) > 2:
+        words = a[3:]
+    elif n == "dump" and len(a) > 4:
+        words = a[5:]
+    elif n == "variable" and len(a) > 2 and a[1] in FORMULA_STYLES:
+        return [(m.group(0), m.group(1), m.group(2)) for m in _REFERENCE.finditer(" ".join(a[2:]))]
+    else:
+        return []
+    return [(w, m.group(1), m.group(2)) for w in words
+            if (m := re.fullmatch(r"([vcf])_([A-Za-z0-9_]+)(\[.*\])*", w))]
+
+
 def reference_checks(script: ParsedScript) -> list[Diagnostic]:
-    """`v_`, `c_`, `f_` references in thermo output and time averages name things the script defines."""
+    """`v_`, `c_`, `f_` references (thermo output, fixes, computes, dumps, formulas) name things the script
+    defines. Fixes with a temperature or pressure define the computes ID_temp and ID_press."""
     variables = set(script.variables)
-    computes = {c.args[0] for c in script.find("compute") if c.args} | BUILTIN_COMPUTES
     fixes = {c.args[0] for c in script.find("fix") if c.args}
+    computes = {c.args[0] for c in script.find("compute") if c.args} | BUILTIN_COMPUTES
+    computes |= {f"{f}_{q}" for f in fixes for q in ("temp", "press")}
     out: list[Diagnostic] = []
     for cmd in script.commands:
-        if cmd.name == "thermo_style":
-            refs = cmd.args[1:]
-        elif cmd.name == "fix" and len(cmd.args) > 2 and cmd.args[2].startswith("ave/"):
-            refs = cmd.args[3:]
-        else:
-            continue
-        for word in refs:
-            m = re.fullmatch(r"([vcf])_([A-Za-z0-9_]+)(\[.*\])?", word)
-            if not m:
-                continue
-            kind, name = m.group(1), m.group(2)
+        for word, kind, name in _references(cmd):
             known = {"v": variables, "c": computes, "f": fixes}[kind]
             if name not in known:
                 what = {"v": "variable", "c": "compute", "f": "fix"}[kind]
@@ -166,7 +179,8 @@ def mass_checks(script: ParsedScript, run_dir: Path | None) -> list[Diagnostic]:
                 unknown = True
             else:
                 massed |= set(types)
-        elif n in ("run", "minimize") and ntypes and not checked and not unknown and style in PER_TYPE_MASS:
+        elif (n in ("run", "minimize") or n == "velocity" and "create" in a) and ntypes and not checked \
+                and not unknown and style in PER_TYPE_MASS:
             checked = True
             missing = [i for i in range(1, ntypes + 1) if i not in massed]
             if missing:
@@ -210,11 +224,18 @@ def integrator_checks(script: ParsedScript) -> list[Diagnostic]:
 def parameter_checks(script: ParsedScript) -> list[Diagnostic]:
     """Timesteps and thermostat/barostat settings that make no physical sense for the unit style."""
     out: list[Diagnostic] = []
-    units, dt = "lj", None
+    units, dt, units_cmd = "lj", None, None
+    lattices = script.find("lattice")
     for cmd in script.commands:
         n, a = cmd.name, cmd.args
         if n == "units" and a:
-            units, dt = a[0], None
+            units, dt, units_cmd = a[0], None, cmd
+        elif n == "lattice" and len(a) > 1 and a[0] != "none" and (value := number(a[1])) is not None \
+                and value > 0 and (problem := lattice_problem(units, value, first=cmd is lattices[0])):
+            # the other commands were written for the other unit style: the `units` line is the mistake
+            out.append(_diag(units_cmd or cmd, "static.units", f"{problem} (`{cmd.text}`, line {cmd.line})",
+                             "lj lattices take a reduced density (about 0.8-1.2), metal and real ones a lattice "
+                             "constant in Angstrom; make `units` match the rest of the script"))
         elif n == "clear":
             units, dt = "lj", None
         elif n == "timestep" and a and a[0] != "0" and (value := number(a[0])) is not None:

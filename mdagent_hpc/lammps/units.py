@@ -33,6 +33,20 @@ def timestep_problem(units: str, dt: float) -> str | None:
     return None
 
 
+def lattice_problem(units: str, value: float, first: bool = True) -> str | None:
+    """Why `lattice STYLE value` does not fit `units`: a reduced density in metal/real, a length in lj.
+
+    In lj units only the first lattice is judged: later ones may place dense point particles (SRD solvent at
+    reduced density 85)."""
+    if units in ("metal", "real") and value < 1.0:
+        return (f"units {units} read the lattice value {value:g} as a lattice constant of {value:g} Angstrom, "
+                "smaller than any crystal's; it looks like an lj reduced density")
+    if units == "lj" and value > 3.0 and first:
+        return (f"units lj read the lattice value {value:g} as a reduced density, far above a dense LJ solid "
+                "(about 1.1); it looks like a lattice constant in Angstrom (metal or real units)")
+    return None
+
+
 def fix_parameter_problems(words: list[str], dt: float | None) -> list[str]:
     """Thermostat/barostat settings of one `fix ID GROUP STYLE ...` that make no physical sense.
 

@@ -91,6 +91,11 @@ def load_request(path: str | Path) -> Request:
         got = "nothing" if data is None else type(data).__name__
         raise MDAgentError(f"{path}:1: a request file is a mapping with at least `task:`, got {got}")
     lines = _key_lines(root)
+    unknown = next(_unknown_keys(data, Request), None)
+    if unknown is not None:
+        known = ", ".join(_model_at(Request, unknown[:-1]).model_fields)
+        raise MDAgentError(f"{path}:{lines.get(unknown, 1)}: {'.'.join(map(str, unknown))}: unknown key; "
+                           f"known: {known}")
     try:
         return Request.model_validate(data)
     except ValidationError as exc:
@@ -113,6 +118,34 @@ def _key_lines(node, at: tuple = (), lines: dict | None = None) -> dict[tuple, i
     return lines
 
 
+def _nested_model(field):
+    """The pydantic model a field holds (`Limits | None` -> Limits), or None."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    for kind in (field.annotation, *get_args(field.annotation)):
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            return kind
+    return None
+
+
+def _model_at(model, at: tuple):
+    for key in at:
+        model = _nested_model(model.model_fields[key])
+    return model
+
+
+def _unknown_keys(data: dict, model, at: tuple = ()):
+    """Key paths in `data` that `model` (and the models of its fields) does not have: sections too, not only the top."""
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            yield (*at, key)
+        elif isinstance(value, dict) and (nested := _nested_model(field)) is not None:
+            yield from _unknown_keys(value, nested, (*at, key))
+
+
 def _validation_sentence(exc, lines: dict[tuple, int]) -> str:
     """The first validation problem as `LINE: key: message` (or `key: message` without line numbers)."""
     error = exc.errors()[0]
@@ -121,11 +154,7 @@ def _validation_sentence(exc, lines: dict[tuple, int]) -> str:
     while known and known not in lines:
         known = known[:-1]
     key = ".".join(map(str, loc)) or "(top)"
-    if error["type"] == "extra_forbidden":
-        message = "unknown key; a request has task, site, model, loop, limits, answers, description"
-        if len(loc) > 1:
-            message = "unknown key"
-    elif error["type"] == "missing":
+    if error["type"] == "missing":
         message = "required key is missing"
     else:
         message = error["msg"].removeprefix("Value error, ")

@@ -148,7 +148,8 @@ def test_potentials_find_needs_element_symbols():
 # -- request files --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, says", [
     ("task: a: b\n", ":1: not valid YAML"),
-    ("task: Heat a small Cu crystal to 800 K\nsite: local\nloops:\n  max_attempts: 2\n", ":3: loops: unknown key"),
+    ("task: Heat a small Cu crystal to 800 K\nsite: local\nloops:\n  max_attempts: 2\n",
+     ":3: loops: unknown key; known: task, site"),
     ("site: local\nmodel: m\n", ":1: task: required key is missing"),
     ("task: Heat a small Cu crystal to 800 K\nloop:\n  max_attempts: 0\n", ":3: loop.max_attempts"),
     ("- task: a list\n", ":1: a request file is a mapping"),
@@ -248,7 +249,7 @@ def test_daemon_status_start_stop(aiida_profile):
         assert "stopped" in mdagent("daemon", "status").stdout
     finally:
         if client.is_daemon_running:
-            client.stop_daemon(wait=True)
+            client.stop_daemon(wait=True, timeout=60)
 
 
 # -- what run and show print ----------------------------------------------------------------------------------

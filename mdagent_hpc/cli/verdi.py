@@ -31,6 +31,9 @@ def verdi(args) -> None:
     os.execv(command, [command, "--profile", profile.name, *args])
 
 
+DAEMON_TIMEOUT_S = 60  # circus answers slowly on a loaded machine; AiiDA's default is 2 s
+
+
 @click.group()
 def daemon() -> None:
     """The AiiDA daemon that `mdagent run --daemon` starts: see it, start it, stop it."""
@@ -88,8 +91,13 @@ def daemon_start(workers) -> None:
     if client.is_daemon_running:
         out().print(f"daemon already running (pid {client.get_daemon_pid()})", highlight=False)
         return
-    with status("starting the AiiDA daemon ..."):
-        client.start_daemon(number_workers=workers)
+    from aiida.engine.daemon.client import DaemonException
+
+    try:
+        with status("starting the AiiDA daemon ..."):
+            client.start_daemon(number_workers=workers, timeout=DAEMON_TIMEOUT_S)
+    except DaemonException as exc:
+        raise UserError(f"the daemon did not start ({exc}); see {client.daemon_log_file}") from None
     out().print(f"daemon started (pid {client.get_daemon_pid()}, {workers} worker(s))", highlight=False)
 
 
@@ -100,6 +108,11 @@ def daemon_stop() -> None:
     if not client.is_daemon_running:
         out().print("daemon not running", highlight=False)
         return
-    with status("stopping the AiiDA daemon ..."):
-        client.stop_daemon(wait=True)
+    from aiida.engine.daemon.client import DaemonException
+
+    try:
+        with status("stopping the AiiDA daemon ..."):
+            client.stop_daemon(wait=True, timeout=DAEMON_TIMEOUT_S)
+    except DaemonException as exc:
+        raise UserError(f"the daemon did not stop ({exc}); `mdagent daemon status` shows its pid") from None
     out().print("daemon stopped", highlight=False)

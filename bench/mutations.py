@@ -422,7 +422,7 @@ def _missing_pair_style(text, raw, script, run_dir, rng):
     for c in _simple(script, raw):
         if c.name == "pair_style":
             need = next((d.line for d in script.commands if d.file == script.main and d.line > c.line
-                         and d.name in ("pair_coeff", "run", "minimize")), None)
+                         and d.name in ("pair_coeff", "pair_modify", "read_data", "run", "minimize")), None)
             if need:
                 lines = raw[: c.line - 1] + raw[c.line:]
                 out.append(("\n".join(lines) + "\n", need - 1, "pair_style removed"))

@@ -170,7 +170,8 @@ def test_run_zero_then_a_compute_value_is_no_refusal_and_the_rest_is_still_dry_r
 
 
 def test_a_missing_package_is_the_root_cause_at_the_style_line(tmp_path):
-    text = SETUP.replace("lj", "metal") + "pair_style pace\npair_coeff * * Cu_v9.yace Cu\nrun 10\n"
+    text = SETUP.replace("lj", "metal").replace("0.8442", "3.615") + "pair_style pace\npair_coeff * * Cu_v9.yace Cu\n" \
+        "run 10\n"
     report = preflight(write(tmp_path, text))
     (diag,) = [d for d in report.diagnostics if d.severity == "error"]
     assert (diag.code, diag.line) == ("lammps.error", 8)
@@ -204,7 +205,7 @@ def test_an_unmatched_quote_is_an_error_at_its_line_even_without_the_dry_run(tmp
 
 
 def test_physically_absurd_settings_are_errors(tmp_path):
-    metal = SETUP.replace("units lj", "units metal") + PAIR
+    metal = SETUP.replace("units lj", "units metal").replace("0.8442", "3.615") + PAIR
     cases = [("timestep 10.0\n", "static.timestep"),
              ("fix 1 all nvt temp -300 300 0.1\n", "static.fix_parameter"),
              ("timestep 0.002\nfix 1 all nvt temp 300 300 0.001\n", "static.fix_parameter"),

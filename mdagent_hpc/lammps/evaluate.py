@@ -55,6 +55,8 @@ BROKEN = [
     ("out_of_range_atoms", re.compile(r"Out of range atoms"),
      "atoms moved too far for PPPM/neighbor lists (unstable dynamics): reduce the timestep or minimize "
      "first"),
+    ("double_integration", re.compile(r"time integrated more than once"),
+     "two integrators (e.g. fix nvt and fix nve) move the same atoms: keep one per atom"),
     ("non_numeric", re.compile(r"Non-numeric (atom coords|pressure)"),
      "coordinates or pressure became NaN/inf (the simulation blew up): reduce the timestep, minimize first, "
      "check overlapping atoms and potential parameters"),

@@ -45,8 +45,8 @@ _PERF_UNITS = {
     "Matom-step/s": ("atom_steps_per_s", 1e6),
     "Gatom-step/s": ("atom_steps_per_s", 1e9),
 }
-# Input commands: an indented log line is taken as an echoed command only if it starts with one of these.
-_COMMANDS = set("""
+# LAMMPS input commands (an indented log line is taken as an echoed command only if it starts with one).
+COMMANDS = frozenset("""
 angle_coeff angle_style angle_write atom_modify atom_style balance bond_coeff bond_style bond_write boundary
 change_box clear comm_modify comm_style compute compute_modify create_atoms create_bonds create_box delete_atoms
 delete_bonds dielectric dihedral_coeff dihedral_style dimension displace_atoms dump dump_modify echo fix
@@ -331,7 +331,7 @@ class _Parser:
         if not _ECHO.match(line) or (len(tokens) > 1 and tokens[1].startswith("=")):
             return False
         # indented: "  create_atoms CPU = 0.001 seconds", "  restart file = 24 Dec 2020, ..." are output
-        return not line[0].isspace() or (tokens[0] in _COMMANDS and not {"=", "CPU"} & set(tokens[1:3]))
+        return not line[0].isspace() or (tokens[0] in COMMANDS and not {"=", "CPU"} & set(tokens[1:3]))
 
     def echo(self, i: int, s: str, tokens: list[str]) -> None:
         self.log.commands.append((i + 1, s))

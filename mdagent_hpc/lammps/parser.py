@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdagent_hpc.lammps.files import file_accesses
+from mdagent_hpc.lammps.log import COMMANDS
 from mdagent_hpc.models import Command, Diagnostic, ParsedScript, Severity
 
 MAX_SCRIPT_BYTES = 5_000_000
@@ -45,6 +46,7 @@ class _Line:
     line: int
     text: str
     open_quote: str | None = None  # a quote left open in the line as written
+    cut_by_blank: bool = False  # ends with `&` before a blank line, and the next line is no command
 
 
 @dataclass
@@ -90,20 +92,25 @@ def logical_lines(text: str, file: str) -> list[_Line]:
         start = i
         buf = raw[i]
         i += 1
+        cut = False
         while True:
             stripped = buf.rstrip()
             if buf.count('"""') % 2 == 1 and i < len(raw):
                 buf = buf + "\n" + raw[i]
                 i += 1
             elif stripped.endswith("&") and i < len(raw):
+                cut = not raw[i].strip()  # LAMMPS joins the blank line: the command ends here
                 buf = stripped[:-1] + " " + raw[i]
                 i += 1
             else:
                 break
+        if cut:
+            following = next((w for line in raw[i:] if (w := strip_comment(line).split())), None)
+            cut = following is not None and following[0] not in COMMANDS
         quote = unmatched_quote(buf)
         buf = strip_comment(buf).strip()
         if buf:
-            out.append(_Line(file, start + 1, buf, quote))
+            out.append(_Line(file, start + 1, buf, quote, cut))
     return out
 
 
@@ -309,6 +316,12 @@ def parse_text(text: str, name: str = "in.lammps", run_dir: Path | None = None,
 
     def walk(lines: list[_Line], depth: int, context: str = "") -> None:
         for ln in lines:
+            if ln.cut_by_blank:
+                diagnostics.append(Diagnostic(
+                    severity=Severity.ERROR, code="parse.continuation",
+                    message="this line ends with `&` before a blank line: LAMMPS ends the command there and reads "
+                            "the next line as a command of its own", line=ln.line, file=ln.file, command=ln.text,
+                    hint="remove the blank line after `&` (or the `&`)"))
             if quote := ln.open_quote:
                 kind = {"'": "single", '"': "double", '"""': "triple"}[quote]
                 diagnostics.append(Diagnostic(

@@ -74,15 +74,18 @@ def _norm(text: str) -> str:
     return " ".join(text.replace('"', "").replace("'", "").split())
 
 
-def find_command(script: ParsedScript, text: str) -> Command | None:
-    """The command LAMMPS reported as `Last input line:`, matched on words after or before substitution."""
+def find_command(script: ParsedScript, text: str, occurrence: int = 0) -> Command | None:
+    """The command LAMMPS reported as `Last input line:`, matched on words after or before substitution.
+
+    When several commands read the same, `occurrence` (k-th time this text was echoed) picks the k-th of them;
+    without it, or in a loop, the last one."""
     target = _norm(text)
     if not target:
         return None
-    for cmd in reversed(script.commands):
-        if target in (_norm(" ".join(cmd.words)), _norm(cmd.text)) or any(
-                target == _norm(" ".join(v)) for v in cmd.variants):
-            return cmd
+    same = [cmd for cmd in script.commands if target in (_norm(" ".join(cmd.words)), _norm(cmd.text))
+            or any(target == _norm(" ".join(v)) for v in cmd.variants)]
+    if same:
+        return same[occurrence - 1] if 0 < occurrence <= len(same) else same[-1]
     return next((c for c in reversed(script.commands) if target in _norm(c.text)), None) or next(
         (c for c in reversed(script.commands) if c.name == target.split()[0]), None)
 
@@ -172,7 +175,9 @@ def skiprun_diagnostics(script: ParsedScript, log_text: str, returncode: int | N
         if (err.message, err.last_input) in seen:  # the same error read from the log and from the screen
             continue
         seen.add((err.message, err.last_input))
-        cmd = find_command(script, err.last_input) if err.last_input else None
+        target = _norm(err.last_input or "")
+        echoed = sum(1 for line, text in log.commands if line <= err.line and _norm(text) == target)
+        cmd = find_command(script, err.last_input, echoed) if err.last_input else None
         artifact = any(a in err.message for a in SKIPRUN_ARTIFACTS)
         diags.append(Diagnostic(
             severity=Severity.WARNING if artifact else Severity.ERROR,

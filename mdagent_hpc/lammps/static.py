@@ -224,12 +224,14 @@ def integrator_checks(script: ParsedScript) -> list[Diagnostic]:
 def parameter_checks(script: ParsedScript) -> list[Diagnostic]:
     """Timesteps and thermostat/barostat settings that make no physical sense for the unit style."""
     out: list[Diagnostic] = []
-    units, dt, units_cmd = "lj", None, None
+    units, dt, units_cmd, written = "lj", None, None, "lj"
     lattices = script.find("lattice")
     for cmd in script.commands:
         n, a = cmd.name, cmd.args
         if n == "units" and a:
-            units, dt, units_cmd = a[0], None, cmd
+            units, dt, units_cmd, written = a[0], None, cmd, a[0]
+        elif n == "read_restart":
+            units = written  # a restart file brings the units it was written with
         elif n == "lattice" and len(a) > 1 and a[0] != "none" and (value := number(a[1])) is not None \
                 and value > 0 and (problem := lattice_problem(units, value, first=cmd is lattices[0])):
             # the other commands were written for the other unit style: the `units` line is the mistake
@@ -289,7 +291,52 @@ def missing_input_checks(script: ParsedScript, run_dir: Path | None) -> list[Dia
     return out
 
 
+RUN_KEYWORDS = {"upto": 0, "start": 1, "stop": 1, "pre": 1, "post": 1}
+
+
+def _integer(word: str) -> bool:
+    return re.fullmatch(r"[+-]?\d+", word) is not None
+
+
+def run_syntax_checks(script: ParsedScript) -> list[Diagnostic]:
+    """`run` and `minimize` arguments: the dry run skips these commands, so LAMMPS would only see them at run time."""
+    out: list[Diagnostic] = []
+    for cmd in script.commands:
+        a = cmd.args
+        problem = None
+        if cmd.name == "run":
+            if not a:
+                problem = "run needs a number of steps"
+            elif not _integer(a[0]):
+                problem = f"run expects an integer number of steps, not '{a[0]}'"
+            i = 1
+            while problem is None and i < len(a):
+                if a[i] == "every":  # every N command... : the rest are commands
+                    if i + 1 >= len(a) or not _integer(a[i + 1]):
+                        problem = "run ... every expects an integer"
+                    break
+                if a[i] not in RUN_KEYWORDS:
+                    problem = f"unknown run keyword '{a[i]}' (upto, start, stop, pre, post, every)"
+                elif a[i] in ("pre", "post") and (i + 1 >= len(a) or a[i + 1] not in ("yes", "no")):
+                    problem = f"run {a[i]} expects yes or no"
+                elif a[i] in ("start", "stop") and (i + 1 >= len(a) or not _integer(a[i + 1])):
+                    problem = f"run {a[i]} expects an integer step"
+                i += 1 + RUN_KEYWORDS.get(a[i], 0)
+        elif cmd.name == "minimize":
+            if len(a) != 4:
+                problem = f"minimize takes 4 arguments (etol ftol maxiter maxeval), not {len(a)}"
+            elif number(a[0]) is None or number(a[1]) is None:
+                problem = "minimize etol and ftol must be numbers"
+            elif not (_integer(a[2]) and _integer(a[3])):
+                problem = "minimize maxiter and maxeval must be integers"
+        if problem:
+            out.append(_diag(cmd, "static.run_syntax", problem + " (LAMMPS stops here when the run starts)",
+                             f"see the LAMMPS manual page of {cmd.name}"))
+    return out
+
+
 def static_checks(script: ParsedScript, run_dir: Path | None = None) -> list[Diagnostic]:
     return (missing_input_checks(script, run_dir) + pair_coefficient_checks(script, run_dir)
             + mass_checks(script, run_dir) + integrator_checks(script) + parameter_checks(script)
+            + run_syntax_checks(script)
             + reference_checks(script))

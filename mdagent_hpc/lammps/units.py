@@ -12,9 +12,9 @@ BOLTZMANN = {"lj": 1.0, "real": 0.0019872067, "metal": 8.617333262e-5, "si": 1.3
 TIME_UNIT = {"lj": "tau", "real": "fs", "metal": "ps", "si": "s", "cgs": "s", "electron": "fs", "micro": "us",
              "nano": "ns"}
 # Timesteps above these are not MD of atoms in that unit style: 20 fs in real and metal (heavy atoms with
-# constraints stay below 10 fs), 1 tau in lj (200 default steps). Other unit styles are used at very
-# different scales (granular, colloids), so they are not judged.
-MAX_TIMESTEP = {"lj": 1.0, "real": 20.0, "metal": 0.02}
+# constraints stay below 10 fs), 0.1 tau in lj (20 default steps; DPD uses up to 0.05). Other unit styles are
+# used at very different scales (granular, colloids), so they are not judged.
+MAX_TIMESTEP = {"lj": 0.1, "real": 20.0, "metal": 0.02}
 
 # fix style -> (index of Tstart in the words after the style, index of the damping); None: no damping
 THERMOSTAT_ARGS = {"langevin": (0, 2), "temp/berendsen": (0, 2), "temp/csvr": (0, 2), "temp/csld": (0, 2),

@@ -115,3 +115,10 @@ def test_an_unmatched_quote_is_an_error_at_its_line():
     assert [(d.code, d.line) for d in script.diagnostics] == [("parse.unmatched_quote", 2),
                                                                ("parse.unmatched_quote", 3)]
     assert "double" in script.diagnostics[0].message and "single" in script.diagnostics[1].message
+
+
+def test_an_ampersand_before_a_blank_line_that_cuts_a_command_is_an_error():
+    text = "units lj\nthermo_style custom step temp &\n\n  pe press\nrun 0 &\n\nrun 10\n"
+    script = parse_text(text)
+    assert [(d.code, d.line) for d in script.diagnostics] == [("parse.continuation", 2)]
+    assert [c.words for c in script.commands][1:3] == [["thermo_style", "custom", "step", "temp"], ["pe", "press"]]

@@ -225,3 +225,9 @@ def test_a_missing_mass_is_found_before_the_run(tmp_path):
         "pair_style lj/cut 2.5\npair_coeff * * 1.0 1.0\nrun 10\n"
     report = preflight(write(tmp_path, text))
     assert errors(report) == [("static.mass_missing", 10)]
+
+
+def test_an_error_in_one_of_several_identical_commands_points_at_the_one_that_ran(tmp_path):
+    text = "velocity all create 1.0 1\n" + SETUP + PAIR + "velocity all create 1.0 1\nrun 0\n"
+    report = preflight(write(tmp_path, text))
+    assert errors(report) == [("lammps.error", 1)] and "box" in report.diagnostics[0].message

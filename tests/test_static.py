@@ -46,3 +46,15 @@ def test_missing_files_written_earlier_by_the_script_are_not_missing(tmp_path):
     text = SETUP + "write_data saved.data\nwrite_restart r.*\nclear\nread_data saved.data\nread_restart r.100\n" \
         "read_data other.data\n"
     assert found(text, tmp_path) == [("file.missing", 16)]
+
+
+def test_run_and_minimize_arguments_are_checked_before_the_run():
+    text = SETUP + ("run 100.5\nrun 100 1.0\nrun 100 pre no post yes every 10 \"print hi\"\nrun 100 upto\n"
+                    "minimize 1e-4 1e-6 100\nminimize 1e-4 1e-6 100 1000\n")
+    assert found(text) == [("static.run_syntax", 11), ("static.run_syntax", 12), ("static.run_syntax", 15)]
+
+
+def test_two_integrators_on_the_same_atoms():
+    text = SETUP + "group a type 1\nfix 1 all nve\nfix 2 a rigid single\nrun 10\n"
+    assert found(text) == [("static.double_integration", 13)]
+    assert found(SETUP + "group a type 1\ngroup b type 2\nfix 1 a nve\nfix 2 b nvt temp 1 1 1\nrun 10\n") == []

@@ -122,6 +122,9 @@ def _job(site: SiteConfig, state: dict) -> str:
             stderr = node.outputs.retrieved.base.repository.get_object_content("_scheduler-stderr.txt", mode="r")
         last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "")
         detail = f"{job} (pk {node.pk}) ended with exit {node.exit_status}: {node.exit_message or node.process_state}"
+        if node.exit_status == LammpsCalculation.exit_codes.ERROR_CONNECTION_LOST.status:
+            raise StageFailed(detail, "the site stopped answering during the job: check the connection and run "
+                              "`mdagent site test` again")
         raise StageFailed(detail + (f"; stderr: {last}" if last else ""),
                           "check lammps.binary/image and modules: the job's _scheduler-stderr.txt is in "
                           f"`verdi calcjob outputcat {node.pk} _scheduler-stderr.txt`")

@@ -118,7 +118,10 @@ class LammpsBaseWorkChain(BaseRestartWorkChain):
             action = "fail"
         step = f" at step {results['last_step']}" if results.get("last_step") is not None else ""
         job = f"job {node.get_job_id()}" if node.get_job_id() else "the job"
-        what = node.exit_message if fault == Fault.CONNECTION_LOST else FAULT_MESSAGES[fault]  # with the cause
+        what = FAULT_MESSAGES[fault]
+        if fault == Fault.CONNECTION_LOST:  # with the cause; and a job AiiDA lost sight of may still be running
+            what = node.exit_message + (f"; job {node.get_job_id()} may still be running on the site (it could not "
+                                        "be cancelled)" if node.get_job_id() else "")
         self.report(f"{job}: {what}{step} (exit {node.exit_status}); site policy: {action}")
         self.ctx.job.update(fault=fault.value, action=action)
         if action == "resubmit":

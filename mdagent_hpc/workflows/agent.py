@@ -45,7 +45,7 @@ from mdagent_hpc.models import (
     Stage,
     Usage,
 )
-from mdagent_hpc.workflows.generate import GenerateScript
+from mdagent_hpc.workflows.generate import GenerateScript, LinksOnlyNewOutputs
 from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
 from mdagent_hpc.workflows.lammps_calc import node_key
 from mdagent_hpc.workflows.steps import dry_run_report, evaluate_run, preflight_script
@@ -53,7 +53,7 @@ from mdagent_hpc.workflows.steps import dry_run_report, evaluate_run, preflight_
 DRY_RUN_WALLTIME_S = 600
 
 
-class AgentWorkChain(WorkChain):
+class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
     @classmethod
     def define(cls, spec):
         super().define(spec)

@@ -23,7 +23,18 @@ STORED_SETTINGS = ("base_url", "model", "timeout_s", "max_retries", "temperature
                    "structured_output")
 
 
-class GenerateScript(Process):
+class LinksOnlyNewOutputs:
+    """A Process mixin: AiiDA asks the database for the node's outgoing links on every state change, to attach the
+    outputs emitted since; this skips that query when nothing was emitted (most state changes)."""
+
+    def update_outputs(self) -> None:
+        emitted = len(self._flat_outputs())
+        if emitted != getattr(self, "_outputs_linked", -1):  # -1: not known, e.g. just restored from a checkpoint
+            super().update_outputs()
+            self._outputs_linked = emitted
+
+
+class GenerateScript(LinksOnlyNewOutputs, Process):
     _node_class = orm.CalcFunctionNode
 
     @classmethod

@@ -1,6 +1,7 @@
 """Preflight time against real run time, over the LAMMPS example corpus.
 
-For each corpus example (46; `--limit N` for fewer) this measures, in two separate writable temporary copies:
+For each example of the test corpus (tests/corpus.py, built if needed; `--limit N` for fewer) this measures, in
+two separate writable temporary copies:
 
 - `preflight(script, run_dir)`: wall time (and the `lmp -skiprun` part of it);
 - the real run, `lmp -in <input> -log log.lammps -nocite` with OMP_NUM_THREADS=1 and the install's environ().
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -28,7 +28,10 @@ from mdagent_hpc.lammps.install import find_lammps
 from mdagent_hpc.lammps.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("MDAGENT_CORPUS", REPO.parent / "shared" / "corpus" / "lammps-examples"))
+sys.path.insert(0, str(REPO / "tests"))
+from corpus import CorpusError  # noqa: E402  (the test corpus: tests/corpus.py)
+from corpus import build as build_corpus  # noqa: E402
+
 TARGET_S = 0.5
 RUN_TIMEOUT_S = 300
 
@@ -58,10 +61,17 @@ def examples(corpus: Path) -> list[tuple[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, help="only the first N examples")
-    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--corpus", type=Path, help="a folder of examples (default: the test corpus)")
     args = parser.parse_args()
+    if args.corpus is None:
+        try:
+            args.corpus = build_corpus()
+        except CorpusError as exc:
+            print(exc, file=sys.stderr)
+            sys.exit(2)
     if not args.corpus.is_dir():
-        sys.exit(f"no corpus at {args.corpus}; set MDAGENT_CORPUS or pass --corpus")
+        print(f"no corpus at {args.corpus}: pass a folder of examples with --corpus", file=sys.stderr)
+        sys.exit(2)
     install = find_lammps()
     env = install.environ()
     env["OMP_NUM_THREADS"] = "1"

@@ -4,13 +4,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from corpus import CorpusError
+from corpus import build as build_corpus
 
 pytest_plugins = ["openai_server"]  # the fake_openai fixture
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("MDAGENT_CORPUS", REPO.parent / "shared" / "corpus" / "lammps-examples"))
-if not (CORPUS / "manifest.json").is_file():
-    raise RuntimeError(f"no LAMMPS example corpus at {CORPUS}: put ../shared beside the repo or set MDAGENT_CORPUS")
+try:
+    CORPUS = build_corpus()  # LAMMPS examples from Debian with reference logs run here; cached (tests/corpus.py)
+except CorpusError as exc:
+    pytest.exit(str(exc), returncode=2)
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())["examples"]
 
 

@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
 export PATH="$PWD/.venv/bin:$PATH"
+.venv/bin/python tests/corpus.py >/dev/null  # the test corpus, built once and cached (progress on stderr)
 echo "== running tests"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -151,8 +151,8 @@ def test_unknown_command_error_names_the_line(tmp_path):
 
 
 def test_truncated_run_fails_completion():
-    text = (CORPUS / "melt-melt" / "log.8Apr21.melt.g++.1").read_text()
-    ev = evaluate(parse_log(text[: text.index("     150    1.6444751")]))
+    text = (CORPUS / "melt-melt" / "log.reference").read_text()
+    ev = evaluate(parse_log(text[: text.index("       150   1.6444751")]))
     assert ev.grade == Grade.FAIL and "completion" in rules(ev, Severity.ERROR)
     assert "killed" in finding(ev, "completion").message
 

@@ -42,8 +42,8 @@ def test_every_corpus_reference_log_parses(example):
     assert len(log.blocks) == text.count("\nLoop time of ")
     assert all(b.finished and b.rows for b in log.blocks)
     assert all(len(row) == len(b.columns) for b in log.blocks for row in b.rows)
-    reference_blocks = example["pip"]["thermo_blocks_ref_vs_new"][0]
-    if example["name"] == "MC-LOOP-mc":
+    reference_blocks = example["thermo_blocks"]
+    if example["name"] == "MC-mc":
         # the manifest only counted blocks after a memory line; its 3000 `run 1 pre no post no` print none
         assert (reference_blocks, len(log.blocks)) == (3, 3003)
     else:
@@ -51,7 +51,7 @@ def test_every_corpus_reference_log_parses(example):
 
 
 def test_old_single_spaced_log_with_minimization():
-    log = read_log(CORPUS / "min-min" / "log.27Nov18.min.g++.1")
+    log = read_log(Path(__file__).parent / "data" / "log.27Nov18.min.g++.1")  # LAMMPS's reference log of 2018
     md, mini = log.blocks
     assert md.style == "one" and not md.minimization and md.command.split() == ["run", "1000"]
     assert md.column("Step")[-1] == 1000 and md.steps == 1000 and md.atoms == 800
@@ -63,7 +63,7 @@ def test_old_single_spaced_log_with_minimization():
 
 
 def test_multi_style_with_shake_stats_between_records():
-    log = read_log(CORPUS / "peptide-peptide" / "log.27Nov18.peptide.g++.1")
+    log = read_log(CORPUS / "peptide-peptide" / "log.reference")
     (block,) = log.blocks
     assert block.style == "multi"
     assert block.column("Step") == [0, 50, 100, 150, 200, 250, 300]
@@ -73,7 +73,7 @@ def test_multi_style_with_shake_stats_between_records():
 
 
 def test_warnings_inside_a_block_do_not_split_it():
-    log = read_log(CORPUS / "granregion-granregion.box" / "log.27Jun24.granregion.box.g++.1")
+    log = read_log(CORPUS / "granregion-granregion.box" / "log.reference")
     inside = [(line, text) for line, text in log.warnings if log.blocks[0].line < line]
     assert any("Fewer insertions" in text for _, text in inside)
     assert len(log.blocks) == 5 and all(len(b.rows) == 51 for b in log.blocks)
@@ -193,8 +193,8 @@ def test_nan_and_inf_are_kept(tmp_path):
 
 
 def test_truncated_log_has_an_unfinished_last_block(tmp_path):
-    text = (CORPUS / "melt-melt" / "log.8Apr21.melt.g++.1").read_text()
-    cut = text[: text.index("     150    1.6444751")]
+    text = (CORPUS / "melt-melt" / "log.reference").read_text()
+    cut = text[: text.index("       150   1.6444751")]
     log = parse_log(cut)
     assert not log.completed and log.total_wall_time is None and not log.errors
     assert not log.blocks[0].finished and log.blocks[0].column("Step") == [0, 50, 100]

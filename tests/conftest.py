@@ -10,11 +10,17 @@ from corpus import build as build_corpus
 pytest_plugins = ["openai_server"]  # the fake_openai fixture
 
 REPO = Path(__file__).resolve().parents[1]
+CORPUS_ERROR = None
 try:
     CORPUS = build_corpus()  # LAMMPS examples from Debian with reference logs run here; cached (tests/corpus.py)
-except CorpusError as exc:
-    pytest.exit(str(exc), returncode=2)
-MANIFEST = json.loads((CORPUS / "manifest.json").read_text())["examples"]
+    MANIFEST = json.loads((CORPUS / "manifest.json").read_text())["examples"]
+except CorpusError as exc:  # said in one sentence once pytest has started (pytest_configure)
+    CORPUS, MANIFEST, CORPUS_ERROR = Path(), [], str(exc)
+
+
+def pytest_configure(config):
+    if CORPUS_ERROR:
+        pytest.exit(CORPUS_ERROR, returncode=2)
 
 
 def copy_example(src: Path, dest: Path) -> Path:

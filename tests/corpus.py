@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -206,7 +207,7 @@ def _workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def build(timeout: float = 60, quiet: bool = False) -> Path:
+def build(timeout: float = 120, quiet: bool = False) -> Path:
     """The corpus folder, built first if the cache is missing or stale. Safe to call from parallel processes."""
     _require_examples()
     key = cache_key()
@@ -231,10 +232,9 @@ def _build(key: str, timeout: float, quiet: bool) -> None:
     _say(quiet, f"== building the test corpus in {CACHE}: {len(SELECTION)} examples from {EXAMPLES}, "
                 f"{_workers()} at a time")
     start = time.perf_counter()
-    done = 0
+    done = itertools.count(1)
 
     def one(source: str) -> tuple[str, dict]:
-        nonlocal done
         with tempfile.TemporaryDirectory(dir=CACHE.parent) as tmp:
             result = run_example(source, Path(tmp) / "run", timeout)
             if not result["reason"]:
@@ -243,8 +243,7 @@ def _build(key: str, timeout: float, quiet: bool) -> None:
                     (folder / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(Path(tmp) / "run" / rel, folder / rel)
                 (folder / REFERENCE_LOG).write_text(result["log"])
-        done += 1
-        _say(quiet, f"  [{done}/{len(SELECTION)}] {source}: {result['wall_s']:.1f} s"
+        _say(quiet, f"  [{next(done)}/{len(SELECTION)}] {source}: {result['wall_s']:.1f} s"
                     + (f"  SKIPPED: {result['reason']}" if result["reason"] else ""))
         return source, result
 

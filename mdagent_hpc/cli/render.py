@@ -89,7 +89,7 @@ def print_run(run: Run) -> None:
 
 def print_attempt_outcome(attempt: Attempt) -> None:
     if attempt.stage == Stage.GENERATE and not attempt.script:
-        out().print("[bold red]generation failed[/]: the model's answer held no usable script", highlight=False)
+        out().print("[bold red]generation failed[/]: no script to run, because:", highlight=False)
     shown = [d for d in attempt.diagnostics if d.severity != Severity.INFO or not attempt.passed]
     print_diagnostics(shown)
     if attempt.evaluation is not None:

@@ -29,11 +29,12 @@ def show(pk, as_json) -> None:
 @click.option("--task", "task_contains", help="only runs whose task contains this text")
 @click.option("--json", "as_json", is_flag=True, help="print the runs as JSON")
 def runs(limit, verdict, site, task_contains, as_json) -> None:
-    """Recent agent runs: task, verdict, grade, attempts, observables, time."""
-    from rich.table import Table
+    """Recent agent runs: task, verdict, grade, attempts, final temperature, time."""
+    from rich.box import SIMPLE_HEAD
+    from rich.table import Column, Table
 
     from mdagent_hpc import api
-    from mdagent_hpc.cli.render import format_observables, runs_rows
+    from mdagent_hpc.cli.render import UNITS, runs_rows
 
     rows = runs_rows(api.list_runs(limit, verdict=verdict, site=site, task_contains=task_contains))
     if as_json:
@@ -44,9 +45,18 @@ def runs(limit, verdict, site, task_contains, as_json) -> None:
         out().print("no agent runs match" if filtered else
                     "no agent runs yet; start one with `mdagent run \"TASK\"` (or try `mdagent demo`)")
         return
-    table = Table("pk", "task", "verdict", "grade", "attempts", "observables", "started", "s")
+    names = ("pk", "task", "verdict", "grade", "attempts", "T final", "started", "s")
+    table = Table(*(Column(name, no_wrap=True) for name in names), box=SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    room = max(12, min(60, out().width - 62))  # the task gives way on a narrow terminal; the rest fits in 62
     for r in rows:
-        table.add_row(str(r["pk"]), (r["task"] or "")[:60], r["verdict"] or "", r["grade"] or "",
-                      str(r["attempts"]), format_observables(r["observables"], r["units"])[:60], r["ctime"][:19],
-                      "" if r["seconds"] is None else f"{r['seconds']:.1f}")
+        temp = r["observables"].get("temp_final")
+        unit = UNITS.get(r["units"] or "", {}).get("temp", "")
+        table.add_row(str(r["pk"]), _cut(r["task"] or "", room), r["verdict"] or "", r["grade"] or "",
+                      str(r["attempts"]), "" if temp is None else f"{temp:.5g} {unit}".strip(),
+                      r["ctime"][5:16].replace("T", " "), "" if r["seconds"] is None else f"{r['seconds']:.1f}")
     out().print(table)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -159,7 +159,7 @@ def main() -> None:
                   f"{time.monotonic() - start:.1f} s", flush=True)
             measure(server, args.k, args.hang, not args.no_control)
         finally:
-            client.stop_daemon(wait=True)
+            client.stop_daemon(wait=True, timeout=60)  # a loaded machine answers slower than the 2 s default
             print("daemon stopped", flush=True)
 
 

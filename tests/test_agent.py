@@ -208,7 +208,7 @@ def test_daemon_submission(aiida_profile):
             while time.monotonic() < deadline and not orm.load_node(pk).is_terminated:
                 time.sleep(1)
         finally:
-            get_daemon_client().stop_daemon(wait=True)
+            get_daemon_client().stop_daemon(wait=True, timeout=60)  # slower than the 2 s default when loaded
             for key in env:
                 os.environ.pop(key)
     node = orm.load_node(pk)

@@ -50,6 +50,7 @@ def test_request_with_answers_runs_and_passes(path):
     result = subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", "run", "--file", str(path), "--json"],
                             capture_output=True, text=True, env=dict(os.environ), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "[REPORT]" not in result.stderr and "output parser returned" not in result.stderr  # engine log stays quiet
     run = json.loads(result.stdout)
     request = load_request(path)
     assert run["verdict"] == "passed" and run["task"] == request.task

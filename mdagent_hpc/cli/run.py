@@ -72,6 +72,7 @@ def launch(request, *, daemon: bool, as_json: bool) -> None:
         return
     with status("loading the AiiDA profile ...", quiet=as_json):
         api.load_profile()
+    quiet_engine_console()  # stdout carries the result (JSON or text), stderr only what live_reports shows
     if not as_json:
         if request.answers:
             err().print(f"replaying {len(request.answers)} recorded model answer(s)", highlight=False)
@@ -85,6 +86,18 @@ def launch(request, *, daemon: bool, as_json: bool) -> None:
 
 
 REPORT = 23  # AiiDA's REPORT log level
+
+
+def quiet_engine_console() -> None:
+    """Silence AiiDA's console echo of its log (reports, `[WARNING] output parser returned exit code<320>`, ...).
+
+    The records still reach the provenance database (`mdagent verdi process report PK`).
+    """
+    import logging
+
+    for handler in logging.getLogger("aiida").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.CRITICAL + 1)
 
 
 def live_reports() -> None:
@@ -105,9 +118,6 @@ def live_reports() -> None:
             if record.levelno == REPORT and match:
                 err().print(f"[dim]•[/] {message[match.end():]}", highlight=False)
 
-    for handler in logging.getLogger("aiida").handlers:  # AiiDA's console echo of engine lines
-        if isinstance(handler, logging.StreamHandler):
-            handler.setLevel(logging.CRITICAL + 1)
     logger = logging.getLogger("aiida.orm.nodes.process.workflow.workchain.WorkChainNode")
     if not any(type(h).__name__ == "Live" for h in logger.handlers):
         logger.addHandler(Live(level=REPORT))

@@ -23,7 +23,7 @@ def example_path(name: str) -> Path:
     return scripts[name]
 
 
-@click.command()
+@click.command(short_help="Preflight a LAMMPS script without running it.")
 @click.argument("script", type=click.Path(path_type=Path), required=False)
 @click.option("--example", help="check a bundled example instead of SCRIPT (melt, cu-eam)")
 @click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False), help="run folder (default: the script's)")

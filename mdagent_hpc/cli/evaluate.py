@@ -10,7 +10,7 @@ import click
 from mdagent_hpc.cli.main import emit_json
 
 
-@click.command()
+@click.command(short_help="Judge a finished LAMMPS run from its log.")
 @click.argument("log", type=click.Path(path_type=Path))
 @click.option("--script", type=click.Path(path_type=Path), help="the input script, for thermostat targets")
 @click.option("--json", "as_json", is_flag=True, help="print the evaluation as JSON")

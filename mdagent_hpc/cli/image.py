@@ -7,7 +7,7 @@ import click
 from mdagent_hpc.cli.main import UserError, emit_json, out, status
 
 
-@click.group()
+@click.group(short_help="Apptainer images of LAMMPS.")
 def image() -> None:
     """Apptainer images of LAMMPS (see containers/README.md for building, signing and publishing them)."""
 

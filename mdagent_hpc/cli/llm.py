@@ -9,7 +9,7 @@ import click
 from mdagent_hpc.cli.main import UserError, emit_json, err, out, status
 
 
-@click.group()
+@click.group(short_help="The LLM endpoint: check that it answers.")
 def llm() -> None:
     """The LLM endpoint the agent asks for scripts (see docs/llm.md)."""
 

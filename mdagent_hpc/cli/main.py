@@ -66,7 +66,11 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mdagent-hpc")
 def main() -> None:
-    """Plain-language LAMMPS simulations, generated, checked, run and evaluated by an LLM agent."""
+    """Plain-language LAMMPS simulations, generated, checked, run and evaluated by an LLM agent.
+
+    Exit status: 0 clean or passed, 1 the check or run found a failure, 2 bad input or setup.
+    `mdagent COMMAND --help` for each command; docs/cli.md for all, docs/python.md for the Python API.
+    """
     from mdagent_hpc.execution.profile import configure_environment
 
     configure_environment()  # before anything imports AiiDA, which reads AIIDA_PATH once

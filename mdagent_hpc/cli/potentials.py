@@ -10,7 +10,7 @@ import click
 from mdagent_hpc.cli.main import emit_json, out
 
 
-@click.group()
+@click.group(short_help="Potential files available here.")
 def potentials() -> None:
     """Search the potential files available here."""
 

@@ -13,7 +13,7 @@ DEMO_TASK = "Heat a small Cu crystal with EAM to 800 K in NVT and report its tem
 DEMO_ANSWERS = ("wrong-potential.lammps", "lost-atoms.lammps", "good.lammps")
 
 
-@click.command()
+@click.command(short_help="Generate, check, run and evaluate LAMMPS for a task.")
 @click.argument("task", required=False)
 @click.option("--file", "request_file", type=click.Path(path_type=Path),
               help="a request file (YAML: task, site, model, loop, limits, answers), e.g. workflows/requests/NAME.yaml")
@@ -34,7 +34,7 @@ def run(task, request_file, site_name, daemon, max_attempts, model, as_json) -> 
     launch(request, daemon=daemon, as_json=as_json)
 
 
-@click.command()
+@click.command(short_help="The whole loop with a replayed model (no endpoint).")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def demo(as_json) -> None:
     """The whole loop with a replayed model: a wrong potential file, then lost atoms, then a good script.

@@ -7,7 +7,7 @@ import click
 from mdagent_hpc.cli.main import emit_json, out
 
 
-@click.command()
+@click.command(short_help="One run, attempt by attempt, with its observables.")
 @click.argument("pk", type=int)
 @click.option("--json", "as_json", is_flag=True, help="print the run as JSON")
 def show(pk, as_json) -> None:
@@ -22,7 +22,7 @@ def show(pk, as_json) -> None:
         print_run(result)
 
 
-@click.command()
+@click.command(short_help="Recent agent runs.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--verdict", type=click.Choice(["running", "passed", "failed"]), help="only runs with this verdict")
 @click.option("--site", help="only runs on this site")

@@ -21,12 +21,12 @@ def find_site(name: str):
         raise UserError(str(exc)) from None
 
 
-@click.group()
+@click.group(short_help="Clusters and machines LAMMPS runs on.")
 def site() -> None:
     """Clusters and machines LAMMPS runs on (site configs)."""
 
 
-@site.command("add")
+@site.command("add", short_help="Validate and keep a site config; set up its AiiDA code.")
 @click.argument("file", type=click.Path(path_type=Path))
 def add(file) -> None:
     """Validate FILE, keep it as your site config, and create or update its AiiDA computer and code."""
@@ -48,7 +48,7 @@ def add(file) -> None:
     out().print(f"next: `mdagent site test {config.name}`", highlight=False)
 
 
-@site.command("list")
+@site.command("list", short_help="The site configs found.")
 @click.option("--json", "as_json", is_flag=True, help="print the sites as JSON")
 def list_sites(as_json) -> None:
     """The site configs found (your folder, MDAGENT_SITE_CONFIGS, the bundled ones), first one of a name wins."""
@@ -78,7 +78,7 @@ def list_sites(as_json) -> None:
     out().print(table)
 
 
-@site.command("test")
+@site.command("test", short_help="Connect, submit a 1-step job, read it back, timed.")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="print the stages as JSON")
 def probe(name, as_json) -> None:

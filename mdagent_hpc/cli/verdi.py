@@ -12,8 +12,8 @@ import click
 from mdagent_hpc.cli.main import UserError, emit_json, out, status
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                 "help_option_names": []})
+@click.command(short_help="AiiDA's verdi on mdagent's profile.",
+               context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def verdi(args) -> None:
     """Run AiiDA's `verdi ARGS...` on mdagent's profile, e.g. `mdagent verdi process list -a`.
@@ -34,7 +34,7 @@ def verdi(args) -> None:
 DAEMON_TIMEOUT_S = 60  # circus answers slowly on a loaded machine; AiiDA's default is 2 s
 
 
-@click.group()
+@click.group(short_help="See, start and stop the AiiDA daemon.")
 def daemon() -> None:
     """The AiiDA daemon that `mdagent run --daemon` starts: see it, start it, stop it."""
 

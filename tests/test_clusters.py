@@ -474,21 +474,21 @@ def test_daemon_restart_mid_run_loses_nothing(sites):
     from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
 
     client = get_daemon_client()
-    client.start_daemon(number_workers=1)
+    client.start_daemon(number_workers=1, timeout=60)
     try:
         node = submit(LammpsBaseWorkChain, **job_inputs("slurm-local", good(steps=30000)))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not jobs():
             time.sleep(0.2)
         assert jobs(), "the LAMMPS job never started"
-        client.stop_daemon(wait=True)
+        client.stop_daemon(wait=True, timeout=60)  # a loaded machine answers slower than the 2 s default
         time.sleep(2.0)
-        client.start_daemon(number_workers=1)
+        client.start_daemon(number_workers=1, timeout=60)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not orm.load_node(node.pk).is_terminated:
             time.sleep(1)
     finally:
-        client.stop_daemon(wait=True)
+        client.stop_daemon(wait=True, timeout=60)  # a loaded machine answers slower than the 2 s default
     node = orm.load_node(node.pk)
     assert node.is_finished_ok, node.exit_message
     (calc,) = jobs_of(node)

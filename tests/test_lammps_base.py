@@ -87,3 +87,35 @@ def test_no_log_is_lammps_failing_too(code):
                                                     "metadata": {"options": {"max_wallclock_seconds": 60}}})
     assert node.exit_status == 410 and node.called[0].exit_status == 310  # ERROR_NO_LOG
     assert "job" in node.outputs and "retrieved" in node.outputs
+
+
+def test_a_killed_job_counts_as_cancelled(code):
+    """`verdi process kill` on the LAMMPS job (through the daemon): the site's cancellation policy applies."""
+    import time
+
+    from aiida import orm
+    from aiida.engine import submit
+    from aiida.engine.daemon.client import get_daemon_client
+    from aiida.engine.processes.control import kill_processes
+
+    from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
+
+    script = orm.SinglefileData(io.BytesIO(lj_script(8, 400000).encode()), filename="in.lammps")
+    client = get_daemon_client()
+    client.start_daemon(number_workers=1, timeout=60)
+    try:
+        node = submit(LammpsBaseWorkChain, lammps={"code": code, "script": script,
+                                                   "metadata": {"options": {"max_wallclock_seconds": 600}}},
+                      on_failure=orm.Dict({"cancelled": "fail"}))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (node.called and node.called[0].get_job_id()):
+            time.sleep(0.3)
+        kill_processes([node.called[0]], timeout=60)
+        while time.monotonic() < deadline and not node.is_terminated:
+            time.sleep(0.3)
+    finally:
+        client.stop_daemon(wait=True, timeout=60)
+    assert node.called[0].is_killed
+    assert node.exit_status == 420 and "cancelled" in node.exit_message
+    job = node.outputs.job.get_dict()
+    assert job["fault"] == "cancelled" and job["action"] == "fail" and job["job_id"] == node.called[0].get_job_id()

@@ -130,7 +130,7 @@ def test_cli_check_json_and_exit_codes(tmp_path):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda p: p / "missing.in", "no such file"),
+    (lambda p: p / "missing.in", "no such script"),
     (lambda p: (p / "bin.in").write_bytes(b"\x7fELF\x00\x00") and p / "bin.in", "binary file"),
     (lambda p: p, "is a folder"),
 ])

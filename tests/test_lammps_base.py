@@ -5,6 +5,7 @@ The scheduler faults need a scheduler: they are in test_clusters.py; the fault t
 
 import io
 
+import psutil
 import pytest
 
 from mdagent_hpc.execution.probe import lj_script
@@ -110,12 +111,16 @@ def test_a_killed_job_counts_as_cancelled(code):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (node.called and node.called[0].get_job_id()):
             time.sleep(0.3)
+        job = psutil.Process(int(node.called[0].get_job_id()))
+        while time.monotonic() < deadline and not any(p.name() == "lmp" for p in job.children(recursive=True)):
+            time.sleep(0.3)  # LAMMPS runs (killed before it starts, the sandbox could outlive the job script)
         kill_processes([node.called[0]], timeout=60)
         while time.monotonic() < deadline and not node.is_terminated:
             time.sleep(0.3)
     finally:
         client.stop_daemon(wait=True, timeout=60)
     assert node.called[0].is_killed
+    assert not psutil.pid_exists(int(node.called[0].get_job_id()))  # the job itself was stopped
     assert node.exit_status == 420 and "cancelled" in node.exit_message
     job = node.outputs.job.get_dict()
     assert job["fault"] == "cancelled" and job["action"] == "fail" and job["job_id"] == node.called[0].get_job_id()

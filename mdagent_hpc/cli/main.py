@@ -7,9 +7,12 @@ so `mdagent --help` and `mdagent check` start fast.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib
 import json
+import os
+import sys
 
 import click
 
@@ -45,6 +48,15 @@ class LazyGroup(click.Group):
     The API's `MDAgentError` (one sentence about a user mistake) becomes a `UserError` here, once for all commands.
     """
 
+    def main(self, args=None, **kwargs):
+        if args is None:  # the real command line (a test runner passes args): end without the module teardown
+            atexit.register(_end_now)
+        try:
+            return super().main(args, **kwargs)
+        except SystemExit as exc:
+            _exit_status["code"] = exc.code
+            raise
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
@@ -61,6 +73,26 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except MDAgentError as exc:
             raise UserError(str(exc)) from None
+
+
+_exit_status: dict[str, object] = {"code": 1}  # an exception that is not SystemExit ends with 1, as Python does
+
+
+def _end_now() -> None:
+    """The last exit handler (registered before AiiDA is imported, so it runs after AiiDA's own): flush and end.
+
+    Once AiiDA, SQLAlchemy and pydantic are loaded, the interpreter's teardown of their modules takes half a second
+    to seconds after the command is done; nothing in it is needed once the exit handlers have run.
+    """
+    code = _exit_status["code"]
+    if "logging" in sys.modules:  # flush and close log handlers, as the interpreter's own exit would
+        sys.modules["logging"].shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`mdagent runs | head`)
+            pass
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -74,6 +74,14 @@ def test_check_starts_without_aiida(tmp_path):
     assert result.returncode == 0, result.stderr + result.stdout
 
 
+@pytest.mark.parametrize("module", ["main", "check", "evaluate", "potentials", "run", "runs", "site", "image", "llm",
+                                    "verdi", "render"])
+def test_each_command_module_imports_on_its_own_without_aiida(module):
+    code = f"import sys, mdagent_hpc.cli.{module}; assert 'aiida' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize("name", ["run", "demo", "show", "runs", "check", "evaluate", "potentials", "site", "image",
                                   "llm", "daemon"])
 def test_every_command_has_help(name):

@@ -247,7 +247,8 @@ def preflight(script_path: Path, run_dir: Path | None = None, *, limits: Limits 
             lammps = install or find_lammps()
             dry_diags, skiprun_seconds, _ = dry_run(script, run_dir, lammps, limits, stage)
             if any(d.code == "preflight.skiprun_limit" for d in dry_diags):
-                dry_diags = _past_artifacts(script, run_dir, lammps, limits, stage, dry_diags)
+                dry_diags, more = _past_artifacts(script, run_dir, lammps, limits, stage, dry_diags)
+                skiprun_seconds += more
         except ScriptError as exc:
             dry_diags = [Diagnostic(severity=Severity.ERROR, code="preflight.copy", message=str(exc))]
         diags = merge_diagnostics(script, diags, dry_diags)
@@ -257,18 +258,18 @@ def preflight(script_path: Path, run_dir: Path | None = None, *, limits: Limits 
 
 
 def _past_artifacts(script: ParsedScript, run_dir: Path, install: LammpsInstall, limits: Limits,
-                    stage: dict[str, Path], skipped: list[Diagnostic]) -> list[Diagnostic]:
+                    stage: dict[str, Path], skipped: list[Diagnostic]) -> tuple[list[Diagnostic], float]:
     """-skiprun stopped at a value only a run computes: dry-run again with every run made a `run 0`.
 
     A `run 0` only sets up (neighbor lists, one force evaluation), so it is cheap; its errors are real ones.
     When that second pass cannot finish (a loop waiting for steps that never come), the artefact stays a
     warning and the rest of the script is checked only by the real run.
     """
-    setup, _, _ = dry_run(script, run_dir, install, limits, stage, setup_runs=True)
+    setup, seconds, _ = dry_run(script, run_dir, install, limits, stage, setup_runs=True)
     if any(d.code in ("preflight.timeout", "preflight.crash") for d in setup):
-        return skipped
+        return skipped, seconds
     return [d for d in skipped if d.code == "preflight.skiprun_limit"] + [
-        d for d in setup if d.code != "preflight.skiprun_limit"]
+        d for d in setup if d.code != "preflight.skiprun_limit"], seconds
 
 
 def _order(script: ParsedScript) -> dict[tuple[str | None, int | None], int]:

@@ -50,8 +50,10 @@ TARGET_CAUGHT, TARGET_AT_LINE = 0.95, 0.90
 def test_corpus() -> tuple[Path, list[dict]]:
     """The corpus folder and manifest examples, exactly as the tests find them."""
     sys.path.insert(0, str(REPO / "tests"))
-    from conftest import CORPUS, MANIFEST  # noqa: PLC0415  (the tests' own locating code)
+    from conftest import CORPUS, CORPUS_ERROR, MANIFEST  # noqa: PLC0415  (the tests' own locating code)
 
+    if CORPUS_ERROR:
+        sys.exit(f"no test corpus: {CORPUS_ERROR}")
     return Path(CORPUS), list(MANIFEST)
 
 

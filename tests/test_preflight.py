@@ -231,3 +231,19 @@ def test_an_error_in_one_of_several_identical_commands_points_at_the_one_that_ra
     text = "velocity all create 1.0 1\n" + SETUP + PAIR + "velocity all create 1.0 1\nrun 0\n"
     report = preflight(write(tmp_path, text))
     assert errors(report) == [("lammps.error", 1)] and "box" in report.diagnostics[0].message
+
+
+def test_dry_run_copies_what_the_script_reads_not_the_folder_below_it(tmp_path):
+    """A script in a busy folder (/tmp, a home folder): only its files go to the dry run, subfolders it reads too."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "table.txt").write_text("1 2\n")
+    junk = tmp_path / "other-project"
+    junk.mkdir()
+    (junk / "big.bin").write_bytes(b"\0" * 1024)
+    script = write(tmp_path, SETUP + "pair_style lj/cut 2.5\npair_coeff 1 1 1 1\n"
+                   "variable t file data/table.txt\nprint \"${t}\"\nrun 0\n")
+    report = preflight(script)
+    assert report.ok, [d.render() for d in report.diagnostics]
+    (tmp_path / "data" / "table.txt").unlink()
+    missing = preflight(script)
+    assert not missing.ok and "data/table.txt" in " ".join(d.message for d in missing.diagnostics)

@@ -90,17 +90,29 @@ def find_command(script: ParsedScript, text: str, occurrence: int = 0) -> Comman
         (c for c in reversed(script.commands) if c.name == target.split()[0]), None)
 
 
-def _copy_run_dir(src: Path, dest: Path) -> None:
+def _copy_run_dir(src: Path, dest: Path, script: ParsedScript) -> None:
+    """Copy what the dry run may read: the files at the top of the run folder and every file the script reads.
+
+    Not the whole tree: a script in /tmp or a home folder would drag everything below it along (and /tmp holds
+    the scratch folder itself).
+    """
+    wanted = {p for p in src.iterdir() if p.is_file() and not p.is_symlink()}
+    wanted |= {src / f.path for f in script.files if f.mode == "read" and not Path(f.path).is_absolute()}
+    wanted |= {src / c.file for c in script.commands}
     total = 0
-    for path in src.rglob("*"):
-        if path.is_file() and not path.is_symlink():
+    for path in sorted(wanted):
+        try:
+            if not path.is_file() or dest in path.parents or src.resolve() not in path.resolve().parents:
+                continue
             total += path.stat().st_size
             if total > MAX_COPY_BYTES:
-                raise ScriptError(f"the run folder {src} holds over {MAX_COPY_BYTES // 1024**3} GB; "
+                raise ScriptError(f"the run folder {src} holds over {MAX_COPY_BYTES // 1024**3} GB of files; "
                                   "keep only the files the script reads there")
             target = dest / path.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
+        except FileNotFoundError:  # another program's file, gone while we looked
+            continue
 
 
 def _limit_memory() -> None:
@@ -138,7 +150,7 @@ def dry_run(script: ParsedScript, run_dir: Path, install: LammpsInstall, limits:
     with tempfile.TemporaryDirectory(prefix="mdagent-preflight-") as tmp:
         scratch = Path(tmp) / "run"
         scratch.mkdir()
-        _copy_run_dir(run_dir, scratch)
+        _copy_run_dir(run_dir, scratch, script)
         for name, path in stage.items():
             if not (scratch / name).exists():
                 shutil.copyfile(path, scratch / name)

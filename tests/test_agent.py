@@ -244,3 +244,42 @@ def test_request_api_replays_answers_reads_and_lists_runs(aiida_profile):
         agent_inputs(Request(task=TASK, site="nowhere"))
     with pytest.raises(LaunchError, match="recorded answers"):
         submit_request(request)
+
+
+LONG_LJ = json.dumps({"script": "units lj\nlattice fcc 0.8442\nregion box block 0 8 0 8 0 8\ncreate_box 1 box\n"
+                      "create_atoms 1 box\nmass 1 1.0\nvelocity all create 1.0 87287 loop geom\n"
+                      "pair_style lj/cut 2.5\npair_coeff 1 1 1.0 1.0 2.5\nfix 1 all nve\nthermo 1000\n"
+                      "run 5000000\n", "files": [], "potentials": [], "notes": ""})
+
+
+def test_ctrl_c_during_the_job_cancels_it_and_closes_every_node(aiida_profile):
+    import psutil
+    from aiida import orm
+
+    started = time.time()
+    with FakeOpenAIServer([LONG_LJ]) as server:
+        proc = subprocess.Popen([sys.executable, "-m", "mdagent_hpc.cli", "run", TASK], env={
+            **os.environ, **llm_env(server)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        calc, deadline = None, time.monotonic() + 120
+        while calc is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+            qb = orm.QueryBuilder().append(orm.CalcJobNode, filters={"ctime": {">": _utc(started)}}, project=["*"])
+            calc = next((n for (n,) in qb.all() if n.get_job_id()), None)
+        assert calc is not None, "the LAMMPS job never started"
+        job = psutil.Process(int(calc.get_job_id()))
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    job.wait(timeout=30)  # raises if the job outlives its run
+    calc = orm.load_node(calc.pk)
+    run = calc.caller.caller
+    assert run.process_label == "AgentWorkChain" and run.is_killed
+    assert all(n.is_terminated for n in run.called_descendants), [n.process_state for n in run.called_descendants]
+    assert calc.is_killed and calc.is_sealed
+
+
+def _utc(timestamp: float):
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)

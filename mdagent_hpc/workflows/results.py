@@ -33,9 +33,10 @@ def read_run(node_or_pk) -> Run:
     passed = next((a for a in attempts if a.passed), None)
     state = node.process_state.value if node.process_state else None
     verdict = "passed" if node.is_finished_ok else "failed" if node.is_terminated else "running"
+    reason = node.exit_message or (node.process_status if node.is_killed or node.is_excepted else None)
     end = node.mtime if node.is_terminated else datetime.now(tz=node.ctime.tzinfo)
     return Run(pk=node.pk, uuid=node.uuid, task=node.inputs.task.value, site=node.inputs.site.get("name", "local"),
-               state=state, exit_status=node.exit_status, exit_message=node.exit_message, verdict=verdict,
+               state=state, exit_status=node.exit_status, exit_message=reason, verdict=verdict,
                ctime=node.ctime.isoformat(timespec="seconds"), seconds=round((end - node.ctime).total_seconds(), 1),
                script=passed.script if passed else None, evaluation=passed.evaluation if passed else None,
                attempts=attempts)

@@ -1,0 +1,58 @@
+"""The layers of docs/architecture.md: what each part of the package may import (inside functions too)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mdagent_hpc"
+
+# layer -> the layers of ours it may import; third-party engines are checked separately below
+ALLOWED = {
+    "models": set(),
+    "home": set(),
+    "lammps": {"models", "home"},
+    "llm": {"models", "home"},
+    "agent": {"models", "lammps", "llm"},
+    "execution": {"models", "home", "lammps", "agent", "workflows"},  # workflows: only the site probe's CalcJob
+    "workflows": {"models", "home", "lammps", "llm", "agent", "execution"},
+    "api": {"models", "home", "lammps", "llm", "agent", "execution", "workflows"},
+    "cli": {"models", "home", "lammps", "llm", "agent", "execution", "workflows", "api"},
+}
+ENGINES = ("aiida", "plumpy", "parsl", "openai", "httpx", "requests", "fastapi")
+PURE = {"models", "lammps", "agent"}  # no engine at all
+ENGINE_FREE_LLM = {"prompts.py"}  # the prompt builder is pure too: the agent's feedback uses it
+
+
+def layer_of(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0].removesuffix(".py") if rel.parts[0] != "__init__.py" else "api"
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if layer_of(p) in ALLOWED)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_module_imports_only_what_its_layer_may(path):
+    layer = layer_of(path)
+    for name in imports(path):
+        parts = name.split(".")
+        if parts[0] == "mdagent_hpc" and len(parts) > 1:
+            target = parts[1]
+            assert target == layer or target in ALLOWED[layer], f"{layer} may not import {name}"
+        if layer in PURE or (layer == "llm" and path.name in ENGINE_FREE_LLM):
+            assert parts[0] not in ENGINES, f"{path.name} is in the pure core but imports {name}"
+
+
+def test_the_layer_table_covers_every_package():
+    assert {layer_of(p) for p in PACKAGE.rglob("*.py")} <= set(ALLOWED) | {"__main__"}

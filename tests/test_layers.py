@@ -12,7 +12,7 @@ ALLOWED = {
     "models": set(),
     "home": set(),
     "lammps": {"models", "home"},
-    "llm": {"models", "home"},
+    "llm": {"models", "home", "lammps"},  # lammps.elements: the one periodic table
     "agent": {"models", "lammps", "llm"},
     "execution": {"models", "home", "lammps", "agent", "workflows"},  # workflows: only the site probe's CalcJob
     "workflows": {"models", "home", "lammps", "llm", "agent", "execution"},

@@ -6,6 +6,7 @@ import re
 
 from pydantic import BaseModel, Field
 
+from mdagent_hpc.lammps.elements import SYMBOL_SET
 from mdagent_hpc.models import Attempt, Limits
 
 
@@ -144,12 +145,6 @@ def _render_history(history: list[Attempt], budget_tokens: int) -> str:
 
 # --- element symbols in a task -------------------------------------------------------------------
 
-_SYMBOLS = set(
-    "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr "
-    "Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm "
-    "Yb Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md "
-    "No Lr".split()
-)
 _NAMES = {
     name: sym
     for sym, names in (
@@ -188,7 +183,7 @@ def _formula(word: str) -> list[str]:
     """Symbols if `word` is an element or formula (Cu, Cu3Au, SiO2, Cu50Zr50), else []."""
     word = word.rstrip(".")
     parts = _FORMULA_PART.findall(word)
-    if not parts or "".join(s + n for s, n in parts) != word or any(s not in _SYMBOLS for s, _ in parts):
+    if not parts or "".join(s + n for s, n in parts) != word or any(s not in SYMBOL_SET for s, _ in parts):
         return []
     if len(parts) > 1 and word.isupper() and not any(n for _, n in parts):
         return []  # an acronym: FCC, BCC, HCP, CPU, OK

@@ -42,6 +42,7 @@ def make_request(task: str | Request, *, site: str | None = None, model: str | N
     """A `Request` from a task sentence (or a copy of a request) with the given fields replaced."""
     from pydantic import ValidationError
 
+    from mdagent_hpc.configfile import explain
     from mdagent_hpc.models import Request
 
     if isinstance(task, Request):
@@ -59,107 +60,18 @@ def make_request(task: str | Request, *, site: str | None = None, model: str | N
     try:
         return Request.model_validate(data)
     except ValidationError as exc:
-        raise MDAgentError(_validation_sentence(exc, {})) from None
+        raise MDAgentError(explain(exc.errors()[0], Request)) from None
 
 
 def load_request(path: str | Path) -> Request:
-    """Read a request file (YAML with the fields of `Request`); a bad file is one sentence with file:line."""
-    import yaml
-    from pydantic import ValidationError
-
+    """Read a request file (YAML with the fields of `Request`); a bad file names file:line: key for each problem."""
+    from mdagent_hpc.configfile import ConfigFileError, load_config
     from mdagent_hpc.models import Request
 
-    path = Path(path)
-    if path.is_dir():
-        raise MDAgentError(f"{path} is a folder; give a request file such as workflows/requests/demo.yaml")
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise MDAgentError(f"{path}: no such request file") from None
-    except UnicodeDecodeError:
-        raise MDAgentError(f"{path} is not a text file; a request file is YAML with a task") from None
-    except OSError as exc:
-        raise MDAgentError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or "unreadable"
-        raise MDAgentError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML ({problem})") from None
-    if not isinstance(data, dict):
-        got = "nothing" if data is None else type(data).__name__
-        raise MDAgentError(f"{path}:1: a request file is a mapping with at least `task:`, got {got}")
-    lines = _key_lines(root)
-    unknown = next(_unknown_keys(data, Request), None)
-    if unknown is not None:
-        known = ", ".join(_model_at(Request, unknown[:-1]).model_fields)
-        raise MDAgentError(f"{path}:{lines.get(unknown, 1)}: {'.'.join(map(str, unknown))}: unknown key; "
-                           f"known: {known}")
-    try:
-        return Request.model_validate(data)
-    except ValidationError as exc:
-        raise MDAgentError(f"{path}:{_validation_sentence(exc, lines)}") from None
-
-
-def _key_lines(node, at: tuple = (), lines: dict | None = None) -> dict[tuple, int]:
-    """Each key path of a YAML document -> the 1-based line where it is written."""
-    import yaml
-
-    lines = {} if lines is None else lines
-    lines.setdefault(at, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            lines[(*at, key_node.value)] = key_node.start_mark.line + 1
-            _key_lines(value_node, (*at, key_node.value), lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _key_lines(item, (*at, i), lines)
-    return lines
-
-
-def _nested_model(field):
-    """The pydantic model a field holds (`Limits | None` -> Limits), or None."""
-    from typing import get_args
-
-    from pydantic import BaseModel
-
-    for kind in (field.annotation, *get_args(field.annotation)):
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            return kind
-    return None
-
-
-def _model_at(model, at: tuple):
-    for key in at:
-        model = _nested_model(model.model_fields[key])
-    return model
-
-
-def _unknown_keys(data: dict, model, at: tuple = ()):
-    """Key paths in `data` that `model` (and the models of its fields) does not have: sections too, not only the top."""
-    for key, value in data.items():
-        field = model.model_fields.get(key)
-        if field is None:
-            yield (*at, key)
-        elif isinstance(value, dict) and (nested := _nested_model(field)) is not None:
-            yield from _unknown_keys(value, nested, (*at, key))
-
-
-def _validation_sentence(exc, lines: dict[tuple, int]) -> str:
-    """The first validation problem as `LINE: key: message` (or `key: message` without line numbers)."""
-    error = exc.errors()[0]
-    loc = tuple(error["loc"])
-    known = loc
-    while known and known not in lines:
-        known = known[:-1]
-    key = ".".join(map(str, loc)) or "(top)"
-    if error["type"] == "missing":
-        message = "required key is missing"
-    else:
-        message = error["msg"].removeprefix("Value error, ")
-    sentence = f"{key}: {message}"
-    return f"{lines.get(known, 1)}: {sentence}" if lines else sentence
+        return load_config(path, Request, "a request file")
+    except ConfigFileError as exc:
+        raise MDAgentError(str(exc)) from None
 
 
 def run(task: str | Request, *, site: str | None = None, model: str | None = None,
@@ -170,14 +82,7 @@ def run(task: str | Request, *, site: str | None = None, model: str | None = Non
     instead of asking an endpoint. Returns the finished `Run` (look at `.verdict`, `.script`, `.observables`).
     """
     request = make_request(task, site=site, model=model, max_attempts=max_attempts, answers=answers)
-    load_profile()
-    from mdagent_hpc.workflows.launch import LaunchError, run_request
-
-    try:
-        node = run_request(request)
-    except LaunchError as exc:
-        raise MDAgentError(str(exc)) from None
-    return get_run(node.pk)
+    return _launch(request, daemon=False)
 
 
 def submit(task: str | Request, *, site: str | None = None, model: str | None = None,
@@ -186,11 +91,16 @@ def submit(task: str | Request, *, site: str | None = None, model: str | None = 
     request = make_request(task, site=site, model=model, max_attempts=max_attempts)
     if request.answers:
         raise MDAgentError("a request with recorded answers runs in this process; use run(), not submit()")
+    return _launch(request, daemon=True)
+
+
+def _launch(request: Request, daemon: bool) -> Run:
+    """Start the agent run in this process (waiting for it) or hand it to the daemon; the `Run` as it is then."""
     load_profile()
-    from mdagent_hpc.workflows.launch import LaunchError, submit_request
+    from mdagent_hpc.workflows.launch import LaunchError, run_request, submit_request
 
     try:
-        node = submit_request(request)
+        node = (submit_request if daemon else run_request)(request)
     except LaunchError as exc:
         raise MDAgentError(str(exc)) from None
     return get_run(node.pk)

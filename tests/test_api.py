@@ -70,10 +70,19 @@ def test_load_request_reads_a_file_and_names_the_line_of_a_mistake(tmp_path):
     assert request.answers is None and request.limits.max_atoms == 10000 and "Cu" in request.task
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"task: {TASK}\nloop:\n  max_attempts: 3\n  patience: 2\n")
-    with pytest.raises(MDAgentError, match=r"bad.yaml:4: loop.patience: unknown key; known: max_attempts"):
+    with pytest.raises(MDAgentError, match=r"bad.yaml:4: loop.patience: unknown key; allowed: max_attempts, "):
         load_request(bad)
     with pytest.raises(MDAgentError, match="is a folder"):
         load_request(tmp_path)
+    # every problem, each at its line: also in sections whose models allow extras (limits), and duplicate keys
+    bad.write_text(f"task: {TASK}\nlimits:\n  max_atom: 5\nsite: a\nsite: b\n")
+    with pytest.raises(MDAgentError) as info:
+        load_request(bad)
+    assert str(info.value).splitlines() == [
+        f"{bad}:3: limits.max_atom: unknown key (did you mean max_atoms?); allowed: max_atoms, max_steps, "
+        "max_walltime_s, skiprun_timeout_s",
+        f"{bad}:5: site: duplicate key (first at line 4)",
+    ]
 
 
 # -- running and reading runs ---------------------------------------------------------------------------------

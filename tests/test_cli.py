@@ -155,13 +155,13 @@ def test_potentials_find_needs_element_symbols():
 
 # -- request files --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, says", [
-    ("task: a: b\n", ":1: not valid YAML"),
+    ("task: a: b\n", ":1: YAML syntax error"),
     ("task: Heat a small Cu crystal to 800 K\nsite: local\nloops:\n  max_attempts: 2\n",
-     ":3: loops: unknown key; known: task, site"),
+     ":3: loops: unknown key (did you mean loop?); allowed: task, site"),
     ("site: local\nmodel: m\n", ":1: task: required key is missing"),
     ("task: Heat a small Cu crystal to 800 K\nloop:\n  max_attempts: 0\n", ":3: loop.max_attempts"),
-    ("- task: a list\n", ":1: a request file is a mapping"),
-    ("", "got nothing"),
+    ("- task: a list\n", ":1: expected a mapping of keys at the top, got a list"),
+    ("", ":1: the file is empty; a request file needs at least task"),
 ])
 def test_bad_request_files(tmp_path, text, says):
     path = tmp_path / "request.yaml"
@@ -173,7 +173,7 @@ def test_request_file_that_is_binary_or_missing(tmp_path):
     path = tmp_path / "request.yaml"
     path.write_bytes(b"\xff\xfe\x00\x01")
     one_sentence(mdagent("run", "--file", str(path)), str(path), "not a text file")
-    one_sentence(mdagent("run", "--file", str(tmp_path / "none.yaml")), "no such request file")
+    one_sentence(mdagent("run", "--file", str(tmp_path / "none.yaml")), ": no such file")
 
 
 def test_run_needs_a_task_or_a_file(tmp_path):

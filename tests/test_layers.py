@@ -10,17 +10,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mdagent_hpc"
 # layer -> the layers of ours it may import; third-party engines are checked separately below
 ALLOWED = {
     "models": set(),
-    "home": set(),
-    "lammps": {"models", "home"},
-    "llm": {"models", "home", "lammps"},  # lammps.elements: the one periodic table
-    "agent": {"models", "lammps", "llm"},
-    "execution": {"models", "home", "lammps", "agent", "workflows"},  # workflows: only the site probe's CalcJob
-    "workflows": {"models", "home", "lammps", "llm", "agent", "execution"},
-    "api": {"models", "home", "lammps", "llm", "agent", "execution", "workflows"},
-    "cli": {"models", "home", "lammps", "llm", "agent", "execution", "workflows", "api"},
+    "configfile": {"models"},  # reading a YAML file into a model, with line numbers: for every layer below
+    "home": {"configfile"},
+    "lammps": {"models", "configfile", "home"},
+    "llm": {"models", "configfile", "home", "lammps"},  # lammps.elements: the one periodic table
+    "agent": {"models", "configfile", "lammps", "llm"},
+    # execution imports workflows only for the site probe's CalcJob
+    "execution": {"models", "configfile", "home", "lammps", "agent", "workflows"},
+    "workflows": {"models", "configfile", "home", "lammps", "llm", "agent", "execution"},
+    "api": {"models", "configfile", "home", "lammps", "llm", "agent", "execution", "workflows"},
+    "cli": {"models", "configfile", "home", "lammps", "llm", "agent", "execution", "workflows", "api"},
 }
 ENGINES = ("aiida", "plumpy", "parsl", "openai", "httpx", "requests", "fastapi")
-PURE = {"models", "lammps", "agent"}  # no engine at all
+PURE = {"models", "configfile", "lammps", "agent"}  # no engine at all
 ENGINE_FREE_LLM = {"prompts.py"}  # the prompt builder is pure too: the agent's feedback uses it
 
 

@@ -7,26 +7,24 @@ and never create nodes.
 
 from __future__ import annotations
 
-import difflib
 import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from mdagent_hpc.configfile import ConfigFileError, load_config
 from mdagent_hpc.home import mdagent_home
 from mdagent_hpc.models import Limits
 
@@ -253,108 +251,10 @@ class SiteConfig(_Strict):
 
 def load_site(path: str | Path) -> SiteConfig:
     """Read and validate a site config; raise `SiteConfigError` naming file, line and key for every problem."""
-    path = Path(path)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SiteConfigError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise SiteConfigError(f"{path}: not a text file; a site config is YAML") from None
-    except OSError as exc:
-        raise SiteConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        raise SiteConfigError(f"{path}:{line}: YAML syntax error: {exc.problem or exc.context}") from None
-    except yaml.YAMLError:  # a reader error: control characters, which no YAML text holds
-        raise SiteConfigError(f"{path}: not a text file (it holds control characters); a site config is YAML") \
-            from None
-    if data is None:
-        raise SiteConfigError(f"{path}:1: the file is empty; a site config needs at least name and scheduler")
-    if not isinstance(data, dict):
-        kind = "a list" if isinstance(data, list) else f"{type(data).__name__} {data!r}"
-        raise SiteConfigError(f"{path}:{root.start_mark.line + 1}: expected a mapping of keys at the top, got {kind}")
-
-    lines: dict[tuple[str | int, ...], int] = {}
-    problems: list[tuple[int, str]] = []
-    _index(root, (), lines, problems)
-    try:
-        site = SiteConfig.model_validate(data)
-    except ValidationError as exc:
-        problems += [_explain(error, lines) for error in exc.errors()]
-    if problems:
-        raise SiteConfigError([f"{path}:{line}: {msg}" for line, msg in sorted(problems, key=lambda p: p[0])])
-    return site
-
-
-def _index(node: yaml.Node, at: tuple[str | int, ...], lines: dict, problems: list[tuple[int, str]]) -> None:
-    """Map each key path to the line of its key (or list item), and note duplicate keys."""
-    lines.setdefault(at, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            line = key_node.start_mark.line + 1
-            if (*at, key) in lines:
-                problems.append((line, f"{_dotted((*at, key))}: duplicate key (first at line {lines[(*at, key)]})"))
-                continue
-            lines[(*at, key)] = line
-            _index(value_node, (*at, key), lines, problems)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _index(item, (*at, i), lines, problems)
-
-
-def _explain(error: Any, lines: dict[tuple[str | int, ...], int]) -> tuple[int, str]:
-    loc = tuple(part for part in error["loc"] if isinstance(part, int) or "[" not in part)
-    known = loc
-    while known and known not in lines:
-        known = known[:-1]
-    line = lines.get(known, 1)
-    kind, value, msg = error["type"], error.get("input"), error["msg"]
-
-    if kind == "extra_forbidden":
-        allowed = _fields_at(loc[:-1])
-        key = str(loc[-1])
-        if key in allowed:  # an alias given next to its field, e.g. partition and queue
-            return line, f"{_dotted(loc)}: given twice, as {key} and under another name; keep one"
-        close = difflib.get_close_matches(key, allowed, n=1) or [a for a in allowed if a.startswith(key)][:1]
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        return line, f"{_dotted(loc)}: unknown key{hint}; allowed: {', '.join(allowed)}"
-    if kind == "missing":
-        return line, f"{_dotted(loc)}: required key is missing"
-    if kind == "literal_error":
-        allowed = ", ".join(re.findall(r"'([^']*)'", error["ctx"]["expected"]))
-        return line, f"{_dotted(loc)}: {value!r} is not one of {allowed}"
-    if kind == "value_error":
-        msg = msg.removeprefix("Value error, ")
-    elif kind in ("model_type", "model_attributes_type", "dict_type"):
-        msg = f"expected a mapping of keys, got {value!r}"
-    elif not isinstance(value, dict | list):
-        msg = f"{msg[0].lower()}{msg[1:]}, got {value!r}"
-    return line, f"{_dotted(loc) or '(top)'}: {msg}"
-
-
-def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
-    model: type[BaseModel] = SiteConfig
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        model = field.annotation
-    names = []
-    for name, field in model.model_fields.items():
-        names += field.validation_alias.choices if isinstance(field.validation_alias, AliasChoices) else [name]
-    return [str(name) for name in names]
-
-
-def _dotted(loc: tuple[str | int, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
+        return load_config(path, SiteConfig, "a site config")
+    except ConfigFileError as exc:
+        raise SiteConfigError(exc.problems) from None
 
 
 def _known_placeholders(value: str, known: Sequence[str]) -> None:

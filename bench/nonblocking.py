@@ -146,14 +146,14 @@ def main() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH), os.environ.get("PYTHONPATH")) if p)
         print(f"MDAGENT_HOME={home}; endpoint {server.base_url}", flush=True)
 
-        from mdagent_hpc.execution.profile import ensure_profile
+        from mdagent_hpc.execution.profile import ensure_profile, start_daemon
 
         ensure_profile()  # before any other aiida import, which would fix the config folder at ~/.aiida
         from aiida.engine.daemon.client import get_daemon_client
 
         client = get_daemon_client()
         start = time.monotonic()
-        client.start_daemon(number_workers=1)
+        start_daemon()
         try:
             print(f"daemon started with {client.get_number_of_workers()} worker in "
                   f"{time.monotonic() - start:.1f} s", flush=True)

@@ -280,6 +280,6 @@ def test_ctrl_c_during_the_job_cancels_it_and_closes_every_node(aiida_profile):
 
 
 def _utc(timestamp: float):
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    return datetime.fromtimestamp(timestamp, tz=UTC)

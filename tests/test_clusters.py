@@ -471,10 +471,11 @@ def test_daemon_restart_mid_run_loses_nothing(sites):
     from aiida.engine import submit
     from aiida.engine.daemon.client import get_daemon_client
 
+    from mdagent_hpc.execution.profile import start_daemon
     from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
 
     client = get_daemon_client()
-    client.start_daemon(number_workers=1, timeout=60)
+    start_daemon(timeout=60)
     try:
         node = submit(LammpsBaseWorkChain, **job_inputs("slurm-local", good(steps=30000)))
         deadline = time.monotonic() + 120
@@ -483,7 +484,7 @@ def test_daemon_restart_mid_run_loses_nothing(sites):
         assert jobs(), "the LAMMPS job never started"
         client.stop_daemon(wait=True, timeout=60)  # a loaded machine answers slower than the 2 s default
         time.sleep(2.0)
-        client.start_daemon(number_workers=1, timeout=60)
+        start_daemon(timeout=60)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not orm.load_node(node.pk).is_terminated:
             time.sleep(1)

@@ -99,11 +99,12 @@ def test_a_killed_job_counts_as_cancelled(code):
     from aiida.engine.daemon.client import get_daemon_client
     from aiida.engine.processes.control import kill_processes
 
+    from mdagent_hpc.execution.profile import start_daemon
     from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
 
     script = orm.SinglefileData(io.BytesIO(lj_script(8, 400000).encode()), filename="in.lammps")
     client = get_daemon_client()
-    client.start_daemon(number_workers=1, timeout=60)
+    start_daemon(timeout=60)
     try:
         node = submit(LammpsBaseWorkChain, lammps={"code": code, "script": script,
                                                    "metadata": {"options": {"max_wallclock_seconds": 600}}},

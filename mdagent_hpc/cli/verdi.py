@@ -93,9 +93,11 @@ def daemon_start(workers) -> None:
         return
     from aiida.engine.daemon.client import DaemonException
 
+    from mdagent_hpc.execution.profile import start_daemon
+
     try:
         with status("starting the AiiDA daemon ..."):
-            client.start_daemon(number_workers=workers, timeout=DAEMON_TIMEOUT_S)
+            start_daemon(workers, timeout=DAEMON_TIMEOUT_S)
     except DaemonException as exc:
         raise UserError(f"the daemon did not start ({exc}); see {client.daemon_log_file}") from None
     out().print(f"daemon started (pid {client.get_daemon_pid()}, {workers} worker(s))", highlight=False)

@@ -184,3 +184,20 @@ def stop_children(node) -> None:
         child.set_process_state(ProcessState.KILLED)
         child.set_process_status(f"killed with its parent <{node.pk}>")
         child.seal()
+
+
+def start_daemon(workers: int = 1, timeout: float = 60) -> None:
+    """Start the daemon unless it runs, and point this process at the broker it runs.
+
+    The built-in ZeroMQ broker is supervised by the daemon: once the daemon has been restarted, a process still
+    holding a connection to the old broker hands its submissions to nobody, and they never run.
+    """
+    from aiida.engine.daemon.client import get_daemon_client
+    from aiida.manage import get_manager
+
+    client = get_daemon_client()
+    if not client.is_daemon_running:
+        client.start_daemon(number_workers=workers, timeout=timeout)
+    manager = get_manager()
+    manager.reset_runner()
+    manager.reset_broker()

@@ -43,13 +43,11 @@ def submit_request(request: Request):
                           "without --daemon): the replay server lives only as long as the run")
     inputs = agent_inputs(request)
     from aiida.engine import submit
-    from aiida.engine.daemon.client import get_daemon_client
 
+    from mdagent_hpc.execution.profile import start_daemon
     from mdagent_hpc.workflows.agent import AgentWorkChain
 
-    client = get_daemon_client()
-    if not client.is_daemon_running:
-        client.start_daemon(number_workers=1)
+    start_daemon()
     return submit(AgentWorkChain, **inputs)
 
 

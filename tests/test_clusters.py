@@ -50,13 +50,33 @@ def write_site(folder: Path, name: str, body: str) -> Path:
     return path
 
 
+SLURM_PIDFILES = ("/run/slurmdbd.pid", "/run/slurmctld.pid", "/run/slurmd.pid")
+
+
+def running(pidfile: str) -> bool:
+    try:
+        os.kill(int(Path(pidfile).read_text().split()[0]), 0)
+        return True
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 @pytest.fixture(scope="module")
 def slurm():
-    """The test cluster (idempotent: a running one is reused); partition `debug`, accounting through slurmdbd."""
+    """The test cluster; partition `debug`, accounting through slurmdbd.
+
+    A cluster that was running before is used and left running; one started here is stopped at the end by the
+    PIDs it wrote (munge too, unless it ran before).
+    """
+    slurm_before = any(running(p) for p in SLURM_PIDFILES)
+    munge_before = running("/run/munge/munged.pid")
     started = subprocess.run(["bash", str(REPO / "schedulers/slurm-local/start.sh")], capture_output=True,
                              text=True, timeout=600)
     assert started.returncode == 0, started.stdout + started.stderr
-    return subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    yield subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    if not slurm_before:
+        stop = ["bash", str(REPO / "schedulers/slurm-local/stop.sh"), "--quiet"]
+        subprocess.run(stop + (["--slurm-only"] if munge_before else []), check=True, timeout=120)
 
 
 @pytest.fixture(scope="module")

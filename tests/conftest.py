@@ -7,7 +7,7 @@ import pytest
 from corpus import CorpusError
 from corpus import build as build_corpus
 
-pytest_plugins = ["openai_server"]  # the fake_openai fixture
+pytest_plugins = ["openai_server", "services"]  # fake_openai; slurm and sshd (started once per session)
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_ERROR = None

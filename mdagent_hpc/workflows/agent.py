@@ -66,6 +66,8 @@ class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
                    help="metadata.options of the LAMMPS CalcJob")
         spec.input("site", valid_type=orm.Dict, default=lambda: orm.Dict(SiteRun().model_dump()),
                    help="the site's name, where the dry run happens, and what to do when a job dies")
+        spec.input("variables", valid_type=orm.Dict, required=False,
+                   help="LAMMPS variables for every job (`-var NAME VALUE`): a sweep template's probe point")
         spec.outline(
             cls.setup,
             while_(cls.should_go_on)(
@@ -300,5 +302,7 @@ class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
             lammps["potentials"] = self.ctx.potentials
         if skiprun:
             lammps["skiprun"] = orm.Bool(True)
+        if "variables" in self.inputs:
+            lammps["variables"] = self.inputs.variables
         return self.submit(LammpsBaseWorkChain, lammps=lammps, **self.ctx.job_inputs,
                            metadata={"call_link_label": label})

@@ -71,6 +71,8 @@ class LammpsCalculation(LammpsRawCalculation):
                              help="potential files, staged under their filename")
         spec.input("skiprun", valid_type=orm.Bool, required=False,
                    help="a dry run (`lmp -skiprun`): set up everything, run no steps")
+        spec.input("variables", valid_type=orm.Dict, required=False,
+                   help="LAMMPS variables given on the command line (`-var NAME VALUE`): a sweep's point")
         options = spec.inputs["metadata"]["options"]
         options["input_filename"].default = INPUT
         options["output_filename"].default = STDOUT
@@ -97,6 +99,8 @@ class LammpsCalculation(LammpsRawCalculation):
             calcinfo.provenance_exclude_list.append(node.filename)  # the input node holds it
         codeinfo = calcinfo.codes_info[0]
         codeinfo.cmdline_params += ["-log", LOG, "-nocite"]
+        for name, value in (self.inputs.variables.get_dict().items() if "variables" in self.inputs else ()):
+            codeinfo.cmdline_params += ["-var", name, str(value)]
         if "skiprun" in self.inputs and self.inputs.skiprun.value:
             codeinfo.cmdline_params.append("-skiprun")
         calcinfo.retrieve_list = [LOG, *calcinfo.retrieve_list]

@@ -22,6 +22,7 @@ COMMANDS = {
     "demo": "run:demo",
     "show": "runs:show",
     "runs": "runs:runs",
+    "dashboard": "dashboard:dashboard",
     "check": "check:check",
     "evaluate": "evaluate:evaluate",
     "potentials": "potentials:potentials",

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 from openai_server import FakeOpenAIServer
+from services import SSHD_STATE
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "mdagent_hpc" / "examples" / "demo"
 TASK = "Heat a small Cu crystal with EAM to 800 K in NVT"
 MDAGENT_LMP = str(Path(sys.executable).parent / "mdagent-lmp")
-from services import SSHD_STATE
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="starts Slurm and sshd: needs root")
 

@@ -27,6 +27,7 @@ from pydantic import (
 from mdagent_hpc.configfile import ConfigFileError, load_config
 from mdagent_hpc.home import mdagent_home
 from mdagent_hpc.models import Limits
+from mdagent_hpc.sweep.spec import SweepLimits
 
 Scheduler = Literal["direct", "slurm", "pbspro"]
 Policy = Literal["resubmit", "restart", "fail"]
@@ -187,6 +188,7 @@ class SiteConfig(_Strict):
     limits: SiteLimits = Field(default_factory=SiteLimits)
     poll_interval: float = Field(10.0, ge=0, description="seconds between two scheduler queries (AiiDA's minimum)")
     on_failure: OnFailure = Field(default_factory=OnFailure)
+    sweep: SweepLimits = Field(default_factory=SweepLimits, description="what one parameter sweep may use")
 
     @field_validator("name")
     @classmethod

@@ -16,15 +16,14 @@ ALLOWED = {
     "llm": {"models", "configfile", "home", "lammps"},  # lammps.elements: the one periodic table
     "agent": {"models", "configfile", "lammps", "llm"},
     "query": {"models", "lammps", "llm"},  # provenance queries as data: filters, recorded fields, diffs, plots
-    "sweep": {"models", "configfile", "lammps"},  # parameter sweeps as data: spec, points, results (pandas)
     # execution imports workflows only for the site probe's CalcJob
-    "execution": {"models", "configfile", "home", "lammps", "agent", "sweep", "workflows"},
-    "workflows": {"models", "configfile", "home", "lammps", "llm", "agent", "sweep", "execution", "query"},
-    "api": {"models", "configfile", "home", "lammps", "llm", "agent", "sweep", "execution", "workflows", "query"},
-    "cli": {"models", "configfile", "home", "lammps", "llm", "agent", "sweep", "execution", "workflows", "api", "query"},
+    "execution": {"models", "configfile", "home", "lammps", "agent", "workflows"},
+    "workflows": {"models", "configfile", "home", "lammps", "llm", "agent", "execution", "query"},
+    "api": {"models", "configfile", "home", "lammps", "llm", "agent", "execution", "workflows", "query"},
+    "cli": {"models", "configfile", "home", "lammps", "llm", "agent", "execution", "workflows", "api", "query"},
 }
 ENGINES = ("aiida", "plumpy", "parsl", "openai", "httpx", "requests", "fastapi")
-PURE = {"models", "configfile", "lammps", "agent", "query", "sweep"}  # no engine at all
+PURE = {"models", "configfile", "lammps", "agent", "query"}  # no engine at all
 ENGINE_FREE_LLM = {"prompts.py"}  # the prompt builder is pure too: the agent's feedback uses it
 
 

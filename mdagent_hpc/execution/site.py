@@ -158,6 +158,38 @@ class Lammps(_Strict):
         return self
 
 
+class Vllm(_Strict):
+    """How `mdagent llm serve` runs a vLLM server as a job here: from an Apptainer `image` (with `--nv` when it asks
+    for GPUs), or, without an image, the site's own `command` after `modules` and `setup`."""
+
+    image: str | None = Field(None, description="the vLLM image (containers/vllm.def): a .sif path or a URI")
+    binds: list[Annotated[str, AfterValidator(_bind)]] = Field(default_factory=list, description="src[:dst[:ro|rw]]")
+    nv: bool = Field(True, description="--nv: expose the NVIDIA GPUs to the container")
+    command: str = Field("vllm serve", description="the server command, inside the image or on the node")
+    args: list[str] = Field(default_factory=list, description="more `vllm serve` arguments (--max-model-len ...)")
+    env: dict[str, str] = Field(default_factory=dict, description="environment of the server (HF_HOME, ...)")
+    modules: list[str] = Field(default_factory=list)
+    setup: list[str] = Field(default_factory=list, description="shell lines run before the server starts")
+    gpus: int = Field(1, ge=0, description="GPUs per job (--gpus overrides); 0: CPU")
+    cpus: int = Field(8, ge=1, description="cores for the job")
+    memory_mb: int | None = Field(None, ge=1)
+    hours: float = Field(12, gt=0, description="wall time (--hours overrides)")
+    queue: str | None = Field(None, description="default: the site's queue")
+    tunnel: bool | None = Field(None, description="an SSH tunnel through the login node; default: on ssh sites")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        return Lammps._image(value)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        if not shlex.split(value):
+            raise ValueError("is empty")
+        return value
+
+
 class OnFailure(_Strict):
     """What to do when a job dies for a reason that is not the script's fault."""
 
@@ -188,6 +220,7 @@ class SiteConfig(_Strict):
     limits: SiteLimits = Field(default_factory=SiteLimits)
     poll_interval: float = Field(10.0, ge=0, description="seconds between two scheduler queries (AiiDA's minimum)")
     on_failure: OnFailure = Field(default_factory=OnFailure)
+    vllm: Vllm | None = Field(None, description="how `mdagent llm serve` runs vLLM here (docs/llm.md)")
     sweep: SweepLimits = Field(default_factory=SweepLimits, description="what one parameter sweep may use")
 
     @field_validator("name")

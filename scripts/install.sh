@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs mdagent-hpc into ./.venv, with bubblewrap (the LAMMPS sandbox) from Debian when missing.
 # Usage: bash scripts/install.sh [--test]   (--test adds what the test suite needs: pytest and ruff, and Debian's
-# lammps-examples and lammps-data for the test corpus)
+# lammps-examples and lammps-data for the test corpus, and chromium for the dashboard's browser tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -18,6 +18,8 @@ if [ "${1:-}" = "--test" ] && [ -z "${MDAGENT_LAMMPS_EXAMPLES:-}" ]; then  # tha
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || packages+=("$pkg")
   done
 fi
+# with --test also Chromium, the headless browser the dashboard's tests drive (Playwright uses it, downloads none)
+if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then packages+=(chromium); fi
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${packages[*]} (Debian)"

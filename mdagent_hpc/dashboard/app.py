@@ -1,0 +1,161 @@
+"""The dashboard's web app (starlette, server-rendered jinja2 pages): runs, one run's attempts, sweeps, live progress.
+
+Read only. Every handler is `async` so that all AiiDA reads happen in the event loop's one thread. A URL or query
+parameter the app cannot use gives a 4xx page with one sentence; an unexpected failure a 500 page saying where to
+look, never a traceback in the browser.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from mdagent_hpc.dashboard import data, plots, view
+from mdagent_hpc.dashboard.filters import GRADES, REASONS, VERDICTS, BadFilter, RunFilter
+
+log = logging.getLogger("mdagent.dashboard")
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.globals.update(view=view)
+REFRESH_S = 3  # how often a page with running work asks for news
+
+
+def page(request: Request, name: str, status_code: int = 200, **context) -> Response:
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+async def home(request: Request) -> Response:
+    return RedirectResponse("/runs", status_code=302)
+
+
+async def runs(request: Request) -> Response:
+    data.fresh()
+    try:
+        flt = RunFilter(dict(request.query_params))
+    except BadFilter as exc:
+        raise HTTPException(400, str(exc)) from None
+    found, more = data.find_runs(flt)
+    return page(
+        request,
+        "runs.html",
+        runs=found,
+        more=more,
+        flt=flt,
+        running=data.running(),
+        choices={**data.choices(), "verdict": VERDICTS, "grade": GRADES, "reason": REASONS},
+        refresh=REFRESH_S,
+    )
+
+
+async def run(request: Request) -> Response:
+    data.fresh()
+    result = _run(request)
+    diffs = [view.script_diff(previous, attempt) for previous, attempt in view.pairs(result.attempts)]
+    live = data.run_summary(result).get("progress")
+    return page(request, "run.html", run=result, diffs=diffs, live=live, refresh=REFRESH_S)
+
+
+async def thermo_png(request: Request) -> Response:
+    data.fresh()
+    result = _run(request)
+    try:
+        title, blocks = data.thermo(result, request.path_params["attempt"])
+    except data.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    return Response(plots.thermo_png(blocks, title), media_type="image/png")
+
+
+async def run_json(request: Request) -> Response:
+    data.fresh()
+    return JSONResponse(data.run_summary(_run(request)))
+
+
+async def running_json(request: Request) -> Response:
+    data.fresh()
+    return JSONResponse([p.as_dict() for p in data.running()])
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+async def sweeps(request: Request) -> Response:
+    data.fresh()
+    return page(request, "sweeps.html", available=data.sweeps_available(), sweeps=data.list_sweeps())
+
+
+async def sweep(request: Request) -> Response:
+    data.fresh()
+    try:
+        found = data.get_sweep(request.path_params["pk"])
+    except data.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    return page(request, "sweep.html", sweep=found, refresh=REFRESH_S)
+
+
+async def sweep_png(request: Request) -> Response:
+    data.fresh()
+    try:
+        found = data.get_sweep(request.path_params["pk"])
+    except data.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    return Response(plots.sweep_png(*view.sweep_series(found)), media_type="image/png")
+
+
+def _run(request: Request):
+    try:
+        return data.get_run(request.path_params["pk"])
+    except data.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+# -- errors: one sentence, the right status, HTML for pages and JSON for /api -----------------------------------
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    message = (
+        exc.detail
+        if exc.status_code != 404 or exc.detail != "Not Found"
+        else (f"there is no page at {request.url.path}; the dashboard has /runs, /runs/PK and /sweeps")
+    )
+    if exc.status_code == 405:
+        message = "the dashboard is read only: it answers GET requests only"
+    return _error(request, exc.status_code, message)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.exception("%s failed", request.url.path)
+    return _error(
+        request,
+        500,
+        f"the dashboard failed reading this page ({type(exc).__name__}: {exc}); the "
+        "terminal running `mdagent dashboard` shows the details",
+    )
+
+
+def _error(request: Request, status: int, message: str) -> Response:
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": message}, status_code=status)
+    return page(request, "error.html", status_code=status, status=status, message=message)
+
+
+routes = [
+    Route("/", home),
+    Route("/runs", runs),
+    Route("/runs/{pk}", run),
+    Route("/runs/{pk}/attempts/{attempt}/thermo.png", thermo_png),
+    Route("/sweeps", sweeps),
+    Route("/sweeps/{pk}", sweep),
+    Route("/sweeps/{pk}/plot.png", sweep_png),
+    Route("/api/health", health),
+    Route("/api/running", running_json),
+    Route("/api/runs/{pk}", run_json),
+]
+
+
+def make_app() -> Starlette:
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})

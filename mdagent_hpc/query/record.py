@@ -1,0 +1,115 @@
+"""What is recorded about each run for queries: one flat, small dict (the `query` extra of the run's node).
+
+The script fields (elements, pair styles, potentials, units, ensembles) describe the final script: the one that
+passed, else the last one the model wrote. Grade, reward, findings and observables are those of the final
+evaluation: the passed attempt's, else the last evaluated one's. Kept small (well under 2 kB) so PostgreSQL keeps
+it in the row, uncompressed: a filter reads it without a detour.
+"""
+
+from __future__ import annotations
+
+from mdagent_hpc.models import Evaluation, PotentialUse, Run, Severity
+
+VERSION = 1  # bump when the fields change: `mdagent runs index` re-records the older ones
+
+# Integrators and thermostats that name the ensemble a script samples.
+ENSEMBLES = {
+    "nve",
+    "nvt",
+    "npt",
+    "nph",
+    "nve/limit",
+    "langevin",
+    "temp/berendsen",
+    "temp/rescale",
+    "temp/csvr",
+    "press/berendsen",
+    "nvt/sllod",
+    "npt/asphere",
+    "nvt/asphere",
+    "nve/asphere",
+    "rigid",
+    "rigid/nvt",
+    "rigid/npt",
+    "nvk",
+    "gld",
+    "gle",
+    "box/relax",
+}
+
+
+def final_attempt_with_script(run: Run):
+    passed = next((a for a in run.attempts if a.passed), None)
+    return passed or next((a for a in reversed(run.attempts) if a.script), None)
+
+
+def final_evaluation(run: Run) -> Evaluation | None:
+    return run.evaluation or next((a.evaluation for a in reversed(run.attempts) if a.evaluation), None)
+
+
+def script_fields(script: str | None) -> dict:
+    """Pair styles, units and ensembles a script uses (read the way LAMMPS reads it)."""
+    if not script:
+        return {"pair_styles": [], "units": None, "ensembles": []}
+    from mdagent_hpc.lammps.parser import parse_text
+
+    parsed = parse_text(script, "in.lammps")
+    styles, ensembles, units = set(), set(), None
+    for command in parsed.commands:
+        name, args = command.name, command.args
+        if name == "pair_style" and args:
+            # hybrid: the sub-styles are the words that are not numbers (a keyword may slip in; rare)
+            styles |= {a for a in args[1:] if a[:1].isalpha()} if args[0].startswith("hybrid") else {args[0]}
+        elif name == "units" and args:
+            units = args[0]
+        elif name == "fix" and len(args) > 2 and args[2] in ENSEMBLES:
+            ensembles.add(args[2])
+        elif name == "minimize":
+            ensembles.add("minimize")
+    return {"pair_styles": sorted(styles), "units": units, "ensembles": sorted(ensembles)}
+
+
+def index_record(
+    run: Run,
+    potentials: list[PotentialUse],
+    *,
+    user: str | None,
+    stop: str,
+    elements: list[str],
+    sweep: dict | None = None,
+    params: dict | None = None,
+) -> dict:
+    """The recorded fields of a finished run. `elements`: those of the potentials, else those the task names."""
+    final = final_attempt_with_script(run)
+    evaluation = final_evaluation(run)
+    fields = script_fields(final.script if final else None)
+    units = fields["units"] or (evaluation.summary.get("units") if evaluation else None)
+    model = next((a.usage.model for a in reversed(run.attempts) if a.usage.model), None)
+    return {
+        "version": VERSION,
+        "task": run.task,
+        "elements": sorted(set(elements)),
+        "pair_styles": fields["pair_styles"],
+        "potentials": sorted({p.name for p in potentials}),
+        "md5": sorted({p.md5 for p in potentials if p.md5}),
+        "units": units,
+        "ensembles": fields["ensembles"],
+        "site": run.site,
+        "model": model,
+        "user": user,
+        "verdict": run.verdict,
+        "grade": evaluation.grade.value if evaluation else None,
+        "reward": evaluation.reward if evaluation else None,
+        "attempts": len(run.attempts),
+        "stop": stop,
+        "faults": sorted({a.job.fault for a in run.attempts if a.job and a.job.fault}),
+        "findings": sorted({f.rule for f in evaluation.findings if f.severity != Severity.INFO}) if evaluation else [],
+        "seconds": run.seconds,
+        "sweep": sweep,
+        "params": params or {},
+        "obs": {k: v for k, v in (evaluation.observables if evaluation else {}).items() if _finite(v)},
+    }
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and value == value and abs(value) != float("inf")

@@ -1,0 +1,303 @@
+"""Provenance queries on AiiDA: record each run's query fields, back-fill old runs, search with QueryBuilder.
+
+The fields (`query.record.index_record`) live in the `query` extra of the run's node; one QueryBuilder query on
+the node table answers a search. What QueryBuilder cannot say (a regular expression; a substring of one of the
+potential file names) is checked here on the rows the database has already narrowed down, in the asked order,
+until `limit` rows match. On PostgreSQL, `ensure_indexes` adds a GIN index on the extra: every equality filter
+(site, units, elements, grade, stop reason, ...) is sent as one JSON containment, which that index answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from mdagent_hpc.query.filters import Query, Range
+from mdagent_hpc.query.record import VERSION, final_attempt_with_script, index_record
+from mdagent_hpc.workflows.results import PROCESS_TYPE, _verdict_filter, read_run
+
+RECORD = "query"  # the extra holding the recorded fields
+PROCESS_TYPES = [PROCESS_TYPE]  # the node types a query lists
+BATCH = 500
+# On PostgreSQL: equality filters go through the containment index; runs by time for the newest-first listing.
+INDEXES = {
+    "mdagent_query_fields": "CREATE INDEX IF NOT EXISTS mdagent_query_fields ON db_dbnode "
+    "USING gin ((extras #> '{query}') jsonb_path_ops)",
+    "mdagent_runs_by_time": "CREATE INDEX IF NOT EXISTS mdagent_runs_by_time ON db_dbnode (process_type, ctime)",
+}
+
+
+# -- recording --------------------------------------------------------------------------------------------------
+def stop_reason(node) -> str:
+    """passed, killed, excepted, or the name of the exit code the run stopped with (max_attempts, stuck, ...)."""
+    if node.is_finished_ok:
+        return "passed"
+    if node.is_killed or node.is_excepted:
+        return node.process_state.value
+    if node.exit_status is None:
+        return "running"
+    from mdagent_hpc.workflows.agent import AgentWorkChain
+
+    for code in AgentWorkChain.spec().exit_codes.values():
+        if code.status == node.exit_status:
+            return code.label.removeprefix("ERROR_").lower()
+    return f"exit_{node.exit_status}"
+
+
+def record_fields(node) -> dict:
+    """The query fields of a terminated agent run (see `query.record`)."""
+    from aiida import orm
+
+    from mdagent_hpc.llm.prompts import task_elements
+    from mdagent_hpc.models import PreflightReport
+
+    run = read_run(node)
+    final = final_attempt_with_script(run)
+    potentials = []
+    if final is not None and "preflight" in final.nodes:
+        check = orm.load_node(final.nodes["preflight"])
+        if "result" in check.outputs:
+            potentials = PreflightReport(**check.outputs.result.get_dict()).potentials
+    elements = sorted({e for p in potentials for e in p.elements}) or task_elements(run.task)
+    return index_record(run, potentials, user=node.user.email, stop=stop_reason(node), elements=elements)
+
+
+def record_run(node) -> dict:
+    """Record (or record again) the query fields on a terminated agent run; returns them."""
+    fields = record_fields(node)
+    node.base.extras.set(RECORD, fields)
+    return fields
+
+
+def to_index(redo: bool = False) -> list[int]:
+    """Pks of the terminated runs whose fields are missing or older than this version (every one with `redo`)."""
+    from aiida import orm
+
+    filters = {
+        "process_type": {"in": PROCESS_TYPES},
+        "attributes.process_state": {"in": ["finished", "excepted", "killed"]},
+    }
+    if not redo:
+        filters["or"] = [{"extras": {"!has_key": RECORD}}, {f"extras.{RECORD}.version": {"<": VERSION}}]
+    qb = orm.QueryBuilder().append(orm.ProcessNode, filters=filters, project=["id"]).order_by({orm.ProcessNode: "id"})
+    return [pk for (pk,) in qb.all()]
+
+
+def index_runs(redo: bool = False, progress: Callable[[int, int], None] | None = None) -> tuple[int, list[str]]:
+    """Back-fill: record the fields of runs without them. Returns (runs recorded, problems: 'pk: why')."""
+    from aiida import orm
+
+    pks, problems, done = to_index(redo), [], 0
+    for i, pk in enumerate(pks, 1):
+        try:
+            record_run(orm.load_node(pk))
+            done += 1
+        except Exception as exc:  # noqa: BLE001 (one unreadable run must not stop the back-fill; each is reported)
+            problems.append(f"{pk}: {type(exc).__name__}: {exc}")
+        if progress:
+            progress(i, len(pks))
+    return done, problems
+
+
+def count_unindexed() -> int:
+    return len(to_index())
+
+
+def ensure_indexes() -> list[str]:
+    """On a PostgreSQL profile, the indexes queries use (made once; IF NOT EXISTS); [] on SQLite."""
+    from aiida.manage import get_manager
+    from sqlalchemy import text
+
+    storage = get_manager().get_profile_storage()
+    if "psql" not in type(storage).__module__:
+        return []
+    session = storage.get_session()
+    for statement in INDEXES.values():
+        session.execute(text(statement))
+    session.commit()
+    return list(INDEXES)
+
+
+# -- searching --------------------------------------------------------------------------------------------------
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _range(r: Range) -> dict:
+    parts = ([{">=": r.low}] if r.low is not None else []) + ([{"<=": r.high}] if r.high is not None else [])
+    return parts[0] if len(parts) == 1 else {"and": parts}
+
+
+def _filters(query: Query) -> dict:
+    """QueryBuilder filters on the run node for everything the database can answer."""
+    key = f"extras.{RECORD}"
+    filters: dict = {"process_type": {"in": PROCESS_TYPES}, **_verdict_filter(query.verdict)}
+    if query.since or query.until:
+        filters["ctime"] = {
+            "and": ([{">=": query.since}] if query.since else []) + ([{"<=": query.until}] if query.until else [])
+        }
+    same: dict = {}  # one JSON containment for every equality (the GIN index on PostgreSQL answers it)
+    for name, field in (("units", "units"), ("site", "site"), ("user", "user"), ("grade", "grade"), ("stop", "stop")):
+        if getattr(query, name) is not None:
+            same[field] = getattr(query, name)
+    for name, field in (
+        ("pair_style", "pair_styles"),
+        ("md5", "md5"),
+        ("ensemble", "ensembles"),
+        ("fault", "faults"),
+        ("finding", "findings"),
+    ):
+        if getattr(query, name) is not None:
+            same[field] = [getattr(query, name)]
+    if query.elements:
+        same["elements"] = list(query.elements)
+    if query.sweep is not None:
+        same["sweep"] = {"pk": int(query.sweep)} if query.sweep.isdigit() else {"label": query.sweep}
+    exact_params = {k: v for k, v in query.params.items() if isinstance(v, str)}
+    if exact_params:
+        same["params"] = exact_params
+    if same:
+        filters[key] = {"contains": same}
+    for name in ("task", "model"):
+        text = getattr(query, name)
+        if text is not None and not text.regex:
+            filters[f"{key}.{name}"] = {"ilike": f"%{_escape_like(text.pattern)}%"}
+    for name in ("reward", "attempts", "seconds"):
+        if getattr(query, name) is not None:
+            filters[f"{key}.{name}"] = _range(getattr(query, name))
+    for name, r in query.params.items():
+        if isinstance(r, Range):
+            filters[f"{key}.params.{name}"] = _range(r)
+    for name, r in query.obs.items():
+        filters[f"{key}.obs.{name}"] = _range(r)
+    field, _ = query.sort_key
+    if field not in ("ctime", "pk"):  # a run without the number cannot be placed: only runs with one
+        path, number = _path(field), {"of_type": "number"}
+        filters[path] = {"and": [filters[path], number]} if path in filters else number
+    return filters
+
+
+def _path(field: str) -> str:
+    """A sort field (reward, obs.temp_final, param.T) as a path in the node's extras."""
+    prefix, _, name = field.partition(".")
+    return f"extras.{RECORD}.params.{name}" if prefix == "param" else f"extras.{RECORD}.{field}"
+
+
+def _order(query: Query) -> dict:
+    field, descending = query.sort_key
+    order = "desc" if descending else "asc"
+    if field == "ctime":
+        return {"ctime": order}
+    if field == "pk":
+        return {"id": order}
+    return {_path(field): {"order": order, "cast": "f"}}
+
+
+def _python_checks(query: Query) -> list[Callable[[dict], bool]]:
+    """What QueryBuilder cannot say, checked on a row's recorded fields."""
+    checks = []
+    for name in ("task", "model"):
+        text = getattr(query, name)
+        if text is not None and text.regex:
+            checks.append(lambda rec, name=name, text=text: text.matches(rec.get(name)))
+    if query.potential is not None:
+        checks.append(lambda rec: any(query.potential.matches(p) for p in rec.get("potentials") or []))
+    return checks
+
+
+PROJECT = [
+    "id",
+    "uuid",
+    "ctime",
+    "attributes.process_state",
+    "attributes.exit_status",
+    f"extras.{RECORD}",
+    "extras.task",
+    "extras.site",
+    "extras.attempts",
+]
+
+
+def search(query: Query) -> list[dict]:
+    """The runs that match `query`, in its order, at most `query.limit`: one dict per run (see `row`)."""
+    from aiida import orm
+
+    qb = orm.QueryBuilder().append(orm.ProcessNode, tag="run", filters=_filters(query), project=PROJECT)
+    qb.order_by({"run": [_order(query), {"id": "desc"}]})
+    checks = _python_checks(query)
+    if not checks:
+        return [row(values) for values in qb.limit(query.limit).all()]
+    found = []
+    for values in _batches(qb):
+        record = values[5] or {}
+        if all(check(record) for check in checks):
+            found.append(row(values))
+            if len(found) == query.limit:
+                break
+    return found
+
+
+def _batches(qb) -> Iterator[list]:
+    offset = 0
+    while True:
+        chunk = qb.offset(offset).limit(BATCH).all()
+        yield from chunk
+        if len(chunk) < BATCH:
+            return
+        offset += BATCH
+
+
+ROW_FIELDS = (
+    "pk",
+    "uuid",
+    "ctime",
+    "verdict",
+    "task",
+    "site",
+    "model",
+    "user",
+    "grade",
+    "reward",
+    "attempts",
+    "stop",
+    "seconds",
+    "elements",
+    "pair_styles",
+    "potentials",
+    "md5",
+    "units",
+    "ensembles",
+    "faults",
+    "findings",
+    "sweep",
+    "params",
+    "obs",
+    "indexed",
+)
+
+
+def row(values) -> dict:
+    """One result row: the node's columns and its recorded fields (None where a run has not been recorded yet)."""
+    pk, uuid, ctime, state, exit_status, record, task, site, attempts = values
+    record = record or {}
+    verdict = (
+        "passed"
+        if state == "finished" and exit_status == 0
+        else "failed"
+        if state in ("finished", "excepted", "killed")
+        else "running"
+    )
+    data = {name: record.get(name) for name in ROW_FIELDS}
+    data.update(
+        pk=pk,
+        uuid=uuid,
+        ctime=ctime.isoformat(timespec="seconds"),
+        verdict=verdict,
+        task=record.get("task", task),
+        site=record.get("site", site),
+        attempts=record.get("attempts", attempts),
+        indexed=bool(record),
+    )
+    for name in ("elements", "pair_styles", "potentials", "md5", "ensembles", "faults", "findings"):
+        data[name] = data[name] or []
+    data["params"], data["obs"] = data["params"] or {}, data["obs"] or {}
+    return data

@@ -255,6 +255,17 @@ class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
         name, params = outcome
         return self.exit_codes[name].format(**params)
 
+    def on_terminated(self):
+        """Record the fields provenance queries filter on (docs/queries.md), however the run ended."""
+        super().on_terminated()
+        from mdagent_hpc.workflows.query import record_run
+
+        try:
+            record_run(self.node)
+        except Exception as exc:  # noqa: BLE001 (the run's outcome stands; its fields can be recorded again)
+            self.logger.warning(f"could not record the query fields of run {self.node.pk} ({exc}); "
+                                "`mdagent runs index` records them")
+
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _policy(self) -> LoopPolicy:
         return LoopPolicy(**self.inputs.loop.get_dict())

@@ -29,6 +29,8 @@ COMMANDS = {
     "site": "site:site",
     "image": "image:image",
     "llm": "llm:llm",
+    "gateway": "gateway:gateway",
+    "users": "users:users",
     "verdi": "verdi:verdi",
     "daemon": "verdi:daemon",
 }

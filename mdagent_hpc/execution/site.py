@@ -200,6 +200,49 @@ class OnFailure(_Strict):
     max_resubmits: int = Field(2, ge=0)
 
 
+class Pilot(_Strict):
+    """Parsl pilot jobs ("blocks") for the many short points of a sweep; partition, account, memory and poll
+    interval come from the site, the cap on blocks from `sweep.max_concurrent_jobs`."""
+
+    init_blocks: int = Field(1, ge=0, description="blocks submitted when the sweep starts")
+    min_blocks: int = Field(1, ge=0, description="kept while points remain: a lost block is replaced")
+    max_blocks: int = Field(1, ge=1, description="at most this many at once (and at most sweep.max_concurrent_jobs)")
+    nodes_per_block: int = Field(1, ge=1)
+    cores_per_node: int | None = Field(
+        None, ge=1, description="cores a block asks per node; default: whole nodes (slurm), the resources' (pbspro)"
+    )
+    workers_per_node: int | None = Field(None, ge=1, description="points run at once per node; default: one per core")
+    walltime: int | None = Field(None, ge=1, description="of a block, seconds or '[D-]HH:MM:SS'; default: resources")
+    launcher: Literal["single", "srun", "mpiexec"] | None = Field(
+        None,
+        description="how a block starts its workers on its nodes; default: single (one node), srun (slurm), "
+        "mpiexec (pbspro)",
+    )
+    worker_init: str = Field("", description="shell lines run in a block before its workers start")
+    address: str | None = Field(None, description="where workers reach the driver; default: every address tried")
+    lost_after: int = Field(120, ge=2, description="seconds without a heartbeat before a worker counts as lost")
+    retries: int = Field(2, ge=0, description="runs of a point lost with its block, beyond the first")
+    python: str | None = Field(
+        None,
+        description="Python on the login host with mdagent-hpc and parsl; "
+        "default: this one (local transport) or python3",
+    )
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _walltime(cls, value: Any) -> Any:
+        return Resources._seconds(value)
+
+    @model_validator(mode="after")
+    def _blocks(self) -> Pilot:
+        if not self.min_blocks <= self.max_blocks or not self.init_blocks <= self.max_blocks:
+            raise ValueError(
+                f"init_blocks ({self.init_blocks}) and min_blocks ({self.min_blocks}) must not exceed "
+                f"max_blocks ({self.max_blocks})"
+            )
+        return self
+
+
 class SiteConfig(_Strict):
     name: str = Field(description="also the AiiDA computer label")
     description: str = ""
@@ -222,6 +265,22 @@ class SiteConfig(_Strict):
     on_failure: OnFailure = Field(default_factory=OnFailure)
     vllm: Vllm | None = Field(None, description="how `mdagent llm serve` runs vLLM here (docs/llm.md)")
     sweep: SweepLimits = Field(default_factory=SweepLimits, description="what one parameter sweep may use")
+    pilot: Pilot = Field(default_factory=Pilot, description="Parsl pilot jobs for sweeps (docs/sweeps.md)")
+
+    @field_validator("pilot")
+    @classmethod
+    def _pilot_fits_the_site(cls, value: Pilot, info: ValidationInfo) -> Pilot:
+        sweep, scheduler = info.data.get("sweep"), info.data.get("scheduler")
+        if sweep is not None and value.max_blocks > sweep.max_concurrent_jobs:
+            raise ValueError(
+                f"max_blocks {value.max_blocks} is above sweep.max_concurrent_jobs "
+                f"({sweep.max_concurrent_jobs}); lower it or raise the cap"
+            )
+        if value.launcher == "srun" and scheduler != "slurm":
+            raise ValueError(f"launcher srun needs a slurm site, not {scheduler}")
+        if scheduler == "direct" and value.nodes_per_block > 1:
+            raise ValueError("a direct site has one node: nodes_per_block must be 1")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -16,15 +16,21 @@ ALLOWED = {
     "llm": {"models", "configfile", "home", "lammps"},  # lammps.elements: the one periodic table
     "agent": {"models", "configfile", "lammps", "llm"},
     "query": {"models", "lammps", "llm"},  # provenance queries as data: filters, recorded fields, diffs, plots
+    "accounts": {"models", "configfile", "home"},  # users, hashed keys, quotas (SQLAlchemy); keys/quotas pure
+    "gateway": {"models", "configfile", "home", "accounts"},  # the LLM gateway (starlette, httpx2, uvicorn)
     # execution imports workflows only for the site probe's CalcJob
     "execution": {"models", "configfile", "home", "lammps", "agent", "workflows"},
     "workflows": {"models", "configfile", "home", "lammps", "llm", "agent", "execution", "query"},
     "api": {"models", "configfile", "home", "lammps", "llm", "agent", "execution", "workflows", "query"},
     "cli": {"models", "configfile", "home", "lammps", "llm", "agent", "execution", "workflows", "api", "query"},
 }
+ALLOWED["api"] |= {"accounts"}  # the shared server (issue 13) reads users through the API
+ALLOWED["cli"] |= {"accounts", "gateway"}
 ENGINES = ("aiida", "plumpy", "parsl", "openai", "httpx", "requests", "fastapi")
 PURE = {"models", "configfile", "lammps", "agent", "query"}  # no engine at all
 ENGINE_FREE_LLM = {"prompts.py"}  # the prompt builder is pure too: the agent's feedback uses it
+ENGINE_FREE = {("accounts", "keys.py"), ("accounts", "quotas.py"), ("gateway", "sse.py")}
+WEB_ENGINES = ("sqlalchemy", "starlette", "uvicorn", "httpx2")
 
 
 def layer_of(path: Path) -> str:
@@ -55,6 +61,8 @@ def test_module_imports_only_what_its_layer_may(path):
             assert target == layer or target in ALLOWED[layer], f"{layer} may not import {name}"
         if layer in PURE or (layer == "llm" and path.name in ENGINE_FREE_LLM):
             assert parts[0] not in ENGINES, f"{path.name} is in the pure core but imports {name}"
+        if layer in PURE or (layer, path.name) in ENGINE_FREE:
+            assert parts[0] not in ENGINES + WEB_ENGINES, f"{path.name} is pure but imports {name}"
 
 
 def test_the_layer_table_covers_every_package():

@@ -301,3 +301,91 @@ def row(values) -> dict:
         data[name] = data[name] or []
     data["params"], data["obs"] = data["params"] or {}, data["obs"] or {}
     return data
+
+
+# -- one run against another; its thermo -----------------------------------------------------------------------
+class NoSuchRun(ValueError):
+    """A pk or attempt that does not exist, in one sentence."""
+
+
+def _run_and_attempt(spec: str | int, *, with_log: bool = False):
+    """(run, attempt) for 'PK' (the passed attempt, else the last that got as far) or 'PK:N'."""
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    from mdagent_hpc.query.diff import parse_spec
+
+    pk, number = parse_spec(spec)
+    try:
+        run = read_run(pk)
+    except (NotExistent, MultipleObjectsError):
+        raise NoSuchRun(f"no node with pk {pk}; `mdagent runs query` lists the runs") from None
+    if number is not None:
+        attempt = next((a for a in run.attempts if a.number == number), None)
+        if attempt is None:
+            raise NoSuchRun(f"run {pk} has {len(run.attempts)} attempt(s); there is no attempt {number}")
+        return run, attempt
+    if with_log:
+        attempt = next((a for a in run.attempts if a.passed), None) or next(
+            (a for a in reversed(run.attempts) if "run" in a.nodes), None
+        )
+    else:
+        attempt = final_attempt_with_script(run) or (run.attempts[-1] if run.attempts else None)
+    if attempt is None:
+        raise NoSuchRun(f"run {pk} has no attempt {'that ran LAMMPS ' if with_log else ''}yet")
+    return run, attempt
+
+
+def side(spec: str | int):
+    """A run (its final attempt) or one attempt, as `query.diff.Side`: script, settings, observables."""
+    from aiida import orm
+
+    from mdagent_hpc.query.diff import Side, flatten
+
+    run, attempt = _run_and_attempt(spec)
+    node = orm.load_node(run.pk)
+    inputs = {
+        name: node.inputs[name].get_dict()
+        for name in ("llm", "loop", "limits", "site", "options")
+        if name in node.inputs
+    }
+    if "generate" in attempt.nodes:  # the settings this attempt was generated with (temperature rises when stuck)
+        generation = orm.load_node(attempt.nodes["generate"])
+        if "settings" in generation.inputs:
+            inputs["llm"] = generation.inputs.settings.get_dict()
+    settings = flatten(inputs) | {"attempt.model": attempt.usage.model, "attempt.stage": attempt.stage.value}
+    evaluation = attempt.evaluation
+    return Side(
+        label=f"run {run.pk} attempt {attempt.number}",
+        script=attempt.script,
+        settings=settings,
+        observables=evaluation.observables if evaluation else {},
+        grade=evaluation.grade.value if evaluation else None,
+        reward=evaluation.reward if evaluation else None,
+    )
+
+
+def diff(spec_a: str | int, spec_b: str | int) -> dict:
+    from mdagent_hpc.query.diff import diff_sides
+
+    return diff_sides(side(spec_a), side(spec_b))
+
+
+def attempt_log(spec: str | int):
+    """(title, LammpsLog) of the LAMMPS run of a run's passed (else last run) attempt, or of attempt N."""
+    from aiida import orm
+
+    from mdagent_hpc.lammps.log import parse_log
+    from mdagent_hpc.workflows.lammps_calc import LOG
+
+    run, attempt = _run_and_attempt(spec, with_log=True)
+    if "run" not in attempt.nodes:
+        raise NoSuchRun(
+            f"attempt {attempt.number} of run {run.pk} stopped at {attempt.stage.value}: "
+            "LAMMPS never ran, there is no thermo output"
+        )
+    job = orm.load_node(attempt.nodes["run"])
+    if "retrieved" not in job.outputs or LOG not in job.outputs.retrieved.base.repository.list_object_names():
+        raise NoSuchRun(f"attempt {attempt.number} of run {run.pk}: the job left no {LOG}")
+    text = job.outputs.retrieved.base.repository.get_object_content(LOG, mode="r")
+    task = run.task if len(run.task) <= 70 else run.task[:69] + "…"
+    return f"run {run.pk} attempt {attempt.number}: {task}", parse_log(text)

@@ -20,13 +20,18 @@ if TYPE_CHECKING:
 __all__ = [
     "MDAgentError",
     "check",
+    "diff_runs",
     "evaluate",
     "find_potentials",
+    "find_runs",
     "get_run",
+    "index_runs",
     "list_runs",
     "load_profile",
     "load_request",
     "make_request",
+    "plot_run",
+    "query_runs",
     "run",
     "submit",
 ]
@@ -135,6 +140,85 @@ def list_runs(limit: int = 20, *, verdict: str | None = None, site: str | None =
     from mdagent_hpc.workflows.results import list_runs as query
 
     return query(limit=limit, verdict=verdict, site=site, task_contains=task_contains)
+
+
+# -- provenance queries (docs/queries.md) -------------------------------------------------------------------
+def query_runs(**filters) -> Any:
+    """Past runs matching `filters`, as a pandas DataFrame, one row per run (docs/queries.md).
+
+    Filters: task, model, potential (substring; "re:PATTERN" for a regular expression), elements ("Cu,Ni" or a
+    list: all of them), pair_style, md5, units, ensemble, site, user, verdict, grade, stop, fault, finding, sweep,
+    reward / attempts / seconds ("0.5..", "..2", "1..3", a number or a (low, high) tuple), params and obs (dicts
+    of name -> value or range), since / until ("7d", "2026-11-01", a datetime); sort ("-ctime", "reward",
+    "obs.temp_final", ...) and limit (50). Observables and parameters are columns `obs.NAME` and `param.NAME`.
+    """
+    import pandas as pd
+
+    from mdagent_hpc.workflows.query import ROW_FIELDS
+
+    rows = find_runs(**filters)
+    flat = []
+    for r in rows:
+        extra = {f"obs.{k}": v for k, v in r["obs"].items()} | {f"param.{k}": v for k, v in r["params"].items()}
+        flat.append({k: v for k, v in r.items() if k not in ("obs", "params")} | extra)
+    columns = [c for c in ROW_FIELDS if c not in ("obs", "params")]
+    frame = pd.DataFrame(flat, columns=columns + sorted({k for r in flat for k in r} - set(columns)))
+    frame["ctime"] = pd.to_datetime(frame["ctime"])
+    return frame
+
+
+def find_runs(**filters) -> list[dict]:
+    """What `query_runs` finds, as JSON-ready dicts (`obs` and `params` nested): one per run."""
+    from mdagent_hpc.query.filters import QueryError, build_query
+
+    try:
+        query = build_query(**filters)
+    except QueryError as exc:
+        raise MDAgentError(str(exc)) from None
+    load_profile()
+    from mdagent_hpc.workflows.query import search
+
+    return search(query)
+
+
+def diff_runs(a: int | str, b: int | str) -> dict:
+    """Run against run ("42") or attempt against attempt ("42:1", "42:2"): `script_diff` (unified), `settings`
+    that differ ([key, a, b]), `observables` side by side ([name, a, b, b - a])."""
+    load_profile()
+    from mdagent_hpc.workflows.query import NoSuchRun, diff
+    from mdagent_hpc.workflows.results import NotAnAgentRun
+
+    try:
+        return diff(a, b)
+    except (NoSuchRun, NotAnAgentRun, ValueError) as exc:
+        raise MDAgentError(str(exc)) from None
+
+
+def plot_run(run: int | str, out: str | Path | None = None) -> Path:
+    """Thermo quantities against step (or time) for every run segment of a run's passed (else last) attempt, or
+    of attempt N ("42:2"), as a PNG; returns its path (default: run-PK[-N].png here)."""
+    load_profile()
+    from mdagent_hpc.query.plot import plot_thermo
+    from mdagent_hpc.workflows.query import NoSuchRun, attempt_log
+    from mdagent_hpc.workflows.results import NotAnAgentRun
+
+    try:
+        title, log = attempt_log(run)
+        path = Path(out) if out else Path(f"run-{str(run).replace(':', '-')}.png")
+        return plot_thermo(log, path, title)
+    except (NoSuchRun, NotAnAgentRun, ValueError) as exc:
+        raise MDAgentError(str(exc)) from None
+
+
+def index_runs(redo: bool = False, progress=None) -> tuple[int, list[str]]:
+    """Record the query fields of past runs that lack them (all with `redo`); on PostgreSQL also the indexes.
+    Returns (runs recorded, problems)."""
+    load_profile()
+    from mdagent_hpc.workflows.query import ensure_indexes
+    from mdagent_hpc.workflows.query import index_runs as backfill
+
+    ensure_indexes()
+    return backfill(redo=redo, progress=progress)
 
 
 # -- the tools ------------------------------------------------------------------------------------------------

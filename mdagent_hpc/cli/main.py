@@ -22,6 +22,7 @@ COMMANDS = {
     "demo": "run:demo",
     "show": "runs:show",
     "runs": "runs:runs",
+    "plot": "plot:plot",
     "dashboard": "dashboard:dashboard",
     "check": "check:check",
     "evaluate": "evaluate:evaluate",
@@ -33,6 +34,9 @@ COMMANDS = {
     "users": "users:users",
     "verdi": "verdi:verdi",
     "daemon": "verdi:daemon",
+    "bench": "bench:bench",
+    "ask": "ask:ask",
+    "export": "export:export",
 }
 
 

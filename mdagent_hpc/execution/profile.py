@@ -201,3 +201,75 @@ def start_daemon(workers: int = 1, timeout: float = 60) -> None:
     manager = get_manager()
     manager.reset_runner()
     manager.reset_broker()
+
+
+def ensure_postgres_profile(name: str, *, database: str | None = None, host: str = "127.0.0.1", port: int = 5432,
+                            user: str = "postgres", password: str = "", broker: bool = True,
+                            broker_host: str = "127.0.0.1", broker_port: int = 5672, broker_user: str = "guest",
+                            broker_password: str = "guest"):
+    """An AiiDA profile `name` on PostgreSQL (and RabbitMQ, unless `broker` is False), made unless it exists; the
+    Profile (not loaded). Checks what it finds and says in one sentence (ProfileError) what to do when something
+    is missing: the server down, a login refused, a profile of that name on another storage.
+
+    The database (default: `name` with '-' as '_') is made with the C.UTF-8 collation: AiiDA's own creation asks
+    for en_US.UTF-8, which a minimal Debian does not have until the locale is generated and PostgreSQL restarted.
+    """
+    from aiida.manage.configuration import create_profile, get_config
+
+    config = get_config(create=True)
+    database = database or name.replace("-", "_")
+    if name in config.profile_names:
+        profile = config.get_profile(name)
+        if profile.storage_backend != "core.psql_dos":
+            raise ProfileError(f"AiiDA profile '{name}' exists on {profile.storage_backend}, not PostgreSQL; "
+                               "choose another name or delete it (`verdi profile delete`)")
+        stored = profile.storage_config
+        _postgres_database(stored["database_hostname"], stored["database_port"], stored["database_username"],
+                           stored["database_password"], stored["database_name"], create=False)
+        return profile
+    broker_config = {}
+    if broker:
+        from aiida.brokers.rabbitmq.defaults import detect_rabbitmq_config
+
+        try:
+            broker_config = detect_rabbitmq_config(host=broker_host, port=broker_port, username=broker_user,
+                                                   password=broker_password)
+        except ConnectionError:
+            raise ProfileError(f"RabbitMQ at {broker_host}:{broker_port} does not answer (or refuses {broker_user}): "
+                               "start it (`service rabbitmq-server start`), check the login, or make the profile "
+                               "without a broker (in-process runs only, no daemon)") from None
+    _postgres_database(host, port, user, password, database, create=True)
+    storage = {"database_engine": "postgresql_psycopg", "database_hostname": host, "database_port": port,
+               "database_username": user, "database_password": password, "database_name": database,
+               "repository_uri": f"file://{mdagent_home() / 'repositories' / name}"}
+    profile = create_profile(config, name=name, email="mdagent@localhost", storage_backend="core.psql_dos",
+                             storage_config=storage, broker_backend="core.rabbitmq" if broker else None,
+                             broker_config=broker_config or None)
+    config.set_option("runner.poll.interval", 1, scope=name)
+    config.store()
+    return profile
+
+
+def _postgres_database(host: str, port: int, user: str, password: str, database: str, create: bool) -> None:
+    """Check that PostgreSQL answers and `database` is there (making it, UTF-8 with C.UTF-8 collation, if asked)."""
+    import psycopg
+
+    where = f"PostgreSQL at {host}:{port}"
+    try:
+        with psycopg.connect(host=host, port=port, user=user, password=password, dbname="postgres",
+                             connect_timeout=5, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+            if not exists and not create:
+                raise ProfileError(f"database '{database}' is gone from {where}; restore it or delete the profile "
+                                   "(`verdi profile delete`) and make it again")
+            if not exists:
+                conn.execute(psycopg.sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' "
+                                             "LC_CTYPE 'C.UTF-8' TEMPLATE template0").format(
+                    psycopg.sql.Identifier(database), psycopg.sql.Identifier(user)))
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise ProfileError(f"{where} does not answer or refuses {user} ({reason}): start it "
+                           "(`service postgresql start`) or give the right host, port, user and password") from None
+    except psycopg.errors.InsufficientPrivilege:
+        raise ProfileError(f"{user} may not create databases on {where}: create '{database}' as a superuser "
+                           f"(`createdb -O {user} -T template0 -l C.UTF-8 {database}`) or grant CREATEDB") from None

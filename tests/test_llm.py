@@ -12,6 +12,7 @@ import pytest
 
 from mdagent_hpc.agent.feedback import feedback_text
 from mdagent_hpc.llm.client import (
+    LEARNT,
     RESPONSE_SCHEMA,
     LLMUnavailable,
     check_endpoint,
@@ -46,6 +47,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     for var in ("BASE_URL", "MODEL", "API_KEY", "TIMEOUT", "TEMPERATURE", "MAX_TOKENS"):
         monkeypatch.delenv(f"MDAGENT_LLM_{var}", raising=False)
     get_client.cache_clear()  # a port may be reused by a later test's server
+    LEARNT.clear()
 
 
 def settings_for(srv: FakeOpenAIServer, **kw) -> LLMSettings:
@@ -466,3 +468,145 @@ def test_check_endpoint(fake_openai: StartServer) -> None:
     srv.stop()
     down = check_endpoint(settings_for(srv, max_retries=0, timeout_s=1))
     assert down["reachable"] is False and down["kind"] == "unreachable"
+
+
+# --- issue 11: settings, servers without structured output, the context, k candidates, the grammar ----------
+
+
+def test_every_setting_has_an_environment_variable() -> None:
+    from mdagent_hpc.llm.config import ENV_VARS
+
+    assert set(ENV_VARS) == set(LLMSettings.model_fields)
+    assert all(var.startswith("MDAGENT_LLM_") for var in ENV_VARS.values())
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [("off", "off"), ("no", "off"), ("false", "off"), ("'off'", "off"), ("grammar", "grammar"), ("on", "auto")],
+)
+def test_structured_output_written_plainly_in_yaml(tmp_path, written: str, read: str) -> None:
+    (tmp_path / "config.yaml").write_text(f"llm:\n  base_url: http://x:8000/v1\n  structured_output: {written}\n")
+    assert load_llm_settings().structured_output == read
+
+
+def test_new_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MDAGENT_LLM_BASE_URL", "http://gpu01:8000/v1")
+    for var, value in (
+        ("STRUCTURED_OUTPUT", "off"),
+        ("CANDIDATES", "4"),
+        ("CONTEXT_TOKENS", "8192"),
+        ("TOP_P", "0.9"),
+        ("SEED", "3"),
+    ):
+        monkeypatch.setenv(f"MDAGENT_LLM_{var}", value)
+    s = load_llm_settings()
+    assert (s.structured_output, s.candidates, s.context_tokens, s.top_p, s.seed) == ("off", 4, 8192, 0.9, 3)
+    monkeypatch.setenv("MDAGENT_LLM_CANDIDATES", "0")
+    with pytest.raises(LLMConfigError, match=r"\$MDAGENT_LLM_CANDIDATES"):
+        load_llm_settings()
+
+
+def test_llama_cpp_500_on_response_format_falls_back_once_and_is_remembered(
+    fake_openai: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    fenced = "```lammps\n" + SCRIPT + "```"
+    # llama.cpp's server answers an unsupported response_format with HTTP 500 (twice: a 5xx is asked once more)
+    srv = fake_openai([{"reject_response_format": 500}, {"reject_response_format": 500}, fenced, fenced])
+    with caplog.at_level("WARNING", logger="mdagent_hpc.llm.client"):
+        gen = generate(settings_for(srv), MESSAGES)
+        assert gen.script is not None and gen.script.script == SCRIPT and gen.format_used == "fenced_block"
+        assert gen.fallback and "HTTP 500" in gen.fallback and "response_format" in gen.fallback
+        assert [("response_format" in r) for r in srv.requests] == [True, True, False]
+        # a new temperature is a new client: it still knows, and nothing more is said
+        gen = generate(settings_for(srv), MESSAGES, temperature=0.9)
+    assert gen.format_used == "fenced_block" and gen.fallback and len(srv.requests) == 4
+    assert "response_format" not in srv.requests[3] and srv.requests[3]["temperature"] == 0.9
+    assert len([r for r in caplog.records if "refused" in r.getMessage()]) == 1
+
+
+def test_a_passing_500_keeps_structured_output(fake_openai: StartServer) -> None:
+    srv = fake_openai([{"status": 500}, answer(), answer()])
+    assert generate(settings_for(srv), MESSAGES).format_used == "json_schema"
+    gen = generate(settings_for(srv), MESSAGES)
+    assert gen.format_used == "json_schema" and gen.fallback is None and "response_format" in srv.requests[2]
+
+
+def test_a_broken_server_is_not_taken_for_one_without_structured_output(fake_openai: StartServer) -> None:
+    srv = fake_openai([{"status": 500}] * 5)
+    with pytest.raises(LLMUnavailable, match="HTTP 500") as exc:
+        generate(settings_for(srv, max_retries=2), MESSAGES)
+    assert exc.value.kind == "server_error"
+    assert [("response_format" in r) for r in srv.requests] == [True, True, False, False, False]
+    assert not LEARNT.refused
+
+
+def test_max_tokens_sized_to_the_served_context(fake_openai: StartServer) -> None:
+    srv = fake_openai([answer()], max_model_len=2048)
+    long = [{"role": "user", "content": "x" * 4000}]  # 1001 tokens for the fake server's tokenizer
+    gen = generate(settings_for(srv, max_tokens=4096), long)  # a 4096 default is refused by a 2048 context
+    assert gen.script is not None and gen.context_tokens == 2048 and len(srv.requests) == 1
+    assert 64 <= srv.requests[0]["max_tokens"] == gen.params["max_tokens"] <= 2048 - 1001
+
+
+def test_a_wrong_context_guess_is_corrected_from_the_servers_words(fake_openai: StartServer) -> None:
+    srv = fake_openai([answer()], max_model_len=2048)
+    long = [{"role": "user", "content": "x" * 4000}]
+    gen = generate(settings_for(srv, max_tokens=4096, context_tokens=100_000), long)  # a setting that is wrong
+    assert gen.script is not None and len(srv.requests) == 2
+    assert srv.requests[0]["max_tokens"] == 4096 and srv.requests[1]["max_tokens"] == 2048 - 1001 - 1
+
+
+def test_a_prompt_that_fills_the_context_says_so(fake_openai: StartServer) -> None:
+    srv = fake_openai([answer()], max_model_len=512)
+    with pytest.raises(LLMUnavailable, match="max-model-len") as exc:
+        generate(settings_for(srv, context_tokens=100_000), [{"role": "user", "content": "x" * 4000}])
+    assert exc.value.kind == "bad_request"
+
+
+def test_k_candidates_in_one_request(fake_openai: StartServer) -> None:
+    other = SCRIPT.replace("3.615", "3.6")
+    srv = fake_openai([{"choices": [answer(), "I cannot help", answer(other)]}])
+    gen = generate(settings_for(srv, candidates=3), MESSAGES)
+    assert srv.requests[0]["n"] == 3 and len(gen.choices) == 3
+    assert [c.script.script if c.script else None for c in gen.choices] == [SCRIPT, None, other]
+    assert gen.choices[1].problems[0].code == "generate.no_script"
+    single = fake_openai([answer()])  # a server that ignores n answers once: one candidate
+    assert len(generate(settings_for(single, candidates=3), MESSAGES).choices) == 1
+    one = fake_openai([answer()])
+    generate(settings_for(one), MESSAGES)
+    assert "n" not in one.requests[0]
+
+
+GRAMMAR = 'root ::= "units metal\\n" "run 0\\n"'
+
+
+def test_grammar_sent_as_structured_outputs_and_the_answer_is_the_script(fake_openai: StartServer) -> None:
+    srv = fake_openai(["units metal\nrun 0\n"])
+    gen = generate(settings_for(srv, structured_output="grammar"), MESSAGES, grammar=GRAMMAR)
+    assert srv.requests[0]["structured_outputs"] == {"grammar": GRAMMAR} and "response_format" not in srv.requests[0]
+    assert gen.format_used == "grammar" and gen.script is not None and gen.script.script == "units metal\nrun 0\n"
+
+
+def test_grammar_refused_falls_back_to_fenced(fake_openai: StartServer) -> None:
+    fenced = "```lammps\n" + SCRIPT + "```"
+    srv = fake_openai([{"reject_grammar": True}, fenced, fenced])
+    settings = settings_for(srv, structured_output="grammar")
+    gen = generate(settings, MESSAGES, grammar=GRAMMAR)
+    assert gen.format_used == "fenced_block" and gen.script is not None and "structured_outputs" in gen.fallback
+    assert generate(settings, MESSAGES, grammar=GRAMMAR).format_used == "fenced_block"
+    assert ["structured_outputs" in r for r in srv.requests] == [True, False, False]
+
+
+def test_grammar_answer_cut_off(fake_openai: StartServer) -> None:
+    srv = fake_openai([{"content": "units metal\nlattice fcc", "finish_reason": "length"}])
+    gen = generate(settings_for(srv, structured_output="grammar"), MESSAGES, grammar=GRAMMAR)
+    assert gen.script is None and gen.problems[0].code == "generate.cut_off"
+
+
+def test_fenced_fallback_never_takes_a_python_block() -> None:
+    text = "Use this:\n```python\nfrom lammps import lammps\nlmp = lammps()\n```"
+    script, problems = read_answer(text)
+    assert script is None and "python" in problems[0].message
+    both = "```python\nimport os\n```\nand\n```\n" + SCRIPT + "```"
+    script, problems = read_answer(both)
+    assert problems == [] and script is not None and script.script == SCRIPT

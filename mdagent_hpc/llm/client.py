@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import re
+import threading
 import time
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -19,7 +20,7 @@ import openai
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, Field, field_validator
 
-from mdagent_hpc.llm.config import LLMError, LLMSettings
+from mdagent_hpc.llm.config import LLMConfigError, LLMError, LLMSettings
 from mdagent_hpc.models import Diagnostic, Severity
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,13 @@ class LLMUnavailable(LLMError):
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.status: int | None = None  # the HTTP status, when the server answered with one
+        self.status_text = kind  # "HTTP 500: <the server's words>", for messages that quote it
+
+    @property
+    def refusal(self) -> bool:
+        """An HTTP error that a request constraint (response_format, a grammar) may have caused."""
+        return self.status is not None and self.kind in ("bad_request", "server_error")
 
 
 class GeneratedScript(BaseModel):
@@ -79,32 +87,86 @@ RESPONSE_FORMAT: dict[str, Any] = {
 }
 
 
-class Generation(BaseModel):
-    """One generation, with everything needed to reproduce or audit it (never the API key)."""
+class Choice(BaseModel):
+    """One of the answers of a request (several when `candidates` > 1)."""
 
     script: GeneratedScript | None = Field(description="None when the answer could not be read; see problems")
     raw_response: str
-    model: str
-    base_url: str
-    messages: list[dict[str, Any]]
-    params: dict[str, Any] = Field(
-        description="sampling parameters sent: temperature, max_tokens, top_p, seed"
-    )
-    usage: dict[str, int] = Field(default_factory=dict)
-    latency_s: float
-    format_used: Literal["json_schema", "fenced_block"] = Field(
-        description="json_schema: the request carried response_format; fenced_block: plain text answer"
-    )
     finish_reason: str | None = None
     problems: list[Diagnostic] = Field(default_factory=list)
 
 
+FormatUsed = Literal["json_schema", "grammar", "fenced_block"]
+
+
+class Generation(BaseModel):
+    """One request, with everything needed to reproduce or audit it (never the API key)."""
+
+    choices: list[Choice] = Field(description="the answers, in the server's order; at least one")
+    model: str
+    base_url: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = Field(
+        description="sampling parameters sent: temperature, max_tokens (sized to the context), top_p, seed, n"
+    )
+    usage: dict[str, int] = Field(default_factory=dict)
+    latency_s: float
+    format_used: FormatUsed = Field(
+        description="json_schema: the request carried response_format; grammar: a LAMMPS grammar "
+        "(structured_outputs); fenced_block: plain text answer"
+    )
+    fallback: str | None = Field(None, description="why the constraint asked for was not used: the server refused it")
+    context_tokens: int | None = Field(None, description="the model's context length, when known")
+
+    # The first answer, for callers that asked for one.
+    @property
+    def script(self) -> GeneratedScript | None:
+        return self.choices[0].script
+
+    @property
+    def raw_response(self) -> str:
+        return self.choices[0].raw_response
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.choices[0].finish_reason
+
+    @property
+    def problems(self) -> list[Diagnostic]:
+        return self.choices[0].problems
+
+
+Key = tuple[str, str]  # (endpoint, model)
+
+
+class _Learnt:
+    """What this process learnt about each endpoint and model, whatever client asked: the constraints it refused
+    (and why), those that worked, its context length and how many characters a prompt token is."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.refused: dict[Key, dict[str, str]] = {}
+        self.works: dict[Key, set[str]] = {}
+        self.context: dict[Key, int | None] = {}
+        self.chars_per_token: dict[Key, float] = {}
+
+    def clear(self) -> None:
+        with self.lock:
+            for table in (self.refused, self.works, self.context, self.chars_per_token):
+                table.clear()
+
+
+LEARNT = _Learnt()
+CHARS_PER_TOKEN = 3.0  # a cautious first guess; replaced by the server's own count after one answer
+MIN_ANSWER_TOKENS = 64
+
+
 class LLMClient:
-    """An openai client for one settings object. Remembers whether the server does structured output."""
+    """An openai client for one settings object. What it learns about the server is kept per endpoint and model
+    for the whole process (`LEARNT`), so a client made for another temperature knows it too."""
 
     def __init__(self, settings: LLMSettings):
         self.settings = settings
-        self.structured = settings.structured_output != "off"
         self.url = _without_userinfo(settings.base_url)
         self._model = settings.model
         self._openai = openai.OpenAI(
@@ -123,73 +185,184 @@ class LLMClient:
         return self._model
 
     def list_models(self) -> list[str]:
+        return list(self._served())
+
+    def _served(self) -> dict[str, int | None]:
+        """Model id -> its context length (vLLM's `max_model_len`; None where the server does not say)."""
         try:
-            return [m.id for m in self._openai.models.list().data]
+            data = self._openai.models.list().data
+            served = {m.id: getattr(m, "max_model_len", None) for m in data}
         except (openai.APIError, ValueError, AttributeError, TypeError) as err:
             raise self._unavailable(err) from err
+        with LEARNT.lock:
+            for model, length in served.items():
+                LEARNT.context[(self.url, model)] = length if isinstance(length, int) and length > 0 else None
+        return served
 
-    def generate(self, messages: list[dict[str, Any]], *, temperature: float | None = None) -> Generation:
+    def context_tokens(self, model: str) -> int | None:
+        """The model's context length: the setting, else what the server said (asked once per process)."""
+        if self.settings.context_tokens:
+            return self.settings.context_tokens
+        if (self.url, model) not in LEARNT.context:
+            try:
+                self._served()
+            except LLMUnavailable:
+                LEARNT.context[(self.url, model)] = None  # the chat request will say what is wrong
+        return LEARNT.context.get((self.url, model))
+
+    def generate(
+        self, messages: list[dict[str, Any]], *, temperature: float | None = None, grammar: str | None = None
+    ) -> Generation:
         s = self.settings
+        model = self.model_name()
+        key = (self.url, model)
+        wanted = {"auto": "json_schema", "json_schema": "json_schema", "grammar": "grammar", "off": None}[
+            s.structured_output
+        ]
+        if wanted == "grammar" and not grammar:
+            raise LLMConfigError("structured_output is 'grammar' but no grammar was given")
+        fallback = LEARNT.refused.get(key, {}).get(wanted) if wanted else None
+        context = self.context_tokens(model)
         params: dict[str, Any] = {
             "temperature": s.temperature if temperature is None else temperature,
-            "max_tokens": s.max_tokens,
+            "max_tokens": self._answer_tokens(key, messages, context),
         }
         params |= {k: v for k, v in (("top_p", s.top_p), ("seed", s.seed)) if v is not None}
+        if s.candidates > 1:
+            params["n"] = s.candidates
         start = time.monotonic()
-        model = self.model_name()
-        response = None
-        if self.structured:
-            try:
-                response = self._create(model, messages, params, RESPONSE_FORMAT)
-            except _SchemaRejected as err:
-                if s.structured_output == "json_schema":
-                    raise LLMUnavailable(
-                        "bad_request",
-                        f"{self.url} does not support json_schema structured output ({err}); "
-                        "set structured_output to 'auto' or 'off'.",
-                    ) from None
-                log.info(
-                    "%s rejected response_format (%s); using fenced code blocks from now on", self.url, err
-                )
-                self.structured = False
-        format_used: Literal["json_schema", "fenced_block"] = (
-            "json_schema" if response is not None else "fenced_block"
-        )
+        response, used = None, None
+        if wanted and not fallback:
+            response, fallback = self._constrained(model, messages, params, wanted, grammar)
+            used = wanted if fallback is None else None
         if response is None:
             response = self._create(model, messages, params, None)
 
-        choice = response.choices[0]
-        text = (choice.message.content if choice.message else None) or ""
-        script, problems = read_answer(text, choice.finish_reason, s.max_tokens)
         counts = response.usage.model_dump() if response.usage else {}
         usage = {k: v for k, v in counts.items() if k.endswith("_tokens") and isinstance(v, int)}
+        if usage.get("prompt_tokens"):
+            LEARNT.chars_per_token[key] = _chars(messages) / usage["prompt_tokens"]
+        choices = []
+        for choice in response.choices:
+            text = (choice.message.content if choice.message else None) or ""
+            if used == "grammar":
+                script, problems = read_script(text, choice.finish_reason, params["max_tokens"])
+            else:
+                script, problems = read_answer(text, choice.finish_reason, params["max_tokens"])
+            choices.append(
+                Choice(script=script, raw_response=text, finish_reason=choice.finish_reason, problems=problems)
+            )
         return Generation(
-            script=script,
-            raw_response=text,
+            choices=choices,
             model=response.model or model,
             base_url=self.url,
             messages=messages,
             params=params,
             usage=usage,
             latency_s=round(time.monotonic() - start, 3),
-            format_used=format_used,
-            finish_reason=choice.finish_reason,
-            problems=problems,
+            format_used=used or "fenced_block",
+            fallback=fallback,
+            context_tokens=LEARNT.context.get(key) or s.context_tokens,
         )
 
+    def _answer_tokens(self, key: Key, messages: list[dict[str, Any]], context: int | None) -> int:
+        """`max_tokens`, lowered to what the context leaves after the prompt (estimated; see `_create`)."""
+        wanted = self.settings.max_tokens
+        if not context:
+            return wanted
+        prompt = _chars(messages) / LEARNT.chars_per_token.get(key, CHARS_PER_TOKEN) * 1.1 + 16
+        return max(MIN_ANSWER_TOKENS, min(wanted, int(context - prompt)))
+
+    def _constrained(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any], kind: str, grammar: str | None
+    ) -> tuple[ChatCompletion | None, str | None]:
+        """Ask with the constraint `kind`. A server that cannot do it may say so with any status (vLLM 400,
+        llama.cpp 500): until the constraint has worked once here, a refusal is tried again without it, and
+        if that answers, the constraint is taken as unsupported (for this process) and the answer used."""
+        key = (self.url, model)
+        extra = (
+            {"response_format": RESPONSE_FORMAT}
+            if kind == "json_schema"
+            else {"extra_body": {"structured_outputs": {"grammar": grammar}}}
+        )
+        if kind not in LEARNT.works.get(key, set()):
+            try:
+                response = self._create(model, messages, params, extra, retries=0)
+            except LLMUnavailable as err:
+                if err.refusal:
+                    return self._refused(model, messages, params, extra, kind, err)
+                if err.kind in ("auth", "server_error") or not self.settings.max_retries:
+                    raise
+                # 429, a timeout, no connection: the retries left
+                response = self._create(model, messages, params, extra, retries=self.settings.max_retries - 1)
+        else:
+            response = self._create(model, messages, params, extra)
+        with LEARNT.lock:
+            LEARNT.works.setdefault(key, set()).add(kind)
+        return response, None
+
+    def _refused(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        extra: dict[str, Any],
+        kind: str,
+        err: LLMUnavailable,
+    ) -> tuple[ChatCompletion | None, str | None]:
+        """The first request with the constraint failed: it may be the constraint, or the server."""
+        if err.kind == "server_error":  # a 5xx may pass on: ask once more with the constraint
+            try:
+                return self._create(model, messages, params, extra, retries=0), None
+            except LLMUnavailable as again:
+                if not again.refusal:
+                    raise
+                err = again
+        if self.settings.structured_output == "json_schema":
+            raise LLMUnavailable(
+                err.kind,
+                f"{err.message} If the server does not support json_schema structured output, "
+                "set structured_output to 'auto' or 'off'.",
+            ) from None
+        response = self._create(model, messages, params, None)  # fails as the server fails, if it is the server
+        reason = f"{self.url} refused {_CONSTRAINT_NAMES[kind]} ({err.status_text})"
+        key = (self.url, model)
+        with LEARNT.lock:
+            first = kind not in LEARNT.refused.setdefault(key, {})
+            LEARNT.refused[key][kind] = reason
+        if first:
+            log.warning("%s; using fenced code blocks with %s from now on", reason, model)
+        return response, reason
+
     def _create(
-        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any], response_format: Any
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        extra: dict[str, Any] | None,
+        retries: int | None = None,
     ) -> ChatCompletion:
-        extra = {"response_format": response_format} if response_format else {}
+        """One chat completion. A `max_tokens` the context cannot hold is lowered once, to what the server
+        says is left."""
+        client = self._openai if retries is None else self._openai.with_options(max_retries=retries)
         try:
-            response = self._openai.chat.completions.create(model=model, messages=messages, **params, **extra)
+            response = client.chat.completions.create(model=model, messages=messages, **params, **(extra or {}))
+        except openai.BadRequestError as err:
+            room = _room_left(_server_message(err), params.get("max_tokens"))
+            if room is None:
+                raise self._unavailable(err) from err
+            if room < MIN_ANSWER_TOKENS:
+                raise LLMUnavailable(
+                    "bad_request",
+                    f"The prompt leaves no room for an answer in {model}'s context ({_server_message(err)});"
+                    " serve the model with a longer context (vLLM --max-model-len) or shorten the task.",
+                ) from err
+            log.info(
+                "%s: max_tokens %s does not fit the context; asking for %d", self.url, params.get("max_tokens"), room
+            )
+            params["max_tokens"] = room
+            return self._create(model, messages, params, extra, retries)
         except openai.APIStatusError as err:
-            if (
-                response_format
-                and err.status_code in (400, 422)
-                and _SCHEMA_WORDS.search(_server_message(err))
-            ):
-                raise _SchemaRejected(_server_message(err)) from err
             raise self._unavailable(err) from err
         except (openai.APIError, ValueError) as err:  # ValueError: a body that is not JSON
             raise self._unavailable(err) from err
@@ -202,6 +375,13 @@ class LLMClient:
         return response
 
     def _unavailable(self, err: Exception) -> LLMUnavailable:
+        unavailable = self._explain(err)
+        if isinstance(err, openai.APIStatusError):
+            unavailable.status = err.status_code
+            unavailable.status_text = f"HTTP {err.status_code}: {_server_message(err)}"
+        return unavailable
+
+    def _explain(self, err: Exception) -> LLMUnavailable:
         s, url = self.settings, self.url
         attempts = f"{s.max_retries + 1} attempt(s)"
         if isinstance(err, openai.APITimeoutError):
@@ -224,9 +404,7 @@ class LLMClient:
             )
         code, msg = err.status_code, _server_message(err)
         if code in (401, 403):
-            return LLMUnavailable(
-                "auth", f"{url} rejected the API key (HTTP {code}); check MDAGENT_LLM_API_KEY."
-            )
+            return LLMUnavailable("auth", f"{url} rejected the API key (HTTP {code}); check MDAGENT_LLM_API_KEY.")
         if code == 429:
             return LLMUnavailable(
                 "rate_limited",
@@ -251,11 +429,25 @@ class LLMClient:
 _CHECK_URL = "check that the base URL is the OpenAI-compatible API (usually ending in /v1)."
 
 
-class _SchemaRejected(Exception):
-    """The server said no to response_format (no structured-output support)."""
+_CONSTRAINT_NAMES = {"json_schema": "response_format json_schema", "grammar": "structured_outputs grammar"}
+_CONTEXT_LENGTH = re.compile(r"maximum (?:context|model) length is (\d+)", re.IGNORECASE)
+_PROMPT_TOKENS = re.compile(
+    r"(\d+) (?:input|prompt) tokens|prompt contains (?:at least )?(\d+)|messages resulted in (\d+) tokens",
+    re.IGNORECASE,
+)
 
 
-_SCHEMA_WORDS = re.compile(r"response_format|json_schema|structured|guided", re.IGNORECASE)
+def _room_left(message: str, max_tokens: int | None) -> int | None:
+    """Tokens left for the answer, when `message` says the request does not fit the model's context."""
+    context, prompt = _CONTEXT_LENGTH.search(message), _PROMPT_TOKENS.search(message)
+    if not (context and prompt and max_tokens):
+        return None
+    room = int(context.group(1)) - int(next(g for g in prompt.groups() if g)) - 1
+    return room if room < max_tokens else None
+
+
+def _chars(messages: list[dict[str, Any]]) -> int:
+    return sum(len(str(m.get("content") or "")) for m in messages)
 
 
 @functools.lru_cache(maxsize=16)
@@ -265,11 +457,16 @@ def get_client(settings: LLMSettings) -> LLMClient:
 
 
 def generate(
-    settings: LLMSettings, messages: list[dict[str, Any]], *, temperature: float | None = None
+    settings: LLMSettings,
+    messages: list[dict[str, Any]],
+    *,
+    temperature: float | None = None,
+    grammar: str | None = None,
 ) -> Generation:
-    """Ask the model for a script. Raises LLMUnavailable if no answer could be had; an answer
-    without a usable script comes back as a Generation with `script=None` and `problems`."""
-    return get_client(settings).generate(messages, temperature=temperature)
+    """Ask the model for `settings.candidates` scripts. Raises LLMUnavailable if no answer could be had; an answer
+    without a usable script comes back as a Choice with `script=None` and `problems`. `grammar` (see
+    `llm.grammar`) is used when `structured_output` is `grammar`."""
+    return get_client(settings).generate(messages, temperature=temperature, grammar=grammar)
 
 
 def check_endpoint(settings: LLMSettings) -> dict[str, Any]:
@@ -280,37 +477,62 @@ def check_endpoint(settings: LLMSettings) -> dict[str, Any]:
     (one sentence saying what to do) tell why.
     """
     client = get_client(settings.model_copy(update={"max_retries": 0}))
-    result: dict[str, Any] = {"ok": False, "base_url": client.url, "model": settings.model, "reachable": False,
-                              "models": [], "model_served": False, "models_seconds": None, "chat_seconds": None,
-                              "answer": None, "kind": None, "error": None}
+    result: dict[str, Any] = {
+        "ok": False,
+        "base_url": client.url,
+        "model": settings.model,
+        "reachable": False,
+        "models": [],
+        "model_served": False,
+        "models_seconds": None,
+        "chat_seconds": None,
+        "answer": None,
+        "kind": None,
+        "error": None,
+    }
     start = time.monotonic()
     try:
         models = client.list_models()
     except LLMUnavailable as err:
         return result | {"kind": err.kind, "error": err.message}
     model = settings.model or (models[0] if models else None)
-    result |= {"reachable": True, "models": models, "models_seconds": round(time.monotonic() - start, 3),
-               "model": model, "model_served": model in models}
+    result |= {
+        "reachable": True,
+        "models": models,
+        "models_seconds": round(time.monotonic() - start, 3),
+        "model": model,
+        "model_served": model in models,
+    }
     if not result["model_served"]:
-        return result | {"kind": "bad_request", "error": f"model {model!r} is not served by {client.url}; served: "
-                         f"{', '.join(models) or 'none'} (set MDAGENT_LLM_MODEL to one of them)"}
+        return result | {
+            "kind": "bad_request",
+            "error": f"model {model!r} is not served by {client.url}; served: "
+            f"{', '.join(models) or 'none'} (set MDAGENT_LLM_MODEL to one of them)",
+        }
     start = time.monotonic()
     try:
-        response = client._create(model, [{"role": "user", "content": "Answer with one word: ready"}],
-                                  {"temperature": 0.0, "max_tokens": 16}, None)
+        response = client._create(
+            model,
+            [{"role": "user", "content": "Answer with one word: ready"}],
+            {"temperature": 0.0, "max_tokens": 16},
+            None,
+        )
     except LLMUnavailable as err:
         return result | {"kind": err.kind, "error": err.message}
     text = (response.choices[0].message.content if response.choices[0].message else None) or ""
-    return result | {"ok": True, "chat_seconds": round(time.monotonic() - start, 3), "answer": _one_line(text, 80)}
+    return result | {
+        "ok": True,
+        "chat_seconds": round(time.monotonic() - start, 3),
+        "answer": _one_line(text, 80),
+        "context_tokens": LEARNT.context.get((client.url, model)),
+    }
 
 
 # --- reading the answer ---------------------------------------------------------------------------
 
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)  # reasoning models may prefix their answer with this
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
-_CORE_COMMANDS = re.compile(
-    r"^(units|atom_style|read_data|create_box|pair_style|run|minimize)\b", re.MULTILINE
-)
+_CORE_COMMANDS = re.compile(r"^(units|atom_style|read_data|create_box|pair_style|run|minimize)\b", re.MULTILINE)
 
 
 def read_answer(
@@ -338,6 +560,15 @@ def read_answer(
                     f"The answer is not a valid JSON object with a script: {why}.",
                     "Answer with exactly one JSON object {script, files, potentials, notes}; escape newlines"
                     " and quotes inside strings" + ("; keep the script shorter." if cut else "."),
+                )
+            ]
+        other = sorted({lang for lang, _ in _code_blocks(text)})
+        if other:
+            return None, [
+                _problem(
+                    "generate.no_script",
+                    f"The answer holds code in {', '.join(other)}, not a LAMMPS input script.",
+                    "Write the LAMMPS input script itself (in the JSON object's `script`, or a ```lammps block).",
                 )
             ]
         return None, [
@@ -369,13 +600,41 @@ def _json_candidates(text: str) -> list[str]:
     return candidates
 
 
+def read_script(
+    text: str, finish_reason: str | None = None, max_tokens: int | None = None
+) -> tuple[GeneratedScript | None, list[Diagnostic]]:
+    """An answer written under the LAMMPS grammar: the script itself."""
+    text = _THINK.sub("", text).strip()
+    if text and finish_reason != "length":
+        return GeneratedScript(script=text + "\n"), []
+    if text:
+        return None, [
+            _problem(
+                "generate.cut_off",
+                f"The script was cut off at max_tokens ({max_tokens}).",
+                "Write a shorter script: fewer comments, no repeated blocks.",
+            )
+        ]
+    return None, [_problem("generate.empty_script", "The answer was empty.", "Write the complete LAMMPS script.")]
+
+
+def _code_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of each fenced block that is not a JSON object."""
+    return [(lang.lower(), body) for lang, body in _FENCE.findall(text) if not body.strip().startswith("{")]
+
+
 def _script_from_text(text: str) -> GeneratedScript | None:
-    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text) if not body.strip().startswith("{")]
+    """A ```lammps (or unlabelled) block, else a bare script. A block in another language (python, bash) is never
+    taken: running it as LAMMPS input would only confuse the model's next attempt."""
+    blocks = _code_blocks(text)
     tagged = [body for lang, body in blocks if lang in ("lammps", "lmp")]
-    if tagged or blocks:
-        body = tagged[0] if tagged else max((b for _, b in blocks), key=len)
+    untagged = [body for lang, body in blocks if not lang]
+    if tagged or untagged:
+        body = tagged[0] if tagged else max(untagged, key=len)
         notes = _one_line(_FENCE.sub(" ", text))[:500]
         return GeneratedScript(script=body.strip() + "\n", notes=notes)
+    if blocks:
+        return None
     # A bare script: every line a lowercase command or a comment, with at least one core command.
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     if lines and all(re.match(r"[a-z_]+(\s|$)", line) for line in lines) and _CORE_COMMANDS.search(text):

@@ -39,9 +39,26 @@ class LLMSettings(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int = Field(4096, gt=0)
     seed: int | None = None
-    structured_output: Literal["auto", "json_schema", "off"] = Field(
-        "auto", description="auto: json_schema, falling back to fenced blocks if the server rejects it"
+    structured_output: Literal["auto", "json_schema", "grammar", "off"] = Field(
+        "auto",
+        description="auto: json_schema, falling back to fenced blocks if the server rejects it; json_schema: never"
+        " fall back; grammar: the script constrained by a LAMMPS grammar (vLLM structured_outputs), falling back"
+        " to fenced blocks; off: plain text",
     )
+    candidates: int = Field(1, ge=1, le=16, description="scripts asked for per request (n); all are preflighted")
+    context_tokens: int | None = Field(
+        None, gt=0, description="the model's context length; None: read from the server (vLLM's max_model_len)"
+    )
+
+    @field_validator("structured_output", mode="before")
+    @classmethod
+    def _plain_off(cls, value: Any) -> Any:
+        # YAML reads a bare `off`/`no`/`false` as False (and `on`/`yes` as True).
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        if isinstance(value, str) and value.strip().lower() in ("false", "no", "none", "0"):
+            return "off"
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("base_url")
     @classmethod
@@ -62,6 +79,11 @@ ENV_VARS = {
     "temperature": "MDAGENT_LLM_TEMPERATURE",
     "max_tokens": "MDAGENT_LLM_MAX_TOKENS",
     "max_retries": "MDAGENT_LLM_MAX_RETRIES",
+    "top_p": "MDAGENT_LLM_TOP_P",
+    "seed": "MDAGENT_LLM_SEED",
+    "structured_output": "MDAGENT_LLM_STRUCTURED_OUTPUT",
+    "candidates": "MDAGENT_LLM_CANDIDATES",
+    "context_tokens": "MDAGENT_LLM_CONTEXT_TOKENS",
 }
 
 

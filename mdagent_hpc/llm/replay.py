@@ -8,8 +8,14 @@ recorded correction session so a fresh machine can run the whole loop without a 
 - {"status": 500 | 401 | 429 | ...}: an OpenAI-style error with that HTTP status;
 - {"hang": seconds, "content": str}: sleep, then answer (the client has usually given up by then);
 - {"garbage": "not json"}: status 200 with a body that is not JSON;
-- {"reject_response_format": True}: a 400 like a server without structured outputs, if the request
-  has `response_format`; otherwise the entry is skipped and the next one answers.
+- {"choices": [str, ...]}: several answers in one completion (a request with n > 1);
+- {"reject_response_format": True | status}: a 400 (or that status: llama.cpp answers 500) like a server
+  without structured outputs, if the request has `response_format`; otherwise the entry is skipped and the
+  next one answers;
+- {"reject_grammar": True | status}: the same for `structured_outputs` (vLLM's grammar-constrained output).
+
+With `max_model_len`, /v1/models reports it (as vLLM does), and a request whose prompt (4 characters a token)
+plus `max_tokens` exceeds it is refused with vLLM's HTTP 400.
 
 When the queue is empty the server answers 500 saying so, so that tests fail clearly.
 
@@ -35,9 +41,17 @@ Answer = str | dict[str, Any]
 
 
 class FakeOpenAIServer:
-    def __init__(self, answers: list[Answer] | None = None, *, port: int = 0, model: str = "fake-model"):
+    def __init__(
+        self,
+        answers: list[Answer] | None = None,
+        *,
+        port: int = 0,
+        model: str = "fake-model",
+        max_model_len: int | None = None,
+    ):
         self.answers: deque[Answer] = deque(answers or [])
         self.model = model
+        self.max_model_len = max_model_len
         self.requests: list[dict[str, Any]] = []  # JSON bodies of chat completion requests, in order
         self.headers: list[dict[str, str]] = []  # their HTTP headers
         self._lock = threading.Lock()
@@ -79,18 +93,15 @@ class FakeOpenAIServer:
             self.headers.append(headers)
             while self.answers:
                 answer = self.answers.popleft()
-                if (
-                    isinstance(answer, dict)
-                    and answer.get("reject_response_format")
-                    and not body.get("response_format")
-                ):
+                if isinstance(answer, dict) and _rejection(answer, body) is False:
                     continue
                 return answer
             return None
 
-    def completion(self, content: str, finish_reason: str = "stop") -> dict[str, Any]:
-        prompt = sum(len(str(m.get("content", "")).split()) for m in self.requests[-1].get("messages", []))
-        completion = len(content.split())
+    def completion(self, content: str | list[str], finish_reason: str = "stop") -> dict[str, Any]:
+        contents = [content] if isinstance(content, str) else content
+        prompt = prompt_tokens(self.requests[-1])
+        completion = sum(len(c.split()) for c in contents)
         return {
             "id": f"chatcmpl-fake{len(self.requests)}",
             "object": "chat.completion",
@@ -98,11 +109,12 @@ class FakeOpenAIServer:
             "model": self.model,
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
                     "logprobs": None,
                     "finish_reason": finish_reason,
                 }
+                for i, text in enumerate(contents)
             ],
             "usage": {
                 "prompt_tokens": prompt,
@@ -112,11 +124,25 @@ class FakeOpenAIServer:
         }
 
 
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The fake tokenizer: 4 characters a token."""
+    return sum(len(str(m.get("content") or "")) for m in body.get("messages", [])) // 4 + 1
+
+
+def _rejection(answer: dict[str, Any], body: dict[str, Any]) -> int | bool | None:
+    """For a `reject_*` answer: the status to refuse this request with, or False (skip: the request did not
+    carry that constraint); None for any other answer."""
+    for key, field in (("reject_response_format", "response_format"), ("reject_grammar", "structured_outputs")):
+        if answer.get(key):
+            if not body.get(field):
+                return False
+            return 400 if answer[key] is True else int(answer[key])
+    return None
+
+
 def _error(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     kinds = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error"}
-    return {
-        "error": {"message": message, "type": kinds.get(status, "server_error"), "param": param, "code": None}
-    }
+    return {"error": {"message": message, "type": kinds.get(status, "server_error"), "param": param, "code": None}}
 
 
 def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
@@ -138,6 +164,8 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/v1/models":
                 model = {"id": server.model, "object": "model", "created": 0, "owned_by": "fake"}
+                if server.max_model_len:
+                    model["max_model_len"] = server.max_model_len
                 self._send(200, {"object": "list", "data": [model]})
             else:
                 self._send(404, _error(404, f"no route {self.path}"))
@@ -152,8 +180,22 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 self._send(400, _error(400, "request body is not JSON"))
                 return
+            tokens = prompt_tokens(body) + int(body.get("max_tokens") or 16)
+            if server.max_model_len and tokens > server.max_model_len:
+                server.requests.append(body)
+                msg = (
+                    f"This model's maximum context length is {server.max_model_len} tokens. However, you requested"
+                    f" {body.get('max_tokens')} output tokens and your prompt contains at least"
+                    f" {prompt_tokens(body)} input tokens, for a total of at least {tokens} tokens."
+                )
+                self._send(400, _error(400, msg, param="input_tokens"))
+                return
             answer = server._next_answer(body, dict(self.headers))
-            if answer is None:
+            rejected = _rejection(answer, body) if isinstance(answer, dict) else None
+            if rejected:
+                what = "response_format json_schema" if answer.get("reject_response_format") else "structured_outputs"
+                self._send(rejected, _error(rejected, f"{what} is not supported by this server", param=None))
+            elif answer is None:
                 n = len(server.requests)
                 self._send(500, _error(500, f"FakeOpenAIServer: the scripted answers ran out at request {n}"))
             elif isinstance(answer, str):
@@ -166,9 +208,8 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, server.completion(answer.get("content", "")))
             elif "garbage" in answer:
                 self._send(200, answer["garbage"], content_type=answer.get("content_type", "text/html"))
-            elif answer.get("reject_response_format"):
-                msg = "response_format of type json_schema is not supported by this server"
-                self._send(400, _error(400, msg, param="response_format"))
+            elif "choices" in answer:
+                self._send(200, server.completion(answer["choices"], answer.get("finish_reason", "stop")))
             else:
                 self._send(200, server.completion(answer["content"], answer.get("finish_reason", "stop")))
 

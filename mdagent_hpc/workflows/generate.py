@@ -20,7 +20,7 @@ from mdagent_hpc.workflows.lammps_calc import node_key
 
 # Settings that may be stored (and so passed as inputs); the API key is deliberately not among them.
 STORED_SETTINGS = ("base_url", "model", "timeout_s", "max_retries", "temperature", "top_p", "max_tokens", "seed",
-                   "structured_output")
+                   "structured_output", "candidates", "context_tokens")
 
 
 class LinksOnlyNewOutputs:
@@ -42,9 +42,14 @@ class GenerateScript(LinksOnlyNewOutputs, Process):
         super().define(spec)
         spec.input("messages", valid_type=orm.List, help="the chat messages sent to the model")
         spec.input("settings", valid_type=orm.Dict, help="endpoint and sampling settings (no secrets)")
-        spec.output("script", valid_type=orm.SinglefileData, required=False)
+        spec.input("grammar", valid_type=orm.Str, required=False,
+                   help="the site's LAMMPS grammar (llm.grammar), used when structured_output is grammar")
+        spec.output("script", valid_type=orm.SinglefileData, required=False, help="the first answer's script")
         spec.output_namespace("files", valid_type=orm.SinglefileData, dynamic=True, required=False)
-        spec.output("response", valid_type=orm.Dict, help="raw answer, model, usage, latency, problems")
+        spec.output_namespace("candidates", valid_type=orm.SinglefileData, dynamic=True, required=False,
+                              help="with candidates > 1, answer N's script as candidate_N (N from 2), its files as "
+                                   "candidate_N__<name>")
+        spec.output("response", valid_type=orm.Dict, help="raw answers, model, usage, latency, problems")
         spec.exit_code(300, "ERROR_LLM_UNAVAILABLE", message="the LLM endpoint failed: {kind}: {message}")
         spec.exit_code(310, "ERROR_NO_SCRIPT", message="the answer held no usable script")
 
@@ -54,9 +59,10 @@ class GenerateScript(LinksOnlyNewOutputs, Process):
     async def run(self):
         overrides = {k: v for k, v in self.inputs.settings.get_dict().items() if k in STORED_SETTINGS}
         messages = self.inputs.messages.get_list()
+        grammar = self.inputs.grammar.value if "grammar" in self.inputs else None
         try:
             settings = load_llm_settings(overrides)
-            call = functools.partial(generate, settings, messages)
+            call = functools.partial(generate, settings, messages, grammar=grammar)
             generation = await asyncio.get_running_loop().run_in_executor(None, call)
         except LLMUnavailable as exc:
             self.out("response", orm.Dict({"error": exc.kind, "message": str(exc)}))
@@ -64,15 +70,24 @@ class GenerateScript(LinksOnlyNewOutputs, Process):
         except LLMError as exc:
             self.out("response", orm.Dict({"error": "config", "message": str(exc)}))
             return self.exit_codes.ERROR_LLM_UNAVAILABLE.format(kind="config", message=str(exc))
-        response = generation.model_dump(mode="json", exclude={"messages", "script"})
-        files = generation.script.files if generation.script else {}
+        response = generation.model_dump(mode="json", exclude={"messages": True, "choices": {"__all__": {"script"}}})
         # A file is written into the run folder under its name: only plain names inside it.
-        response["refused_files"] = [n for n in files if refused_name(n)]
+        for number, (choice, record) in enumerate(zip(generation.choices, response["choices"], strict=True), 1):
+            files = choice.script.files if choice.script else {}
+            record["refused_files"] = [n for n in files if refused_name(n)]
+            if choice.script is None:
+                continue
+            script = orm.SinglefileData.from_string(choice.script.script, filename="in.lammps")
+            prefix = "" if number == 1 else f"candidates.candidate_{number}"
+            self.out(prefix or "script", script)
+            for name, content in files.items():
+                if name not in record["refused_files"]:
+                    key = f"{prefix}__{node_key(name)}" if prefix else f"files.{node_key(name)}"
+                    self.out(key, orm.SinglefileData.from_string(content, filename=name))
+        # The first answer's reading at the top, as for a single answer.
+        first = response["choices"][0]
+        response |= {k: first[k] for k in ("raw_response", "finish_reason", "problems", "refused_files")}
         self.out("response", orm.Dict(response))
-        if generation.script is None:
+        if not any(choice.script for choice in generation.choices):
             return self.exit_codes.ERROR_NO_SCRIPT
-        self.out("script", orm.SinglefileData.from_string(generation.script.script, filename="in.lammps"))
-        for name, content in files.items():
-            if name not in response["refused_files"]:
-                self.out(f"files.{node_key(name)}", orm.SinglefileData.from_string(content, filename=name))
         return None

@@ -28,7 +28,7 @@ ALLOWED["api"] |= {"accounts"}  # the shared server (issue 13) reads users throu
 ALLOWED["cli"] |= {"accounts", "gateway"}
 ENGINES = ("aiida", "plumpy", "parsl", "openai", "httpx", "requests", "fastapi")
 PURE = {"models", "configfile", "lammps", "agent", "query"}  # no engine at all
-ENGINE_FREE_LLM = {"prompts.py"}  # the prompt builder is pure too: the agent's feedback uses it
+ENGINE_FREE_LLM = {"prompts.py", "grammar.py"}  # pure too: the agent's feedback uses prompts
 ENGINE_FREE = {("accounts", "keys.py"), ("accounts", "quotas.py"), ("gateway", "sse.py")}
 WEB_ENGINES = ("sqlalchemy", "starlette", "uvicorn", "httpx2")
 

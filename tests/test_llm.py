@@ -247,16 +247,47 @@ def test_history_and_stuck() -> None:
     assert STUCK_INSTRUCTION in text and text.index(STUCK_INSTRUCTION) > text.index("Attempt 2")
 
 
-def test_history_truncated_to_budget_keeps_last_two_in_full() -> None:
-    big = "".join(f"variable v{i} equal {i}\n" for i in range(200))  # ~4400 chars
-    history = [attempt(n, script=big.replace("variable", f"variable a{n}")) for n in range(1, 7)]
+def test_history_keeps_the_last_in_full_and_summarises_older_ones() -> None:
+    big = "".join(f"variable v{i} equal {i}\n" for i in range(150))  # ~4500 chars with line numbers
+    diag = Diagnostic(severity=Severity.ERROR, code="lammps.error", message="Unrecognized pair style 'x'", line=3)
+    history = [
+        Attempt(
+            number=n,
+            stage="preflight",
+            script=big.replace("variable", f"variable a{n}"),
+            diagnostics=[diag],
+            feedback=feedback_text([diag]),
+        )
+        for n in range(1, 7)
+    ]
     text = build_messages("task", CAPS, history, history_tokens=4000)[1]["content"]
-    assert "variable a5" in text and "variable a6" in text  # last two in full, despite the budget
+    assert "variable a6" in text and "variable a5" in text  # the last, and the one before while it fits
     assert "variable a4" not in text and "variable a1" not in text
-    assert "Attempt 4" in text and "script omitted" in text  # older ones without their script while they fit
-    assert len(text) < 4 * 4000 + 2000
+    assert "- Attempt 4 (failed at: preflight): [lammps.error] at line 3 Unrecognized pair style 'x'" in text
+    assert "- Attempt 1 (failed at: preflight)" in text
+    assert len(text) < 3 * 4000 + 2000
     tiny = build_messages("task", CAPS, history, history_tokens=10)[1]["content"]
-    assert "(4 older attempt(s) omitted.)" in tiny and "Attempt 4" not in tiny
+    assert "variable a6" in tiny and "(5 older attempt(s) omitted.)" in tiny and "Attempt 5" not in tiny
+
+
+def test_history_fits_the_models_context() -> None:
+    big = "".join(f"variable v{i} equal {i}\n" for i in range(2000))  # ~44000 chars: a runaway answer
+    history = [Attempt(number=n, stage="preflight", script=big, feedback="Problems found: x") for n in (1, 2, 3)]
+    text = build_messages("task", CAPS, history, context_tokens=16384, answer_tokens=4096)[1]["content"]
+    assert "more lines not shown" in text and len(text) // 3 < 16384 - 4096
+    assert "- Attempt 1" in text and "- Attempt 2" in text  # older ones in one line each
+
+
+def test_an_attempt_without_a_script_is_said_so() -> None:
+    history = [Attempt(number=1, stage="generate", script="", feedback="Problems found: prose")]
+    text = build_messages("task", CAPS, history)[1]["content"]
+    assert "(the answer held no script)" in text and "```" not in text
+
+
+def test_grammar_prompt_asks_for_the_bare_script() -> None:
+    system, user = build_messages("Melt Cu", CAPS, [], answer="script")
+    assert '"script"' not in system["content"] and "no code fences" in system["content"]
+    assert user["content"].endswith("the LAMMPS input only.")
 
 
 def test_relevant_potentials() -> None:

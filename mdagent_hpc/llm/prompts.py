@@ -7,7 +7,7 @@ import re
 from pydantic import BaseModel, Field
 
 from mdagent_hpc.lammps.elements import SYMBOL_SET
-from mdagent_hpc.models import Attempt, Limits
+from mdagent_hpc.models import Attempt, Limits, Severity
 
 
 class PotentialInfo(BaseModel):
@@ -25,7 +25,7 @@ class SiteCapabilities(BaseModel):
     limits: str = Field("", description="human-readable limits, see describe_limits()")
 
 
-SYSTEM_PROMPT = """\
+RULES = """\
 You write LAMMPS input scripts for a materials scientist. The script runs unattended in a sandbox, \
 is checked before it runs, and its log is evaluated afterwards.
 
@@ -42,12 +42,25 @@ goes. Write extra output (dump, fix print, write_data) to relative file names.
 6. Report every requested quantity with `print`, with its name and units, e.g. \
 `print "lattice constant = ${a} Angstrom"`, so that it appears in the log.
 
+"""
+ANSWER_JSON = """\
 Answer with a single JSON object and nothing else:
 {"script": "<the complete LAMMPS input script>",
  "files": [{"name": "<file name>", "content": "<text>"}],
  "potentials": ["<potential file names the script uses>"],
  "notes": "<one or two sentences on the approach>"}
 `files` holds small extra text files the script reads (e.g. a data file); it is usually empty."""
+# Under a LAMMPS grammar (structured_output: grammar) the answer is the script itself: no JSON, so no extra files.
+ANSWER_SCRIPT = """\
+Answer with the complete LAMMPS input script and nothing else: no prose, no code fences, one command per line \
+(no `&` continuations). Put notes in `#` comments. Build the system with LAMMPS commands (lattice, region, \
+create_box, create_atoms): you cannot supply extra files."""
+ANSWERS = {"json": ANSWER_JSON, "script": ANSWER_SCRIPT}
+LAST_LINE = {
+    "json": "Write the script now, as the JSON object described in the instructions.",
+    "script": "Write the script now: the LAMMPS input only.",
+}
+SYSTEM_PROMPT = RULES + ANSWER_JSON
 
 STUCK_INSTRUCTION = (
     "The same script or the same error has now happened twice: small edits are not working. "
@@ -55,7 +68,8 @@ STUCK_INSTRUCTION = (
     "not a small edit of the last script."
 )
 
-CHARS_PER_TOKEN = 4  # rough; good enough for a budget
+CHARS_PER_TOKEN = 3  # cautious (code tokenizes worse than prose); the client sizes the answer from the real count
+HISTORY_TOKENS = 6000  # the history's budget when the model's context length is not known
 
 
 def build_messages(
@@ -64,19 +78,29 @@ def build_messages(
     history: list[Attempt],
     *,
     stuck: bool = False,
-    history_tokens: int = 6000,
+    history_tokens: int | None = None,
+    context_tokens: int | None = None,
+    answer_tokens: int = 1024,
+    answer: str = "json",
 ) -> list[dict[str, str]]:
     """System + user message for one generation. `history`: the failed attempts so far, oldest first; each is
-    shown with its script and its `feedback` (agent/feedback.py)."""
+    shown with its script and its `feedback` (agent/feedback.py), the older ones summarised to fit.
+
+    The history gets `history_tokens`, else what `context_tokens` (the model's context length) leaves after the
+    rest of the prompt and `answer_tokens`, else HISTORY_TOKENS. `answer`: "json" (the JSON object) or "script"
+    (the bare script, for grammar-constrained generation)."""
+    system = RULES + ANSWERS[answer]
     parts = [f"## Task\n{task.strip()}", _render_capabilities(capabilities)]
+    tail = [f"## Important\n{STUCK_INSTRUCTION}"] if stuck else []
+    tail.append(LAST_LINE[answer])
     if history:
-        parts.append(_render_history(history, history_tokens))
-    if stuck:
-        parts.append(f"## Important\n{STUCK_INSTRUCTION}")
-    parts.append("Write the script now, as the JSON object described in the instructions.")
+        if history_tokens is None and context_tokens:
+            used = (len(system) + sum(len(p) + 2 for p in parts + tail)) // CHARS_PER_TOKEN
+            history_tokens = max(0, context_tokens - min(answer_tokens, context_tokens // 2) - used)
+        parts.append(_render_history(history, HISTORY_TOKENS if history_tokens is None else history_tokens))
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": "\n\n".join(parts)},
+        {"role": "system", "content": system},
+        {"role": "user", "content": "\n\n".join(parts + tail)},
     ]
 
 
@@ -109,38 +133,66 @@ def _render_capabilities(caps: SiteCapabilities) -> str:
     return "\n".join(lines)
 
 
-def _render_attempt(att: Attempt, *, with_script: bool) -> str:
+def _render_attempt(att: Attempt, max_chars: int | None = None) -> str:
+    """The attempt with its numbered script (cut to about `max_chars`) and what the model was told about it."""
     lines = [f"### Attempt {att.number} (failed at: {att.stage.value})"]
-    if not att.script:
+    if not (att.script or "").strip():
         lines.append("(the answer held no script)")
-    elif with_script:
-        numbered = "\n".join(f"{i:4d}| {line}" for i, line in enumerate(att.script.splitlines(), 1))
-        lines.append(f"Script (line numbers added for reference only):\n```\n{numbered}\n```")
     else:
-        lines.append("(script omitted for brevity)")
+        numbered = [f"{i:4d}| {line}" for i, line in enumerate(att.script.splitlines(), 1)]
+        if max_chars is not None:
+            room = max(max_chars - len(att.feedback or "") - 200, 0)
+            kept = next(
+                (n for n in range(len(numbered)) if sum(len(x) + 1 for x in numbered[: n + 1]) > room), len(numbered)
+            )
+            if kept < len(numbered):
+                numbered = [*numbered[:kept], f"     ({len(numbered) - kept} more lines not shown)"]
+        shown = "\n".join(numbered)
+        lines.append(f"Script (line numbers added for reference only):\n```\n{shown}\n```")
     if att.feedback:
         lines.append(att.feedback.strip())
     return "\n".join(lines)
 
 
+def summarise(att: Attempt) -> str:
+    """One line for an older attempt: where it failed and its first problem."""
+    first = next((d for d in att.diagnostics if d.severity == Severity.ERROR), None)
+    if first is not None:
+        where = f" at line {first.line}" if first.line else ""
+        why = f"[{first.code}]{where} {first.message}"
+    elif att.evaluation is not None:
+        finding = next((f for f in att.evaluation.findings if f.severity == Severity.ERROR), None)
+        why = f"evaluation {att.evaluation.grade.value}" + (f": {finding.rule}: {finding.message}" if finding else "")
+    else:
+        why = "no script" if not (att.script or "").strip() else "no details"
+    why = " ".join(why.split())
+    return f"- Attempt {att.number} (failed at: {att.stage.value}): {why[:240]}"
+
+
 def _render_history(history: list[Attempt], budget_tokens: int) -> str:
-    """Last two attempts in full; older ones, newest first, in full or without script while they fit."""
-    recent = [_render_attempt(a, with_script=True) for a in history[-2:]]
-    budget = budget_tokens * CHARS_PER_TOKEN - sum(len(r) for r in recent)
-    older: list[str] = []
-    for att in reversed(history[:-2]):
-        for text in (_render_attempt(att, with_script=True), _render_attempt(att, with_script=False)):
-            if len(text) <= budget:
-                older.insert(0, text)
-                budget -= len(text)
-                break
+    """The last attempt in full; older ones, newest first, in full while they fit, then as one-line summaries."""
+    budget = budget_tokens * CHARS_PER_TOKEN
+    last = _render_attempt(history[-1], max_chars=max(budget, 4000))
+    budget -= len(last)
+    full: list[str] = []
+    summaries: list[str] = []
+    for att in reversed(history[:-1]):
+        text = _render_attempt(att)
+        if not summaries and len(text) <= budget:
+            full.insert(0, text)
         else:
-            break
-    dropped = len(history) - len(recent) - len(older)
+            text = summarise(att)
+            if len(text) > budget:
+                break
+            summaries.insert(0, text)
+        budget -= len(text)
+    dropped = len(history) - 1 - len(full) - len(summaries)
     head = ["## Earlier attempts (oldest first, most recent last)"]
     if dropped:
         head.append(f"({dropped} older attempt(s) omitted.)")
-    return "\n\n".join(head + older + recent)
+    if summaries:
+        head.append("\n".join(["Older attempts, in short:", *summaries]))
+    return "\n\n".join(head + full + [last])
 
 
 # --- element symbols in a task -------------------------------------------------------------------

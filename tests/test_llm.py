@@ -641,3 +641,29 @@ def test_fenced_fallback_never_takes_a_python_block() -> None:
     both = "```python\nimport os\n```\nand\n```\n" + SCRIPT + "```"
     script, problems = read_answer(both)
     assert problems == [] and script is not None and script.script == SCRIPT
+
+
+def test_a_bad_command_is_quoted_once() -> None:
+    script = "units lj\npair_style lj/cutt 2.5\nvariable c equal 2.5\npair_style lj/cut ${c} extra\n"
+    wrong = Diagnostic(
+        severity=Severity.ERROR,
+        code="lammps.error",
+        message="Unrecognized pair style 'lj/cutt'",
+        line=2,
+        file="in.lammps",
+        command="pair_style lj/cutt 2.5",
+    )
+    substituted = Diagnostic(
+        severity=Severity.ERROR,
+        code="lammps.error",
+        message="Illegal pair_style command",
+        line=4,
+        file="in.lammps",
+        command="pair_style lj/cut 2.5 extra",
+    )
+    text = feedback_text([wrong, substituted], script=script)
+    assert "command: pair_style lj/cutt" not in text  # line 2 of the numbered script shows it
+    assert "command: pair_style lj/cut 2.5 extra" in text  # what LAMMPS saw differs from the line: said
+    history = [Attempt(number=1, stage="preflight", script=script, diagnostics=[wrong], feedback=text)]
+    prompt = build_messages("task", CAPS, history)[1]["content"]
+    assert prompt.count("pair_style lj/cutt 2.5") == 1

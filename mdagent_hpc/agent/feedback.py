@@ -57,15 +57,26 @@ def evaluation_text(evaluation: Evaluation) -> str:
     return f"grade {evaluation.grade.value}, reward {evaluation.reward:.2f}. {findings}".strip()
 
 
-def feedback_text(diagnostics: list[Diagnostic], evaluation: Evaluation | None = None) -> str:
-    """What the next prompt says about an attempt, below its script."""
+def feedback_text(diagnostics: list[Diagnostic], evaluation: Evaluation | None = None, *,
+                  script: str | None = None) -> str:
+    """What the next prompt says about an attempt, below its script. With `script` (the one the prompt shows,
+    numbered), a command is quoted again only where LAMMPS saw something else than that line (variables
+    substituted, an included file)."""
+    script_lines = (script or "").splitlines()
     lines = []
     if diagnostics:
         lines.append("Problems found:")
         for d in diagnostics:
             lines.append(d.render())
-            if d.command:
+            if d.command and not _quoted(d, script_lines):
                 lines.append(f"    command: {d.command}")
     if evaluation is not None:
         lines.append(f"Evaluation: {evaluation_text(evaluation)}")
     return "\n".join(lines)
+
+
+def _quoted(d: Diagnostic, script_lines: list[str]) -> bool:
+    """The diagnostic's command is exactly its line of the shown script (so the model sees it there)."""
+    if not d.line or d.line > len(script_lines) or not d.command:
+        return False
+    return script_lines[d.line - 1].split() == d.command.split()

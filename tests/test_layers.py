@@ -26,6 +26,7 @@ ALLOWED = {
 }
 ALLOWED["api"] |= {"accounts"}  # the shared server (issue 13) reads users through the API
 ALLOWED["cli"] |= {"accounts", "gateway"}
+ALLOWED["execution"] |= {"llm"}  # `llm serve` (execution/llm_job.py) records endpoints in llm/serve.py
 ENGINES = ("aiida", "plumpy", "parsl", "openai", "httpx", "requests", "fastapi")
 PURE = {"models", "configfile", "lammps", "agent", "query"}  # no engine at all
 ENGINE_FREE_LLM = {"prompts.py", "grammar.py"}  # pure too: the agent's feedback uses prompts

@@ -32,6 +32,11 @@ PURE = {"models", "configfile", "lammps", "agent", "query"}  # no engine at all
 ENGINE_FREE_LLM = {"prompts.py", "grammar.py"}  # pure too: the agent's feedback uses prompts
 ENGINE_FREE = {("accounts", "keys.py"), ("accounts", "quotas.py"), ("gateway", "sse.py")}
 WEB_ENGINES = ("sqlalchemy", "starlette", "uvicorn", "httpx2")
+# benchmarks as data (issue 14): sets, scoring, training rows; workflows/bench.py runs them through the system
+ALLOWED["bench"] = {"models"}
+for _layer in ("workflows", "api", "cli"):
+    ALLOWED[_layer] |= {"bench"}
+PURE |= {"bench"}
 
 
 def layer_of(path: Path) -> str:

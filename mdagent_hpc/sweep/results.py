@@ -159,3 +159,36 @@ def plot(spec: SweepProposal, frame: pandas.DataFrame, path: Path | str) -> Path
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
     return path
+
+
+class SweepRun(BaseModel):
+    """One sweep as a user reads it: progress, verdict, the table rows and where the files are."""
+
+    pk: int
+    uuid: str
+    task: str
+    site: str = "local"
+    engine: str
+    state: str | None = Field(None, description="AiiDA process state: created, waiting, running, finished, ...")
+    verdict: str = Field("running", description="running, passed (every point), failed")
+    exit_status: int | None = None
+    exit_message: str | None = None
+    ctime: str
+    seconds: float | None = None
+    points_total: int = 0
+    points_done: int = Field(0, description="points that passed")
+    points_failed: int = 0
+    points_running: int = 0
+    eta_s: float | None = Field(None, description="seconds left, from the points done so far")
+    llm_calls: int = Field(0, description="model answers asked for (template and corrections)")
+    template: str | None = Field(None, description="the last template that passed")
+    rows: list[dict] = Field(default_factory=list, description="the results table, one row per point")
+    files: dict[str, str] = Field(default_factory=dict, description="table CSV/JSON and plot PNG, once exported")
+
+
+def eta(total: int, finished: int, running: int, elapsed_s: float, concurrency: int) -> float | None:
+    """Seconds left: the time per finished point so far, times the rounds of `concurrency` points still to run."""
+    if finished == 0 or finished >= total:
+        return None if finished == 0 else 0.0
+    per_round = elapsed_s / math.ceil(finished / max(concurrency, 1))
+    return per_round * math.ceil((total - finished) / max(concurrency, 1))

@@ -1,0 +1,319 @@
+"""SweepWorkChain (`mdagent.sweep`): one template, validated by the agent loop, fanned out over every point.
+
+setup -> validate (AgentWorkChain at the first probe point) -> while there is work: [correct: the failed points'
+diagnostics to the agent once, the corrected template validated at a failed point] and [launch a batch of points,
+record them] -> finalize (table and plot). Probe points (the range's extremes) form the first batch, so a template
+that fails at one end is corrected before the rest run; after a correction only the failed points run again.
+
+Every point is recorded by the calcfunction `record_point` (the same for both engines): its template, its variable
+values, its log, its production thermo data and its observables, under the sweep's node. The fan-out is idempotent
+(a step re-run after a daemon restart reuses the children it had already launched, found by link label), so a
+resumed sweep neither loses nor repeats a point.
+"""
+
+from __future__ import annotations
+
+import io
+
+from aiida import orm
+from aiida.common.links import LinkType
+from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
+
+from mdagent_hpc.lammps.log import parse_log
+from mdagent_hpc.models import Attempt
+from mdagent_hpc.sweep.results import PointResult, plot, point_result, production, table, table_json
+from mdagent_hpc.sweep.spec import Point, SweepSpec, correction_task, expand, ordered, probe_points, template_task
+from mdagent_hpc.workflows.agent import AgentWorkChain
+from mdagent_hpc.workflows.generate import LinksOnlyNewOutputs
+from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
+from mdagent_hpc.workflows.lammps_calc import LOG
+from mdagent_hpc.workflows.steps import finite
+
+PROCESS_TYPE = "aiida.workflows:mdagent.sweep"
+ENGINES = ("calcjob", "parsl")
+
+
+@calcfunction
+def record_point(template: orm.SinglefileData, point: orm.Dict, observables: orm.List, log_name: orm.Str,
+                 retrieved: orm.FolderData | None = None, failure: orm.Str | None = None) -> dict:
+    """One point of a sweep: its result (models: PointResult), its log and the thermo rows of its production run."""
+    data = point.get_dict()
+    spec_point = Point(id=data["id"], vars=data["vars"])
+    names = retrieved.base.repository.list_object_names(_folder(log_name.value)) if retrieved is not None else []
+    if retrieved is None or log_name.value.rsplit("/", 1)[-1] not in names:
+        problem = failure.value if failure is not None else "LAMMPS wrote no log"
+        result = PointResult(id=spec_point.id, vars=spec_point.vars, ok=False, grade="fail", problems=[problem],
+                             template=data.get("template", 1))
+        return {"result": orm.Dict(result.model_dump(mode="json"))}
+    text = retrieved.base.repository.get_object_content(log_name.value, mode="r")
+    log = parse_log(text)
+    from mdagent_hpc.sweep.spec import Observable
+
+    result = point_result(spec_point, log, template.get_content(), [Observable(**o) for o in observables.get_list()],
+                          data.get("template", 1))
+    if failure is not None and result.ok:  # the job failed although its log looks fine (e.g. cut by the scheduler)
+        result.ok, result.problems = False, [failure.value]
+    block = production(log)
+    thermo = {"columns": block.columns, "rows": block.rows} if block else {"columns": [], "rows": []}
+    return {"result": orm.Dict(finite(result.model_dump(mode="json"))),
+            "log": orm.SinglefileData(io.BytesIO(text.encode()), filename="log.lammps"),
+            "thermo": orm.Dict(finite(thermo))}
+
+
+def _folder(path: str) -> str | None:
+    return path.rsplit("/", 1)[0] if "/" in path else None
+
+
+@calcfunction
+def sweep_results(spec: orm.Dict, **points: orm.Dict) -> dict:
+    """The table (CSV and JSON) and the plot (PNG) of every point's latest record."""
+    import tempfile
+    from pathlib import Path
+
+    sweep = SweepSpec(**spec.get_dict())
+    frame = table(sweep, [PointResult(**node.get_dict()) for node in points.values()])
+    with tempfile.TemporaryDirectory(prefix="mdagent-sweep-") as tmp:
+        png = plot(sweep, frame, Path(tmp) / "sweep.png").read_bytes()
+    return {"table": orm.SinglefileData(io.BytesIO(frame.to_csv(index=False).encode()), filename="sweep.csv"),
+            "results": orm.Dict({"rows": table_json(frame)}),
+            "plot": orm.SinglefileData(io.BytesIO(png), filename="sweep.png")}
+
+
+class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input("sweep", valid_type=orm.Dict, help="the sweep (sweep.spec.SweepSpec, without recorded answers)")
+        spec.input("engine", valid_type=orm.Str, help="calcjob (a LammpsBaseWorkChain per point) or parsl (pilot)")
+        spec.input("max_concurrent", valid_type=orm.Int, default=lambda: orm.Int(8),
+                   help="calcjob engine: at most this many jobs in flight")
+        spec.input("sweep_folder", valid_type=orm.Str, required=False,
+                   help="parsl engine: the folder on the site where the pilot keeps finished points")
+        spec.expose_inputs(AgentWorkChain, namespace="agent", exclude=("task", "variables"))
+        spec.outline(
+            cls.setup,
+            cls.validate,
+            cls.check_validation,
+            while_(cls.has_work)(
+                if_(cls.should_correct)(cls.correct, cls.check_correction),
+                if_(cls.has_pending)(cls.launch, cls.collect),
+            ),
+            cls.finalize,
+        )
+        spec.output("template", valid_type=orm.SinglefileData, required=False, help="the last template")
+        spec.output_namespace("points", valid_type=orm.Dict, dynamic=True, required=False,
+                              help="point id -> its latest record (sweep.results.PointResult)")
+        spec.output("table", valid_type=orm.SinglefileData, required=False, help="CSV: one row per point")
+        spec.output("results", valid_type=orm.Dict, required=False, help="the table as JSON rows")
+        spec.output("plot", valid_type=orm.SinglefileData, required=False, help="PNG: observables vs parameters")
+        spec.exit_code(400, "ERROR_NO_TEMPLATE", message="the agent found no template that passes at {point}")
+        spec.exit_code(410, "ERROR_POINTS_FAILED", message="{failed} of {total} points failed")
+
+    # -- steps ------------------------------------------------------------------------------------------------
+    def setup(self):
+        sweep = self._sweep()
+        points = expand(sweep)
+        probes = probe_points(sweep, points)
+        self.ctx.points = {p.id: p.model_dump(mode="json") for p in ordered(points, probes)}
+        self.ctx.probe = probes[0].id
+        rest = [p.id for p in points if p not in probes]
+        self.ctx.queues = [q for q in ([p.id for p in probes[1:]], rest) if q]
+        self.ctx.state = {}  # point id -> {"record": pk, "ok": bool, "template": n}
+        self.ctx.template_number = 0
+        self.ctx.corrections = 0
+        self.ctx.launched = []  # point ids of the batch in flight
+        self.ctx.launched_phase_open = False  # the last batch left points of its phase (probes, rest) pending
+        self.node.base.extras.set_many({"task": sweep.task, "site": self.inputs.agent.site.get("name", "local"),
+                                        "engine": self.inputs.engine.value, "points_total": len(points),
+                                        "points_done": 0, "points_failed": 0, "llm_calls": 0})
+        self.report(f"{len(points)} points on engine {self.inputs.engine.value}; validating the template at "
+                    f"{', '.join(p.id for p in probes)} first")
+
+    def validate(self):
+        sweep = self._sweep()
+        probe = Point(**self.ctx.points[self.ctx.probe])
+        return ToContext(agent=self._agent(template_task(sweep, probe), probe, "validate"))
+
+    def check_validation(self):
+        if not self._take_template(self.ctx.agent, self.ctx.probe):
+            return self.exit_codes.ERROR_NO_TEMPLATE.format(point=self.ctx.probe)
+        return None
+
+    def has_work(self):
+        return self.has_pending() or self.should_correct()
+
+    def has_pending(self):
+        return bool(self.ctx.queues)
+
+    def should_correct(self):
+        """At the end of a batch of probes, or of everything: points failed with this template and corrections left."""
+        if self.ctx.corrections >= self._sweep().corrections:
+            return False
+        if self.ctx.queues and self.ctx.launched_phase_open:
+            return False
+        return bool(self._failed_now())
+
+    def correct(self):
+        self.ctx.corrections += 1
+        failed = self._failed_now()
+        failures = {pid: PointResult(**orm.load_node(self.ctx.state[pid]["record"]).get_dict()).problems
+                    for pid in failed}
+        first = Point(**self.ctx.points[failed[0]])
+        self.report(f"{len(failed)} point(s) failed with template {self.ctx.template_number}: their diagnostics go "
+                    f"to the agent (correction {self.ctx.corrections} of {self._sweep().corrections})")
+        task = correction_task(self._sweep(), first, self.ctx.template.get_content(), failures)
+        self.ctx.correcting = first.id
+        return ToContext(agent=self._agent(task, first, f"correct_{self.ctx.corrections}"))
+
+    def check_correction(self):
+        failed = [pid for pid in self._failed_now() if pid != self.ctx.correcting]
+        if not self._take_template(self.ctx.agent, self.ctx.correcting):
+            self.report("the correction did not pass; the failed points stay failed")
+            return
+        if failed:  # the failed points run again with the corrected template, before what is still pending
+            self.ctx.queues = [failed, *self.ctx.queues]
+            self.ctx.launched_phase_open = False
+
+    def launch(self):
+        queue = self.ctx.queues[0]
+        engine = self.inputs.engine.value
+        size = len(queue) if engine == "parsl" else self.inputs.max_concurrent.value
+        batch, rest = queue[:size], queue[size:]
+        self.ctx.queues = [rest, *self.ctx.queues[1:]] if rest else self.ctx.queues[1:]
+        self.ctx.launched_phase_open = bool(rest)  # a phase (probes, then the rest) is over when its queue is
+        self.ctx.launched = batch
+        existing = self._children()
+        n = self.ctx.template_number
+        if engine == "parsl":
+            label = f"pilot_t{n}_{batch[0]}"
+            node = existing.get(label) or self._submit_pilot(batch, label)
+            return ToContext(pilot=node)
+        jobs = {}
+        for pid in batch:
+            label = f"point_{pid}_t{n}"
+            jobs[f"job_{pid}"] = existing.get(label) or self._submit_point(Point(**self.ctx.points[pid]), label)
+        self.report(f"running {len(batch)} point(s) with template {n}: {', '.join(batch[:5])}"
+                    + (" ..." if len(batch) > 5 else ""))
+        return ToContext(**jobs)
+
+    def collect(self):
+        for pid in self.ctx.launched:
+            if self.inputs.engine.value == "parsl":
+                pilot = self.ctx.pilot
+                ran = pilot.outputs.results.get_dict() if "results" in pilot.outputs else {}
+                retrieved = pilot.outputs.retrieved if "retrieved" in pilot.outputs else None
+                failure = None
+                if pid not in ran:
+                    failure = f"the pilot did not run this point ({pilot.exit_message or pilot.process_state.value})"
+                elif ran[pid].get("returncode"):
+                    failure = f"LAMMPS exited with {ran[pid]['returncode']}"
+                self._record(pid, retrieved, f"points/{pid}/{LOG}", failure)
+            else:
+                job = self.ctx[f"job_{pid}"]
+                retrieved = job.outputs.retrieved if "retrieved" in job.outputs else None
+                failure = None if job.is_finished_ok else job.exit_message or f"job {job.process_state.value}"
+                self._record(pid, retrieved, LOG, failure)
+        self.ctx.launched = []
+
+    def finalize(self):
+        records = {pid: orm.load_node(s["record"]) for pid, s in self.ctx.state.items()}
+        for pid, record in records.items():
+            self.out(f"points.{pid}", record)
+        outputs = sweep_results(self.inputs.sweep, **records, metadata={"call_link_label": "results"})
+        for name, node in outputs.items():
+            self.out(name, node)
+        failed = [pid for pid, s in self.ctx.state.items() if not s["ok"]]
+        self.report(f"{len(records) - len(failed)} of {len(self.ctx.points)} points passed; "
+                    f"LLM calls {self.node.base.extras.get('llm_calls', 0)}")
+        if failed:
+            return self.exit_codes.ERROR_POINTS_FAILED.format(failed=len(failed), total=len(self.ctx.points))
+        return None
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+    def _sweep(self) -> SweepSpec:
+        return SweepSpec(**self.inputs.sweep.get_dict())
+
+    def _agent(self, task: str, point: Point, label: str):
+        inputs = self.exposed_inputs(AgentWorkChain, "agent")
+        inputs["metadata"] = {**inputs.get("metadata", {}), "call_link_label": label}
+        return self.submit(AgentWorkChain, **inputs, task=orm.Str(task), variables=orm.Dict(point.vars))
+
+    def _take_template(self, agent, pid: str) -> bool:
+        """After an agent run: count its LLM calls; if it passed, its script is the template and its run the point's."""
+        attempts = [Attempt(**n.get_dict()) for n in agent.base.links.get_outgoing(
+            link_type=LinkType.RETURN, link_label_filter="attempts__%").all_nodes()]
+        self.node.base.extras.set("llm_calls", self.node.base.extras.get("llm_calls", 0) + len(attempts))
+        if not agent.is_finished_ok:
+            self.report(f"the agent found no template that passes at {pid}: {agent.exit_message}")
+            return False
+        self.ctx.template_number += 1
+        self.ctx.template = agent.outputs.script
+        passed = next(a for a in attempts if a.passed)
+        run = orm.load_node(passed.nodes["run"])
+        self.ctx.job_files = {}  # "files"/"potentials" -> port name -> pk: what every point's job stages
+        for group in ("files", "potentials"):
+            links = run.base.links.get_incoming(link_label_filter=f"lammps__{group}__%").all()
+            self.ctx.job_files[group] = {link.link_label.removeprefix(f"lammps__{group}__"): link.node.pk
+                                         for link in links}
+        self.report(f"template {self.ctx.template_number} passed at {pid} after {len(attempts)} attempt(s)")
+        self._record(pid, agent.outputs.retrieved, LOG, None)
+        return True
+
+    def _record(self, pid: str, retrieved, log_name: str, failure: str | None) -> None:
+        n = self.ctx.template_number
+        label = f"record_{pid}_t{n}"
+        found = self._children().get(label)
+        if found is None:
+            point = {**self.ctx.points[pid], "template": n}
+            inputs = {"template": self.ctx.template, "point": orm.Dict(point),
+                      "observables": orm.List([o.model_dump() for o in self._sweep().observables]),
+                      "log_name": orm.Str(log_name), "metadata": {"call_link_label": label}}
+            if retrieved is not None:
+                inputs["retrieved"] = retrieved
+            if failure is not None:
+                inputs["failure"] = orm.Str(failure)
+            result = record_point(**inputs)["result"]
+        else:
+            result = found.outputs.result
+        ok = result["ok"]
+        self.ctx.state[pid] = {"record": result.pk, "ok": ok, "template": n}
+        done = sum(1 for s in self.ctx.state.values() if s["ok"])
+        self.node.base.extras.set_many({"points_done": done, "points_failed": len(self.ctx.state) - done})
+        if not ok:
+            self.report(f"point {pid} failed: {'; '.join(result['problems'][:2])}")
+
+    def _failed_now(self) -> list[str]:
+        """Points that failed with the current template (earlier failures were re-queued or are final)."""
+        return [pid for pid, s in self.ctx.state.items() if not s["ok"] and s["template"] == self.ctx.template_number]
+
+    def _children(self) -> dict:
+        """Children already called, by link label (a step re-run after a restart finds what it launched before)."""
+        links = self.node.base.links.get_outgoing(link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC)).all()
+        return {link.link_label: link.node for link in links}
+
+    def _job_inputs(self, point: Point) -> dict:
+        lammps = {"code": self.inputs.agent.code, "script": self.ctx.template,
+                  "variables": orm.Dict(point.vars), "metadata": {"options": self.inputs.agent.options.get_dict()}}
+        for group, nodes in self.ctx.job_files.items():
+            if nodes:
+                lammps[group] = {key: orm.load_node(pk) for key, pk in nodes.items()}
+        return lammps
+
+    def _submit_point(self, point: Point, label: str):
+        site = self.inputs.agent.site.get_dict()
+        return self.submit(LammpsBaseWorkChain, lammps=self._job_inputs(point),
+                           on_failure=orm.Dict(site.get("on_failure", {})), site=orm.Str(site.get("name", "local")),
+                           metadata={"call_link_label": label})
+
+    def _submit_pilot(self, batch: list[str], label: str):
+        from aiida.plugins import CalculationFactory
+
+        pilot = CalculationFactory("mdagent.sweep.pilot")
+        files = {key: orm.load_node(pk) for group in ("files", "potentials")
+                 for key, pk in self.ctx.job_files[group].items()}
+        points = [{"id": pid, "vars": self.ctx.points[pid]["vars"]} for pid in batch]
+        self.report(f"running {len(batch)} point(s) with template {self.ctx.template_number} in Parsl pilot jobs")
+        return self.submit(pilot, template=self.ctx.template, files=files, points=orm.Dict({"points": points}),
+                           site=orm.Str(self.inputs.agent.site.get("name", "local")),
+                           sweep_folder=self.inputs.sweep_folder, code=self.inputs.agent.code,
+                           metadata={"call_link_label": label})

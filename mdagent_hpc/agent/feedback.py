@@ -6,6 +6,7 @@ evaluation when LAMMPS ran, into the text the next prompt shows under the attemp
 
 from __future__ import annotations
 
+from mdagent_hpc.agent import memory as failure_memory
 from mdagent_hpc.agent.loop import LLM_UNAVAILABLE
 from mdagent_hpc.models import Diagnostic, Evaluation, Job, Severity
 
@@ -57,11 +58,11 @@ def evaluation_text(evaluation: Evaluation) -> str:
     return f"grade {evaluation.grade.value}, reward {evaluation.reward:.2f}. {findings}".strip()
 
 
-def feedback_text(diagnostics: list[Diagnostic], evaluation: Evaluation | None = None, *,
-                  script: str | None = None) -> str:
-    """What the next prompt says about an attempt, below its script. With `script` (the one the prompt shows,
-    numbered), a command is quoted again only where LAMMPS saw something else than that line (variables
-    substituted, an included file)."""
+def feedback_text(diagnostics: list[Diagnostic], evaluation: Evaluation | None = None,
+                  memory: list[failure_memory.Lesson] | None = None, *, script: str | None = None) -> str:
+    """What the next prompt says about an attempt, below its script; with `memory`, the past fixes of the same
+    kind of failure (agent/memory.py). With `script` (the one the prompt shows, numbered), a command is quoted
+    again only where LAMMPS saw something else than that line (variables substituted, an included file)."""
     script_lines = (script or "").splitlines()
     lines = []
     if diagnostics:
@@ -72,6 +73,9 @@ def feedback_text(diagnostics: list[Diagnostic], evaluation: Evaluation | None =
                 lines.append(f"    command: {d.command}")
     if evaluation is not None:
         lines.append(f"Evaluation: {evaluation_text(evaluation)}")
+    first = failure_memory.first_error(diagnostics, evaluation)
+    if memory and first is not None and (past := failure_memory.render(failure_memory.recall(memory, first))):
+        lines.append(past)
     return "\n".join(lines)
 
 

@@ -16,24 +16,34 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mdagent_hpc.lammps.potentials import PotentialEntry
     from mdagent_hpc.models import Evaluation, PreflightReport, Request, Run
+    from mdagent_hpc.sweep.results import SweepRun
+    from mdagent_hpc.sweep.spec import SweepSpec
+    from mdagent_hpc.workflows.sweep_launch import SweepPlan
 
 __all__ = [
     "MDAgentError",
     "check",
     "diff_runs",
     "evaluate",
+    "export_sweep",
     "find_potentials",
     "find_runs",
     "get_run",
+    "get_sweep",
     "index_runs",
     "list_runs",
+    "list_sweeps",
     "load_profile",
     "load_request",
+    "load_sweep_spec",
     "make_request",
+    "plan_sweep",
     "plot_run",
+    "propose_sweep",
     "query_runs",
     "run",
     "submit",
+    "sweep",
 ]
 
 
@@ -219,6 +229,110 @@ def index_runs(redo: bool = False, progress=None) -> tuple[int, list[str]]:
 
     ensure_indexes()
     return backfill(redo=redo, progress=progress)
+
+
+# -- parameter sweeps (docs/sweeps.md) ----------------------------------------------------------------------
+def load_sweep_spec(path: str | Path) -> SweepSpec:
+    """Read a sweep spec file (YAML with the fields of `SweepSpec`, e.g. workflows/sweeps/NAME.yaml)."""
+    from mdagent_hpc.configfile import ConfigFileError, load_config
+    from mdagent_hpc.sweep.spec import SweepSpec
+
+    try:
+        return load_config(path, SweepSpec, "a sweep spec")
+    except ConfigFileError as exc:
+        raise MDAgentError(str(exc)) from None
+
+
+def propose_sweep(study: str, *, site: str | None = None, model: str | None = None) -> SweepSpec:
+    """Ask the model (one structured-output call) for the sweep spec of a study in plain language."""
+    from mdagent_hpc.llm import LLMError, load_llm_settings
+    from mdagent_hpc.llm.structured import ask_structured
+    from mdagent_hpc.sweep.spec import SweepProposal, SweepSpec, proposal_messages
+
+    if not isinstance(study, str) or len(study.split()) < 3:
+        raise MDAgentError("describe the study in a sentence, e.g. \"thermal expansion of Al with EAM from 300 to "
+                           "900 K every 100 K at zero pressure\"")
+    try:
+        settings = load_llm_settings({"model": model} if model else {})
+        proposal = ask_structured(settings, proposal_messages(study), SweepProposal, "sweep spec")
+    except LLMError as exc:
+        raise MDAgentError(str(exc)) from None
+    return SweepSpec(**proposal.model_dump(), site=site, model=model, description=study)
+
+
+def plan_sweep(spec: SweepSpec) -> SweepPlan:
+    """What a sweep would run where: points, probe points, engine and why, estimated core-hours; checks the limits."""
+    from mdagent_hpc.workflows.launch import LaunchError
+    from mdagent_hpc.workflows.sweep_launch import plan_sweep as plan
+
+    try:
+        return plan(spec)
+    except LaunchError as exc:
+        raise MDAgentError(str(exc)) from None
+
+
+def sweep(spec: str | Path | SweepSpec, *, site: str | None = None, daemon: bool = False) -> SweepRun:
+    """Run a sweep: a `SweepSpec`, a spec file, or a study in plain language (the model proposes the spec).
+
+    In this process it waits for the end (the table in `.rows`); with `daemon=True` it returns at once (follow it
+    with `get_sweep`).
+    """
+    from mdagent_hpc.sweep.spec import SweepSpec
+
+    if isinstance(spec, Path) or (isinstance(spec, str) and spec.endswith((".yaml", ".yml"))):
+        spec = load_sweep_spec(spec)
+    elif isinstance(spec, str):
+        spec = propose_sweep(spec, site=site)
+    elif not isinstance(spec, SweepSpec):
+        raise MDAgentError(f"a sweep is a SweepSpec, a spec file or a sentence, not {type(spec).__name__}")
+    if site is not None:
+        spec = spec.model_copy(update={"site": site})
+    load_profile()
+    from mdagent_hpc.workflows.launch import LaunchError
+    from mdagent_hpc.workflows.sweep_launch import run_sweep, submit_sweep
+
+    try:
+        node = submit_sweep(spec) if daemon else run_sweep(spec)
+    except LaunchError as exc:
+        raise MDAgentError(str(exc)) from None
+    return get_sweep(node.pk)
+
+
+def get_sweep(pk: int | str) -> SweepRun:
+    """One sweep (by pk or UUID): progress, verdict, LLM calls, the template, the table rows."""
+    load_profile()
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    from mdagent_hpc.workflows.sweep_launch import NotASweep, read_sweep
+
+    try:
+        node = orm.load_node(pk)
+    except (NotExistent, MultipleObjectsError, ValueError, TypeError):
+        raise MDAgentError(f"no node with pk {pk}; `mdagent sweep status` lists the sweeps") from None
+    try:
+        return read_sweep(node)
+    except NotASweep as exc:
+        raise MDAgentError(str(exc)) from None
+
+
+def list_sweeps(limit: int = 20) -> list[SweepRun]:
+    """Recent sweeps, newest first."""
+    if not isinstance(limit, int) or limit < 1:
+        raise MDAgentError(f"limit must be a positive whole number, not {limit!r}")
+    load_profile()
+    from mdagent_hpc.workflows.sweep_launch import list_sweeps as query
+
+    return query(limit)
+
+
+def export_sweep(pk: int | str, folder: str | Path | None = None) -> dict[str, str]:
+    """Write a sweep's table (CSV, JSON) and plot (PNG) to `folder` (default: MDAGENT_HOME/sweeps/PK); their paths."""
+    from mdagent_hpc.home import mdagent_home
+    from mdagent_hpc.workflows.sweep_launch import export_sweep as export
+
+    found = get_sweep(pk)
+    return export(found.pk, Path(folder) if folder else mdagent_home() / "sweeps" / str(found.pk))
 
 
 # -- the tools ------------------------------------------------------------------------------------------------

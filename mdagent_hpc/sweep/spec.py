@@ -271,3 +271,23 @@ def correction_task(spec: SweepProposal, probe: Point, template: str, failures: 
         f"{lines}{more}\n\nCorrect it so that it works at every point. The template was:\n"
         f"```lammps\n{template.rstrip()}\n```"
     )
+
+
+PROPOSAL_SYSTEM = """\
+You plan parameter sweeps of LAMMPS molecular dynamics simulations. Given a study in plain language, answer with
+one JSON object and nothing else, with these fields:
+- task: ONE simulation of the study in plain language (system, size, potential, ensemble, equilibration and
+  production lengths), naming each swept parameter by its short LAMMPS variable name (e.g. "at temperature T");
+- parameters: for each swept quantity {"name": variable name, "start", "stop", "step"} or {"name", "values": [...]},
+  with "units" (e.g. K, bar);
+- observables: what to report per point, {"name", "column": a thermo_style custom keyword (temp, press, pe, ke,
+  etotal, vol, density, lx, ly, lz, enthalpy), "stat": "mean" (over the production run, with an uncertainty),
+  "final", "min" or "max", "units"};
+- point_seconds: your estimate of the wall seconds one point takes on one core;
+- engine: "auto".
+Keep the study as asked: the same ranges, steps and observables."""
+
+
+def proposal_messages(study: str) -> list[dict[str, str]]:
+    """The chat messages asking the model for a SweepProposal of `study`."""
+    return [{"role": "system", "content": PROPOSAL_SYSTEM}, {"role": "user", "content": study}]

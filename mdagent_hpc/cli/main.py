@@ -20,6 +20,7 @@ import click
 COMMANDS = {
     "run": "run:run",
     "demo": "run:demo",
+    "sweep": "sweep:sweep",
     "show": "runs:show",
     "runs": "runs:runs",
     "plot": "plot:plot",

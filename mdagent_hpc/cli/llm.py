@@ -9,9 +9,9 @@ import click
 from mdagent_hpc.cli.main import UserError, emit_json, err, out, status
 
 
-@click.group(short_help="The LLM endpoint: check that it answers.")
+@click.group(short_help="The LLM endpoint: check it; serve a model as a cluster job.")
 def llm() -> None:
-    """The LLM endpoint the agent asks for scripts (see docs/llm.md)."""
+    """The LLM endpoint the agent asks for scripts (see docs/llm.md); vLLM servers run as scheduler jobs."""
 
 
 @llm.command("check")
@@ -32,12 +32,213 @@ def check(model, timeout, as_json) -> None:
         emit_json(result)
     else:
         if result["reachable"]:
-            out().print(f"endpoint {result['base_url']}: {len(result['models'])} model(s) listed in "
-                        f"{result['models_seconds']:.2f} s: {', '.join(result['models'])}", highlight=False)
+            out().print(
+                f"endpoint {result['base_url']}: {len(result['models'])} model(s) listed in "
+                f"{result['models_seconds']:.2f} s: {', '.join(result['models'])}",
+                highlight=False,
+            )
         if result["ok"]:
-            out().print(f"model {result['model']}: answered {result['answer']!r} in {result['chat_seconds']:.2f} s",
-                        highlight=False)
+            out().print(
+                f"model {result['model']}: answered {result['answer']!r} in {result['chat_seconds']:.2f} s",
+                highlight=False,
+            )
             out().print("[bold green]the endpoint works[/]")
         else:
             err().print(f"[bold red]error:[/] {result['error']}", highlight=False)
     sys.exit(0 if result["ok"] else 2)
+
+
+# ---------------------------------------------------------------- vLLM as a scheduler job
+
+
+def _job_errors():
+    """The exceptions of the serving commands that are the user's to fix: one sentence, exit 2."""
+    from mdagent_hpc.execution.llm_job import LlmJobError
+    from mdagent_hpc.execution.site import SiteConfigError
+    from mdagent_hpc.llm.serve import EndpointError
+
+    return LlmJobError, SiteConfigError, EndpointError
+
+
+def _site_unreachable(site: str, exc: Exception) -> UserError:
+    return UserError(
+        f"site {site} did not answer ({type(exc).__name__}: {exc}); `mdagent site test {site}` shows which stage fails"
+    )
+
+
+def _endpoint(name: str | None):
+    from mdagent_hpc.llm.serve import default_endpoint, load_endpoints
+
+    if name is None:
+        endpoint = default_endpoint()
+        if endpoint is None:
+            raise UserError("no endpoint is running: start one with `mdagent llm serve --site SITE --model MODEL`")
+        return endpoint
+    endpoints = load_endpoints()
+    if name not in endpoints:
+        raise UserError(f"no endpoint {name!r} (known: {', '.join(endpoints) or 'none'}); `mdagent llm list`")
+    return endpoints[name]
+
+
+def _refresh(endpoint):
+    from mdagent_hpc import api
+    from mdagent_hpc.execution.llm_job import refresh
+
+    api.load_profile()
+    try:
+        return refresh(endpoint)
+    except _job_errors() as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 (transport and scheduler errors: the site did not answer)
+        raise _site_unreachable(endpoint.site, exc) from None
+
+
+def _public(endpoint) -> dict:
+    data = endpoint.model_dump(exclude={"api_key"})
+    data["api_key"] = "***" if endpoint.api_key else ""
+    return data
+
+
+@llm.command("serve", short_help="Start a vLLM server as a job on a site and register it.")
+@click.option("--site", "site_name", required=True, help="the site (its config needs a vllm: section)")
+@click.option("--model", required=True, help="what `vllm serve` loads: a Hugging Face name or a path on the site")
+@click.option("--gpus", type=click.IntRange(min=0), help="GPUs for the job (default: the site's vllm.gpus)")
+@click.option("--hours", type=click.FloatRange(min=0.02), help="wall time (default: the site's vllm.hours)")
+@click.option("--name", help="the endpoint's name (default: the site's name)")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=1800,
+    show_default=True,
+    help="seconds to wait for the server to answer",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the endpoint as JSON")
+def serve(site_name, model, gpus, hours, name, timeout, as_json) -> None:
+    """Submit a job that runs `vllm serve MODEL` on SITE, wait until it answers, and register it: `mdagent run`
+    then uses it without configuration (unless MDAGENT_LLM_BASE_URL or config.yaml name another endpoint)."""
+    from mdagent_hpc import api
+    from mdagent_hpc.cli.site import find_site
+    from mdagent_hpc.execution.llm_job import check_site, submit, wait_ready
+
+    site = find_site(site_name)
+    try:
+        check_site(site)
+    except _job_errors() as exc:
+        raise UserError(str(exc)) from None
+    name = name or site.name
+    gpus = site.vllm.gpus if gpus is None else gpus
+    hours = site.vllm.hours if hours is None else hours
+    api.load_profile()
+    try:
+        with status(f"submitting vllm serve {model} to {site.name} ...", quiet=as_json):
+            endpoint = submit(site, model, name, gpus, hours)
+    except _job_errors() as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 (transport and scheduler errors: the site did not answer)
+        raise _site_unreachable(site.name, exc) from None
+    if not as_json:
+        err().print(f"job {endpoint.job_id} submitted to {site.name} (folder {endpoint.workdir})", highlight=False)
+    try:
+        with status(f"job {endpoint.job_id} submitted", quiet=as_json) as spinner:
+
+            def say(message: str) -> None:
+                if spinner is not None:
+                    spinner.update(message)
+
+            endpoint = wait_ready(site, endpoint, timeout, say)
+    except KeyboardInterrupt:
+        err().print(
+            f"interrupted: job {endpoint.job_id} keeps running; `mdagent llm status {name}` follows it, "
+            f"`mdagent llm stop {name}` ends it",
+            highlight=False,
+        )
+        sys.exit(130)
+    except _job_errors() as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 (transport and scheduler errors: the site did not answer)
+        raise _site_unreachable(site.name, exc) from None
+    if as_json:
+        emit_json(_public(endpoint))
+        return
+    via = f" (SSH tunnel to {endpoint.node}:{endpoint.port}, pid {endpoint.tunnel_pid})" if endpoint.tunnel_pid else ""
+    out().print(f"endpoint {name}: {endpoint.served_model} at {endpoint.base_url}{via}", highlight=False)
+    out().print("registered: `mdagent run` uses it; `mdagent llm stop` ends it", highlight=False)
+
+
+@llm.command("list", short_help="The endpoints `llm serve` started, checked against their jobs.")
+@click.option("--all", "show_all", is_flag=True, help="also the ended and stopped ones")
+@click.option("--json", "as_json", is_flag=True, help="print the endpoints as JSON")
+def list_endpoints(show_all, as_json) -> None:
+    """The registered endpoints; each live one is checked against its job (an ended job is noticed and said)."""
+    from rich.table import Table
+
+    from mdagent_hpc.llm.serve import LIVE, load_endpoints
+
+    endpoints = []
+    for endpoint in load_endpoints().values():
+        was_live = endpoint.state in LIVE
+        if was_live:
+            endpoint = _refresh(endpoint)
+        if show_all or endpoint.state in LIVE or was_live:
+            endpoints.append(endpoint)
+    if as_json:
+        emit_json([_public(e) for e in endpoints])
+        return
+    if not endpoints:
+        out().print("no endpoints: start one with `mdagent llm serve --site SITE --model MODEL`")
+        return
+    table = Table("name", "state", "site", "job", "model", "url")
+    for e in endpoints:
+        table.add_row(e.name, e.state, e.site, e.job_id, e.served_model or e.model, e.base_url or "")
+    out().print(table)
+    for e in endpoints:
+        if e.state == "ended":
+            err().print(f"endpoint {e.name}: {e.message.splitlines()[0]}", highlight=False)
+
+
+@llm.command("status", short_help="One endpoint: its job, its server, its model.")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="print the endpoint as JSON")
+def status_endpoint(name, as_json) -> None:
+    """NAME's job and server (default: the endpoint runs use). Exit 0 when it answers, 1 when not (yet)."""
+    endpoint = _refresh(_endpoint(name))
+    if as_json:
+        emit_json(_public(endpoint))
+    else:
+        where = f" on {endpoint.node}:{endpoint.port}" if endpoint.node else ""
+        out().print(
+            f"endpoint {endpoint.name}: {endpoint.state}, job {endpoint.job_id} on site {endpoint.site}{where}",
+            highlight=False,
+        )
+        if endpoint.base_url:
+            tunnel = f" (SSH tunnel, pid {endpoint.tunnel_pid})" if endpoint.tunnel_pid else ""
+            out().print(
+                f"  url {endpoint.base_url}{tunnel}; model {endpoint.served_model or endpoint.model}", highlight=False
+            )
+        if endpoint.message:
+            out().print(f"  {endpoint.message}", highlight=False)
+        if endpoint.state == "ended":
+            err().print(
+                f"start a new one with `mdagent llm serve --site {endpoint.site} --model {endpoint.model}`",
+                highlight=False,
+            )
+    sys.exit(0 if endpoint.state == "ready" else 1)
+
+
+@llm.command("stop", short_help="Cancel an endpoint's job and close its tunnel.")
+@click.argument("name", required=False)
+def stop_endpoint(name) -> None:
+    """Cancel NAME's job (default: the endpoint runs use), close its SSH tunnel, mark it stopped."""
+    from mdagent_hpc import api
+    from mdagent_hpc.execution.llm_job import stop
+
+    endpoint = _endpoint(name)
+    api.load_profile()
+    try:
+        with status(f"cancelling job {endpoint.job_id} on {endpoint.site} ..."):
+            endpoint = stop(endpoint)
+    except _job_errors() as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 (transport and scheduler errors: the site did not answer)
+        raise _site_unreachable(endpoint.site, exc) from None
+    out().print(f"endpoint {endpoint.name} stopped (job {endpoint.job_id} on {endpoint.site})", highlight=False)

@@ -1,0 +1,409 @@
+"""The LLM gateway (`mdagent gateway serve`) as a real process in front of a vLLM-like server, and `mdagent users`.
+
+The upstream is tests/vllm_like.py: the FakeOpenAIServer with vLLM's `--api-key` behaviour (only /v1 protected;
+/invocations, /tokenize, /metrics ... open) and streaming. The same checks against the real `vllm serve` are in
+test_gateway_vllm below (slow). The pure parts (quotas, the event splitter) are tested first, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx2
+import pytest
+from vllm_like import VLLMLikeServer
+
+from mdagent_hpc.accounts.quotas import RateWindow, check_daily, next_midnight
+from mdagent_hpc.gateway.app import _prepare, upstream_base
+from mdagent_hpc.gateway.sse import EventSplitter, event_data, usage_of, usage_only
+
+UPSTREAM_KEY = "upstream-" + secrets.token_hex(8)
+ANSWER = "units metal and then some more words"
+# every route a client could try; only the first four are forwarded, and only with a valid key
+ROUTES = [
+    ("GET", "/v1/models"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
+    ("POST", "/invocations"),
+    ("POST", "/tokenize"),
+    ("POST", "/detokenize"),
+    ("GET", "/metrics"),
+    ("GET", "/docs"),
+    ("GET", "/openapi.json"),
+    ("GET", "/version"),
+    ("GET", "/load"),
+    ("GET", "/ping"),
+    ("POST", "/inference/v1/generate"),
+    ("DELETE", "/v1/models"),
+    ("GET", "/"),
+]
+CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "write a lammps script please"}]}
+
+
+# -- pure parts ------------------------------------------------------------------------------------------------
+def test_rate_window_counts_per_user_and_says_when_it_frees():
+    window = RateWindow(period=60)
+    assert window.admit("a", 2, now=100.0) is None
+    assert window.admit("a", 2, now=110.0) is None
+    assert window.admit("b", 2, now=110.0) is None  # another user has their own count
+    refusal = window.admit("a", 2, now=120.0)
+    assert refusal.quota == "requests_per_minute" and refusal.used == 2
+    assert refusal.resets_at.timestamp() == 160.0  # when the first of the two leaves the window
+    assert window.admit("a", 2, now=160.5) is None
+    assert window.admit("a", None, now=161) is None  # no limit
+
+
+def test_daily_budget_refuses_from_the_limit_on_until_midnight_utc():
+    now = datetime(2026, 11, 30, 17, 5, tzinfo=UTC)
+    assert check_daily("tokens_per_day", 1000, 999, now) is None
+    assert check_daily("tokens_per_day", None, 10**9, now) is None
+    refusal = check_daily("tokens_per_day", 1000, 1000, now)
+    assert refusal.resets_at == next_midnight(now) == datetime(2026, 12, 1, tzinfo=UTC)
+    assert refusal.retry_after(now) == 6 * 3600 + 55 * 60
+    assert "daily LLM token budget" in refusal.message and "2026-12-01T00:00:00Z" in refusal.message
+
+
+def test_events_are_split_as_they_complete_and_the_usage_chunk_is_found():
+    splitter = EventSplitter()
+    usage = {"prompt_tokens": 3, "completion_tokens": 2}
+    stream = (
+        b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+        b'data: {"choices":[{"delta":{"content":"b"}}],"usage":null}\r\n\r\n'
+        + b"data: "
+        + json.dumps({"choices": [], "usage": usage}).encode()
+        + b"\n\ndata: [DONE]\n\n"
+    )
+    pieces = [stream[i : i + 7] for i in range(0, len(stream), 7)]  # cut anywhere, even inside "\r\n\r\n"
+    events = [e for piece in pieces for e in splitter.feed(piece)]
+    assert b"".join(events) == stream and len(events) == 4 and splitter.rest() == b""
+    data = [event_data(e) for e in events]
+    assert data[0] is None  # no "usage" in it: not even parsed
+    assert usage_of(data[1]) is None and not usage_only(data[1])
+    assert usage_of(data[2]) == usage and usage_only(data[2])
+    assert data[3] is None
+
+
+def test_a_stream_is_made_to_end_with_usage_unless_it_already_does():
+    body, stream, wants = _prepare(json.dumps({"stream": True, "messages": []}).encode())
+    assert stream and not wants and json.loads(body)["stream_options"] == {"include_usage": True}
+    original = json.dumps({"stream": True, "stream_options": {"include_usage": True}}).encode()
+    assert _prepare(original) == (original, True, True)
+    assert _prepare(b'{"messages": []}') == (b'{"messages": []}', False, True)
+    with pytest.raises(ValueError, match="not JSON"):
+        _prepare(b"{nope")
+    assert upstream_base("http://gpu042:8000/v1/") == upstream_base("http://gpu042:8000") == "http://gpu042:8000"
+    with pytest.raises(ValueError, match="not an http"):
+        upstream_base("gpu042:8000")
+
+
+# -- the gateway as a process ----------------------------------------------------------------------------------
+def mdagent(*args, env, timeout=60):
+    return subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+@dataclass
+class Gateway:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    audit: Path
+
+
+def start_gateway(tmp: Path, env: dict, upstream: str, *extra: str) -> Gateway:
+    """`mdagent gateway serve` on a free port, ready (its /health answers); stop it with stop_gateway."""
+    log, audit = tmp / f"gateway-{secrets.token_hex(3)}.log", tmp / "audit.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mdagent_hpc.cli",
+        "gateway",
+        "serve",
+        "--upstream",
+        upstream,
+        "--port",
+        "0",
+        "--audit-log",
+        str(audit),
+        *extra,
+    ]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    url = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        text = log.read_text()
+        if url is None and "gateway on " in text:
+            url = text.split("gateway on ", 1)[1].split()[0].removesuffix("/v1")
+        if url:
+            try:
+                if HTTP.get(url + "/health", timeout=1).status_code == 200:
+                    return Gateway(url, proc, log, audit)
+            except httpx2.TransportError:
+                pass
+        time.sleep(0.1)
+    stop_gateway(proc)
+    raise AssertionError(f"the gateway did not come up:\n{log.read_text()}")
+
+
+def stop_gateway(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("gateway")
+
+
+@pytest.fixture(scope="module")
+def env(tmp):
+    """The users database of these tests, and the upstream's key where only the gateway sees it."""
+    return {
+        **os.environ,
+        "MDAGENT_USERS_DB": f"sqlite:///{tmp / 'users.db'}",
+        "MDAGENT_GATEWAY_UPSTREAM_KEY": UPSTREAM_KEY,
+    }
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with VLLMLikeServer(api_key=UPSTREAM_KEY, repeat=ANSWER) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp, env, upstream):
+    gw = start_gateway(tmp, env, upstream.base_url, "--max-body-kb", "64")
+    yield gw
+    stop_gateway(gw.proc)
+
+
+KEYS: list[str] = []  # every key handed out in this module: none may appear in the audit log
+
+
+def add_user(env, name, *quota) -> str:
+    result = mdagent("users", "add", name, *quota, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    KEYS.append(json.loads(result.stdout)["key"])
+    return KEYS[-1]
+
+
+HTTP = httpx2.Client(timeout=30, trust_env=False)  # one client: making one costs ~50 ms (its TLS context)
+
+
+def call(gw: Gateway, method: str, route: str, key: str | None = None, **kwargs) -> httpx2.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    if method == "POST" and "json" not in kwargs and "content" not in kwargs:
+        kwargs["json"] = {**CHAT, "prompt": "hi", "input": "hi"}
+    return HTTP.request(method, gw.url + route, headers=headers, **kwargs)
+
+
+def usage_of_user(env, name) -> dict:
+    result = mdagent("users", "usage", name, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    return rows[0] if rows else {}
+
+
+def test_no_key_a_wrong_key_and_a_revoked_key_are_refused_on_every_route(gateway, upstream, env):
+    key = add_user(env, "mallory")
+    assert call(gateway, "POST", "/v1/chat/completions", key).status_code == 200  # works until revoked
+    revoked = mdagent("users", "revoke", "mallory", env=env)
+    assert revoked.returncode == 0 and "revoked user mallory" in revoked.stdout
+    seen = len(upstream.requests)
+    for bad in [None, "wrong", "mdk_" + secrets.token_urlsafe(32), key, UPSTREAM_KEY]:
+        for method, route in ROUTES:
+            response = call(gateway, method, route, bad)
+            assert response.status_code == 401, (bad, method, route, response.text)
+            error = response.json()["error"]
+            assert error["code"] == ("missing_api_key" if bad is None else "invalid_api_key")
+            assert "mdagent" in error["message"]  # says what to do: whom to ask
+    assert upstream.open_hits == [] and len(upstream.requests) == seen  # nothing reached the server
+
+
+def test_a_valid_key_reaches_only_the_openai_routes_and_never_the_upstream_key(gateway, upstream, env):
+    key = add_user(env, "alice")
+    for method, route in ROUTES[4:]:
+        response = call(gateway, method, route, key)
+        assert response.status_code == 404, (method, route, response.text)
+        assert "forwards only GET /v1/models" in response.json()["error"]["message"]
+    assert upstream.open_hits == []
+    models = call(gateway, "GET", "/v1/models", key)
+    assert models.status_code == 200 and models.json()["data"][0]["id"] == "fake-model"
+    chat = call(gateway, "POST", "/v1/chat/completions", key)
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == ANSWER
+    sent = {k.lower(): v for k, v in upstream.headers[-1].items()}
+    assert sent["authorization"] == f"Bearer {UPSTREAM_KEY}"  # the gateway's key, not alice's
+    assert UPSTREAM_KEY not in chat.text + models.text
+    assert call(gateway, "GET", "/health").json() == {"status": "ok"}  # open, and tells nothing
+
+
+def test_two_users_usage_is_counted_apart(gateway, env):
+    alice, bob = add_user(env, "ann"), add_user(env, "bob")
+    expected = {"ann": [0, 0, 0], "bob": [0, 0, 0]}
+    for name, key, route in [
+        ("ann", alice, "/v1/chat/completions"),
+        ("ann", alice, "/v1/chat/completions"),
+        ("bob", bob, "/v1/completions"),
+        ("bob", bob, "/v1/embeddings"),
+    ]:
+        response = call(gateway, "POST", route, key)
+        assert response.status_code == 200, response.text
+        usage = response.json()["usage"]
+        counts = expected[name]
+        counts[0] += 1
+        counts[1] += usage["prompt_tokens"]
+        counts[2] += usage.get("completion_tokens", 0)
+    time.sleep(0.3)  # usage is written just after the answer is sent
+    for name, (requests, prompt, completion) in expected.items():
+        row = usage_of_user(env, name)
+        assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (requests, prompt, completion)
+        assert row["prompt_tokens"] > 0
+    assert expected["ann"] != expected["bob"]
+
+
+def test_a_daily_token_budget_is_enforced_with_a_clear_refusal(gateway, upstream, env):
+    key = add_user(env, "carol", "--tokens-per-day", "5")
+    first = call(gateway, "POST", "/v1/chat/completions", key)
+    assert first.status_code == 200 and first.json()["usage"]["total_tokens"] > 5  # this one crosses the budget
+    time.sleep(0.3)
+    seen = len(upstream.requests)
+    second = call(gateway, "POST", "/v1/chat/completions", key)
+    assert second.status_code == 429
+    error = second.json()["error"]
+    assert error["code"] == "tokens_per_day" and error["type"] == "insufficient_quota"
+    midnight = next_midnight(datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert "daily LLM token budget" in error["message"] and f"resets at {midnight}" in error["message"]
+    assert 0 < int(second.headers["retry-after"]) <= 86400 and second.headers["x-should-retry"] == "false"
+    assert len(upstream.requests) == seen
+    raised = mdagent("users", "set", "carol", "--tokens-per-day", "none", env=env)
+    assert raised.returncode == 0 and "no limits" in raised.stdout
+    assert call(gateway, "POST", "/v1/chat/completions", key).status_code == 200
+    time.sleep(0.3)
+    assert usage_of_user(env, "carol")["refused"] == 1
+
+
+def test_a_rate_limit_is_enforced_per_user(gateway, env):
+    key, other = (
+        add_user(env, "dave", "--requests-per-minute", "2"),
+        add_user(env, "erin", "--requests-per-minute", "2"),
+    )
+    assert [call(gateway, "GET", "/v1/models", key).status_code for _ in range(2)] == [200, 200]
+    third = call(gateway, "GET", "/v1/models", key)
+    assert third.status_code == 429 and third.json()["error"]["code"] == "requests_per_minute"
+    assert "LLM request rate limit" in third.json()["error"]["message"]
+    assert 0 < int(third.headers["retry-after"]) <= 60 and "x-should-retry" not in third.headers
+    assert call(gateway, "GET", "/v1/models", other).status_code == 200
+
+
+def test_streaming_is_passed_through_chunk_by_chunk_and_its_usage_counted(gateway, upstream, env):
+    from openai import OpenAI
+
+    key = add_user(env, "frank")
+    client = OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    upstream.chunk_delay = 0.15
+    try:
+        start = time.monotonic()
+        arrivals, text, chunks = [], "", []
+        for chunk in client.chat.completions.create(stream=True, **CHAT):
+            chunks.append(chunk)
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.monotonic() - start)
+                text += chunk.choices[0].delta.content
+    finally:
+        upstream.chunk_delay = 0.0
+    assert text == ANSWER
+    words = len(ANSWER.split())
+    assert len(arrivals) == words
+    # the first words arrive while the server is still producing the last ones, 0.15 s apart
+    assert arrivals[-1] - arrivals[0] > 0.1 * (words - 1)
+    assert all(c.choices for c in chunks)  # frank did not ask for the usage chunk: he does not get it
+    assert upstream.requests[-1]["stream_options"] == {"include_usage": True}  # the gateway asked for it
+    time.sleep(0.3)
+    row = usage_of_user(env, "frank")
+    assert row["requests"] == 1 and row["completion_tokens"] == words and row["prompt_tokens"] > 0
+    asked = client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **CHAT)
+    last = list(asked)[-1]
+    assert not last.choices and last.usage.completion_tokens == words
+
+
+def test_a_request_over_the_size_limit_is_refused(gateway, upstream, env):
+    key = add_user(env, "gina")
+    seen = len(upstream.requests)
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 70_000}]}
+    response = call(gateway, "POST", "/v1/chat/completions", key, json=big)
+    assert response.status_code == 413 and "65536 bytes" in response.json()["error"]["message"]
+    assert len(upstream.requests) == seen
+
+
+def test_the_agents_client_works_through_the_gateway(gateway, env):
+    key = add_user(env, "hank")
+    result = mdagent(
+        "llm", "check", env={**env, "MDAGENT_LLM_BASE_URL": gateway.url + "/v1", "MDAGENT_LLM_API_KEY": key}
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_audit_log_has_every_request_and_no_key(gateway):
+    time.sleep(0.3)
+    text = gateway.audit.read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert {"time", "user", "route", "status", "prompt_tokens", "completion_tokens", "latency_ms"} <= set(lines[0])
+    assert {"alice", "bob", "carol", "frank", None} <= {line["user"] for line in lines}
+    assert any(line["route"] == "/invocations" and line["status"] == 401 and line["user"] is None for line in lines)
+    assert any(line["refused"] == "tokens_per_day" and line["user"] == "carol" for line in lines)
+    streamed = [line for line in lines if line["user"] == "frank" and line["stream"]]
+    assert streamed and streamed[0]["completion_tokens"] == len(ANSWER.split())
+    for secret in [*KEYS, UPSTREAM_KEY]:
+        assert secret not in text and secret[4:20] not in text
+    assert "mdk_" not in text
+
+
+def test_users_cli_lists_and_refuses_bad_input_in_one_sentence(env, tmp):
+    listed = json.loads(mdagent("users", "list", "--json", env=env).stdout)
+    by_name = {u["name"]: u for u in listed}
+    assert not by_name["mallory"]["active"] and by_name["alice"]["active"]
+    assert by_name["alice"]["keys"] == [KEYS[1][:12]]
+    db = (tmp / "users.db").read_bytes()
+    assert all(k.encode() not in db for k in KEYS)  # stored hashed only
+    for args, said in [
+        (["users", "add", "no spaces"], "is not valid"),
+        (["users", "add", "alice"], "exists already"),
+        (["users", "revoke", "nobody"], "no user 'nobody'"),
+        (["users", "revoke", "alice", "--key", "mdk_nothere"], "no active key"),
+        (["users", "set", "alice"], "at least one quota"),
+        (["users", "list", "--db", "nonsense"], "not a database URL"),
+        (["gateway", "serve", "--upstream", "gpu042:8000"], "not an http(s) URL"),
+    ]:
+        result = mdagent(*args, env=env)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert said in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unreachable_upstream_is_a_502_that_says_so(tmp, env):
+    key = add_user(env, "ivan")
+    dead = start_gateway(tmp, env, "http://127.0.0.1:9/v1")  # port 9 (discard): nothing listens
+    try:
+        assert "warning:" in dead.log.read_text() and "does not answer" in dead.log.read_text()
+        response = call(dead, "POST", "/v1/chat/completions", key)
+        assert response.status_code == 502 and "cannot be reached" in response.json()["error"]["message"]
+    finally:
+        stop_gateway(dead.proc)
+    assert dead.proc.returncode is not None

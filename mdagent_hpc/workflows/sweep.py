@@ -31,6 +31,7 @@ from mdagent_hpc.workflows.steps import finite
 
 PROCESS_TYPE = "aiida.workflows:mdagent.sweep"
 ENGINES = ("calcjob", "parsl")
+PILOT_RESUBMITS = 2  # a pilot job that ends with points not run is submitted again (same folder) this often
 
 
 @calcfunction
@@ -123,6 +124,8 @@ class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
         self.ctx.corrections = 0
         self.ctx.launched = []  # point ids of the batch in flight
         self.ctx.launched_phase_open = False  # the last batch left points of its phase (probes, rest) pending
+        self.ctx.pilot_round = 0  # pilot jobs submitted (each resumes the same sweep folder)
+        self.ctx.pilot_misses = 0  # pilot jobs that ended with points not run
         self.node.base.extras.set_many({"task": sweep.task, "site": self.inputs.agent.site.get("name", "local"),
                                         "engine": self.inputs.engine.value, "points_total": len(points),
                                         "points_done": 0, "points_failed": 0, "llm_calls": 0})
@@ -185,7 +188,8 @@ class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
         existing = self._children()
         n = self.ctx.template_number
         if engine == "parsl":
-            label = f"pilot_t{n}_{batch[0]}"
+            self.ctx.pilot_round += 1
+            label = f"pilot_{self.ctx.pilot_round}"
             node = existing.get(label) or self._submit_pilot(batch, label)
             return ToContext(pilot=node)
         jobs = {}
@@ -197,22 +201,38 @@ class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
         return ToContext(**jobs)
 
     def collect(self):
+        if self.inputs.engine.value == "parsl":
+            self._collect_pilot()
+            return
         for pid in self.ctx.launched:
-            if self.inputs.engine.value == "parsl":
-                pilot = self.ctx.pilot
-                ran = pilot.outputs.results.get_dict() if "results" in pilot.outputs else {}
-                retrieved = pilot.outputs.retrieved if "retrieved" in pilot.outputs else None
-                failure = None
-                if pid not in ran:
-                    failure = f"the pilot did not run this point ({pilot.exit_message or pilot.process_state.value})"
-                elif ran[pid].get("returncode"):
-                    failure = f"LAMMPS exited with {ran[pid]['returncode']}"
-                self._record(pid, retrieved, f"points/{pid}/{LOG}", failure)
-            else:
-                job = self.ctx[f"job_{pid}"]
-                retrieved = job.outputs.retrieved if "retrieved" in job.outputs else None
-                failure = None if job.is_finished_ok else job.exit_message or f"job {job.process_state.value}"
-                self._record(pid, retrieved, LOG, failure)
+            job = self.ctx[f"job_{pid}"]
+            retrieved = job.outputs.retrieved if "retrieved" in job.outputs else None
+            failure = None if job.is_finished_ok else job.exit_message or f"job {job.process_state.value}"
+            self._record(pid, retrieved, LOG, failure)
+        self.ctx.launched = []
+
+    def _collect_pilot(self):
+        """Record the points the pilot ended; those it did not (its job died) go to a new pilot job, twice at most."""
+        pilot = self.ctx.pilot
+        ended = pilot.outputs.results.get_dict() if "results" in pilot.outputs else {}
+        retrieved = pilot.outputs.retrieved if "retrieved" in pilot.outputs else None
+        missing = [pid for pid in self.ctx.launched if pid not in ended]
+        retry = bool(missing) and self.ctx.pilot_misses < PILOT_RESUBMITS
+        if retry:
+            self.ctx.pilot_misses += 1
+            self.report(f"the pilot job ended with {len(missing)} point(s) not run "
+                        f"({pilot.exit_message or pilot.process_state.value}); submitting it again")
+            self.ctx.queues = [missing, *self.ctx.queues]
+            self.ctx.launched_phase_open = True
+        for pid in self.ctx.launched:
+            if pid in missing and retry:
+                continue
+            failure = None
+            if pid in missing:
+                failure = f"the pilot did not run this point ({pilot.exit_message or pilot.process_state.value})"
+            elif ended[pid].get("returncode"):
+                failure = f"LAMMPS exited with {ended[pid]['returncode']}"
+            self._record(pid, retrieved, f"points/{pid}/{LOG}", failure)
         self.ctx.launched = []
 
     def finalize(self):
@@ -315,5 +335,4 @@ class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
         self.report(f"running {len(batch)} point(s) with template {self.ctx.template_number} in Parsl pilot jobs")
         return self.submit(pilot, template=self.ctx.template, files=files, points=orm.Dict({"points": points}),
                            site=orm.Str(self.inputs.agent.site.get("name", "local")),
-                           sweep_folder=self.inputs.sweep_folder, code=self.inputs.agent.code,
-                           metadata={"call_link_label": label})
+                           sweep_folder=self.inputs.sweep_folder, metadata={"call_link_label": label})

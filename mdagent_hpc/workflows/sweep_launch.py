@@ -60,7 +60,7 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
     try:
         probes = probe_points(spec, points)
         validate_sweep(spec, points, site.sweep, cores, site.name)
-        engine, why = choose_engine(spec, len(points), getattr(site, "pilot", None) is not None, site.name)
+        engine, why = choose_engine(spec, len(points), "pilot" in site.model_fields_set, site.name)
     except SweepError as exc:
         raise LaunchError(str(exc)) from None
     return SweepPlan(site=site.name, points=len(points), probes=[p.id for p in probes], engine=engine, why=why,

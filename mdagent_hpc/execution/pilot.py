@@ -49,6 +49,15 @@ _VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _CANCEL = {"slurm": ["scancel"], "pbspro": ["qdel"], "direct": ["kill"]}
 
 
+# How a run stopped from outside ends: killed by SIGHUP, SIGINT, SIGKILL or SIGTERM, directly or through a wrapper
+# (bubblewrap, a shell) that exits with 128 + the signal.
+_KILLED = frozenset(code for sig in (1, 2, 9, 15) for code in (-sig, 128 + sig))
+
+
+class PointKilled(RuntimeError):
+    """The point's LAMMPS was killed by a signal from outside: it did not end, and is run again."""
+
+
 class PilotError(Exception):
     """Bad sweep input or a sweep that cannot start; the message says what to do."""
 
@@ -165,6 +174,9 @@ def run_point(point_dir: str, command: list[str], sha: str) -> dict:
     start = time.time()
     with open(folder / STDOUT, "wb") as out:
         returncode = subprocess.run(command, cwd=folder, stdout=out, stderr=subprocess.STDOUT).returncode
+    if returncode in _KILLED:
+        # Stopped from outside (the block cancelled, out of wall time): not an end of the point. Parsl retries it.
+        raise PointKilled(f"LAMMPS was stopped by a signal (exit {returncode}) on {socket.gethostname()}")
     result = {
         "returncode": returncode,
         "seconds": round(time.time() - start, 3),
@@ -335,9 +347,10 @@ class Driver:
             if not (isinstance(result, dict) and result.get("inputs_sha256") == sha):
                 continue
             results[point["id"]] = result
-            if self.job_dir is not None and (src / LOG).exists():
-                (self.job_dir / "points" / point["id"]).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src / LOG, self.job_dir / "points" / point["id"] / LOG)
+            dest = self.job_dir / "points" / point["id"] / LOG if self.job_dir is not None else None
+            if dest is not None and not dest.exists() and (src / LOG).exists():  # one job folder: copied once
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / LOG, dest)
         if self.job_dir is not None:
             write_json(self.job_dir / "results.json", results)
         return results
@@ -401,9 +414,14 @@ class Driver:
             while pending:
                 finished, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
                 status = executor.status_facade  # Parsl's last answer from the scheduler: no query here
-                self.blocks = {
-                    b: str(j) for b, j in executor.blocks_to_job_id.items() if b not in status or not status[b].terminal
-                }
+                blocks, self.blocks = (
+                    self.blocks,
+                    {
+                        b: str(j)
+                        for b, j in executor.blocks_to_job_id.items()
+                        if b not in status or not status[b].terminal
+                    },
+                )
                 for future in finished:
                     point, point_dir = futures[future]
                     done_count += 1
@@ -414,7 +432,7 @@ class Driver:
                         write_json(point_dir / LOST, {"error": f"{type(exc).__name__}: {exc}", "at": time.time()})
                         how = f"lost ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
                     self.say(f"[{done_count}/{len(todo)}] {point['id']}: {how} ({time.monotonic() - start:.0f} s)")
-                if finished or not pending:
+                if finished or blocks != self.blocks:
                     self.progress(data, sha, "running")
                     if self.job_dir is not None:
                         self.collect(data, sha)

@@ -53,11 +53,18 @@ def resolved_binary(site: SiteConfig) -> SiteConfig:
 
 def ensure_site(site: SiteConfig) -> SiteSetup:
     """The site's Computer (configured for the current user) and `lammps@NAME` Code, up to date."""
+    site = resolved_binary(site)
+    changes: list[str] = []
+    computer = ensure_computer(site, changes)
+    code = _ensure_code(site, computer, changes)
+    return SiteSetup(computer=computer, code=code, changes=changes)
+
+
+def ensure_computer(site: SiteConfig, changes: list[str]):
+    """The site's Computer, created or brought up to date (each change said in `changes`)."""
     from aiida import orm
     from aiida.common.exceptions import NotExistent
 
-    site = resolved_binary(site)
-    changes: list[str] = []
     wanted = aiida_computer_kwargs(site)
     try:
         computer = orm.load_computer(site.name)
@@ -88,9 +95,38 @@ def ensure_site(site: SiteConfig) -> SiteSetup:
     if current is None or any(current.get(k) != v for k, v in auth.items()):
         computer.configure(**auth)
         changes.append(f"computer {site.name}: transport configured")
+    return computer
 
-    code = _ensure_code(site, computer, changes)
-    return SiteSetup(computer=computer, code=code, changes=changes)
+
+PILOT_CODE = "pilot"
+
+
+def login_site(site: SiteConfig) -> SiteConfig:
+    """The site's login host as a site of its own, `NAME-login`: same transport and workdir, no scheduler (AiiDA's
+    core.direct), so a job there (the sweep's Parsl driver) is a process on the login host that AiiDA follows."""
+    return site.model_copy(update={"name": f"{site.name}-login", "scheduler": "direct", "queue": None,
+                                   "account": None, "qos": None, "lammps": site.lammps.model_copy(
+                                       update={"image": None, "binary": "lmp"})})
+
+
+def ensure_pilot_code(site: SiteConfig):
+    """`pilot@NAME-login`: the Python that runs `python -m mdagent_hpc.execution.pilot` on the site's login host."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    login = login_site(site)
+    computer = ensure_computer(login, [])
+    python = site.pilot.python or (sys.executable if site.transport.type == "local" else "python3")
+    try:
+        code = orm.load_code(f"{PILOT_CODE}@{login.name}")
+        if str(code.filepath_executable) == python:
+            return code
+        code.label, code.is_hidden = f"{PILOT_CODE}-replaced-{code.pk}", True
+    except NotExistent:
+        pass
+    return orm.InstalledCode(label=PILOT_CODE, computer=computer, filepath_executable=python,
+                             description=f"the sweep driver's Python on {site.name}'s login host",
+                             default_calc_job_plugin="mdagent.sweep.pilot").store()
 
 
 def _ensure_code(site: SiteConfig, computer, changes: list[str]):

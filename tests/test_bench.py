@@ -289,6 +289,14 @@ def test_codegen_harness_replayed_end_to_end_resumes_compares_and_exports(aiida_
     assert both["second"]["summary"]["exec_success_at_1"] == 0.0 and both["second"]["summary"]["tasks"] == 2
     assert plot.stat().st_size > 5000 and plot.read_bytes()[:4] == b"\x89PNG"
 
+    # the failure memory reads the lessons of these runs back: cg03's wrong potential file and the line that fixed it
+    from mdagent_hpc.workflows.trajectories import past_lessons
+
+    lessons = past_lessons()
+    fix = next(m for m in lessons if m.signature.key() == "potential.missing pair_coeff")
+    assert fix.fix == ["- pair_coeff 1 1 Cu_u3_typo.eam", "+ pair_coeff 1 1 Cu_u3.eam"]
+    assert any(m.signature.code == "lammps.error" and "+ velocity" in " ".join(m.fix) for m in lessons)  # cg07
+
     exported = {}
     for fmt in ("verl", "trl", "openrlhf", "sft"):
         out = mdagent(
@@ -338,6 +346,20 @@ def check_exports(exported: dict, folder: Path) -> None:
     assert sft["rows"]["train"] + sft["rows"]["test"] == 15 - 4  # passing attempts, less the 4 repeated candidates
     messages = datasets.load_dataset("json", data_files=str(folder / "sft" / "train.jsonl"))["train"]
     assert messages.column_names == ["messages"] and messages[0]["messages"][-1]["role"] == "assistant"
+
+
+def test_ask_carries_this_lammps_and_the_potentials_for_the_question(fake_openai):
+    server = fake_openai(["Use pair_style eam/alloy with CuNi.eam.alloy."])
+    env = {"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model", "MDAGENT_LLM_MAX_RETRIES": "0"}
+    result = mdagent("ask", "Which potential should I use for a Cu-Ni alloy?", "--json", env_extra=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["answer"].startswith("Use pair_style eam/alloy") and answer["elements"] == ["Cu", "Ni"]
+    system = server.requests[0]["messages"][0]["content"]
+    assert "LAMMPS version:" in system and "pair styles:" in system and "eam/alloy" in system
+    assert any(p.startswith("CuNi") for p in answer["potentials"]) and answer["potentials"][0] in system
+    bad = mdagent("ask", "hello", env_extra=env, timeout=120)
+    assert bad.returncode == 2 and "in a sentence" in bad.stderr
 
 
 class RoutingServer(FakeOpenAIServer):

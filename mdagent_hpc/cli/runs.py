@@ -97,6 +97,7 @@ def _many(ctx, param, values):  # noqa: ARG001 (click's callback signature)
 @click.option("--site", help="the site it ran on")
 @click.option("--model", help="text in the model's name (re:PATTERN)")
 @click.option("--user", help="the AiiDA user (email)")
+@click.option("--kind", help="run (agent runs) or point (sweep points)")
 @click.option("--verdict", help="running, passed or failed")
 @click.option("--grade", help="the final evaluation's grade: pass, warn or fail")
 @click.option("--reward", help="a range: 0.5.., ..0.5, 0.2..0.8")
@@ -170,7 +171,7 @@ def _hint_unindexed(filters: dict) -> None:
     from mdagent_hpc.cli.main import err
     from mdagent_hpc.workflows.query import count_unindexed
 
-    plain = {"verdict", "since", "until", "sort", "limit"}
+    plain = {"since", "until", "sort", "limit"}
     if any(v not in (None, [], ()) for k, v in filters.items() if k not in plain):
         missing = count_unindexed()
         if missing:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel, Field
 
 VERDICTS = ("running", "passed", "failed")
+KINDS = ("run", "point")
 GRADES = ("pass", "warn", "fail")
 # What a query can sort on: node columns and the recorded numbers; `obs.NAME`, `param.NAME` too.
 SORTS = ("ctime", "pk", "reward", "attempts", "seconds")
@@ -37,6 +38,25 @@ class Text(BaseModel):
         if self.regex:
             return re.search(self.pattern, value, re.IGNORECASE) is not None
         return self.pattern.lower() in value.lower()
+
+
+def required_literals(pattern: str, shortest: int = 2) -> list[str]:
+    """Plain text any match of `pattern` must contain ("Cu.?Ni" -> ["Cu", "Ni"]): what a database can look for
+    before the regular expression itself is tried. [] when nothing is certain (alternatives at the top, ...)."""
+    from re import _constants as c
+    from re import _parser
+
+    literals, run = [], ""
+    for op, value in _parser.parse(pattern):
+        if op is c.LITERAL:
+            run += chr(value)
+            continue
+        if op is c.BRANCH:
+            return []
+        literals.append(run)
+        run = ""
+    literals.append(run)
+    return [text for text in literals if len(text) >= shortest]
 
 
 class Range(BaseModel):
@@ -64,6 +84,7 @@ class Query(BaseModel):
     site: str | None = None
     model: Text | None = None
     user: str | None = None
+    kind: str | None = Field(None, description="run (an agent run) or point (a sweep point)")
     verdict: str | None = None
     grade: str | None = None
     reward: Range | None = None
@@ -84,11 +105,6 @@ class Query(BaseModel):
     def sort_key(self) -> tuple[str, bool]:
         """(field, descending)."""
         return self.sort.lstrip("-+"), self.sort.startswith("-")
-
-    def is_indexed_only(self) -> bool:
-        """True when a filter reads the recorded fields (so runs not yet indexed cannot match)."""
-        plain = {"verdict", "since", "until", "sort", "limit"}
-        return any(getattr(self, name) not in (None, [], {}) for name in type(self).model_fields if name not in plain)
 
 
 def parse_text(value: str, what: str) -> Text:
@@ -223,6 +239,8 @@ def build_query(**options) -> Query:
                 raise QueryError(f"{name}: give a value")
     if "elements" in options:
         q["elements"] = sorted({_element(e) for e in _words(options["elements"], "elements")})
+    if "kind" in options:
+        q["kind"] = _choice(options["kind"], KINDS, "kind")
     if "verdict" in options:
         q["verdict"] = _choice(options["verdict"], VERDICTS, "verdict")
     if "grade" in options:

@@ -87,6 +87,7 @@ def index_record(
     model = next((a.usage.model for a in reversed(run.attempts) if a.usage.model), None)
     return {
         "version": VERSION,
+        "kind": "run",
         "task": run.task,
         "elements": sorted(set(elements)),
         "pair_styles": fields["pair_styles"],
@@ -108,6 +109,53 @@ def index_record(
         "sweep": sweep,
         "params": params or {},
         "obs": {k: v for k, v in (evaluation.observables if evaluation else {}).items() if _finite(v)},
+    }
+
+
+def point_record(
+    result: dict,
+    *,
+    task: str,
+    template: str | None,
+    sweep: dict,
+    site: str | None,
+    model: str | None,
+    user: str | None,
+    seconds: float | None,
+) -> dict:
+    """The recorded fields of one sweep point, from its record (`sweep.results.PointResult` as a dict): the
+    sweep's task, the template's script fields, the point's values as `params`, its observables as `obs`."""
+    fields = script_fields(template)
+    from mdagent_hpc.llm.prompts import task_elements
+
+    ok = bool(result.get("ok"))
+    return {
+        "version": VERSION,
+        "kind": "point",
+        "task": task,
+        "elements": sorted(set(task_elements(task))),
+        "pair_styles": fields["pair_styles"],
+        "potentials": [],
+        "md5": [],
+        "units": fields["units"],
+        "ensembles": fields["ensembles"],
+        "site": site,
+        "model": model,
+        "user": user,
+        "verdict": "passed" if ok else "failed",
+        "grade": result.get("grade"),
+        "reward": None,
+        "attempts": None,
+        "stop": "passed" if ok else "failed",
+        "faults": [],
+        "findings": [],
+        "problems": list(result.get("problems") or [])[:5],
+        "seconds": result.get("seconds") if result.get("seconds") is not None else seconds,
+        "sweep": sweep,
+        "point": result.get("id"),
+        "template": result.get("template"),
+        "params": dict(result.get("vars") or {}),
+        "obs": {k: v for k, v in (result.get("observables") or {}).items() if _finite(v)},
     }
 
 

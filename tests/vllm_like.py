@@ -40,6 +40,7 @@ class VLLMLikeServer(FakeOpenAIServer):
         self.chunk_delay = chunk_delay
         self.open_hits: list[str] = []
         self._httpd.RequestHandlerClass = _vllm_handler(self, self._httpd.RequestHandlerClass)
+        self._httpd.socket.listen(128)  # socketserver's backlog of 5 drops connections of 32 concurrent clients
 
     def answer_for(self, body: dict[str, Any], headers: dict[str, str]) -> str:
         answer = self._next_answer(body, headers)
@@ -158,7 +159,7 @@ def main() -> None:
     parser.add_argument("--chunk-delay", type=float, default=0.0)
     args = parser.parse_args()
     srv = VLLMLikeServer(api_key=args.api_key, repeat=args.repeat, chunk_delay=args.chunk_delay, port=args.port)
-    print(srv.base_url, flush=True)
+    print(f"serving at {srv.base_url}", flush=True)
     try:
         srv._httpd.serve_forever()
     except KeyboardInterrupt:

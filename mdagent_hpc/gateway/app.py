@@ -183,6 +183,7 @@ class Gateway:
         headers = {
             "content-type": request.headers.get("content-type", "application/json"),
             "accept": request.headers.get("accept", "*/*"),
+            "accept-encoding": "identity",  # the stream is passed on as it comes (aiter_raw), so never compressed
         }
         if self.settings.upstream_key is not None:
             headers["authorization"] = f"Bearer {self.settings.upstream_key.get_secret_value()}"
@@ -244,7 +245,7 @@ class Gateway:
         """Pass the stream on event by event, reading the usage chunk (and dropping it if the user did not ask)."""
         events = EventSplitter()
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():
                 for event in events.feed(chunk):
                     data = event_data(event)
                     ex.count(usage_of(data))

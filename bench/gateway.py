@@ -1,0 +1,247 @@
+"""What the LLM gateway costs: added latency per request and streaming throughput, gateway against direct.
+
+In one run, against the same upstream:
+
+1. latency: `-n` (default 200) small non-streaming chat completions one after the other, alternating direct and
+   through the gateway; p50 and p99 of each and what the gateway adds (target: p50 added < 5 ms);
+2. throughput: 32 (`-c`) concurrent streaming chat completions, `--rounds` times, direct then through the gateway,
+   alternated twice; completed requests and streamed chunks per second (target: gateway >= 0.95 of direct).
+
+The upstream is tests/vllm_like.py (the FakeOpenAIServer with streaming) in its own process by default, streaming
+`--words` words `--chunk-delay` s apart, like a model generating at 1/chunk-delay tokens/s per request; or a real
+server with `--upstream URL [--upstream-key KEY] [--model M]` (then `--max-tokens` per request). The gateway is
+`mdagent gateway serve` in its own process, with a fresh users database and audit log in a temporary folder, both
+written on every request as in production. Both processes are stopped by their PIDs at the end. Times are printed,
+never asserted.
+
+    .venv/bin/python bench/gateway.py [-n 200] [-c 32] [--rounds 2] [--words 128] [--chunk-delay 0.02]
+    .venv/bin/python bench/gateway.py --upstream http://127.0.0.1:8000/v1 --upstream-key KEY
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from mdagent_hpc.accounts.store import Store  # noqa: E402
+
+
+def start(cmd: list[str], env: dict, log: Path, ready: str) -> tuple[subprocess.Popen, str]:
+    """Start a process, wait for `ready` in its output; returns it and the word that follows `ready`."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if ready in text:
+            return proc, text.split(ready, 1)[1].split()[0]
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    stop(proc)
+    sys.exit(f"{cmd[2:4]} did not start:\n{log.read_text()}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def chat(client: httpx2.AsyncClient, url: str, key: str, body: dict) -> int:
+    """One chat completion; returns the streamed chunks (1 for a non-streaming answer)."""
+    headers = {"authorization": f"Bearer {key}"}
+    if not body.get("stream"):
+        response = await client.post(url, json=body, headers=headers)
+        response.raise_for_status()
+        return 1
+    chunks = 0
+    async with client.stream("POST", url, json=body, headers=headers) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.startswith("data:") and line.strip() != "data: [DONE]":
+                chunks += 1
+    return chunks
+
+
+async def latency(targets: dict[str, tuple[str, str]], body: dict, n: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    async with httpx2.AsyncClient(timeout=120, trust_env=False) as client:
+        for url, key in targets.values():  # warm-up: connections, caches
+            for _ in range(5):
+                await chat(client, url, key, body)
+        for _ in range(n):
+            for name, (url, key) in targets.items():
+                t = time.perf_counter()
+                await chat(client, url, key, body)
+                times[name].append((time.perf_counter() - t) * 1000)
+    return times
+
+
+async def throughput(url: str, key: str, body: dict, concurrency: int, rounds: int) -> tuple[float, float]:
+    """(requests/s, chunks/s) with `concurrency` streams at a time, `rounds` × `concurrency` requests."""
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx2.AsyncClient(timeout=600, trust_env=False, limits=limits) as client:
+        queue = asyncio.Queue()
+        for _ in range(concurrency * rounds):
+            queue.put_nowait(None)
+        chunks = 0
+
+        async def worker():
+            nonlocal chunks
+            while not queue.empty():
+                queue.get_nowait()
+                n = await chat(client, url, key, body)
+                chunks += n  # not `chunks += await ...`: that reads `chunks` before awaiting and loses updates
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - t
+    return concurrency * rounds / seconds, chunks / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=200, help="sequential requests per side for the latency")
+    parser.add_argument("-c", "--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="requests per stream slot in the throughput phase")
+    parser.add_argument("--words", type=int, default=128, help="fake upstream: words per answer")
+    parser.add_argument("--chunk-delay", type=float, default=0.02, help="fake upstream: seconds between chunks")
+    parser.add_argument("--upstream", help="a real OpenAI-compatible server instead of the fake, e.g. .../v1")
+    parser.add_argument("--upstream-key", default=os.environ.get("MDAGENT_GATEWAY_UPSTREAM_KEY"))
+    parser.add_argument("--model", help="model to ask (default: the first the upstream lists)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="real upstream: tokens per answer")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="mdagent-bench-gateway-"))
+    env = {**os.environ, "MDAGENT_HOME": str(tmp), "MDAGENT_USERS_DB": f"sqlite:///{tmp / 'users.db'}"}
+    procs = []
+    try:
+        if args.upstream:
+            upstream, upstream_key = args.upstream.rstrip("/"), args.upstream_key or "EMPTY"
+        else:
+            upstream_key = "bench-upstream-key"
+            fake = [
+                sys.executable,
+                str(REPO / "tests" / "vllm_like.py"),
+                "--port",
+                "0",
+                "--api-key",
+                upstream_key,
+                "--repeat",
+                " ".join(["word"] * args.words),
+                "--chunk-delay",
+                str(args.chunk_delay),
+            ]
+            proc, upstream = start(
+                fake, {**env, "PYTHONPATH": str(REPO / "tests")}, tmp / "upstream.log", "serving at "
+            )
+            procs.append(proc)
+        store = Store(env["MDAGENT_USERS_DB"])
+        _, user_key = store.add_user("bench")
+        store.close()
+        serve = [
+            sys.executable,
+            "-m",
+            "mdagent_hpc.cli",
+            "gateway",
+            "serve",
+            "--upstream",
+            upstream,
+            "--port",
+            "0",
+            "--audit-log",
+            str(tmp / "audit.jsonl"),
+        ]
+        proc, gateway = start(
+            serve, {**env, "MDAGENT_GATEWAY_UPSTREAM_KEY": upstream_key}, tmp / "gateway.log", "gateway on "
+        )
+        procs.append(proc)
+        model = (
+            args.model
+            or httpx2.get(
+                f"{upstream}/models", headers={"authorization": f"Bearer {upstream_key}"}, trust_env=False
+            ).json()["data"][0]["id"]
+        )
+        targets = {
+            "direct": (f"{upstream}/chat/completions", upstream_key),
+            "gateway": (f"{gateway}/chat/completions", user_key),
+        }
+        small = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 1}
+        if not args.upstream:
+            small["messages"][0]["content"] = "hi"
+        streamed = {
+            "model": model,
+            "messages": [{"role": "user", "content": "Write a LAMMPS script."}],
+            "stream": True,
+            "max_tokens": args.max_tokens,
+        }
+
+        print(
+            f"upstream {upstream} ({'real' if args.upstream else 'fake'}, model {model}); gateway {gateway}",
+            file=sys.stderr,
+        )
+        print(f"latency: {args.n} sequential requests per side ...", file=sys.stderr)
+        times = asyncio.run(latency(targets, small, args.n))
+        rates: dict[str, list[tuple[float, float]]] = {"direct": [], "gateway": []}
+        for rep in range(2):
+            for name, (url, key) in targets.items():
+                print(
+                    f"throughput {rep + 1}/2 {name}: {args.concurrency} concurrent streams x {args.rounds} ...",
+                    file=sys.stderr,
+                )
+                rates[name].append(asyncio.run(throughput(url, key, streamed, args.concurrency, args.rounds)))
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+    result = {name: {"p50_ms": percentile(t, 0.5), "p99_ms": percentile(t, 0.99)} for name, t in times.items()}
+    result["added_p50_ms"] = result["gateway"]["p50_ms"] - result["direct"]["p50_ms"]
+    result["added_p99_ms"] = result["gateway"]["p99_ms"] - result["direct"]["p99_ms"]
+    for name, runs in rates.items():
+        result[name]["requests_per_s"] = statistics.median(r for r, _ in runs)
+        result[name]["chunks_per_s"] = statistics.median(c for _, c in runs)
+    result["throughput_ratio"] = result["gateway"]["chunks_per_s"] / result["direct"]["chunks_per_s"]
+    audit = (tmp / "audit.jsonl").read_text().splitlines()
+    result["audit_lines"] = len(audit)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    for name in ("direct", "gateway"):
+        r = result[name]
+        print(
+            f"{name:8s} latency p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms   "
+            f"{args.concurrency} streams: {r['requests_per_s']:6.2f} req/s  {r['chunks_per_s']:8.1f} chunks/s"
+        )
+    print(
+        f"added by the gateway: p50 {result['added_p50_ms']:.2f} ms (target < 5), p99 {result['added_p99_ms']:.2f} ms"
+    )
+    print(f"throughput ratio gateway/direct: {result['throughput_ratio']:.3f} (target >= 0.95)")
+    print(f"audit log: {len(audit)} lines; users db and logs in {tmp}")
+
+
+if __name__ == "__main__":
+    main()

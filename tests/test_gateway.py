@@ -407,3 +407,36 @@ def test_an_unreachable_upstream_is_a_502_that_says_so(tmp, env):
     finally:
         stop_gateway(dead.proc)
     assert dead.proc.returncode is not None
+
+
+def test_the_users_store_works_on_postgresql_with_concurrent_writers():
+    """The shared deployment's store: a database made for this test on the real PostgreSQL, dropped at the end."""
+    import psycopg
+
+    from mdagent_hpc.accounts.store import Store
+
+    name = f"mdagent_test_users_{secrets.token_hex(4)}"
+    admin = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres", "autocommit": True}
+    with psycopg.connect(**admin, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    store = None
+    try:
+        store = Store(f"postgresql://postgres@127.0.0.1:5432/{name}")
+        user, key = store.add_user("pat", email="pat@example.org")
+        assert store.authenticate(key).name == "pat" and store.authenticate(key[:-1] + "x") is None
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:  # the gateway records from a thread pool: no update may be lost
+            list(
+                pool.map(lambda _: store.record(user.id, "2026-11-30", prompt_tokens=3, completion_tokens=2), range(40))
+            )
+        [day] = store.usage("pat")
+        assert (day.requests, day.prompt_tokens, day.completion_tokens) == (40, 120, 80)
+        assert store.tokens_used(user.id, "2026-11-30") == 200 and store.tokens_used(user.id, "2026-11-29") == 0
+        store.revoke("pat")
+        assert store.authenticate(key) is None
+    finally:
+        if store is not None:
+            store.close()
+        with psycopg.connect(**admin, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

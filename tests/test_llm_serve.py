@@ -1,12 +1,14 @@
 """The model side for real: the shared `vllm serve` fixture (CPU, tiny model) and `mdagent llm serve` as a job."""
 
 import json
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 
 
 def get(url: str, key: str | None = None) -> tuple[int, dict]:
@@ -18,6 +20,7 @@ def get(url: str, key: str | None = None) -> tuple[int, dict]:
         return exc.code, {}
 
 
+@pytest.mark.slow
 def test_the_shared_server_is_real_vllm_with_a_long_context_behind_its_key(vllm_server):
     from openai import OpenAI
 
@@ -155,3 +158,176 @@ def test_llm_serve_refuses_a_site_without_a_vllm_section_in_one_sentence(tmp_pat
     one_sentence(mdagent("llm", "serve", "--site", "local", "--model", "m"), "local", "vllm:")
     one_sentence(mdagent("llm", "serve", "--site", "nowhere", "--model", "m"), "nowhere")
     one_sentence(mdagent("llm", "stop", "nothing"), "nothing")
+
+
+# ---------------------------------------------------------------- `mdagent llm serve` on the test Slurm cluster
+
+
+def squeue(job_id: str) -> str:
+    """The job's state letters in the queue ('' once it left)."""
+    import subprocess
+
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%t"], capture_output=True, text=True).stdout.strip()
+
+
+def add_site(folder, name: str, body: str):
+    from test_cli import mdagent
+
+    path = folder / f"{name}.yaml"
+    path.write_text(f"name: {name}\n{body}")
+    added = mdagent("site", "add", str(path))
+    assert added.returncode == 0, added.stderr
+
+
+@pytest.mark.slow
+def test_llm_serve_over_ssh_through_a_tunnel_is_registered_used_by_a_run_and_stopped(
+    tmp_path, slurm, sshd, vllm_server
+):
+    """The real thing on CPU: Slurm job, Apptainer (the test double) running the real `vllm serve` with the tiny
+    model, node and port found, an SSH tunnel through the login node (sshd on 127.0.0.1:2222), health, registry,
+    an `mdagent run` that finds the endpoint by itself, `llm stop`. (vllm_server: the shared venv and model.)"""
+    import os
+    import signal
+
+    from services import TINY_MODEL, VLLM_VENV, tiny_model_args
+    from test_cli import mdagent
+
+    from mdagent_hpc.llm.serve import load_endpoints
+
+    image = tmp_path / "vllm.sandbox"  # a sandbox folder: an image the double accepts
+    image.mkdir()
+    double_log = tmp_path / "apptainer.log"
+    args = tiny_model_args()[1:] + ["--host", "127.0.0.1"]  # after the model; --host: the last one counts
+    body = f"""scheduler: slurm
+transport: {{type: ssh, host: 127.0.0.1, port: 2222, user: root, key_filename: {sshd}, key_policy: AutoAddPolicy,
+  use_login_shell: false, safe_interval: 0}}
+workdir: /tmp/mdagent-ssh-work/{{username}}
+queue: debug
+vllm:
+  image: {image}
+  nv: true
+  command: {VLLM_VENV}/bin/vllm serve
+  binds: [{TINY_MODEL}]
+  env: {{VLLM_CPU_KVCACHE_SPACE: "1", VLLM_CACHE_ROOT: {tmp_path}/vllm-cache, HF_HUB_OFFLINE: "1"}}
+  args: {json.dumps(args)}
+  setup: ["export PATH={REPO}/tests/doubles:$PATH", "export APPTAINER_DOUBLE_LOG={double_log}"]
+  gpus: 0
+  cpus: 1
+  memory_mb: 6000
+  hours: 0.25
+  tunnel: true
+"""
+    add_site(tmp_path, "vllm-ssh", body)
+    served = mdagent("llm", "serve", "--site", "vllm-ssh", "--model", str(TINY_MODEL), "--json", timeout=900)
+    assert served.returncode == 0, served.stderr[-3000:]
+    endpoint = json.loads(served.stdout)
+    job = endpoint["job_id"]
+    try:
+        assert endpoint["state"] == "ready" and endpoint["served_model"] == "mdagent-tiny"
+        assert endpoint["api_key"] == "***" and endpoint["node"] == slurm
+        assert endpoint["base_url"].startswith("http://127.0.0.1:") and endpoint["tunnel_pid"]
+        assert squeue(job) == "R"
+        # the container was started with --nv and the model bound in (the GPU lines: the tests above)
+        argv = json.loads(double_log.read_text().splitlines()[0])
+        assert argv[:2] == ["exec", "--nv"] and ["--bind", str(TINY_MODEL)] == argv[2:4]
+        assert argv[argv.index(str(image)) + 1 :][:3] == [f"{VLLM_VENV}/bin/vllm", "serve", str(TINY_MODEL)]
+        # through the tunnel, behind the key only the registry holds
+        key = load_endpoints()["vllm-ssh"].api_key
+        assert get(f"{endpoint['base_url']}/models")[0] == 401
+        assert get(f"{endpoint['base_url']}/models", key)[1]["data"][0]["max_model_len"] == 32768
+
+        run = mdagent(
+            "run",
+            "Melt a small Cu crystal with EAM",
+            "--max-attempts",
+            "1",
+            "--json",
+            env_extra={"MDAGENT_LLM_MAX_TOKENS": "256"},
+            timeout=600,
+        )
+        assert "Traceback" not in run.stderr, run.stderr[-3000:]
+        attempt = json.loads(run.stdout)["attempts"][0]
+        assert attempt["usage"]["model"] == "mdagent-tiny"  # no endpoint configured: the registered one
+        assert attempt["stage"] in ("preflight", "dry_run", "run", "evaluate"), attempt
+
+        status = mdagent("llm", "status", "--json")
+        assert status.returncode == 0 and json.loads(status.stdout)["state"] == "ready", status.stderr
+    finally:
+        stopped = mdagent("llm", "stop", "vllm-ssh")
+    assert stopped.returncode == 0, stopped.stderr
+    assert squeue(job) == ""
+    with pytest.raises(ProcessLookupError):
+        os.kill(endpoint["tunnel_pid"], signal.SIGCONT)  # exists only while the tunnel runs
+    status = mdagent("llm", "status", "vllm-ssh", "--json")
+    assert status.returncode == 1 and json.loads(status.stdout)["state"] == "stopped"
+
+
+@pytest.mark.slow
+def test_a_job_that_ends_or_hangs_is_reported_and_noticed(tmp_path, slurm):
+    """No vLLM needed: a 'server' that never answers, then one that exits at once."""
+    import subprocess
+
+    from test_cli import mdagent
+
+    from mdagent_hpc.llm.serve import EndpointError, load_endpoints, registered_settings
+
+    common = (
+        "scheduler: slurm\ntransport: {{type: local, use_login_shell: false, safe_interval: 0}}\nqueue: debug\n"
+        "vllm: {{command: {command}, gpus: 0, cpus: 1, memory_mb: 200, hours: 0.1}}\n"
+    )
+    add_site(tmp_path, "hangs", common.format(command="'bash -c \"sleep 300\" --'"))
+    add_site(tmp_path, "fails", common.format(command="'bash -c \"echo no such model >&2; exit 3\" --'"))
+
+    hung = mdagent("llm", "serve", "--site", "hangs", "--model", "m", "--timeout", "5")
+    assert hung.returncode == 2 and "Traceback" not in hung.stderr
+    assert "did not answer within 5 s" in hung.stderr and "mdagent llm stop hangs" in hung.stderr
+    endpoint = load_endpoints()["hangs"]
+    assert endpoint.state == "starting" and endpoint.base_url == f"http://{slurm}:{endpoint.port}/v1"
+    said = []
+    with pytest.raises(EndpointError, match="not ready after"):  # a run arriving now waits, with a message
+        registered_settings(timeout=3, say=said.append)
+    assert "still loading" in said[0]
+
+    subprocess.run(["scancel", endpoint.job_id], check=True)
+    for _ in range(30):
+        if not squeue(endpoint.job_id):
+            break
+        time.sleep(1)
+    listed = mdagent("llm", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [e["state"] for e in json.loads(listed.stdout) if e["name"] == "hangs"] == ["ended"]
+    assert "no longer in the queue" in load_endpoints()["hangs"].message
+
+    failed = mdagent("llm", "serve", "--site", "fails", "--model", "m")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert "ended before the server answered" in failed.stderr and "no such model" in failed.stderr
+    assert load_endpoints()["fails"].state == "ended"
+
+
+@pytest.mark.parametrize(
+    ("site", "script", "model", "gpus", "hours"),
+    [
+        ("slurm-gpu", "slurm.sh", "Qwen/Qwen2.5-Coder-32B-Instruct", 4, 12),
+        ("pbspro-gpu", "pbspro.sh", "/scratch/jdoe/models/Qwen2.5-Coder-7B-Instruct", 1, 4),
+    ],
+)
+def test_the_job_templates_in_schedulers_are_what_llm_serve_submits(site, script, model, gpus, hours):
+    from test_cli import mdagent
+
+    folder = REPO / "schedulers" / "vllm-serve"
+    made = mdagent(
+        "llm",
+        "serve",
+        "--site",
+        site,
+        "--model",
+        model,
+        "--gpus",
+        str(gpus),
+        "--hours",
+        str(hours),
+        "--dry-run",
+        env_extra={"MDAGENT_SITE_CONFIGS": str(folder)},
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout == (folder / script).read_text()

@@ -112,8 +112,9 @@ def _public(endpoint) -> dict:
     show_default=True,
     help="seconds to wait for the server to answer",
 )
+@click.option("--dry-run", is_flag=True, help="print the job script and submit nothing")
 @click.option("--json", "as_json", is_flag=True, help="print the endpoint as JSON")
-def serve(site_name, model, gpus, hours, name, timeout, as_json) -> None:
+def serve(site_name, model, gpus, hours, name, timeout, dry_run, as_json) -> None:
     """Submit a job that runs `vllm serve MODEL` on SITE, wait until it answers, and register it: `mdagent run`
     then uses it without configuration (unless MDAGENT_LLM_BASE_URL or config.yaml name another endpoint)."""
     from mdagent_hpc import api
@@ -128,6 +129,11 @@ def serve(site_name, model, gpus, hours, name, timeout, as_json) -> None:
     name = name or site.name
     gpus = site.vllm.gpus if gpus is None else gpus
     hours = site.vllm.hours if hours is None else hours
+    if dry_run:
+        from mdagent_hpc.execution.llm_job import submit_script
+
+        click.echo(submit_script(site, model, name, gpus, hours), nl=False)
+        return
     api.load_profile()
     try:
         with status(f"submitting vllm serve {model} to {site.name} ...", quiet=as_json):

@@ -101,7 +101,7 @@ def submit_script(site: SiteConfig, model: str, name: str, gpus: int, hours: flo
     scheduler = scheduler or scheduler_for(site, gpus)
     template = JobTemplate()
     template.shebang = "#!/bin/bash"
-    template.job_name = f"mdagent-vllm-{name}"
+    template.job_name = f"vllm-{name}"  # PBS keeps 15 characters
     template.rerunnable = False
     template.sched_output_path = "_scheduler-stdout.txt"
     template.sched_error_path = "_scheduler-stderr.txt"

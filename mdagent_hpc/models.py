@@ -204,6 +204,18 @@ class Usage(BaseModel):
     latency_s: float | None = None
 
 
+class Candidate(BaseModel):
+    """One of the k scripts an attempt asked the model for (`candidates` > 1), as preflight judged it."""
+
+    number: int = Field(ge=1, description="the answer's place in the model's reply")
+    script_sha: str | None = Field(None, description="None: the answer held no script")
+    ok: bool = Field(False, description="preflight passed")
+    errors: int = 0
+    warnings: int = 0
+    first_error: str | None = Field(None, description="`code: message` of its first error")
+    chosen: bool = Field(False, description="the one that went on as the attempt's script")
+
+
 class Attempt(BaseModel):
     """Everything one attempt of the agent loop is: the one shape every consumer reads."""
 
@@ -221,6 +233,9 @@ class Attempt(BaseModel):
     seconds: dict[str, float] = Field(default_factory=dict, description="step name -> wall seconds")
     usage: Usage = Field(default_factory=Usage)
     nodes: dict[str, int] = Field(default_factory=dict, description="step name -> provenance node pk")
+    candidates: list[Candidate] = Field(
+        default_factory=list, description="with k > 1 scripts asked for: each one's preflight verdict, best first"
+    )
 
 
 class Run(BaseModel):

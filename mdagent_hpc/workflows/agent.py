@@ -12,6 +12,7 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, if_, while_
 
 from mdagent_hpc.agent import feedback
+from mdagent_hpc.agent.candidates import judge
 from mdagent_hpc.agent.loop import (
     SiteRun,
     Stop,
@@ -32,6 +33,7 @@ from mdagent_hpc.agent.staging import (
 )
 from mdagent_hpc.lammps.install import capabilities
 from mdagent_hpc.lammps.potentials import find_potentials
+from mdagent_hpc.llm.grammar import lammps_grammar
 from mdagent_hpc.llm.prompts import SiteCapabilities, build_messages, describe_limits, task_elements
 from mdagent_hpc.models import (
     Attempt,
@@ -45,6 +47,7 @@ from mdagent_hpc.models import (
     Stage,
     Usage,
 )
+from mdagent_hpc.workflows.candidates import candidate_inputs, preflight_candidates, reports_of
 from mdagent_hpc.workflows.generate import GenerateScript, LinksOnlyNewOutputs
 from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
 from mdagent_hpc.workflows.lammps_calc import node_key
@@ -107,6 +110,11 @@ class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
         self.ctx.job_inputs = {"on_failure": orm.Dict(site.on_failure).store(), "site": orm.Str(site.name).store(),
                                "max_iterations": base["max_iterations"].default().store(),
                                "clean_workdir": base["clean_workdir"].default().store()}
+        # Grammar-constrained generation: the grammar of this LAMMPS's own command and style names, stored once.
+        if self.inputs.llm.get_dict().get("structured_output") == "grammar":
+            self.ctx.grammar = orm.Str(lammps_grammar(caps.styles)).store()
+        self.ctx.fallback = None  # why the server's structured output is not used, once it refused it
+        self.ctx.context_tokens = None  # the model's context length, once a generation learnt it
         self.node.base.extras.set_many({"task": task, "site": site.name, "verdict": "running", "attempts": 0})
         self.report(f"task: {task!r}; elements {elements or 'none named'}; {len(potentials)} potentials offered")
 
@@ -124,12 +132,20 @@ class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
         stuck = is_stuck(history)
         settings = dict(self.inputs.llm.get_dict())
         settings["temperature"] = next_temperature(settings.get("temperature", 0.2), history, policy)
+        if self.ctx.fallback:  # in the inputs, so a run resumed elsewhere does not ask again
+            settings["structured_output"] = "off"
+        if self.ctx.context_tokens:
+            settings["context_tokens"] = self.ctx.context_tokens
+        grammar = settings.get("structured_output") == "grammar"
+        budget = {"context_tokens": self.ctx.context_tokens, "answer_tokens": settings.get("max_tokens", 4096)}
         messages = build_messages(self.inputs.task.value, SiteCapabilities(**self.ctx.capabilities),
-                                  [a for a in history if not a.passed], stuck=stuck)
+                                  [a for a in history if not a.passed], stuck=stuck, **budget,
+                                  answer="script" if grammar else "json")
         self.report(f"attempt {number}: generating (temperature {settings['temperature']:.2f}"
                     f"{', stuck: asking for a new strategy' if stuck else ''})")
         self.node.base.extras.set("attempts", number)
         future = self.submit(GenerateScript, messages=orm.List(messages), settings=orm.Dict(settings),
+                             **({"grammar": self.ctx.grammar} if grammar else {}),
                              metadata={"call_link_label": f"generate_{number}"})
         return ToContext(generation=future)
 
@@ -143,19 +159,28 @@ class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
         if gen.exit_status == GenerateScript.exit_codes.ERROR_LLM_UNAVAILABLE.status:
             self._fail(Stage.GENERATE, [feedback.endpoint_failed(response["error"], response["message"])])
             return
-        if "script" not in gen.outputs:
+        self.ctx.context_tokens = response.get("context_tokens") or self.ctx.context_tokens
+        if response.get("fallback") and not self.ctx.fallback:
+            self.ctx.fallback = response["fallback"]
+            self.report(f"{response['fallback']}: answers are read from fenced code blocks from now on")
+        candidates = self._candidates(gen, response)
+        if not any(script for script, _, _ in candidates.values()):
             self._fail(Stage.GENERATE, feedback.no_script([Diagnostic(**d) for d in response.get("problems", [])]))
             return
-        script = gen.outputs.script
-        self.ctx.files = files_to_stage(self._generated_files(gen), self.ctx.restart_files)
+        if len(candidates) == 1:
+            self.ctx.script, files, names = candidates[1]
+            refused = refused_files(names)
+            self.ctx.files = files_to_stage(files, self.ctx.restart_files)
+            check = preflight_script(self.ctx.script, self.inputs.limits, dry=self.ctx.dry_here,
+                                     **{node_key(name): f for name, f in self.ctx.files.items()},
+                                     metadata={"call_link_label": f"preflight_{self._number()}"})
+            report = PreflightReport(**check.get_dict())
+        else:
+            check, report, refused = self._best_of(candidates)
+        self._took("preflight", check.creator)
+        script = self.ctx.script
         self._update(stage=Stage.PREFLIGHT, script=script.get_content(), files=sorted(self.ctx.files),
                      script_sha=script_sha(script.get_content()))
-        check = preflight_script(script, self.inputs.limits, dry=self.ctx.dry_here,
-                                 **{node_key(name): f for name, f in self.ctx.files.items()},
-                                 metadata={"call_link_label": f"preflight_{self._number()}"})
-        self._took("preflight", check.creator)
-        report = PreflightReport(**check.get_dict())
-        refused = refused_files(response.get("refused_files", []))
         if refused or not report.ok:
             self._fail(Stage.PREFLIGHT, refused + report.diagnostics)
             return
@@ -183,7 +208,7 @@ class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
         if "retrieved" not in job.outputs:
             self._fail(Stage.DRY_RUN, [feedback.dry_run_job_failed(job.exit_message or str(job.process_state))])
             return
-        report = dry_run_report(job.outputs.retrieved, self.ctx.generation.outputs.script, self.inputs.limits,
+        report = dry_run_report(job.outputs.retrieved, self.ctx.script, self.inputs.limits,
                                 metadata={"call_link_label": f"dryrun_report_{self._number()}"})
         self._took("dry_run_report", report.creator)
         diagnostics = [Diagnostic(**d) for d in report["diagnostics"]]
@@ -213,7 +238,7 @@ class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
         if "retrieved" not in run.outputs:
             self._fail(Stage.RUN, [feedback.run_failed(run.exit_message or str(run.process_state))])
             return
-        script = self.ctx.generation.outputs.script
+        script = self.ctx.script
         node = evaluate_run(run.outputs.retrieved, script, metadata={"call_link_label": f"evaluate_{self._number()}"})
         self._took("evaluate", node.creator)
         evaluation = Evaluation(**node.get_dict())
@@ -233,7 +258,7 @@ class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
         """Close the attempt: what the model will hear about it, its record in provenance; then go on or stop."""
         attempt = Attempt(**self.ctx.current)
         if not attempt.passed:
-            attempt.feedback = feedback.feedback_text(self._failure(), attempt.evaluation)
+            attempt.feedback = feedback.feedback_text(self._failure(), attempt.evaluation, script=attempt.script)
             attempt.error_key = self.ctx.error_key or error_key(self._failure())
         record = orm.Dict(attempt.model_dump(mode="json")).store()
         self.ctx.attempts.append(record)
@@ -301,11 +326,41 @@ class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
                      seconds={**current.seconds, step: round((node.mtime - node.ctime).total_seconds(), 3)})
 
     @staticmethod
-    def _generated_files(gen) -> dict:
-        return {node.filename: node for node in gen.outputs.files.values()} if "files" in gen.outputs else {}
+    def _candidates(gen, response: dict) -> dict:
+        """Answer number -> (its script node or None, its files by name, its refused file names)."""
+        answers = response.get("choices") or [response]
+        extra = dict(gen.outputs.candidates) if "candidates" in gen.outputs else {}
+        found = {}
+        for number, answer in enumerate(answers, 1):
+            if number == 1:
+                script = gen.outputs.script if "script" in gen.outputs else None
+                files = {n.filename: n for n in gen.outputs.files.values()} if "files" in gen.outputs else {}
+            else:
+                script = extra.get(f"candidate_{number}")
+                files = {n.filename: n for k, n in extra.items() if k.startswith(f"candidate_{number}_file_")}
+            found[number] = (script, files, answer.get("refused_files", []))
+        return found
+
+    def _best_of(self, candidates: dict):
+        """Preflight every candidate at once; the best goes on (`ctx.script`, `ctx.files`); each verdict is recorded."""
+        with_script = {n: (script, files_to_stage(files, self.ctx.restart_files), refused)
+                       for n, (script, files, refused) in candidates.items() if script is not None}
+        check = preflight_candidates(self.inputs.limits, self.ctx.dry_here,
+                                     **candidate_inputs({n: (s, f) for n, (s, f, _) in with_script.items()}),
+                                     metadata={"call_link_label": f"preflight_{self._number()}"})
+        reports = reports_of(check)
+        verdicts = judge({n: (c[0].get_content() if c[0] is not None else None) for n, c in candidates.items()},
+                         reports, {n: refused_files(r) for n, (_, _, r) in with_script.items()})
+        best = next(v.number for v in verdicts if v.chosen)
+        self.ctx.script, self.ctx.files, names = with_script[best]
+        self._update(candidates=verdicts)
+        passed = sum(v.ok for v in verdicts)
+        self.report(f"attempt {self._number()}: {len(verdicts)} candidates, {passed} passed preflight; "
+                    f"candidate {best} goes on")
+        return check, reports[best], refused_files(names)
 
     def _submit_lammps(self, options: dict, label: str, skiprun: bool = False):
-        lammps = {"code": self.inputs.code, "script": self.ctx.generation.outputs.script,
+        lammps = {"code": self.inputs.code, "script": self.ctx.script,
                   "metadata": {"options": options}}
         if self.ctx.files:
             lammps["files"] = {node_key(name): f for name, f in self.ctx.files.items()}

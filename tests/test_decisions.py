@@ -98,11 +98,11 @@ def test_out_of_attempts_is_320_or_310_when_nothing_ever_ran():
     assert exit_code(a_fault_counts_as_a_run, policy)[0] == "ERROR_MAX_ATTEMPTS"
 
 
-def test_stuck_stops_with_330_only_before_the_attempts_run_out():
+def test_stuck_stops_with_330_even_on_the_last_attempt():
     same = [attempt(i, key="eval:lost_atoms") for i in (1, 2, 3)]
     assert stop_reason(same, POLICY) == Stop.STUCK
     assert exit_code(same, POLICY) == ("ERROR_STUCK", {"times": 3})
-    assert exit_code(same, LoopPolicy(max_attempts=3))[0] == "ERROR_MAX_ATTEMPTS"
+    assert exit_code(same, LoopPolicy(max_attempts=3)) == ("ERROR_STUCK", {"times": 3})
 
 
 def test_stuck_rules_and_temperature():

@@ -99,17 +99,18 @@ def stop_reason(history: list[Attempt], policy: LoopPolicy) -> Stop | None:
         return Stop.PASSED
     if unavailable(last):
         return Stop.LLM_UNAVAILABLE
-    if len(history) >= policy.max_attempts:
-        return Stop.MAX_ATTEMPTS
+    # Stuck first: a run stuck on its last attempt says so, not merely that the attempts ran out.
     if should_stop_stuck(history, policy):
         return Stop.STUCK
+    if len(history) >= policy.max_attempts:
+        return Stop.MAX_ATTEMPTS
     return None
 
 
 def exit_code(history: list[Attempt], policy: LoopPolicy) -> tuple[str, dict] | None:
     """The AgentWorkChain exit code a finished loop ends with, as (name, message parameters); None: it passed.
 
-    300 the endpoint failed, 330 stuck (before the attempts ran out), 310 no script ever got past preflight to a
+    300 the endpoint failed, 330 stuck (also on the last attempt), 310 no script ever got past preflight to a
     LAMMPS run, 320 every attempt used without a pass.
     """
     reason = stop_reason(history, policy)

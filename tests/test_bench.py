@@ -414,6 +414,21 @@ def test_qa_harness_scores_every_type_by_type_difficulty_and_tag(aiida_profile):
     assert s["by_difficulty"]["easy"]["questions"] == 10 and s["by_tag"]["units"]["points"] == 1.0
 
 
+def test_code_judge_scores_the_final_script_against_the_reference(aiida_profile, tmp_path):
+    task = load_code_tasks(CODEGEN)[0]
+    one = tmp_path / "one.jsonl"
+    one.write_text(CODEGEN.read_text().splitlines()[0] + "\n")
+    with RoutingServer({task.task: task.answers[0]}, judge="Sound setup, the temperature is printed.\nScore: 8") as srv:
+        env = {"MDAGENT_LLM_BASE_URL": srv.base_url, "MDAGENT_LLM_MODEL": "fake-model", "MDAGENT_LLM_MAX_RETRIES": "0"}
+        result = mdagent("bench", "codegen", str(one), "--judge", "--name", "judged", "--json", env_extra=env)
+        judged = [r for r in srv.requests if "REFERENCE:" in r["messages"][-1]["content"]]
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["items"][0]["judge"] == 0.8 and report["summary"]["judge_mean"] == 0.8
+    assert len(judged) == 1 and task.reference in judged[0]["messages"][-1]["content"]
+    assert "pair_coeff      1 1 Cu_u3.eam" in judged[0]["messages"][-1]["content"]  # the script it judged
+
+
 def test_harness_reports_a_model_that_fails_everything(aiida_profile, request, tmp_path):
     """The real CPU vLLM with its tiny random model: every task fails, the harness says so, nothing crashes."""
     try:
@@ -433,3 +448,10 @@ def test_harness_reports_a_model_that_fails_everything(aiida_profile, request, t
     s = json.loads(result.stdout)["summary"]
     assert (s["tasks"], s["exec_success_at_k"], s["loop_success"], s["incomplete"]) == (2, 0.0, 0.0, 0)
     assert s["completion_tokens"] > 0
+    answered = mdagent("bench", "qa", str(QA), "--name", "vllm-qa", "--json", env_extra=env)
+    assert answered.returncode == 0, answered.stderr[-3000:]
+    report = json.loads(answered.stdout)
+    q = report["summary"]
+    assert (q["total"]["questions"], q["errors"]) == (20, 0) and q["completion_tokens"] > 0
+    # whatever the random model says is scored by the rules: the points are the sum of the items' scores
+    assert q["total"]["points"] == pytest.approx(sum(i["score"] or i["judge"] or 0 for i in report["items"]))

@@ -84,6 +84,7 @@ def codegen(file, model, k, loop, max_attempts, concurrency, name, replay, judge
         tasks = load_code_tasks(file)
         if replay and judge:
             raise UserError("--judge needs a real endpoint; leave it out with --replay")
+        runs.check_replay(tasks, replay)
         llm = None if replay else _llm_settings(model)
         model_name = "replay" if replay else (model or llm.model or "default")
         name = name or f"{file.stem}-{model_name}"
@@ -124,7 +125,6 @@ def codegen(file, model, k, loop, max_attempts, concurrency, name, replay, judge
                 on_start=started,
                 on_done=finished,
             )
-        runs.remember_tasks(group, tasks)
         if judge:
             from mdagent_hpc.cli.main import status
 

@@ -127,9 +127,9 @@ def run_codegen(
     on_done: Callable[[tuple, object], None] | None = None,
 ):
     """Run every task's pending runs (resuming `name`); returns the group."""
-    if replay and (missing := [t.id for t in tasks if not t.answers]):
-        raise BenchError(f"--replay needs recorded answers in every task; {', '.join(missing[:5])} have none")
+    check_replay(tasks, replay)
     group = open_group("codegen", name, settings)
+    remember_tasks(group, tasks)
     by_id = {t.id: t for t in tasks}
     jobs = [j for j in codegen_jobs(tasks, k, loop) if j not in finished_jobs(group)]
     if on_start:
@@ -161,6 +161,13 @@ def run_codegen(
 
     _run_concurrently(jobs, inputs_for, concurrency, on_created=tag, on_done=on_done)
     return group
+
+
+def check_replay(tasks: list[CodeTask], replay: bool) -> None:
+    if replay and (missing := [t.id for t in tasks if not t.answers]):
+        raise BenchError(
+            f"--replay needs recorded answers (`answers`) in every task; these have none: {', '.join(missing[:5])}"
+        )
 
 
 def _run_concurrently(jobs, inputs_for, concurrency: int, on_created, on_done) -> None:
@@ -323,7 +330,7 @@ def answer_question(settings, question: Question, judge: bool) -> Answered:
             result.judge = 0.0
             return result
         try:
-            verdict, usage, _ = chat(
+            verdict, _, _ = chat(
                 settings, judging.open_messages(question.question, question.answer_text, str(predicted)), max_tokens=256
             )
         except LLMError:
@@ -386,13 +393,12 @@ def report(group) -> dict:
     meta = group.base.extras.get("tasks", {})
     records = codegen_records(group)
     k, loop = settings.get("k", 1), settings.get("loop", True)
-    expected = {j[:1] for j in codegen_jobs([CodeTask(id=t, task=t) for t in meta], k, loop)}
     by_task: dict[str, list[RunRecord]] = {t: [] for t in meta}
     for r in records:
         by_task.setdefault(r.task, []).append(r)
     results = [scoring.task_result(t, runs, k, **meta.get(t, {})) for t, runs in by_task.items()]
     done = finished_jobs(group)
-    complete = {t for (t,) in expected if all(j in done for j in codegen_jobs([CodeTask(id=t, task=t)], k, loop))}
+    complete = {t for t in by_task if all(j in done for j in codegen_jobs([CodeTask(id=t, task=t)], k, loop))}
     return {
         "label": group.label,
         "kind": kind,

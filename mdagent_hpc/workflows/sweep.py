@@ -239,6 +239,7 @@ class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
         records = {pid: orm.load_node(s["record"]) for pid, s in self.ctx.state.items()}
         for pid, record in records.items():
             self.out(f"points.{pid}", record)
+        self.out("template", self.ctx.template)
         outputs = sweep_results(self.inputs.sweep, **records, metadata={"call_link_label": "results"})
         for name, node in outputs.items():
             self.out(name, node)

@@ -440,3 +440,67 @@ def test_the_users_store_works_on_postgresql_with_concurrent_writers():
             store.close()
         with psycopg.connect(**admin, connect_timeout=5) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- in front of the real vLLM (the session's one `vllm serve`, tests/services.py) ---------------------------------
+@pytest.mark.slow
+def test_the_gateway_in_front_of_a_real_vllm(vllm_server, tmp):
+    env = {
+        **os.environ,
+        "MDAGENT_USERS_DB": f"sqlite:///{tmp / 'users-vllm.db'}",
+        "MDAGENT_GATEWAY_UPSTREAM_KEY": vllm_server.api_key,
+    }
+    model = vllm_server.model
+    chat = {"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+    # why a gateway: vLLM's --api-key leaves /invocations open, and it answers a full completion
+    direct = HTTP.post(vllm_server.root_url + "/invocations", json=chat)
+    assert direct.status_code == 200 and direct.json()["choices"][0]["message"]["content"]
+    gw = start_gateway(tmp, env, vllm_server.base_url)
+    try:
+        alice, bob = add_user(env, "real-alice"), add_user(env, "real-bob", "--tokens-per-day", "1")
+        revoked = add_user(env, "real-carl")
+        assert call(gw, "GET", "/v1/models", revoked).status_code == 200
+        assert mdagent("users", "revoke", "real-carl", env=env).returncode == 0
+        for bad in [None, "wrong", revoked, vllm_server.api_key]:
+            for method, route in ROUTES:
+                response = call(gw, method, route, bad, json=chat)
+                assert response.status_code == 401, (bad, method, route, response.text)
+        for method, route in ROUTES[4:]:
+            assert call(gw, method, route, alice, json=chat).status_code == 404, (method, route)
+        assert call(gw, "GET", "/v1/models", alice).json()["data"][0]["id"] == model
+
+        counted = {"real-alice": [1, 0, 0], "real-bob": [0, 0, 0]}  # requests (alice's GET /v1/models), tokens
+        for name, key, route, body in [
+            ("real-alice", alice, "/v1/chat/completions", chat),
+            ("real-alice", alice, "/v1/completions", {"model": model, "prompt": "units metal", "max_tokens": 5}),
+            ("real-bob", bob, "/v1/chat/completions", chat),
+        ]:
+            response = call(gw, "POST", route, key, json=body)
+            assert response.status_code == 200, response.text
+            usage = response.json()["usage"]
+            for i, n in enumerate([1, usage["prompt_tokens"], usage["completion_tokens"]]):
+                counted[name][i] += n
+        refused = call(gw, "POST", "/v1/chat/completions", bob, json=chat)  # bob's 1-token budget is spent
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "tokens_per_day"
+
+        from openai import OpenAI
+
+        client = OpenAI(base_url=gw.url + "/v1", api_key=alice, max_retries=0)
+        stream = client.chat.completions.create(
+            stream=True, extra_body={"ignore_eos": True, "min_tokens": 16}, **{**chat, "max_tokens": 16}
+        )
+        pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+        assert len(pieces) > 1
+        time.sleep(0.3)
+        lines = [json.loads(line) for line in gw.audit.read_text().splitlines()]
+        streamed = [r for r in lines if r["user"] == "real-alice" and r["stream"]]
+        assert streamed[-1]["completion_tokens"] == 16 and streamed[-1]["prompt_tokens"] > 0
+        counted["real-alice"][0] += 1
+        counted["real-alice"][1] += streamed[-1]["prompt_tokens"]
+        counted["real-alice"][2] += 16
+        for name, (requests, prompt, completion) in counted.items():
+            row = usage_of_user(env, name)
+            assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (requests, prompt, completion)
+        assert usage_of_user(env, "real-bob")["refused"] == 1
+    finally:
+        stop_gateway(gw.proc)

@@ -16,6 +16,7 @@ from mdagent_hpc.query.record import VERSION, final_attempt_with_script, index_r
 from mdagent_hpc.workflows.results import PROCESS_TYPE, _verdict_filter, read_run
 
 RECORD = "query"  # the extra holding the recorded fields
+SWEEP_TYPE = "aiida.workflows:mdagent.sweep"
 POINT_TYPE = "mdagent_hpc.workflows.sweep.record_point"  # the calcfunction recording one sweep point
 PROCESS_TYPES = [PROCESS_TYPE, POINT_TYPE]  # the node types a query lists: agent runs and sweep points
 BATCH = 5000  # rows per scan of the fields a regular expression is tried on
@@ -59,7 +60,16 @@ def record_fields(node) -> dict:
         if "result" in check.outputs:
             potentials = PreflightReport(**check.outputs.result.get_dict()).potentials
     elements = sorted({e for p in potentials for e in p.elements}) or task_elements(run.task)
-    return index_record(run, potentials, user=node.user.email, stop=stop_reason(node), elements=elements)
+    caller = node.caller  # a sweep validates its template with agent runs at probe points
+    sweep = (
+        {"pk": caller.pk, "label": caller.label or None}
+        if caller is not None and caller.process_type == SWEEP_TYPE
+        else None
+    )
+    params = node.inputs.variables.get_dict() if "variables" in node.inputs else None
+    return index_record(
+        run, potentials, user=node.user.email, stop=stop_reason(node), elements=elements, sweep=sweep, params=params
+    )
 
 
 def point_fields(node) -> dict:

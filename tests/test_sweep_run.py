@@ -1,0 +1,219 @@
+"""Sweeps for real: `mdagent sweep --spec` on every file of workflows/sweeps/ (recorded model answers, real AiiDA,
+real LAMMPS), the template fixed once when it fails at the hot end, per-point jobs on the test Slurm cluster with the
+site's cap, Parsl pilot jobs on Slurm, and a daemon restart in the middle of a sweep."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mdagent_hpc.configfile import load_config
+from mdagent_hpc.sweep.spec import SweepSpec, expand
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPS = REPO / "workflows" / "sweeps"
+SPECS = sorted(SWEEPS.glob("*.yaml"))
+MDAGENT_LMP = str(Path(sys.executable).parent / "mdagent-lmp")
+ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="starts Slurm: needs root")
+
+pytestmark = pytest.mark.slow
+
+
+def mdagent(*args, env_extra=None, timeout=900):
+    return subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env_extra or {})}, timeout=timeout)
+
+
+def load(name: str) -> SweepSpec:
+    return load_config(SWEEPS / name, SweepSpec, "a sweep spec")
+
+
+@pytest.fixture(scope="module")
+def profile():
+    from mdagent_hpc.api import load_profile
+
+    return load_profile()
+
+
+def add_site(tmp_path: Path, name: str, body: str):
+    from mdagent_hpc.execution.registry import add_site as add
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\n{body}")
+    return add(path)[0]
+
+
+def children(node, prefix: str) -> dict:
+    """The sweep's children whose link label starts with `prefix`, by label."""
+    from aiida.common.links import LinkType
+
+    links = node.base.links.get_outgoing(link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC)).all()
+    return {link.link_label: link.node for link in links if link.link_label.startswith(prefix)}
+
+
+def check_provenance(node, spec: SweepSpec) -> None:
+    """Every point is a record_point under the sweep with its template, values, log, thermo rows and result."""
+    points = {p.id: p for p in expand(spec)}
+    assert sorted(node.outputs.points) == sorted(points)
+    for pid, record in node.outputs.points.items():
+        result = record.get_dict()
+        assert result["ok"] and result["vars"] == points[pid].vars and result["rows"] >= 10
+        call = record.creator
+        assert call.inputs.point["vars"] == points[pid].vars
+        assert "variable" in call.inputs.template.get_content()
+        assert "Total wall time" in call.outputs.log.get_content()
+        assert len(call.outputs.thermo["rows"]) == result["rows"] + 1
+    assert node.outputs.plot.get_content(mode="rb")[:4] == b"\x89PNG"
+    assert node.outputs.table.get_content().splitlines()[0].startswith("point,")
+
+
+@pytest.fixture(scope="module")
+def ran():
+    """`mdagent sweep --spec FILE --yes --json` for each spec file, once (the JSON it printed, by file name)."""
+    done = {}
+
+    def run(path: Path) -> dict:
+        if path.name not in done:
+            result = mdagent("sweep", "--spec", str(path), "--yes", "--json")
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert "Traceback" not in result.stderr and "[REPORT]" not in result.stderr
+            done[path.name] = json.loads(result.stdout)
+        return done[path.name]
+
+    return run
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_every_sweep_file_runs_with_every_point_in_provenance(path, profile, ran):
+    from aiida import orm
+
+    spec = load_config(path, SweepSpec, "a sweep spec")
+    sweep = ran(path)
+    n = len(expand(spec))
+    assert sweep["verdict"] == "passed" and sweep["points_done"] == sweep["points_total"] == n
+    assert sweep["llm_calls"] == len(spec.answers)  # one template (+ one correction), whatever the points
+    assert len(sweep["rows"]) == n and all(row["ok"] for row in sweep["rows"])
+    assert Path(sweep["files"]["png"]).read_bytes()[:4] == b"\x89PNG" and Path(sweep["files"]["csv"]).is_file()
+    node = orm.load_node(sweep["pk"])
+    check_provenance(node, spec)
+    first = spec.observables[0].name
+    assert all(row[f"{first}_err"] is not None and row[f"{first}_err"] >= 0 for row in sweep["rows"])
+    shown = mdagent("sweep", "show", str(sweep["pk"]))
+    assert shown.returncode == 0 and "png:" in shown.stdout and sweep["rows"][0]["point"] in shown.stdout
+
+
+def test_a_template_failing_at_the_hot_end_is_corrected_once_and_only_failed_points_run_again(profile, ran):
+    """lj-timestep-correction: timestep 0.02 passes at T = 0.6, loses atoms at T = 3.0; one correction."""
+    from aiida import orm
+
+    spec = load("lj-timestep-correction.yaml")
+    node = orm.load_node(ran(SWEEPS / "lj-timestep-correction.yaml")["pk"])
+    assert sorted(children(node, "validate")) == ["validate"] and sorted(children(node, "correct")) == ["correct_1"]
+    # the probe at the hot end failed with template 1 and was re-done (by the correcting agent) with template 2
+    records = {label: n.outputs.result.get_dict() for label, n in children(node, "record_").items()}
+    assert not records["record_T_3_t1"]["ok"] and "Lost atoms" in " ".join(records["record_T_3_t1"]["problems"])
+    assert records["record_T_3_t2"]["ok"] and records["record_T_0p6_t1"]["ok"]
+    # only the failed point ran again: the cold probe kept its template-1 result, the rest ran once with template 2
+    assert sorted(children(node, "point_")) == ["point_T_1p2_t2", "point_T_1p8_t2", "point_T_2p4_t2", "point_T_3_t1"]
+    assert sorted(records) == ["record_T_0p6_t1", "record_T_1p2_t2", "record_T_1p8_t2", "record_T_2p4_t2",
+                               "record_T_3_t1", "record_T_3_t2"]
+    assert node.outputs.points["T_0p6"].get_dict()["template"] == 1
+    assert node.outputs.points["T_3"].get_dict()["template"] == 2
+    assert "timestep 0.005" in node.outputs.template.get_content()
+    check_provenance(node, spec)
+
+
+@ROOT
+def test_a_sweep_of_per_point_jobs_on_slurm_keeps_to_the_site_cap(slurm, profile, tmp_path):
+    from aiida import orm
+
+    add_site(tmp_path, "slurm-sweep", "scheduler: slurm\ntransport: {type: local, use_login_shell: false, "
+             f"safe_interval: 0}}\nqueue: debug\npoll_interval: 0.5\nresources: {{memory_mb: 1000, walltime: 600}}\n"
+             f"lammps: {{binary: {MDAGENT_LMP}}}\nsweep: {{max_concurrent_jobs: 2}}\n")
+    spec = load("lj-melt-temperature.yaml")
+    result = mdagent("sweep", "--spec", str(SWEEPS / "lj-melt-temperature.yaml"), "--site", "slurm-sweep", "--yes",
+                     "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    node = orm.load_node(json.loads(result.stdout)["pk"])
+    check_provenance(node, spec)
+    jobs = list(children(node, "point_").values())
+    assert len(jobs) == len(expand(spec)) - 1  # the first probe ran inside the validating agent run
+    calcs = [job.called[0] for job in jobs]
+    assert all(c.computer.label == "slurm-sweep" and c.computer.scheduler_type == "core.slurm" for c in calcs)
+    assert all(c.get_job_id() and "'-var' 'T'" in c.base.repository.get_object_content("_aiidasubmit.sh")
+               for c in calcs)
+    events = sorted([(c.ctime, 1) for c in jobs] + [(c.mtime, -1) for c in jobs])
+    in_flight = max(sum(step for _, step in events[: i + 1]) for i in range(len(events)))
+    assert in_flight <= 2
+
+
+@ROOT
+def test_a_sweep_through_parsl_pilot_jobs_on_slurm(slurm, profile, tmp_path):
+    from aiida import orm
+
+    add_site(tmp_path, "slurm-sweep-pilot", "scheduler: slurm\ntransport: {type: local, use_login_shell: false, "
+             f"safe_interval: 0}}\nqueue: debug\npoll_interval: 1\nresources: {{memory_mb: 1000, walltime: 600}}\n"
+             f"lammps: {{binary: {MDAGENT_LMP}}}\npilot: {{cores_per_node: 2, address: 127.0.0.1, lost_after: 10}}\n")
+    spec = load("lj-melt-temperature.yaml").model_copy(update={"engine": "parsl"})
+    folder = tmp_path / "spec.yaml"
+    import yaml
+
+    folder.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    result = mdagent("sweep", "--spec", str(folder), "--site", "slurm-sweep-pilot", "--yes", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = json.loads(result.stdout)
+    assert sweep["engine"] == "parsl" and sweep["llm_calls"] == 1
+    node = orm.load_node(sweep["pk"])
+    check_provenance(node, spec)
+    pilots = children(node, "pilot_")
+    assert pilots and all(p.process_type == "aiida.calculations:mdagent.sweep.pilot" for p in pilots.values())
+    assert not children(node, "point_")  # no per-point job: the pilot ran them
+    folder = Path(node.inputs.sweep_folder.value)
+    from mdagent_hpc.execution.pilot import pilot_progress
+
+    assert pilot_progress(folder)["done"] == len(expand(spec)) - 1
+
+
+def test_a_daemon_restart_mid_sweep_loses_and_repeats_no_point(profile, tmp_path, fake_openai):
+    from aiida import orm
+    from aiida.engine.daemon.client import get_daemon_client
+
+    from mdagent_hpc.api import get_sweep, sweep
+    from mdagent_hpc.execution.profile import start_daemon
+
+    add_site(tmp_path, "local-one-at-a-time", "scheduler: direct\ntransport: {type: local, use_login_shell: false, "
+             f"safe_interval: 0}}\npoll_interval: 0.2\nlammps: {{binary: {MDAGENT_LMP}}}\n"
+             "sweep: {max_concurrent_jobs: 1}\n")
+    recorded = load("lj-melt-temperature.yaml")
+    spec = recorded.model_copy(update={"answers": None, "site": "local-one-at-a-time"})
+    server = fake_openai(list(recorded.answers))
+    env = {"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model", "MDAGENT_LLM_MAX_RETRIES": "0"}
+    os.environ.update(env)  # the daemon inherits the environment it starts with
+    client = get_daemon_client()
+    try:
+        pk = sweep(spec, daemon=True).pk
+        deadline = time.monotonic() + 300
+        while get_sweep(pk).points_done < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert get_sweep(pk).verdict == "running", "the sweep ended before the restart: nothing was tested"
+        client.stop_daemon(wait=True, timeout=60)
+        between = get_sweep(pk)
+        start_daemon()
+        while not orm.load_node(pk).is_terminated and time.monotonic() < deadline + 300:
+            time.sleep(1)
+    finally:
+        client.stop_daemon(wait=True, timeout=60)
+        for key in env:
+            os.environ.pop(key)
+    node = orm.load_node(pk)
+    assert node.is_finished_ok, node.exit_message
+    assert 2 <= between.points_done < between.points_total
+    check_provenance(node, spec)
+    n = len(expand(spec))
+    assert sorted(children(node, "point_")) == sorted(f"point_{p.id}_t1" for p in expand(spec)[1:])
+    assert len(children(node, "record_")) == n  # each point recorded once
+    assert len(server.requests) == 1  # the restart asked the model nothing

@@ -7,7 +7,6 @@ look, never a traceback in the browser.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -17,13 +16,13 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from mdagent_hpc.dashboard import data, plots, view
-from mdagent_hpc.dashboard.filters import GRADES, REASONS, VERDICTS, BadFilter, RunFilter
+from mdagent_hpc.dashboard import data, view
+from mdagent_hpc.dashboard.filters import GRADES, MORE, VERDICTS, QueryError, read_filters
 
-log = logging.getLogger("mdagent.dashboard")
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.globals.update(view=view)
 REFRESH_S = 3  # how often a page with running work asks for news
+STOPS = ("passed", "max_attempts", "stuck", "no_valid_script", "llm_unavailable", "killed", "excepted")
 
 
 def page(request: Request, name: str, status_code: int = 200, **context) -> Response:
@@ -37,18 +36,23 @@ async def home(request: Request) -> Response:
 async def runs(request: Request) -> Response:
     data.fresh()
     try:
-        flt = RunFilter(dict(request.query_params))
-    except BadFilter as exc:
+        query, values = read_filters(request.query_params.multi_items())
+    except QueryError as exc:
         raise HTTPException(400, str(exc)) from None
-    found, more = data.find_runs(flt)
+    rows = data.find_runs(query)
+    found = data.choices()
+    found["stop"] = sorted({*STOPS, *found["stop"]})
     return page(
         request,
         "runs.html",
-        runs=found,
-        more=more,
-        flt=flt,
+        rows=rows,
+        query=query,
+        values=values,
+        filtered=bool(values.keys() - {"limit", "sort"}),
+        unindexed=data.unindexed(values),
         running=data.running(),
-        choices={**data.choices(), "verdict": VERDICTS, "grade": GRADES, "reason": REASONS},
+        choices={**found, "verdict": VERDICTS, "grade": GRADES},
+        more=MORE,
         refresh=REFRESH_S,
     )
 
@@ -58,17 +62,17 @@ async def run(request: Request) -> Response:
     result = _run(request)
     diffs = [view.script_diff(previous, attempt) for previous, attempt in view.pairs(result.attempts)]
     live = data.run_summary(result).get("progress")
-    return page(request, "run.html", run=result, diffs=diffs, live=live, refresh=REFRESH_S)
+    return page(request, "run.html", run=result, stop=data.stop(result), diffs=diffs, live=live, refresh=REFRESH_S)
 
 
 async def thermo_png(request: Request) -> Response:
     data.fresh()
-    result = _run(request)
+    _run(request)  # the run's own 404 first
     try:
-        title, blocks = data.thermo(result, request.path_params["attempt"])
+        png = data.thermo_png(request.path_params["pk"], request.path_params["attempt"])
     except data.NotFound as exc:
         raise HTTPException(404, str(exc)) from None
-    return Response(plots.thermo_png(blocks, title), media_type="image/png")
+    return Response(png, media_type="image/png")
 
 
 async def run_json(request: Request) -> Response:
@@ -87,7 +91,7 @@ async def health(request: Request) -> Response:
 
 async def sweeps(request: Request) -> Response:
     data.fresh()
-    return page(request, "sweeps.html", available=data.sweeps_available(), sweeps=data.list_sweeps())
+    return page(request, "sweeps.html", sweeps=data.list_sweeps(), refresh=REFRESH_S)
 
 
 async def sweep(request: Request) -> Response:
@@ -102,10 +106,10 @@ async def sweep(request: Request) -> Response:
 async def sweep_png(request: Request) -> Response:
     data.fresh()
     try:
-        found = data.get_sweep(request.path_params["pk"])
+        png = data.sweep_png(request.path_params["pk"])
     except data.NotFound as exc:
         raise HTTPException(404, str(exc)) from None
-    return Response(plots.sweep_png(*view.sweep_series(found)), media_type="image/png")
+    return Response(png, media_type="image/png")
 
 
 def _run(request: Request):
@@ -128,7 +132,7 @@ async def http_error(request: Request, exc: HTTPException) -> Response:
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
-    log.exception("%s failed", request.url.path)
+    # uvicorn logs the traceback in the server's terminal (Starlette re-raises after this response)
     return _error(
         request,
         500,
@@ -152,6 +156,7 @@ routes = [
     Route("/sweeps/{pk}", sweep),
     Route("/sweeps/{pk}/plot.png", sweep_png),
     Route("/api/health", health),
+    Route("/favicon.ico", lambda request: Response(status_code=204)),
     Route("/api/running", running_json),
     Route("/api/runs/{pk}", run_json),
 ]

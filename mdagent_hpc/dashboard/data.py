@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from mdagent_hpc.dashboard.filters import RunFilter, models_of
-from mdagent_hpc.lammps.log import LogError, ThermoBlock, parse_log
+from mdagent_hpc.dashboard.filters import models_of
 from mdagent_hpc.models import Run
+from mdagent_hpc.query.filters import Query
 
 PROCESS_TYPE = "aiida.workflows:mdagent.agent"
 ACTIVE = ("created", "waiting", "running")
-SCAN = 5000  # the most runs a filtered list reads through before it stops looking
 
 
 class NotFound(LookupError):
@@ -29,59 +28,37 @@ def fresh() -> None:
     get_manager().get_profile_storage().get_session().rollback()
 
 
-def find_runs(flt: RunFilter) -> tuple[list[Run], bool]:
-    """The newest runs that pass the filter, at most `flt.limit`; and whether more runs would match."""
-    from aiida import orm
+def find_runs(query: Query) -> list[dict]:
+    """The runs the query asks for, as the query layer's rows (`workflows.query.ROW_FIELDS`)."""
+    from mdagent_hpc.workflows.query import search
 
-    from mdagent_hpc.workflows.results import read_run
+    return search(query)
 
-    filters: dict = {"process_type": PROCESS_TYPE, **_verdict(flt.verdict)}
-    window = {k: v for k, v in ((">=", flt.start), ("<", flt.end)) if v is not None}
-    if window:
-        filters["ctime"] = window
-    qb = orm.QueryBuilder().append(orm.WorkChainNode, tag="run", project=["*"], filters=filters)
-    if flt.site:
-        qb.append(orm.Dict, with_outgoing="run", edge_filters={"label": "site"}, filters={"attributes.name": flt.site})
-    if flt.task:
-        qb.append(
-            orm.Str,
-            with_outgoing="run",
-            edge_filters={"label": "task"},
-            filters={"attributes.value": {"ilike": f"%{flt.task}%"}},
-        )
-    qb.order_by({"run": {"ctime": "desc"}}).limit(SCAN)
-    found: list[Run] = []
-    for (node,) in qb.iterall(batch_size=100):
-        run = read_run(node)
-        if flt.matches(run):
-            if len(found) == flt.limit:
-                return found, True
-            found.append(run)
-    return found, False
+
+def unindexed(values: dict[str, str]) -> int:
+    """How many finished runs have no recorded query fields, when the filters need them (else 0)."""
+    from mdagent_hpc.workflows.query import count_unindexed
+
+    return count_unindexed() if values.keys() - {"since", "until", "sort", "limit"} else 0
 
 
 def choices() -> dict[str, list[str]]:
-    """The sites and models that occur in the runs, for the filter form."""
+    """The sites, models and stop reasons the recorded runs and sweep points have, for the filter form."""
     from aiida import orm
 
-    sites = (
-        orm.QueryBuilder()
-        .append(orm.WorkChainNode, tag="run", filters={"process_type": PROCESS_TYPE})
-        .append(orm.Dict, with_outgoing="run", edge_filters={"label": "site"}, project=["attributes.name"])
-        .distinct()
-    )
-    models = (
-        orm.QueryBuilder()
-        .append(orm.WorkChainNode, tag="run", filters={"process_type": PROCESS_TYPE})
-        .append(
-            orm.Dict,
-            with_incoming="run",
-            edge_filters={"label": {"like": "attempts__%"}},
-            project=["attributes.usage.model"],
+    from mdagent_hpc.workflows.query import PROCESS_TYPES, RECORD
+
+    found = {}
+    for name in ("site", "model", "stop"):
+        qb = (
+            orm.QueryBuilder()
+            .append(
+                orm.ProcessNode, filters={"process_type": {"in": PROCESS_TYPES}}, project=[f"extras.{RECORD}.{name}"]
+            )
+            .distinct()
         )
-        .distinct()
-    )
-    return {"site": sorted({s or "local" for (s,) in sites.all()}), "model": sorted({m for (m,) in models.all() if m})}
+        found[name] = sorted({value for (value,) in qb.all() if isinstance(value, str)})
+    return found
 
 
 def get_run(pk: str) -> Run:
@@ -95,29 +72,34 @@ def get_run(pk: str) -> Run:
         raise NotFound(str(exc).replace("`mdagent runs` (or list_runs())", "the runs page")) from None
 
 
-def thermo(run: Run, number: str) -> tuple[str, list[ThermoBlock]]:
-    """The thermo output of attempt `number`'s LAMMPS run: (a title, its blocks), from the log it retrieved."""
+def stop(run: Run) -> str:
+    """Why the run ended, as the queries name it (passed, max_attempts, stuck, killed, ...)."""
     from aiida import orm
-    from aiida.common.exceptions import NotExistentAttributeError
 
-    attempt = next((a for a in run.attempts if str(a.number) == number), None)
-    if attempt is None:
-        raise NotFound(f"run {run.pk} has no attempt {number!r}; it has {len(run.attempts)}")
-    if "run" not in attempt.nodes:
-        raise NotFound(
-            f"attempt {attempt.number} of run {run.pk} never ran LAMMPS (it stopped at "
-            f"{attempt.stage.value}), so it has no thermo output"
-        )
+    from mdagent_hpc.workflows.query import stop_reason
+
+    return stop_reason(orm.load_node(run.pk))
+
+
+def thermo_png(pk: str, number: str) -> bytes:
+    """The thermo plot (PNG) of attempt `number` of run `pk`, drawn by the queries' `mdagent plot`."""
+    import tempfile
+    from pathlib import Path
+
+    from mdagent_hpc.query.plot import plot_thermo
+    from mdagent_hpc.workflows.query import NoSuchRun, attempt_log
+
+    if not number.isdigit():
+        raise NotFound(f"{number!r} is not an attempt number; attempts are numbered 1, 2, ...")
     try:
-        retrieved = orm.load_node(attempt.nodes["run"]).outputs.retrieved
-        text = retrieved.base.repository.get_object_content("log.lammps")
-    except (NotExistentAttributeError, FileNotFoundError):
-        raise NotFound(f"attempt {attempt.number} of run {run.pk} left no LAMMPS log") from None
-    try:
-        blocks = [b for b in parse_log(text).blocks if b.rows and "Step" in b.columns]
-    except LogError as exc:
-        raise NotFound(f"the log of attempt {attempt.number} of run {run.pk} cannot be read: {exc}") from None
-    return f"run {run.pk}, attempt {attempt.number}", blocks
+        title, log = attempt_log(f"{pk}:{number}")
+    except NoSuchRun as exc:
+        raise NotFound(str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="mdagent-dashboard-") as folder:
+        try:
+            return plot_thermo(log, Path(folder) / "thermo.png", title).read_bytes()
+        except ValueError as exc:  # no thermo rows
+            raise NotFound(f"attempt {number} of run {pk}: {exc}") from None
 
 
 @dataclass
@@ -191,36 +173,38 @@ def run_summary(run: Run) -> dict:
         "exit_status": run.exit_status,
         "exit_message": run.exit_message,
         "seconds": run.seconds,
-        "models": sorted(models_of(run)),
+        "models": models_of(run),
     }
     if run.verdict == "running":
         data["progress"] = progress(orm.load_node(run.pk)).as_dict()
     return data
 
 
-# -- sweeps: shown when the API has them (the sweeps work lands separately) -------------------------------------
-def sweeps_available() -> bool:
+# -- sweeps (api.get_sweep, list_sweeps) ---------------------------------------------------------------------------
+def list_sweeps(limit: int = 100) -> list:
     from mdagent_hpc import api
 
-    return hasattr(api, "list_sweeps") and hasattr(api, "get_sweep")
-
-
-def _verdict(verdict: str | None) -> dict:
-    state = "attributes.process_state"
-    if verdict == "running":
-        return {state: {"in": list(ACTIVE)}}
-    if verdict == "passed":
-        return {state: "finished", "attributes.exit_status": 0}
-    if verdict == "failed":
-        return {
-            "or": [{state: {"in": ["excepted", "killed"]}}, {state: "finished", "attributes.exit_status": {"!==": 0}}]
-        }
-    return {}
-
-
-def list_sweeps() -> list:
-    return []
+    return api.list_sweeps(limit)
 
 
 def get_sweep(pk: str):
-    raise NotFound(f"no sweep {pk!r}: this version of mdagent-hpc records no sweeps yet")
+    from mdagent_hpc import api
+
+    if not pk.isdigit():
+        raise NotFound(f"{pk!r} is not a sweep number; sweeps are numbered by their pk, e.g. /sweeps/42")
+    try:
+        return api.get_sweep(int(pk))
+    except api.MDAgentError as exc:
+        raise NotFound(str(exc).replace("`mdagent sweep status`", "the sweeps page")) from None
+
+
+def sweep_png(pk: str) -> bytes:
+    """The plot the sweep made when it finished (its `plot` output)."""
+    from aiida import orm
+
+    sweep = get_sweep(pk)
+    node = orm.load_node(sweep.pk)
+    if "plot" not in node.outputs:
+        why = "yet: it is still running" if sweep.verdict == "running" else "(no point passed)"
+        raise NotFound(f"sweep {sweep.pk} has no plot {why}")
+    return node.outputs.plot.get_content(mode="rb")

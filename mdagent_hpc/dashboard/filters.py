@@ -1,35 +1,71 @@
-"""The runs list's filters, read from a URL's query string: one clear sentence for a bad value (pure: no I/O)."""
+"""The runs list's filters: a URL's query string read into the query layer's `Query` (pure: no I/O).
+
+The names are those of `mdagent runs query` (docs/queries.md): task, site, model, verdict, grade, stop, since,
+until, elements, potential, ... and `obs.NAME` / `param.NAME` for ranges of observables and sweep parameters.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
-
 from mdagent_hpc.models import Run
+from mdagent_hpc.query.filters import GRADES, VERDICTS, Query, QueryError, build_query
 
-VERDICTS = ("passed", "failed", "running")
-GRADES = ("pass", "warn", "fail")
-# AgentWorkChain's exit statuses (workflows/agent.py) as the words the list filters on
-STOP_REASONS = {0: "passed", 300: "llm_unavailable", 310: "no_valid_script", 320: "max_attempts", 330: "stuck"}
-REASONS = (*STOP_REASONS.values(), "killed", "excepted", "running", "other")
-FIELDS = ("task", "site", "model", "verdict", "grade", "reason", "since", "until", "limit")
-MAX_LIMIT = 500
+__all__ = ["GRADES", "VERDICTS", "MAIN", "MORE", "QueryError", "read_filters"]
+
+MAIN = ("task", "site", "model", "verdict", "grade", "stop", "since", "until")  # always on the form
+MORE = (
+    "elements",
+    "potential",
+    "pair_style",
+    "units",
+    "ensemble",
+    "reward",
+    "attempts",
+    "seconds",
+    "fault",
+    "finding",
+    "user",
+    "sweep",
+    "sort",
+)  # under "more filters"
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000  # one page; the query itself allows more
 
 
-class BadFilter(ValueError):
-    """A query parameter the list cannot use, said in one sentence."""
+def read_filters(params: list[tuple[str, str]]) -> tuple[Query, dict[str, str]]:
+    """The `Query` a runs-list URL asks for, and the non-empty values as given (to fill the form again).
+
+    A bad value raises `QueryError` with one sentence.
+    """
+    values: dict[str, str] = {}
+    for name, value in params:
+        if value.strip():
+            if name in values:
+                raise QueryError(f"the filter {name!r} is given twice; give it once")
+            values[name] = value.strip()
+    options: dict = {"params": {}, "obs": {}}
+    for name, value in values.items():
+        prefix, dot, rest = name.partition(".")
+        if name not in (*MAIN, *MORE, "md5", "limit") and not (dot and prefix in ("obs", "param")):
+            raise QueryError(
+                f"unknown filter {name!r}; the filters are {', '.join((*MAIN, *MORE, 'md5', 'limit'))}, "
+                "obs.NAME and param.NAME"
+            )
+        if dot and prefix in ("obs", "param"):
+            options["params" if prefix == "param" else "obs"][rest] = value
+        elif name != "limit":
+            options[name] = value
+    options["limit"] = _limit(values.get("limit", str(DEFAULT_LIMIT)))
+    return build_query(**options), values
 
 
-def stop_reason(run: Run) -> str:
-    """Why a run ended, as one word: passed, stuck, max_attempts, no_valid_script, llm_unavailable, killed, ..."""
-    if run.verdict == "running":
-        return "running"
-    if run.state in ("killed", "excepted"):
-        return run.state
-    return STOP_REASONS.get(run.exit_status, "other")
+def _limit(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+        raise QueryError(f"limit {value!r} is not a whole number from 1 to {MAX_LIMIT}")
+    return int(value)
 
 
-def models_of(run: Run) -> set[str]:
-    return {a.usage.model for a in run.attempts if a.usage.model}
+def models_of(run: Run) -> list[str]:
+    return sorted({a.usage.model for a in run.attempts if a.usage.model})
 
 
 def grade_of(run: Run) -> str | None:
@@ -38,66 +74,3 @@ def grade_of(run: Run) -> str | None:
         return run.evaluation.grade.value
     graded = [a.evaluation for a in run.attempts if a.evaluation is not None]
     return graded[-1].grade.value if graded else None
-
-
-class RunFilter:
-    """What the runs list shows: each field narrows it; empty fields are ignored."""
-
-    def __init__(self, params: dict[str, str]):
-        unknown = sorted(set(params) - set(FIELDS))
-        if unknown:
-            raise BadFilter(f"unknown filter {unknown[0]!r}; the filters are {', '.join(FIELDS)}")
-        values = {k: v.strip() for k, v in params.items() if v and v.strip()}
-        self.task = values.get("task")
-        self.site = values.get("site")
-        self.model = values.get("model")
-        self.verdict = _choice(values, "verdict", VERDICTS)
-        self.grade = _choice(values, "grade", GRADES)
-        self.reason = _choice(values, "reason", REASONS)
-        self.since = _day(values, "since")
-        self.until = _day(values, "until")
-        if self.since and self.until and self.until < self.since:
-            raise BadFilter(f"until ({values['until']}) is before since ({values['since']})")
-        self.limit = _limit(values.get("limit", "50"))
-        self.values = values
-
-    def matches(self, run: Run) -> bool:
-        """The filters the store does not apply exactly (task text, model, grade, stop reason), on a read run."""
-        return (
-            (self.task is None or self.task.lower() in run.task.lower())  # the store's ILIKE reads % and _
-            and (self.model is None or self.model in models_of(run))
-            and (self.grade is None or grade_of(run) == self.grade)
-            and (self.reason is None or stop_reason(run) == self.reason)
-        )
-
-    @property
-    def start(self) -> datetime | None:
-        return datetime.combine(self.since, datetime.min.time(), UTC) if self.since else None
-
-    @property
-    def end(self) -> datetime | None:
-        """Midnight after `until`: the whole day is in the window."""
-        return datetime.combine(self.until + timedelta(days=1), datetime.min.time(), UTC) if self.until else None
-
-
-def _choice(values: dict[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
-    value = values.get(name)
-    if value is not None and value not in allowed:
-        raise BadFilter(f"{name} {value!r} is not one of {', '.join(allowed)}")
-    return value
-
-
-def _day(values: dict[str, str], name: str) -> date | None:
-    value = values.get(name)
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise BadFilter(f"{name} {value!r} is not a date; write it as YYYY-MM-DD, e.g. 2026-11-30") from None
-
-
-def _limit(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
-        raise BadFilter(f"limit {value!r} is not a whole number from 1 to {MAX_LIMIT}")
-    return int(value)

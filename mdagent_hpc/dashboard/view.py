@@ -6,10 +6,10 @@ import difflib
 
 from markupsafe import Markup
 
-from mdagent_hpc.dashboard.filters import grade_of, models_of, stop_reason
-from mdagent_hpc.models import Attempt, Run, Severity
+from mdagent_hpc.dashboard.filters import grade_of, models_of
+from mdagent_hpc.models import Attempt, Severity
 
-__all__ = ["grade_of", "models_of", "stop_reason"]
+__all__ = ["grade_of", "models_of"]
 
 BADGE = {"passed": "ok", "pass": "ok", "running": "live", "warn": "warn", "warning": "warn", "info": "info"}
 
@@ -87,10 +87,11 @@ def short_time(iso: str) -> str:
     return iso[:16].replace("T", " ")
 
 
-def final_temp(run: Run) -> str:
-    value = run.observables.get("temp_final")
-    return "" if value is None else f"{value:.5g}"
+def label(name: str) -> str:
+    """A filter's name on the form."""
+    return {"stop": "stop reason", "pair_style": "pair style", "seconds": "duration (s)"}.get(name, name)
 
 
-def sweep_series(sweep) -> tuple[list[float], dict[str, list[float | None]], str, str]:
-    raise NotImplementedError  # filled in when the sweeps API lands
+def columns(rows: list[dict]) -> list[str]:
+    """The columns of a table given as records, in the order they first appear."""
+    return list(dict.fromkeys(key for row in rows for key in row))

@@ -667,3 +667,31 @@ def test_a_bad_command_is_quoted_once() -> None:
     history = [Attempt(number=1, stage="preflight", script=script, diagnostics=[wrong], feedback=text)]
     prompt = build_messages("task", CAPS, history)[1]["content"]
     assert prompt.count("pair_style lj/cutt 2.5") == 1
+
+
+def test_grammar_names_exactly_the_binarys_commands_and_styles() -> None:
+    import re
+
+    from mdagent_hpc.lammps.install import capabilities
+    from mdagent_hpc.llm.grammar import lammps_grammar
+
+    styles = capabilities().styles
+    rules = dict(line.split(" ::= ", 1) for line in lammps_grammar(styles).splitlines())
+    names = {rule: set(re.findall(r'"([^"]+)"', body)) for rule, body in rules.items() if rule.endswith("-name")}
+    assert names["pair-style-name"] == set(styles["pair"]) - {"python"} | {"none"}
+    assert names["fix-name"] == set(styles["fix"]) - {
+        "python/invoke",
+        "python/move",
+        "imd",
+        "ipi",
+        "mdi/qm",
+        "mdi/qmmm",
+        "python",
+    }
+    assert names["compute-name"] == set(styles["compute"]) and "eam/alloy" in names["pair-style-name"]
+    assert {"units", "run", "read_data", "velocity", "thermo_style"} <= names["plain-name"]
+    assert not {"shell", "log", "python", "plugin", "geturl", "pair_style", "fix"} & names["plain-name"]
+    assert "getenv" not in names["variable-name"] and "equal" in names["variable-name"]
+    # a toy binary: only its own names
+    toy = lammps_grammar({"pair": ["lj/cut"], "command": ["run"]})
+    assert '"lj/cut"' in toy and '"eam"' not in toy and '"fix"' not in toy

@@ -6,8 +6,9 @@ compute, region, dump, atom, bond, ..., variable) is compiled in: a misspelt or 
 The names come from the binary's own lists (`lmp -h`, read by `lammps.install.capabilities`), less what the
 sandbox policy refuses anyway (`lammps.policy`): no `python`, `plugin`, `shell`, `log`, network commands.
 
-It constrains names, not meaning: arguments are free words or quoted strings (LAMMPS's own parser and preflight
-judge them). The format is the EBNF that vLLM's xgrammar backend reads (GBNF: `name ::= ...`). Pure: no I/O.
+It constrains names, not meaning: arguments are free words or quoted strings of printable ASCII (LAMMPS's own
+parser and preflight judge them), at most MAX_ARGS of them on a line, one command per line (no `&`). The format
+is the EBNF that vLLM's xgrammar backend reads (GBNF: `name ::= ...`). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ STYLED = {
 }
 
 
+# Bounds that no sensible script reaches, so a weak model cannot run one line on until max_tokens.
+MAX_ARGS, MAX_WORD, MAX_TEXT = 48, 200, 400
+
+
 def _literal(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -76,15 +81,16 @@ def lammps_grammar(styles: dict[str, tuple[str, ...] | list[str]]) -> str:
         "root ::= line+",
         "line ::= sp? (statement sp?)? comment? nl",
         "nl ::= [\\n]",
-        "sp ::= [ \\t]+",
-        'comment ::= "#" [^\\n]*',
+        "sp ::= [ \\t]{1,8}",
+        f'comment ::= "#" [ -~]{{0,{MAX_TEXT}}}',
         "statement ::= styled | plain-name args",
         "styled ::= " + " | ".join(styled_alternatives),
-        "args ::= (sp arg)*",
+        f"args ::= (sp arg){{0,{MAX_ARGS}}}",
         "arg ::= word | dq | sq",
-        "word ::= [^ \\t\\n#\"']+",
-        'dq ::= "\\"" [^"\\n]* "\\""',
-        'sq ::= "\'" [^\'\\n]* "\'"',
+        # printable ASCII but the quotes and `#`; quoted text may hold spaces and `#`
+        f"word ::= [!$-&(-~]{{1,{MAX_WORD}}}",
+        f'dq ::= "\\"" [ !#-~]{{0,{MAX_TEXT}}} "\\""',
+        f'sq ::= "\'" [ -&(-~]{{0,{MAX_TEXT}}} "\'"',
         f"plain-name ::= {_choice(plain)}",
     ]
     return "\n".join(head + rules) + "\n"

@@ -135,9 +135,20 @@ def load_llm_settings(overrides: dict[str, Any] | None = None) -> LLMSettings:
             values[key], sources[key] = value, f"override {key!r}"
 
     if not values.get("base_url"):
+        from mdagent_hpc.llm.serve import registered_settings
+
+        # the endpoint `mdagent llm serve` started (waits while its model loads), with its own URL and key
+        if (registered := registered_settings()) is not None:
+            found, source = registered
+            values |= {"base_url": found["base_url"], "api_key": found["api_key"]}
+            sources |= {"base_url": source, "api_key": source}
+            if not values.get("model"):
+                values["model"], sources["model"] = found["model"], source
+    if not values.get("base_url"):
         raise LLMNotConfigured(
             "No LLM endpoint is configured: set MDAGENT_LLM_BASE_URL (e.g. http://localhost:8000/v1 for vLLM)"
-            f" or add 'llm: {{base_url: http://localhost:8000/v1, model: MODEL}}' to {path}."
+            f" or add 'llm: {{base_url: http://localhost:8000/v1, model: MODEL}}' to {path},"
+            " or start one with `mdagent llm serve --site SITE --model MODEL`."
         )
     try:
         return LLMSettings(**values)

@@ -331,3 +331,53 @@ def test_the_job_templates_in_schedulers_are_what_llm_serve_submits(site, script
     )
     assert made.returncode == 0, made.stderr
     assert made.stdout == (folder / script).read_text()
+
+
+@pytest.mark.slow
+def test_runs_use_the_registered_endpoint_unless_one_is_configured(vllm_server, tmp_path, monkeypatch):
+    from mdagent_hpc.llm.config import load_llm_settings
+    from mdagent_hpc.llm.serve import Endpoint, EndpointError, save_endpoint
+
+    monkeypatch.setenv("MDAGENT_HOME", str(tmp_path))
+    common = {"site": "s", "model": "/models/tiny", "workdir": "/w", "api_key": vllm_server.api_key}
+    save_endpoint(
+        Endpoint(
+            name="old",
+            job_id="1",
+            state="ended",
+            base_url="http://127.0.0.1:9/v1",
+            submitted="2026-01-01T00:00:00+00:00",
+            **common,
+        )
+    )
+    save_endpoint(
+        Endpoint(
+            name="tiny",
+            job_id="2",
+            state="ready",
+            base_url=vllm_server.base_url,
+            served_model=vllm_server.model,
+            submitted="2026-01-02T00:00:00+00:00",
+            **common,
+        )
+    )
+    assert (tmp_path / "llm" / "endpoints.json").stat().st_mode & 0o777 == 0o600  # it holds the keys
+    settings = load_llm_settings()
+    assert (settings.base_url, settings.model) == (vllm_server.base_url, vllm_server.model)
+    assert settings.api_key.get_secret_value() == vllm_server.api_key
+    assert load_llm_settings({"model": "other"}).model == "other"
+    monkeypatch.setenv("MDAGENT_LLM_BASE_URL", "http://elsewhere:8000/v1")
+    assert load_llm_settings().base_url == "http://elsewhere:8000/v1"  # a configured endpoint wins
+    monkeypatch.delenv("MDAGENT_LLM_BASE_URL")
+    save_endpoint(
+        Endpoint(
+            name="gone",
+            job_id="3",
+            state="ready",
+            base_url="http://127.0.0.1:9/v1",
+            submitted="2026-01-03T00:00:00+00:00",
+            **common,
+        )
+    )
+    with pytest.raises(EndpointError, match="endpoint gone .* does not answer.*mdagent llm status"):
+        load_llm_settings()

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from services import VLLM_CACHE, VLLM_VENV, free_port, stop_pid, vllm_env, wait_for_health  # noqa: E402
 
-MODEL = VLLM_CACHE / "models" / "smollm2-135m-instruct-v1"  # scripts/tiny_model.py SMOLLM2
+MODEL = VLLM_CACHE / "models" / "smollm2-135m-instruct-v2"  # scripts/tiny_model.py SMOLLM2
 NAME = "smollm2-135m-instruct"
 TASK = "Melt a small fcc Lennard-Jones crystal (reduced units) at T=2.0 for 1000 steps and print the final temperature"
 MODES = {"structured": "json_schema", "fenced": "off"}

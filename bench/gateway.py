@@ -65,6 +65,12 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -207,13 +213,17 @@ def main() -> None:
         print(f"latency: {args.n} sequential requests per side ...", file=sys.stderr)
         times = asyncio.run(latency(targets, small, args.n))
         rates: dict[str, list[tuple[float, float]]] = {"direct": [], "gateway": []}
+        gateway_cpu: list[float] = []  # CPU seconds the gateway process used in each of its throughput runs
         for rep in range(2):
             for name, (url, key) in targets.items():
                 print(
                     f"throughput {rep + 1}/2 {name}: {args.concurrency} concurrent streams x {args.rounds} ...",
                     file=sys.stderr,
                 )
+                before = cpu_seconds(proc.pid)
                 rates[name].append(asyncio.run(throughput(url, key, streamed, args.concurrency, args.rounds)))
+                if name == "gateway":
+                    gateway_cpu.append(cpu_seconds(proc.pid) - before)
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -225,8 +235,14 @@ def main() -> None:
         result[name]["requests_per_s"] = statistics.median(r for r, _ in runs)
         result[name]["chunks_per_s"] = statistics.median(c for _, c in runs)
     result["throughput_ratio"] = result["gateway"]["chunks_per_s"] / result["direct"]["chunks_per_s"]
+    chunks_per_run = (
+        result["gateway"]["chunks_per_s"] * args.concurrency * args.rounds / result["gateway"]["requests_per_s"]
+    )
+    result["gateway_cpu_us_per_chunk"] = statistics.median(gateway_cpu) / chunks_per_run * 1e6
+    result["gateway_cores_needed"] = result["gateway_cpu_us_per_chunk"] * result["direct"]["chunks_per_s"] / 1e6
     audit = (tmp / "audit.jsonl").read_text().splitlines()
     result["audit_lines"] = len(audit)
+    result["load_average"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -240,7 +256,14 @@ def main() -> None:
         f"added by the gateway: p50 {result['added_p50_ms']:.2f} ms (target < 5), p99 {result['added_p99_ms']:.2f} ms"
     )
     print(f"throughput ratio gateway/direct: {result['throughput_ratio']:.3f} (target >= 0.95)")
+    print(
+        f"gateway CPU: {result['gateway_cpu_us_per_chunk']:.0f} us per streamed chunk, so "
+        f"{result['gateway_cores_needed']:.2f} of a core to keep up with the direct rate"
+    )
     print(f"audit log: {len(audit)} lines; users db and logs in {tmp}")
+    print(
+        f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a busy machine lowers the ratio)"
+    )
 
 
 if __name__ == "__main__":

@@ -242,16 +242,22 @@ class Gateway:
         )
 
     async def relay(self, response: httpx2.Response, ex: Exchange, wants_usage: bool):
-        """Pass the stream on event by event, reading the usage chunk (and dropping it if the user did not ask)."""
+        """Pass the stream on as it comes, reading the usage chunk (and dropping it if the user did not ask).
+
+        Each read from the server is passed on at once, as the complete events it holds: one event when the gateway
+        keeps up, several in one write when it falls behind, which costs less per event.
+        """
         events = EventSplitter()
         try:
             async for chunk in response.aiter_raw():
+                kept = []
                 for event in events.feed(chunk):
                     data = event_data(event)
                     ex.count(usage_of(data))
-                    if not wants_usage and usage_only(data):
-                        continue
-                    yield event
+                    if wants_usage or not usage_only(data):
+                        kept.append(event)
+                if kept:
+                    yield b"".join(kept)
             if rest := events.rest():
                 yield rest
         except httpx2.TransportError:

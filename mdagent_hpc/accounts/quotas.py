@@ -50,7 +50,7 @@ class Refusal(BaseModel):
 
 
 def _num(x: float) -> str:
-    return f"{x:g}"
+    return str(int(x)) if float(x).is_integer() else f"{x:.2f}"
 
 
 def utc_day(now: datetime) -> str:

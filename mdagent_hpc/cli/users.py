@@ -17,6 +17,13 @@ QUOTAS = {  # option -> (Quota field, type, help)
     "--core-hours-per-day": ("core_hours_per_day", float, "core-hours of jobs per UTC day (shared server)"),
 }
 NO_LIMIT = "none"
+SHORT = {
+    "tokens_per_day": "tokens/day",
+    "requests_per_minute": "requests/min",
+    "concurrent_runs": "runs",
+    "sweep_points": "sweep points",
+    "core_hours_per_day": "core-h/day",
+}
 
 
 class Limit(click.ParamType):
@@ -76,7 +83,7 @@ def given(quotas: dict) -> dict:
 
 
 def limits_text(quota) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in quota.model_dump().items() if v is not None) or "no limits"
+    return ", ".join(f"{k}={v}" for k, v in quota.model_dump().items() if v is not None) or "no limits"
 
 
 @click.group(short_help="Users of the LLM gateway: keys, quotas, usage.")
@@ -180,13 +187,13 @@ def list_users(db, as_json) -> None:
     if not rows:
         out().print("no users yet: `mdagent users add NAME`")
         return
-    table = Table("user", "status", "active keys", "quotas", "tokens today", "created")
+    table = Table("user", "status", "active keys", "limits", "tokens today", "created")
     for r, u in zip(rows, found, strict=True):
         table.add_row(
             r["name"] + (" (admin)" if r["admin"] else ""),
             "active" if r["active"] else "revoked",
             " ".join(r["keys"]) or "-",
-            limits_text(u.quota),
+            "\n".join(f"{SHORT[k]} {v}" for k, v in u.quota.model_dump().items() if v is not None) or "no limits",
             str(r["tokens_today"]),
             r["created_at"][:10],
         )

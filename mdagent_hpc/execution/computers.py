@@ -106,7 +106,9 @@ def login_site(site: SiteConfig) -> SiteConfig:
     core.direct), so a job there (the sweep's Parsl driver) is a process on the login host that AiiDA follows."""
     return site.model_copy(update={"name": f"{site.name}-login", "scheduler": "direct", "queue": None,
                                    "account": None, "qos": None, "lammps": site.lammps.model_copy(
-                                       update={"image": None, "binary": "lmp"})})
+                                       update={"image": None, "binary": "lmp"}),
+                                   # the driver is one small process: no memory limit (core.direct has none)
+                                   "resources": site.resources.model_copy(update={"memory_mb": None})})
 
 
 def ensure_pilot_code(site: SiteConfig):

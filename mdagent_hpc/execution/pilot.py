@@ -23,7 +23,6 @@ and writes DIR/results.json and DIR/points/<id>/log.lammps for every ended point
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -38,24 +37,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mdagent_hpc.execution.pilot_worker import INPUT, LOG, LOST, RESULT, RUNNING, read_json, write_json
 from mdagent_hpc.execution.site import SiteConfig, apptainer_command
 
-# The names LammpsCalculation uses too (workflows/lammps_calc.py), so a point's folder reads like a job's.
-INPUT, LOG, STDOUT = "in.lammps", "log.lammps", "lammps.out"
-RESULT, LOST, RUNNING, RUNS = "result.json", "lost.json", "running", "runs.log"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _CANCEL = {"slurm": ["scancel"], "pbspro": ["qdel"], "direct": ["kill"]}
-
-
-# How a run stopped from outside ends: killed by SIGHUP, SIGINT, SIGKILL or SIGTERM, directly or through a wrapper
-# (bubblewrap, a shell) that exits with 128 + the signal.
-_KILLED = frozenset(code for sig in (1, 2, 9, 15) for code in (-sig, 128 + sig))
-
-
-class PointKilled(RuntimeError):
-    """The point's LAMMPS was killed by a signal from outside: it did not end, and is run again."""
 
 
 class PilotError(Exception):
@@ -63,20 +51,6 @@ class PilotError(Exception):
 
 
 # ---------------------------------------------------------------- pure: the folder, the points, the commands
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def load_inputs(folder: Path) -> dict:
@@ -161,39 +135,9 @@ def refusals(site: SiteConfig, template: str, variables: dict[str, Any]) -> list
     return [f"line {d.line}: {d.message}" for d in check_policy(script, site.limits) if d.severity == "error"]
 
 
-def run_point(point_dir: str, command: list[str], sha: str) -> dict:
-    """On a worker: run one point unless it already ended, write `result.json` atomically, return it."""
-    folder = Path(point_dir)
-    previous = read_json(folder / RESULT)
-    if isinstance(previous, dict) and previous.get("inputs_sha256") == sha:
-        return previous  # ended before its block was lost: never twice
-    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or "-"
-    with open(folder / RUNS, "a") as runs:
-        runs.write(f"{time.time():.3f} {socket.gethostname()} job={job}\n")
-    (folder / RUNNING).touch()
-    start = time.time()
-    with open(folder / STDOUT, "wb") as out:
-        returncode = subprocess.run(command, cwd=folder, stdout=out, stderr=subprocess.STDOUT).returncode
-    if returncode in _KILLED:
-        # Stopped from outside (the block cancelled, out of wall time): not an end of the point. Parsl retries it.
-        raise PointKilled(f"LAMMPS was stopped by a signal (exit {returncode}) on {socket.gethostname()}")
-    result = {
-        "returncode": returncode,
-        "seconds": round(time.time() - start, 3),
-        "log_file": f"points/{folder.name}/{LOG}",
-        "inputs_sha256": sha,
-        "ended": time.time(),
-        "host": socket.gethostname(),
-        "job": job,
-    }
-    write_json(folder / RESULT, result)
-    (folder / RUNNING).unlink(missing_ok=True)
-    return result
-
-
 def _on_worker(point_dir: str, command: list[str], sha: str) -> dict:
     # Parsl ships this function by value, without this module's globals: import the real one on the worker.
-    from mdagent_hpc.execution.pilot import run_point
+    from mdagent_hpc.execution.pilot_worker import run_point
 
     return run_point(point_dir, command, sha)
 

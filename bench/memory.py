@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--holdout", type=float, default=0.3, help="share of examples held out (default 0.3)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel examples (default 2: the machine's cores)")
     parser.add_argument("--limit", type=int, help="only the first N examples")
+    parser.add_argument("--misses", type=int, default=10, help="print this many misses (default 10)")
     args = parser.parse_args()
     corpus, examples = test_corpus()
     examples = examples[: args.limit]
@@ -77,9 +78,7 @@ def main() -> None:
         if held_out(example, args.holdout):
             tests.append((kind, diagnostic))
         else:
-            history.append(
-                memory.Lesson(signature=memory.signature(diagnostic), message=diagnostic.message, fix=fix, kind=kind)
-            )
+            history.append(memory.lesson(diagnostic, fix, kind=kind))
     if not history or not tests:
         sys.exit("too few refused mutants to split; use more examples or --per-kind")
 
@@ -89,9 +88,12 @@ def main() -> None:
     overall = Counter(lesson.kind for lesson in history).most_common(1)[0][0]
     hits = code_hits = overall_hits = retrieved = 0
     per_kind: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    misses = []
     for kind, diagnostic in tests:
         top = memory.recall(history, diagnostic, limit=1)
         hit = bool(top) and top[0].kind == kind
+        if not hit:
+            misses.append((kind, diagnostic, top[0] if top else None))
         retrieved += bool(top)
         hits += hit
         common = by_code[diagnostic.code].most_common(1)
@@ -119,6 +121,13 @@ def main() -> None:
     )
     print(f"baseline, the commonest kind overall ({overall}): {overall_hits}/{n} = {majority:.3f}")
     print(f"whole bench {time.monotonic() - start:.0f} s")
+    if misses and args.misses:
+        print(f"\nmisses (first {args.misses}): held-out kind [signature] message -> retrieved kind [signature]")
+        for kind, diagnostic, lesson in misses[: args.misses]:
+            print(
+                f"  {kind} [{memory.signature(diagnostic).key()}] {diagnostic.message[:70]!r} -> "
+                + (f"{lesson.kind} [{lesson.signature.key()}] {lesson.message[:70]!r}" if lesson else "nothing")
+            )
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 A failure's signature is its diagnostic code, the command it points at and that command's style (`pair_style
 eam/alloy` -> eam/alloy; `fix 1 all nvt` -> nvt; `compute c all rdf` -> rdf). `lessons` turns a run's attempts
 into entries (failure + the script change of the next attempt that no longer had that failure); `recall` finds
-the entries closest to a new failure (same signature first, then same code and command, then same code; ties by
-the words the messages share); `render` shows them in a few lines under the correction prompt.
+the entries closest to a new failure: the same code, then the closest wording (the message's words without the
+script's own names, so "Unknown fix nvt keyword: tempp" reads as "unknown keyword"), then the same command, then
+the same style; `render` shows them in a few lines under the correction prompt.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Lesson(BaseModel):
 
     signature: Signature
     message: str
+    wording: list[str] = Field(default_factory=list, description="the message's words that are not the script's")
     fix: list[str] = Field(default_factory=list, description="changed lines: '- old', '+ new'")
     kind: str | None = Field(None, description="a label of the fix, when known (the mutation bench)")
     run: int | None = None
@@ -45,6 +47,19 @@ def signature(diagnostic: Diagnostic) -> Signature:
     position = STYLE_AT.get(command, 0 if command.endswith("_style") else None)
     style = words[1 + position] if position is not None and len(words) > 1 + position else ""
     return Signature(code=diagnostic.code, command=command, style=style if "$" not in style else "")
+
+
+_WORD = re.compile(r"[a-z][a-z_]{2,}")
+
+
+def wording(diagnostic: Diagnostic) -> list[str]:
+    """The words of the message that are not words of the command: what kind of error, not which names."""
+    own = set(_WORD.findall((diagnostic.command or "").lower()))
+    return sorted(set(_WORD.findall(diagnostic.message.lower())) - own)
+
+
+def lesson(failure: Diagnostic, fix: list[str], **extra) -> Lesson:
+    return Lesson(signature=signature(failure), message=failure.message, wording=wording(failure), fix=fix, **extra)
 
 
 def first_error(diagnostics: list[Diagnostic], evaluation: Evaluation | None = None) -> Diagnostic | None:
@@ -80,27 +95,22 @@ def lessons(attempts: list[Attempt], run: int | None = None) -> list[Lesson]:
             continue
         change = script_change(before.script, after.script)
         if change:
-            found.append(Lesson(signature=sig, message=failure.message, fix=change, run=run, attempt=before.number))
+            found.append(lesson(failure, change, run=run, attempt=before.number))
     return found
 
 
-_WORD = re.compile(r"[a-z_/]{3,}")
-
-
 def recall(memory: list[Lesson], failure: Diagnostic, limit: int = 2) -> list[Lesson]:
-    """The lessons closest to `failure`, best first: the same signature, else code and command, else code."""
+    """The lessons of the same code closest to `failure`, best first (see the module docstring)."""
     sig = signature(failure)
-    words = set(_WORD.findall(failure.message.lower()))
+    words = set(wording(failure))
 
-    def rank(lesson: Lesson) -> tuple[int, float]:
-        s = lesson.signature
-        level = 3 if s == sig else 2 if (s.code, s.command) == (sig.code, sig.command) else int(s.code == sig.code)
-        theirs = set(_WORD.findall(lesson.message.lower()))
-        overlap = len(words & theirs) / len(words | theirs) if words | theirs else 0.0
-        return level, overlap
+    def rank(past: Lesson) -> tuple[float, bool, bool]:
+        theirs = set(past.wording)
+        overlap = len(words & theirs) / len(words | theirs) if words | theirs else 1.0
+        return overlap, past.signature.command == sig.command, past.signature.style == sig.style
 
-    ranked = sorted(((rank(m), -i, m) for i, m in enumerate(memory)), key=lambda t: (t[0], t[1]), reverse=True)
-    return [m for (level, _), _, m in ranked if level > 0][:limit]
+    same_code = [(rank(m), -i, m) for i, m in enumerate(memory) if m.signature.code == sig.code]
+    return [m for _, _, m in sorted(same_code, key=lambda t: (t[0], t[1]), reverse=True)][:limit]
 
 
 def render(found: list[Lesson]) -> str:

@@ -195,6 +195,25 @@ def test_values_that_would_smuggle_a_command_are_refused():
 
 
 # ------------------------------------------------------------------------------------------------ real blocks
+def test_a_block_just_submitted_is_pending_not_missing(slurm, tmp_path):
+    """sacct knows a job only seconds after sbatch: asked too early, Parsl took queued blocks for failed ones."""
+    from parsl.jobs.states import JobState
+
+    from mdagent_hpc.execution.pilot import parsl_config
+    from mdagent_hpc.execution.site import SiteConfig
+
+    site = SiteConfig.model_validate({"name": "q", "scheduler": "slurm", "queue": "debug", "poll_interval": 1,
+                                      "resources": {"memory_mb": 100, "walltime": 60}, "pilot": {"cores_per_node": 1}})
+    provider = parsl_config(site, tmp_path).executors[0].provider
+    provider.script_dir = str(tmp_path)
+    job = provider.submit("sleep 30", 1)
+    try:
+        assert provider.status([job])[0].state in (JobState.PENDING, JobState.RUNNING)
+    finally:
+        provider.cancel([job])
+    assert wait_for(lambda: provider.status([job])[0].state == JobState.CANCELLED, timeout=30, what="cancelled")
+
+
 @pytest.mark.slow
 def test_every_point_runs_once_in_slurm_blocks_and_a_second_driver_runs_nothing(site, tmp_path):
     from mdagent_hpc.execution.pilot import pilot_progress

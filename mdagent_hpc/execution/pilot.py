@@ -149,6 +149,21 @@ def _walltime(seconds: int) -> str:
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _squeue_init(self, **kwargs) -> None:
+    """SlurmProvider asking squeue, not sacct, for its blocks' states.
+
+    sacct learns of a job seconds after sbatch (from slurmdbd); Parsl reads "no record" as "ended", counts a block
+    that is only queued as failed and, after three, gives up on the whole sweep. slurmctld knows a job at once, and
+    `--states=all` also says how it ended.
+    """
+    from parsl.providers import SlurmProvider
+    from parsl.providers.slurm.slurm import squeue_translate_table
+
+    SlurmProvider.__init__(self, **kwargs)
+    self._cmd = "squeue --noheader --states=all --format='%i %t' --job '{0}'"
+    self._translate_table = squeue_translate_table
+
+
 def parsl_config(site: SiteConfig, run_dir: str | Path, python: str | None = None):
     """A Parsl Config: HighThroughputExecutor on the site's provider, blocks replaced, lost points retried."""
     from parsl.config import Config
@@ -205,14 +220,14 @@ def parsl_config(site: SiteConfig, run_dir: str | Path, python: str | None = Non
     else:
         provider_class, kwargs = LocalProvider, {"nodes_per_block": 1}
     # Parsl asks the scheduler every 60 s (5 s locally); the site says how often it may be asked.
-    polled = type(
-        provider_class.__name__,
-        (provider_class,),
-        {"status_polling_interval": property(lambda self: max(site.poll_interval, 0.5))},
-    )
+    members = {"__module__": __name__, "status_polling_interval": property(lambda self: max(site.poll_interval, 0.5))}
+    if provider_class is SlurmProvider:
+        members["__init__"] = _squeue_init
+    polled = type(provider_class.__name__, (provider_class,), members)
+    provider = polled(**kwargs, **blocks)
     executor = HighThroughputExecutor(
         label="pilot",
-        provider=polled(**kwargs, **blocks),
+        provider=provider,
         address=p.address,
         max_workers_per_node=p.workers_per_node,
         heartbeat_period=max(1, p.lost_after // 4),

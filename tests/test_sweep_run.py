@@ -172,10 +172,9 @@ def test_a_sweep_through_parsl_pilot_jobs_on_slurm(slurm, profile, tmp_path):
     pilots = children(node, "pilot_")
     assert pilots and all(p.process_type == "aiida.calculations:mdagent.sweep.pilot" for p in pilots.values())
     assert not children(node, "point_")  # no per-point job: the pilot ran them
-    folder = Path(node.inputs.sweep_folder.value)
-    from mdagent_hpc.execution.pilot import pilot_progress
-
-    assert pilot_progress(folder)["done"] == len(expand(spec)) - 1
+    ran = [pid for p in pilots.values() for pid in p.outputs.results.get_dict()]
+    assert sorted(ran) == sorted(p.id for p in expand(spec)[1:])  # each point once; the first probe in the agent run
+    assert Path(node.inputs.sweep_folder.value).is_dir()
 
 
 def test_a_daemon_restart_mid_sweep_loses_and_repeats_no_point(profile, tmp_path, fake_openai):

@@ -43,7 +43,9 @@ from mdagent_hpc.execution.site import SiteConfig, apptainer_command
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")
-_CANCEL = {"slurm": ["scancel"], "pbspro": ["qdel"], "direct": ["kill"]}
+# Blocks are cancelled by job id; a direct site's blocks are processes (their ids may be reused): they stop by
+# themselves when the driver's heartbeats stop.
+_CANCEL = {"slurm": ["scancel"], "pbspro": ["qdel"]}
 
 
 class PilotError(Exception):
@@ -281,9 +283,14 @@ class Driver:
         """Blocks a previous driver recorded and could not cancel (it was killed): cancel them now."""
         old = read_json(self.folder / "progress.json") or {}
         ids = [job for job in (old.get("blocks") or {}).values() if job]
-        if ids:
+        if ids and site.scheduler in _CANCEL:
             self.say(f"cancelling {len(ids)} block(s) a previous driver left: {' '.join(ids)}")
-            subprocess.run([*_CANCEL[site.scheduler], *ids], capture_output=True, timeout=60)
+            self.cancel(site, ids)
+
+    @staticmethod
+    def cancel(site: SiteConfig, job_ids: list[str]) -> None:
+        if job_ids and site.scheduler in _CANCEL:  # a job that has ended already: the scheduler says so, harmless
+            subprocess.run([*_CANCEL[site.scheduler], *job_ids], capture_output=True, timeout=60)
 
     def progress(self, data: dict, sha: str, state: str) -> dict:
         counts = pilot_progress(self.folder)
@@ -347,9 +354,13 @@ class Driver:
             todo.append((point, point_dir))
         total = len(data["points"])
         self.say(f"{total - len(todo)} of {total} point(s) ended before; running {len(todo)} on {site.name}")
-        if todo:
-            self._run_parsl(site, todo, data, sha)
-        self.progress(data, sha, "finished")
+        state = "stopped"  # unless the points are all through: SIGTERM, an error
+        try:
+            if todo:
+                self._run_parsl(site, todo, data, sha)
+            state = "finished"
+        finally:
+            self.progress(data, sha, state)
         results = self.collect(data, sha)
         missing = total - len(results)
         if missing:
@@ -372,15 +383,8 @@ class Driver:
             executor = dfk.executors["pilot"]
             while pending:
                 finished, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
-                status = executor.status_facade  # Parsl's last answer from the scheduler: no query here
-                blocks, self.blocks = (
-                    self.blocks,
-                    {
-                        b: str(j)
-                        for b, j in executor.blocks_to_job_id.items()
-                        if b not in status or not status[b].terminal
-                    },
-                )
+                # Every block submitted, ended or not: Parsl may take a queued block for an ended one.
+                blocks, self.blocks = self.blocks, {b: str(j) for b, j in executor.blocks_to_job_id.items()}
                 for future in finished:
                     point, point_dir = futures[future]
                     done_count += 1
@@ -396,7 +400,8 @@ class Driver:
                     if self.job_dir is not None:
                         self.collect(data, sha)
         finally:
-            dfk.cleanup()
+            dfk.cleanup()  # cancels the blocks Parsl believes alive
+            self.cancel(site, [str(j) for j in dfk.executors["pilot"].blocks_to_job_id.values()])
             self.blocks = {}
 
 

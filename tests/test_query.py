@@ -3,9 +3,9 @@
 The filters and records are pure and tested directly. The rest runs on real runs (real AiiDA, real LAMMPS under
 bubblewrap, the replay server as the model) made once per back end, each in its own AiiDA configuration: SQLite,
 and PostgreSQL at 127.0.0.1:5432 in a database made for this module and dropped at its end. A run that passed
-after three attempts, one that failed evaluation (lost atoms), one stuck on a missing potential file, and one
-whose model endpoint was down (the infrastructure fault a run meets here; job faults need a scheduler: their
-recording is tested on the record).
+after three attempts, one that failed evaluation (lost atoms), one stuck on a missing potential file, one whose
+model endpoint was down (the infrastructure fault a run meets here; job faults need a scheduler: their recording
+is tested on the record), and a two-point sweep (its validating agent run and its two points).
 """
 
 import json
@@ -112,13 +112,14 @@ def fenced(name: str) -> str:
     return f"```lammps\n{(DEMO / name).read_text()}```"
 
 
-# One process makes the four runs (saves three interpreter and AiiDA start-ups); it prints their pks.
+# One process makes the runs (saves interpreter and AiiDA start-ups) and a two-point sweep (an agent run validating
+# the template at T=0.6, then both points recorded); `index_runs` records the points; it prints the pks.
 MAKE_RUNS = """
 import json, os, sys
 from mdagent_hpc import api
 from mdagent_hpc.models import LoopPolicy, Request
 
-good, lost, wrong = json.loads(sys.argv[1])
+good, lost, wrong, sweep_file = json.loads(sys.argv[1])
 pks = {}
 pks["passed"] = api.run(Request(task="Heat a small Cu crystal with EAM to 800 K in NVT and report its temperature",
                                 loop=LoopPolicy(max_attempts=3), answers=[wrong, lost, good])).pk
@@ -126,15 +127,30 @@ pks["failed"] = api.run(Request(task="Melt a small Lennard-Jones crystal and rep
                                 loop=LoopPolicy(max_attempts=1), answers=[lost])).pk
 pks["stuck"] = api.run(Request(task="Heat copper with EAM to 800 K in NVT and report its temperature",
                                loop=LoopPolicy(max_attempts=4, stuck_limit=2), answers=[wrong, wrong])).pk
+spec = api.load_sweep_spec(sweep_file)
+T = spec.parameters[0].model_copy(update={"values": [0.6, 1.2], "start": None, "stop": None, "step": None})
+sweep = api.sweep(spec.model_copy(update={"parameters": [T]}))
+assert sweep.verdict == "passed", sweep
+from aiida import orm
+pks["sweep"] = sweep.pk
+for child in orm.load_node(sweep.pk).called:
+    if child.process_type == "aiida.workflows:mdagent.agent":
+        pks["probe"] = child.pk
+    elif child.process_type.endswith("record_point"):
+        pks[f"T{child.outputs.result['vars']['T']}"] = child.pk
 os.environ.update(MDAGENT_LLM_BASE_URL="http://127.0.0.1:9/v1", MDAGENT_LLM_MODEL="down", MDAGENT_LLM_MAX_RETRIES="0")
 pks["down"] = api.run("Melt bulk aluminium with EAM at 1500 K and report the final temperature").pk
+api.index_runs()
 print(json.dumps(pks))
 """
 
-# Each query as the API takes it, and the runs it must return (in this order when `ordered`).
+RUNS = {"passed", "failed", "stuck", "down", "probe"}
+POINTS = {"T0.6", "T1.2"}
+LJ = {"failed", "probe"} | POINTS
+# Each query as the API takes it ("SWEEP": the sweep's pk), and the runs and points it must return.
 QUERIES = [
-    ({}, {"passed", "failed", "stuck", "down"}),
-    ({"verdict": "passed"}, {"passed"}),
+    ({}, RUNS | POINTS),
+    ({"verdict": "passed"}, {"passed", "probe"} | POINTS),
     ({"verdict": "failed"}, {"failed", "stuck", "down"}),
     ({"stop": "stuck"}, {"stuck"}),
     ({"stop": "max_attempts"}, {"failed"}),
@@ -143,33 +159,38 @@ QUERIES = [
     ({"elements": ["Al"]}, {"down"}),
     ({"elements": "Cu,Ni"}, set()),
     ({"pair_style": "eam"}, {"passed", "stuck"}),
-    ({"pair_style": "lj/cut"}, {"failed"}),
-    ({"units": "lj"}, {"failed"}),
+    ({"pair_style": "lj/cut"}, LJ),
+    ({"units": "lj"}, LJ),
     ({"ensemble": "nvt", "units": "metal"}, {"passed", "stuck"}),
     ({"potential": "u3"}, {"passed", "stuck"}),
     ({"potential": r"re:^Cu_u3\.eam$"}, {"passed"}),
     ({"potential": "typo"}, {"stuck"}),
-    ({"grade": "pass"}, {"passed"}),
-    ({"reward": "0.9.."}, {"passed"}),
+    ({"grade": "pass", "units": "metal"}, {"passed"}),
+    ({"reward": "0.95.."}, {"passed"}),
     ({"reward": "..0.5"}, {"failed"}),
     ({"attempts": "2.."}, {"passed", "stuck"}),
     ({"finding": "lost_atoms"}, {"failed"}),
     ({"task": "COPPER"}, {"stuck"}),
     ({"task": "re:^(Heat|Melt) (a|bulk)"}, {"passed", "failed", "down"}),
     ({"task": "100%_"}, set()),  # LIKE's wildcards are text here
-    ({"model": "replay"}, {"passed", "failed", "stuck"}),
+    ({"model": "replay"}, {"passed", "failed", "stuck", "probe"}),
     ({"obs": {"temp_final": "700..900"}}, {"passed"}),
-    ({"obs": {"temp_final": "..700"}}, {"failed"}),
-    ({"site": "local", "user": "mdagent@localhost", "seconds": "..900"}, {"passed", "failed", "stuck", "down"}),
-    ({"since": "1h", "kind": "run"}, {"passed", "failed", "stuck", "down"}),
+    ({"obs": {"temp_final": "..700"}}, {"failed", "probe"}),
+    ({"site": "local", "user": "mdagent@localhost", "seconds": "..900"}, RUNS | POINTS),
+    ({"since": "1h", "kind": "run"}, RUNS),
     ({"until": "2000-01-01"}, set()),
-    ({"kind": "point"}, set()),
+    ({"kind": "point"}, POINTS),
+    ({"sweep": "SWEEP"}, {"probe"} | POINTS),
+    ({"params": {"T": "1.0.."}}, {"T1.2"}),
+    ({"params": {"T": 0.6}}, {"probe", "T0.6"}),
+    ({"kind": "point", "obs": {"pe": "..-5.5"}}, {"T0.6"}),
 ]
 ORDERED = [
-    ({"sort": "-reward"}, ["passed", "failed"]),  # only runs with a reward, highest first
+    ({"sort": "-reward"}, ["passed", "probe", "failed"]),  # only runs with a reward, highest first
     ({"sort": "attempts", "verdict": "failed"}, ["down", "failed", "stuck"]),  # ties: the newest first
     ({"sort": "pk", "limit": 2}, ["passed", "failed"]),
-    ({"sort": "-ctime", "limit": 1}, ["down"]),
+    ({"sort": "-ctime", "limit": 1, "kind": "run"}, ["down"]),
+    ({"sort": "-param.T", "kind": "point"}, ["T1.2", "T0.6"]),
 ]
 
 ASK = """
@@ -202,7 +223,7 @@ def psql(sql: str) -> None:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def backend(request, tmp_path_factory):
-    """(env, {run name: pk}): an AiiDA configuration of its own, on SQLite or on PostgreSQL, with the four runs."""
+    """(env, {name: pk}, back end): an AiiDA configuration of its own, on SQLite or on PostgreSQL, with the runs."""
     home = tmp_path_factory.mktemp(f"query-{request.param}")
     env = {**os.environ, "MDAGENT_HOME": str(home)}
     env.pop("MDAGENT_AIIDA_PROFILE", None)
@@ -215,7 +236,8 @@ def backend(request, tmp_path_factory):
                       f"make({name!r}, broker=False)", env=env, timeout=120)
         assert made.returncode == 0, made.stderr[-2000:]
     try:
-        answers = json.dumps([fenced("good.lammps"), fenced("lost-atoms.lammps"), fenced("wrong-potential.lammps")])
+        answers = json.dumps([fenced("good.lammps"), fenced("lost-atoms.lammps"), fenced("wrong-potential.lammps"),
+                              str(REPO / "workflows" / "sweeps" / "lj-melt-temperature.yaml")])
         made = python(MAKE_RUNS, answers, env=env, timeout=600)
         assert made.returncode == 0, made.stderr[-3000:]
         yield env, json.loads(made.stdout.strip().splitlines()[-1]), request.param
@@ -228,7 +250,7 @@ def backend(request, tmp_path_factory):
 def test_queries_return_the_right_runs(backend):
     env, pks, _ = backend
     name = {pk: key for key, pk in pks.items()}
-    asked = [q for q, _ in QUERIES] + [q for q, _ in ORDERED]
+    asked = [{k: str(pks["sweep"]) if v == "SWEEP" else v for k, v in q.items()} for q, _ in QUERIES + ORDERED]
     result = python(ASK, json.dumps(asked), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
@@ -321,4 +343,4 @@ def test_runs_index_back_fills_a_run_recorded_before_the_fields_existed(backend)
         database = env["MDAGENT_AIIDA_PROFILE"].replace("-", "_")
         with psycopg.connect(**PG, dbname=database, connect_timeout=5) as conn:
             names = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'db_dbnode'")}
-        assert {"mdagent_query_fields", "mdagent_runs_by_time"} <= names
+        assert {"mdagent_query_fields", "mdagent_query_ctime", "mdagent_query_reward"} <= names

@@ -11,6 +11,34 @@ from __future__ import annotations
 from mdagent_hpc.models import Evaluation, PotentialUse, Run, Severity
 
 VERSION = 1  # bump when the fields change: `mdagent runs index` re-records the older ones
+FIELDS = (
+    "version",
+    "kind",
+    "task",
+    "elements",
+    "pair_styles",
+    "potentials",
+    "md5",
+    "units",
+    "ensembles",
+    "site",
+    "model",
+    "user",
+    "verdict",
+    "grade",
+    "reward",
+    "attempts",
+    "stop",
+    "faults",
+    "findings",
+    "problems",
+    "seconds",
+    "sweep",
+    "point",
+    "template",
+    "params",
+    "obs",
+)
 
 # Integrators and thermostats that name the ensemble a script samples.
 ENSEMBLES = {
@@ -69,6 +97,11 @@ def script_fields(script: str | None) -> dict:
     return {"pair_styles": sorted(styles), "units": units, "ensembles": sorted(ensembles)}
 
 
+def _present(record: dict) -> dict:
+    """Fields without a value are left out: a query on them cannot match, and an index skips them."""
+    return {key: value for key, value in record.items() if value is not None}
+
+
 def index_record(
     run: Run,
     potentials: list[PotentialUse],
@@ -85,31 +118,35 @@ def index_record(
     fields = script_fields(final.script if final else None)
     units = fields["units"] or (evaluation.summary.get("units") if evaluation else None)
     model = next((a.usage.model for a in reversed(run.attempts) if a.usage.model), None)
-    return {
-        "version": VERSION,
-        "kind": "run",
-        "task": run.task,
-        "elements": sorted(set(elements)),
-        "pair_styles": fields["pair_styles"],
-        "potentials": sorted({p.name for p in potentials}),
-        "md5": sorted({p.md5 for p in potentials if p.md5}),
-        "units": units,
-        "ensembles": fields["ensembles"],
-        "site": run.site,
-        "model": model,
-        "user": user,
-        "verdict": run.verdict,
-        "grade": evaluation.grade.value if evaluation else None,
-        "reward": evaluation.reward if evaluation else None,
-        "attempts": len(run.attempts),
-        "stop": stop,
-        "faults": sorted({a.job.fault for a in run.attempts if a.job and a.job.fault}),
-        "findings": sorted({f.rule for f in evaluation.findings if f.severity != Severity.INFO}) if evaluation else [],
-        "seconds": run.seconds,
-        "sweep": sweep,
-        "params": params or {},
-        "obs": {k: v for k, v in (evaluation.observables if evaluation else {}).items() if _finite(v)},
-    }
+    return _present(
+        {
+            "version": VERSION,
+            "kind": "run",
+            "task": run.task,
+            "elements": sorted(set(elements)),
+            "pair_styles": fields["pair_styles"],
+            "potentials": sorted({p.name for p in potentials}),
+            "md5": sorted({p.md5 for p in potentials if p.md5}),
+            "units": units,
+            "ensembles": fields["ensembles"],
+            "site": run.site,
+            "model": model,
+            "user": user,
+            "verdict": run.verdict,
+            "grade": evaluation.grade.value if evaluation else None,
+            "reward": evaluation.reward if evaluation else None,
+            "attempts": len(run.attempts),
+            "stop": stop,
+            "faults": sorted({a.job.fault for a in run.attempts if a.job and a.job.fault}),
+            "findings": sorted({f.rule for f in evaluation.findings if f.severity != Severity.INFO})
+            if evaluation
+            else [],
+            "seconds": run.seconds,
+            "sweep": sweep,
+            "params": params or {},
+            "obs": {k: v for k, v in (evaluation.observables if evaluation else {}).items() if _finite(v)},
+        }
+    )
 
 
 def point_record(
@@ -129,34 +166,36 @@ def point_record(
     from mdagent_hpc.llm.prompts import task_elements
 
     ok = bool(result.get("ok"))
-    return {
-        "version": VERSION,
-        "kind": "point",
-        "task": task,
-        "elements": sorted(set(task_elements(task))),
-        "pair_styles": fields["pair_styles"],
-        "potentials": [],
-        "md5": [],
-        "units": fields["units"],
-        "ensembles": fields["ensembles"],
-        "site": site,
-        "model": model,
-        "user": user,
-        "verdict": "passed" if ok else "failed",
-        "grade": result.get("grade"),
-        "reward": None,
-        "attempts": None,
-        "stop": "passed" if ok else "failed",
-        "faults": [],
-        "findings": [],
-        "problems": list(result.get("problems") or [])[:5],
-        "seconds": result.get("seconds") if result.get("seconds") is not None else seconds,
-        "sweep": sweep,
-        "point": result.get("id"),
-        "template": result.get("template"),
-        "params": dict(result.get("vars") or {}),
-        "obs": {k: v for k, v in (result.get("observables") or {}).items() if _finite(v)},
-    }
+    return _present(
+        {
+            "version": VERSION,
+            "kind": "point",
+            "task": task,
+            "elements": sorted(set(task_elements(task))),
+            "pair_styles": fields["pair_styles"],
+            "potentials": [],
+            "md5": [],
+            "units": fields["units"],
+            "ensembles": fields["ensembles"],
+            "site": site,
+            "model": model,
+            "user": user,
+            "verdict": "passed" if ok else "failed",
+            "grade": result.get("grade"),
+            "reward": None,
+            "attempts": None,
+            "stop": "passed" if ok else "failed",
+            "faults": [],
+            "findings": [],
+            "problems": list(result.get("problems") or [])[:5],
+            "seconds": result.get("seconds") if result.get("seconds") is not None else seconds,
+            "sweep": sweep,
+            "point": result.get("id"),
+            "template": result.get("template"),
+            "params": dict(result.get("vars") or {}),
+            "obs": {k: v for k, v in (result.get("observables") or {}).items() if _finite(v)},
+        }
+    )
 
 
 def _finite(value) -> bool:

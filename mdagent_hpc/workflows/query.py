@@ -10,6 +10,8 @@ until `limit` rows match. On PostgreSQL, `ensure_indexes` adds a GIN index on th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 from mdagent_hpc.query.filters import Query, Range, required_literals
 from mdagent_hpc.query.record import VERSION, final_attempt_with_script, index_record, point_record
@@ -19,12 +21,23 @@ RECORD = "query"  # the extra holding the recorded fields
 SWEEP_TYPE = "aiida.workflows:mdagent.sweep"
 POINT_TYPE = "mdagent_hpc.workflows.sweep.record_point"  # the calcfunction recording one sweep point
 PROCESS_TYPES = [PROCESS_TYPE, POINT_TYPE]  # the node types a query lists: agent runs and sweep points
+WINDOW_DAYS = (7, 56)  # newest-first listings look at the last week, then back to 8 weeks, then the rest
 BATCH = 5000  # rows per scan of the fields a regular expression is tried on
-# On PostgreSQL: equality filters go through the containment index; runs by time for the newest-first listing.
+# On PostgreSQL, partial indexes over our nodes only: the GIN index answers every equality filter (one JSON
+# containment); the btree ones give the newest, best, longest or most-tried runs in order, so a listing stops after
+# `limit` rows instead of sorting every match. The predicate is written as the searches write theirs (an OR of
+# equalities: AiiDA sends a list as an `unnest` subquery, which no planner can match to an index predicate).
+OURS = "(" + " OR ".join(f"process_type = '{t}'" for t in PROCESS_TYPES) + ")"
 INDEXES = {
-    "mdagent_query_fields": "CREATE INDEX IF NOT EXISTS mdagent_query_fields ON db_dbnode "
-    "USING gin ((extras #> '{query}') jsonb_path_ops)",
-    "mdagent_runs_by_time": "CREATE INDEX IF NOT EXISTS mdagent_runs_by_time ON db_dbnode (process_type, ctime)",
+    "mdagent_query_fields": f"ON db_dbnode USING gin ((extras #> '{{query}}') jsonb_path_ops) WHERE {OURS}",
+    "mdagent_query_ctime": f"ON db_dbnode (ctime, id) WHERE {OURS}",
+    "mdagent_query_missing": f"ON db_dbnode (id) WHERE {OURS} AND NOT (extras ? 'query')",  # not recorded yet
+    # only runs that have the number (a missing one would come first in a descending walk)
+    **{
+        f"mdagent_query_{name}": f"ON db_dbnode (((extras #>> '{{query,{name}}}')::double precision), id) "
+        f"WHERE {OURS} AND (extras #> '{{query,{name}}}') IS NOT NULL"
+        for name in ("reward", "seconds", "attempts")
+    },
 }
 
 
@@ -128,7 +141,15 @@ def index_runs(redo: bool = False, progress: Callable[[int, int], None] | None =
 
 
 def count_unindexed() -> int:
-    return len(to_index())
+    """Terminated runs without recorded fields (on PostgreSQL, `mdagent_query_missing` makes this a lookup)."""
+    from aiida import orm
+
+    filters = {
+        "process_type": {"or": [{"==": t} for t in PROCESS_TYPES]},
+        "extras": {"!has_key": RECORD},
+        "attributes.process_state": {"in": ["finished", "excepted", "killed"]},
+    }
+    return orm.QueryBuilder().append(orm.ProcessNode, filters=filters).count()
 
 
 def ensure_indexes() -> list[str]:
@@ -140,8 +161,8 @@ def ensure_indexes() -> list[str]:
     if "psql" not in type(storage).__module__:
         return []
     session = storage.get_session()
-    for statement in INDEXES.values():
-        session.execute(text(statement))
+    for name, definition in INDEXES.items():
+        session.execute(text(f"CREATE INDEX IF NOT EXISTS {name} {definition}"))
     session.commit()
     return list(INDEXES)
 
@@ -159,7 +180,8 @@ def _range(r: Range) -> dict:
 def _filters(query: Query) -> dict:
     """QueryBuilder filters on the run node for everything the database can answer."""
     key = f"extras.{RECORD}"
-    filters: dict = {"process_type": {"in": PROCESS_TYPES}}
+    types = {"run": [PROCESS_TYPE], "point": [POINT_TYPE]}.get(query.kind, PROCESS_TYPES)
+    filters: dict = {"process_type": {"or": [{"==": t} for t in types]}}
     if query.verdict == "running":
         filters.update(_verdict_filter("running"))
     if query.since or query.until:
@@ -261,38 +283,87 @@ PROJECT = [
 
 def search(query: Query) -> list[dict]:
     """The runs that match `query`, in its order, at most `query.limit`: one dict per run (see `row`)."""
+    found: dict[int, dict] = {}
+    for window in _windows(query):
+        for r in _search(window.model_copy(update={"limit": query.limit - len(found)})):
+            found.setdefault(r["pk"], r)
+        if len(found) >= query.limit:
+            break
+    return list(found.values())
+
+
+def _windows(query: Query, now: datetime | None = None) -> list[Query]:
+    """Newest first: the last week, the weeks before it back to 8 weeks, then the rest; else the query itself.
+
+    A database cannot know how many runs a filter keeps, so it sorts every match before it takes the newest; in
+    a window it sorts only that window's. Most listings are filled from the first window; a rare match costs
+    three queries.
+    """
+    if query.sort != "-ctime":
+        return [query]
+    now = query.until or now or datetime.now(tz=UTC)
+    windows, upper = [], query.until
+    for days in WINDOW_DAYS:
+        edge = now - timedelta(days=days)
+        if query.since is not None and edge <= query.since:
+            break
+        windows.append(query.model_copy(update={"since": edge, "until": upper}))
+        upper = edge
+    return [*windows, query.model_copy(update={"until": upper})]
+
+
+@contextmanager
+def _in_index_order(query: Query):
+    """Sorting by a recorded number that has an index (reward, seconds, attempts), on PostgreSQL: walk that index
+    in order and stop at `limit` rows. The planner cannot estimate how many rows the JSON filters keep and would
+    otherwise fetch every match to sort it; so, for this query only, sorting is made its last resort (SET LOCAL
+    ends with the transaction)."""
+    from aiida.manage import get_manager
+    from sqlalchemy import text
+
+    storage = get_manager().get_profile_storage()
+    if f"mdagent_query_{query.sort_key[0]}" not in INDEXES or "psql" not in type(storage).__module__:
+        yield
+        return
+    with storage.transaction() as session:
+        session.execute(text("SET LOCAL enable_sort = off"))  # only the index gives that order without a sort
+        session.execute(text("SET LOCAL jit = off"))  # compiling costs more than the few rows it reads
+        yield
+
+
+def _search(query: Query) -> list[dict]:
+    with _in_index_order(query):
+        return _search_here(query)
+
+
+def _search_here(query: Query) -> list[dict]:
     from aiida import orm
 
-    def builder(project: list[str], filters: dict):
-        qb = orm.QueryBuilder().append(orm.ProcessNode, tag="run", filters=filters, project=project)
-        return qb.order_by({"run": [_order(query), {"id": "desc"}]})
-
+    qb = orm.QueryBuilder().append(orm.ProcessNode, tag="run", filters=_filters(query), project=PROJECT)
+    qb.order_by({"run": [_order(query), {"id": "desc"}]})
     checks = _python_checks(query)
     if not checks:
-        return [row(values) for values in builder(PROJECT, _filters(query)).limit(query.limit).all()]
-    # Scan only the fields the checks read, in the asked order, until `limit` match; then fetch those rows.
-    fields = ["task", "model", "potentials"]
-    scan = builder(["id", *(f"extras.{RECORD}.{f}" for f in fields)], _filters(query))
-    found: list[int] = []
-    for pk, *values in _batches(scan):
-        if all(check(dict(zip(fields, values, strict=True))) for check in checks):
-            found.append(pk)
+        return [row(values) for values in qb.limit(query.limit).all()]
+    found = []  # read on, in the asked order, until `limit` rows pass the checks
+    for values in _batches(qb, first=4 * query.limit):
+        record = (values[-1] or {}).get(RECORD) or {}
+        if all(check(record) for check in checks):
+            found.append(row(values))
             if len(found) == query.limit:
                 break
-    if not found:
-        return []
-    rows = {values[0]: row(values) for values in builder(PROJECT, {"id": {"in": found}}).all()}
-    return [rows[pk] for pk in found]
+    return found
 
 
-def _batches(qb) -> Iterator[list]:
-    offset = 0
+def _batches(qb, first: int) -> Iterator[list]:
+    """The rows of `qb` in growing batches: a common match is found in the first, a rare one costs few queries."""
+    offset, size = 0, first
     while True:
-        chunk = qb.offset(offset).limit(BATCH).all()
+        chunk = qb.offset(offset).limit(size).all()
         yield from chunk
-        if len(chunk) < BATCH:
+        if len(chunk) < size:
             return
-        offset += BATCH
+        offset += size
+        size = min(2 * size, BATCH)
 
 
 ROW_FIELDS = (

@@ -267,3 +267,25 @@ def test_a_sweep_over_the_site_limits_is_refused_before_anything_runs(tmp_path):
     result = mdagent("sweep", "--spec", str(big), "--yes")
     assert result.returncode == 2 and "5000 points; site local allows at most 1000" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_study_becomes_a_spec_by_structured_output_shown_before_anything_runs(fake_openai, tmp_path):
+    proposal = {"task": "NPT of a 108-atom fcc Al crystal (Al_zhou.eam.alloy) at temperature T and 0 bar",
+                "parameters": [{"name": "T", "start": 300, "stop": 900, "step": 100, "units": "K"}],
+                "observables": [{"name": "volume", "column": "vol", "units": "A^3"}], "point_seconds": 20}
+    server = fake_openai([json.dumps(proposal)])
+    saved = tmp_path / "spec.yaml"
+    env = {**os.environ, "MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model",
+           "MDAGENT_LLM_MAX_RETRIES": "0"}
+    result = subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", "sweep", "thermal expansion of Al with EAM "
+                             "from 300 to 900 K every 100 K at zero pressure", "--save", str(saved)],
+                            input="n\n", capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "7 points on local, engine calcjob" in result.stderr and "template validated first at T_300, T_900" \
+        in result.stderr and "Run this sweep?" in result.stderr and "not run; the spec is in" in result.stderr
+    (request,) = server.requests
+    assert request["response_format"]["type"] == "json_schema"
+    assert "parameters" in request["response_format"]["json_schema"]["schema"]["properties"]
+    spec = load_config(saved, SweepSpec, "a sweep spec")
+    assert spec.parameters[0].expanded() == [300, 400, 500, 600, 700, 800, 900] and spec.point_seconds == 20
+    assert spec.description.startswith("thermal expansion of Al")

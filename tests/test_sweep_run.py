@@ -125,6 +125,10 @@ def test_a_template_failing_at_the_hot_end_is_corrected_once_and_only_failed_poi
     assert node.outputs.points["T_3"].get_dict()["template"] == 2
     assert "timestep 0.005" in node.outputs.template.get_content()
     check_provenance(node, spec)
+    state = json.loads(mdagent("sweep", "status", str(node.pk), "--json").stdout)
+    assert (state["verdict"], state["points_done"], state["points_failed"], state["llm_calls"]) == ("passed", 5, 0, 2)
+    listed = mdagent("sweep", "status")
+    assert listed.returncode == 0 and f"{node.pk} " in listed.stdout and "5/5" in listed.stdout
 
 
 @ROOT

@@ -68,9 +68,10 @@ def start(study, spec_file, site_name, yes, daemon, save, as_json) -> None:
         err().print(f"[bold]{plan.points} points[/] on {plan.site}, engine {plan.engine} ({plan.why}); template "
                     f"validated first at {', '.join(plan.probes)}; ~{plan.core_hours:g} core-hours", highlight=False)
     if not yes:
-        if as_json or not sys.stdin.isatty():
-            raise UserError("add --yes to run the sweep without being asked (no terminal to ask on)")
+        if as_json:
+            raise UserError("add --yes to run the sweep with --json (there is no one to ask)")
         if not click.confirm("Run this sweep?", default=True, err=True):
+            err().print("not run" + (f"; the spec is in {save}" if save else ""), highlight=False)
             raise SystemExit(1)
     if daemon:
         with status("submitting to the AiiDA daemon (starting it if needed) ...", quiet=as_json):

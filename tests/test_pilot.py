@@ -29,7 +29,7 @@ queue: debug
 poll_interval: 1
 resources: {{memory_mb: 1000, walltime: 600}}
 lammps: {{binary: {MDAGENT_LMP}}}
-pilot: {{cores_per_node: 2, address: 127.0.0.1, lost_after: 10}}
+pilot: {{cores_per_node: 1, address: 127.0.0.1, lost_after: 10}}
 """
 
 

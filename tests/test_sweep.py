@@ -57,6 +57,7 @@ def test_a_range_expands_inclusively_without_float_drift():
     ({"name": "T", "values": [1, 1]}, "repeat"),
     ({"name": "1T", "values": [1]}, "not a LAMMPS variable name"),
     ({"name": "T", "start": 0, "stop": 1e6, "step": 1}, "more than"),
+    ({"name": "lat", "values": ["fcc", "x; rm -rf /"]}, "not a plain word"),
 ])
 def test_a_bad_parameter_is_refused_with_the_reason(fields, message):
     with pytest.raises(ValidationError, match=message):

@@ -17,6 +17,7 @@ from mdagent_hpc.models import LoopPolicy
 
 Value = int | float | str
 VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PLAIN_WORD = re.compile(r"^[A-Za-z0-9_.+-]+$")
 MAX_VALUES = 10_000
 
 # `auto`: the pilot engine (Parsl) for many short points, where one queue wait per point would dominate;
@@ -60,6 +61,10 @@ class Parameter(_Strict):
                 raise ValueError(f"{self.name}: values is empty")
             if len(set(map(str, self.values))) != len(self.values):
                 raise ValueError(f"{self.name}: values repeat")
+            words = [v for v in self.values if isinstance(v, str) and not PLAIN_WORD.match(v)]
+            if words:
+                raise ValueError(f"{self.name}: {words[0]!r} is not a plain word (letters, digits, _ . + -): values "
+                                 "go on the LAMMPS command line")
         elif any(v is None for v in ranged):
             raise ValueError(f"{self.name}: give values, or all of start, stop and step")
         elif self.stop < self.start:

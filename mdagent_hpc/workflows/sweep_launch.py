@@ -133,7 +133,8 @@ def read_sweep(node_or_pk) -> SweepRun:
     if "sweep_folder" in node.inputs and running:
         from mdagent_hpc.execution.pilot import pilot_progress  # the pilot knows which of its points run
 
-        n_running = pilot_progress(node.inputs.sweep_folder.value).get("running", n_running)
+        progress = pilot_progress(node.inputs.sweep_folder.value)  # empty when the folder is on another host
+        n_running = progress["running"] if progress.get("total") else n_running
     state = node.process_state.value if node.process_state else None
     verdict = "passed" if node.is_finished_ok else "failed" if node.is_terminated else "running"
     end = node.mtime if node.is_terminated else datetime.now(tz=node.ctime.tzinfo)

@@ -32,6 +32,10 @@ def sweep() -> None:
     mdagent sweep --spec workflows/sweeps/al-thermal-expansion.yaml --yes
     mdagent sweep status [ID]      progress: done, running, failed, ETA
     mdagent sweep show ID          the table and where the plot is
+
+    \b
+    Starting a sweep (`mdagent sweep start --help`): --spec FILE, --site NAME, --yes (do not ask), --daemon
+    (return at once), --save FILE (keep the proposed spec), --json. docs/sweeps.md has the spec's fields.
     """
 
 

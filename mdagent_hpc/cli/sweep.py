@@ -10,7 +10,7 @@ import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, err, out, status
 
-SUBCOMMANDS = ("status", "show")
+SUBCOMMANDS = ("start", "status", "show")
 
 
 class SweepGroup(click.Group):

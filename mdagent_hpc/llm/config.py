@@ -134,9 +134,9 @@ def load_llm_settings(overrides: dict[str, Any] | None = None) -> LLMSettings:
         if value is not None:
             values[key], sources[key] = value, f"override {key!r}"
 
-    if not values.get("base_url"):
-        from mdagent_hpc.llm.serve import registered_settings
+    from mdagent_hpc.llm.serve import registered_key, registered_settings
 
+    if not values.get("base_url"):
         # the endpoint `mdagent llm serve` started (waits while its model loads), with its own URL and key
         if (registered := registered_settings()) is not None:
             found, source = registered
@@ -144,6 +144,8 @@ def load_llm_settings(overrides: dict[str, Any] | None = None) -> LLMSettings:
             sources |= {"base_url": source, "api_key": source}
             if not values.get("model"):
                 values["model"], sources["model"] = found["model"], source
+    elif not values.get("api_key") and (key := registered_key(str(values["base_url"]))):
+        values["api_key"], sources["api_key"] = key, "the endpoint `mdagent llm serve` registered at that URL"
     if not values.get("base_url"):
         raise LLMNotConfigured(
             "No LLM endpoint is configured: set MDAGENT_LLM_BASE_URL (e.g. http://localhost:8000/v1 for vLLM)"

@@ -152,6 +152,16 @@ def wait_healthy(
         time.sleep(interval)
 
 
+def registered_key(base_url: str) -> str | None:
+    """The API key of the live registered endpoint at `base_url` (a run's stored settings hold the URL, never the
+    key), or None."""
+    url = base_url.rstrip("/")
+    for endpoint in load_endpoints().values():
+        if endpoint.state in LIVE and endpoint.base_url and url in (endpoint.base_url, endpoint.root_url):
+            return endpoint.api_key
+    return None
+
+
 def registered_settings(
     wait: bool = True, timeout: float = 1800, say: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
 ) -> tuple[dict[str, str], str] | None:

@@ -236,18 +236,14 @@ vllm:
         assert get(f"{endpoint['base_url']}/models")[0] == 401
         assert get(f"{endpoint['base_url']}/models", key)[1]["data"][0]["max_model_len"] == 32768
 
-        run = mdagent(
-            "run",
-            "Melt a small Cu crystal with EAM",
-            "--max-attempts",
-            "1",
-            "--json",
-            env_extra={"MDAGENT_LLM_MAX_TOKENS": "256"},
-            timeout=600,
-        )
+        # a random model reaches preflight with grammar-constrained output (test_llm_real.py, same task and seed)
+        task = "Melt a 4000-atom Lennard-Jones crystal at reduced temperature 3.0 and report the final temperature"
+        settings = {"STRUCTURED_OUTPUT": "grammar", "SEED": "11", "MAX_TOKENS": "400", "CANDIDATES": "3"}
+        env = {f"MDAGENT_LLM_{k}": v for k, v in settings.items()}  # sampling only: no endpoint configured
+        run = mdagent("run", task, "--max-attempts", "1", "--json", env_extra=env, timeout=600)
         assert "Traceback" not in run.stderr, run.stderr[-3000:]
         attempt = json.loads(run.stdout)["attempts"][0]
-        assert attempt["usage"]["model"] == "mdagent-tiny"  # no endpoint configured: the registered one
+        assert attempt["usage"]["model"] == "mdagent-tiny", (attempt, run.stderr[-2000:])  # the registered one
         assert attempt["stage"] in ("preflight", "dry_run", "run", "evaluate"), attempt
 
         status = mdagent("llm", "status", "--json")
@@ -366,6 +362,8 @@ def test_runs_use_the_registered_endpoint_unless_one_is_configured(vllm_server, 
     assert (settings.base_url, settings.model) == (vllm_server.base_url, vllm_server.model)
     assert settings.api_key.get_secret_value() == vllm_server.api_key
     assert load_llm_settings({"model": "other"}).model == "other"
+    # a run's generation step gets the URL from its stored settings (never the key): the key goes with the URL
+    assert load_llm_settings({"base_url": vllm_server.base_url}).api_key.get_secret_value() == vllm_server.api_key
     monkeypatch.setenv("MDAGENT_LLM_BASE_URL", "http://elsewhere:8000/v1")
     assert load_llm_settings().base_url == "http://elsewhere:8000/v1"  # a configured endpoint wins
     monkeypatch.delenv("MDAGENT_LLM_BASE_URL")

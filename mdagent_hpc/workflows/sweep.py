@@ -230,8 +230,8 @@ class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
             failure = None
             if pid in missing:
                 failure = f"the pilot did not run this point ({pilot.exit_message or pilot.process_state.value})"
-            elif ended[pid].get("returncode"):
-                failure = f"LAMMPS exited with {ended[pid]['returncode']}"
+            elif ended[pid].get("returncode") != 0:  # None: refused by the sandbox policy with these values
+                failure = ended[pid].get("error") or f"LAMMPS exited with {ended[pid].get('returncode')}"
             self._record(pid, retrieved, f"points/{pid}/{LOG}", failure)
         self.ctx.launched = []
 
@@ -294,6 +294,7 @@ class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
             if failure is not None:
                 inputs["failure"] = orm.Str(failure)
             result = record_point(**inputs)["result"]
+            self._index(result.creator)
         else:
             result = found.outputs.result
         ok = result["ok"]
@@ -302,6 +303,16 @@ class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
         self.node.base.extras.set_many({"points_done": done, "points_failed": len(self.ctx.state) - done})
         if not ok:
             self.report(f"point {pid} failed: {'; '.join(result['problems'][:2])}")
+
+    def _index(self, record) -> None:
+        """The query fields of a point (docs/queries.md), recorded as it is made."""
+        from mdagent_hpc.workflows.query import record_run
+
+        try:
+            record_run(record)
+        except Exception as exc:  # noqa: BLE001 (the point stands; `mdagent runs index` records it again)
+            self.logger.warning(f"could not record the query fields of point {record.pk} ({exc}); "
+                                "`mdagent runs index` records them later")
 
     def _failed_now(self) -> list[str]:
         """Points that failed with the current template (earlier failures were re-queued or are final)."""

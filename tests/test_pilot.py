@@ -263,27 +263,38 @@ def test_a_cancelled_block_is_replaced_and_no_finished_point_runs_again(site, tm
 
 
 @pytest.mark.slow
-def test_a_killed_driver_is_restarted_and_resumes_cancelling_the_block_it_left(site, tmp_path):
+def test_a_stopped_or_killed_driver_resumes_and_never_reruns_a_point(site, tmp_path):
     sweep, job = tmp_path / "sweep", job_folder(tmp_path / "job", site, 8)
     driver = start_driver(sweep, job)
     try:
-        wait_for(lambda: len(ended(sweep)) >= 2, what="two points ending")
+        wait_for(lambda: ended(sweep), what="a point ending")
+        driver.send_signal(signal.SIGTERM)  # what AiiDA's kill of the job sends
+        assert driver.wait(timeout=60) == 128 + signal.SIGTERM
+        assert json.loads((sweep / "progress.json").read_text())["state"] == "stopped"
+        assert not queued(blocks_of(sweep)), "SIGTERM must cancel the driver's blocks"
+        stopped = ended(sweep)
+
+        driver = start_driver(sweep, job)
+        wait_for(lambda: len(ended(sweep)) >= len(stopped) + 2, what="two more points ending")
         left = set(json.loads((sweep / "progress.json").read_text())["blocks"].values())
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
-        first = ended(sweep)
+        killed = ended(sweep)
         assert left and queued(left), "the killed driver's block should still be queued"
         driver = start_driver(sweep, job)
         assert driver.wait(timeout=300) == 0, (job / "driver.out").read_text()
     finally:
         stop(driver)
     out = (job / "driver.out").read_text()
-    assert f"cancelling 1 block(s) a previous driver left: {' '.join(left)}" in out
-    assert f"{len(first)} of 8 point(s) ended before" in out or f"{len(first) + 1} of 8 point(s) ended before" in out
+    line = next(line for line in out.splitlines() if "a previous driver left:" in line)
+    assert set(line.split(": ", 1)[1].split()) == left
     results = ended(sweep)
-    assert sorted(results) == [f"T_{i}" for i in range(8)]
-    for pid, result in first.items():
-        assert len(runs(sweep, pid)) == 1 and results[pid]["ended"] == result["ended"], f"{pid} ran again"
+    assert sorted(results) == [f"T_{i}" for i in range(8)] and all(r["returncode"] == 0 for r in results.values())
+    for pid, result in results.items():  # a point may start again only if it had not ended (stopped mid-run)
+        starts = [float(line.split()[0]) for line in runs(sweep, pid)]
+        assert max(starts) < result["ended"] and sum(start > min(starts) for start in starts) <= 1, pid
+    for pid, result in {**stopped, **killed}.items():
+        assert results[pid]["ended"] == result["ended"], f"{pid} ended before and ran again"
     assert not queued(blocks_of(sweep) | left)
 
 

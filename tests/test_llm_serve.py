@@ -279,6 +279,9 @@ def test_a_job_that_ends_or_hangs_is_reported_and_noticed(tmp_path, slurm):
     assert "did not answer within 5 s" in hung.stderr and "mdagent llm stop hangs" in hung.stderr
     endpoint = load_endpoints()["hangs"]
     assert endpoint.state == "starting" and endpoint.base_url == f"http://{slurm}:{endpoint.port}/v1"
+    key = Path(endpoint.workdir) / ".api-key"  # the server's key: readable by its owner only, never in the script
+    assert key.stat().st_mode & 0o777 == 0o600 and key.read_text() == endpoint.api_key
+    assert endpoint.api_key not in (Path(endpoint.workdir) / "_aiidasubmit.sh").read_text()
     said = []
     with pytest.raises(EndpointError, match="not ready after"):  # a run arriving now waits, with a message
         registered_settings(timeout=3, say=said.append)

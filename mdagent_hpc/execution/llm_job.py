@@ -16,6 +16,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -186,20 +187,15 @@ def submit(site: SiteConfig, model: str, name: str, gpus: int, hours: float) -> 
     with SiteSession(site) as s:
         folder = f"{s.workdir()}/llm/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         s.transport.makedirs(folder, ignore_existing=True)
-        local = mdagent_home() / "llm" / f".{name}-upload"
-        local.mkdir(parents=True, exist_ok=True)
-        try:
-            key = local / KEY_FILE
-            key.write_text(api_key)
-            key.chmod(0o600)
-            (local / SCRIPT).write_text(submit_script(site, model, name, gpus, hours, s.scheduler))
-            s.transport.putfile(str(key), f"{folder}/{KEY_FILE}")
-            s.transport.chmod(f"{folder}/{KEY_FILE}", 0o600)
-            s.transport.putfile(str(local / SCRIPT), f"{folder}/{SCRIPT}")
-        finally:
-            for path in local.iterdir():
-                path.unlink()
-            local.rmdir()
+        # the key never exists with looser permissions, here or there
+        retval, _, stderr = s.transport.exec_command_wait(
+            f"umask 077 && cat > {shlex.quote(f'{folder}/{KEY_FILE}')}", stdin=api_key.encode()
+        )
+        if retval != 0:
+            raise LlmJobError(f"cannot write the server's key file in {folder} on {site.name}: {stderr.strip()}")
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / SCRIPT).write_text(submit_script(site, model, name, gpus, hours, s.scheduler))
+            s.transport.putfile(str(Path(tmp) / SCRIPT), f"{folder}/{SCRIPT}")
         job_id = s.scheduler.submit_job(folder, SCRIPT)
     if not isinstance(job_id, str):
         raise LlmJobError(f"the {site.scheduler} scheduler of site {site.name} refused the job: {job_id}")

@@ -409,23 +409,25 @@ def test_an_unreachable_upstream_is_a_502_that_says_so(tmp, env):
     assert dead.proc.returncode is not None
 
 
-def test_the_users_store_works_on_postgresql_with_concurrent_writers():
-    """The shared deployment's store: a database made for this test on the real PostgreSQL, dropped at the end."""
+def test_the_users_store_works_on_postgresql_and_a_lost_database_is_a_503(tmp, env, upstream):
+    """The shared deployment's store on the real PostgreSQL, in a database made here; the gateway keeps running and
+    says 503 when that database goes away under it (dropped here), and the CLI says so in one sentence."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import psycopg
 
     from mdagent_hpc.accounts.store import Store
 
     name = f"mdagent_test_users_{secrets.token_hex(4)}"
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
     admin = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres", "autocommit": True}
     with psycopg.connect(**admin, connect_timeout=5) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    store = None
+    store = gw = None
     try:
-        store = Store(f"postgresql://postgres@127.0.0.1:5432/{name}")
+        store = Store(url)
         user, key = store.add_user("pat", email="pat@example.org")
         assert store.authenticate(key).name == "pat" and store.authenticate(key[:-1] + "x") is None
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(8) as pool:  # the gateway records from a thread pool: no update may be lost
             list(
                 pool.map(lambda _: store.record(user.id, "2026-11-30", prompt_tokens=3, completion_tokens=2), range(40))
@@ -433,9 +435,23 @@ def test_the_users_store_works_on_postgresql_with_concurrent_writers():
         [day] = store.usage("pat")
         assert (day.requests, day.prompt_tokens, day.completion_tokens) == (40, 120, 80)
         assert store.tokens_used(user.id, "2026-11-30") == 200 and store.tokens_used(user.id, "2026-11-29") == 0
-        store.revoke("pat")
-        assert store.authenticate(key) is None
+        other = store.new_key("pat")
+        store.revoke("pat", other[:12])
+        assert store.authenticate(other) is None and store.authenticate(key).name == "pat"
+
+        gw = start_gateway(tmp, {**env, "MDAGENT_USERS_DB": url}, upstream.base_url)
+        assert call(gw, "GET", "/v1/models", key).status_code == 200
+        with psycopg.connect(**admin, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        lost = call(gw, "GET", "/v1/models", key)
+        assert lost.status_code == 503 and lost.json()["error"]["code"] == "users_db_unavailable"
+        assert call(gw, "GET", "/health").status_code == 200  # still up
+        listed = mdagent("users", "list", "--db", url, env=env)
+        assert listed.returncode == 2 and "cannot open the users database" in listed.stderr
+        assert "Traceback" not in listed.stderr
     finally:
+        if gw is not None:
+            stop_gateway(gw.proc)
         if store is not None:
             store.close()
         with psycopg.connect(**admin, connect_timeout=5) as conn:

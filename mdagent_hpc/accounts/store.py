@@ -7,6 +7,7 @@ prefixed `mdagent_`, so they can live in a database shared with other things.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from datetime import UTC, datetime
@@ -162,7 +163,7 @@ class Store:
         self._upsert = _usage_upsert(self.engine.dialect.name)
         try:
             metadata.create_all(self.engine)
-        except sa_exc.OperationalError as exc:
+        except sa_exc.SQLAlchemyError as exc:
             raise AccountsError(
                 f"cannot open the users database {self.url} ({_reason(exc)}); check MDAGENT_USERS_DB or --db"
             ) from None
@@ -181,7 +182,7 @@ class Store:
                 "starting with a letter or digit"
             )
         quota = quota or Quota()
-        with self.engine.begin() as db:
+        with self._db(write=True) as db:
             if db.execute(select(users.c.id).where(users.c.name == name)).first():
                 raise AccountsError(f"user {name!r} exists already; `mdagent users key {name}` gives them a new key")
             row = {"name": name, "email": email, "admin": admin, "created_at": _now(), **quota.model_dump()}
@@ -192,14 +193,14 @@ class Store:
     def new_key(self, name: str) -> str:
         """Another key for an active user (their other keys stay valid until revoked)."""
         user = self._active(name)
-        with self.engine.begin() as db:
+        with self._db(write=True) as db:
             return self._insert_key(db, user.id)
 
     def revoke(self, name: str, prefix: str | None = None) -> int:
         """Revoke the user (all their keys), or with `prefix` that one key; returns the number of keys revoked."""
         user = self.user(name)
         now = _now()
-        with self.engine.begin() as db:
+        with self._db(write=True) as db:
             keys = update(api_keys).where(api_keys.c.user_id == user.id, api_keys.c.revoked_at.is_(None))
             if prefix is not None:
                 keys = keys.where(api_keys.c.prefix == prefix)
@@ -218,20 +219,20 @@ class Store:
         """Change some quota fields (None: no limit); the others stay."""
         user = self.user(name)
         quota = Quota.model_validate({**user.quota.model_dump(), **changes})
-        with self.engine.begin() as db:
+        with self._db(write=True) as db:
             db.execute(update(users).where(users.c.id == user.id).values(**quota.model_dump()))
         return self.user(name)
 
     # -- reading -------------------------------------------------------------------------------------------------
     def user(self, name: str) -> User:
-        with self.engine.connect() as db:
+        with self._db() as db:
             row = db.execute(select(users).where(users.c.name == name)).mappings().first()
         if row is None:
             raise AccountsError(f"no user {name!r}; `mdagent users list` shows who exists")
         return _user(row)
 
     def users(self) -> list[User]:
-        with self.engine.connect() as db:
+        with self._db() as db:
             rows = db.execute(select(users).order_by(users.c.name)).mappings().all()
             keys = db.execute(select(api_keys).order_by(api_keys.c.id)).mappings().all()
         found = [_user(r) for r in rows]
@@ -246,7 +247,7 @@ class Store:
         """The active user holding this active key, or None (unknown, revoked key or revoked user)."""
         if not looks_like_key(key):
             return None
-        with self.engine.connect() as db:
+        with self._db() as db:
             row = db.execute(_BY_KEY, {"key_hash": hash_key(key)}).mappings().first()
         return _user(row) if row else None
 
@@ -261,12 +262,12 @@ class Store:
             query = query.where(users.c.id == self.user(name).id)
         if since is not None:
             query = query.where(usage.c.day >= since)
-        with self.engine.connect() as db:
+        with self._db() as db:
             rows = db.execute(query).mappings().all()
         return [UsageDay(user=r["name"], **{k: r[k] for k in UsageDay.model_fields if k != "user"}) for r in rows]
 
     def tokens_used(self, user_id: int, day: str) -> int:
-        with self.engine.connect() as db:
+        with self._db() as db:
             return db.execute(_TOKENS, {"user_id": user_id, "day": day}).scalar() or 0
 
     # -- recording -----------------------------------------------------------------------------------------------
@@ -287,10 +288,22 @@ class Store:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
         }
-        with self.engine.begin() as db:
+        with self._db(write=True) as db:
             db.execute(self._upsert, {"user_id": user_id, "day": day, **counts})
 
     # -- helpers -------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _db(self, write: bool = False):
+        """A connection (a transaction when `write`); a database that fails is an AccountsError in one sentence."""
+        try:
+            with self.engine.begin() if write else self.engine.connect() as db:
+                yield db
+        except sa_exc.SQLAlchemyError as exc:
+            raise AccountsError(
+                f"the users database {self.url} cannot be used ({_reason(exc)}); check that it is running and "
+                "that MDAGENT_USERS_DB points at it"
+            ) from None
+
     def _active(self, name: str) -> User:
         user = self.user(name)
         if not user.active:
@@ -334,8 +347,9 @@ def _user(row) -> User:
     )
 
 
-def _reason(exc: sa_exc.DBAPIError) -> str:
-    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+def _reason(exc: sa_exc.SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    return (str(orig) if orig else str(exc)).strip().splitlines()[0]
 
 
 def _sqlite_setup(engine: Engine, path: str | None) -> None:

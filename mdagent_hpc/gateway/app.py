@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mdagent_hpc.accounts.quotas import RateWindow, Refusal, check_daily, utc_day
-from mdagent_hpc.accounts.store import Store
+from mdagent_hpc.accounts.store import AccountsError, Store
 from mdagent_hpc.gateway.sse import EventSplitter, event_data, usage_of, usage_only
 
 # path -> method: what the agent and ordinary OpenAI clients use; everything else is refused
@@ -131,7 +131,10 @@ class Gateway:
                 "api_key=KEY, or MDAGENT_LLM_API_KEY for mdagent); an admin gives keys with "
                 "`mdagent users add`",
             )
-        user = await run_in_threadpool(self.store.authenticate, key)
+        try:
+            user = await run_in_threadpool(self.store.authenticate, key)
+        except AccountsError:
+            return self.unavailable(ex)
         if user is None:
             return self.refuse(
                 ex,
@@ -159,7 +162,10 @@ class Gateway:
                 f"the request body is over this gateway's limit of {self.settings.max_body_bytes} "
                 "bytes; send a shorter prompt",
             )
-        refusal = await self.check_quota(user)
+        try:
+            refusal = await self.check_quota(user)
+        except AccountsError:
+            return self.unavailable(ex)
         if refusal is not None:
             return self.refuse_quota(ex, refusal)
         wants_usage = True
@@ -289,18 +295,25 @@ class Gateway:
             type_ = "rate_limit_error"
         return self.refuse(ex, 429, type_, refusal.quota, refusal.message, headers)
 
+    def unavailable(self, ex: Exchange) -> Response:
+        return self.refuse(
+            ex,
+            503,
+            "server_error",
+            "users_db_unavailable",
+            "the gateway cannot read its users database right now; try again shortly, or tell your mdagent admin",
+            {"retry-after": "10"},
+        )
+
     def finish(self, ex: Exchange) -> None:
         """Count the request for its user and write its audit line (in a worker thread: both may touch disk)."""
+        store_error = None
         if ex.user_id is not None:
             refused = ex.refused is not None and ex.status >= 400
-            self.store.record(
-                ex.user_id,
-                utc_day(datetime.now(UTC)),
-                requests=0 if refused else 1,
-                refused=1 if refused else 0,
-                prompt_tokens=ex.prompt_tokens,
-                completion_tokens=ex.completion_tokens,
-            )
+            try:
+                self._record(ex, refused)
+            except AccountsError as exc:  # the answer is sent already; the audit line keeps the tokens
+                store_error = str(exc)
         if self._audit is None:
             return
         line = {
@@ -314,9 +327,20 @@ class Gateway:
             "completion_tokens": ex.completion_tokens,
             "latency_ms": round((time.perf_counter() - ex.started) * 1000, 2),
             "refused": ex.refused,
+            "store_error": store_error,
         }
         with self._audit_lock:
             self._audit.write(json.dumps(line) + "\n")
+
+    def _record(self, ex: Exchange, refused: bool) -> None:
+        self.store.record(
+            ex.user_id,
+            utc_day(datetime.now(UTC)),
+            requests=0 if refused else 1,
+            refused=1 if refused else 0,
+            prompt_tokens=ex.prompt_tokens,
+            completion_tokens=ex.completion_tokens,
+        )
 
 
 def _bearer(header: str) -> str | None:

@@ -255,6 +255,8 @@ class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
         return SweepSpec(**self.inputs.sweep.get_dict())
 
     def _agent(self, task: str, point: Point, label: str):
+        if (found := self._children().get(label)) is not None:  # launched before a restart: not asked again
+            return found
         inputs = self.exposed_inputs(AgentWorkChain, "agent")
         inputs["metadata"] = {**inputs.get("metadata", {}), "call_link_label": label}
         return self.submit(AgentWorkChain, **inputs, task=orm.Str(task), variables=orm.Dict(point.vars))

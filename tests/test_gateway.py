@@ -344,6 +344,28 @@ def test_streaming_is_passed_through_chunk_by_chunk_and_its_usage_counted(gatewa
     assert not last.choices and last.usage.completion_tokens == words
 
 
+def test_a_user_leaving_mid_stream_is_still_logged(gateway, upstream, env):
+    key = add_user(env, "lea")
+    upstream.chunk_delay = 0.3
+    try:
+        body = {**CHAT, "stream": True}
+        with HTTP.stream(
+            "POST", gateway.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+        ) as response:
+            first = next(response.iter_lines())
+            assert first.startswith("data: ")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the gateway notices at its next write, then logs the request
+            lines = [json.loads(line) for line in gateway.audit.read_text().splitlines()]
+            if any(line["user"] == "lea" for line in lines):
+                break
+            time.sleep(0.1)
+        [line] = [line for line in lines if line["user"] == "lea"]
+        assert line["stream"] and line["status"] == 200
+    finally:
+        upstream.chunk_delay = 0.0
+
+
 def test_a_request_over_the_size_limit_is_refused(gateway, upstream, env):
     key = add_user(env, "gina")
     seen = len(upstream.requests)

@@ -258,7 +258,8 @@ class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
         """Close the attempt: what the model will hear about it, its record in provenance; then go on or stop."""
         attempt = Attempt(**self.ctx.current)
         if not attempt.passed:
-            attempt.feedback = feedback.feedback_text(self._failure(), attempt.evaluation, script=attempt.script)
+            attempt.feedback = feedback.feedback_text(self._failure(), attempt.evaluation, self._lessons(),
+                                                      script=attempt.script)
             attempt.error_key = self.ctx.error_key or error_key(self._failure())
         record = orm.Dict(attempt.model_dump(mode="json")).store()
         self.ctx.attempts.append(record)
@@ -292,6 +293,12 @@ class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
                                 "`mdagent runs index` records them")
 
     # -- plumbing ---------------------------------------------------------------------------------------------
+    def _lessons(self) -> list:
+        """Failures of earlier runs like this one and the change that got past them (agent/memory.py)."""
+        from mdagent_hpc.workflows.trajectories import past_lessons
+
+        return past_lessons(exclude=self.node.pk)
+
     def _policy(self) -> LoopPolicy:
         return LoopPolicy(**self.inputs.loop.get_dict())
 

@@ -4,6 +4,7 @@ end through the real system (AiiDA, preflight, LAMMPS, evaluation) against the r
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -296,6 +297,16 @@ def test_codegen_harness_replayed_end_to_end_resumes_compares_and_exports(aiida_
     fix = next(m for m in lessons if m.signature.key() == "potential.missing pair_coeff")
     assert fix.fix == ["- pair_coeff 1 1 Cu_u3_typo.eam", "+ pair_coeff 1 1 Cu_u3.eam"]
     assert any(m.signature.code == "lammps.error" and "+ velocity" in " ".join(m.fix) for m in lessons)  # cg07
+    # ... and a new run that makes cg03's mistake is shown that fix under its feedback, in the correction prompt
+    from aiida import orm
+
+    from mdagent_hpc import api
+
+    tasks = {t.id: t for t in load_code_tasks(CODEGEN)}
+    run = api.run("Keep an fcc Cu crystal at 800 K with EAM in NVT", answers=tasks["cg03"].answers, max_attempts=2)
+    assert run.verdict == "passed" and "Past fixes" in run.attempts[0].feedback
+    prompt = orm.load_node(run.attempts[1].nodes["generate"]).inputs.messages.get_list()[-1]["content"]
+    assert "Past fixes of the same kind of failure" in prompt and "+ pair_coeff 1 1 Cu_u3.eam" in prompt
 
     exported = {}
     for fmt in ("verl", "trl", "openrlhf", "sft"):
@@ -315,6 +326,43 @@ def test_codegen_harness_replayed_end_to_end_resumes_compares_and_exports(aiida_
         assert out.returncode == 0, out.stderr
         exported[fmt] = json.loads(out.stdout)
     check_exports(exported, tmp_path)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_benchmark_and_the_same_command_resumes_it(aiida_profile, tmp_path):
+    three = tmp_path / "three.jsonl"
+    three.write_text("".join(CODEGEN.read_text().splitlines(keepends=True)[:3]))
+    command = [
+        sys.executable,
+        "-m",
+        "mdagent_hpc.cli",
+        "bench",
+        "codegen",
+        str(three),
+        "--replay",
+        "-k",
+        "2",
+        "--name",
+        "interrupted",
+    ]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # the first run done: interrupt the others
+        seen.append(line)
+        if line.startswith("• "):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, rest = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "interrupted" in rest and "Traceback" not in rest, "".join(seen) + rest
+    from mdagent_hpc.workflows.bench import find_group, finished_jobs
+
+    done = finished_jobs(find_group("interrupted"))
+    assert 1 <= len(done) < 6
+    again = mdagent("bench", "codegen", str(three), "--replay", "-k", "2", "--name", "interrupted", "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming interrupted: {len(done)} run(s) already finished" in again.stderr
+    summary = json.loads(again.stdout)["summary"]
+    assert (summary["incomplete"], summary["loop_success"]) == (0, 1.0) and summary["exec_success_at_1"] == 0.6667
 
 
 def check_exports(exported: dict, folder: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -40,12 +41,19 @@ def _bench_errors():
     import contextlib
 
     from mdagent_hpc.bench.sets import SetError
-    from mdagent_hpc.workflows.bench import BenchError
+    from mdagent_hpc.workflows.bench import BenchError, Interrupted
 
     @contextlib.contextmanager
     def wrap():
         try:
             yield
+        except Interrupted as exc:
+            # The engine's child tasks left on the closed loop complain when collected; the command is ending.
+            import logging
+
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            sys.unraisablehook = lambda _: None
+            raise UserError(str(exc)) from None
         except (SetError, BenchError) as exc:
             raise UserError(str(exc)) from None
 

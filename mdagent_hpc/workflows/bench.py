@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -30,6 +31,10 @@ REPLAY_MODEL = "replay"
 
 class BenchError(Exception):
     """A benchmark that cannot start or be read, in one sentence."""
+
+
+class Interrupted(BenchError):
+    """Ctrl-C or SIGTERM stopped the runs under way (closed as killed; a resume runs them again)."""
 
 
 # -- groups -----------------------------------------------------------------------------------------------------
@@ -184,38 +189,61 @@ def _run_concurrently(jobs, inputs_for, concurrency: int, on_created, on_done) -
             pass
 
     runner = get_manager().create_runner(communicator=None, poll_interval=LOCAL_POLL_SECONDS, persister=NoCheckpoints())
-    live = {}
+    live: dict = {}
+    interrupted: list[int] = []
+    killed: list = []
+
+    def interrupt(signum: int) -> None:
+        """Ctrl-C (or SIGTERM): kill the runs under way, as AiiDA's runner does for one; start no new one."""
+        interrupted.append(signum)
+        for process in list(live.values()):
+            if not process.is_killing and not process.has_terminated():
+                process.kill(msg_text="killed: the benchmark was interrupted")
 
     async def one(job, gate: asyncio.Semaphore) -> None:
         async with gate:
+            if interrupted:
+                return
             with inputs_for(job) as inputs:
                 process = instantiate_process(runner, AgentWorkChain, **inputs)
                 live[job] = process
                 on_created(job, process.node)
                 await process.step_until_terminated()
                 live.pop(job)
-            if on_done:
+            if process.node.is_killed:
+                killed.append(process.node)
+            elif on_done:
                 on_done(job, process.node)
 
     async def everything() -> None:
         gate = asyncio.Semaphore(max(1, concurrency))
         await asyncio.gather(*(one(job, gate) for job in jobs))
 
+    # Through the loop's wakeup fd: a signal that lands while a calcfunction holds SIGINT (AiiDA's own handler kills
+    # that calcfunction only) still reaches `interrupt`.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        runner.loop.add_signal_handler(sig, interrupt, sig)
     try:
         runner.loop.run_until_complete(everything())
     except BaseException:
         from plumpy import ProcessState
 
-        for process in live.values():  # Ctrl-C or a crash: close them, so a resume runs them again
+        for process in live.values():  # a crash: close them, so a resume runs them again
             node = process.node
             if not node.is_terminated:
                 node.set_process_state(ProcessState.KILLED)
-                node.set_process_status("killed: the benchmark was interrupted")
+                node.set_process_status("killed: the benchmark stopped")
                 node.seal()
                 stop_children(node)
         raise
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            runner.loop.remove_signal_handler(sig)
         runner.close()
+    for node in killed:  # once nothing runs them any more: a kill reaches children only through a broker
+        stop_children(node)
+    if interrupted:
+        raise Interrupted("interrupted: the runs under way were stopped; run the same command again to resume")
 
 
 def codegen_records(group) -> list[RunRecord]:

@@ -19,10 +19,12 @@ def steps_of(pk: int) -> list[Step]:
         if "messages" not in node.inputs or "response" not in node.outputs:
             continue
         response = node.outputs.response.get_dict()
-        completion = response.get("raw_response")
-        if completion is None and response.get("choices"):  # several candidates: the one the attempt used
-            chosen = response.get("chosen", 0) or 0
-            completion = response["choices"][chosen].get("raw_response")
+        # With k candidates the attempt went on with the chosen one (Attempt.candidates); else the only answer.
+        chosen = next((c.number for c in attempt.candidates if c.chosen), 1)
+        choices = response.get("choices") or []
+        completion = choices[chosen - 1].get("raw_response") if len(choices) >= chosen else None
+        if completion is None:
+            completion = response.get("raw_response")
         if completion is None:
             continue  # the endpoint gave no answer (an error): nothing to learn from
         problems = [f"{d.code}: {d.message}" for d in attempt.diagnostics if d.severity.value == "error"]

@@ -116,6 +116,7 @@ def serve(upstream, upstream_key, host, port, db, audit_log, max_body_kb, timeou
             )
         err().print("  Ctrl-C to stop", highlight=False)
         serve(Gateway(settings, users), sock, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+    err().print("gateway stopped", highlight=False)
 
 
 def _loopback(host: str) -> bool:

@@ -409,7 +409,8 @@ def serve(
         timeout_graceful_shutdown=5,
         server_header=False,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down cleanly, then re-raises it
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 def probe_upstream(settings: GatewaySettings, timeout: float = 5.0) -> tuple[bool, str]:

@@ -47,17 +47,29 @@ def trajectories(fmt, folder, test_fraction, bench_name, as_json, **filters) -> 
     from mdagent_hpc.cli.main import status
 
     filters = {k: v for k, v in filters.items() if v not in (None, [], ())}
+    limit = filters.pop("limit")
     with status("finding the runs ...", quiet=as_json):
-        api.index_runs()  # runs finished before their query fields were recorded: record them, so filters see them
-        pks = [row["pk"] for row in api.find_runs(**filters)]
+        members = None
         if bench_name:
+            api.load_profile()
             from mdagent_hpc.workflows.bench import BenchError, find_group
 
             try:
-                members = {n.pk for n in find_group(bench_name).nodes}
+                group = find_group(bench_name)
             except BenchError as exc:
                 raise UserError(str(exc)) from None
-            pks = [pk for pk in pks if pk in members]
+            members = [
+                n.pk
+                for n in sorted(group.nodes, key=lambda n: n.ctime, reverse=True)
+                if n.base.extras.get("bench", None) and n.is_finished
+            ]
+        if members is not None and not filters:
+            pks = members[:limit]
+        else:
+            api.index_runs()  # runs finished before their query fields were recorded: record them, so filters see them
+            pks = [row["pk"] for row in api.find_runs(**filters, limit=limit)]
+            if members is not None:
+                pks = [pk for pk in pks if pk in set(members)]
     from rich.progress import Progress
 
     from mdagent_hpc.workflows.trajectories import steps_of

@@ -169,6 +169,10 @@ def run_codegen(
 
 
 def check_replay(tasks: list[CodeTask], replay: bool) -> None:
+    """Every task can become a request (mdagent's own bounds on a task's length), with answers for --replay."""
+    for task in tasks:
+        if not 10 <= len(task.task) <= 4000:
+            raise BenchError(f"task {task.id}: a task is 10 to 4000 characters, this one has {len(task.task)}")
     if replay and (missing := [t.id for t in tasks if not t.answers]):
         raise BenchError(
             f"--replay needs recorded answers (`answers`) in every task; these have none: {', '.join(missing[:5])}"

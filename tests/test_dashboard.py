@@ -280,14 +280,22 @@ def test_a_sweep_shows_its_table_and_plot_and_its_points_are_in_the_runs_list(se
     assert page.locator("#table tbody tr").count() == 2
     assert page.locator("img.plot").evaluate("i => i.complete ? i.naturalWidth : 0") > 300
 
+    assert page.goto(f"{server}/sweeps/{sweep_pk + 100000}").status == 404
+    assert "no node with pk" in page.inner_text("#error-message")
+
+    from mdagent_hpc.api import load_profile
+
+    load_profile()  # before AiiDA is imported: it points AiiDA at the tests' profile
+    from aiida import orm
+
+    point = next(iter(orm.load_node(sweep_pk).outputs.points.values())).creator.pk
+    page.goto(f"{server}/runs/{point}")  # a point (listed with the runs) leads to its sweep
+    assert page.url == f"{server}/sweeps/{sweep_pk}"
+
     page.click("text=in the runs list")  # the sweep's points (and its template's agent run), through the queries
     page.screenshot(path=shots / "sweep-points.png", full_page=True)
     points = page.locator("#runs tbody tr", has_text=f"sweep {sweep_pk} point")
     assert points.count() == 2
-    points.first.locator("a").click()
-    assert page.url == f"{server}/sweeps/{sweep_pk}"
-    assert page.goto(f"{server}/sweeps/{sweep_pk + 100000}").status == 404
-    assert "no node with pk" in page.inner_text("#error-message")
 
 
 def test_live_progress_of_a_running_run(server, page, shots):

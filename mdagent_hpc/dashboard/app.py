@@ -59,7 +59,13 @@ async def runs(request: Request) -> Response:
 
 async def run(request: Request) -> Response:
     data.fresh()
-    result = _run(request)
+    try:
+        result = _run(request)
+    except HTTPException:
+        sweep = data.sweep_of_point(request.path_params["pk"])
+        if sweep is None:
+            raise
+        return RedirectResponse(f"/sweeps/{sweep}", status_code=303)  # the runs list holds sweep points too
     diffs = [view.script_diff(previous, attempt) for previous, attempt in view.pairs(result.attempts)]
     live = data.run_summary(result).get("progress")
     return page(request, "run.html", run=result, stop=data.stop(result), diffs=diffs, live=live, refresh=REFRESH_S)

@@ -72,6 +72,22 @@ def get_run(pk: str) -> Run:
         raise NotFound(str(exc).replace("`mdagent runs` (or list_runs())", "the runs page")) from None
 
 
+def sweep_of_point(pk: str) -> int | None:
+    """The sweep a sweep point (listed with the runs) belongs to; None for any other node."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    from mdagent_hpc.workflows.query import POINT_TYPE
+
+    if not pk.isdigit():
+        return None
+    try:
+        node = orm.load_node(int(pk))
+    except NotExistent:
+        return None
+    return node.caller.pk if node.process_type == POINT_TYPE and node.caller is not None else None
+
+
 def stop(run: Run) -> str:
     """Why the run ended, as the queries name it (passed, max_attempts, stuck, killed, ...)."""
     from aiida import orm

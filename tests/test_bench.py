@@ -81,6 +81,7 @@ def test_md_evalbench_code_and_question_files_decode(tmp_path):
         },
         {"id": "q4", "type": "single_choice", "question": "No key?", "options": {"A": "x", "B": "y"}},
         {"id": "o5", "type": "open", "question": "Why NVT?", "answer_text": "canonical sampling"},
+        {"id": "f6", "type": "fill-blank", "question": "Units of LJ: ____", "answer": b64(["lj"])},  # text in answer
     ]
     questions.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     loaded = load_questions(questions)
@@ -90,9 +91,11 @@ def test_md_evalbench_code_and_question_files_decode(tmp_path):
         QuestionType.FILL,
         QuestionType.SINGLE,
         QuestionType.OPEN,
+        QuestionType.FILL,
     ]
     assert loaded[0].answer == ["B"] and loaded[2].answer_text == "run 10" and loaded[1].tags == ["fix"]
-    assert [q.scorable for q in loaded] == [True, True, True, False, True]
+    assert [q.scorable for q in loaded] == [True, True, True, False, True, True]
+    assert (loaded[5].answer, loaded[5].answer_text) == (None, "lj")
 
 
 def test_the_project_sets_have_every_question_type():

@@ -126,14 +126,17 @@ def load_questions(path: str | Path) -> list[Question]:
             options = data.get("options") or {}
             if isinstance(options, list):  # ["text", ...] -> A, B, ...
                 options = {chr(ord("A") + i): str(o) for i, o in enumerate(options)}
-            answer_text = data.get("answer_text")
+            qtype, answer, answer_text = _TYPE_ALIASES[kind], data.get("answer"), data.get("answer_text")
+            choice = qtype in (QuestionType.SINGLE, QuestionType.MULTIPLE)
+            if not choice and answer_text is None and answer not in (None, "", []):
+                answer_text = answer[0] if isinstance(answer, list) and len(answer) == 1 else answer  # text in `answer`
             questions.append(
                 Question(
                     id=str(data.get("id") or f"q{len(questions) + 1:03d}"),
-                    type=_TYPE_ALIASES[kind],
+                    type=qtype,
                     question=data.get("question", ""),
                     options={str(k): str(v) for k, v in options.items()},
-                    answer=letters(data.get("answer")),
+                    answer=letters(answer) if choice else None,
                     difficulty=data.get("difficulty"),
                     tags=_tags(data.get("tags")),
                     answer_text=None if answer_text is None else _text(answer_text),

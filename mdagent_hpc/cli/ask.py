@@ -9,7 +9,7 @@ from mdagent_hpc.cli.main import UserError, emit_json, out, status
 STYLE_KINDS = ("atom", "pair", "bond", "angle", "dihedral", "kspace", "fix", "compute", "minimize", "dump")
 
 
-@click.command(short_help="Ask a question on MD or LAMMPS, with this site's LAMMPS in context.")
+@click.command(short_help="Ask an MD or LAMMPS question (this LAMMPS in context).")
 @click.argument("question")
 @click.option("--model", help="model name (default: MDAGENT_LLM_MODEL, else the first the server lists)")
 @click.option("--max-tokens", type=click.IntRange(16, 8192), default=1024, show_default=True)

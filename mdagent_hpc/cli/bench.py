@@ -10,7 +10,7 @@ import click
 from mdagent_hpc.cli.main import UserError, emit_json, err, out
 
 
-@click.group(short_help="Benchmark a model: code generation, knowledge questions, comparisons.")
+@click.group(short_help="Benchmark a model: code generation, Q&A, compare.")
 def bench() -> None:
     """Benchmark a model through the whole system; every benchmark run is a provenance group (docs/bench.md)."""
 

@@ -86,6 +86,15 @@ def pilot(site_name: str, n: int, folder: Path) -> float:
     return seconds
 
 
+def inside_blocks(folder: Path) -> tuple[float, float]:
+    """(seconds from the first point's start to the last point's end, the points' LAMMPS seconds summed)."""
+    import json
+
+    results = [json.loads(p.read_text()) for p in folder.glob("points/*/result.json")]
+    starts = [float(p.read_text().split()[0]) for p in folder.glob("points/*/runs.log")]
+    return max(r["ended"] for r in results) - min(starts), sum(r["seconds"] for r in results)
+
+
 def calcjobs(site, n: int, progress) -> float:
     from aiida import orm
     from aiida.engine import submit
@@ -203,6 +212,13 @@ def run(args, home: Path, Progress) -> None:
     print(
         f"(a) pilot jobs:       {a:7.1f} s  = {a / ideal:.2f} x ideal (target <= {TARGET}: "
         f"{'met' if a / ideal <= TARGET else 'MISSED'})",
+        flush=True,
+    )
+    span, busy = inside_blocks(home / "sweep")
+    print(
+        f"    of which points running: {span:.1f} s (cores busy {busy / (cores * span):.0%}; a point took "
+        f"{busy / n:.2f} s on average in the block against {t_point:.2f} s alone); before the first point and "
+        f"after the last: {a - span:.1f} s",
         flush=True,
     )
     if not args.skip_calcjob:

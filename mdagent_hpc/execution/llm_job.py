@@ -357,11 +357,15 @@ def stop(endpoint: Endpoint) -> Endpoint:
 
 
 def alive(pid: int) -> bool:
+    """The process runs (a zombie does not: the tunnel's parent has exited, and not every init reaps)."""
     try:
         os.kill(pid, 0)
-        return True
     except OSError:
         return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): it answered the signal
 
 
 def start_tunnel(site: SiteConfig, name: str, node: str, port: int, timeout: float = 60) -> tuple[int, int]:

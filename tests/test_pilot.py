@@ -158,6 +158,7 @@ def test_parsl_config_follows_the_site_for_each_scheduler(tmp_path):
     assert type(provider).__mro__[1].__name__ == "PBSProProvider"
     assert (provider.queue, provider.cpus_per_node, provider.walltime) == ("workq", 8, "00:30:00")
     assert provider.select_options == "mem=2000mb" and isinstance(provider.launcher, MpiExecLauncher)
+    assert parsl_config(pbs, tmp_path).executors[0].max_workers_per_node == 8  # one per core it asked for
 
     direct = SiteConfig.model_validate({"name": "d", "scheduler": "direct"})
     provider = parsl_config(direct, tmp_path).executors[0].provider
@@ -236,6 +237,9 @@ def test_every_point_runs_once_in_slurm_blocks_and_a_second_driver_runs_nothing(
     assert all((job / "points" / pid / "log.lammps").is_file() for pid in results)
     assert pilot_progress(sweep) == {"done": 6, "running": 0, "failed": 0, "total": 6}
     assert not queued(blocks_of(sweep)), "the driver left its block in the queue"
+    spans = sorted((float(runs(sweep, pid)[0].split()[0]), r["ended"]) for pid, r in results.items())
+    assert all(start >= before_end for (_, before_end), (start, _) in zip(spans, spans[1:], strict=False)), \
+        "a block of one core ran two points at once"
 
     again = subprocess.run([sys.executable, "-m", "mdagent_hpc.execution.pilot", str(sweep), "--job", str(job)],
                            capture_output=True, text=True, timeout=60)

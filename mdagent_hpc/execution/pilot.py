@@ -126,7 +126,7 @@ def point_command(site: SiteConfig, point_dir: Path, variables: dict[str, Any]) 
 
 
 def refusals(site: SiteConfig, template: str, variables: dict[str, Any]) -> list[str]:
-    """The sandbox policy's errors for the template with this point's values (None: it may run)."""
+    """The sandbox policy's errors for the template with this point's values (none: it may run)."""
     from mdagent_hpc.lammps.parser import ScriptError, parse_text
     from mdagent_hpc.lammps.policy import check_policy
 
@@ -231,7 +231,8 @@ def parsl_config(site: SiteConfig, run_dir: str | Path, python: str | None = Non
         label="pilot",
         provider=provider,
         address=p.address,
-        max_workers_per_node=p.workers_per_node,
+        # One worker per core the block has: Parsl alone would count every core of the node.
+        max_workers_per_node=p.workers_per_node or kwargs.get("cores_per_node") or kwargs.get("cpus_per_node"),
         heartbeat_period=max(1, p.lost_after // 4),
         heartbeat_threshold=p.lost_after,
         block_error_handler=windowed_error_handler,  # three blocks in a row failed to start: give up, say why

@@ -1,10 +1,11 @@
 """Provenance queries on AiiDA: record each run's query fields, back-fill old runs, search with QueryBuilder.
 
-The fields (`query.record.index_record`) live in the `query` extra of the run's node; one QueryBuilder query on
-the node table answers a search. What QueryBuilder cannot say (a regular expression; a substring of one of the
-potential file names) is checked here on the rows the database has already narrowed down, in the asked order,
-until `limit` rows match. On PostgreSQL, `ensure_indexes` adds a GIN index on the extra: every equality filter
-(site, units, elements, grade, stop reason, ...) is sent as one JSON containment, which that index answers.
+The fields (`query.record.index_record`) live in the `query` extra of the run's node (and of each sweep point's);
+a QueryBuilder query on the node table answers a search. What QueryBuilder cannot say (a regular expression; a
+substring of one of the potential file names) is checked here on the rows the database has already narrowed
+down, in the asked order, until `limit` rows match. Every equality filter (site, units, elements, grade, stop
+reason, ...) is sent as one JSON containment, which the GIN index of `ensure_indexes` answers on PostgreSQL.
+docs/queries.md says why newest-first listings go by time windows and number sorts walk their index.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ SWEEP_TYPE = "aiida.workflows:mdagent.sweep"
 POINT_TYPE = "mdagent_hpc.workflows.sweep.record_point"  # the calcfunction recording one sweep point
 PROCESS_TYPES = [PROCESS_TYPE, POINT_TYPE]  # the node types a query lists: agent runs and sweep points
 WINDOW_DAYS = (7, 56)  # newest-first listings look at the last week, then back to 8 weeks, then the rest
-BATCH = 5000  # rows per scan of the fields a regular expression is tried on
+BATCH = 5000  # at most this many rows per query while a regular expression is tried on them
 # On PostgreSQL, partial indexes over our nodes only: the GIN index answers every equality filter (one JSON
 # containment); the btree ones give the newest, best, longest or most-tried runs in order, so a listing stops after
 # `limit` rows instead of sorting every match. The predicate is written as the searches write theirs (an OR of
@@ -31,7 +32,7 @@ OURS = "(" + " OR ".join(f"process_type = '{t}'" for t in PROCESS_TYPES) + ")"
 INDEXES = {
     "mdagent_query_fields": f"ON db_dbnode USING gin ((extras #> '{{query}}') jsonb_path_ops) WHERE {OURS}",
     "mdagent_query_ctime": f"ON db_dbnode (ctime, id) WHERE {OURS}",
-    "mdagent_query_missing": f"ON db_dbnode (id) WHERE {OURS} AND NOT (extras ? 'query')",  # not recorded yet
+    "mdagent_query_missing": f"ON db_dbnode (id) WHERE {OURS} AND NOT ((extras #> '{{}}') ? 'query')",  # as QB says it
     # only runs that have the number (a missing one would come first in a descending walk)
     **{
         f"mdagent_query_{name}": f"ON db_dbnode (((extras #>> '{{query,{name}}}')::double precision), id) "

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # real agent runs, a real sweep and a real browse
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "mdagent_hpc" / "examples" / "demo"
-TASK_OK = "Heat a small Cu crystal with EAM to 800 K in NVT (dashboard alpha)"
+TASK_OK = "Heat a small Cu crystal with EAM to 800 K in NVT (dashboard alpha) <i>as text</i>"  # shown, not markup
 TASK_BAD = "Heat a small Cu crystal with EAM to 800 K in NVT (dashboard beta)"
 TASK_LIVE = "Melt a Lennard-Jones crystal for a long time (dashboard gamma)"
 
@@ -157,6 +157,12 @@ def page(browser):
     context.close()
 
 
+def submit(page) -> None:
+    """Press Filter and wait for the page it loads (evaluating the old page's table would race)."""
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+
+
 def listed(page) -> list[int]:
     return [int(pk) for pk in page.locator("#runs tbody tr").evaluate_all("rows => rows.map(r => r.dataset.pk)")]
 
@@ -167,7 +173,7 @@ def test_the_runs_list_loads_and_its_filters_narrow_it(server, runs, page, shots
     assert {runs["ok"], runs["bad"]} <= set(listed(page))
 
     page.fill("input[name=task]", "Dashboard BETA")  # substring, any case
-    page.click("button[type=submit]")
+    submit(page)
     assert listed(page) == [runs["bad"]]
     assert "1 run matching the filters" in page.inner_text("#count")
     assert page.url == f"{server}/runs?task=Dashboard+BETA"  # empty fields stay out of the URL
@@ -175,14 +181,14 @@ def test_the_runs_list_loads_and_its_filters_narrow_it(server, runs, page, shots
     page.goto(f"{server}/runs")
     page.select_option("select[name=verdict]", "passed")
     page.select_option("select[name=model]", "model-a")
-    page.click("button[type=submit]")
+    submit(page)
     page.screenshot(path=shots / "runs-filtered.png", full_page=True)
     assert runs["ok"] in listed(page) and runs["bad"] not in listed(page)
     assert page.input_value("select[name=model]") == "model-a"  # the form keeps what was asked
 
     page.goto(f"{server}/runs")
     page.select_option("select[name=stop]", "no_valid_script")
-    page.click("button[type=submit]")
+    submit(page)
     assert runs["bad"] in listed(page) and runs["ok"] not in listed(page)
     row = page.locator(f"#runs tr[data-pk='{runs['bad']}']").inner_text()
     assert "failed" in row and "model-b" in row and "no_valid_script" in row
@@ -203,6 +209,7 @@ def test_a_runs_page_shows_its_attempts_diffs_diagnostics_and_plots(server, runs
     page.screenshot(path=shots / "run.png", full_page=True)
     assert page.url == f"{server}/runs/{runs['ok']}"
     assert page.inner_text("#verdict") == "passed" and page.inner_text("#stop") == "passed"
+    assert page.inner_text("#task") == TASK_OK and page.locator("#task i").count() == 0
     assert page.locator("section.attempt").count() == 3
 
     first = page.locator("#attempt-1")
@@ -259,6 +266,8 @@ def test_the_json_routes_and_a_read_only_server(server, runs):
     missing = httpx.get(f"{server}/api/runs/abc")
     assert missing.status_code == 404 and "is not a run number" in missing.json()["error"]
     assert httpx.post(f"{server}/runs").status_code == 405
+    # only requests addressed to this machine: a page elsewhere cannot read it through a rebound DNS name
+    assert httpx.get(f"{server}/runs", headers={"Host": "attacker.example"}).status_code == 400
 
 
 def test_the_command_refuses_a_reachable_address_and_a_busy_port(server):

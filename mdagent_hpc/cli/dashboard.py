@@ -36,9 +36,9 @@ def dashboard(host, port, allow_remote) -> None:
         api.load_profile()
         import uvicorn
 
-        from mdagent_hpc.dashboard.app import make_app
+        from mdagent_hpc.dashboard.app import LOCAL_NAMES, make_app
 
-        app = make_app()
+        app = make_app(["*"] if allow_remote else [*LOCAL_NAMES, host])
     err().print(f"dashboard at [bold]http://{host}:{port}/[/] (read only; Ctrl-C stops it)", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 

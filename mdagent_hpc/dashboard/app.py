@@ -11,6 +11,8 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -168,5 +170,17 @@ routes = [
 ]
 
 
-def make_app() -> Starlette:
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+LOCAL_NAMES = ["127.0.0.1", "localhost", "[::1]"]
+
+
+def make_app(hosts: list[str] | None = None) -> Starlette:
+    """The app, answering only requests addressed to `hosts` (default: this machine's loopback names).
+
+    Checking the Host header keeps a web page in the user's browser from reading the dashboard through a DNS name
+    that points at 127.0.0.1 (DNS rebinding); ["*"] turns the check off.
+    """
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOCAL_NAMES)],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )

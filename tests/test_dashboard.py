@@ -16,7 +16,6 @@ import httpx
 import pytest
 from openai_server import FakeOpenAIServer
 
-pytestmark = pytest.mark.slow  # real agent runs, a real sweep and a real browser
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "mdagent_hpc" / "examples" / "demo"
@@ -167,6 +166,7 @@ def listed(page) -> list[int]:
     return [int(pk) for pk in page.locator("#runs tbody tr").evaluate_all("rows => rows.map(r => r.dataset.pk)")]
 
 
+@pytest.mark.slow  # real agent runs, a real sweep and a real browser
 def test_the_runs_list_loads_and_its_filters_narrow_it(server, runs, page, shots):
     page.goto(f"{server}/runs")
     page.screenshot(path=shots / "runs.png", full_page=True)
@@ -202,6 +202,7 @@ def test_the_runs_list_loads_and_its_filters_narrow_it(server, runs, page, shots
     assert page.locator("form details").get_attribute("open") is not None
 
 
+@pytest.mark.slow  # real agent runs, a real sweep and a real browser
 def test_a_runs_page_shows_its_attempts_diffs_diagnostics_and_plots(server, runs, page, shots):
     page.goto(f"{server}/runs")
     page.click(f"#runs tr[data-pk='{runs['ok']}'] a")
@@ -253,6 +254,7 @@ def test_a_runs_page_shows_its_attempts_diffs_diagnostics_and_plots(server, runs
         ("/sweeps/{ok}", 404, "is not a sweep"),
     ],
 )
+@pytest.mark.slow  # real agent runs, a real sweep and a real browser
 def test_bad_urls_give_a_clear_4xx_page(server, runs, page, path, status, words):
     response = page.goto(server + path.format(ok=runs["ok"]))
     assert response.status == status
@@ -260,6 +262,7 @@ def test_bad_urls_give_a_clear_4xx_page(server, runs, page, path, status, words)
     assert "Traceback" not in page.content()
 
 
+@pytest.mark.slow  # real agent runs, a real sweep and a real browser
 def test_the_json_routes_and_a_read_only_server(server, runs):
     summary = httpx.get(f"{server}/api/runs/{runs['bad']}").json()
     assert summary["verdict"] == "failed" and summary["models"] == ["model-b"] and summary["attempts"] == 1
@@ -270,6 +273,7 @@ def test_the_json_routes_and_a_read_only_server(server, runs):
     assert httpx.get(f"{server}/runs", headers={"Host": "attacker.example"}).status_code == 400
 
 
+@pytest.mark.slow  # real agent runs, a real sweep and a real browser
 def test_the_command_refuses_a_reachable_address_and_a_busy_port(server):
     cli = [sys.executable, "-m", "mdagent_hpc.cli", "dashboard"]
     remote = subprocess.run([*cli, "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60)
@@ -278,6 +282,7 @@ def test_the_command_refuses_a_reachable_address_and_a_busy_port(server):
     assert busy.returncode == 2 and "pick another port" in busy.stderr and "Traceback" not in busy.stderr
 
 
+@pytest.mark.slow  # real agent runs, a real sweep and a real browser
 def test_a_sweep_shows_its_table_and_plot_and_its_points_are_in_the_runs_list(server, sweep_pk, page, shots):
     page.goto(f"{server}/sweeps")
     page.click(f"#sweeps tr[data-pk='{sweep_pk}'] a")
@@ -307,6 +312,7 @@ def test_a_sweep_shows_its_table_and_plot_and_its_points_are_in_the_runs_list(se
     assert points.count() == 2
 
 
+@pytest.mark.slow  # real agent runs, a real sweep and a real browser
 def test_live_progress_of_a_running_run(server, page, shots):
     with FakeOpenAIServer([LONG_LJ], model="model-c") as llm:
         env = {**os.environ, "MDAGENT_LLM_BASE_URL": llm.base_url, "MDAGENT_LLM_MODEL": "model-c"}
@@ -345,3 +351,42 @@ def test_live_progress_of_a_running_run(server, page, shots):
     run_page.wait_for_selector(f"#verdict:has-text('{verdict}')", timeout=30_000)
     assert run_page.locator("meta[http-equiv=refresh]").count() == 0 and run_page.locator("#live").count() == 0
     run_page.screenshot(path=shots / "run-ended.png", full_page=True)
+
+
+def test_filters_read_from_a_url_are_the_queries_filters():
+    from mdagent_hpc.dashboard.filters import QueryError, read_filters
+
+    query, values = read_filters(
+        [("task", " copper "), ("obs.temp_final", "..900"), ("param.T", "1200.."), ("verdict", ""), ("limit", "5")]
+    )
+    assert query.task.pattern == "copper" and query.obs["temp_final"].high == 900 and query.params["T"].low == 1200
+    assert (
+        query.limit == 5
+        and query.verdict is None
+        and values == {"task": "copper", "obs.temp_final": "..900", "param.T": "1200..", "limit": "5"}
+    )
+    for params, says in [
+        ([("colour", "red")], "unknown filter 'colour'"),
+        ([("task", "a"), ("task", "b")], "twice"),
+        ([("limit", "5000")], "from 1 to 1000"),
+        ([("reward", "high")], "is not a number"),
+        ([("obs.1x", "2")], "is not a name"),
+    ]:
+        with pytest.raises(QueryError, match=says):
+            read_filters(params)
+
+
+def test_a_diagnostic_marks_its_script_line_and_the_diff_escapes_the_script():
+    from mdagent_hpc.dashboard.view import pairs, script_diff, script_lines, where
+    from mdagent_hpc.models import Attempt, Diagnostic, Stage
+
+    bad = Diagnostic(severity="error", code="potential.missing", message="no file", line=2, file="in.lammps")
+    first = Attempt(number=1, stage=Stage.PREFLIGHT, script="units metal\npair_coeff * * <x>.eam\n", diagnostics=[bad])
+    lost = Attempt(number=2, stage=Stage.GENERATE)  # no script: the next diff is against attempt 1
+    third = Attempt(number=3, stage=Stage.EVALUATE, script="units metal\npair_coeff * * Cu.eam\n")
+    assert script_lines(first)[1] == (2, "pair_coeff * * <x>.eam", "error") and where(first, 2, "in.lammps") == "#a1-L2"
+    assert where(first, 2, "other.in") == ""  # a line of an included file is not in this listing
+    assert [(p and p.number, a.number) for p, a in pairs([first, lost, third])] == [(None, 1), (1, 2), (1, 3)]
+    diff = script_diff(first, third)
+    assert "&lt;x&gt;" in diff and "<x>" not in diff and "Cu" in diff
+    assert "the same script" in script_diff(third, third) and script_diff(None, first) is None

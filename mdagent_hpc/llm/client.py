@@ -270,8 +270,24 @@ class LLMClient:
         wanted = self.settings.max_tokens
         if not context:
             return wanted
-        prompt = _chars(messages) / LEARNT.chars_per_token.get(key, CHARS_PER_TOKEN) * 1.1 + 16
-        return max(MIN_ANSWER_TOKENS, min(wanted, int(context - prompt)))
+        return max(MIN_ANSWER_TOKENS, min(wanted, int(context - _prompt_estimate(key, messages))))
+
+    def _room_left(
+        self, model: str, messages: list[dict[str, Any]], message: str, max_tokens: int | None
+    ) -> int | None:
+        """Tokens left for the answer when the server's `message` says the request does not fit the context
+        (vLLM 0.32: "max_tokens=N cannot be greater than max_model_len=M"; OpenAI and older vLLM: "maximum
+        context length is M tokens ... N input tokens"); None for any other refusal."""
+        context = _CONTEXT_LENGTH.search(message)
+        if not (context and max_tokens):
+            return None
+        length = int(next(g for g in context.groups() if g))
+        with LEARNT.lock:
+            LEARNT.context[(self.url, model)] = length
+        prompt = _PROMPT_TOKENS.search(message)
+        used = int(next(g for g in prompt.groups() if g)) if prompt else _prompt_estimate((self.url, model), messages)
+        room = int(length - used - 1)
+        return room if room < max_tokens else None
 
     def _constrained(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any], kind: str, grammar: str | None
@@ -348,7 +364,7 @@ class LLMClient:
         try:
             response = client.chat.completions.create(model=model, messages=messages, **params, **(extra or {}))
         except openai.BadRequestError as err:
-            room = _room_left(_server_message(err), params.get("max_tokens"))
+            room = self._room_left(model, messages, _server_message(err), params.get("max_tokens"))
             if room is None:
                 raise self._unavailable(err) from err
             if room < MIN_ANSWER_TOKENS:
@@ -430,20 +446,16 @@ _CHECK_URL = "check that the base URL is the OpenAI-compatible API (usually endi
 
 
 _CONSTRAINT_NAMES = {"json_schema": "response_format json_schema", "grammar": "structured_outputs grammar"}
-_CONTEXT_LENGTH = re.compile(r"maximum (?:context|model) length is (\d+)", re.IGNORECASE)
+_CONTEXT_LENGTH = re.compile(r"maximum (?:context|model) length is (\d+)|max_model_len[= ]+(\d+)", re.IGNORECASE)
 _PROMPT_TOKENS = re.compile(
     r"(\d+) (?:input|prompt) tokens|prompt contains (?:at least )?(\d+)|messages resulted in (\d+) tokens",
     re.IGNORECASE,
 )
 
 
-def _room_left(message: str, max_tokens: int | None) -> int | None:
-    """Tokens left for the answer, when `message` says the request does not fit the model's context."""
-    context, prompt = _CONTEXT_LENGTH.search(message), _PROMPT_TOKENS.search(message)
-    if not (context and prompt and max_tokens):
-        return None
-    room = int(context.group(1)) - int(next(g for g in prompt.groups() if g)) - 1
-    return room if room < max_tokens else None
+def _prompt_estimate(key: Key, messages: list[dict[str, Any]]) -> float:
+    """The prompt's tokens, from its characters (the chat template adds a few tokens a message)."""
+    return _chars(messages) / LEARNT.chars_per_token.get(key, CHARS_PER_TOKEN) * 1.1 + 8 * len(messages) + 16
 
 
 def _chars(messages: list[dict[str, Any]]) -> int:
@@ -603,18 +615,22 @@ def _json_candidates(text: str) -> list[str]:
 def read_script(
     text: str, finish_reason: str | None = None, max_tokens: int | None = None
 ) -> tuple[GeneratedScript | None, list[Diagnostic]]:
-    """An answer written under the LAMMPS grammar: the script itself."""
-    text = _THINK.sub("", text).strip()
-    if text and finish_reason != "length":
-        return GeneratedScript(script=text + "\n"), []
-    if text:
-        return None, [
-            _problem(
-                "generate.cut_off",
-                f"The script was cut off at max_tokens ({max_tokens}).",
-                "Write a shorter script: fewer comments, no repeated blocks.",
-            )
-        ]
+    """An answer written under the LAMMPS grammar: the script itself. Cut off at max_tokens, its complete lines
+    are still a script the grammar allowed (preflight judges what is missing), with a warning."""
+    text = _THINK.sub("", text)
+    if finish_reason == "length":
+        complete = text[: text.rfind("\n") + 1]
+        cut = _problem(
+            "generate.cut_off",
+            f"The script was cut off at max_tokens ({max_tokens})"
+            + ("; its last, unfinished line is left out." if complete.strip() else "."),
+            "Write a shorter script: fewer comments, no repeated blocks.",
+        )
+        if not complete.strip():
+            return None, [cut]
+        return GeneratedScript(script=complete), [cut.model_copy(update={"severity": Severity.WARNING})]
+    if text.strip():
+        return GeneratedScript(script=text.strip() + "\n"), []
     return None, [_problem("generate.empty_script", "The answer was empty.", "Write the complete LAMMPS script.")]
 
 

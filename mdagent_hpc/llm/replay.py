@@ -14,8 +14,11 @@ recorded correction session so a fresh machine can run the whole loop without a 
   next one answers;
 - {"reject_grammar": True | status}: the same for `structured_outputs` (vLLM's grammar-constrained output).
 
-With `max_model_len`, /v1/models reports it (as vLLM does), and a request whose prompt (4 characters a token)
-plus `max_tokens` exceeds it is refused with vLLM's HTTP 400.
+With `max_model_len`, /v1/models reports it (as vLLM does), and a request with a `max_tokens` above it is
+refused with vLLM 0.32's HTTP 400 ("max_tokens=N cannot be greater than max_model_len=M"). One whose prompt
+(4 characters a token) plus `max_tokens` exceeds it is clamped silently, as vLLM 0.32 does, or, with
+`refuse_overflow=True`, refused with the message OpenAI and older vLLM give ("maximum context length is M tokens
+... N input tokens").
 
 When the queue is empty the server answers 500 saying so, so that tests fail clearly.
 
@@ -48,10 +51,12 @@ class FakeOpenAIServer:
         port: int = 0,
         model: str = "fake-model",
         max_model_len: int | None = None,
+        refuse_overflow: bool = False,
     ):
         self.answers: deque[Answer] = deque(answers or [])
         self.model = model
         self.max_model_len = max_model_len
+        self.refuse_overflow = refuse_overflow
         self.requests: list[dict[str, Any]] = []  # JSON bodies of chat completion requests, in order
         self.headers: list[dict[str, str]] = []  # their HTTP headers
         self._lock = threading.Lock()
@@ -97,6 +102,24 @@ class FakeOpenAIServer:
                     continue
                 return answer
             return None
+
+    def context_refusal(self, body: dict[str, Any]) -> str | None:
+        """Why a request does not fit `max_model_len`, in the server's words; None when it fits (or is clamped)."""
+        length, wanted = self.max_model_len, int(body.get("max_tokens") or 16)
+        if not length:
+            return None
+        if wanted > length:
+            return (
+                f"max_tokens={wanted} cannot be greater than max_model_len={length}. Please request fewer output"
+                f" tokens. (parameter=max_tokens, value={wanted})"
+            )
+        if self.refuse_overflow and prompt_tokens(body) + wanted > length:
+            return (
+                f"This model's maximum context length is {length} tokens. However, you requested {wanted}"
+                f" output tokens and your prompt contains at least {prompt_tokens(body)} input tokens, for a"
+                f" total of at least {prompt_tokens(body) + wanted} tokens."
+            )
+        return None
 
     def completion(self, content: str | list[str], finish_reason: str = "stop") -> dict[str, Any]:
         contents = [content] if isinstance(content, str) else content
@@ -180,15 +203,10 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 self._send(400, _error(400, "request body is not JSON"))
                 return
-            tokens = prompt_tokens(body) + int(body.get("max_tokens") or 16)
-            if server.max_model_len and tokens > server.max_model_len:
+            refusal = server.context_refusal(body)
+            if refusal:
                 server.requests.append(body)
-                msg = (
-                    f"This model's maximum context length is {server.max_model_len} tokens. However, you requested"
-                    f" {body.get('max_tokens')} output tokens and your prompt contains at least"
-                    f" {prompt_tokens(body)} input tokens, for a total of at least {tokens} tokens."
-                )
-                self._send(400, _error(400, msg, param="input_tokens"))
+                self._send(400, _error(400, refusal, param="max_tokens"))
                 return
             answer = server._next_answer(body, dict(self.headers))
             rejected = _rejection(answer, body) if isinstance(answer, dict) else None

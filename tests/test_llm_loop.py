@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from openai_server import FakeOpenAIServer
 
+pytestmark = pytest.mark.slow  # each runs the whole loop (real AiiDA, preflight, LAMMPS): ~25 s
+
 DATA = Path(__file__).resolve().parents[1] / "mdagent_hpc" / "examples" / "demo"
 TASK = "Heat a small Cu crystal with EAM to 800 K in NVT"
 GOOD = (DATA / "good.lammps").read_text()

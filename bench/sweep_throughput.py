@@ -136,7 +136,6 @@ def calcjobs(site, n: int, progress) -> float:
 def llm_requests(site_name: str, n: int) -> tuple[int, int]:
     """(LLM requests, points recorded) of the recorded LJ sweep with n points on the Parsl engine."""
     import yaml
-    from aiida import orm
 
     from mdagent_hpc.sweep.spec import SweepSpec
     from mdagent_hpc.workflows.sweep_launch import run_sweep
@@ -147,12 +146,8 @@ def llm_requests(site_name: str, n: int) -> tuple[int, int]:
     node = run_sweep(SweepSpec(**data))
     if not node.is_finished_ok:
         sys.exit(f"the {n}-point sweep failed: {node.exit_status} {node.exit_message}")
-    calls = (
-        orm.QueryBuilder()
-        .append(orm.WorkflowNode, filters={"id": node.pk}, tag="sweep")
-        .append(orm.ProcessNode, with_ancestors="sweep", filters={"process_type": {"like": "%mdagent.generate%"}})
-        .count()
-    )
+    # Every model request is a GenerateScript process called (at any depth) by the sweep.
+    calls = sum(1 for p in node.called_descendants if p.process_type == "aiida.calculations:mdagent.generate")
     return calls, len(node.outputs.points)
 
 
@@ -167,7 +162,8 @@ def running(pidfile: str) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=100)
-    parser.add_argument("--skip-calcjob", action="store_true", help="only the pilot and the ideal")
+    parser.add_argument("--skip-pilot", action="store_true", help="no (a)")
+    parser.add_argument("--skip-calcjob", action="store_true", help="no (b)")
     parser.add_argument("--no-llm", action="store_true", help="skip the LLM requests of 10 and N-point sweeps")
     args = parser.parse_args()
     from rich.progress import Progress
@@ -207,20 +203,22 @@ def run(args, home: Path, Progress) -> None:
         flush=True,
     )
 
-    print(f"(a) pilot: {n} points in Parsl blocks ...", file=sys.stderr, flush=True)
-    a = pilot(site.name, n, home / "sweep")
-    print(
-        f"(a) pilot jobs:       {a:7.1f} s  = {a / ideal:.2f} x ideal (target <= {TARGET}: "
-        f"{'met' if a / ideal <= TARGET else 'MISSED'})",
-        flush=True,
-    )
-    span, busy = inside_blocks(home / "sweep")
-    print(
-        f"    of which points running: {span:.1f} s (cores busy {busy / (cores * span):.0%}; a point took "
-        f"{busy / n:.2f} s on average in the block against {t_point:.2f} s alone); before the first point and "
-        f"after the last: {a - span:.1f} s",
-        flush=True,
-    )
+    a = None
+    if not args.skip_pilot:
+        print(f"(a) pilot: {n} points in Parsl blocks ...", file=sys.stderr, flush=True)
+        a = pilot(site.name, n, home / "sweep")
+        print(
+            f"(a) pilot jobs:       {a:7.1f} s  = {a / ideal:.2f} x ideal (target <= {TARGET}: "
+            f"{'met' if a / ideal <= TARGET else 'MISSED'})",
+            flush=True,
+        )
+        span, busy = inside_blocks(home / "sweep")
+        print(
+            f"    of which points running: {span:.1f} s (cores busy {busy / (cores * span):.0%}; a point took "
+            f"{busy / n:.2f} s on average in the block against {t_point:.2f} s alone); before the first point and "
+            f"after the last: {a - span:.1f} s",
+            flush=True,
+        )
     if not args.skip_calcjob:
         from aiida.engine.daemon.client import get_daemon_client
 
@@ -233,7 +231,8 @@ def run(args, home: Path, Progress) -> None:
                 b = calcjobs(site, n, lambda done: bar.update(task, completed=done))
         finally:
             get_daemon_client().stop_daemon(wait=True, timeout=60)
-        print(f"(b) one CalcJob each: {b:7.1f} s  = {b / ideal:.2f} x ideal ({b / a:.1f} x the pilot)", flush=True)
+        than_pilot = f" ({b / a:.1f} x the pilot)" if a else ""
+        print(f"(b) one CalcJob each: {b:7.1f} s  = {b / ideal:.2f} x ideal{than_pilot}", flush=True)
     if not args.no_llm:
         for size in (10, n):
             calls, recorded = llm_requests(site.name, size)

@@ -323,13 +323,13 @@ def test_pilot_calculation_survives_a_daemon_restart(site, tmp_path):
         assert node.inputs.code.computer.label == "slurm-pilot-login"
         assert node.inputs.code.computer.scheduler_type == "core.direct"
         wait_for(lambda: pilot_progress(sweep)["done"] >= 2, what="two points ending")
-        client.stop_daemon(wait=True, timeout=60)
+        client.stop_daemon(wait=True, timeout=120)
         before = ended(sweep)
         start_daemon()
-        wait_for(lambda: node.is_terminated, timeout=300, what="the PilotCalculation to end")
+        wait_for(lambda: node.is_terminated, timeout=600, what="the PilotCalculation to end")
     finally:
         if started:
-            client.stop_daemon(wait=True, timeout=60)
+            client.stop_daemon(wait=True, timeout=120)
     assert node.is_finished_ok, node.exit_message
     results = node.outputs.results.get_dict()
     assert sorted(results) == [f"T_{i}" for i in range(6)] and all(r["returncode"] == 0 for r in results.values())

@@ -15,7 +15,7 @@ recorded sweep workflows/sweeps/lj-melt-temperature.yaml through SweepWorkChain 
 --points points and prints the LLM requests each made (GenerateScript calls; target: the same). Works in a
 temporary MDAGENT_HOME. Timings are printed, never asserted.
 
-    .venv/bin/python bench/sweep_throughput.py [--points 100] [--skip-calcjob] [--no-llm]
+    .venv/bin/python bench/sweep_throughput.py [--points 100] [--skip-pilot] [--skip-calcjob] [--no-llm]
 """
 
 from __future__ import annotations

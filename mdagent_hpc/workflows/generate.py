@@ -48,7 +48,7 @@ class GenerateScript(LinksOnlyNewOutputs, Process):
         spec.output_namespace("files", valid_type=orm.SinglefileData, dynamic=True, required=False)
         spec.output_namespace("candidates", valid_type=orm.SinglefileData, dynamic=True, required=False,
                               help="with candidates > 1, answer N's script as candidate_N (N from 2), its files as "
-                                   "candidate_N__<name>")
+                                   "candidate_N_file_<name>")
         spec.output("response", valid_type=orm.Dict, help="raw answers, model, usage, latency, problems")
         spec.exit_code(300, "ERROR_LLM_UNAVAILABLE", message="the LLM endpoint failed: {kind}: {message}")
         spec.exit_code(310, "ERROR_NO_SCRIPT", message="the answer held no usable script")
@@ -82,7 +82,7 @@ class GenerateScript(LinksOnlyNewOutputs, Process):
             self.out(prefix or "script", script)
             for name, content in files.items():
                 if name not in record["refused_files"]:
-                    key = f"{prefix}__{node_key(name)}" if prefix else f"files.{node_key(name)}"
+                    key = f"{prefix}_file_{node_key(name)}" if prefix else f"files.{node_key(name)}"
                     self.out(key, orm.SinglefileData.from_string(content, filename=name))
         # The first answer's reading at the top, as for a single answer.
         first = response["choices"][0]

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -320,6 +321,7 @@ def main() -> int:
             with psycopg.connect(**PG, dbname="postgres", autocommit=True) as conn:
                 for database in made:
                     conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            shutil.rmtree(home, ignore_errors=True)
     return 0
 
 

@@ -28,31 +28,43 @@ PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 # -- pure: filters, records, diffs -------------------------------------------------------------------------------
 def test_ranges_text_times_and_sorts_parse_as_typed():
-    q = build_query(task="re:^Heat .*NVT", reward="0.5..", attempts="..2", seconds="1m..2h", elements="cu, Ni",
-                    obs=["temp_final=700..900"], params={"T": "1200..", "lattice": "fcc"}, since="7d",
-                    sort="-obs.temp_final", limit=5)
+    q = build_query(
+        task="re:^Heat .*NVT",
+        reward="0.5..",
+        attempts="..2",
+        seconds="1m..2h",
+        elements="cu, Ni",
+        obs=["temp_final=700..900"],
+        params={"T": "1200..", "lattice": "fcc"},
+        since="7d",
+        sort="-obs.temp_final",
+        limit=5,
+    )
     assert q.task.regex and q.task.matches("heat a Cu crystal in NVT") and not q.task.matches("Melt it")
     assert q.reward == Range(low=0.5) and q.attempts == Range(high=2) and q.seconds == Range(low=60, high=7200)
     assert q.elements == ["Cu", "Ni"] and q.obs["temp_final"] == Range(low=700, high=900)
     assert q.params == {"T": Range(low=1200), "lattice": "fcc"} and q.sort_key == ("obs.temp_final", True)
     assert parse_range(0.7, "reward") == Range(low=0.7, high=0.7) and parse_range((None, 3), "x") == Range(high=3)
-    assert (parse_time("2d", "since", now=parse_time("2026-11-03", "x")) == parse_time("2026-11-01", "x"))
+    assert parse_time("2d", "since", now=parse_time("2026-11-03", "x")) == parse_time("2026-11-01", "x")
     assert build_query().sort == "-ctime" and build_query(verdict=None, task=None).limit == 50
 
 
-@pytest.mark.parametrize(("options", "says"), [
-    ({"reward": "high"}, "reward: 'high' is not a number"),
-    ({"reward": "0.9..0.1"}, "above its end"),
-    ({"reward": ".."}, "at least one end"),
-    ({"task": "re:(unclosed"}, "is not a regular expression"),
-    ({"since": "last week"}, "neither a span like 7d"),
-    ({"elements": "Cu Xx"}, "'Xx' is not an element symbol"),
-    ({"verdict": "ok"}, "verdict 'ok' is not one of running, passed, failed"),
-    ({"obs": ["temp_final>1200"]}, "write NAME=VALUE"),
-    ({"sort": "colour"}, "sort: 'colour' is not one of"),
-    ({"limit": 0}, "limit must be a whole number"),
-    ({"colour": "red"}, "unknown filter 'colour'"),
-])
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"reward": "high"}, "reward: 'high' is not a number"),
+        ({"reward": "0.9..0.1"}, "above its end"),
+        ({"reward": ".."}, "at least one end"),
+        ({"task": "re:(unclosed"}, "is not a regular expression"),
+        ({"since": "last week"}, "neither a span like 7d"),
+        ({"elements": "Cu Xx"}, "'Xx' is not an element symbol"),
+        ({"verdict": "ok"}, "verdict 'ok' is not one of running, passed, failed"),
+        ({"obs": ["temp_final>1200"]}, "write NAME=VALUE"),
+        ({"sort": "colour"}, "sort: 'colour' is not one of"),
+        ({"limit": 0}, "limit must be a whole number"),
+        ({"colour": "red"}, "unknown filter 'colour'"),
+    ],
+)
 def test_a_bad_filter_is_one_sentence(options, says):
     with pytest.raises(QueryError) as caught:
         build_query(**options)
@@ -62,15 +74,43 @@ def test_a_bad_filter_is_one_sentence(options, says):
 def test_the_record_of_a_run_names_its_final_script_evaluation_and_faults():
     from mdagent_hpc.models import Attempt, Evaluation, Finding, Job, PotentialUse, Run, Usage
 
-    lost = Evaluation(grade="fail", reward=0.2, findings=[Finding(rule="lost_atoms", severity="error", message="x")],
-                      observables={"temp_final": 90.0, "press_final": float("nan")})
-    run = Run(pk=1, uuid="u", task="Heat Cu", ctime="2026-11-30T00:00:00", verdict="failed", seconds=12.5,
-              attempts=[Attempt(number=1, stage="run", script="units metal\n",
-                                job=Job(fault="walltime", action="restart"), usage=Usage(model="m1")),
-                        Attempt(number=2, stage="evaluate", evaluation=lost, usage=Usage(model="m2"),
-                                script=(DEMO / "wrong-potential.lammps").read_text())])
-    record = index_record(run, [PotentialUse(name="Cu_u3.eam", pair_style="eam", elements=["Cu"], md5="abc")],
-                          user="me@x", stop="max_attempts", elements=["Cu"])
+    lost = Evaluation(
+        grade="fail",
+        reward=0.2,
+        findings=[Finding(rule="lost_atoms", severity="error", message="x")],
+        observables={"temp_final": 90.0, "press_final": float("nan")},
+    )
+    run = Run(
+        pk=1,
+        uuid="u",
+        task="Heat Cu",
+        ctime="2026-11-30T00:00:00",
+        verdict="failed",
+        seconds=12.5,
+        attempts=[
+            Attempt(
+                number=1,
+                stage="run",
+                script="units metal\n",
+                job=Job(fault="walltime", action="restart"),
+                usage=Usage(model="m1"),
+            ),
+            Attempt(
+                number=2,
+                stage="evaluate",
+                evaluation=lost,
+                usage=Usage(model="m2"),
+                script=(DEMO / "wrong-potential.lammps").read_text(),
+            ),
+        ],
+    )
+    record = index_record(
+        run,
+        [PotentialUse(name="Cu_u3.eam", pair_style="eam", elements=["Cu"], md5="abc")],
+        user="me@x",
+        stop="max_attempts",
+        elements=["Cu"],
+    )
     assert record["faults"] == ["walltime"] and record["findings"] == ["lost_atoms"] and record["model"] == "m2"
     assert record["grade"] == "fail" and record["reward"] == 0.2 and record["obs"] == {"temp_final": 90.0}
     assert (record["pair_styles"], record["units"], record["ensembles"]) == (["eam"], "metal", ["nvt"])
@@ -81,10 +121,18 @@ def test_the_record_of_a_run_names_its_final_script_evaluation_and_faults():
 
 
 def test_diff_of_two_sides_and_run_specs():
-    a = Side(label="A", script="units lj\nrun 10\n", settings={"llm.temperature": 0.2, "loop.max_attempts": 3},
-             observables={"temp_final": 1.0, "atoms": 256})
-    b = Side(label="B", script="units lj\nrun 20\n", settings={"llm.temperature": 0.5, "loop.max_attempts": 3},
-             observables={"temp_final": 1.5})
+    a = Side(
+        label="A",
+        script="units lj\nrun 10\n",
+        settings={"llm.temperature": 0.2, "loop.max_attempts": 3},
+        observables={"temp_final": 1.0, "atoms": 256},
+    )
+    b = Side(
+        label="B",
+        script="units lj\nrun 20\n",
+        settings={"llm.temperature": 0.5, "loop.max_attempts": 3},
+        observables={"temp_final": 1.5},
+    )
     result = diff_sides(a, b)
     assert "-run 10" in result["script_diff"] and "+run 20" in result["script_diff"] and not result["same_script"]
     assert result["settings"] == [["llm.temperature", 0.2, 0.5]] and result["same_settings"] == 1
@@ -205,13 +253,13 @@ print(json.dumps(out))
 
 
 def python(code: str, *args: str, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def mdagent(*args: str, env: dict, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def psql(sql: str) -> None:
@@ -232,12 +280,21 @@ def backend(request, tmp_path_factory):
         name = f"mdagent-test-query-{uuid.uuid4().hex[:8]}"
         database = name.replace("-", "_")
         env.update(AIIDA_PATH=str(home), MDAGENT_AIIDA_PROFILE=name)
-        made = python("from mdagent_hpc.execution.profile import ensure_postgres_profile as make; "
-                      f"make({name!r}, broker=False)", env=env, timeout=120)
+        made = python(
+            f"from mdagent_hpc.execution.profile import ensure_postgres_profile as make; make({name!r}, broker=False)",
+            env=env,
+            timeout=120,
+        )
         assert made.returncode == 0, made.stderr[-2000:]
     try:
-        answers = json.dumps([fenced("good.lammps"), fenced("lost-atoms.lammps"), fenced("wrong-potential.lammps"),
-                              str(REPO / "workflows" / "sweeps" / "lj-melt-temperature.yaml")])
+        answers = json.dumps(
+            [
+                fenced("good.lammps"),
+                fenced("lost-atoms.lammps"),
+                fenced("wrong-potential.lammps"),
+                str(REPO / "workflows" / "sweeps" / "lj-melt-temperature.yaml"),
+            ]
+        )
         made = python(MAKE_RUNS, answers, env=env, timeout=600)
         assert made.returncode == 0, made.stderr[-3000:]
         yield env, json.loads(made.stdout.strip().splitlines()[-1]), request.param
@@ -256,7 +313,7 @@ def test_queries_return_the_right_runs(backend):
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     for (query, expected), found in zip(QUERIES, answer["rows"], strict=False):
         assert {name[pk] for pk in found} == expected, query
-    for (query, expected), found in zip(ORDERED, answer["rows"][len(QUERIES):], strict=True):
+    for (query, expected), found in zip(ORDERED, answer["rows"][len(QUERIES) :], strict=True):
         assert [name[pk] for pk in found] == expected, query
     frame = answer["frame"]
     assert frame["pks"] == [pks["passed"], pks["stuck"]] and frame["ctime"].startswith("datetime64")

@@ -35,7 +35,7 @@ def aiida_profile():
     return ensure_profile()
 
 
-def run(server: FakeOpenAIServer, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
+def run(server: FakeOpenAIServer, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
     env = {
         **os.environ,
         "MDAGENT_LLM_BASE_URL": server.base_url,
@@ -44,7 +44,7 @@ def run(server: FakeOpenAIServer, **env: str) -> tuple[subprocess.CompletedProce
         **env,
     }
     result = subprocess.run(
-        [sys.executable, "-m", "mdagent_hpc.cli", "run", TASK, "--json"],
+        [sys.executable, "-m", "mdagent_hpc.cli", "run", TASK, "--json", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -77,6 +77,49 @@ def test_best_of_k_candidates_goes_on_and_every_verdict_is_recorded(aiida_profil
     gen = orm.load_node(attempt.nodes["generate"])
     assert gen.inputs.settings["candidates"] == 3 and "candidate_3" in gen.outputs.candidates
     assert len(gen.outputs.response["choices"]) == 3
+
+
+DATA_FILE = """LAMMPS data file
+
+2 atoms
+1 atom types
+
+0 10 xlo xhi
+0 10 ylo yhi
+0 10 zlo zhi
+
+Masses
+
+1 1.0
+
+Atoms # atomic
+
+1 1 1.0 1.0 1.0
+2 1 2.2 1.0 1.0
+"""
+FROM_DATA = """units lj
+atom_style atomic
+read_data two.data
+pair_style lj/cut 2.5
+pair_coeff 1 1 1.0 1.0 2.5
+fix 1 all nve
+thermo 10
+run 100
+"""
+
+
+def test_a_later_candidates_files_go_on_with_it(aiida_profile):
+    from mdagent_hpc.workflows.results import read_run
+
+    with_file = json.dumps(
+        {"script": FROM_DATA, "potentials": [], "notes": "", "files": [{"name": "two.data", "content": DATA_FILE}]}
+    )
+    missing_file = as_json(FROM_DATA)  # the same script without its data file: preflight fails
+    with FakeOpenAIServer([{"choices": [missing_file, with_file]}]) as server:
+        result, summary = run(server, "--max-attempts", "1", MDAGENT_LLM_CANDIDATES="2")
+    (attempt,) = read_run(summary["pk"]).attempts
+    assert [(c.number, c.ok, c.chosen) for c in attempt.candidates] == [(2, True, True), (1, False, False)]
+    assert attempt.files == ["two.data"] and attempt.stage.value in ("run", "evaluate")  # staged with its script
 
 
 def test_a_server_without_structured_output_is_said_once_and_remembered_in_the_inputs(aiida_profile):

@@ -445,6 +445,15 @@ def test_429_persistent(fake_openai: StartServer) -> None:
     assert exc.value.kind == "rate_limited" and len(srv.requests) == 2
 
 
+def test_429_says_which_limit_and_when_it_resets(fake_openai: StartServer) -> None:
+    """A gateway's quota refusal names the limit and its reset time: the user must see that sentence."""
+    message = "daily LLM token budget reached (quota tokens_per_day); it resets at 2026-12-01T00:00:00Z"
+    srv = fake_openai([{"status": 429, "message": message}])
+    with pytest.raises(LLMUnavailable) as exc:
+        generate(settings_for(srv, max_retries=0), MESSAGES)
+    assert exc.value.kind == "rate_limited" and message in str(exc.value)
+
+
 def test_401_not_retried(fake_openai: StartServer) -> None:
     srv = fake_openai([{"status": 401}, answer()])
     with pytest.raises(LLMUnavailable, match="MDAGENT_LLM_API_KEY") as exc:

@@ -390,6 +390,12 @@ class LLMClient:
             )
         return response
 
+    def chat(self, messages: list[dict[str, Any]], max_tokens: int, temperature: float = 0.0) -> ChatCompletion:
+        """One plain chat completion (questions, judging): no script reading; raises LLMUnavailable."""
+        model = self.model_name()
+        params = {"temperature": temperature, "max_tokens": min(max_tokens, self.settings.max_tokens)}
+        return self._create(model, messages, params, None)
+
     def _unavailable(self, err: Exception) -> LLMUnavailable:
         unavailable = self._explain(err)
         if isinstance(err, openai.APIStatusError):
@@ -424,7 +430,8 @@ class LLMClient:
         if code == 429:
             return LLMUnavailable(
                 "rate_limited",
-                f"{url} still answers HTTP 429 after {attempts}; wait a minute or lower the request rate.",
+                f"{url} still answers HTTP 429 after {attempts} ({msg}); wait until the limit resets"
+                " or lower the request rate.",
             )
         if code >= 500:
             return LLMUnavailable(

@@ -380,25 +380,10 @@ def qa_records(group) -> list[Answered]:
 # -- one chat completion ----------------------------------------------------------------------------------------
 def chat(settings, messages: list[dict], max_tokens: int = 512, temperature: float = 0.0) -> tuple[str, dict, float]:
     """One plain chat completion: (text, usage, seconds). Raises LLMUnavailable with one sentence."""
-    from mdagent_hpc.llm.client import LLMUnavailable, get_client
+    from mdagent_hpc.llm.client import get_client
 
-    client = get_client(settings)
     start = time.monotonic()
-    try:
-        response = client._openai.chat.completions.create(
-            model=client.model_name(),
-            messages=messages,
-            temperature=temperature,
-            max_tokens=min(max_tokens, settings.max_tokens),
-        )
-    except Exception as exc:  # noqa: BLE001 (every openai error becomes the client's one-sentence kind)
-        import openai
-
-        if isinstance(exc, openai.APIError | ValueError):
-            raise client._unavailable(exc) from None
-        raise
-    if not getattr(response, "choices", None):
-        raise LLMUnavailable("server_error", f"{client.url} answered without a choice")
+    response = get_client(settings).chat(messages, max_tokens=max_tokens, temperature=temperature)
     text = response.choices[0].message.content or ""
     usage = response.usage.model_dump() if response.usage else {}
     return text, {k: v for k, v in usage.items() if isinstance(v, int)}, round(time.monotonic() - start, 3)

@@ -33,6 +33,8 @@ COMMANDS = {
     "llm": "llm:llm",
     "gateway": "gateway:gateway",
     "users": "users:users",
+    "server": "server:server",
+    "cancel": "server:cancel",
     "verdi": "verdi:verdi",
     "daemon": "verdi:daemon",
     "bench": "bench:bench",

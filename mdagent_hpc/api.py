@@ -411,3 +411,44 @@ def load_profile():
     except (HomeError, ProfileError) as exc:
         raise MDAgentError(str(exc)) from None
     return _loaded[key]
+
+
+def cancel(pk: int | str) -> str:
+    """Ask a running agent run or sweep to stop (its jobs are cancelled); what happened, in one sentence."""
+    load_profile()
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+    from aiida.engine.processes.control import kill_processes
+
+    try:
+        node = orm.load_node(pk)
+    except (NotExistent, MultipleObjectsError, ValueError, TypeError):
+        raise MDAgentError(f"no node with pk {pk}; `mdagent runs` lists the runs") from None
+    if not isinstance(node, orm.WorkflowNode):
+        raise MDAgentError(f"node {pk} is not a run or a sweep; `mdagent runs` lists the runs")
+    if node.is_terminated:
+        return f"run {pk} has already ended ({node.process_state.value})"
+    kill_processes([node], timeout=10, wait=False, message="cancelled")
+    return f"run {pk}: cancel sent"
+
+
+# -- a shared server (docs/deploy.md): with MDAGENT_SERVER set, these go through it (mdagent_hpc/remote.py) --------
+def _through_server(name: str, local):
+    import functools
+    import os
+
+    @functools.wraps(local)
+    def call(*args, **kwargs):
+        if os.environ.get("MDAGENT_SERVER"):
+            from mdagent_hpc import remote
+
+            return getattr(remote, name)(*args, **kwargs)
+        return local(*args, **kwargs)
+
+    return call
+
+
+for _name in ("run", "submit", "get_run", "list_runs", "find_runs", "diff_runs", "plot_run", "index_runs",
+              "plan_sweep", "sweep", "get_sweep", "list_sweeps", "export_sweep", "load_profile", "cancel"):
+    globals()[_name] = _through_server(_name, globals()[_name])
+__all__.append("cancel")

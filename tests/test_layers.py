@@ -47,6 +47,13 @@ PURE |= {"bench"}
 ALLOWED["dashboard"] = {"models", "query", "workflows", "api"}
 ALLOWED["cli"] |= {"dashboard"}
 ENGINE_FREE |= {("dashboard", "filters.py"), ("dashboard", "view.py")}
+# the shared server (issue 13): server/ over the API, the users store and the workflows; remote.py is its client,
+# to which the API hands its calls when MDAGENT_SERVER is set
+ALLOWED["server"] = {"models", "configfile", "home", "accounts", "api", "workflows", "execution", "sweep"}
+ALLOWED["remote"] = {"models", "api", "sweep", "workflows"}
+ALLOWED["api"] |= {"remote"}
+ALLOWED["cli"] |= {"server", "remote"}
+ENGINE_FREE |= {("server", "wire.py"), ("server", "access.py")}
 
 def layer_of(path: Path) -> str:
     rel = path.relative_to(PACKAGE)

@@ -1,0 +1,194 @@
+"""The AiiDA side of the server: launching work as a user and reading only what that user may see.
+
+A process node's user is set when it is made, from the storage backend's default user (aiida-core caches it on
+the backend). `as_user` makes the requesting user's AiiDA user that default for the duration of one submission,
+under a lock, so the root workflow node and its input nodes carry that user; nodes the daemon makes later
+(steps, LAMMPS jobs) belong to the profile's default user, so the root also gets the extra `mdagent_user`, and
+each LAMMPS job's scheduler script carries the user (Slurm `--comment`, a comment line elsewhere).
+Nothing is kept here between requests: everything lives in the database and the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from datetime import UTC, datetime
+
+from aiida import orm
+
+from mdagent_hpc.accounts.store import User
+from mdagent_hpc.server.access import identity, may_cancel, may_read
+
+USER_EXTRA = "mdagent_user"
+AGENT = "aiida.workflows:mdagent.agent"
+SWEEP = "aiida.workflows:mdagent.sweep"
+ACTIVE = ["created", "waiting", "running"]
+
+
+class Denied(Exception):
+    """Not this user's to see or touch (HTTP 403), in one sentence."""
+
+
+class Missing(Exception):
+    """No such run or sweep (HTTP 404), in one sentence."""
+
+
+_submit_lock = threading.Lock()
+
+
+def aiida_user(user: User) -> orm.User:
+    email = identity(user.name, user.email)
+    found = orm.QueryBuilder().append(orm.User, filters={"email": email}).first(flat=True)
+    return found or orm.User(email=email, first_name=user.name, last_name="", institution="mdagent").store()
+
+
+@contextlib.contextmanager
+def as_user(user: User):
+    """Nodes made inside belong to `user`'s AiiDA user (one submission at a time: the default is global)."""
+    backend = orm.User.collection.backend
+    with _submit_lock:
+        previous = backend.default_user
+        backend._default_user = aiida_user(user)  # noqa: SLF001 (aiida has no setter)
+        try:
+            yield
+        finally:
+            backend._default_user = previous  # noqa: SLF001
+
+
+def scheduler_mark(scheduler: str, user: User) -> str:
+    """A line in the job script that puts the user into the scheduler's accounting."""
+    who = identity(user.name, user.email)
+    if scheduler == "core.slurm":
+        return f"#SBATCH --comment=mdagent:{who}"
+    if scheduler == "core.pbspro":
+        return f"#PBS -v MDAGENT_USER={who}"
+    return f"# mdagent user: {who}"
+
+
+def submit_run(user: User, request):
+    """Submit an agent run to the daemon on behalf of `user`; the root node."""
+    from aiida.engine import submit
+
+    from mdagent_hpc.workflows.agent import AgentWorkChain
+    from mdagent_hpc.workflows.launch import agent_inputs
+
+    with as_user(user):  # the input nodes too are made here, so they carry the user
+        inputs = agent_inputs(request)
+        code = inputs.get("code")
+        options = inputs["options"].get_dict() if "options" in inputs else {"max_wallclock_seconds": 3600}
+        mark = scheduler_mark(code.computer.scheduler_type if code is not None else "", user)
+        options["custom_scheduler_commands"] = "\n".join(filter(None, [options.get("custom_scheduler_commands"), mark]))
+        inputs["options"] = orm.Dict(options)
+        node = submit(AgentWorkChain, **inputs)
+    node.base.extras.set(USER_EXTRA, user.name)
+    return node
+
+
+def submit_sweep(user: User, spec):
+    from mdagent_hpc.workflows.sweep_launch import submit_sweep as submit
+
+    with as_user(user):
+        node = submit(spec)
+    node.base.extras.set(USER_EXTRA, user.name)
+    return node
+
+
+def owner(node: orm.Node) -> str:
+    """The AiiDA user (email) of the run a node belongs to (its top caller)."""
+    top = node
+    while isinstance(top, orm.ProcessNode) and top.caller is not None:
+        top = top.caller
+    return top.user.email
+
+
+def load(pk: int | str, what: str = "run") -> orm.Node:
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    try:
+        return orm.load_node(pk)
+    except (NotExistent, MultipleObjectsError, ValueError, TypeError):
+        raise Missing(f"no {what} with pk {pk}; `mdagent runs` lists yours") from None
+
+
+def readable(user: User, pk: int | str, group_read: bool, what: str = "run") -> orm.Node:
+    node = load(pk, what)
+    if not may_read(identity(user.name, user.email), user.admin, owner(node), group_read):
+        raise Denied(f"{what} {pk} belongs to another user and this server does not share runs within the group")
+    return node
+
+
+def cancel(user: User, pk: int | str) -> str:
+    from mdagent_hpc import api
+
+    if not may_cancel(identity(user.name, user.email), user.admin, owner(load(pk))):
+        raise Denied(f"run {pk} belongs to another user; only they (or an admin) may cancel it")
+    return api.cancel(pk)
+
+
+def list_runs(user: User, limit: int, verdict: str | None, site: str | None, task: str | None, group_read: bool):
+    """What `mdagent runs` lists, only the user's own unless the group setting (or admin) allows all."""
+    from mdagent_hpc.workflows.results import _verdict_filter, read_run
+
+    qb = orm.QueryBuilder().append(
+        orm.WorkChainNode, tag="run", project=["*"], filters={"process_type": AGENT, **_verdict_filter(verdict)}
+    )
+    if not (group_read or user.admin):
+        qb.append(orm.User, with_node="run", filters={"email": identity(user.name, user.email)})
+    if site is not None:
+        qb.append(orm.Dict, with_outgoing="run", edge_filters={"label": "site"}, filters={"attributes.name": site})
+    if task:
+        qb.append(
+            orm.Str,
+            with_outgoing="run",
+            edge_filters={"label": "task"},
+            filters={"attributes.value": {"ilike": f"%{task}%"}},
+        )
+    qb.order_by({"run": {"ctime": "desc"}}).limit(limit)
+    return [read_run(node) for node in qb.all(flat=True)]
+
+
+def list_sweeps(user: User, limit: int, group_read: bool):
+    from mdagent_hpc.workflows.sweep_launch import read_sweep
+
+    qb = orm.QueryBuilder().append(orm.WorkChainNode, tag="sweep", project=["*"], filters={"process_type": SWEEP})
+    if not (group_read or user.admin):
+        qb.append(orm.User, with_node="sweep", filters={"email": identity(user.name, user.email)})
+    qb.order_by({"sweep": {"ctime": "desc"}}).limit(limit)
+    return [read_sweep(node) for node in qb.all(flat=True)]
+
+
+def in_flight(user: User) -> int:
+    """The user's agent runs and sweeps not yet ended."""
+    qb = orm.QueryBuilder().append(
+        orm.WorkChainNode,
+        tag="p",
+        filters={"process_type": {"in": [AGENT, SWEEP]}, "attributes.process_state": {"in": ACTIVE}},
+    )
+    qb.append(orm.User, with_node="p", filters={"email": identity(user.name, user.email)})
+    return qb.count()
+
+
+def core_hours_today(user: User, now: datetime | None = None) -> float:
+    """Core-hours of the LAMMPS jobs of the user's runs today (UTC): cores x (last change - creation), the part
+    after midnight. An estimate from provenance (queue time is not counted: a job's node is made at submission,
+    its last change is its retrieval); the scheduler's own accounting (`sacct --comment`) is the exact figure."""
+    now = now or datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    qb = orm.QueryBuilder().append(
+        orm.WorkChainNode,
+        tag="p",
+        project=["*"],
+        filters={"process_type": {"in": [AGENT, SWEEP]}, "mtime": {">=": midnight}},
+    )
+    qb.append(orm.User, with_node="p", filters={"email": identity(user.name, user.email)})
+    total = 0.0
+    for top in qb.all(flat=True):
+        for job in top.called_descendants:
+            if not isinstance(job, orm.CalcJobNode) or job.mtime < midnight:
+                continue
+            resources = job.get_option("resources") or {}
+            cores = resources.get("tot_num_mpiprocs") or (
+                (resources.get("num_machines") or 1) * (resources.get("num_mpiprocs_per_machine") or 1)
+            )
+            total += cores * (job.mtime - max(job.ctime, midnight)).total_seconds() / 3600
+    return total

@@ -57,7 +57,7 @@ def db_option(command):
         "--db",
         envvar="MDAGENT_USERS_DB",
         metavar="URL",
-        help="users database (default: MDAGENT_USERS_DB, else $MDAGENT_HOME/users.db)",
+        help="users database (default: MDAGENT_USERS_DB, else the shared server's, else $MDAGENT_HOME/users.db)",
     )(command)
 
 
@@ -69,13 +69,20 @@ def store(url: str | None):
 
     opened = None
     try:
-        opened = Store(url)
+        opened = Store(url or shared_users_db())
         yield opened
     except (AccountsError, HomeError) as exc:
         raise UserError(str(exc)) from None
     finally:
         if opened is not None:
             opened.close()
+
+
+def shared_users_db() -> str | None:
+    """The users database `mdagent server setup` chose (the shared profile's PostgreSQL), if it ran here."""
+    from mdagent_hpc.cli.server import saved
+
+    return saved().get("users_db")
 
 
 def given(quotas: dict) -> dict:

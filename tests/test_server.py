@@ -341,3 +341,45 @@ def test_the_server_restarted_mid_run_loses_nothing_and_group_read_shares_runs(s
     everyone = {r["pk"] for r in json.loads(ok(mdagent("runs", "--json", env=client, key=keys["bob"])).stdout)}
     assert {sent["pk"], shared["runs"]["alice"], shared["runs"]["bob"]} <= everyone
     refused(mdagent("cancel", str(sent["pk"]), env=client, key=keys["bob"]), "another user")
+
+
+@pytest.mark.slow
+def test_backup_while_serving_and_restore_into_a_new_profile(shared, tmp_path):
+    import psycopg
+
+    dest = tmp_path / "backups"
+    said = ok(mdagent("server", "backup", str(dest), env=shared["env"], timeout=600)).stdout
+    assert "backup in" in said and (dest / "last-backup" / "db.psql").is_file()
+    restored = f"{shared['name']}-r"
+    database = restored.replace("-", "_")
+    env = {**shared["env"], "MDAGENT_HOME": str(tmp_path / "home2")}
+    try:
+        ok(mdagent("server", "restore", str(dest), "--profile", restored, env=env, timeout=600))
+        refused(mdagent("server", "restore", str(dest), "--profile", restored, env=env), "exists already")
+        code = (
+            "import json, sys\n"
+            "from mdagent_hpc.execution.profile import ensure_profile\n"
+            "ensure_profile()\n"
+            "from aiida import orm\n"
+            "from mdagent_hpc.cli.server import saved\n"
+            "from mdagent_hpc.accounts.store import Store\n"
+            "n = orm.load_node(int(sys.argv[1]))\n"
+            "u = Store(saved()['users_db']).authenticate(sys.argv[2])\n"
+            "print(json.dumps({'user': n.user.email, 'task': n.inputs.task.value, 'key_of': u.name if u else None,\n"
+            "  'script': n.outputs.attempts.attempt_1.get_dict().get('script', '')[:5]}))\n"
+        )
+        pk = shared["runs"]["alice"]
+        seen = ok(
+            subprocess.run(
+                [sys.executable, "-c", code, str(pk), shared["keys"]["alice"]],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**env, "MDAGENT_AIIDA_PROFILE": restored, "AIIDA_PATH": env["MDAGENT_HOME"]},
+            )
+        )
+        seen = json.loads(seen.stdout.strip().splitlines()[-1])
+        assert seen["user"] == "alice@example.org" and seen["task"] == TASK and seen["key_of"] == "alice"
+    finally:
+        with psycopg.connect(**PG, dbname="postgres", autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

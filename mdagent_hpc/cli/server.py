@@ -266,3 +266,163 @@ def cancel(pk) -> None:
     from mdagent_hpc import api
 
     out().print(api.cancel(pk), highlight=False)
+
+
+def _profile_name(profile: str | None) -> str:
+    name = profile or os.environ.get("MDAGENT_AIIDA_PROFILE") or saved().get("profile")
+    if not name:
+        raise UserError("no shared profile yet: run `mdagent server setup` first (or give --profile)")
+    return name
+
+
+@server.command()
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--profile", help="the shared profile (default: the one `server setup` saved)")
+@click.option("--keep", type=click.IntRange(1), default=7, show_default=True, help="backups kept in DEST")
+def backup(dest, profile, keep) -> None:
+    """Back up the shared profile into folder DEST while it runs: the whole PostgreSQL database (runs, users and
+    their keys' hashes, usage) and the file repository, with AiiDA's own backup (pg_dump + rsync, incremental)."""
+    os.environ["MDAGENT_AIIDA_PROFILE"] = _profile_name(profile)
+    os.environ.pop("MDAGENT_SERVER", None)
+    from mdagent_hpc import api
+
+    for exe in ("pg_dump", "rsync"):
+        if not shutil.which(exe):
+            raise UserError(f"`{exe}` is not installed here; install it (Debian: postgresql-client, rsync) and retry")
+    api.load_profile()
+    from aiida.manage import get_manager
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with status(f"backing up profile {os.environ['MDAGENT_AIIDA_PROFILE']} into {dest} ..."):
+        try:
+            get_manager().get_profile_storage().backup(str(dest), keep=keep)
+        except Exception as exc:  # noqa: BLE001 (aiida raises BackupError and others: one sentence)
+            raise UserError(f"the backup failed: {exc}; check that DEST is writable and PostgreSQL answers") from None
+    last = (dest / "last-backup").resolve()
+    size = sum(p.stat().st_size for p in last.rglob("*") if p.is_file())
+    out().print(
+        f"backup in {last} ({size / 1e6:.1f} MB); `mdagent server restore {dest} --profile NEW` brings it back",
+        highlight=False,
+    )
+
+
+@server.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--profile", required=True, help="the new profile to restore into (it must not exist)")
+@click.option("--database", help="the new PostgreSQL database (default: the profile name with _; must not exist)")
+@click.option("--db-host", default="127.0.0.1", show_default=True)
+@click.option("--db-port", default=5432, show_default=True, type=int)
+@click.option("--db-user", default="postgres", show_default=True)
+@click.option("--db-password", default="", envvar="MDAGENT_DB_PASSWORD", help="(or MDAGENT_DB_PASSWORD)")
+def restore(source, profile, database, db_host, db_port, db_user, db_password) -> None:
+    """Restore a backup from SOURCE (a folder `server backup` wrote) into a new profile and database, users
+    included; then `mdagent server serve` uses it. Same pks, same users and keys."""
+    import psycopg
+
+    from mdagent_hpc.home import ensure_home
+
+    folder = source / "last-backup" if (source / "last-backup").exists() else source
+    dump, container = folder / "db.psql", folder / "container"
+    if not dump.is_file() or not container.is_dir():
+        raise UserError(
+            f"{source} is not a backup (no db.psql and container/ in {folder}); give the folder "
+            "`mdagent server backup` wrote"
+        )
+    if not shutil.which("psql"):
+        raise UserError("`psql` is not installed here; install it (Debian: postgresql-client) and retry")
+    from aiida.manage.configuration import get_config
+
+    if profile in get_config(create=True).profile_names:
+        raise UserError(f"profile {profile} exists already; restore into a new one (--profile NEW)")
+    database = database or profile.replace("-", "_")
+    where = {"host": db_host, "port": db_port, "user": db_user, "password": db_password}
+    try:
+        with psycopg.connect(**where, dbname="postgres", autocommit=True, connect_timeout=5) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                raise UserError(f"database {database} exists already on {db_host}:{db_port}; give a new --database")
+            conn.execute(
+                psycopg.sql.SQL(
+                    "CREATE DATABASE {} ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' TEMPLATE template0"
+                ).format(psycopg.sql.Identifier(database))
+            )
+    except psycopg.OperationalError as exc:
+        raise UserError(
+            f"PostgreSQL at {db_host}:{db_port} does not answer or refuses {db_user} ({exc}); start it "
+            "or give the right --db-host/--db-port/--db-user"
+        ) from None
+    with status(f"loading {dump} into database {database} ..."):
+        loaded = subprocess.run(
+            [
+                "psql",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                db_host,
+                "-p",
+                str(db_port),
+                "-U",
+                db_user,
+                "-d",
+                database,
+                "-f",
+                str(dump),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PGPASSWORD": db_password},
+        )
+    if loaded.returncode != 0:
+        raise UserError(
+            f"psql could not load {dump}: {loaded.stderr.strip().splitlines()[-1:]}; database {database} "
+            "is left for inspection (drop it before retrying)"
+        )
+    target = ensure_home() / "repositories" / profile / "container"
+    with status(f"copying the file repository to {target} ..."):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(container, target)
+    try:
+        make_profile(
+            profile,
+            {
+                "database_engine": "postgresql_psycopg",
+                "database_hostname": db_host,
+                "database_port": db_port,
+                "database_username": db_user,
+                "database_password": db_password,
+                "database_name": database,
+                "repository_uri": f"file://{target.parent}",
+            },
+        )
+    except ConnectionError:
+        raise UserError(
+            "RabbitMQ does not answer (or refuses guest): start it (`service rabbitmq-server start`); "
+            f"then retry with a new --database (drop {database} first)"
+        ) from None
+    users_db = f"postgresql://{db_user}{':' + db_password if db_password else ''}@{db_host}:{db_port}/{database}"
+    settings_file().write_text(json.dumps({"profile": profile, "users_db": users_db}, indent=2) + "\n")
+    settings_file().chmod(0o600)
+    out().print(
+        f"restored into profile {profile} (database {database}); `mdagent server serve` serves it", highlight=False
+    )
+
+
+def make_profile(name: str, storage: dict) -> None:
+    """A profile on a database and repository restored as they were: AiiDA's `create_profile` without the user
+    it would add (the restored database has its users), then brought to the current schema."""
+    from aiida.brokers.rabbitmq.defaults import detect_rabbitmq_config
+    from aiida.manage.configuration import get_config
+
+    config = get_config(create=True)
+    profile = config.create_profile(
+        name=name,
+        storage_backend="core.psql_dos",
+        storage_config=storage,
+        broker_backend="core.rabbitmq",
+        broker_config=detect_rabbitmq_config(),
+    )
+    profile.default_user_email = "mdagent@localhost"
+    config.update_profile(profile)
+    config.set_option("runner.poll.interval", 1, scope=name)
+    config.set_option("warnings.rabbitmq_version", False, scope=name)
+    config.store()

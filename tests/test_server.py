@@ -58,6 +58,16 @@ def test_quota_decisions_say_which_quota_and_when_it_resets():
     assert tokens.quota == "tokens_per_day" and "150 used of 100" in tokens.message
 
 
+def test_the_job_script_line_names_the_user_for_each_scheduler():
+    from mdagent_hpc.accounts.store import User
+    from mdagent_hpc.server.service import scheduler_mark
+
+    alice = User(id=1, name="alice", email="alice@uni.example", created_at=datetime.now(UTC))
+    assert scheduler_mark("core.slurm", alice) == "#SBATCH --comment=mdagent:alice@uni.example"
+    assert scheduler_mark("core.pbspro", alice) == "#PBS -v MDAGENT_USER=alice@uni.example"
+    assert scheduler_mark("core.direct", alice) == "# mdagent user: alice@uni.example"
+
+
 # -- the real thing ----------------------------------------------------------------------------------------------
 def mdagent(*args: str, env: dict, key: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(env)

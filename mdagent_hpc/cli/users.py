@@ -93,11 +93,13 @@ def limits_text(quota) -> str:
     return ", ".join(f"{k}={v}" for k, v in quota.model_dump().items() if v is not None) or "no limits"
 
 
-@click.group(short_help="Users of the LLM gateway: keys, quotas, usage.")
+@click.group(short_help="Users of the gateway and the shared server: keys, quotas, usage.")
 def users() -> None:
-    """Users of the LLM gateway and their API keys (stored hashed), quotas and usage (see docs/llm.md).
+    """Users of the LLM gateway and the shared server (`mdagent server`) and their API keys (stored hashed), quotas
+    and usage (see docs/llm.md, docs/deploy.md).
 
-    Whoever can write the users database (MDAGENT_USERS_DB, else $MDAGENT_HOME/users.db) administers it.
+    Whoever can write the users database (MDAGENT_USERS_DB, else the one `mdagent server setup` saved, else
+    $MDAGENT_HOME/users.db) administers it.
     """
 
 

@@ -235,9 +235,10 @@ vllm:
         assert get(f"{endpoint['base_url']}/models")[0] == 401
         assert get(f"{endpoint['base_url']}/models", key)[1]["data"][0]["max_model_len"] == 32768
 
-        # a random model reaches preflight with grammar-constrained output (test_llm_real.py, same task and seed)
+        # a random model reaches preflight with grammar-constrained output (as in test_llm_real.py); no seed: vLLM
+        # 0.32 on CPU dies on a seeded request prefilled in chunks (docs/limits.md)
         task = "Melt a 4000-atom Lennard-Jones crystal at reduced temperature 3.0 and report the final temperature"
-        settings = {"STRUCTURED_OUTPUT": "grammar", "SEED": "11", "MAX_TOKENS": "400", "CANDIDATES": "3"}
+        settings = {"STRUCTURED_OUTPUT": "grammar", "MAX_TOKENS": "400", "CANDIDATES": "3"}
         env = {f"MDAGENT_LLM_{k}": v for k, v in settings.items()}  # sampling only: no endpoint configured
         run = mdagent("run", task, "--max-attempts", "1", "--json", env_extra=env, timeout=600)
         assert "Traceback" not in run.stderr, run.stderr[-3000:]

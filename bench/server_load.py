@@ -1,0 +1,288 @@
+"""The shared server under load: 20 clients on loopback submitting runs and querying for a bounded time.
+
+Sets up its own shared deployment as `mdagent server setup` does (a new PostgreSQL database and RabbitMQ vhost,
+removed at the end), one user per client, the replay model server for the LLM, and starts `mdagent server serve`
+as a process of its own. Each client first submits `--runs` agent runs (one attempt, a good recorded script, real
+LAMMPS through the daemon), then, until `--seconds` have passed, alternates `runs query` (POST /api/v1/query with
+a filter on elements and verdict, what `mdagent runs query --element Cu` sends) and `show` of one of its runs.
+Then it waits for every run to end and checks that nothing was lost or duplicated: every submitted pk is there,
+ended, owned by its user, and each user has exactly the runs they submitted.
+
+Reported: p50/p95/max latency of `runs query` through the server under that load; then, with the runs ended,
+the same query from all clients at once for `--query-seconds` (queries only) and from one client; and the same
+query in-process (api.find_runs in a Python process on the profile, the baseline), in the same run, with the
+ratios of the p95s.
+
+    .venv/bin/python bench/server_load.py [--clients 20] [--seconds 60] [--runs 1] [--query-seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = "Heat a small Cu crystal with EAM to 800 K in NVT and report its temperature"
+QUERY = {"elements": "Cu", "verdict": "passed", "limit": 50}
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
+
+def mdagent(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"mdagent {' '.join(args)} failed: {done.stderr[-2000:]}")
+    return done
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def summary(ms: list[float]) -> str:
+    return f"n={len(ms)} p50 {statistics.median(ms):.1f} ms, p95 {pct(ms, 0.95):.1f} ms, max {max(ms):.1f} ms"
+
+
+IN_PROCESS = """
+import json, sys, time
+from mdagent_hpc.execution.profile import ensure_profile
+ensure_profile()
+from mdagent_hpc import api
+query = json.loads(sys.argv[1]); n = int(sys.argv[2])
+api.find_runs(**query)
+ms = []
+for _ in range(n):
+    t = time.perf_counter(); rows = api.find_runs(**query); ms.append((time.perf_counter() - t) * 1000)
+print(json.dumps({"ms": ms, "rows": len(rows)}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--runs", type=int, default=1, help="runs each client submits")
+    parser.add_argument("--repeat", type=int, default=50, help="queries timed for the baselines")
+    parser.add_argument("--query-seconds", type=float, default=20, help="then all clients only query, this long")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from mdagent_hpc.llm.replay import FakeOpenAIServer
+
+    root = Path(tempfile.mkdtemp(prefix="mdagent-server-load-"))
+    name = f"mdagent-bench-server-{uuid.uuid4().hex[:8]}"
+    good = f"```lammps\n{(REPO / 'mdagent_hpc' / 'examples' / 'demo' / 'good.lammps').read_text()}```\n"
+    model = FakeOpenAIServer([good] * (args.clients * args.runs + 10), model="fake-model").start()
+    env = {
+        **os.environ,
+        "MDAGENT_HOME": str(root / "home"),
+        "AIIDA_BROKER_VIRTUAL_HOST": name,
+        "MDAGENT_LLM_BASE_URL": model.base_url,
+        "MDAGENT_LLM_MODEL": "fake-model",
+        "MDAGENT_LLM_API_KEY": "x",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
+    for k in ("MDAGENT_AIIDA_PROFILE", "MDAGENT_SERVER", "MDAGENT_API_KEY", "MDAGENT_USERS_DB", "AIIDA_PATH"):
+        env.pop(k, None)
+    server = None
+    try:
+        subprocess.run(["rabbitmqctl", "add_vhost", name], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            ["rabbitmqctl", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        print(f"setting up profile {name} (PostgreSQL + RabbitMQ) ...", flush=True)
+        mdagent("server", "setup", "--profile", name, "--json", env=env)
+        keys = [
+            json.loads(mdagent("users", "add", f"user{i:02d}", "--json", env=env).stdout)["key"]
+            for i in range(args.clients)
+        ]
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        log = (root / "server.log").open("w")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mdagent_hpc.cli", "server", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the server did not start: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        print(f"server on {url}; {args.clients} clients for {args.seconds:.0f} s ...", flush=True)
+
+        submitted: dict[int, list[int]] = {i: [] for i in range(args.clients)}
+        latencies: list[float] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        start = time.monotonic()
+
+        def client(i: int) -> None:
+            headers = {"authorization": f"Bearer {keys[i]}"}
+            with httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=120, trust_env=False) as http:
+                for n in range(args.runs):
+                    answer = http.post(
+                        "/runs",
+                        json={"request": {"task": f"{TASK} (client {i}, run {n})", "loop": {"max_attempts": 1}}},
+                    )
+                    if answer.status_code != 201:
+                        with lock:
+                            errors.append(f"client {i} submit: HTTP {answer.status_code} {answer.text[:200]}")
+                        continue
+                    submitted[i].append(answer.json()["pk"])
+                turn = 0
+                while time.monotonic() - start < args.seconds:
+                    turn += 1
+                    if turn % 2 or not submitted[i]:
+                        t = time.perf_counter()
+                        answer = http.post("/query", json={"filters": QUERY})
+                        ms = (time.perf_counter() - t) * 1000
+                        with lock:
+                            latencies.append(ms)
+                    else:
+                        answer = http.get(f"/runs/{submitted[i][turn % len(submitted[i])]}")
+                    if answer.status_code != 200:
+                        with lock:
+                            errors.append(f"client {i}: HTTP {answer.status_code} {answer.text[:200]}")
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(f"load over; waiting for the {sum(map(len, submitted.values()))} runs to end ...", flush=True)
+        pending = {pk: i for i, pks in submitted.items() for pk in pks}
+        verdicts: dict[int, str] = {}
+        deadline = time.monotonic() + 900
+        with httpx.Client(base_url=f"{url}/api/v1", timeout=120, trust_env=False) as http:
+            while pending and time.monotonic() < deadline:
+                for pk, i in list(pending.items()):
+                    run = http.get(f"/runs/{pk}", headers={"authorization": f"Bearer {keys[i]}"}).json()
+                    if run["verdict"] != "running":
+                        verdicts[pk] = run["verdict"]
+                        del pending[pk]
+                time.sleep(2)
+            owned_ok = True
+            for i, pks in submitted.items():
+                listed = [
+                    r["pk"]
+                    for r in http.get(
+                        "/runs", params={"limit": 1000}, headers={"authorization": f"Bearer {keys[i]}"}
+                    ).json()
+                ]
+                owned_ok &= sorted(listed) == sorted(pks)
+            # the same 20 clients querying only, with the runs ended: the server's own cost under concurrency
+            only: list[float] = []
+
+            def querier(i: int) -> None:
+                headers = {"authorization": f"Bearer {keys[i]}"}
+                with httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=120, trust_env=False) as c:
+                    end = time.monotonic() + args.query_seconds
+                    while time.monotonic() < end:
+                        t = time.perf_counter()
+                        answer = c.post("/query", json={"filters": QUERY})
+                        with lock:
+                            only.append((time.perf_counter() - t) * 1000)
+                            if answer.status_code != 200:
+                                errors.append(f"client {i} query: HTTP {answer.status_code}")
+
+            threads = [threading.Thread(target=querier, args=(i,)) for i in range(args.clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            idle = []
+            headers = {"authorization": f"Bearer {keys[0]}"}
+            http.post("/query", json={"filters": QUERY}, headers=headers)
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                http.post("/query", json={"filters": QUERY}, headers=headers)
+                idle.append((time.perf_counter() - t) * 1000)
+        base_env = {**env, "MDAGENT_AIIDA_PROFILE": name, "AIIDA_PATH": env["MDAGENT_HOME"]}
+        base = json.loads(
+            subprocess.run(
+                [sys.executable, "-c", IN_PROCESS, json.dumps(QUERY), str(args.repeat)],
+                capture_output=True,
+                text=True,
+                env=base_env,
+                check=True,
+                timeout=600,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        total = sum(map(len, submitted.values()))
+        print(
+            f"\nclients {args.clients}, {args.seconds:.0f} s of load, {total} runs submitted "
+            f"({args.clients * args.runs} asked), {len(errors)} request errors, cores {os.cpu_count()}, "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
+        print(
+            f"runs ended: {len(verdicts)} of {total} ({sum(v == 'passed' for v in verdicts.values())} passed), "
+            f"still running: {len(pending)}; each user sees exactly their runs: {owned_ok}"
+        )
+        print(f"runs query through the server, under load:  {summary(latencies)}")
+        print(
+            f"runs query through the server, {args.clients} clients querying only: {summary(only)} "
+            f"({len(only) / args.query_seconds:.0f} queries/s)"
+        )
+        print(f"runs query through the server, one client:  {summary(idle)}")
+        print(f"runs query in-process (api.find_runs):       {summary(base['ms'])} ({base['rows']} rows)")
+        print(
+            f"p95 ratio server-under-load / in-process: {pct(latencies, 0.95) / pct(base['ms'], 0.95):.1f}; "
+            f"server-one-client / in-process: {pct(idle, 0.95) / pct(base['ms'], 0.95):.1f}"
+        )
+        for e in errors[:5]:
+            print("  error:", e)
+        lost = total != args.clients * args.runs or pending or not owned_ok
+        print("nothing lost" if not lost else "SOMETHING WAS LOST OR DUPLICATED")
+        sys.exit(1 if lost else 0)
+    finally:
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+        subprocess.run(
+            [sys.executable, "-m", "mdagent_hpc.cli", "daemon", "stop"],
+            capture_output=True,
+            env={**env, "MDAGENT_AIIDA_PROFILE": name, "AIIDA_PATH": env["MDAGENT_HOME"]},
+            timeout=120,
+        )
+        model.stop()
+        subprocess.run(["rabbitmqctl", "delete_vhost", name], capture_output=True, timeout=60)
+        import psycopg
+
+        with psycopg.connect(**PG, dbname="postgres", autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name.replace("-", "_")}" WITH (FORCE)')
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

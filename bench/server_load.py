@@ -257,8 +257,9 @@ def main() -> None:
         print(f"runs query through the server, one client:  {summary(idle)}")
         print(f"runs query in-process (api.find_runs):       {summary(base['ms'])} ({base['rows']} rows)")
         print(
-            f"p95 ratio server-under-load / in-process: {pct(latencies, 0.95) / pct(base['ms'], 0.95):.1f}; "
-            f"server-one-client / in-process: {pct(idle, 0.95) / pct(base['ms'], 0.95):.1f}"
+            f"p95 ratio to in-process: under load {pct(latencies, 0.95) / pct(base['ms'], 0.95):.1f}, "
+            f"{args.clients} clients querying only {pct(only, 0.95) / pct(base['ms'], 0.95):.1f}, "
+            f"one client {pct(idle, 0.95) / pct(base['ms'], 0.95):.1f}"
         )
         for e in errors[:5]:
             print("  error:", e)

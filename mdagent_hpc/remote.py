@@ -223,7 +223,7 @@ def list_sweeps(limit=20):
 
 def export_sweep(pk, folder=None) -> dict[str, str]:
     """The sweep's table and plot from the server, written to `folder` (default: ./sweep-PK)."""
-    folder = Path(folder) if folder else Path(f"sweep-{pk}")
+    folder = (Path(folder) if folder else Path(f"sweep-{pk}")).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for kind, (name, content) in call("GET", f"/sweeps/{pk}/export").items():

@@ -69,12 +69,19 @@ def test_the_job_script_line_names_the_user_for_each_scheduler():
 
 
 # -- the real thing ----------------------------------------------------------------------------------------------
-def mdagent(*args: str, env: dict, key: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def mdagent(
+    *args: str, env: dict, key: str | None = None, timeout: int = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     env = dict(env)
     if key is not None:
         env["MDAGENT_API_KEY"] = key
     return subprocess.run(
-        [sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, "-m", "mdagent_hpc.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=cwd,
     )
 
 
@@ -317,6 +324,45 @@ def test_quotas_are_enforced_with_a_clear_message(shared):
         "quota sweep_points",
     )
     assert json.loads(ok(mdagent("runs", "--json", env=client, key=keys["carol"])).stdout) == []  # nothing started
+
+
+@pytest.mark.slow
+def test_a_sweep_through_the_server_and_a_diff_and_plot_of_own_runs(shared, tmp_path):
+    import yaml
+
+    client, alice, model = shared["client"], shared["keys"]["alice"], shared["model"]
+    data = yaml.safe_load((REPO / "workflows" / "sweeps" / "lj-melt-temperature.yaml").read_text())
+    template = data.pop("answers")[0]  # recorded answers run only locally: the model server answers instead
+    data["parameters"][0]["stop"] = 1.2  # two points
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    model.answers.clear()
+    model.add(template, template, template)
+    sent = json.loads(
+        ok(mdagent("sweep", "start", "--spec", str(spec), "--daemon", "--yes", "--json", env=client, key=alice)).stdout
+    )
+    deadline = time.monotonic() + 300
+    while True:
+        state = json.loads(
+            ok(mdagent("sweep", "status", str(sent["pk"]), "--once", "--json", env=client, key=alice)).stdout
+        )
+        if state["verdict"] != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert state["verdict"] == "passed" and state["points_done"] == 2, state
+    shown = json.loads(
+        ok(mdagent("sweep", "show", str(sent["pk"]), "--json", env=client, key=alice, cwd=tmp_path)).stdout
+    )
+    assert len(shown["rows"]) == 2 and Path(shown["files"]["csv"]).is_file()
+    assert provenance(shared, sent["pk"])["user"] == "alice@example.org"
+    listed = json.loads(ok(mdagent("sweep", "status", "--once", "--json", env=client, key=alice)).stdout)
+    assert sent["pk"] in [s["pk"] for s in (listed if isinstance(listed, list) else [listed])]
+    refused(mdagent("sweep", "show", str(sent["pk"]), env=client, key=shared["keys"]["bob"]), "another user")
+    pk = shared["runs"]["alice"]
+    diff = json.loads(ok(mdagent("runs", "diff", str(pk), f"{pk}:1", "--json", env=client, key=alice)).stdout)
+    assert diff["same_script"] is True
+    ok(mdagent("plot", str(pk), env=client, key=alice, cwd=tmp_path))
+    assert (tmp_path / f"run-{pk}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow

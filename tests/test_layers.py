@@ -16,27 +16,23 @@ ALLOWED = {
     "llm": {"models", "configfile", "home", "lammps"},  # lammps.elements: the one periodic table
     "agent": {"models", "configfile", "lammps", "llm"},
     "query": {"models", "lammps", "llm"},  # provenance queries as data: filters, recorded fields, diffs, plots
+    "sweep": {"models", "configfile", "lammps"},  # parameter sweeps as data: spec, points, results (pandas)
     "accounts": {"models", "configfile", "home"},  # users, hashed keys, quotas (SQLAlchemy); keys/quotas pure
     "gateway": {"models", "configfile", "home", "accounts"},  # the LLM gateway (starlette, httpx2, uvicorn)
     # execution imports workflows only for the site probe's CalcJob
-    "execution": {"models", "configfile", "home", "lammps", "agent", "workflows"},
-    "workflows": {"models", "configfile", "home", "lammps", "llm", "agent", "execution", "query"},
-    "api": {"models", "configfile", "home", "lammps", "llm", "agent", "execution", "workflows", "query"},
-    "cli": {"models", "configfile", "home", "lammps", "llm", "agent", "execution", "workflows", "api", "query"},
+    "execution": {"models", "configfile", "home", "lammps", "agent", "sweep", "workflows"},
+    "workflows": {"models", "configfile", "home", "lammps", "llm", "agent", "sweep", "execution", "query"},
+    "api": {"models", "configfile", "home", "lammps", "llm", "agent", "sweep", "execution", "workflows", "query"},
+    "cli": {"models", "configfile", "home", "lammps", "llm", "agent", "sweep", "execution", "workflows", "api", "query"},
 }
 ALLOWED["api"] |= {"accounts"}  # the shared server (issue 13) reads users through the API
 ALLOWED["cli"] |= {"accounts", "gateway"}
 ALLOWED["execution"] |= {"llm"}  # `llm serve` (execution/llm_job.py) records endpoints in llm/serve.py
 ENGINES = ("aiida", "plumpy", "parsl", "openai", "httpx", "requests", "fastapi")
-PURE = {"models", "configfile", "lammps", "agent", "query"}  # no engine at all
+PURE = {"models", "configfile", "lammps", "agent", "query", "sweep"}  # no engine at all
 ENGINE_FREE_LLM = {"prompts.py", "grammar.py"}  # pure too: the agent's feedback uses prompts
 ENGINE_FREE = {("accounts", "keys.py"), ("accounts", "quotas.py"), ("gateway", "sse.py")}
 WEB_ENGINES = ("sqlalchemy", "starlette", "uvicorn", "httpx2")
-# benchmarks as data (issue 14): sets, scoring, training rows; workflows/bench.py runs them through the system
-ALLOWED["bench"] = {"models"}
-for _layer in ("workflows", "api", "cli"):
-    ALLOWED[_layer] |= {"bench"}
-PURE |= {"bench"}
 # benchmarks as data (issue 14): sets, scoring, training rows; workflows/bench.py runs them through the system
 ALLOWED["bench"] = {"models"}
 for _layer in ("workflows", "api", "cli"):

@@ -366,7 +366,7 @@ def test_a_sweep_through_the_server_and_a_diff_and_plot_of_own_runs(shared, tmp_
 
 
 @pytest.mark.slow
-def test_the_server_restarted_mid_run_loses_nothing_and_group_read_shares_runs(shared):
+def test_the_server_and_daemon_restarted_mid_run_lose_nothing_and_group_read_shares_runs(shared):
     client, keys, model = shared["client"], shared["keys"], shared["model"]
     model.answers.clear()
     model.add({"hang": 12, "content": GOOD}, GOOD, GOOD)
@@ -376,9 +376,14 @@ def test_the_server_restarted_mid_run_loses_nothing_and_group_read_shares_runs(s
         ok(mdagent("run", TASK + " (restart)", "--daemon", "--json", env=client, key=keys["alice"])).stdout
     )
     time.sleep(3)  # the daemon has it; the model is still answering
+    mid = json.loads(ok(mdagent("show", str(sent["pk"]), "--json", env=client, key=keys["alice"])).stdout)
+    assert mid["verdict"] == "running" and not mid["attempts"], mid
     shared["server"].stop()
     down = mdagent("runs", env=client, key=keys["alice"])
     refused(down, "does not answer")
+    # the daemon too: its processes wait in RabbitMQ with their checkpoints; `serve` starts it again
+    daemon_env = {**shared["env"], "MDAGENT_AIIDA_PROFILE": shared["name"], "AIIDA_PATH": str(shared["home"])}
+    assert "daemon stopped" in ok(mdagent("daemon", "stop", env=daemon_env, timeout=120)).stdout
     shared["server"] = ServerProcess(shared["env"], shared["port"], shared["home"] / "server.log", "--group-read")
     deadline = time.monotonic() + 300
     while True:

@@ -46,6 +46,7 @@ ENGINE_FREE |= {("dashboard", "filters.py"), ("dashboard", "view.py")}
 # the shared server (issue 13): server/ over the API, the users store and the workflows; remote.py is its client,
 # to which the API hands its calls when MDAGENT_SERVER is set
 ALLOWED["server"] = {"models", "configfile", "home", "accounts", "api", "workflows", "execution", "sweep"}
+ALLOWED["server"] |= {"dashboard"}  # its /dashboard/ pages are the dashboard app behind the key check
 ALLOWED["remote"] = {"models", "api", "sweep", "workflows"}
 ALLOWED["api"] |= {"remote"}
 ALLOWED["cli"] |= {"server", "remote"}

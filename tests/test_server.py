@@ -290,6 +290,69 @@ def test_no_key_a_revoked_key_and_another_users_run_are_refused(shared):
     assert any(x["user"] is None and x["status"] == 401 for x in lines)
 
 
+class LocalDashboard:
+    """`mdagent dashboard` with MDAGENT_SERVER set (pages forwarded from the server with the key), by its PID."""
+
+    def __init__(self, env: dict, key: str):
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = self.url.rsplit(":", 1)[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mdagent_hpc.cli", "dashboard", "--port", port],
+            env={**env, "MDAGENT_API_KEY": key},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, self.proc.stderr.read().decode()[-2000:]
+            try:
+                httpx.get(f"{self.url}/favicon.ico", timeout=5)
+                return
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the local dashboard did not answer in 60 s"
+                time.sleep(0.3)
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=60, **kwargs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.mark.slow
+def test_the_dashboard_through_the_server_shows_each_user_only_their_own(shared):
+    client, keys, runs = shared["client"], shared["keys"], shared["runs"]
+    no_key = {k: v for k, v in client.items() if k != "MDAGENT_API_KEY"} | {"MDAGENT_API_KEY_FILE": "/nonexistent"}
+    refused(mdagent("dashboard", "--port", str(free_port()), env=no_key, timeout=60), "no key")
+    # the server's pages need the key; the browser never holds it
+    assert httpx.get(f"{shared['server'].url}/dashboard/runs", timeout=30).status_code == 401
+    with LocalDashboard(client, keys["alice"]) as alice, LocalDashboard(client, keys["bob"]) as bob:
+        mine = alice.get("/runs")
+        assert mine.status_code == 200 and f'href="/runs/{runs["alice"]}"' in mine.text
+        assert f'href="/runs/{runs["bob"]}"' not in mine.text
+        asked = bob.get("/runs", params={"user": "alice@example.org"})  # asking for her by name changes nothing
+        assert asked.status_code == 200 and f'href="/runs/{runs["bob"]}"' in asked.text
+        assert f'href="/runs/{runs["alice"]}"' not in asked.text
+        assert alice.get(f"/runs/{runs['alice']}").status_code == 200
+        theirs = bob.get(f"/runs/{runs['alice']}")
+        assert theirs.status_code == 403 and "belongs to another user" in theirs.text and "<html" in theirs.text
+        assert bob.get(f"/api/runs/{runs['alice']}").status_code == 403
+        assert bob.get(f"/runs/{runs['alice']}/attempts/1/thermo.png").status_code == 403
+        # the Host check stays: a page from another name (DNS rebinding) gets nothing
+        assert alice.get("/runs", headers={"host": "evil.example"}).status_code == 400
+        redirect = alice.get("/")
+        assert redirect.status_code == 302 and redirect.headers["location"] == "/runs"
+
+
 @pytest.mark.slow
 def test_quotas_are_enforced_with_a_clear_message(shared):
     client, env, keys = shared["client"], shared["env"], shared["keys"]
@@ -402,6 +465,10 @@ def test_the_server_and_daemon_restarted_mid_run_lose_nothing_and_group_read_sha
     everyone = {r["pk"] for r in json.loads(ok(mdagent("runs", "--json", env=client, key=keys["bob"])).stdout)}
     assert {sent["pk"], shared["runs"]["alice"], shared["runs"]["bob"]} <= everyone
     refused(mdagent("cancel", str(sent["pk"]), env=client, key=keys["bob"]), "another user")
+    with LocalDashboard(client, keys["bob"]) as bob:  # and in the dashboard too
+        listed = bob.get("/runs")
+        assert f'href="/runs/{shared["runs"]["alice"]}"' in listed.text
+        assert bob.get(f"/runs/{shared['runs']['alice']}").status_code == 200
 
 
 @pytest.mark.slow

@@ -30,15 +30,28 @@ def dashboard(host, port, allow_remote) -> None:
             f"{port}:127.0.0.1:{port} THIS-HOST` from your laptop), or pass --allow-remote"
         )
     check_free(host, port)
-    from mdagent_hpc import api
+    from mdagent_hpc import api, remote
+    from mdagent_hpc.dashboard.app import LOCAL_NAMES
 
+    hosts = ["*"] if allow_remote else [*LOCAL_NAMES, host]
+    if remote.server_url() is not None:  # the pages come from the shared server, with this user's key
+        import uvicorn
+
+        app = remote.dashboard_app(hosts)
+        err().print(
+            f"dashboard of [bold]{remote.server_url()}[/] at [bold]http://{host}:{port}/[/] "
+            "(read only; Ctrl-C stops it)",
+            highlight=False,
+        )
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        return
     with status("loading the AiiDA profile"):
         api.load_profile()
         import uvicorn
 
-        from mdagent_hpc.dashboard.app import LOCAL_NAMES, make_app
+        from mdagent_hpc.dashboard.app import make_app
 
-        app = make_app(["*"] if allow_remote else [*LOCAL_NAMES, host])
+        app = make_app(hosts)
     err().print(f"dashboard at [bold]http://{host}:{port}/[/] (read only; Ctrl-C stops it)", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 

@@ -24,7 +24,12 @@ from mdagent_hpc.dashboard.filters import GRADES, MORE, VERDICTS, QueryError, re
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.globals.update(view=view)
 REFRESH_S = 3  # how often a page with running work asks for news
+OWNER = "mdagent.owner"  # set by the shared server (server/dashboard.py): the one AiiDA user this request may see
 STOPS = ("passed", "max_attempts", "stuck", "no_valid_script", "llm_unavailable", "killed", "excepted")
+
+
+def owner(request: Request) -> str | None:
+    return request.scope.get(OWNER)
 
 
 def page(request: Request, name: str, status_code: int = 200, **context) -> Response:
@@ -37,11 +42,17 @@ async def home(request: Request) -> Response:
 
 async def runs(request: Request) -> Response:
     data.fresh()
+    params, me = request.query_params.multi_items(), owner(request)
+    if me is not None:  # only this user's runs, whatever the user filter asked
+        params = [(k, v) for k, v in params if k != "user"] + [("user", me)]
     try:
-        query, values = read_filters(request.query_params.multi_items())
+        query, values = read_filters(params)
     except QueryError as exc:
         raise HTTPException(400, str(exc)) from None
     rows = data.find_runs(query)
+    if me is not None:  # the user filter matches text: keep exactly this user's
+        rows = [r for r in rows if r.get("user") == me]
+        values.pop("user", None)
     found = data.choices()
     found["stop"] = sorted({*STOPS, *found["stop"]})
     return page(
@@ -52,7 +63,7 @@ async def runs(request: Request) -> Response:
         values=values,
         filtered=bool(values.keys() - {"limit", "sort"}),
         unindexed=data.unindexed(values),
-        running=data.running(),
+        running=data.running(me),
         choices={**found, "verdict": VERDICTS, "grade": GRADES},
         more=MORE,
         refresh=REFRESH_S,
@@ -90,7 +101,7 @@ async def run_json(request: Request) -> Response:
 
 async def running_json(request: Request) -> Response:
     data.fresh()
-    return JSONResponse([p.as_dict() for p in data.running()])
+    return JSONResponse([p.as_dict() for p in data.running(owner(request))])
 
 
 async def health(request: Request) -> Response:
@@ -99,7 +110,7 @@ async def health(request: Request) -> Response:
 
 async def sweeps(request: Request) -> Response:
     data.fresh()
-    return page(request, "sweeps.html", sweeps=data.list_sweeps(), refresh=REFRESH_S)
+    return page(request, "sweeps.html", sweeps=data.list_sweeps(owner=owner(request)), refresh=REFRESH_S)
 
 
 async def sweep(request: Request) -> Response:

@@ -159,14 +159,16 @@ class Progress:
         }
 
 
-def running() -> list[Progress]:
-    """The agent runs still going that started in the last LIVE_DAYS, newest first (`verdict=running` finds all)."""
+def running(owner: str | None = None) -> list[Progress]:
+    """The agent runs still going that started in the last LIVE_DAYS, newest first (`verdict=running` finds all);
+    only those of the AiiDA user `owner` when given."""
     from aiida import orm
 
     qb = (
         orm.QueryBuilder()
         .append(
             orm.WorkChainNode,
+            tag="run",
             project=["*"],
             filters={
                 "process_type": PROCESS_TYPE,
@@ -174,8 +176,10 @@ def running() -> list[Progress]:
                 "attributes.process_state": {"in": list(ACTIVE)},
             },
         )
-        .order_by({orm.WorkChainNode: {"ctime": "desc"}})
+        .order_by({"run": {"ctime": "desc"}})
     )
+    if owner is not None:
+        qb.append(orm.User, with_node="run", filters={"email": owner})
     return [progress(node) for (node,) in qb.all()]
 
 
@@ -220,10 +224,20 @@ def run_summary(run: Run) -> dict:
 
 
 # -- sweeps (api.get_sweep, list_sweeps) ---------------------------------------------------------------------------
-def list_sweeps(limit: int = 100) -> list:
-    from mdagent_hpc import api
+def list_sweeps(limit: int = 100, owner: str | None = None) -> list:
+    """The newest sweeps; only those of the AiiDA user `owner` when given."""
+    from aiida import orm
 
-    return api.list_sweeps(limit)
+    from mdagent_hpc import api
+    from mdagent_hpc.workflows.sweep_launch import read_sweep
+
+    if owner is None:
+        return api.list_sweeps(limit)
+    qb = orm.QueryBuilder().append(
+        orm.WorkChainNode, tag="sweep", project=["*"], filters={"process_type": "aiida.workflows:mdagent.sweep"}
+    )
+    qb.append(orm.User, with_node="sweep", filters={"email": owner})
+    return [read_sweep(n) for n in qb.order_by({"sweep": {"ctime": "desc"}}).limit(limit).all(flat=True)]
 
 
 def get_sweep(pk: str):

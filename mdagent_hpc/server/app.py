@@ -23,11 +23,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from mdagent_hpc.accounts.quotas import utc_day
 from mdagent_hpc.accounts.store import AccountsError, Store, User
 from mdagent_hpc.server.access import Refused, check_submit, identity
+from mdagent_hpc.server.dashboard import DashboardGate
 from mdagent_hpc.server.wire import API, Me, QueryIn, RunIn, Submitted, SweepIn, error_body
 
 
@@ -69,6 +70,7 @@ class Server:
             Route(f"{API}/sweeps/plan", self.plan, methods=["POST"]),
             Route(f"{API}/sweeps/{{pk}}", self.sweep),
             Route(f"{API}/sweeps/{{pk}}/export", self.export),
+            Mount("/dashboard", app=DashboardGate(self)),
         ]
         return Starlette(routes=r, lifespan=self.lifespan)
 

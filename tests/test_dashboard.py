@@ -298,12 +298,15 @@ def test_a_sweep_shows_its_table_and_plot_and_its_points_are_in_the_runs_list(se
     assert page.goto(f"{server}/sweeps/{sweep_pk + 100000}").status == 404
     assert "no node with pk" in page.inner_text("#error-message")
 
-    from mdagent_hpc.api import load_profile
-
-    load_profile()  # before AiiDA is imported: it points AiiDA at the tests' profile
-    from aiida import orm
-
-    point = next(iter(orm.load_node(sweep_pk).outputs.points.values())).creator.pk
+    listed = subprocess.run(  # the point's pk as a user finds it (not through this process's AiiDA state)
+        [sys.executable, "-m", "mdagent_hpc.cli", "runs", "query", "--sweep", str(sweep_pk), "--kind", "point"]
+        + ["--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    point = json.loads(listed.stdout)[0]["pk"]
     page.goto(f"{server}/runs/{point}")  # a point (listed with the runs) leads to its sweep
     assert page.url == f"{server}/sweeps/{sweep_pk}"
 

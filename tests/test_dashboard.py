@@ -198,7 +198,10 @@ def test_the_runs_list_loads_and_its_filters_narrow_it(server, runs, page, shots
     assert listed(page) == [runs["ok"]]
     page.goto(f"{server}/runs?until=2000-01-01")
     assert listed(page) == [] and "No run matches these filters" in page.inner_text("main")
-    page.goto(f"{server}/runs?attempts=3..&obs.temp_final=500..")  # the "more filters": ranges
+    # the "more filters": ranges (other modules' runs in this session's profile can match them too)
+    page.goto(f"{server}/runs?attempts=3..&obs.temp_final=500..")
+    assert runs["ok"] in listed(page) and runs["bad"] not in listed(page)
+    page.goto(f"{server}/runs?attempts=3..&obs.temp_final=500..&task=re:dashboard%20alpha")
     assert listed(page) == [runs["ok"]]
     assert page.locator("form details").get_attribute("open") is not None
 

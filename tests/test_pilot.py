@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mdagent_hpc.execution.probe import lj_script
@@ -269,6 +270,7 @@ def test_a_cancelled_block_is_replaced_and_no_finished_point_runs_again(site, tm
 @pytest.mark.slow
 def test_a_stopped_or_killed_driver_resumes_and_never_reruns_a_point(site, tmp_path):
     sweep, job = tmp_path / "sweep", job_folder(tmp_path / "job", site, 8)
+    orphans: list[psutil.Process] = []
     driver = start_driver(sweep, job)
     try:
         wait_for(lambda: ended(sweep), what="a point ending")
@@ -281,6 +283,7 @@ def test_a_stopped_or_killed_driver_resumes_and_never_reruns_a_point(site, tmp_p
         driver = start_driver(sweep, job)
         wait_for(lambda: len(ended(sweep)) >= len(stopped) + 2, what="two more points ending")
         left = set(json.loads((sweep / "progress.json").read_text())["blocks"].values())
+        orphans = psutil.Process(driver.pid).children(recursive=True)  # Parsl's interchange outlives a SIGKILL
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
         killed = ended(sweep)
@@ -289,6 +292,10 @@ def test_a_stopped_or_killed_driver_resumes_and_never_reruns_a_point(site, tmp_p
         assert driver.wait(timeout=300) == 0, (job / "driver.out").read_text()
     finally:
         stop(driver)
+        for orphan in orphans:  # what the killed driver started, by PID
+            if orphan.is_running():
+                orphan.terminate()
+        psutil.wait_procs(orphans, timeout=30)
     out = (job / "driver.out").read_text()
     line = next(line for line in out.splitlines() if "a previous driver left:" in line)
     assert set(line.split(": ", 1)[1].split()) == left

@@ -87,7 +87,7 @@ def free_port() -> int:
 
 
 def vllm_env(cache_root: Path) -> dict[str, str]:
-    """The environment a CPU `vllm serve` needs here (../shared/notes/environment.md, "vLLM on CPU")."""
+    """The environment a CPU `vllm serve` needs here (docs/llm.md, "vLLM on CPU")."""
     return os.environ | {
         "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB
         "VLLM_CACHE_ROOT": str(cache_root),

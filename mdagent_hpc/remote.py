@@ -231,38 +231,3 @@ def export_sweep(pk, folder=None) -> dict[str, str]:
         (folder / name).write_bytes(base64.b64decode(content))
     return paths
 
-
-def dashboard_app(hosts: list[str]):
-    """`mdagent dashboard` with MDAGENT_SERVER set: a local app that forwards each GET to the server's /dashboard/,
-    adding the user's key (the browser never sees it), and answers only requests addressed to `hosts`."""
-    from starlette.applications import Starlette
-    from starlette.middleware import Middleware
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
-    from starlette.requests import Request
-    from starlette.responses import HTMLResponse, Response
-    from starlette.routing import Route
-
-    url, key = server_url(), api_key()
-    client = httpx.AsyncClient(
-        base_url=f"{url}/dashboard",
-        headers={"authorization": f"Bearer {key}"},
-        timeout=httpx.Timeout(120, connect=10),
-        trust_env=False,
-    )
-
-    async def forward(request: Request) -> Response:
-        try:
-            answer = await client.get("/" + request.path_params["path"], params=request.query_params.multi_items())
-        except httpx.HTTPError as exc:
-            return HTMLResponse(
-                f"<h1>502</h1><p>the mdagent server {url} does not answer ({type(exc).__name__}); check "
-                "MDAGENT_SERVER or ask your admin whether it runs</p>",
-                502,
-            )
-        headers = {k: v for k, v in answer.headers.items() if k in ("content-type", "location", "cache-control")}
-        return Response(answer.content, answer.status_code, headers=headers)
-
-    return Starlette(
-        routes=[Route("/{path:path}", forward)],
-        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
-    )

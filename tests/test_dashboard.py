@@ -397,3 +397,104 @@ def test_a_diagnostic_marks_its_script_line_and_the_diff_escapes_the_script():
     diff = script_diff(first, third)
     assert "&lt;x&gt;" in diff and "<x>" not in diff and "Cu" in diff
     assert "the same script" in script_diff(third, third) and script_diff(None, first) is None
+
+
+# -- the remote proxy (`mdagent dashboard` with MDAGENT_SERVER): a per-launch secret ---------------------------
+class Upstream:
+    """A stand-in for the shared server's /dashboard/: answers a page and records what each request carried."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append({"path": self.path, "authorization": self.headers.get("authorization"), **self.headers})
+                body = b"<html><body>the runs of the key's user</body></html>"
+                self.send_response(200)
+                self.send_header("content-type", "text/html")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def proxy():
+    """`mdagent dashboard --port 0` in remote mode (a process of its own, stopped by its PID) and its upstream."""
+    upstream = Upstream()
+    env = {**os.environ, "MDAGENT_SERVER": upstream.url, "MDAGENT_API_KEY": "mdk_the-users-key"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mdagent_hpc.cli", "dashboard", "--port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        said = proc.stderr.readline()  # the one line with the link; blocks until it is printed (or the exit)
+        assert "?token=" in said, said + proc.stderr.read()
+        link = next(w for w in said.split() if "?token=" in w)
+        yield {"link": link, "base": link.split("/?")[0], "upstream": upstream, "said": said}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        upstream.stop()
+
+
+def test_the_remote_dashboard_lets_in_only_the_browser_with_the_launchs_secret(proxy):
+    base, link, upstream = proxy["base"], proxy["link"], proxy["upstream"]
+    token = link.split("?token=", 1)[1]
+    assert base.startswith("http://127.0.0.1:") and base != "http://127.0.0.1:8765"
+    # another local account: no token, a wrong one, a forged cookie, another method -> 401, nothing forwarded
+    for path in ("/", "/runs", "/api/running", "/runs?token=" + "x" * len(token), "/favicon.ico"):
+        assert httpx.get(base + path, timeout=30).status_code == 401, path
+    assert httpx.get(base + "/runs", cookies={"mdagent_dashboard": token}, timeout=30).status_code == 401
+    assert httpx.post(base + "/runs?token=" + token, timeout=30).status_code == 401
+    assert upstream.seen == []
+    # the printed link: a redirect without the token, and the cookie (HttpOnly, SameSite=Strict) for this launch
+    with httpx.Client(timeout=30) as browser:
+        first = browser.get(f"{base}/runs?verdict=passed&token={token}")
+        assert first.status_code == 303 and first.headers["location"] == "/runs?verdict=passed"
+        cookie = first.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and token.lower() in cookie
+        page = browser.get(base + first.headers["location"])
+        assert page.status_code == 200 and "the runs of the key's user" in page.text
+        again = browser.get(base + "/sweeps")  # the cookie alone from now on
+        assert again.status_code == 200
+    # upstream got the user's key, the path and the filters, never the token nor the cookie
+    assert [s["path"] for s in upstream.seen] == ["/dashboard/runs?verdict=passed", "/dashboard/sweeps"]
+    for request in upstream.seen:
+        assert request["authorization"] == "Bearer mdk_the-users-key"
+        assert token not in json.dumps(request)
+
+
+def test_the_remote_dashboard_listens_on_loopback_only_and_not_on_the_servers_port():
+    from mdagent_hpc.cli.dashboard import DEFAULT_PORT
+    from mdagent_hpc.cli.server import DEFAULT_PORT as SERVER_PORT
+
+    assert DEFAULT_PORT != SERVER_PORT
+    env = {**os.environ, "MDAGENT_SERVER": "http://127.0.0.1:9", "MDAGENT_API_KEY": "mdk_k"}
+    cli = [sys.executable, "-m", "mdagent_hpc.cli", "dashboard", "--port", "0", "--host", "0.0.0.0"]
+    for extra in ([], ["--allow-remote"]):
+        refused = subprocess.run([*cli, *extra], capture_output=True, text=True, env=env, timeout=60)
+        assert refused.returncode == 2 and "127.0.0.1 only" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr

@@ -294,32 +294,29 @@ class LocalDashboard:
     """`mdagent dashboard` with MDAGENT_SERVER set (pages forwarded from the server with the key), by its PID."""
 
     def __init__(self, env: dict, key: str):
-        self.url = f"http://127.0.0.1:{free_port()}"
-        port = self.url.rsplit(":", 1)[1]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mdagent_hpc.cli", "dashboard", "--port", port],
+            [sys.executable, "-m", "mdagent_hpc.cli", "dashboard", "--port", "0"],
             env={**env, "MDAGENT_API_KEY": key},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            text=True,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, self.proc.stderr.read().decode()[-2000:]
-            try:
-                httpx.get(f"{self.url}/favicon.ico", timeout=5)
-                return
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the local dashboard did not answer in 60 s"
-                time.sleep(0.3)
+        said = self.proc.stderr.readline()  # the link with the launch's secret, printed once when it listens
+        assert "?token=" in said, said + self.proc.stderr.read()[-2000:]
+        link = next(w for w in said.split() if "?token=" in w)
+        self.url = link.split("/?", 1)[0]
+        self.browser = httpx.Client(timeout=60)
+        assert self.browser.get(link).status_code == 303  # the cookie, kept by this client from now on
 
     def get(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=60, **kwargs)
+        return self.browser.get(f"{self.url}{path}", **kwargs)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
+        self.browser.close()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(20)

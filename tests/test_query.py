@@ -71,6 +71,31 @@ def test_a_bad_filter_is_one_sentence(options, says):
     assert says in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_a_regular_expression_costs_linear_time():
+    # Python's `re` backtracks: on 40 `a`s and a `!` this pattern takes minutes (x1.6 per extra `a`), holding the GIL
+    q = build_query(task="re:(a|aa)+$")
+    assert not q.task.matches("Heat it " + "a" * 60 + "!")
+    assert q.task.matches("Heat it " + "a" * 60) and build_query(task="re:HEAT").task.matches("heat")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "says"),
+    [
+        (r"(Cu)\1", "backreferences"),
+        ("(?=Cu)Cu", "lookaround"),
+        ("(?<!Ni)Cu", "lookaround"),
+        ("x" * 2000, "at most"),
+    ],
+)
+def test_a_pattern_without_a_linear_time_match_is_refused(pattern, says):
+    from mdagent_hpc.query.filters import Text
+
+    for task in (f"re:{pattern}", Text(pattern=pattern, regex=True)):  # typed, or built in Python
+        with pytest.raises(QueryError) as caught:
+            build_query(task=task)
+        assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_the_record_of_a_run_names_its_final_script_evaluation_and_faults():
     from mdagent_hpc.models import Attempt, Evaluation, Finding, Job, PotentialUse, Run, Usage
 

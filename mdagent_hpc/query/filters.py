@@ -1,6 +1,7 @@
 """The filters of `mdagent runs query` and `query_runs()`: parsed from the words people type, checked, engine-free.
 
-Text: a substring (case-insensitive), or `re:PATTERN` for a regular expression (case-insensitive, searched).
+Text: a substring (case-insensitive), or `re:PATTERN` for a regular expression (case-insensitive, searched), matched
+by RE2 in time linear in the text: no backreferences or lookaround (Python's `re` can take minutes on one pattern).
 Numbers: `0.5..` (at least), `..0.5` (at most), `0.2..0.8` (both ends included), or one value.
 Time windows: `7d`, `12h`, `30m`, `2w` (that long ago until now) or a date `2026-11-01` / ISO time.
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
+import re2
 from pydantic import BaseModel, Field
 
 VERDICTS = ("running", "passed", "failed")
@@ -20,6 +23,7 @@ SORTS = ("ctime", "pk", "reward", "attempts", "seconds")
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_PATTERN = 500  # characters of a regular expression; RE2's memory for one is bounded by its own max_mem too
 
 
 class QueryError(ValueError):
@@ -36,8 +40,30 @@ class Text(BaseModel):
         if value is None:
             return False
         if self.regex:
-            return re.search(self.pattern, value, re.IGNORECASE) is not None
+            return compile_regex(self.pattern, "text").search(value) is not None
         return self.pattern.lower() in value.lower()
+
+
+@lru_cache(maxsize=256)
+def _compiled(pattern: str):
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False
+    return re2.compile(pattern, options)
+
+
+def compile_regex(pattern: str, what: str):
+    """`pattern` compiled by RE2 (case-insensitive), or `QueryError` saying why it cannot be used."""
+    if len(pattern) > MAX_PATTERN:
+        raise QueryError(f"{what}: a regular expression may have at most {MAX_PATTERN} characters, not {len(pattern)}")
+    try:
+        return _compiled(pattern)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise QueryError(
+            f"{what}: {pattern!r} is not a regular expression this search can run in linear time ({reason}; "
+            "backreferences and lookaround are not supported)"
+        ) from None
 
 
 def required_literals(pattern: str, shortest: int = 2) -> list[str]:
@@ -46,8 +72,12 @@ def required_literals(pattern: str, shortest: int = 2) -> list[str]:
     from re import _constants as c
     from re import _parser
 
+    try:  # parsed, never matched: Python's parser only names the literals; RE2 does the matching
+        parsed = _parser.parse(pattern)
+    except (re.error, RecursionError, OverflowError):  # RE2 syntax Python does not read (\pL, \Q..\E, ...)
+        return []
     literals, run = [], ""
-    for op, value in _parser.parse(pattern):
+    for op, value in parsed:
         if op is c.LITERAL:
             run += chr(value)
             continue
@@ -110,10 +140,7 @@ class Query(BaseModel):
 def parse_text(value: str, what: str) -> Text:
     if value.startswith("re:"):
         pattern = value[3:]
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise QueryError(f"{what}: {pattern!r} is not a regular expression ({exc})") from None
+        compile_regex(pattern, what)
         return Text(pattern=pattern, regex=True)
     if not value:
         raise QueryError(f"{what}: give some text (or re:PATTERN)")
@@ -228,7 +255,10 @@ def build_query(**options) -> Query:
     q: dict = {}
     for name in ("task", "potential", "model"):
         if name in options:
-            q[name] = options[name] if isinstance(options[name], Text) else parse_text(str(options[name]), name)
+            text = options[name]
+            if isinstance(text, Text) and text.regex:
+                compile_regex(text.pattern, name)
+            q[name] = text if isinstance(text, Text) else parse_text(str(text), name)
     for name in ("reward", "attempts", "seconds"):
         if name in options:
             q[name] = parse_range(options[name], name)

@@ -413,23 +413,33 @@ def load_profile():
     return _loaded[key]
 
 
-def cancel(pk: int | str) -> str:
-    """Ask a running agent run or sweep to stop (its jobs are cancelled); what happened, in one sentence."""
+def cancel(pk: int | str, by: str | None = None) -> str:
+    """Stop a running agent run or sweep and everything it started (its scheduler jobs and pilot blocks are
+    cancelled); what happened, in one sentence. `by` names who asked (default: this account)."""
     load_profile()
+    import getpass
+
     from aiida import orm
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
-    from aiida.engine.processes.control import kill_processes
+
+    from mdagent_hpc.execution.cancel import CancelError
+    from mdagent_hpc.execution.cancel import cancel as stop
 
     try:
-        node = orm.load_node(pk)
-    except (NotExistent, MultipleObjectsError, ValueError, TypeError):
-        raise MDAgentError(f"no node with pk {pk}; `mdagent runs` lists the runs") from None
+        node = orm.load_node(int(pk))
+    except (NotExistent, MultipleObjectsError, ValueError, TypeError, OverflowError):
+        raise MDAgentError(f"no run or sweep with pk {pk}; `mdagent runs` lists the runs") from None
     if not isinstance(node, orm.WorkflowNode):
         raise MDAgentError(f"node {pk} is not a run or a sweep; `mdagent runs` lists the runs")
-    if node.is_terminated:
-        return f"run {pk} has already ended ({node.process_state.value})"
-    kill_processes([node], timeout=10, wait=False, message="cancelled")
-    return f"run {pk}: cancel sent"
+    top = node
+    while top.caller is not None:
+        top = top.caller
+    if top.pk != node.pk and not node.is_terminated:
+        raise MDAgentError(f"{pk} is a step of run or sweep {top.pk}: cancel that (`mdagent cancel {top.pk}`)")
+    try:
+        return "run " + stop(node, by or getpass.getuser())
+    except CancelError as exc:
+        raise MDAgentError(str(exc)) from None
 
 
 # -- a shared server (docs/deploy.md): with MDAGENT_SERVER set, these go through it (mdagent_hpc/remote.py) --------

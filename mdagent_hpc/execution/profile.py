@@ -141,20 +141,27 @@ def run_here(process_class, **inputs):
     from plumpy.exceptions import KilledError
     from plumpy.persistence import InMemoryPersister
 
+    from mdagent_hpc.execution import cancel
+
     class NoCheckpoints(InMemoryPersister):
         def save_checkpoint(self, process, tag=None) -> None:
             pass
 
     runner = get_manager().create_runner(communicator=None, poll_interval=LOCAL_POLL_SECONDS,
                                          persister=NoCheckpoints())
+    process = None
     try:
         process = instantiate_process(runner, process_class, **inputs)
+        cancel.mark_in_process(process.node)
+        cancel.watch(runner, process)  # `mdagent cancel PK` from another terminal: as Ctrl-C
         try:
             results = runner.run(process)
         except KilledError:  # Ctrl-C: the runner killed the process; its node says so
             results = {}
     finally:
         runner.close()
+        if process is not None:
+            cancel.forget(process.node.pk)
     if process.node.is_killed:
         stop_children(process.node)
     return results, process.node

@@ -122,7 +122,7 @@ def cancel(user: User, pk: int | str) -> str:
 
     if not may_cancel(identity(user.name, user.email), user.admin, owner(load(pk))):
         raise Denied(f"run {pk} belongs to another user; only they (or an admin) may cancel it")
-    return api.cancel(pk)
+    return api.cancel(pk, by=identity(user.name, user.email))
 
 
 def list_runs(user: User, limit: int, verdict: str | None, site: str | None, task: str | None, group_read: bool):

@@ -25,6 +25,7 @@ from mdagent_hpc.sweep.spec import (
     correction_task,
     expand,
     ordered,
+    point_count,
     probe_points,
     template_task,
     validate_sweep,
@@ -36,9 +37,11 @@ FENCE = re.compile(r"```lammps\n(.*?)```", re.DOTALL)
 
 
 def spec(**fields) -> SweepSpec:
-    base = {"task": "NVT of an LJ crystal at temperature T", "parameters": [{"name": "T", "start": 0.6, "stop": 3.0,
-                                                                               "step": 0.6}],
-            "observables": [{"name": "pe", "column": "pe"}]}
+    base = {
+        "task": "NVT of an LJ crystal at temperature T",
+        "parameters": [{"name": "T", "start": 0.6, "stop": 3.0, "step": 0.6}],
+        "observables": [{"name": "pe", "column": "pe"}],
+    }
     return SweepSpec(**{**base, **fields})
 
 
@@ -50,15 +53,18 @@ def test_a_range_expands_inclusively_without_float_drift():
     assert Parameter(name="x", values=["a", "b"]).expanded() == ["a", "b"]
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"name": "T", "values": [1], "start": 1}, "not both"),
-    ({"name": "T", "start": 1, "stop": 2}, "all of start, stop and step"),
-    ({"name": "T", "start": 2, "stop": 1, "step": 1}, "below start"),
-    ({"name": "T", "values": [1, 1]}, "repeat"),
-    ({"name": "1T", "values": [1]}, "not a LAMMPS variable name"),
-    ({"name": "T", "start": 0, "stop": 1e6, "step": 1}, "more than"),
-    ({"name": "lat", "values": ["fcc", "x; rm -rf /"]}, "not a plain word"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"name": "T", "values": [1], "start": 1}, "not both"),
+        ({"name": "T", "start": 1, "stop": 2}, "all of start, stop and step"),
+        ({"name": "T", "start": 2, "stop": 1, "step": 1}, "below start"),
+        ({"name": "T", "values": [1, 1]}, "repeat"),
+        ({"name": "1T", "values": [1]}, "not a LAMMPS variable name"),
+        ({"name": "T", "start": 0, "stop": 1e6, "step": 1}, "more than"),
+        ({"name": "lat", "values": ["fcc", "x; rm -rf /"]}, "not a plain word"),
+    ],
+)
 def test_a_bad_parameter_is_refused_with_the_reason(fields, message):
     with pytest.raises(ValidationError, match=message):
         Parameter(**fields)
@@ -74,8 +80,14 @@ def test_a_spec_forbids_unknown_keys_and_repeated_names():
 def test_points_are_the_cartesian_product_with_stable_ids():
     two = spec(parameters=[{"name": "T", "values": [300, 600]}, {"name": "P", "values": [0, 1.5, -2]}])
     points = expand(two)
-    assert [p.id for p in points] == ["T_300__P_0", "T_300__P_1p5", "T_300__P_m2", "T_600__P_0", "T_600__P_1p5",
-                                      "T_600__P_m2"]
+    assert [p.id for p in points] == [
+        "T_300__P_0",
+        "T_300__P_1p5",
+        "T_300__P_m2",
+        "T_600__P_0",
+        "T_600__P_1p5",
+        "T_600__P_m2",
+    ]
     assert points[4].vars == {"T": 600, "P": 1.5}
     assert [p.id for p in expand(two)] == [p.id for p in points]  # the same every time: resumes find them
 
@@ -93,12 +105,51 @@ def test_probes_are_the_extremes_first_then_the_rest():
 
 
 def test_site_limits_say_what_to_change():
-    points = expand(spec())
     with pytest.raises(SweepError, match="5 points; site big allows at most 4 .*coarser step"):
-        validate_sweep(spec(), points, SweepLimits(max_points=4), site="big")
+        validate_sweep(spec(), SweepLimits(max_points=4), site="big")
     with pytest.raises(SweepError, match=r"about 2\.8 core-hours \(5 points x 2 cores x 1000 s\)"):
-        validate_sweep(spec(point_seconds=1000), points, SweepLimits(max_core_hours=1), cores_per_point=2)
-    validate_sweep(spec(), points, SweepLimits(max_points=5))
+        validate_sweep(spec(point_seconds=1000), SweepLimits(max_core_hours=1), cores_per_point=2)
+    validate_sweep(spec(), SweepLimits(max_points=5))
+
+
+def test_a_sweep_is_counted_without_building_its_points():
+    huge = spec(parameters=[{"name": n, "start": 1, "stop": 10_000, "step": 1} for n in ("T", "P", "N")])
+    assert point_count(huge) == 10**12 and point_count(spec()) == len(expand(spec())) == 5
+    with pytest.raises(SweepError, match="the sweep has 1000000000000 points; site local allows at most 1000 "):
+        validate_sweep(huge, SweepLimits())
+
+
+def test_a_plan_over_max_points_is_refused_before_any_point_is_built():
+    import tracemalloc
+
+    from mdagent_hpc.workflows.launch import LaunchError
+    from mdagent_hpc.workflows.sweep_launch import plan_sweep
+
+    # 10^8 points: built before the check, they took 1.8 GB in 18 s and grew to ~75 GB
+    two = spec(parameters=[{"name": n, "start": 1, "stop": 10_000, "step": 1} for n in ("T", "P")])
+    tracemalloc.start()
+    try:
+        with pytest.raises(LaunchError) as caught:
+            plan_sweep(two)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value).startswith("the sweep has 100000000 points; site local allows at most 1000 ")
+    assert peak < 5_000_000, f"planning a refused sweep peaked at {peak / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"name": "T", "start": 0, "stop": 1, "step": 1e-12}, "more than 10000 values"),
+        ({"name": "T", "values": list(range(10_001))}, "more than 10000 values"),
+        ({"name": "T", "start": float("nan"), "stop": 1, "step": 1}, "finite"),
+        ({"name": "T", "start": 0, "stop": float("inf"), "step": 1}, "finite"),
+    ],
+)
+def test_each_parameter_has_a_bounded_number_of_values(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        Parameter(**fields)
 
 
 def test_the_engine_rule():
@@ -156,15 +207,21 @@ def logs(tmp_path_factory):
     lmp = str(Path(sys.executable).parent / "lmp")
     out = {}
     for t in ("0.7", "1.4"):
-        subprocess.run([lmp, "-in", "in.lammps", "-var", "T", t, "-log", f"log.{t}", "-screen", "none"], cwd=folder,
-                       check=True, timeout=120)
+        subprocess.run(
+            [lmp, "-in", "in.lammps", "-var", "T", t, "-log", f"log.{t}", "-screen", "none"],
+            cwd=folder,
+            check=True,
+            timeout=120,
+        )
         out[t] = parse_log((folder / f"log.{t}").read_text())
     return out
 
 
 def test_observables_come_from_the_production_run_with_errors(logs):
-    sweep = spec(parameters=[{"name": "T", "values": [0.7, 1.4]}],
-                 observables=[{"name": "temp", "column": "temp"}, {"name": "v", "column": "vol", "stat": "final"}])
+    sweep = spec(
+        parameters=[{"name": "T", "values": [0.7, 1.4]}],
+        observables=[{"name": "temp", "column": "temp"}, {"name": "v", "column": "vol", "stat": "final"}],
+    )
     low, high = (point_result(p, logs[str(p.vars["T"])], TEMPLATE, sweep.observables) for p in expand(sweep))
     assert low.ok and high.ok and low.grade in ("pass", "warn") and low.rows == 20
     production = logs["1.4"].blocks[-1]
@@ -180,8 +237,10 @@ def test_a_missing_column_fails_the_point_and_says_what_to_add(logs):
 
 
 def test_table_and_plot_with_a_line_per_value_of_the_second_parameter(logs, tmp_path):
-    sweep = spec(parameters=[{"name": "T", "values": [0.7, 1.4]}, {"name": "rho", "values": [0.8, 0.9]}],
-                 observables=[{"name": "pe", "column": "pe", "units": "eps"}])
+    sweep = spec(
+        parameters=[{"name": "T", "values": [0.7, 1.4]}, {"name": "rho", "values": [0.8, 0.9]}],
+        observables=[{"name": "pe", "column": "pe", "units": "eps"}],
+    )
     points = expand(sweep)
     results = [point_result(p, logs[str(p.vars["T"])], TEMPLATE, sweep.observables) for p in points]
     frame = table(sweep, list(reversed(results)))
@@ -232,9 +291,11 @@ def test_a_structured_answer_is_read_from_json_or_a_fence_and_a_bad_one_is_one_s
     from mdagent_hpc.llm.structured import read_structured
     from mdagent_hpc.sweep.spec import SweepProposal
 
-    body = {"task": "NPT of fcc Al at temperature T", "parameters": [{"name": "T", "start": 300, "stop": 900,
-                                                                        "step": 100, "units": "K"}],
-            "observables": [{"name": "volume", "column": "vol"}]}
+    body = {
+        "task": "NPT of fcc Al at temperature T",
+        "parameters": [{"name": "T", "start": 300, "stop": 900, "step": 100, "units": "K"}],
+        "observables": [{"name": "volume", "column": "vol"}],
+    }
     assert read_structured(json.dumps(body), SweepProposal, "sweep spec").parameters[0].units == "K"
     assert read_structured(f"Here:\n```json\n{json.dumps(body)}\n```", SweepProposal, "x").task == body["task"]
     body["parameters"][0]["stop"] = 100
@@ -244,17 +305,34 @@ def test_a_structured_answer_is_read_from_json_or_a_fence_and_a_bad_one_is_one_s
 
 # -- the command's bad input --------------------------------------------------------------------------------------
 def mdagent(*args):
-    return subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (["sweep", "--yes"], "give either a STUDY in quotes or --spec FILE"),
-    (["sweep", "--spec", "/nonexistent.yaml", "--yes"], "/nonexistent.yaml"),
-    (["sweep", "--spec", str(REPO / "workflows" / "sweeps" / "al-thermal-expansion.yaml"), "--site", "nowhere",
-      "--yes"], "nowhere"),
-    (["sweep", "show", "999999"], "no node with pk 999999"),
-])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["sweep", "--yes"], "give either a STUDY in quotes or --spec FILE"),
+        (["sweep", "--spec", "/nonexistent.yaml", "--yes"], "/nonexistent.yaml"),
+        (
+            [
+                "sweep",
+                "--spec",
+                str(REPO / "workflows" / "sweeps" / "al-thermal-expansion.yaml"),
+                "--site",
+                "nowhere",
+                "--yes",
+            ],
+            "nowhere",
+        ),
+        (["sweep", "show", "999999"], "no node with pk 999999"),
+    ],
+)
 def test_bad_sweep_input_is_one_sentence_and_exit_2(args, says):
     result = mdagent(*args)
     assert result.returncode == 2, result.stderr
@@ -263,27 +341,53 @@ def test_bad_sweep_input_is_one_sentence_and_exit_2(args, says):
 
 def test_a_sweep_over_the_site_limits_is_refused_before_anything_runs(tmp_path):
     big = tmp_path / "big.yaml"
-    big.write_text("task: NVT of an LJ crystal at temperature T\nparameters: [{name: T, start: 1, stop: 5000, "
-                   "step: 1}]\nobservables: [{name: pe, column: pe}]\n")
+    big.write_text(
+        "task: NVT of an LJ crystal at temperature T\nparameters: [{name: T, start: 1, stop: 5000, "
+        "step: 1}]\nobservables: [{name: pe, column: pe}]\n"
+    )
     result = mdagent("sweep", "--spec", str(big), "--yes")
     assert result.returncode == 2 and "5000 points; site local allows at most 1000" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_a_study_becomes_a_spec_by_structured_output_shown_before_anything_runs(fake_openai, tmp_path):
-    proposal = {"task": "NPT of a 108-atom fcc Al crystal (Al_zhou.eam.alloy) at temperature T and 0 bar",
-                "parameters": [{"name": "T", "start": 300, "stop": 900, "step": 100, "units": "K"}],
-                "observables": [{"name": "volume", "column": "vol", "units": "A^3"}], "point_seconds": 20}
+    proposal = {
+        "task": "NPT of a 108-atom fcc Al crystal (Al_zhou.eam.alloy) at temperature T and 0 bar",
+        "parameters": [{"name": "T", "start": 300, "stop": 900, "step": 100, "units": "K"}],
+        "observables": [{"name": "volume", "column": "vol", "units": "A^3"}],
+        "point_seconds": 20,
+    }
     server = fake_openai([json.dumps(proposal)])
     saved = tmp_path / "spec.yaml"
-    env = {**os.environ, "MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model",
-           "MDAGENT_LLM_MAX_RETRIES": "0"}
-    result = subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", "sweep", "thermal expansion of Al with EAM "
-                             "from 300 to 900 K every 100 K at zero pressure", "--save", str(saved)],
-                            input="n\n", capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        **os.environ,
+        "MDAGENT_LLM_BASE_URL": server.base_url,
+        "MDAGENT_LLM_MODEL": "fake-model",
+        "MDAGENT_LLM_MAX_RETRIES": "0",
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mdagent_hpc.cli",
+            "sweep",
+            "thermal expansion of Al with EAM from 300 to 900 K every 100 K at zero pressure",
+            "--save",
+            str(saved),
+        ],
+        input="n\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 1, result.stderr
-    assert "7 points on local, engine calcjob" in result.stderr and "template validated first at T_300, T_900" \
-        in result.stderr and "Run this sweep?" in result.stderr and "not run; the spec is in" in result.stderr
+    assert (
+        "7 points on local, engine calcjob" in result.stderr
+        and "template validated first at T_300, T_900" in result.stderr
+        and "Run this sweep?" in result.stderr
+        and "not run; the spec is in" in result.stderr
+    )
     (request,) = server.requests
     assert request["response_format"]["type"] == "json_schema"
     assert "parameters" in request["response_format"]["json_schema"]["schema"]["properties"]

@@ -59,27 +59,41 @@ class Parameter(_Strict):
                 raise ValueError(f"{self.name}: give values or start/stop/step, not both")
             if not self.values:
                 raise ValueError(f"{self.name}: values is empty")
+            if len(self.values) > MAX_VALUES:
+                raise ValueError(f"{self.name}: more than {MAX_VALUES} values")
+            if any(isinstance(v, float) and not math.isfinite(v) for v in self.values):
+                raise ValueError(f"{self.name}: values must be finite numbers")
             if len(set(map(str, self.values))) != len(self.values):
                 raise ValueError(f"{self.name}: values repeat")
             words = [v for v in self.values if isinstance(v, str) and not PLAIN_WORD.match(v)]
             if words:
-                raise ValueError(f"{self.name}: {words[0]!r} is not a plain word (letters, digits, _ . + -): values "
-                                 "go on the LAMMPS command line")
+                raise ValueError(
+                    f"{self.name}: {words[0]!r} is not a plain word (letters, digits, _ . + -): values "
+                    "go on the LAMMPS command line"
+                )
         elif any(v is None for v in ranged):
             raise ValueError(f"{self.name}: give values, or all of start, stop and step")
+        elif not all(math.isfinite(v) for v in ranged):
+            raise ValueError(f"{self.name}: start, stop and step must be finite numbers")
         elif self.stop < self.start:
             raise ValueError(f"{self.name}: stop ({self.stop:g}) is below start ({self.start:g})")
         elif (self.stop - self.start) / self.step + 1 > MAX_VALUES:
             raise ValueError(f"{self.name}: more than {MAX_VALUES} values")
         return self
 
+    @property
+    def count(self) -> int:
+        """How many values, counted without listing them."""
+        if self.values is not None:
+            return len(self.values)
+        return math.floor((self.stop - self.start) / self.step + 1e-9) + 1
+
     def expanded(self) -> list[Value]:
         """The values in order; a range's values are rounded to the step's precision and kept integral if they are."""
         if self.values is not None:
             return list(self.values)
-        count = math.floor((self.stop - self.start) / self.step + 1e-9) + 1
         decimals = max(0, -math.floor(math.log10(self.step)) + 6)
-        values = [round(self.start + i * self.step, decimals) for i in range(count)]
+        values = [round(self.start + i * self.step, decimals) for i in range(self.count)]
         return [int(v) if float(v).is_integer() else v for v in values]
 
     def label(self) -> str:
@@ -87,11 +101,35 @@ class Parameter(_Strict):
 
 
 # thermo_style keyword -> the column header LAMMPS prints for it (others, e.g. c_msd[4] or v_a, print as written)
-THERMO_HEADERS = {"step": "Step", "temp": "Temp", "press": "Press", "pe": "PotEng", "ke": "KinEng",
-                  "etotal": "TotEng", "enthalpy": "Enthalpy", "evdwl": "E_vdwl", "ecoul": "E_coul",
-                  "epair": "E_pair", "ebond": "E_bond", "emol": "E_mol", "vol": "Volume", "density": "Density",
-                  "lx": "Lx", "ly": "Ly", "lz": "Lz", "xlo": "Xlo", "xhi": "Xhi", "pxx": "Pxx", "pyy": "Pyy",
-                  "pzz": "Pzz", "pxy": "Pxy", "pxz": "Pxz", "pyz": "Pyz", "atoms": "Atoms", "cpu": "CPU"}
+THERMO_HEADERS = {
+    "step": "Step",
+    "temp": "Temp",
+    "press": "Press",
+    "pe": "PotEng",
+    "ke": "KinEng",
+    "etotal": "TotEng",
+    "enthalpy": "Enthalpy",
+    "evdwl": "E_vdwl",
+    "ecoul": "E_coul",
+    "epair": "E_pair",
+    "ebond": "E_bond",
+    "emol": "E_mol",
+    "vol": "Volume",
+    "density": "Density",
+    "lx": "Lx",
+    "ly": "Ly",
+    "lz": "Lz",
+    "xlo": "Xlo",
+    "xhi": "Xhi",
+    "pxx": "Pxx",
+    "pyy": "Pyy",
+    "pzz": "Pzz",
+    "pxy": "Pxy",
+    "pxz": "Pxz",
+    "pyz": "Pyz",
+    "atoms": "Atoms",
+    "cpu": "CPU",
+}
 
 
 class Observable(_Strict):
@@ -100,7 +138,8 @@ class Observable(_Strict):
     name: str = Field(description="the column name in the results table, e.g. volume")
     column: str = Field(description="the thermo_style custom keyword the template must print, e.g. vol, temp, lx")
     stat: Literal["mean", "final", "min", "max"] = Field(
-        "mean", description="over the production rows after the first; mean comes with a block-average uncertainty")
+        "mean", description="over the production rows after the first; mean comes with a block-average uncertainty"
+    )
     units: str = ""
     blocks: int = Field(5, ge=2, le=100, description="blocks for the uncertainty of a mean")
 
@@ -123,9 +162,12 @@ class Observable(_Strict):
 class SweepProposal(_Strict):
     """What the model proposes for a plain-language study (asked for by structured output)."""
 
-    task: str = Field(min_length=10, max_length=4000,
-                      description="one simulation of the study in plain language, naming each swept parameter by "
-                                  "its variable name, e.g. 'NPT of fcc Al (EAM) at temperature T and 0 bar, ...'")
+    task: str = Field(
+        min_length=10,
+        max_length=4000,
+        description="one simulation of the study in plain language, naming each swept parameter by "
+        "its variable name, e.g. 'NPT of fcc Al (EAM) at temperature T and 0 bar, ...'",
+    )
     parameters: list[Parameter] = Field(min_length=1, max_length=3)
     observables: list[Observable] = Field(min_length=1, max_length=8)
     point_seconds: float = Field(600.0, gt=0, description="estimated wall seconds of one point")
@@ -133,8 +175,10 @@ class SweepProposal(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> SweepProposal:
-        for what, names in (("parameter", [p.name for p in self.parameters]),
-                            ("observable", [o.name for o in self.observables])):
+        for what, names in (
+            ("parameter", [p.name for p in self.parameters]),
+            ("observable", [o.name for o in self.observables]),
+        ):
             if len(set(names)) != len(names):
                 raise ValueError(f"two {what}s have the same name")
         return self
@@ -144,7 +188,8 @@ class SweepSpec(SweepProposal):
     """A whole sweep as a file in workflows/sweeps/ holds it: the proposal plus where, how hard, recorded answers."""
 
     probe: list[dict[str, Value]] | None = Field(
-        None, description="points the template is validated on first; None: the range's extremes")
+        None, description="points the template is validated on first; None: the range's extremes"
+    )
     corrections: int = Field(1, ge=0, le=5, description="times failed points go back to the agent")
     site: str | None = Field(None, description="a site config name; None: this machine, sandboxed")
     model: str | None = None
@@ -175,11 +220,20 @@ def point_id(vars: dict[str, Value]) -> str:
     return "__".join(f"{name}_{_word(value)}" for name, value in vars.items())
 
 
+def point_count(spec: SweepProposal) -> int:
+    """How many points `expand` would build: the product of the parameters' value counts (nothing is built)."""
+    return math.prod(p.count for p in spec.parameters)
+
+
 def expand(spec: SweepProposal) -> list[Point]:
-    """Every point: the cartesian product of the parameters' values, the first parameter varying slowest."""
+    """Every point: the cartesian product of the parameters' values, the first parameter varying slowest.
+
+    Check the size with `validate_sweep` (or `point_count`) first: three parameters may make 10^12 points."""
     names = [p.name for p in spec.parameters]
-    return [Point(id=point_id(dict(zip(names, combo, strict=True))), vars=dict(zip(names, combo, strict=True)))
-            for combo in itertools.product(*(p.expanded() for p in spec.parameters))]
+    return [
+        Point(id=point_id(dict(zip(names, combo, strict=True))), vars=dict(zip(names, combo, strict=True)))
+        for combo in itertools.product(*(p.expanded() for p in spec.parameters))
+    ]
 
 
 def probe_points(spec: SweepSpec, points: list[Point]) -> list[Point]:
@@ -215,31 +269,39 @@ def core_hours(spec: SweepProposal, points: int, cores_per_point: int) -> float:
     return points * cores_per_point * spec.point_seconds / 3600
 
 
-def validate_sweep(spec: SweepProposal, points: list[Point], limits: SweepLimits, cores_per_point: int = 1,
-                   site: str = "local") -> None:
-    """Raise SweepError (one sentence) when the sweep exceeds what the site allows."""
-    if len(points) > limits.max_points:
-        raise SweepError(f"the sweep has {len(points)} points; site {site} allows at most {limits.max_points} "
-                         "(sweep.max_points in its config): use a coarser step or fewer values")
-    hours = core_hours(spec, len(points), cores_per_point)
+def validate_sweep(spec: SweepProposal, limits: SweepLimits, cores_per_point: int = 1, site: str = "local") -> None:
+    """Raise SweepError (one sentence) when the sweep exceeds what the site allows; its points are counted, not
+    built, so this is cheap however large the sweep: call it before `expand`."""
+    points = point_count(spec)
+    if points > limits.max_points:
+        raise SweepError(
+            f"the sweep has {points} points; site {site} allows at most {limits.max_points} "
+            "(sweep.max_points in its config): use a coarser step or fewer values"
+        )
+    hours = core_hours(spec, points, cores_per_point)
     if hours > limits.max_core_hours:
-        raise SweepError(f"the sweep needs about {hours:.1f} core-hours ({len(points)} points x {cores_per_point} "
-                         f"cores x {spec.point_seconds:g} s); site {site} allows {limits.max_core_hours:g} "
-                         "(sweep.max_core_hours): fewer points, shorter runs or a site with a larger budget")
+        raise SweepError(
+            f"the sweep needs about {hours:.1f} core-hours ({points} points x {cores_per_point} "
+            f"cores x {spec.point_seconds:g} s); site {site} allows {limits.max_core_hours:g} "
+            "(sweep.max_core_hours): fewer points, shorter runs or a site with a larger budget"
+        )
 
 
 def choose_engine(spec: SweepProposal, points: int, has_pilot: bool, site: str = "local") -> tuple[str, str]:
     """(engine, why): the spec's choice, or for `auto` Parsl pilot jobs for many short points, else CalcJobs."""
     if spec.engine == "parsl" and not has_pilot:
-        raise SweepError(f"engine parsl needs a `pilot:` section in site {site}'s config; use engine calcjob or "
-                         "auto, or add the pilot settings (docs/sweeps.md)")
+        raise SweepError(
+            f"engine parsl needs a `pilot:` section in site {site}'s config; use engine calcjob or "
+            "auto, or add the pilot settings (docs/sweeps.md)"
+        )
     if spec.engine != "auto":
         return spec.engine, "asked for in the spec"
     if not has_pilot:
         return "calcjob", f"site {site} has no pilot settings"
     if points >= PILOT_MIN_POINTS and spec.point_seconds <= PILOT_MAX_POINT_SECONDS:
-        return "parsl", (f"{points} points of ~{spec.point_seconds:g} s: one pilot job runs many "
-                         "(no queue wait per point)")
+        return "parsl", (
+            f"{points} points of ~{spec.point_seconds:g} s: one pilot job runs many (no queue wait per point)"
+        )
     return "calcjob", f"{points} points of ~{spec.point_seconds:g} s: one job per point"
 
 
@@ -257,7 +319,8 @@ def template_task(spec: SweepProposal, probe: Point) -> str:
         f"{spec.task}\n\n"
         "This script is a TEMPLATE for a parameter sweep: the same script runs once per point with "
         "`lmp -var NAME VALUE` on the command line. Swept parameters: "
-        + "; ".join(_values_text(p) for p in spec.parameters) + ". "
+        + "; ".join(_values_text(p) for p in spec.parameters)
+        + ". "
         f"Define each one near the top exactly as an index variable with a default, {defaults}, and use it only "
         "through ${NAME} or v_NAME (never write a swept value as a number). The last run is the production "
         f"segment the results are read from: print thermo output during it with `thermo_style custom` including "

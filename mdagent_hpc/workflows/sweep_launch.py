@@ -54,12 +54,12 @@ def _site(spec: SweepSpec):
 def plan_sweep(spec: SweepSpec) -> SweepPlan:
     """Check the sweep against its site; LaunchError (one sentence) when it cannot run there."""
     site = _site(spec)
-    points = expand(spec)
     r = site.resources
     cores = r.nodes * r.mpi_ranks_per_node * r.threads_per_rank
     try:
+        validate_sweep(spec, site.sweep, cores, site.name)  # counted, not built: before `expand`
+        points = expand(spec)
         probes = probe_points(spec, points)
-        validate_sweep(spec, points, site.sweep, cores, site.name)
         engine, why = choose_engine(spec, len(points), "pilot" in site.model_fields_set, site.name)
     except SweepError as exc:
         raise LaunchError(str(exc)) from None

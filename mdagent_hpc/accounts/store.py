@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
@@ -290,6 +291,27 @@ class Store:
         }
         with self._db(write=True) as db:
             db.execute(self._upsert, {"user_id": user_id, "day": day, **counts})
+
+    # -- token reservations (the LLM gateway's budget check; added for issue 19) ---------------------------------
+    def reserve_tokens(
+        self, user_id: int, day: str, grant: Callable[[int], tuple[int, int] | None]
+    ) -> tuple[int, int] | None:
+        """Check and charge a user's tokens of `day` as one step: `grant(used)` says how many (prompt, completion)
+        tokens to charge now, or None to charge nothing; no other reservation of that user runs in between.
+
+        The gateway settles a reservation to what the request really used with `record` (differences may be
+        negative). The first upsert makes the day's row and locks it (PostgreSQL: the row; SQLite: the database)
+        until the transaction ends.
+        """
+        zero = {"user_id": user_id, "day": day, "requests": 0, "refused": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        with self._db(write=True) as db:
+            db.execute(self._upsert, zero)
+            used = db.execute(_TOKENS, {"user_id": user_id, "day": day}).scalar() or 0
+            granted = grant(used)
+            if granted is not None:
+                prompt, completion = granted
+                db.execute(self._upsert, {**zero, "prompt_tokens": prompt, "completion_tokens": completion})
+        return granted
 
     # -- helpers -------------------------------------------------------------------------------------------------
     @contextlib.contextmanager

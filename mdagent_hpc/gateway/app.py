@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx2
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -29,9 +29,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from mdagent_hpc.accounts.quotas import RateWindow, Refusal, check_daily, utc_day
+from mdagent_hpc.accounts.quotas import RateWindow, Refusal, check_daily, next_midnight, utc_day
 from mdagent_hpc.accounts.store import AccountsError, Store
-from mdagent_hpc.gateway.sse import EventSplitter, event_data, usage_of, usage_only
+from mdagent_hpc.gateway.sse import EventSplitter, event_json, generated_text, usage_of, usage_only
 
 # path -> method: what the agent and ordinary OpenAI clients use; everything else is refused
 FORWARDED = {
@@ -40,6 +40,7 @@ FORWARDED = {
     "/v1/completions": "POST",
     "/v1/embeddings": "POST",
 }
+GENERATING = {"/v1/chat/completions", "/v1/completions"}  # the routes whose answers are generated tokens
 SERVED = "GET /v1/models, POST /v1/chat/completions, POST /v1/completions and POST /v1/embeddings"
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -83,11 +84,18 @@ class Exchange:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     refused: str | None = None  # why the gateway said no (a quota name, invalid_api_key, ...)
+    day: str = field(default_factory=lambda: utc_day(datetime.now(UTC)))  # the UTC day the tokens are charged to
+    reserved_prompt: int = 0  # charged before forwarding (a user with a budget); settled to the real use after
+    reserved_completion: int = 0
+    counted: bool = False  # the server's usage was read
+    generated: list[str] = field(default_factory=list)  # a stream's text, counted if it ends without usage
+    generated_chunks: int = 0
 
     def count(self, usage: dict | None) -> None:
         if usage:
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            self.counted = True
 
 
 class Gateway:
@@ -96,6 +104,7 @@ class Gateway:
         self.store = store
         self.upstream = upstream_base(settings.upstream)
         self.rate = RateWindow()
+        self.max_model_len: int | None = None  # the server's context length, once its /tokenize has said it
         self.client: httpx2.AsyncClient | None = None
         self._audit = settings.audit_log.open("a", buffering=1) if settings.audit_log else None
         self._audit_lock = threading.Lock()
@@ -162,29 +171,112 @@ class Gateway:
                 f"the request body is over this gateway's limit of {self.settings.max_body_bytes} "
                 "bytes; send a shorter prompt",
             )
-        try:
-            refusal = await self.check_quota(user)
-        except AccountsError:
-            return self.unavailable(ex)
+        refusal = self.rate.admit(user.id, user.quota.requests_per_minute, time.time())
         if refusal is not None:
             return self.refuse_quota(ex, refusal)
-        wants_usage = True
+        prepared = None
         if request.method == "POST":
             try:
-                body, ex.stream, wants_usage = _prepare(body)
+                prepared = _parse(body, ex.route)
             except ValueError as exc:
-                return self.refuse(ex, 400, "invalid_request_error", "invalid_json", str(exc))
-        return await self.forward(request, body, ex, wants_usage)
+                return self.refuse(ex, 400, "invalid_request_error", "invalid_request", str(exc))
+            ex.stream = prepared.stream
+        try:
+            refused = await self.check_budget(user, ex, prepared)
+        except AccountsError:
+            return self.unavailable(ex)
+        if refused is not None:
+            return refused
+        if prepared is not None:
+            body = prepared.body()
+        return await self.forward(request, body, ex, prepared)
 
-    async def check_quota(self, user) -> Refusal | None:
-        refusal = self.rate.admit(user.id, user.quota.requests_per_minute, time.time())
-        if refusal is None and user.quota.tokens_per_day is not None:
-            now = datetime.now(UTC)
-            used = await run_in_threadpool(self.store.tokens_used, user.id, utc_day(now))
-            refusal = check_daily("tokens_per_day", user.quota.tokens_per_day, used, now)
-        return refusal
+    # -- the daily token budget -----------------------------------------------------------------------------------
+    async def check_budget(self, user, ex: Exchange, prepared: Prepared | None) -> Response | None:
+        """For a user with a daily budget: a refusal, or None with the request's tokens reserved on `ex`.
 
-    async def forward(self, request: Request, body: bytes, ex: Exchange, wants_usage: bool) -> Response:
+        The prompt is counted first (the server's /tokenize); then, in one step in the users database, the budget
+        left is read and the prompt plus the most the answer may use are charged. The answer is capped to what is
+        left (`max_tokens`), and the charge is settled to the real usage when the request ends.
+        """
+        limit = user.quota.tokens_per_day
+        if limit is None:
+            return None
+        now = datetime.now(UTC)
+        if prepared is None:  # GET /v1/models: costs no tokens, refused once the budget is spent
+            used = await run_in_threadpool(self.store.tokens_used, user.id, ex.day)
+            refusal = check_daily("tokens_per_day", limit, used, now)
+            return None if refusal is None else self.refuse_quota(ex, refusal)
+        prompt = await self.prompt_tokens(ex.route, prepared.payload)
+        longest = self.max_model_len - prompt if self.max_model_len else None  # what the server allows at most
+        seen = {}
+
+        def grant(used: int) -> tuple[int, int] | None:
+            seen["left"] = left = limit - used
+            if ex.route not in GENERATING:
+                return (prompt, 0) if prompt <= left else None
+            cap = (left - prompt) // prepared.outputs  # tokens each answer may have
+            if cap < 1:
+                return None
+            wanted = min(x for x in (cap, prepared.max_tokens, longest) if x is not None and x > 0)
+            seen["cap"] = cap if wanted == cap and cap != prepared.max_tokens else None
+            return prompt, wanted * prepared.outputs
+
+        granted = await run_in_threadpool(self.store.reserve_tokens, user.id, ex.day, grant)
+        if granted is None:
+            return self.refuse_budget(ex, limit, seen["left"], prompt, now)
+        ex.reserved_prompt, ex.reserved_completion = granted
+        if seen.get("cap") is not None:
+            prepared.cap_tokens(seen["cap"])
+        return None
+
+    async def prompt_tokens(self, route: str, payload: dict) -> int:
+        """The request's prompt in tokens, as the server counts them (its /tokenize), else an estimate."""
+        field_name = {"/v1/chat/completions": "messages", "/v1/completions": "prompt"}.get(route, "input")
+        prompt = payload.get(field_name)
+        if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+            return len(prompt)  # token ids
+        if isinstance(prompt, list) and prompt and all(isinstance(p, list) for p in prompt):
+            return sum(len(p) for p in prompt)
+        if field_name == "messages":
+            asked = {"messages": prompt, "add_generation_prompt": True}
+            asked |= {k: payload[k] for k in ("tools", "chat_template_kwargs") if k in payload}
+        else:
+            text = "\n".join(p for p in prompt if isinstance(p, str)) if isinstance(prompt, list) else prompt
+            asked = {"prompt": text if isinstance(text, str) else json.dumps(prompt)}
+        counted = await self.tokenize({"model": payload.get("model"), **asked})
+        return counted if counted is not None else _estimate(json.dumps(prompt))
+
+    async def tokenize(self, request: dict) -> int | None:
+        """The server's token count (vLLM's /tokenize), or None when it has none or cannot give it."""
+        headers = {}
+        if self.settings.upstream_key is not None:
+            headers["authorization"] = f"Bearer {self.settings.upstream_key.get_secret_value()}"
+        try:
+            response = await self.client.post(self.upstream + "/tokenize", json=request, headers=headers, timeout=30)
+            answer = response.json() if response.status_code == 200 else {}
+        except (httpx2.HTTPError, ValueError):
+            return None
+        if not isinstance(answer, dict):
+            return None
+        if isinstance(answer.get("max_model_len"), int):
+            self.max_model_len = answer["max_model_len"]
+        if isinstance(answer.get("count"), int):
+            return answer["count"]
+        return len(answer["tokens"]) if isinstance(answer.get("tokens"), list) else None
+
+    async def count_unreported(self, ex: Exchange, payload: dict | None) -> None:
+        """A stream that ended without its usage chunk (the user left, the server broke off): count what was sent."""
+        if ex.counted or payload is None:
+            return
+        ex.prompt_tokens = ex.reserved_prompt or await self.prompt_tokens(ex.route, payload)
+        text = "".join(ex.generated)
+        counted = await self.tokenize({"model": payload.get("model"), "prompt": text, "add_special_tokens": False})
+        # every chunk of a stream carries at least one new token, so their number is a floor for the count
+        ex.completion_tokens = max(ex.generated_chunks, counted if counted is not None else _estimate(text))
+        ex.counted = True
+
+    async def forward(self, request: Request, body: bytes, ex: Exchange, prepared: Prepared | None) -> Response:
         url = self.upstream + ex.route + (f"?{request.url.query}" if request.url.query else "")
         headers = {
             "content-type": request.headers.get("content-type", "application/json"),
@@ -227,7 +319,7 @@ class Gateway:
         content_type = response.headers.get("content-type", "application/json")
         if content_type.startswith("text/event-stream"):
             return StreamingResponse(
-                self.relay(response, ex, wants_usage),
+                self.relay(response, ex, prepared),
                 status_code=response.status_code,
                 headers={"cache-control": "no-cache"},
                 media_type=content_type,
@@ -243,25 +335,34 @@ class Gateway:
         if response.status_code == 200 and content_type.startswith("application/json"):
             with contextlib.suppress(ValueError):
                 ex.count(usage_of(json.loads(data)))
+            if not ex.counted:  # a server that does not say what it used: the reservation is the charge
+                ex.prompt_tokens, ex.completion_tokens = ex.reserved_prompt, ex.reserved_completion
         return Response(
             data, status_code=response.status_code, media_type=content_type, background=BackgroundTask(self.finish, ex)
         )
 
-    async def relay(self, response: httpx2.Response, ex: Exchange, wants_usage: bool):
+    async def relay(self, response: httpx2.Response, ex: Exchange, prepared: Prepared | None):
         """Pass the stream on as it comes, reading the usage chunk (and dropping it if the user did not ask).
 
         Each read from the server is passed on at once, as the complete events it holds: one event when the gateway
-        keeps up, several in one write when it falls behind, which costs less per event.
+        keeps up, several in one write when it falls behind, which costs less per event. The text passed on is kept
+        too: when the stream ends without its usage chunk (the user left), that is what is charged.
         """
+        wants_usage = prepared is None or prepared.wants_usage
         events = EventSplitter()
         try:
             async for chunk in response.aiter_raw():
                 kept = []
                 for event in events.feed(chunk):
-                    data = event_data(event)
+                    data = event_json(event)
                     ex.count(usage_of(data))
-                    if wants_usage or not usage_only(data):
-                        kept.append(event)
+                    if usage_only(data):
+                        if not wants_usage:
+                            continue
+                    elif text := generated_text(data):
+                        ex.generated.append(text)
+                        ex.generated_chunks += 1
+                    kept.append(event)
                 if kept:
                     yield b"".join(kept)
             if rest := events.rest():
@@ -271,6 +372,8 @@ class Gateway:
         finally:
             with anyio.CancelScope(shield=True):  # also when the user went away mid-stream
                 await response.aclose()
+                with contextlib.suppress(Exception):  # counting must not stop the charge below
+                    await self.count_unreported(ex, prepared.payload if prepared else None)
                 await run_in_threadpool(self.finish, ex)
 
     # -- refusals, usage and the audit log ----------------------------------------------------------------------
@@ -294,6 +397,30 @@ class Gateway:
         else:
             type_ = "rate_limit_error"
         return self.refuse(ex, 429, type_, refusal.quota, refusal.message, headers)
+
+    def refuse_budget(self, ex: Exchange, limit: int, left: int, prompt: int, now: datetime) -> Response:
+        """The budget cannot pay for this request: spent, or the prompt alone needs more than is left."""
+        if left <= 0:
+            return self.refuse_quota(
+                ex, Refusal(quota="tokens_per_day", limit=limit, used=limit - left, resets_at=next_midnight(now))
+            )
+        if prompt >= limit:  # more than a whole day's budget: waiting does not help, so no Retry-After
+            message = (
+                f"this request's prompt is {prompt} tokens, more than your whole daily LLM token budget of {limit} "
+                "(quota tokens_per_day); send a shorter prompt or ask your mdagent admin to raise the budget"
+            )
+            headers = {"x-should-retry": "false"}
+        else:
+            midnight = next_midnight(now)
+            message = (
+                f"this request's prompt is {prompt} tokens and only {left} of your daily LLM token budget of {limit} "
+                f"are left (quota tokens_per_day, it resets at {midnight:%Y-%m-%dT%H:%M:%SZ}); send a shorter prompt"
+            )
+            headers = {
+                "retry-after": str(max(1, int((midnight - now).total_seconds() + 0.999))),
+                "x-should-retry": "false",
+            }
+        return self.refuse(ex, 429, "insufficient_quota", "tokens_per_day", message, headers)
 
     def unavailable(self, ex: Exchange) -> Response:
         return self.refuse(
@@ -333,13 +460,14 @@ class Gateway:
             self._audit.write(json.dumps(line) + "\n")
 
     def _record(self, ex: Exchange, refused: bool) -> None:
+        """Add the request's tokens to its day, less what was reserved for it then (which may give some back)."""
         self.store.record(
             ex.user_id,
-            utc_day(datetime.now(UTC)),
+            ex.day,
             requests=0 if refused else 1,
             refused=1 if refused else 0,
-            prompt_tokens=ex.prompt_tokens,
-            completion_tokens=ex.completion_tokens,
+            prompt_tokens=ex.prompt_tokens - ex.reserved_prompt,
+            completion_tokens=ex.completion_tokens - ex.reserved_completion,
         )
 
 
@@ -363,21 +491,81 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-def _prepare(body: bytes) -> tuple[bytes, bool, bool]:
-    """(body to send, streamed?, did the user ask for the usage chunk?); a stream is made to end with usage."""
+# vLLM reads a request with pydantic's lax rules: "true", 1, "yes" ... are true, "16" is 16. The gateway reads the
+# fields it relies on the same way and sends on the values it decided, so the server does what the gateway counted.
+_LAX_BOOL = TypeAdapter(bool | None)
+_LAX_INT = TypeAdapter(int | None)
+
+
+@dataclass
+class Prepared:
+    """A POST body as the gateway read it, and what it decided about it."""
+
+    payload: dict
+    stream: bool = False
+    wants_usage: bool = True  # the user asked for the usage chunk (else it is dropped again)
+    outputs: int = 1  # answers asked for: n (or best_of) for each prompt
+    max_tokens: int | None = None  # the smaller of max_tokens and max_completion_tokens, as asked
+
+    def cap_tokens(self, cap: int) -> None:
+        self.payload["max_tokens"] = cap
+        if "max_completion_tokens" in self.payload:
+            self.payload["max_completion_tokens"] = cap
+
+    def body(self) -> bytes:
+        return json.dumps(self.payload).encode()
+
+
+def _lax(adapter: TypeAdapter, payload: dict, name: str, what: str):
+    try:
+        return adapter.validate_python(payload.get(name))
+    except ValidationError:
+        raise ValueError(f"`{name}` must be {what}") from None
+
+
+def _parse(body: bytes, route: str = "/v1/chat/completions") -> Prepared:
+    """Read a POST body; a stream is made to end with usage; ValueError (one sentence) for what vLLM would refuse."""
     try:
         payload = json.loads(body or b"null")
     except ValueError:
         raise ValueError("the request body is not JSON; send the OpenAI request as a JSON object") from None
     if not isinstance(payload, dict):
         raise ValueError("the request body must be a JSON object, as the OpenAI API expects")
-    if payload.get("stream") is not True:
-        return body, False, True
-    options = payload.get("stream_options") if isinstance(payload.get("stream_options"), dict) else {}
-    if options.get("include_usage") is True:
-        return body, True, True
-    payload["stream_options"] = {**options, "include_usage": True}
-    return json.dumps(payload).encode(), True, False
+    prepared = Prepared(payload)
+    if route not in GENERATING:
+        return prepared
+    prepared.stream = bool(_lax(_LAX_BOOL, payload, "stream", "true or false"))
+    if "stream" in payload:
+        payload["stream"] = prepared.stream
+    if prepared.stream:
+        options = payload.get("stream_options") or {}
+        if not isinstance(options, dict):
+            raise ValueError('`stream_options` must be an object, e.g. {"include_usage": true}')
+        prepared.wants_usage = bool(_lax(_LAX_BOOL, options, "include_usage", "true or false"))
+        payload["stream_options"] = {**options, "include_usage": True}
+    asked = [_lax(_LAX_INT, payload, k, "a whole number") for k in ("max_tokens", "max_completion_tokens")]
+    if any(x is not None and x < 1 for x in asked):
+        raise ValueError("`max_tokens` and `max_completion_tokens` must be at least 1")
+    prepared.max_tokens = min((x for x in asked if x is not None), default=None)
+    choices = [_lax(_LAX_INT, payload, k, "a whole number") for k in ("n", "best_of")]
+    choices = [1 if x is None else x for x in choices]
+    if min(choices) < 1:
+        raise ValueError("`n` and `best_of` must be at least 1")
+    prompts = payload.get("prompt")
+    many = route == "/v1/completions" and isinstance(prompts, list) and prompts and not isinstance(prompts[0], int)
+    prepared.outputs = max(choices) * (len(prompts) if many else 1)
+    return prepared
+
+
+def _prepare(body: bytes) -> tuple[bytes, bool, bool]:
+    """(body to send, streamed?, did the user ask for the usage chunk?) of a chat request."""
+    prepared = _parse(body)
+    return prepared.body(), prepared.stream, prepared.wants_usage
+
+
+def _estimate(text: str) -> int:
+    """Tokens in a text when the server cannot count them: about 4 bytes a token in English and code."""
+    return -(-len(text.encode()) // 4)
 
 
 def bind(host: str, port: int) -> socket.socket:

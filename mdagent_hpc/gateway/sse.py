@@ -31,15 +31,39 @@ class EventSplitter:
 
 
 def event_data(event: bytes) -> dict | None:
+    """The JSON object of an event that carries `usage`, or None (other events, [DONE], comments, not JSON)."""
+    return event_json(event) if b'"usage"' in event else None
+
+
+def event_json(event: bytes) -> dict | None:
     """The JSON object in an event's `data:` lines, or None ([DONE], comments, not JSON)."""
-    if b'"usage"' not in event:  # the only events the gateway needs to read; the others are passed on unread
-        return None
     lines = [line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")]
+    if not lines or lines == [b"[DONE]"]:
+        return None
     try:
         data = json.loads(b"\n".join(lines))
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
+
+
+def generated_text(data: dict | None) -> str:
+    """The text a chunk adds, over all its choices: content, reasoning, tool-call arguments (what was generated)."""
+    choices = data.get("choices") if data else None
+    if not isinstance(choices, list):
+        return ""
+    pieces = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        reasoning = delta.get("reasoning") or delta.get("reasoning_content")  # newer vLLM may send both, alike
+        pieces += [choice.get("text"), delta.get("content"), reasoning]
+        for call in delta.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                pieces += [function.get("name"), function.get("arguments")]
+    return "".join(p for p in pieces if isinstance(p, str))
 
 
 def usage_of(data: dict | None) -> dict | None:

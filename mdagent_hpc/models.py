@@ -25,11 +25,25 @@ class Diagnostic(BaseModel):
     hint: str | None = Field(None, description="what to change")
 
     @classmethod
-    def at(cls, command: Command, code: str, message: str, hint: str | None = None,
-           severity: Severity = Severity.ERROR, words: list[str] | None = None) -> Diagnostic:
+    def at(
+        cls,
+        command: Command,
+        code: str,
+        message: str,
+        hint: str | None = None,
+        severity: Severity = Severity.ERROR,
+        words: list[str] | None = None,
+    ) -> Diagnostic:
         """A diagnostic pointing at `command` (shown as `words` when given: the variant that was judged)."""
-        return cls(severity=severity, code=code, message=message, line=command.line, file=command.file,
-                   command=" ".join(words) if words else command.text, hint=hint)
+        return cls(
+            severity=severity,
+            code=code,
+            message=message,
+            line=command.line,
+            file=command.file,
+            command=" ".join(words) if words else command.text,
+            hint=hint,
+        )
 
     def render(self) -> str:
         where = f"{self.file or 'script'}:{self.line}" if self.line else (self.file or "script")
@@ -39,13 +53,29 @@ class Diagnostic(BaseModel):
         return text
 
 
-class Limits(BaseModel):
-    """What an agent-written script may ask for. Sites override these."""
+class LimitError(ValueError):
+    """A request's limit above its site's, in one sentence."""
 
-    max_atoms: int = 1_000_000
-    max_steps: int = 10_000_000
-    max_walltime_s: float = 24 * 3600
-    skiprun_timeout_s: float = 60.0
+
+class Limits(BaseModel):
+    """What an agent-written script may ask for. A site sets them; a request may lower them, never raise them."""
+
+    max_atoms: int = Field(1_000_000, gt=0)
+    max_steps: int = Field(10_000_000, gt=0)
+    max_walltime_s: float = Field(24 * 3600, gt=0, allow_inf_nan=False)
+    skiprun_timeout_s: float = Field(60.0, gt=0, allow_inf_nan=False)
+
+    def within(self, ceiling: Limits, site: str) -> Limits:
+        """These limits where they were given, `ceiling`'s (the site's) elsewhere; one above the site's raises
+        `LimitError`."""
+        given = {name: getattr(self, name) for name in self.model_fields_set}
+        for name, value in given.items():
+            if value > getattr(ceiling, name):
+                raise LimitError(
+                    f"limits.{name} {value:g} is above site {site}'s {getattr(ceiling, name):g}: a request may "
+                    "lower the site's limits, not raise them"
+                )
+        return Limits(**{**ceiling.model_dump(), **given})
 
 
 class FileAccess(BaseModel):

@@ -47,8 +47,13 @@ def test_the_last_answer_passes_preflight(path, tmp_path):
 
 @pytest.mark.parametrize("path", WITH_ANSWERS, ids=lambda p: p.name)
 def test_request_with_answers_runs_and_passes(path):
-    result = subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", "run", "--file", str(path), "--json"],
-                            capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.cli", "run", "--file", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[REPORT]" not in result.stderr and "output parser returned" not in result.stderr  # engine log stays quiet
     run = json.loads(result.stdout)
@@ -57,3 +62,45 @@ def test_request_with_answers_runs_and_passes(path):
     assert len(run["attempts"]) == len(request.answers)  # each recorded answer was one attempt, the last passed
     assert run["attempts"][-1]["passed"] and run["script"] in request.answers[-1]
     assert run["observables"]["temp_final"] > 0 and run["observables"]["atoms"] > 0
+
+
+# -- limits: the site's are ceilings ------------------------------------------------------------------------------
+TASK = "NVT of a small LJ crystal at T = 1.0 for 1000 steps, print the temperature"
+
+
+def test_a_request_lowers_the_site_limits_and_keeps_the_rest():
+    from mdagent_hpc.execution.computers import local_site
+    from mdagent_hpc.models import Limits
+
+    site = local_site().limits
+    lowered = Limits(max_atoms=500, max_walltime_s=60).within(site, "local")
+    assert lowered.max_atoms == 500 and lowered.max_walltime_s == 60
+    assert lowered.max_steps == site.max_steps and lowered.skiprun_timeout_s == site.skiprun_timeout_s
+
+
+@pytest.mark.parametrize(
+    ("limits", "says"),
+    [
+        ({"max_atoms": 10**12}, "limits.max_atoms 1e+12 is above site local's 1e+06"),
+        ({"max_steps": 10**15, "max_atoms": 10}, "limits.max_steps 1e+15 is above site local's 1e+07"),
+        ({"max_walltime_s": 1e12}, "limits.max_walltime_s 1e+12 is above site local's 86400"),
+        ({"skiprun_timeout_s": 3600}, "limits.skiprun_timeout_s 3600 is above site local's 60"),
+    ],
+)
+def test_a_request_cannot_raise_a_site_limit(limits, says):
+    from mdagent_hpc.models import Request
+    from mdagent_hpc.workflows.launch import LaunchError, agent_inputs
+
+    with pytest.raises(LaunchError) as caught:
+        agent_inputs(Request(task=TASK, limits=limits))
+    assert str(caught.value) == f"{says}: a request may lower the site's limits, not raise them"
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), float("inf")])
+def test_a_limit_is_a_positive_finite_number(value):
+    from pydantic import ValidationError
+
+    from mdagent_hpc.models import Request
+
+    with pytest.raises(ValidationError):
+        Request(task=TASK, limits={"max_walltime_s": value})

@@ -8,7 +8,7 @@ to the daemon. A user's mistake (unknown site, no endpoint configured, ...) rais
 
 from __future__ import annotations
 
-from mdagent_hpc.models import Request
+from mdagent_hpc.models import LimitError, Request
 
 REPLAY_MODEL = "replay"
 
@@ -18,7 +18,7 @@ class LaunchError(Exception):
 
 
 def agent_inputs(request: Request) -> dict:
-    """Every AgentWorkChain input for `request`; the limits are the request's, else the site's."""
+    """Every AgentWorkChain input for `request`; its limits are the site's, lowered where the request lowers them."""
     return _inputs(request, {"model": request.model} if request.model else {})
 
 
@@ -39,8 +39,10 @@ def run_request(request: Request):
 def submit_request(request: Request):
     """Hand `request` to the AiiDA daemon (started with one worker if it is not running); returns at once."""
     if request.answers:
-        raise LaunchError("a request with recorded answers runs in this process (run_request or `mdagent run` "
-                          "without --daemon): the replay server lives only as long as the run")
+        raise LaunchError(
+            "a request with recorded answers runs in this process (run_request or `mdagent run` "
+            "without --daemon): the replay server lives only as long as the run"
+        )
     inputs = agent_inputs(request)
     from aiida.engine import submit
 
@@ -60,20 +62,24 @@ def _inputs(request: Request, llm_overrides: dict) -> dict:
 
     try:
         site = local_site() if request.site is None else find_site(request.site)
+        limits = request.limits.within(site.limits, site.name) if request.limits is not None else site.limits
         settings = load_llm_settings(llm_overrides)
         _load_profile()
         inputs = workflow_inputs(site)  # the site's computer and code, created or brought up to date
-    except (SiteConfigError, LLMError, ProfileError) as exc:
+    except (SiteConfigError, LimitError, LLMError, ProfileError) as exc:
         raise LaunchError(str(exc)) from None
     from aiida import orm
 
     from mdagent_hpc.workflows.generate import STORED_SETTINGS
 
-    if request.limits is not None:
-        inputs["limits"] = orm.Dict(request.limits.model_dump())
+    inputs["limits"] = orm.Dict(limits.model_dump())
     llm = {k: v for k, v in settings.model_dump(mode="json").items() if k in STORED_SETTINGS and v is not None}
-    return {**inputs, "task": orm.Str(request.task), "llm": orm.Dict(llm),
-            "loop": orm.Dict(request.loop.model_dump(mode="json"))}
+    return {
+        **inputs,
+        "task": orm.Str(request.task),
+        "llm": orm.Dict(llm),
+        "loop": orm.Dict(request.loop.model_dump(mode="json")),
+    }
 
 
 def _load_profile() -> None:

@@ -495,7 +495,7 @@ def test_the_gateway_in_front_of_a_real_vllm(vllm_server, tmp):
     assert direct.status_code == 200 and direct.json()["choices"][0]["message"]["content"]
     gw = start_gateway(tmp, env, vllm_server.base_url)
     try:
-        alice, bob = add_user(env, "real-alice"), add_user(env, "real-bob", "--tokens-per-day", "1")
+        alice, bob = add_user(env, "real-alice"), add_user(env, "real-bob", "--tokens-per-day", "30")
         revoked = add_user(env, "real-carl")
         assert call(gw, "GET", "/v1/models", revoked).status_code == 200
         assert mdagent("users", "revoke", "real-carl", env=env).returncode == 0
@@ -518,7 +518,7 @@ def test_the_gateway_in_front_of_a_real_vllm(vllm_server, tmp):
             usage = response.json()["usage"]
             for i, n in enumerate([1, usage["prompt_tokens"], usage["completion_tokens"]]):
                 counted[name][i] += n
-        refused = call(gw, "POST", "/v1/chat/completions", bob, json=chat)  # bob's 1-token budget is spent
+        refused = call(gw, "POST", "/v1/chat/completions", bob, json=chat)  # 16 + 8 of 30 used: the prompt does not fit
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "tokens_per_day"
 
         from openai import OpenAI

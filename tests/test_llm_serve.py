@@ -104,12 +104,12 @@ def test_the_job_runs_vllm_from_the_image_with_nv_and_asks_for_the_gpus(schedule
     assert argv[9:] == [
         "serve",
         "Qwen/Qwen2.5-Coder-7B-Instruct",
-        "--host",
-        "0.0.0.0",
-        "--port",
-        "PORT",
         "--max-model-len",
         "16384",
+        "--host",  # the node's loopback only: vLLM's key does not guard /invocations, /tokenize, /metrics
+        "127.0.0.1",
+        "--port",
+        "PORT",
         ">",
         "vllm.log",
         "2>&1",
@@ -152,6 +152,32 @@ def test_a_site_without_an_image_runs_its_own_command_and_a_cpu_job_asks_for_no_
     assert "export VLLM_API_KEY=" in script and "export HF_HOME=/scratch/hf" in script
 
 
+def test_a_site_cannot_open_the_server_to_the_nodes_network():
+    from mdagent_hpc.execution.profile import configure_environment
+
+    configure_environment()
+    from mdagent_hpc.execution.llm_job import submit_script
+
+    site = job_site("slurm", image=None, args=["--host", "0.0.0.0", "--max-model-len", "16384"])
+    argv = server_line(submit_script(site, "/models/m", "m", gpus=0, hours=1))
+    hosts = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--host"]
+    assert hosts[-1] == "127.0.0.1"  # vLLM (argparse) takes the last one
+    assert "0.0.0.0" not in argv[argv.index("--host", argv.index("0.0.0.0")) :]
+
+
+def test_the_node_is_reached_directly_only_when_it_is_this_machine():
+    import socket
+
+    from mdagent_hpc.execution.llm_job import is_this_machine
+
+    assert is_this_machine("localhost") and is_this_machine("127.0.0.1")
+    assert is_this_machine(socket.gethostname()) == all(
+        info[4][0].startswith("127.") or info[4][0] == "::1" for info in socket.getaddrinfo(socket.gethostname(), None)
+    )
+    assert not is_this_machine("192.0.2.77")  # a node elsewhere (TEST-NET): through the tunnel only
+    assert not is_this_machine("no-such-node.invalid")
+
+
 def test_llm_serve_refuses_a_site_without_a_vllm_section_in_one_sentence(tmp_path):
     from test_cli import mdagent, one_sentence
 
@@ -161,6 +187,24 @@ def test_llm_serve_refuses_a_site_without_a_vllm_section_in_one_sentence(tmp_pat
 
 
 # ---------------------------------------------------------------- `mdagent llm serve` on the test Slurm cluster
+
+
+def open_to_network(port: int) -> list[str]:
+    """This machine's non-loopback addresses on which `port` accepts a connection."""
+    import ipaddress
+    import socket
+    import subprocess
+
+    addresses = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    addresses = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
+    assert addresses, "this machine has no non-loopback address to test from"
+    open_on = []
+    for address in addresses:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+            s.settimeout(5)
+            if s.connect_ex((address, port)) == 0:
+                open_on.append(address)
+    return open_on
 
 
 def squeue(job_id: str) -> str:
@@ -196,7 +240,7 @@ def test_llm_serve_over_ssh_through_a_tunnel_is_registered_used_by_a_run_and_sto
     image = tmp_path / "vllm.sandbox"  # a sandbox folder: an image the double accepts
     image.mkdir()
     double_log = tmp_path / "apptainer.log"
-    args = tiny_model_args()[1:] + ["--host", "127.0.0.1"]  # after the model; --host: the last one counts
+    args = tiny_model_args()[1:]  # after the model
     body = f"""scheduler: slurm
 transport: {{type: ssh, host: 127.0.0.1, port: 2222, user: root, key_filename: {sshd}, key_policy: AutoAddPolicy,
   use_login_shell: false, safe_interval: 0}}
@@ -234,6 +278,9 @@ vllm:
         key = load_endpoints()["vllm-ssh"].api_key
         assert get(f"{endpoint['base_url']}/models")[0] == 401
         assert get(f"{endpoint['base_url']}/models", key)[1]["data"][0]["max_model_len"] == 32768
+        # vLLM answers /invocations without a key, so it listens on the node's loopback only: from the node's
+        # network address (another machine's view of it) nothing answers on its port
+        assert open_to_network(endpoint["port"]) == []
 
         # a random model reaches preflight with grammar-constrained output (as in test_llm_real.py); no seed: vLLM
         # 0.32 on CPU dies on a seeded request prefilled in chunks (docs/limits.md)

@@ -2,9 +2,11 @@
 
 The job script comes from the site's AiiDA scheduler (`get_submit_script` of a `JobTemplate`), so Slurm and PBS
 directives are AiiDA's own. The job picks a free port on its node and writes `mdagent-endpoint.json` (node, port)
-before the server starts; the API key travels in a file of mode 600, never on a command line. Where the node cannot
-be reached from here, `execution/tunnel.py` forwards a local port through the login node (paramiko), in a process of
-its own that outlives this command. The registry of endpoints is `llm/serve.py`.
+before the server starts; the API key travels in a file of mode 600, never on a command line. The server listens on
+the node's loopback only (vLLM's key guards only its /v1 routes: /invocations, /tokenize, /metrics answer anyone who
+reaches the port), so nobody else on the cluster network reaches it; `execution/tunnel.py` forwards a local port to
+it over SSH to the node, through the login node (paramiko), in a process of its own that outlives this command. The
+registry of endpoints is `llm/serve.py`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ SCRIPT = "_aiidasubmit.sh"
 ENDPOINT_FILE = "mdagent-endpoint.json"
 KEY_FILE = ".api-key"
 LOG = "vllm.log"
+LOOPBACK = "127.0.0.1"
 # A free port on the node, with a random one where the node has no python3.
 PICK_PORT = (
     "PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); print(s.getsockname()[1])' "
@@ -54,10 +57,13 @@ def check_site(site: SiteConfig) -> None:
 
 
 def server_argv(site: SiteConfig, model: str) -> list[str]:
-    """The server's command line as the job runs it (`$PORT` expands in the job)."""
+    """The server's command line as the job runs it (`$PORT` expands in the job).
+
+    `--host 127.0.0.1` comes last, so a site's `args` cannot open the server to the node's network (the last wins).
+    """
     v = site.vllm
     assert v is not None
-    serve = [*shlex.split(v.command), model, "--host", "0.0.0.0", "--port", "$PORT", *v.args]
+    serve = [*shlex.split(v.command), model, *v.args, "--host", LOOPBACK, "--port", "$PORT"]
     if not v.image:
         return serve
     options = ["--nv"] if v.nv else []
@@ -237,18 +243,21 @@ def locate(s: SiteSession, endpoint: Endpoint) -> Endpoint:
     found = json.loads(text)
     node, port = found["node"], int(found["port"])
     site = s.site
-    use_tunnel = (
-        site.vllm.tunnel if site.vllm.tunnel is not None else site.transport.type == "ssh" and not reachable(node, port)
-    )
-    if use_tunnel:
-        if site.transport.type != "ssh":
-            raise LlmJobError(
-                f"site {site.name}: tunnel: true needs an ssh transport (the login node to tunnel through)"
-            )
+    if is_this_machine(node) and not site.vllm.tunnel:
+        pid, base = None, f"http://{node}:{port}/v1"  # the node is this machine: its loopback is ours
+    elif site.vllm.tunnel is False:
+        raise LlmJobError(
+            f"site {site.name}: tunnel: false, but the server listens only on node {node}'s loopback; "
+            "remove `tunnel: false` so mdagent reaches it through an SSH tunnel"
+        )
+    elif site.transport.type != "ssh":
+        raise LlmJobError(
+            f"site {site.name}: the server listens only on node {node}'s loopback, reached through an SSH "
+            "tunnel to the node; give the site an ssh transport (the login node to tunnel through)"
+        )
+    else:
         pid, local_port = start_tunnel(site, endpoint.name, node, port)
         base = f"http://127.0.0.1:{local_port}/v1"
-    else:
-        pid, base = None, f"http://{node}:{port}/v1"
     endpoint = endpoint.model_copy(
         update={"node": node, "port": port, "base_url": base, "tunnel_pid": pid, "state": "starting"}
     )
@@ -256,15 +265,15 @@ def locate(s: SiteSession, endpoint: Endpoint) -> Endpoint:
     return endpoint
 
 
-def reachable(node: str, port: int, timeout: float = 3) -> bool:
-    """Whether this machine reaches the node: a refused connection counts (the server is not up yet)."""
+def is_this_machine(node: str) -> bool:
+    """Whether the node's name is a loopback address here (mdagent runs on the node itself)."""
+    import ipaddress
+
     try:
-        with socket.create_connection((node, port), timeout=timeout):
-            return True
-    except ConnectionRefusedError:
-        return True
-    except OSError:  # unknown name, no route, timeout
+        addresses = {info[4][0] for info in socket.getaddrinfo(node, None)}
+    except OSError:
         return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
 def wait_ready(
@@ -369,28 +378,37 @@ def alive(pid: int) -> bool:
 
 
 def start_tunnel(site: SiteConfig, name: str, node: str, port: int, timeout: float = 60) -> tuple[int, int]:
-    """Start `python -m mdagent_hpc.execution.tunnel` in its own session; returns (its pid, the local port)."""
+    """Start `python -m mdagent_hpc.execution.tunnel` in its own session; returns (its pid, the local port).
+
+    The tunnel is an SSH connection to the node itself, through the login node (and the site's own jumps), on the
+    login node's SSH port, forwarding to the server on the node's loopback: clusters let a user SSH to a node where
+    their job runs (Slurm's pam_slurm_adopt).
+    """
     folder = mdagent_home() / "llm"
     folder.mkdir(parents=True, exist_ok=True)
     port_file, log = folder / f"{name}.tunnel-port", folder / f"{name}.tunnel.log"
     port_file.unlink(missing_ok=True)
     t = site.transport
+    login = f"{t.user + '@' if t.user else ''}{t.host}:{t.port}"
+    jumps = ",".join(j for j in (t.proxy_jump, login) if j)
     argv = [
         sys.executable,
         "-m",
         "mdagent_hpc.execution.tunnel",
         "--host",
-        t.host,
+        node,
         "--port",
         str(t.port),
+        "--proxy-jump",
+        jumps,
         "--target",
-        f"{node}:{port}",
+        f"{LOOPBACK}:{port}",
         "--port-file",
         str(port_file),
         "--key-policy",
         t.key_policy,
     ]
-    for flag, value in (("--user", t.user), ("--key", t.key_filename), ("--proxy-jump", t.proxy_jump)):
+    for flag, value in (("--user", t.user), ("--key", t.key_filename)):
         if value:
             argv += [flag, str(Path(value).expanduser()) if flag == "--key" else value]
     with open(log, "ab") as out:
@@ -409,8 +427,8 @@ def start_tunnel(site: SiteConfig, name: str, node: str, port: int, timeout: flo
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
     said = " ".join(tail) or "no output"
     raise LlmJobError(
-        f"the SSH tunnel to {node}:{port} through {t.host} did not open ({said});"
-        f" check that `ssh {t.host}` works and that the login node reaches {node}"
+        f"the SSH tunnel to port {port} on node {node} through {t.host} did not open ({said});"
+        f" check that `ssh -J {t.host} {node}` works (SSH to the node of a running job)"
     )
 
 

@@ -19,4 +19,4 @@ export VLLM_API_KEY="$(cat .api-key)"
 export HF_HUB_OFFLINE=1
 printf '{"node": "%s", "port": %s}\n' "$(hostname)" "$PORT" > mdagent-endpoint.json
 
-"vllm" "serve" "/scratch/jdoe/models/Qwen2.5-Coder-7B-Instruct" "--host" "0.0.0.0" "--port" "$PORT"  > 'vllm.log' 2>&1
+"vllm" "serve" "/scratch/jdoe/models/Qwen2.5-Coder-7B-Instruct" "--host" "127.0.0.1" "--port" "$PORT"  > 'vllm.log' 2>&1

@@ -23,6 +23,7 @@ from mdagent_hpc.sweep.spec import (
     SweepSpec,
     choose_engine,
     correction_task,
+    counted_seconds,
     expand,
     ordered,
     point_count,
@@ -106,17 +107,28 @@ def test_probes_are_the_extremes_first_then_the_rest():
 
 def test_site_limits_say_what_to_change():
     with pytest.raises(SweepError, match="5 points; site big allows at most 4 .*coarser step"):
-        validate_sweep(spec(), SweepLimits(max_points=4), site="big")
+        validate_sweep(spec(), SweepLimits(max_points=4), walltime=60, site="big")
     with pytest.raises(SweepError, match=r"about 2\.8 core-hours \(5 points x 2 cores x 1000 s\)"):
-        validate_sweep(spec(point_seconds=1000), SweepLimits(max_core_hours=1), cores_per_point=2)
-    validate_sweep(spec(), SweepLimits(max_points=5))
+        validate_sweep(spec(point_seconds=1000), SweepLimits(max_core_hours=1), walltime=60, cores_per_point=2)
+    validate_sweep(spec(), SweepLimits(max_points=5), walltime=60)
+
+
+def test_a_declared_point_time_cannot_pass_the_core_hour_cap():
+    # 1000 points declared at 1 s each: 0.3 core-hours; each point's job may take its 3600 s walltime: 1000
+    cheap = spec(parameters=[{"name": "T", "start": 1, "stop": 1000, "step": 1}], point_seconds=1)
+    with pytest.raises(SweepError, match=r"about 1000\.0 core-hours \(1000 points x 1 cores x 3600 s\)"):
+        validate_sweep(cheap, SweepLimits(max_core_hours=500), walltime=3600)
+    # the site may count points at less than the walltime (the validation run's measured time is checked later)
+    assert counted_seconds(cheap, SweepLimits(point_seconds=60), walltime=3600) == 60
+    assert counted_seconds(spec(point_seconds=600), SweepLimits(point_seconds=60), walltime=3600) == 600
+    validate_sweep(cheap, SweepLimits(max_core_hours=500, point_seconds=60), walltime=3600)
 
 
 def test_a_sweep_is_counted_without_building_its_points():
     huge = spec(parameters=[{"name": n, "start": 1, "stop": 10_000, "step": 1} for n in ("T", "P", "N")])
     assert point_count(huge) == 10**12 and point_count(spec()) == len(expand(spec())) == 5
     with pytest.raises(SweepError, match="the sweep has 1000000000000 points; site local allows at most 1000 "):
-        validate_sweep(huge, SweepLimits())
+        validate_sweep(huge, SweepLimits(), walltime=60)
 
 
 def test_a_plan_over_max_points_is_refused_before_any_point_is_built():

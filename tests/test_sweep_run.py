@@ -24,8 +24,13 @@ pytestmark = pytest.mark.slow
 
 
 def mdagent(*args, env_extra=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env_extra or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env_extra or {})},
+        timeout=timeout,
+    )
 
 
 def load(name: str) -> SweepSpec:
@@ -119,8 +124,14 @@ def test_a_template_failing_at_the_hot_end_is_corrected_once_and_only_failed_poi
     assert records["record_T_3_t2"]["ok"] and records["record_T_0p6_t1"]["ok"]
     # only the failed point ran again: the cold probe kept its template-1 result, the rest ran once with template 2
     assert sorted(children(node, "point_")) == ["point_T_1p2_t2", "point_T_1p8_t2", "point_T_2p4_t2", "point_T_3_t1"]
-    assert sorted(records) == ["record_T_0p6_t1", "record_T_1p2_t2", "record_T_1p8_t2", "record_T_2p4_t2",
-                               "record_T_3_t1", "record_T_3_t2"]
+    assert sorted(records) == [
+        "record_T_0p6_t1",
+        "record_T_1p2_t2",
+        "record_T_1p8_t2",
+        "record_T_2p4_t2",
+        "record_T_3_t1",
+        "record_T_3_t2",
+    ]
     assert node.outputs.points["T_0p6"].get_dict()["template"] == 1
     assert node.outputs.points["T_3"].get_dict()["template"] == 2
     assert "timestep 0.005" in node.outputs.template.get_content()
@@ -135,12 +146,17 @@ def test_a_template_failing_at_the_hot_end_is_corrected_once_and_only_failed_poi
 def test_a_sweep_of_per_point_jobs_on_slurm_keeps_to_the_site_cap(slurm, profile, tmp_path):
     from aiida import orm
 
-    add_site(tmp_path, "slurm-sweep", "scheduler: slurm\ntransport: {type: local, use_login_shell: false, "
-             f"safe_interval: 0}}\nqueue: debug\npoll_interval: 0.5\nresources: {{memory_mb: 1000, walltime: 600}}\n"
-             f"lammps: {{binary: {MDAGENT_LMP}}}\nsweep: {{max_concurrent_jobs: 2}}\n")
+    add_site(
+        tmp_path,
+        "slurm-sweep",
+        "scheduler: slurm\ntransport: {type: local, use_login_shell: false, "
+        f"safe_interval: 0}}\nqueue: debug\npoll_interval: 0.5\nresources: {{memory_mb: 1000, walltime: 600}}\n"
+        f"lammps: {{binary: {MDAGENT_LMP}}}\nsweep: {{max_concurrent_jobs: 2}}\n",
+    )
     spec = load("lj-melt-temperature.yaml")
-    result = mdagent("sweep", "--spec", str(SWEEPS / "lj-melt-temperature.yaml"), "--site", "slurm-sweep", "--yes",
-                     "--json")
+    result = mdagent(
+        "sweep", "--spec", str(SWEEPS / "lj-melt-temperature.yaml"), "--site", "slurm-sweep", "--yes", "--json"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     node = orm.load_node(json.loads(result.stdout)["pk"])
     check_provenance(node, spec)
@@ -148,8 +164,9 @@ def test_a_sweep_of_per_point_jobs_on_slurm_keeps_to_the_site_cap(slurm, profile
     assert len(jobs) == len(expand(spec)) - 1  # the first probe ran inside the validating agent run
     calcs = [job.called[0] for job in jobs]
     assert all(c.computer.label == "slurm-sweep" and c.computer.scheduler_type == "core.slurm" for c in calcs)
-    assert all(c.get_job_id() and "'-var' 'T'" in c.base.repository.get_object_content("_aiidasubmit.sh")
-               for c in calcs)
+    assert all(
+        c.get_job_id() and "'-var' 'T'" in c.base.repository.get_object_content("_aiidasubmit.sh") for c in calcs
+    )
     events = sorted([(c.ctime, 1) for c in jobs] + [(c.mtime, -1) for c in jobs])
     in_flight = max(sum(step for _, step in events[: i + 1]) for i in range(len(events)))
     assert in_flight <= 2
@@ -159,9 +176,13 @@ def test_a_sweep_of_per_point_jobs_on_slurm_keeps_to_the_site_cap(slurm, profile
 def test_a_sweep_through_parsl_pilot_jobs_on_slurm(slurm, profile, tmp_path):
     from aiida import orm
 
-    add_site(tmp_path, "slurm-sweep-pilot", "scheduler: slurm\ntransport: {type: local, use_login_shell: false, "
-             f"safe_interval: 0}}\nqueue: debug\npoll_interval: 1\nresources: {{memory_mb: 1000, walltime: 600}}\n"
-             f"lammps: {{binary: {MDAGENT_LMP}}}\npilot: {{cores_per_node: 2, address: 127.0.0.1, lost_after: 10}}\n")
+    add_site(
+        tmp_path,
+        "slurm-sweep-pilot",
+        "scheduler: slurm\ntransport: {type: local, use_login_shell: false, "
+        f"safe_interval: 0}}\nqueue: debug\npoll_interval: 1\nresources: {{memory_mb: 1000, walltime: 600}}\n"
+        f"lammps: {{binary: {MDAGENT_LMP}}}\npilot: {{cores_per_node: 2, address: 127.0.0.1, lost_after: 10}}\n",
+    )
     spec = load("lj-melt-temperature.yaml").model_copy(update={"engine": "parsl"})
     folder = tmp_path / "spec.yaml"
     import yaml
@@ -185,7 +206,8 @@ def running_job(node) -> bool:
     """A LAMMPS job of the sweep runs (its CalcJob waits on the scheduler) and nothing is just being created."""
     descendants = [n for n in node.called_descendants if not n.is_terminated]
     return any(n.process_label == "LammpsCalculation" and n.get_job_id() for n in descendants) and not any(
-        n.process_state is not None and n.process_state.value == "created" for n in descendants)
+        n.process_state is not None and n.process_state.value == "created" for n in descendants
+    )
 
 
 def test_a_daemon_restart_mid_sweep_loses_and_repeats_no_point(profile, tmp_path, fake_openai):
@@ -195,9 +217,13 @@ def test_a_daemon_restart_mid_sweep_loses_and_repeats_no_point(profile, tmp_path
     from mdagent_hpc.api import get_sweep, sweep
     from mdagent_hpc.execution.profile import start_daemon
 
-    add_site(tmp_path, "local-one-at-a-time", "scheduler: direct\ntransport: {type: local, use_login_shell: false, "
-             f"safe_interval: 0}}\npoll_interval: 0.2\nlammps: {{binary: {MDAGENT_LMP}}}\n"
-             "sweep: {max_concurrent_jobs: 1}\n")
+    add_site(
+        tmp_path,
+        "local-one-at-a-time",
+        "scheduler: direct\ntransport: {type: local, use_login_shell: false, "
+        f"safe_interval: 0}}\npoll_interval: 0.2\nlammps: {{binary: {MDAGENT_LMP}}}\n"
+        "sweep: {max_concurrent_jobs: 1}\n",
+    )
     recorded = load("lj-melt-temperature.yaml")
     spec = recorded.model_copy(update={"answers": None, "site": "local-one-at-a-time"})
     server = fake_openai(list(recorded.answers))
@@ -209,8 +235,7 @@ def test_a_daemon_restart_mid_sweep_loses_and_repeats_no_point(profile, tmp_path
         deadline = time.monotonic() + 300
         # Stopped while a point's LAMMPS job runs: not in the instant a child is being submitted, whose launch task
         # AiiDA can lose with the broker (a process left `created`; docs/limits.md).
-        while not (get_sweep(pk).points_done >= 2 and running_job(orm.load_node(pk))) \
-                and time.monotonic() < deadline:
+        while not (get_sweep(pk).points_done >= 2 and running_job(orm.load_node(pk))) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert get_sweep(pk).verdict == "running", "the sweep ended before the restart: nothing was tested"
         client.stop_daemon(wait=True, timeout=60)
@@ -232,3 +257,28 @@ def test_a_daemon_restart_mid_sweep_loses_and_repeats_no_point(profile, tmp_path
     assert sorted(children(node, "point_")) == sorted(f"point_{p.id}_t1" for p in expand(spec)[1:])
     assert len(children(node, "record_")) == n  # each point recorded once
     assert len(server.requests) == 1  # the restart asked the model nothing
+
+
+def test_a_sweep_over_the_core_hour_cap_at_its_measured_time_stops_before_the_points_fan_out(profile, tmp_path):
+    from mdagent_hpc.api import get_sweep, plan_sweep, sweep
+
+    # The spec declares 1 ms a point and the site counts points at 1 ms until one is measured, so the plan passes
+    # (5 points: 0.005 core-seconds of the 0.036 allowed); the validation run measures LAMMPS's real time, tenths
+    # of a second: 5 points need more than the cap.
+    add_site(
+        tmp_path,
+        "local-tiny-budget",
+        "scheduler: direct\ntransport: {type: local, use_login_shell: false, "
+        f"safe_interval: 0}}\npoll_interval: 0.2\nlammps: {{binary: {MDAGENT_LMP}}}\n"
+        "sweep: {max_core_hours: 0.00001, point_seconds: 0.001}\n",
+    )
+    spec = load("lj-melt-temperature.yaml").model_copy(update={"site": "local-tiny-budget", "point_seconds": 0.001})
+    assert plan_sweep(spec).points == 5
+    run = sweep(spec)
+    assert run.exit_status == 420, run.exit_message
+    assert run.exit_message.startswith("the validation run took ") and "over the site's 1e-05" in run.exit_message
+    from aiida import orm
+
+    node = orm.load_node(run.pk)
+    assert not children(node, "point_") and len(children(node, "record_")) == 1  # only the validated probe
+    assert get_sweep(run.pk).points_done == 1

@@ -44,7 +44,7 @@ def block_average(values: list[float], blocks: int) -> tuple[float, float | None
     if len(values) < blocks:
         return mean, None
     size = len(values) // blocks
-    means = [sum(values[i * size:(i + 1) * size]) / size for i in range(blocks)]
+    means = [sum(values[i * size : (i + 1) * size]) / size for i in range(blocks)]
     spread = sum((m - sum(means) / blocks) ** 2 for m in means) / (blocks - 1)
     return mean, math.sqrt(spread / blocks)
 
@@ -58,8 +58,14 @@ def production(log: LammpsLog) -> ThermoBlock | None:
 def measure(block: ThermoBlock, observable: Observable) -> tuple[float | None, float | None, str | None]:
     """(value, error, problem) of one observable over a production block."""
     if observable.header not in block.columns:
-        return None, None, (f"the production run prints no {observable.column} column (thermo columns: "
-                            f"{' '.join(block.columns)}); add it to thermo_style custom")
+        return (
+            None,
+            None,
+            (
+                f"the production run prints no {observable.column} column (thermo columns: "
+                f"{' '.join(block.columns)}); add it to thermo_style custom"
+            ),
+        )
     values = block.column(observable.header)
     body = values[1:] or values
     if not all(math.isfinite(v) for v in body):
@@ -71,8 +77,9 @@ def measure(block: ThermoBlock, observable: Observable) -> tuple[float | None, f
     return picked, None, None
 
 
-def point_result(point: Point, log: LammpsLog, template: str, observables: list[Observable],
-                 template_number: int = 1) -> PointResult:
+def point_result(
+    point: Point, log: LammpsLog, template: str, observables: list[Observable], template_number: int = 1
+) -> PointResult:
     """Judge one point's log (the evaluator's rules, with the point's variable values) and read its observables."""
     try:
         parsed = parse_text(template, "in.lammps", variables={k: str(v) for k, v in point.vars.items()})
@@ -91,9 +98,25 @@ def point_result(point: Point, log: LammpsLog, template: str, observables: list[
             if problem:
                 problems.append(problem)
     ok = evaluation.grade != Grade.FAIL and not problems
-    return PointResult(id=point.id, vars=point.vars, ok=ok, grade=evaluation.grade.value, problems=problems,
-                       observables=values, errors=errors, rows=max(len(block.rows) - 1, 0) if block else 0,
-                       seconds=log.total_wall_time, template=template_number)
+    return PointResult(
+        id=point.id,
+        vars=point.vars,
+        ok=ok,
+        grade=evaluation.grade.value,
+        problems=problems,
+        observables=values,
+        errors=errors,
+        rows=max(len(block.rows) - 1, 0) if block else 0,
+        seconds=_seconds(log),
+        template=template_number,
+    )
+
+
+def _seconds(log) -> float | None:
+    """LAMMPS's wall time: its total (whole seconds) or, when longer, the sum of its runs' loop times."""
+    loops = [b.loop_time for b in log.blocks if b.loop_time is not None]
+    times = [t for t in (log.total_wall_time, sum(loops) if loops else None) if t is not None]
+    return max(times, default=None)
 
 
 # -- the table and the plot --------------------------------------------------------------------------------------
@@ -109,8 +132,13 @@ def table(spec: SweepProposal, results: list[PointResult]) -> pandas.DataFrame:
             row[f"{o.name}_err"] = r.errors.get(o.name)
         row["problems"] = "; ".join(r.problems)
         rows.append(row)
-    columns = ["point", *(p.name for p in spec.parameters), "ok",
-               *(c for o in spec.observables for c in (o.name, f"{o.name}_err")), "problems"]
+    columns = [
+        "point",
+        *(p.name for p in spec.parameters),
+        "ok",
+        *(c for o in spec.observables for c in (o.name, f"{o.name}_err")),
+        "problems",
+    ]
     frame = pandas.DataFrame(rows, columns=columns)
     return frame.sort_values([p.name for p in spec.parameters], kind="stable").reset_index(drop=True)
 
@@ -136,8 +164,7 @@ def plot(spec: SweepProposal, frame: pandas.DataFrame, path: Path | str) -> Path
     figure, axes = pyplot.subplots(n, 1, figsize=(6.4, 3.2 * n), squeeze=False)
     data = frame[frame["ok"]]
     for ax, observable in zip(axes[:, 0], spec.observables, strict=True):
-        series = [(None, data)] if group is None else [(v, data[data[group.name] == v])
-                                                       for v in group.expanded()]
+        series = [(None, data)] if group is None else [(v, data[data[group.name] == v]) for v in group.expanded()]
         for value, part in series:
             if part.empty:
                 continue
@@ -146,8 +173,14 @@ def plot(spec: SweepProposal, frame: pandas.DataFrame, path: Path | str) -> Path
                 part = part[(part[list(first)] == list(first.values())).all(axis=1)]
             errors = part[f"{observable.name}_err"].astype(float)
             label = None if value is None else f"{group.name} = {value} {group.units}".rstrip()
-            ax.errorbar(part[x.name].astype(float), part[observable.name].astype(float),
-                        yerr=None if errors.isna().all() else errors.fillna(0), marker="o", capsize=3, label=label)
+            ax.errorbar(
+                part[x.name].astype(float),
+                part[observable.name].astype(float),
+                yerr=None if errors.isna().all() else errors.fillna(0),
+                marker="o",
+                capsize=3,
+                label=label,
+            )
         ax.set_xlabel(x.label())
         ax.set_ylabel(observable.label())
         ax.grid(alpha=0.3)

@@ -202,8 +202,14 @@ class SweepLimits(_Strict):
     """What a site allows one sweep (the `sweep:` section of a site config)."""
 
     max_points: int = Field(1000, ge=1)
-    max_core_hours: float = Field(1000.0, gt=0, description="points x cores per point x point_seconds")
+    max_core_hours: float = Field(1000.0, gt=0, description="points x cores per point x seconds per point")
     max_concurrent_jobs: int = Field(8, ge=1, description="LAMMPS jobs of one sweep in the queue at once")
+    point_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="the least a point is counted at before the validation run measures one (a spec's own "
+        "point_seconds may only count more); None: the site's job walltime",
+    )
 
 
 class Point(_Strict):
@@ -265,24 +271,33 @@ def ordered(points: list[Point], probes: list[Point]) -> list[Point]:
     return probes + [p for p in points if p not in probes]
 
 
-def core_hours(spec: SweepProposal, points: int, cores_per_point: int) -> float:
-    return points * cores_per_point * spec.point_seconds / 3600
+def counted_seconds(spec: SweepProposal, limits: SweepLimits, walltime: float) -> float:
+    """The seconds one point counts for before one is measured: the spec's estimate, never less than the site's
+    (`sweep.point_seconds`, else the job walltime), so a spec cannot declare its way under the core-hour cap."""
+    return max(spec.point_seconds, limits.point_seconds or walltime)
 
 
-def validate_sweep(spec: SweepProposal, limits: SweepLimits, cores_per_point: int = 1, site: str = "local") -> None:
+def core_hours(points: int, cores_per_point: int, point_seconds: float) -> float:
+    return points * cores_per_point * point_seconds / 3600
+
+
+def validate_sweep(
+    spec: SweepProposal, limits: SweepLimits, *, walltime: float, cores_per_point: int = 1, site: str = "local"
+) -> None:
     """Raise SweepError (one sentence) when the sweep exceeds what the site allows; its points are counted, not
-    built, so this is cheap however large the sweep: call it before `expand`."""
+    built, so this is cheap however large the sweep: call it before `expand`. `walltime`: of one point's job."""
     points = point_count(spec)
     if points > limits.max_points:
         raise SweepError(
             f"the sweep has {points} points; site {site} allows at most {limits.max_points} "
             "(sweep.max_points in its config): use a coarser step or fewer values"
         )
-    hours = core_hours(spec, points, cores_per_point)
+    seconds = counted_seconds(spec, limits, walltime)
+    hours = core_hours(points, cores_per_point, seconds)
     if hours > limits.max_core_hours:
         raise SweepError(
             f"the sweep needs about {hours:.1f} core-hours ({points} points x {cores_per_point} "
-            f"cores x {spec.point_seconds:g} s); site {site} allows {limits.max_core_hours:g} "
+            f"cores x {seconds:g} s); site {site} allows {limits.max_core_hours:g} "
             "(sweep.max_core_hours): fewer points, shorter runs or a site with a larger budget"
         )
 

@@ -88,6 +88,9 @@ class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
         spec.input("engine", valid_type=orm.Str, help="calcjob (a LammpsBaseWorkChain per point) or parsl (pilot)")
         spec.input("max_concurrent", valid_type=orm.Int, default=lambda: orm.Int(8),
                    help="calcjob engine: at most this many jobs in flight")
+        spec.input("max_core_hours", valid_type=orm.Float, required=False,
+                   help="the site's core-hour cap, checked again with the validation run's measured time")
+        spec.input("cores_per_point", valid_type=orm.Int, default=lambda: orm.Int(1))
         spec.input("sweep_folder", valid_type=orm.Str, required=False,
                    help="parsl engine: the folder on the site where the pilot keeps finished points")
         spec.expose_inputs(AgentWorkChain, namespace="agent", exclude=("task", "variables"))
@@ -109,6 +112,7 @@ class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
         spec.output("plot", valid_type=orm.SinglefileData, required=False, help="PNG: observables vs parameters")
         spec.exit_code(400, "ERROR_NO_TEMPLATE", message="the agent found no template that passes at {point}")
         spec.exit_code(410, "ERROR_POINTS_FAILED", message="{failed} of {total} points failed")
+        spec.exit_code(420, "ERROR_OVER_CORE_HOURS", message="{why}")
 
     # -- steps ------------------------------------------------------------------------------------------------
     def setup(self):
@@ -140,7 +144,23 @@ class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
     def check_validation(self):
         if not self._take_template(self.ctx.agent, self.ctx.probe):
             return self.exit_codes.ERROR_NO_TEMPLATE.format(point=self.ctx.probe)
-        return None
+        return self._check_core_hours()
+
+    def _check_core_hours(self):
+        """The plan counted points at a declared time; before they fan out, count them at the measured one."""
+        if "max_core_hours" not in self.inputs:
+            return None
+        seconds = orm.load_node(self.ctx.state[self.ctx.probe]["record"]).get("seconds")
+        if seconds is None:
+            return None
+        points, cores, cap = len(self.ctx.points), self.inputs.cores_per_point.value, self.inputs.max_core_hours.value
+        hours = points * cores * seconds / 3600
+        if hours <= cap:
+            return None
+        why = (f"the validation run took {seconds:.3g} s, so the {points} points x {cores} cores need about "
+               f"{hours:.3g} core-hours, over the site's {cap:g} (sweep.max_core_hours); no other point was run")
+        self.report(why)
+        return self.exit_codes.ERROR_OVER_CORE_HOURS.format(why=why)
 
     def has_work(self):
         return self.has_pending() or self.should_correct()

@@ -19,6 +19,7 @@ from mdagent_hpc.sweep.spec import (
     SweepSpec,
     choose_engine,
     core_hours,
+    counted_seconds,
     expand,
     probe_points,
     validate_sweep,
@@ -38,6 +39,8 @@ class SweepPlan(BaseModel):
     why: str
     core_hours: float
     max_concurrent: int
+    max_core_hours: float  # the site's cap, re-checked with the validation run's measured time
+    cores_per_point: int
 
 
 def _site(spec: SweepSpec):
@@ -57,15 +60,16 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
     r = site.resources
     cores = r.nodes * r.mpi_ranks_per_node * r.threads_per_rank
     try:
-        validate_sweep(spec, site.sweep, cores, site.name)  # counted, not built: before `expand`
+        validate_sweep(spec, site.sweep, walltime=r.walltime, cores_per_point=cores, site=site.name)  # before expand
         points = expand(spec)
         probes = probe_points(spec, points)
         engine, why = choose_engine(spec, len(points), "pilot" in site.model_fields_set, site.name)
     except SweepError as exc:
         raise LaunchError(str(exc)) from None
     return SweepPlan(site=site.name, points=len(points), probes=[p.id for p in probes], engine=engine, why=why,
-                     core_hours=round(core_hours(spec, len(points), cores), 3),
-                     max_concurrent=site.sweep.max_concurrent_jobs)
+                     core_hours=round(core_hours(len(points), cores, counted_seconds(spec, site.sweep, r.walltime)), 3),
+                     max_concurrent=site.sweep.max_concurrent_jobs, max_core_hours=site.sweep.max_core_hours,
+                     cores_per_point=cores)
 
 
 def sweep_inputs(spec: SweepSpec, llm_overrides: dict | None = None) -> dict:
@@ -76,7 +80,8 @@ def sweep_inputs(spec: SweepSpec, llm_overrides: dict | None = None) -> dict:
     overrides = llm_overrides if llm_overrides is not None else ({"model": spec.model} if spec.model else {})
     agent = _inputs(request, overrides)
     inputs = {"sweep": orm.Dict(spec.model_dump(mode="json", exclude={"answers"})), "engine": orm.Str(plan.engine),
-              "max_concurrent": orm.Int(plan.max_concurrent), "agent": agent}
+              "max_concurrent": orm.Int(plan.max_concurrent), "agent": agent,
+              "max_core_hours": orm.Float(plan.max_core_hours), "cores_per_point": orm.Int(plan.cores_per_point)}
     if plan.engine == "parsl":
         import getpass
         import uuid

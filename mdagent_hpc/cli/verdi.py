@@ -12,8 +12,10 @@ import click
 from mdagent_hpc.cli.main import UserError, emit_json, out, status
 
 
-@click.command(short_help="AiiDA's verdi on mdagent's profile.",
-               context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.command(
+    short_help="AiiDA's verdi on mdagent's profile.",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def verdi(args) -> None:
     """Run AiiDA's `verdi ARGS...` on mdagent's profile, e.g. `mdagent verdi process list -a`.
@@ -29,9 +31,6 @@ def verdi(args) -> None:
         raise UserError("AiiDA's `verdi` command is not installed next to this Python; reinstall mdagent-hpc")
     sys.stdout.flush()
     os.execv(command, [command, "--profile", profile.name, *args])
-
-
-DAEMON_TIMEOUT_S = 60  # circus answers slowly on a loaded machine; AiiDA's default is 2 s
 
 
 @click.group(short_help="See, start and stop the AiiDA daemon.")
@@ -57,64 +56,108 @@ def daemon_status(as_json) -> None:
     from aiida.engine.daemon.client import DaemonException
 
     running = client.is_daemon_running
-    info = {"profile": client.profile.name, "running": running, "pid": client.get_daemon_pid() if running else None,
-            "workers": None, "log": client.daemon_log_file}
+    info = {
+        "profile": client.profile.name,
+        "running": running,
+        "pid": client.get_daemon_pid() if running else None,
+        "workers": None,
+        "log": client.daemon_log_file,
+    }
     if running:
         try:
             info["workers"] = client.get_number_of_workers()
         except DaemonException:  # circus not answering (yet): the pid is what we know
             info["workers"] = None
-    active = orm.QueryBuilder().append(
-        orm.WorkChainNode, filters={"attributes.process_label": "AgentWorkChain",
-                                    "attributes.process_state": {"in": ["created", "waiting", "running"]}},
-        project=["id"]).all(flat=True)
+    active = (
+        orm.QueryBuilder()
+        .append(
+            orm.WorkChainNode,
+            filters={
+                "attributes.process_label": "AgentWorkChain",
+                "attributes.process_state": {"in": ["created", "waiting", "running"]},
+            },
+            project=["id"],
+        )
+        .all(flat=True)
+    )
     info["active_runs"] = sorted(active)
     if as_json:
         emit_json(info)
         return
     if running:
         workers = f", {info['workers']} worker(s)" if info["workers"] is not None else ""
-        out().print(f"daemon of profile {info['profile']}: [bold green]running[/] (pid {info['pid']}{workers}); "
-                    f"log {info['log']}", highlight=False)
+        out().print(
+            f"daemon of profile {info['profile']}: [bold green]running[/] (pid {info['pid']}{workers}); "
+            f"log {info['log']}",
+            highlight=False,
+        )
     else:
         out().print(f"daemon of profile {info['profile']}: [bold]stopped[/]", highlight=False)
     if active:
-        out().print(f"agent runs not finished: {' '.join(map(str, info['active_runs']))} "
-                    f"(`mdagent show PK`)", highlight=False)
+        out().print(
+            f"agent runs not finished: {' '.join(map(str, info['active_runs']))} (`mdagent show PK`)", highlight=False
+        )
+
+
+timeout_option = click.option(
+    "--timeout", type=click.FloatRange(1, 3600), default=120, show_default=True, help="seconds to wait for the daemon"
+)
 
 
 @daemon.command("start")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
-def daemon_start(workers) -> None:
-    """Start the daemon (what `mdagent run --daemon` does when it is not running)."""
+@timeout_option
+def daemon_start(workers, timeout) -> None:
+    """Start the daemon (what `mdagent run --daemon` does when it is not running); returns once it answers."""
     client = _client()
     if client.is_daemon_running:
-        out().print(f"daemon already running (pid {client.get_daemon_pid()})", highlight=False)
-        return
-    from aiida.engine.daemon.client import DaemonException
+        from mdagent_hpc.execution.profile import daemon_answers
 
-    from mdagent_hpc.execution.profile import start_daemon
-
-    try:
-        with status("starting the AiiDA daemon ..."):
-            start_daemon(workers, timeout=DAEMON_TIMEOUT_S)
-    except DaemonException as exc:
-        raise UserError(f"the daemon did not start ({exc}); see {client.daemon_log_file}") from None
-    out().print(f"daemon started (pid {client.get_daemon_pid()}, {workers} worker(s))", highlight=False)
+        if daemon_answers(client):
+            out().print(f"daemon already running (pid {client.get_daemon_pid()})", highlight=False)
+            return
+    _start(client, workers, timeout)
 
 
 @daemon.command("stop")
-def daemon_stop() -> None:
-    """Stop the daemon; runs it holds wait, and go on when it starts again."""
+@timeout_option
+def daemon_stop(timeout) -> None:
+    """Stop the daemon; runs it holds wait, and go on when it starts again. Returns once its process is gone."""
     client = _client()
     if not client.is_daemon_running:
         out().print("daemon not running", highlight=False)
         return
-    from aiida.engine.daemon.client import DaemonException
+    _stop(timeout)
+    out().print("daemon stopped", highlight=False)
+
+
+@daemon.command("restart")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@timeout_option
+def daemon_restart(workers, timeout) -> None:
+    """Stop the daemon if it runs and start it again (e.g. after upgrading mdagent); returns once it answers."""
+    client = _client()
+    if client.is_daemon_running:
+        _stop(timeout)
+    _start(client, workers, timeout)
+
+
+def _start(client, workers: int, timeout: float) -> None:
+    from mdagent_hpc.execution.profile import DaemonError, start_daemon
+
+    try:
+        with status("starting the AiiDA daemon ..."):
+            start_daemon(workers, timeout=timeout)
+    except DaemonError as exc:
+        raise UserError(str(exc)) from None
+    out().print(f"daemon started (pid {client.get_daemon_pid()}, {workers} worker(s))", highlight=False)
+
+
+def _stop(timeout: float) -> None:
+    from mdagent_hpc.execution.profile import DaemonError, stop_daemon
 
     try:
         with status("stopping the AiiDA daemon ..."):
-            client.stop_daemon(wait=True, timeout=DAEMON_TIMEOUT_S)
-    except DaemonException as exc:
-        raise UserError(f"the daemon did not stop ({exc}); `mdagent daemon status` shows its pid") from None
-    out().print("daemon stopped", highlight=False)
+            stop_daemon(timeout=timeout)
+    except DaemonError as exc:
+        raise UserError(str(exc)) from None

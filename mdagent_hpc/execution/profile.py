@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -47,17 +48,27 @@ def ensure_profile():
         from aiida.manage.configuration.settings import AiiDAConfigDir
 
         if AiiDAConfigDir.get().parent != mdagent_home():
-            raise ProfileError(f"AiiDA was loaded before mdagent chose its folder (it uses {AiiDAConfigDir.get()}); "
-                               "call mdagent_hpc.execution.profile.configure_environment() before importing aiida")
+            raise ProfileError(
+                f"AiiDA was loaded before mdagent chose its folder (it uses {AiiDAConfigDir.get()}); "
+                "call mdagent_hpc.execution.profile.configure_environment() before importing aiida"
+            )
     config = get_config(create=True)
     if name not in config.profile_names:
         if os.environ.get("MDAGENT_AIIDA_PROFILE"):
-            raise ProfileError(f"AiiDA profile '{name}' (MDAGENT_AIIDA_PROFILE) does not exist; "
-                               "create it with `verdi profile setup` or unset the variable")
+            raise ProfileError(
+                f"AiiDA profile '{name}' (MDAGENT_AIIDA_PROFILE) does not exist; "
+                "create it with `verdi profile setup` or unset the variable"
+            )
         # What `verdi presto --use-zeromq` does: SQLite storage, the built-in ZeroMQ broker.
-        create_profile(config, name=name, email="mdagent@localhost", storage_backend="core.sqlite_dos",
-                       storage_config={}, broker_backend="core.zeromq",
-                       broker_config=BrokerFactory("core.zeromq").get_default_config())
+        create_profile(
+            config,
+            name=name,
+            email="mdagent@localhost",
+            storage_backend="core.sqlite_dos",
+            storage_config={},
+            broker_backend="core.zeromq",
+            broker_config=BrokerFactory("core.zeromq").get_default_config(),
+        )
         config.set_option("runner.poll.interval", 1, scope=name)
         config.set_default_profile(name, overwrite=True)
         config.store()
@@ -72,8 +83,9 @@ def ensure_profile():
 
 
 # Where a write-ahead log is unsafe: its shared-memory index needs every process on one host's page cache.
-NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph",
-                                 "fuse.sshfs", "9p", "afs"})
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.sshfs", "9p", "afs"}
+)
 
 
 def fast_sqlite(folder: Path) -> bool:
@@ -111,8 +123,11 @@ def filesystem_type(path: Path) -> str | None:
     except OSError:
         return None
     target = str(path.resolve())
-    best = max((point for point, _ in mounts if target == point or target.startswith(point.rstrip("/") + "/")),
-               key=len, default=None)
+    best = max(
+        (point for point, _ in mounts if target == point or target.startswith(point.rstrip("/") + "/")),
+        key=len,
+        default=None,
+    )
     return dict(mounts).get(best) if best else None
 
 
@@ -147,8 +162,7 @@ def run_here(process_class, **inputs):
         def save_checkpoint(self, process, tag=None) -> None:
             pass
 
-    runner = get_manager().create_runner(communicator=None, poll_interval=LOCAL_POLL_SECONDS,
-                                         persister=NoCheckpoints())
+    runner = get_manager().create_runner(communicator=None, poll_interval=LOCAL_POLL_SECONDS, persister=NoCheckpoints())
     process = None
     try:
         process = instantiate_process(runner, process_class, **inputs)
@@ -193,27 +207,122 @@ def stop_children(node) -> None:
         child.seal()
 
 
-def start_daemon(workers: int = 1, timeout: float = 60) -> None:
-    """Start the daemon unless it runs, and point this process at the broker it runs.
+DAEMON_TIMEOUT_S = 120  # circus answers slowly on a loaded machine (AiiDA's default is 2 s)
+
+
+SEE_LOG = "its log says why (`mdagent daemon status` names it)"
+
+
+class DaemonError(ProfileError):
+    """The daemon did not start or stop in time; the message is one sentence."""
+
+
+def start_daemon(workers: int = 1, timeout: float = DAEMON_TIMEOUT_S) -> None:
+    """Start the daemon unless it runs, wait until it answers with a worker (and its ZeroMQ broker with it), and
+    point this process at the broker it runs; DaemonError if it does not within `timeout` seconds.
+
+    A daemon still stopping (its circus arbiter quitting after `verdi daemon stop`) keeps its pid file for a while:
+    AiiDA's own start then saw "running" and returned, and the old daemon went away. So: wait for a stopping
+    daemon to be gone, start, and return only once the new one answers.
 
     The built-in ZeroMQ broker is supervised by the daemon: once the daemon has been restarted, a process still
     holding a connection to the old broker hands its submissions to nobody, and they never run.
     """
-    from aiida.engine.daemon.client import get_daemon_client
+    from aiida.brokers.zeromq import ZeromqBroker
+    from aiida.engine.daemon.client import DaemonException, get_daemon_client
     from aiida.manage import get_manager
 
     client = get_daemon_client()
-    if not client.is_daemon_running:
-        client.start_daemon(number_workers=workers, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while not daemon_answers(client):
+        if time.monotonic() > deadline:
+            raise DaemonError(f"the AiiDA daemon did not answer within {timeout:.0f} s; {SEE_LOG}")
+        if _daemon_process(client) is None:  # neither running nor stopping (or it died starting): start it
+            try:  # returns once the new daemon has written its pid file
+                client.start_daemon(number_workers=workers, timeout=max(1, deadline - time.monotonic()))
+            except DaemonException:
+                raise DaemonError(f"the AiiDA daemon failed to start; {SEE_LOG}") from None
+        time.sleep(0.2)  # starting, or an earlier one still stopping
     manager = get_manager()
     manager.reset_runner()
     manager.reset_broker()
+    broker = manager.get_broker()
+    if isinstance(broker, ZeromqBroker):  # the built-in broker is a watcher of the daemon: wait for it too
+        while not _broker_answers(broker):
+            if time.monotonic() > deadline:
+                raise DaemonError(f"the daemon's ZeroMQ broker did not start within {timeout:.0f} s; {SEE_LOG}")
+            time.sleep(0.2)
 
 
-def ensure_postgres_profile(name: str, *, database: str | None = None, host: str = "127.0.0.1", port: int = 5432,
-                            user: str = "postgres", password: str = "", broker: bool = True,
-                            broker_host: str = "127.0.0.1", broker_port: int = 5672, broker_user: str = "guest",
-                            broker_password: str = "guest"):
+def stop_daemon(timeout: float = DAEMON_TIMEOUT_S) -> None:
+    """Stop the daemon and wait until its process is gone (not only until circus says it quits); DaemonError if
+    it is still there after `timeout` seconds."""
+    from aiida.engine.daemon.client import DaemonException, DaemonNotRunningException, get_daemon_client
+
+    client = get_daemon_client()
+    deadline = time.monotonic() + timeout
+    if _daemon_process(client) is not None:
+        try:
+            client.stop_daemon(wait=True, timeout=timeout)
+        except DaemonNotRunningException:
+            pass
+        except DaemonException:  # no answer (busy, or already quitting): its process going away is what counts
+            pass
+    while (process := _daemon_process(client)) is not None:
+        if time.monotonic() > deadline:
+            raise DaemonError(f"the AiiDA daemon (pid {process.pid}) did not stop within {timeout:.0f} s; {SEE_LOG}")
+        time.sleep(0.2)
+
+
+def _daemon_process(client):
+    """The daemon's circus process if its pid file names a live one (running or still stopping), else None."""
+    import psutil
+
+    pid = client.get_daemon_pid()
+    if pid is None:
+        return None
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if not any(name in process.cmdline() for name in ("start-circus", "circusd")):
+            return None  # the pid was reused: the pid file is stale (AiiDA's start removes it)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return process
+
+
+def daemon_answers(client) -> bool:
+    """Circus answers that the daemon's watcher is active with at least one worker."""
+    from aiida.engine.daemon.client import DaemonException
+
+    if client.get_daemon_pid() is None:
+        return False
+    try:
+        return client.get_status(timeout=10).get("status") == "active" and client.get_number_of_workers(timeout=10) > 0
+    except DaemonException:
+        return False
+
+
+def _broker_answers(broker) -> bool:
+    status = broker.probe_service_status()
+    return bool(status.get("connected")) and status.get("error") is None
+
+
+def ensure_postgres_profile(
+    name: str,
+    *,
+    database: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 5432,
+    user: str = "postgres",
+    password: str = "",
+    broker: bool = True,
+    broker_host: str = "127.0.0.1",
+    broker_port: int = 5672,
+    broker_user: str = "guest",
+    broker_password: str = "guest",
+):
     """An AiiDA profile `name` on PostgreSQL (and RabbitMQ, unless `broker` is False), made unless it exists; the
     Profile (not loaded). Checks what it finds and says in one sentence (ProfileError) what to do when something
     is missing: the server down, a login refused, a profile of that name on another storage.
@@ -228,30 +337,53 @@ def ensure_postgres_profile(name: str, *, database: str | None = None, host: str
     if name in config.profile_names:
         profile = config.get_profile(name)
         if profile.storage_backend != "core.psql_dos":
-            raise ProfileError(f"AiiDA profile '{name}' exists on {profile.storage_backend}, not PostgreSQL; "
-                               "choose another name or delete it (`verdi profile delete`)")
+            raise ProfileError(
+                f"AiiDA profile '{name}' exists on {profile.storage_backend}, not PostgreSQL; "
+                "choose another name or delete it (`verdi profile delete`)"
+            )
         stored = profile.storage_config
-        _postgres_database(stored["database_hostname"], stored["database_port"], stored["database_username"],
-                           stored["database_password"], stored["database_name"], create=False)
+        _postgres_database(
+            stored["database_hostname"],
+            stored["database_port"],
+            stored["database_username"],
+            stored["database_password"],
+            stored["database_name"],
+            create=False,
+        )
         return profile
     broker_config = {}
     if broker:
         from aiida.brokers.rabbitmq.defaults import detect_rabbitmq_config
 
         try:
-            broker_config = detect_rabbitmq_config(host=broker_host, port=broker_port, username=broker_user,
-                                                   password=broker_password)
+            broker_config = detect_rabbitmq_config(
+                host=broker_host, port=broker_port, username=broker_user, password=broker_password
+            )
         except ConnectionError:
-            raise ProfileError(f"RabbitMQ at {broker_host}:{broker_port} does not answer (or refuses {broker_user}): "
-                               "start it (`service rabbitmq-server start`), check the login, or make the profile "
-                               "without a broker (in-process runs only, no daemon)") from None
+            raise ProfileError(
+                f"RabbitMQ at {broker_host}:{broker_port} does not answer (or refuses {broker_user}): "
+                "start it (`service rabbitmq-server start`), check the login, or make the profile "
+                "without a broker (in-process runs only, no daemon)"
+            ) from None
     _postgres_database(host, port, user, password, database, create=True)
-    storage = {"database_engine": "postgresql_psycopg", "database_hostname": host, "database_port": port,
-               "database_username": user, "database_password": password, "database_name": database,
-               "repository_uri": f"file://{mdagent_home() / 'repositories' / name}"}
-    profile = create_profile(config, name=name, email="mdagent@localhost", storage_backend="core.psql_dos",
-                             storage_config=storage, broker_backend="core.rabbitmq" if broker else None,
-                             broker_config=broker_config or None)
+    storage = {
+        "database_engine": "postgresql_psycopg",
+        "database_hostname": host,
+        "database_port": port,
+        "database_username": user,
+        "database_password": password,
+        "database_name": database,
+        "repository_uri": f"file://{mdagent_home() / 'repositories' / name}",
+    }
+    profile = create_profile(
+        config,
+        name=name,
+        email="mdagent@localhost",
+        storage_backend="core.psql_dos",
+        storage_config=storage,
+        broker_backend="core.rabbitmq" if broker else None,
+        broker_config=broker_config or None,
+    )
     config.set_option("runner.poll.interval", 1, scope=name)
     config.store()
     return profile
@@ -263,20 +395,30 @@ def _postgres_database(host: str, port: int, user: str, password: str, database:
 
     where = f"PostgreSQL at {host}:{port}"
     try:
-        with psycopg.connect(host=host, port=port, user=user, password=password, dbname="postgres",
-                             connect_timeout=5, autocommit=True) as conn:
+        with psycopg.connect(
+            host=host, port=port, user=user, password=password, dbname="postgres", connect_timeout=5, autocommit=True
+        ) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
             if not exists and not create:
-                raise ProfileError(f"database '{database}' is gone from {where}; restore it or delete the profile "
-                                   "(`verdi profile delete`) and make it again")
+                raise ProfileError(
+                    f"database '{database}' is gone from {where}; restore it or delete the profile "
+                    "(`verdi profile delete`) and make it again"
+                )
             if not exists:
-                conn.execute(psycopg.sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' "
-                                             "LC_CTYPE 'C.UTF-8' TEMPLATE template0").format(
-                    psycopg.sql.Identifier(database), psycopg.sql.Identifier(user)))
+                conn.execute(
+                    psycopg.sql.SQL(
+                        "CREATE DATABASE {} OWNER {} ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' "
+                        "LC_CTYPE 'C.UTF-8' TEMPLATE template0"
+                    ).format(psycopg.sql.Identifier(database), psycopg.sql.Identifier(user))
+                )
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
-        raise ProfileError(f"{where} does not answer or refuses {user} ({reason}): start it "
-                           "(`service postgresql start`) or give the right host, port, user and password") from None
+        raise ProfileError(
+            f"{where} does not answer or refuses {user} ({reason}): start it "
+            "(`service postgresql start`) or give the right host, port, user and password"
+        ) from None
     except psycopg.errors.InsufficientPrivilege:
-        raise ProfileError(f"{user} may not create databases on {where}: create '{database}' as a superuser "
-                           f"(`createdb -O {user} -T template0 -l C.UTF-8 {database}`) or grant CREATEDB") from None
+        raise ProfileError(
+            f"{user} may not create databases on {where}: create '{database}' as a superuser "
+            f"(`createdb -O {user} -T template0 -l C.UTF-8 {database}`) or grant CREATEDB"
+        ) from None

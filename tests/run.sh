@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
+bash tests/start_services.sh  # PostgreSQL and RabbitMQ: installed and started unless they answer
 bash scripts/vllm_env.sh  # the vLLM CPU venv and the tiny model for the `vllm_server` fixture (built once, cached)
 export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/python tests/corpus.py >/dev/null  # the test corpus, built once and cached (progress on stderr)

@@ -46,7 +46,8 @@ def test_quota_decisions_say_which_quota_and_when_it_resets():
     assert (
         runs.quota == "concurrent_runs"
         and "2 in flight of 2" in runs.message
-        and "when one of your runs ends" in runs.message
+        and "wait for a run to end or cancel one" in runs.message
+        and runs.retry_after is None
     )
     assert check_submit(Quota(concurrent_runs=2), now, in_flight=1) is None
     points = check_submit(Quota(sweep_points=10), now, in_flight=0, points=11)
@@ -273,20 +274,20 @@ def test_no_key_a_revoked_key_and_another_users_run_are_refused(shared):
         ("runs", "diff", str(alices), str(alices)),
         ("cancel", str(alices)),
     ):
-        refused(mdagent(*args, env=client, key=keys["bob"]), "another user")
+        refused(mdagent(*args, env=client, key=keys["bob"]), "that you may read")  # as for a missing one
     raw = httpx.get(f"{shared['server'].url}/api/v1/runs/{alices}", timeout=10)
     assert raw.status_code == 401 and "no API key" in raw.json()["error"]["message"]
     forbidden = httpx.get(
         f"{shared['server'].url}/api/v1/runs/{alices}", timeout=10, headers={"authorization": f"Bearer {keys['bob']}"}
     )
-    assert forbidden.status_code == 403
+    assert forbidden.status_code == 404  # the same as a missing run: no oracle for which pks exist
     # bob's query cannot reach alice's run, even when he asks for her by name
     refused(mdagent("runs", "query", "--user", "alice@example.org", env=client, key=keys["bob"]), "only your own")
     mine = json.loads(ok(mdagent("runs", "query", "--json", env=client, key=keys["bob"])).stdout)
     assert [r["pk"] for r in mine] == [shared["runs"]["bob"]]
     # the request log has each request with its user
     lines = [json.loads(x) for x in (shared["home"] / "server" / "requests.jsonl").read_text().splitlines()]
-    assert {"user": "bob", "status": 403} in [{"user": x["user"], "status": x["status"]} for x in lines]
+    assert {"user": "bob", "status": 404} in [{"user": x["user"], "status": x["status"]} for x in lines]
     assert any(x["user"] is None and x["status"] == 401 for x in lines)
 
 
@@ -341,9 +342,9 @@ def test_the_dashboard_through_the_server_shows_each_user_only_their_own(shared)
         assert f'href="/runs/{runs["alice"]}"' not in asked.text
         assert alice.get(f"/runs/{runs['alice']}").status_code == 200
         theirs = bob.get(f"/runs/{runs['alice']}")
-        assert theirs.status_code == 403 and "belongs to another user" in theirs.text and "<html" in theirs.text
-        assert bob.get(f"/api/runs/{runs['alice']}").status_code == 403
-        assert bob.get(f"/runs/{runs['alice']}/attempts/1/thermo.png").status_code == 403
+        assert theirs.status_code == 404 and "that you may read" in theirs.text and "<html" in theirs.text
+        assert bob.get(f"/api/runs/{runs['alice']}").status_code == 404
+        assert bob.get(f"/runs/{runs['alice']}/attempts/1/thermo.png").status_code == 404
         # the Host check stays: a page from another name (DNS rebinding) gets nothing
         assert alice.get("/runs", headers={"host": "evil.example"}).status_code == 400
         redirect = alice.get("/")
@@ -359,7 +360,7 @@ def test_quotas_are_enforced_with_a_clear_message(shared):
         "concurrent runs limit",
         "quota concurrent_runs",
     )
-    assert "frees when one of your runs ends" in said
+    assert "wait for a run to end or cancel one" in said
     ok(mdagent("users", "set", "carol", "--concurrent-runs", "none", "--core-hours-per-day", "0", env=env))
     refused(
         mdagent("run", TASK, "--daemon", env=client, key=keys["carol"]),
@@ -417,7 +418,7 @@ def test_a_sweep_through_the_server_and_a_diff_and_plot_of_own_runs(shared, tmp_
     assert provenance(shared, sent["pk"])["user"] == "alice@example.org"
     listed = json.loads(ok(mdagent("sweep", "status", "--once", "--json", env=client, key=alice)).stdout)
     assert sent["pk"] in [s["pk"] for s in (listed if isinstance(listed, list) else [listed])]
-    refused(mdagent("sweep", "show", str(sent["pk"]), env=client, key=shared["keys"]["bob"]), "another user")
+    refused(mdagent("sweep", "show", str(sent["pk"]), env=client, key=shared["keys"]["bob"]), "that you may read")
     pk = shared["runs"]["alice"]
     diff = json.loads(ok(mdagent("runs", "diff", str(pk), f"{pk}:1", "--json", env=client, key=alice)).stdout)
     assert diff["same_script"] is True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -25,9 +26,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    UniqueConstraint,
     bindparam,
     create_engine,
     event,
+    func,
     select,
     update,
 )
@@ -77,6 +80,19 @@ usage = Table(
     Column("prompt_tokens", BigInteger, nullable=False, default=0),
     Column("completion_tokens", BigInteger, nullable=False, default=0),
 )
+
+submissions = Table(  # the client's request id of each submission (Idempotency-Key): a retry gets the same run
+    "mdagent_submissions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", ForeignKey("mdagent_users.id"), nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("pk", BigInteger, nullable=False),
+    Column("uuid", String(36), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("user_id", "request_id"),
+)
+LOCK_SPACE = 0x6D64  # the first key of the advisory locks this store takes ("md"), the user's id the second
 
 
 # Built once: building a statement costs more than running it (~0.4 ms against ~0.1 ms on SQLite).
@@ -156,12 +172,13 @@ class Store:
             parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what is installed
         self.url = parsed.render_as_string(hide_password=True)
         try:
-            self.engine = create_engine(parsed)
+            self.engine = create_engine(parsed, pool_pre_ping=True)  # a connection the database dropped is replaced
         except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
             raise AccountsError(f"cannot use the users database {self.url}: {exc}") from None
         if parsed.get_backend_name() == "sqlite":
             _sqlite_setup(self.engine, parsed.database)
         self._upsert = _usage_upsert(self.engine.dialect.name)
+        self._local_locks: dict[int, threading.Lock] = {}  # SQLite has no advisory locks: one process only
         try:
             metadata.create_all(self.engine)
         except sa_exc.SQLAlchemyError as exc:
@@ -313,6 +330,42 @@ class Store:
                 db.execute(self._upsert, {**zero, "prompt_tokens": prompt, "completion_tokens": completion})
         return granted
 
+    # -- submissions ---------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def user_lock(self, user_id: int):
+        """A transaction holding the user's submission lock until it ends, across server processes (a PostgreSQL
+        advisory lock); quotas are counted and the run made inside it, so two submissions cannot both pass.
+        What fails inside is not wrapped: it may be another database's failure."""
+        local = self._local_locks.setdefault(user_id, threading.Lock())  # SQLite: one server process only
+        with contextlib.ExitStack() as stack:
+            if self.engine.dialect.name != "postgresql":
+                stack.enter_context(local)
+            try:
+                db = stack.enter_context(self.engine.begin())
+                if self.engine.dialect.name == "postgresql":
+                    db.execute(select(func.pg_advisory_xact_lock(LOCK_SPACE, user_id)))
+            except sa_exc.SQLAlchemyError as exc:
+                raise self._unusable(exc) from None
+            yield db
+
+    def submitted(self, db, user_id: int, request_id: str) -> tuple[int, str] | None:
+        """The (pk, uuid) a submission with this request id made, if one did."""
+        query = select(submissions.c.pk, submissions.c.uuid).where(
+            submissions.c.user_id == user_id, submissions.c.request_id == request_id
+        )
+        try:
+            row = db.execute(query).first()
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._unusable(exc) from None
+        return (row[0], row[1]) if row else None
+
+    def remember(self, db, user_id: int, request_id: str, pk: int, uuid: str) -> None:
+        row = {"user_id": user_id, "request_id": request_id, "pk": pk, "uuid": uuid, "created_at": _now()}
+        try:
+            db.execute(submissions.insert().values(**row))
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._unusable(exc) from None
+
     # -- helpers -------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _db(self, write: bool = False):
@@ -321,10 +374,13 @@ class Store:
             with self.engine.begin() if write else self.engine.connect() as db:
                 yield db
         except sa_exc.SQLAlchemyError as exc:
-            raise AccountsError(
-                f"the users database {self.url} cannot be used ({_reason(exc)}); check that it is running and "
-                "that MDAGENT_USERS_DB points at it"
-            ) from None
+            raise self._unusable(exc) from None
+
+    def _unusable(self, exc: sa_exc.SQLAlchemyError) -> AccountsError:
+        return AccountsError(
+            f"the users database {self.url} cannot be used ({_reason(exc)}); check that it is running and "
+            "that MDAGENT_USERS_DB points at it"
+        )
 
     def _active(self, name: str) -> User:
         user = self.user(name)

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 
@@ -21,6 +22,15 @@ def settings_file() -> Path:
     from mdagent_hpc.home import ensure_home
 
     return ensure_home() / "server.json"
+
+
+def save_settings(settings: dict) -> None:
+    """server.json (it holds the database password): mode 600 from its creation, never readable by others."""
+    path = settings_file()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file made earlier with looser permissions
+    with os.fdopen(fd, "w") as out_file:
+        out_file.write(json.dumps(settings, indent=2) + "\n")
 
 
 def saved() -> dict:
@@ -128,8 +138,8 @@ def setup(
     config.set_option("warnings.rabbitmq_version", False, scope=profile)
     config.store()
     users_db = (
-        f"postgresql://{db_user}{':' + db_password if db_password else ''}@{storage['database_hostname']}:"
-        f"{storage['database_port']}/{storage['database_name']}"
+        f"postgresql://{quote(db_user, safe='')}{':' + quote(db_password, safe='') if db_password else ''}@"
+        f"{storage['database_hostname']}:{storage['database_port']}/{storage['database_name']}"
     )
     from mdagent_hpc.cli.users import store
 
@@ -141,8 +151,7 @@ def setup(
     with status("loading the profile (the local computer and LAMMPS code) ...", quiet=as_json):
         api.load_profile()
     checks.append(("profile", True, f"{profile} loads; `local` computer and LAMMPS code ready"))
-    settings_file().write_text(json.dumps({"profile": profile, "users_db": users_db}, indent=2) + "\n")
-    settings_file().chmod(0o600)
+    save_settings({"profile": profile, "users_db": users_db})
     if as_json:
         emit_json(
             {
@@ -223,7 +232,10 @@ def serve(host, port, profile, db, group_read, request_log, workers, ssl_certfil
             shown.update("starting the AiiDA daemon if it is not running ...")
         start_daemon(workers)
     request_log = request_log or ensure_home() / "server" / "requests.jsonl"
-    request_log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        request_log.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot make the folder of the request log {request_log} ({exc.strerror})") from None
     with store(db) as users:
         try:
             sock = bind(host, port)
@@ -248,7 +260,13 @@ def serve(host, port, profile, db, group_read, request_log, workers, ssl_certfil
             )
         err().print("  Ctrl-C to stop (the daemon and the runs go on)", highlight=False)
         settings = ServerSettings(group_read=group_read, request_log=request_log)
-        run_server(Server(settings, users), sock, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+        try:
+            app = Server(settings, users)
+        except OSError as exc:
+            raise UserError(
+                f"cannot write the request log {request_log} ({exc.strerror}); give a writable --request-log"
+            ) from None
+        run_server(app, sock, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     err().print("server stopped", highlight=False)
 
 
@@ -399,9 +417,11 @@ def restore(source, profile, database, db_host, db_port, db_user, db_password) -
             "RabbitMQ does not answer (or refuses guest): start it (`service rabbitmq-server start`); "
             f"then retry with a new --database (drop {database} first)"
         ) from None
-    users_db = f"postgresql://{db_user}{':' + db_password if db_password else ''}@{db_host}:{db_port}/{database}"
-    settings_file().write_text(json.dumps({"profile": profile, "users_db": users_db}, indent=2) + "\n")
-    settings_file().chmod(0o600)
+    users_db = (
+        f"postgresql://{quote(db_user, safe='')}{':' + quote(db_password, safe='') if db_password else ''}@"
+        f"{db_host}:{db_port}/{database}"
+    )
+    save_settings({"profile": profile, "users_db": users_db})
     out().print(
         f"restored into profile {profile} (database {database}); `mdagent server serve` serves it", highlight=False
     )

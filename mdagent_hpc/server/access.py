@@ -28,7 +28,7 @@ def may_cancel(viewer: str, admin: bool, owner: str | None) -> bool:
 class Refused:
     quota: str
     message: str
-    retry_after: int  # seconds, for the Retry-After header
+    retry_after: int | None  # seconds to the reset, for the Retry-After header; None: waiting does not free it
 
 
 def check_submit(
@@ -45,10 +45,10 @@ def check_submit(
         return Refused(
             "concurrent_runs",
             f"concurrent runs limit reached ({in_flight} in flight of "
-            f"{quota.concurrent_runs}, quota concurrent_runs); it frees when one of your runs ends "
+            f"{quota.concurrent_runs}, quota concurrent_runs); wait for a run to end or cancel one "
             "(`mdagent runs --verdict running` lists them); ask your mdagent admin to raise it "
             "(`mdagent users set`) if you need more",
-            60,
+            None,
         )
     if points and quota.sweep_points is not None and points > quota.sweep_points:
         return Refused(
@@ -56,7 +56,7 @@ def check_submit(
             f"sweep points limit: this sweep has {points} points, your limit is "
             f"{quota.sweep_points} per sweep (quota sweep_points); split it into smaller sweeps or ask "
             "your mdagent admin to raise it (`mdagent users set`)",
-            3600,
+            None,
         )
     for name, limit, used in (
         ("core_hours_per_day", quota.core_hours_per_day, core_hours_today),

@@ -1,8 +1,10 @@
 """The server's ASGI app: keys checked against the users store, each route a thin call into service.py or the API.
 
 AiiDA is touched only in worker threads: reads in a small pool (each thread has its own database session),
-submissions and cancels in one thread with its own event loop (AiiDA's runner lives there). Each request is one
-JSON line in the request log, with the user.
+submissions and cancels in one thread with its own event loop (AiiDA's runner lives there). `Guard` wraps the app:
+before any routing it checks the key (all but /health) and the body size, and it writes one JSON line per request
+to the request log (best-effort), with the user and a request id. Answers say what went wrong, never how: an
+unexpected failure is a 500 naming its request id, whose log line has the exception type.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
+import sys
 import tempfile
 import time
+import traceback
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +26,7 @@ from typing import Any
 
 import anyio
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -36,12 +43,181 @@ class ServerSettings(BaseModel):
     group_read: bool = False  # may users read each other's runs (never each other's secrets)
     request_log: Path | None = None
     read_threads: int = 4
+    max_body_bytes: int = 1 << 20  # a request body larger than this is refused (413) before it is read
+
+
+MAX_PK = 2**31 - 1  # AiiDA's node ids are 32-bit integers
+MAX_LIST = 1000  # the most runs or sweeps one listing answers
+PK = re.compile(r"\d{1,18}|(?=.*[a-fA-F-])[0-9a-fA-F][0-9a-fA-F-]{7,35}")  # a pk, or a UUID (or its start)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+STATE = "mdagent"  # the scope key where Guard keeps the request's id, user and outcome
 
 
 class Problem(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def too_large(limit: int) -> Problem:
+    return Problem(413, "body_too_large", f"the request body is larger than this server accepts ({limit} bytes)")
+
+
+def parse_pk(text: str, what: str = "run") -> str:
+    """`text` if it looks like a pk (or a UUID, or its start), else a 400: nothing odd reaches the database."""
+    if not PK.fullmatch(text) or (text.isdigit() and int(text) > MAX_PK):
+        raise Problem(400, "bad_request", f"{text[:40]!r} is not a {what} pk (a whole number)")
+    return text
+
+
+def parse_limit(text: str | None, default: int = 20) -> int:
+    if text is None:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
+        raise Problem(400, "bad_request", f"limit must be a whole number from 1 to {MAX_LIST}")
+    return int(text)
+
+
+def unavailable(what: str) -> Problem:
+    return Problem(
+        503,
+        "unavailable",
+        f"{what} is not answering; retry in a minute (your request did nothing)",
+        {"retry-after": "30"},
+    )
+
+
+def service_down(exc: BaseException) -> str | None:
+    """Which backing service `exc` says is down, or None when it is not that kind of failure."""
+    if isinstance(exc, AccountsError):
+        return "the users database"
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    ):
+        return "the run database"
+    names = {c.__module__.split(".")[0] for c in type(exc).__mro__}
+    if names & {"kiwipy", "aiormq", "aio_pika", "pamqp"} or isinstance(exc, (ConnectionError, TimeoutError)):
+        return "the message broker"
+    return None
+
+
+def _dropped_connection(exc: BaseException) -> bool:
+    return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+
+
+def _fresh_session() -> None:
+    """After a dropped database connection: this thread's AiiDA session rolled back, so the next query reconnects."""
+    from aiida.manage import get_manager
+
+    with contextlib.suppress(Exception):  # the retry that follows says whether the database is back
+        get_manager().get_profile_storage().get_session().rollback()
+
+
+def once_more_after_a_blip(fn):
+    """`fn()`, and again once if the database had dropped the connection (a restart, an idle timeout)."""
+    try:
+        return fn()
+    except sa_exc.DBAPIError as exc:
+        if not _dropped_connection(exc):
+            raise
+        _fresh_session()
+        return fn()
+
+
+def _ping() -> None:
+    from aiida import orm
+
+    orm.QueryBuilder().append(orm.User, project="id").limit(1).all()
+
+
+class RequestLog:
+    """One JSON line per request, best-effort: a failing write is reported once on stderr and never fails a request."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.file = path.open("a", buffering=1) if path else None  # OSError: the caller says it in one sentence
+        self.failed = False
+
+    def write(self, line: dict) -> None:
+        if self.file is None:
+            return
+        try:
+            self.file.write(json.dumps(line) + "\n")
+        except (OSError, ValueError) as exc:
+            if not self.failed:
+                self.failed = True
+                print(
+                    f"mdagent server: cannot write the request log {self.path} ({exc}); serving on without it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    def close(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+
+
+class Guard:
+    """The outer ASGI layer: a request id, the key checked before routing (all but /health), the body size limit
+    (Content-Length checked, streamed bodies counted), a last-resort 500, and the log line."""
+
+    def __init__(self, server: Server, app):
+        self.server, self.app = server, app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope[STATE] = {"id": uuid.uuid4().hex[:16], "user": None, "status": 500, "error": None, "sent": False}
+        limit = self.server.settings.max_body_bytes
+        received = 0
+
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"], state["sent"] = message["status"], True
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", state["id"].encode())]}
+            await send(message)
+
+        async def counting() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge
+            return message
+
+        try:
+            if scope["path"] != "/health":
+                request = Request(scope)
+                state["user"] = await self.server.authenticate(request)
+                length = request.headers.get("content-length")
+                if length is not None and (not length.isdigit() or int(length) > limit):
+                    raise too_large(limit) if length.isdigit() else Problem(400, "bad_request", "bad Content-Length")
+            await self.app(scope, counting, sending)
+        except Exception as exc:  # noqa: BLE001 (the server answers and keeps serving; the log has the type)
+            if state["sent"]:
+                raise  # the answer has started: nothing else can be said
+            await self.server.answer(exc, state)(scope, receive, sending)
+        finally:
+            user = state["user"]
+            self.server.request_log.write(
+                {
+                    "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    "id": state["id"],
+                    "user": user.name if user else None,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": state["status"],
+                    "ms": round((time.perf_counter() - started) * 1000, 1),
+                    **({"error": state["error"]} if state["error"] else {}),
+                }
+            )
 
 
 def _one_thread_with_a_loop() -> None:
@@ -54,7 +230,7 @@ class Server:
         self.store = store
         self.reads = anyio.CapacityLimiter(settings.read_threads)
         self.writes = ThreadPoolExecutor(1, thread_name_prefix="aiida-submit", initializer=_one_thread_with_a_loop)
-        self._log = settings.request_log.open("a", buffering=1) if settings.request_log else None
+        self.request_log = RequestLog(settings.request_log)
 
     def app(self) -> Starlette:
         r = [
@@ -72,60 +248,77 @@ class Server:
             Route(f"{API}/sweeps/{{pk}}/export", self.export),
             Mount("/dashboard", app=DashboardGate(self)),
         ]
-        return Starlette(routes=r, lifespan=self.lifespan)
+        return Guard(self, Starlette(routes=r, lifespan=self.lifespan))
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app):
+        from mdagent_hpc.server import repair
+
+        def repair_unqueued():
+            ids = {identity(u.name, u.email): u.id for u in self.store.users()}
+            return repair.repair(lambda email: self.store.user_lock(ids[email]) if email in ids else None)
+
+        try:
+            await self.write(repair_unqueued)
+        except Exception as exc:  # noqa: BLE001 (serving goes on; the admin hears it)
+            print(f"mdagent server: the check for runs left unqueued failed ({type(exc).__name__})", file=sys.stderr)
         yield
         self.writes.shutdown(wait=True)
-        if self._log:
-            self._log.close()
+        self.request_log.close()
 
     # -- plumbing ------------------------------------------------------------------------------------------------
     async def read(self, fn, *args, **kwargs):
-        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self.reads)
+        return await anyio.to_thread.run_sync(
+            lambda: once_more_after_a_blip(lambda: fn(*args, **kwargs)), limiter=self.reads
+        )
 
     async def write(self, fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(self.writes, lambda: fn(*args, **kwargs))
 
     async def handle(self, request: Request, work) -> Response:
-        """Authenticate, run `work(user)`, turn known failures into one-sentence answers, log one line."""
-        started, user = time.perf_counter(), None
+        """Run `work(user)` for the user Guard authenticated; failures become one-sentence answers."""
+        state = request.scope[STATE]
         try:
-            user = await self.authenticate(request)
-            response = await work(user)
-        except Problem as p:
-            response = JSONResponse(error_body(p.message, p.code), p.status, headers=p.headers)
+            return await work(state["user"])
         except Exception as exc:  # noqa: BLE001 (the server answers and keeps serving; the log has the type)
-            response = self.translate(exc)
-        self.log(request, user, response.status_code, started)
-        return response
+            return self.answer(exc, state)
 
-    def translate(self, exc: Exception) -> Response:
+    def answer(self, exc: Exception, state: dict) -> Response:
+        """The answer to a failed request: what went wrong in one sentence, never how (no exception text)."""
         from mdagent_hpc.api import MDAgentError
-        from mdagent_hpc.server.service import Denied, Missing
         from mdagent_hpc.workflows.launch import LaunchError
 
-        if isinstance(exc, Denied):
-            return JSONResponse(error_body(str(exc), "forbidden"), 403)
-        if isinstance(exc, Missing):
-            return JSONResponse(error_body(str(exc), "not_found"), 404)
-        if isinstance(exc, (MDAgentError, LaunchError)):
+        if isinstance(exc, BodyTooLarge):
+            exc = too_large(self.settings.max_body_bytes)
+        if isinstance(exc, Problem):
+            return JSONResponse(error_body(exc.message, exc.code), exc.status, headers=exc.headers)
+        if isinstance(exc, (MDAgentError, LaunchError)):  # a user's mistake, said by this project's own code
             return JSONResponse(error_body(str(exc), "bad_request"), 400)
         if isinstance(exc, ValidationError):
             first = exc.errors()[0]
             where = ".".join(str(x) for x in first["loc"])
             return JSONResponse(error_body(f"{where}: {first['msg']}", "bad_request"), 400)
-        if isinstance(exc, AccountsError):
-            return JSONResponse(error_body(str(exc), "users_db_unavailable"), 503)
+        state["error"] = type(exc).__name__
+        if down := service_down(exc):
+            return self.answer(unavailable(down), state)
+        print(f"request {state['id']} failed:", file=sys.stderr)
+        traceback.print_exception(exc, file=sys.stderr)
         return JSONResponse(
             error_body(
-                f"the server failed on this request ({type(exc).__name__}: {exc}); "
-                "its request log and `mdagent verdi process report` have more",
-                "internal",
+                f"the server failed on this request; the admin's request log has the id {state['id']}", "internal"
             ),
             500,
         )
+
+    async def readable(self, user: User, pk: str, what: str = "run"):
+        """The node, or the same 404 whether it does not exist or is not this user's to read (no pk oracle)."""
+        from mdagent_hpc.server import service
+
+        parse_pk(pk, what)
+        try:
+            return await self.read(service.readable, user, pk, self.visible_to(user), what)
+        except (service.Denied, service.Missing):
+            raise Problem(404, "not_found", f"no {what} {pk} that you may read; `mdagent runs` lists yours") from None
 
     async def authenticate(self, request: Request) -> User:
         auth = request.headers.get("authorization", "")
@@ -139,8 +332,8 @@ class Server:
             )
         try:
             user = await anyio.to_thread.run_sync(self.store.authenticate, key)
-        except AccountsError as exc:
-            raise Problem(503, "users_db_unavailable", str(exc)) from None
+        except AccountsError:
+            raise unavailable("the users database") from None
         if user is None:
             raise Problem(
                 401,
@@ -149,19 +342,6 @@ class Server:
                 "admin for a new one (`mdagent users key NAME`)",
             )
         return user
-
-    def log(self, request: Request, user: User | None, status: int, started: float) -> None:
-        if self._log is None:
-            return
-        line = {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "user": user.name if user else None,
-            "method": request.method,
-            "path": request.url.path,
-            "status": status,
-            "ms": round((time.perf_counter() - started) * 1000, 1),
-        }
-        self._log.write(json.dumps(line) + "\n")
 
     def visible_to(self, user: User) -> bool:
         return self.settings.group_read or user.admin
@@ -174,19 +354,75 @@ class Server:
                 raise
             raise Problem(400, "bad_request", "the request body is not JSON") from None
 
-    async def quota(self, user: User, points: int = 0) -> None:
+    def over_quota(self, user: User, points: int = 0) -> Refused | None:
+        """The quota a new run (or sweep of `points`) would break, counted now (call it holding the user's lock)."""
         from mdagent_hpc.server import service
 
         now = datetime.now(UTC)
         q = user.quota
-        running = await self.read(service.in_flight, user) if q.concurrent_runs is not None else 0
-        hours = await self.read(service.core_hours_today, user, now) if q.core_hours_per_day is not None else 0.0
-        tokens = await self.read(self.store.tokens_used, user.id, utc_day(now)) if q.tokens_per_day is not None else 0
-        refused: Refused | None = check_submit(
-            q, now, in_flight=running, points=points, core_hours_today=hours, tokens_today=tokens
-        )
-        if refused is not None:
-            raise Problem(429, refused.quota, refused.message, {"retry-after": str(refused.retry_after)})
+        running = service.in_flight(user) if q.concurrent_runs is not None else 0
+        hours = service.core_hours_today(user, now) if q.core_hours_per_day is not None else 0.0
+        tokens = 0
+        if q.tokens_per_day is not None:  # through the gateway, and by the user's runs (the daemon's own calls)
+            tokens = self.store.tokens_used(user.id, utc_day(now)) + service.tokens_today(user, now)
+        return check_submit(q, now, in_flight=running, points=points, core_hours_today=hours, tokens_today=tokens)
+
+    def submit_locked(self, user: User, launch, points: int, request_id: str | None) -> tuple[int, str, bool]:
+        """Under the user's lock: the run this request id made already, else the quotas counted and the run made
+        (and the request id stored in the same transaction); (pk, uuid, made now)."""
+        with self.store.user_lock(user.id) as db:
+            if request_id and (found := self.store.submitted(db, user.id, request_id)):
+                return (*found, False)
+            once_more_after_a_blip(_ping)  # this thread's database connection, fresh if the database dropped it
+            refused = once_more_after_a_blip(lambda: self.over_quota(user, points))
+            if refused is not None:
+                headers = {"retry-after": str(refused.retry_after)} if refused.retry_after is not None else None
+                raise Problem(429, refused.quota, refused.message, headers)
+            started = datetime.now(UTC)
+            try:
+                node = launch()
+            except Exception:
+                self.end_failed_submission(user, started)
+                raise
+            if request_id:
+                self.store.remember(db, user.id, request_id, node.pk, node.uuid)
+            return node.pk, node.uuid, True
+
+    @staticmethod
+    def end_failed_submission(user: User, started: datetime) -> None:
+        """No run left `created` for good by a submission that failed after making its node (a broker down)."""
+        from mdagent_hpc.server.repair import end_failed_submission
+
+        try:
+            end_failed_submission(identity(user.name, user.email), started)
+        except Exception as exc:  # noqa: BLE001 (the submission's own failure is what the user hears)
+            print(
+                f"mdagent server: cannot end the run a failed submission left ({type(exc).__name__})", file=sys.stderr
+            )
+
+    async def submit(self, user: User, request: Request, launch, points: int = 0) -> Response:
+        request_id = request.headers.get("idempotency-key")
+        if request_id is not None and not REQUEST_ID.fullmatch(request_id):
+            raise Problem(400, "bad_request", "Idempotency-Key must be 1-128 letters, digits, '.', '_', ':' or '-'")
+        pk, uuid_, made = await self.write(self.submit_locked, user, launch, points, request_id)
+        return JSONResponse(Submitted(pk=pk, uuid=uuid_, user=user.name).model_dump(), 201 if made else 200)
+
+    def known_site(self, name: str | None) -> None:
+        """An unknown site in one sentence, without listing the others."""
+        from mdagent_hpc.execution.registry import site_files
+
+        if name is not None and name not in site_files():
+            raise Problem(
+                400, "unknown_site", f"no site {name[:64]!r} on this server; ask your mdagent admin which sites it has"
+            )
+
+    @staticmethod
+    def attempt_of(spec: str) -> str:
+        """The run's pk in PK or PK:N (N an attempt number)."""
+        pk, _, attempt = spec.partition(":")
+        if attempt and not attempt.isdigit():
+            raise Problem(400, "bad_request", f"{spec[:40]!r} is not PK or PK:N (N an attempt number)")
+        return pk
 
     # -- routes --------------------------------------------------------------------------------------------------
     async def health(self, _request: Request) -> Response:
@@ -223,27 +459,17 @@ class Server:
                     "a request with recorded answers runs only in your own process; "
                     "unset MDAGENT_SERVER to replay answers locally",
                 )
-            await self.quota(user)
-            node = await self.write(service.submit_run, user, body.request)
-            return JSONResponse(Submitted(pk=node.pk, uuid=node.uuid, user=user.name).model_dump(), 201)
+            self.known_site(body.request.site)
+            return await self.submit(user, request, lambda: service.submit_run(user, body.request))
 
         async def listing(user: User):
             q = request.query_params
-            try:
-                limit = int(q.get("limit", 20))
-            except ValueError:
-                raise Problem(400, "bad_request", "limit must be a whole number") from None
+            limit = parse_limit(q.get("limit"))
             verdict = q.get("verdict")
             if verdict is not None and verdict not in ("running", "passed", "failed"):
-                raise Problem(400, "bad_request", f"verdict {verdict!r} is not one of running, passed, failed")
+                raise Problem(400, "bad_request", "verdict must be one of running, passed, failed")
             found = await self.read(
-                service.list_runs,
-                user,
-                max(1, min(limit, 1000)),
-                verdict,
-                q.get("site"),
-                q.get("task"),
-                self.visible_to(user),
+                service.list_runs, user, limit, verdict, q.get("site"), q.get("task"), self.visible_to(user)
             )
             return JSONResponse([r.model_dump(mode="json") for r in found])
 
@@ -251,11 +477,10 @@ class Server:
 
     async def run(self, request: Request) -> Response:
         from mdagent_hpc import api
-        from mdagent_hpc.server import service
 
         async def work(user: User):
             pk = request.path_params["pk"]
-            await self.read(service.readable, user, pk, self.visible_to(user))
+            await self.readable(user, pk)
             return JSONResponse((await self.read(api.get_run, pk)).model_dump(mode="json"))
 
         return await self.handle(request, work)
@@ -264,18 +489,23 @@ class Server:
         from mdagent_hpc.server import service
 
         async def work(user: User):
-            said = await self.write(service.cancel, user, request.path_params["pk"])
+            pk = parse_pk(request.path_params["pk"])
+            try:
+                said = await self.write(service.cancel, user, pk, self.visible_to(user))
+            except service.Missing:
+                raise Problem(404, "not_found", f"no run {pk} that you may read; `mdagent runs` lists yours") from None
+            except service.Denied as exc:
+                raise Problem(403, "forbidden", str(exc)) from None
             return JSONResponse({"message": said})
 
         return await self.handle(request, work)
 
     async def plot(self, request: Request) -> Response:
         from mdagent_hpc import api
-        from mdagent_hpc.server import service
 
         async def work(user: User):
             spec = request.path_params["pk"]
-            await self.read(service.readable, user, spec.split(":")[0], self.visible_to(user))
+            await self.readable(user, self.attempt_of(spec))
             with tempfile.TemporaryDirectory() as folder:
                 path = await self.read(api.plot_run, spec, Path(folder) / "plot.png")
                 return Response(path.read_bytes(), media_type="image/png")
@@ -305,14 +535,13 @@ class Server:
 
     async def diff(self, request: Request) -> Response:
         from mdagent_hpc import api
-        from mdagent_hpc.server import service
 
         async def work(user: User):
             a, b = request.query_params.get("a"), request.query_params.get("b")
             if not a or not b:
                 raise Problem(400, "bad_request", "give two runs (a=PK or PK:N, b=PK or PK:N)")
             for side in (a, b):
-                await self.read(service.readable, user, side.split(":")[0], self.visible_to(user))
+                await self.readable(user, self.attempt_of(side))
             return JSONResponse(json.loads(json.dumps(await self.read(api.diff_runs, a, b), default=str)))
 
         return await self.handle(request, work)
@@ -325,13 +554,12 @@ class Server:
             from mdagent_hpc.sweep.spec import SweepSpec
 
             spec = SweepSpec.model_validate((await self.body(request, SweepIn)).spec)
+            self.known_site(spec.site)
             plan = await self.read(api.plan_sweep, spec)
-            await self.quota(user, points=plan.points)
-            node = await self.write(service.submit_sweep, user, spec)
-            return JSONResponse(Submitted(pk=node.pk, uuid=node.uuid, user=user.name).model_dump(), 201)
+            return await self.submit(user, request, lambda: service.submit_sweep(user, spec), points=plan.points)
 
         async def listing(user: User):
-            limit = max(1, min(int(request.query_params.get("limit", 20)), 1000))
+            limit = parse_limit(request.query_params.get("limit"))
             found = await self.read(service.list_sweeps, user, limit, self.visible_to(user))
             return JSONResponse([s.model_dump(mode="json") for s in found])
 
@@ -339,11 +567,10 @@ class Server:
 
     async def sweep(self, request: Request) -> Response:
         from mdagent_hpc import api
-        from mdagent_hpc.server import service
 
         async def work(user: User):
             pk = request.path_params["pk"]
-            await self.read(service.readable, user, pk, self.visible_to(user), "sweep")
+            await self.readable(user, pk, "sweep")
             return JSONResponse((await self.read(api.get_sweep, pk)).model_dump(mode="json"))
 
         return await self.handle(request, work)
@@ -360,11 +587,10 @@ class Server:
 
     async def export(self, request: Request) -> Response:
         from mdagent_hpc import api
-        from mdagent_hpc.server import service
 
         async def work(user: User):
             pk = request.path_params["pk"]
-            await self.read(service.readable, user, pk, self.visible_to(user), "sweep")
+            await self.readable(user, pk, "sweep")
             with tempfile.TemporaryDirectory() as folder:
                 paths = await self.read(api.export_sweep, pk, folder)
                 files = {

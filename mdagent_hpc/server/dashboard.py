@@ -2,14 +2,14 @@
 
 The dashboard app itself serves them (no second set of pages). Unless the group setting (or admin) lets the user
 read everyone's work, each request carries the user's AiiDA identity (`dashboard.app.OWNER`), so lists show only
-their runs and sweeps, and a page about one run or sweep is checked first (403 page for another user's).
+their runs and sweeps, and a page about one run or sweep is checked first (the same 404 page for another user's as
+for one that does not exist). The key was checked, and the request logged, by the server's `Guard`.
 Browsers never call this directly: `mdagent dashboard` with MDAGENT_SERVER set forwards to it, adding the key.
 """
 
 from __future__ import annotations
 
 import re
-import time
 
 from starlette.requests import Request
 
@@ -27,35 +27,22 @@ class DashboardGate:
 
     async def __call__(self, scope, receive, send) -> None:
         from mdagent_hpc.server import service
-        from mdagent_hpc.server.app import Problem
+        from mdagent_hpc.server.app import STATE, Problem, parse_pk
 
-        request, started, user, status = Request(scope), time.perf_counter(), None, 500
+        request, user = Request(scope), scope[STATE]["user"]
         root, path = scope.get("root_path", ""), scope["path"]
         path = path[len(root) :] if root and path.startswith(root) else path
-
-        async def sending(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            user = await self.server.authenticate(request)
-            if not self.server.visible_to(user):
-                scope = {**scope, OWNER: identity(user.name, user.email)}
-                if one := ONE.match(path):
-                    what = one[1][:-1]
+        if not self.server.visible_to(user):
+            scope = {**scope, OWNER: identity(user.name, user.email)}
+            if one := ONE.match(path):
+                what = one[1][:-1]
+                try:
+                    parse_pk(one[2], what)
                     await self.server.read(service.readable, user, one[2], False, what)
-        except Problem as p:
-            await self.refuse(request, p.status, p.message, sending)
-        except service.Denied as exc:
-            await self.refuse(request, 403, str(exc), sending)
-        except service.Missing:
-            await self.app(scope, receive, sending)  # the dashboard's own 404 page says what is there
-        else:
-            await self.app(scope, receive, sending)
-        finally:
-            self.server.log(request, user, status, started)
+                except (service.Denied, service.Missing, Problem):  # the same page for all: no pk oracle
+                    await self.refuse(request, 404, f"no {what} {one[2][:40]} that you may read", send)
+                    return
+        await self.app(scope, receive, send)
 
     async def refuse(self, request: Request, status: int, message: str, send) -> None:
         response = page(request, "error.html", status_code=status, status=status, message=message)

@@ -117,12 +117,17 @@ def readable(user: User, pk: int | str, group_read: bool, what: str = "run") -> 
     return node
 
 
-def cancel(user: User, pk: int | str) -> str:
+def cancel(user: User, pk: int | str, group_read: bool = False) -> str:
+    """Missing for a run the user may not even read (as for one that does not exist: no oracle for which pks
+    exist), Denied for one they may read but not stop."""
     from mdagent_hpc import api
 
-    if not may_cancel(identity(user.name, user.email), user.admin, owner(load(pk))):
+    me, whose = identity(user.name, user.email), owner(load(pk))
+    if not may_read(me, user.admin, whose, group_read):
+        raise Missing(f"no run with pk {pk}; `mdagent runs` lists yours")
+    if not may_cancel(me, user.admin, whose):
         raise Denied(f"run {pk} belongs to another user; only they (or an admin) may cancel it")
-    return api.cancel(pk, by=identity(user.name, user.email))
+    return api.cancel(pk, by=me)
 
 
 def list_runs(user: User, limit: int, verdict: str | None, site: str | None, task: str | None, group_read: bool):
@@ -166,6 +171,30 @@ def in_flight(user: User) -> int:
     )
     qb.append(orm.User, with_node="p", filters={"email": identity(user.name, user.email)})
     return qb.count()
+
+
+def tokens_today(user: User, now: datetime | None = None) -> int:
+    """Tokens the model spent today (UTC) on the user's runs, and on the runs of the user's sweeps: the usage each
+    generation's response recorded (the daemon calls the model with the server's key, past the gateway)."""
+    now = now or datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    total = 0
+    for root in (AGENT, SWEEP):
+        qb = orm.QueryBuilder().append(orm.WorkChainNode, tag="root", filters={"process_type": root})
+        qb.append(orm.User, with_node="root", filters={"email": identity(user.name, user.email)})
+        tag = "root"
+        if root == SWEEP:
+            qb.append(orm.WorkChainNode, with_ancestors="root", tag="run", filters={"process_type": AGENT})
+            tag = "run"
+        qb.append(orm.ProcessNode, with_incoming=tag, tag="gen", filters={"ctime": {">=": midnight}})  # called by it
+        qb.append(
+            orm.Dict,
+            with_incoming="gen",
+            edge_filters={"label": "response"},
+            project=["attributes.usage.prompt_tokens", "attributes.usage.completion_tokens"],
+        )
+        total += sum(int(p or 0) + int(c or 0) for p, c in qb.all())
+    return total
 
 
 def core_hours_today(user: User, now: datetime | None = None) -> float:

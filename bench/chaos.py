@@ -50,7 +50,7 @@ from mdagent_hpc.execution.profile import ensure_profile
 ensure_profile()
 from aiida import orm
 rows = []
-qb = orm.QueryBuilder().append(orm.WorkflowNode, filters={"process_type": {"like": "%AgentWorkChain%"}}, tag="n")
+qb = orm.QueryBuilder().append(orm.WorkflowNode, filters={"process_type": "aiida.workflows:mdagent.agent"}, tag="n")
 for (n,) in qb.iterall():
     if n.caller is not None:
         continue

@@ -117,19 +117,31 @@ def site(slurm, tmp_path_factory):
 
 
 @pytest.fixture
-def daemon_env(monkeypatch):
-    """The replay model in this process's environment (the daemon inherits it); the daemon stopped at the end."""
+def model(monkeypatch):
+    """`model(answers)`: the replay model with these answers, in this process's environment (a daemon started
+    afterwards inherits it); returns that environment. The daemon is stopped at the end."""
     from aiida.engine.daemon.client import get_daemon_client
 
     client = get_daemon_client()
     assert not client.is_daemon_running, "a daemon left running by an earlier test would not know the replay model"
-    server = FakeOpenAIServer([answer(long_script())] * 3).start()
-    for key, value in llm_env(server).items():
-        monkeypatch.setenv(key, value)
-    yield dict(os.environ)
+    servers = []
+
+    def start(answers: list[str]) -> dict:
+        servers.append(FakeOpenAIServer(answers).start())
+        for key, value in llm_env(servers[-1]).items():
+            monkeypatch.setenv(key, value)
+        return dict(os.environ)
+
+    yield start
     if client.is_daemon_running:
         client.stop_daemon(wait=True, timeout=60)
-    server.stop()
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def daemon_env(model):
+    return model([answer(long_script())] * 3)
 
 
 @root_only
@@ -211,3 +223,97 @@ def test_cancel_refuses_what_it_cannot_cancel_in_one_sentence():
         done = mdagent("cancel", pk)
         assert done.returncode == 2, (pk, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr and "no run or sweep" in done.stderr, done.stderr
+
+
+# -- sweeps: per-point jobs and Parsl pilot blocks ---------------------------------------------------------------
+SWEEP_TEMPLATE = """```lammps
+variable N index 1000
+units lj
+atom_style atomic
+lattice fcc 0.8442
+region box block 0 5 0 5 0 5
+create_box 1 box
+create_atoms 1 box
+mass 1 1.0
+pair_style lj/cut 2.5
+pair_coeff 1 1 1.0 1.0 2.5
+velocity all create 1.0 87287 mom yes rot yes dist gaussian
+fix 1 all nvt temp 1.0 1.0 0.5
+thermo 100
+thermo_style custom step temp press pe
+run ${N}
+```
+"""
+
+
+def sweep_spec(tmp_path: Path, site: str, engine: str) -> Path:
+    """Validated at N=1000 (seconds); the other points run for minutes, long enough to be cancelled mid-run."""
+    import yaml
+
+    spec = {
+        "task": "NVT of a 500-atom LJ crystal at T=1.0 for N steps; report the mean temperature and energy",
+        "parameters": [{"name": "N", "values": [1000, LONG_STEPS, LONG_STEPS + 1]}],
+        "observables": [{"name": "temp", "column": "temp"}],
+        "probe": [{"N": 1000}],
+        "point_seconds": 5,
+        "engine": engine,
+        "site": site,
+        "loop": {"max_attempts": 1},
+    }
+    path = tmp_path / f"sweep-{engine}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def sweep_jobs_running(engine: str) -> list[str]:
+    """The Slurm ids of the sweep's RUNNING jobs once they are its long ones: two point jobs, or a Parsl block."""
+    running = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %j"], capture_output=True, text=True)
+    jobs = [line.split() for line in running.stdout.splitlines() if line.strip()]
+    if engine == "parsl":
+        return [job for job, name in jobs if name.startswith("parsl")]
+    return [job for job, _ in jobs] if len(jobs) >= 2 else []
+
+
+def states(node) -> str:
+    return "; ".join(f"{n.pk} {n.process_label} {n.process_state}" for n in [node, *node.called_descendants])
+
+
+@root_only
+@pytest.mark.parametrize("engine", ["calcjob", "parsl"])
+def test_cancel_stops_a_sweep_and_every_job_it_queued(site, model, tmp_path, engine):
+    from mdagent_hpc.execution.registry import add_site
+
+    name = f"slurm-cancel-{engine}"
+    body = (
+        f"name: {name}\nscheduler: slurm\ntransport: {{type: local, use_login_shell: false, safe_interval: 0}}\n"
+        f"queue: debug\npoll_interval: 0.5\nresources: {{memory_mb: 1000, walltime: 600}}\n"
+        f"lammps: {{binary: {MDAGENT_LMP}}}\nsweep: {{max_concurrent_jobs: 2}}\n"
+    )
+    if engine == "parsl":
+        body += "pilot: {cores_per_node: 2, address: 127.0.0.1, lost_after: 10}\n"
+    (tmp_path / f"{name}.yaml").write_text(body)
+    add_site(tmp_path / f"{name}.yaml")
+    before = set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
+    assert not before, f"the test cluster is busy with {before}: the job count below would be wrong"
+
+    daemon_env = model([SWEEP_TEMPLATE] * 3)
+    started = mdagent(
+        "sweep", "--spec", str(sweep_spec(tmp_path, name, engine)), "--daemon", "--yes", "--json", env=daemon_env
+    )
+    assert started.returncode == 0, started.stderr[-3000:]
+    pk = json.loads(started.stdout)["pk"]
+    jobs = wait_for(lambda: sweep_jobs_running(engine), 300, "the sweep's long jobs to run")
+
+    cancelled = mdagent("cancel", str(pk), env=daemon_env, timeout=180)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"{pk} cancelled" in cancelled.stdout or "cancel sent" in cancelled.stdout, cancelled.stdout
+    run = wait_for(lambda: fresh(pk) if fresh(pk).is_terminated else None, 120, f"sweep {pk} to end")
+    assert run.is_killed, states(run)
+    # A point job is cancelled by AiiDA (CANCELLED); a Parsl block is drained by the driver's cleanup (it may end
+    # COMPLETED): either way nothing of the sweep stays in the queue.
+    ended = ("CANCELLED",) if engine == "calcjob" else ("CANCELLED", "COMPLETED")
+    for job_id in jobs:
+        wait_for(lambda job_id=job_id: slurm_state(job_id).startswith(ended), 120, f"job {job_id} to end")
+    assert [n.pk for n in run.called_descendants if not n.is_terminated] == []
+    left = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    assert left == [], f"jobs left in the queue: {left}"

@@ -509,3 +509,47 @@ def test_backup_while_serving_and_restore_into_a_new_profile(shared, tmp_path):
     finally:
         with psycopg.connect(**PG, dbname="postgres", autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.mark.slow
+def test_a_running_run_is_cancelled_through_the_server_by_its_owner_only(shared):
+    """A run whose LAMMPS job is running: another user's cancel is refused, the owner's stops the job and the run."""
+    import psutil
+
+    client, keys = shared["client"], shared["keys"]
+    long_run = GOOD.replace("run             2000", "run             2000000")
+    assert long_run != GOOD
+    with shared["model"]._lock:
+        shared["model"].answers.appendleft(long_run)  # the next answer, whatever earlier tests left queued
+    sent = json.loads(
+        ok(mdagent("run", TASK + " (cancel)", "--daemon", "--json", env=client, key=keys["alice"])).stdout
+    )
+    env = {**shared["env"], "MDAGENT_AIIDA_PROFILE": shared["name"], "AIIDA_PATH": str(shared["home"])}
+    job_code = (
+        "import sys\n"
+        "from mdagent_hpc.execution.profile import ensure_profile\n"
+        "ensure_profile()\n"
+        "from aiida import orm\n"
+        "n = orm.load_node(int(sys.argv[1]))\n"
+        "print(next((c.get_job_id() for c in n.called_descendants if isinstance(c, orm.CalcJobNode)\n"
+        "            and c.get_job_id()), '') or '')\n"
+    )
+    deadline, job = time.monotonic() + 180, ""
+    while not job and time.monotonic() < deadline:
+        time.sleep(1)
+        done = subprocess.run(
+            [sys.executable, "-c", job_code, str(sent["pk"])], capture_output=True, text=True, env=env, timeout=120
+        )
+        job = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    assert job, "the LAMMPS job never started"
+    lammps = psutil.Process(int(job))  # the direct scheduler's job id is the job's PID
+    refused(
+        mdagent("cancel", str(sent["pk"]), env=client, key=keys["bob"]), "no run"
+    )  # not readable by bob: the same answer as a missing run
+    assert lammps.is_running()
+    cancelled = ok(mdagent("cancel", str(sent["pk"]), env=client, key=keys["alice"], timeout=180))
+    assert f"{sent['pk']} cancelled" in cancelled.stdout, cancelled.stdout
+    lammps.wait(timeout=60)  # raises if the job outlives the cancel
+    shown = json.loads(ok(mdagent("show", str(sent["pk"]), "--json", env=client, key=keys["alice"])).stdout)
+    assert shown["verdict"] != "running" and shown["state"] == "killed", shown
+    assert provenance(shared, sent["pk"])["state"] == "killed"

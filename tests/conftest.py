@@ -18,9 +18,58 @@ except CorpusError as exc:  # said in one sentence once pytest has started (pyte
     CORPUS, MANIFEST, CORPUS_ERROR = Path(), [], str(exc)
 
 
+# -- skips: never silent ------------------------------------------------------------------------------------
+# A test that does not run is a failure of the test run, unless its skip's reason is one of these (reason: why
+# that skip is acceptable). CI runs as root, so none of them skips there.
+ROOT_ONLY = "needs root: starts Slurm or sshd"
+ALLOWED_SKIPS = {
+    # tests marked `root_only` (conftest below): they start Slurm or sshd, which only root can; a developer's
+    # non-root run still runs every other test
+    ROOT_ONLY: "Slurm and sshd need root",
+    # the same, as tests/test_cancel.py and tests/test_sweep_run.py spell it in their own skipif marks
+    "starts Slurm: needs root": "Slurm needs root",
+}
+_skips: list[tuple[str, str]] = []  # (nodeid, reason) of each skip outside ALLOWED_SKIPS
+
+
 def pytest_configure(config):
     if CORPUS_ERROR:
         pytest.exit(CORPUS_ERROR, returncode=2)
+    config.addinivalue_line("markers", f"root_only: starts Slurm or sshd; skipped unless root ('{ROOT_ONLY}')")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0:
+        for item in items:
+            if item.get_closest_marker("root_only"):
+                item.add_marker(pytest.mark.skip(reason=ROOT_ONLY))
+
+
+def _record_skip(report) -> None:
+    if report.skipped and not hasattr(report, "wasxfail") and isinstance(report.longrepr, tuple):
+        reason = report.longrepr[2].removeprefix("Skipped: ")
+        if reason not in ALLOWED_SKIPS:
+            _skips.append((report.nodeid, reason))
+
+
+def pytest_runtest_logreport(report):
+    _record_skip(report)
+
+
+def pytest_collectreport(report):  # a whole module skipped (e.g. importorskip at its top)
+    _record_skip(report)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _skips and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _skips:
+        terminalreporter.section("skips outside the allowlist (tests/conftest.py ALLOWED_SKIPS): the run fails")
+        for nodeid, reason in _skips:
+            terminalreporter.line(f"{nodeid}: {reason}")
 
 
 def copy_example(src: Path, dest: Path) -> Path:

@@ -8,4 +8,4 @@ bash scripts/vllm_env.sh  # the vLLM CPU venv and the tiny model for the `vllm_s
 export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/python tests/corpus.py >/dev/null  # the test corpus, built once and cached (progress on stderr)
 echo "== running tests"
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider "$@"  # -rs: every skip listed; one outside tests/conftest.py ALLOWED_SKIPS fails the run

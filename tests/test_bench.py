@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets  # a test dependency: missing, the module fails at once, not a skip at a long test's end
 import pytest
 from openai_server import FakeOpenAIServer
 
@@ -370,7 +371,6 @@ def test_ctrl_c_stops_the_benchmark_and_the_same_command_resumes_it(aiida_profil
 
 def check_exports(exported: dict, folder: Path) -> None:
     """What the trainers' own loader (`datasets`) reads back: the columns, the rows, the split by task."""
-    datasets = pytest.importorskip("datasets")
     verl = exported["verl"]
     # 20 runs, 29 attempts; one-shot candidates that repeat a loop's first answer are the same row
     assert verl["runs"] == 20 and verl["attempts"] == 29

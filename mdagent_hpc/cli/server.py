@@ -224,13 +224,16 @@ def serve(host, port, profile, db, group_read, request_log, workers, ssl_certfil
     os.environ["MDAGENT_AIIDA_PROFILE"] = profile
     os.environ.pop("MDAGENT_SERVER", None)  # this process is the server: its API calls are local
     from mdagent_hpc import api
-    from mdagent_hpc.execution.profile import start_daemon
+    from mdagent_hpc.execution.profile import DaemonError, start_daemon
 
     with status(f"loading profile {profile} and the daemon ...") as shown:
         api.load_profile()
         if shown is not None:
             shown.update("starting the AiiDA daemon if it is not running ...")
-        start_daemon(workers)
+        try:
+            start_daemon(workers)
+        except DaemonError as exc:
+            raise UserError(str(exc)) from None
     request_log = request_log or ensure_home() / "server" / "requests.jsonl"
     try:
         request_log.parent.mkdir(parents=True, exist_ok=True)

@@ -46,10 +46,13 @@ def submit_request(request: Request):
     inputs = agent_inputs(request)
     from aiida.engine import submit
 
-    from mdagent_hpc.execution.profile import start_daemon
+    from mdagent_hpc.execution.profile import DaemonError, start_daemon
     from mdagent_hpc.workflows.agent import AgentWorkChain
 
-    start_daemon()
+    try:
+        start_daemon()
+    except DaemonError as exc:
+        raise LaunchError(str(exc)) from None
     return submit(AgentWorkChain, **inputs)
 
 

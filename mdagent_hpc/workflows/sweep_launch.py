@@ -113,10 +113,13 @@ def submit_sweep(spec: SweepSpec):
     inputs = sweep_inputs(spec)
     from aiida.engine import submit
 
-    from mdagent_hpc.execution.profile import start_daemon
+    from mdagent_hpc.execution.profile import DaemonError, start_daemon
     from mdagent_hpc.workflows.sweep import SweepWorkChain
 
-    start_daemon()
+    try:
+        start_daemon()
+    except DaemonError as exc:
+        raise LaunchError(str(exc)) from None
     return submit(SweepWorkChain, **inputs)
 
 

@@ -105,13 +105,37 @@ def close(node, reason: str) -> None:
     """End `node` and its unfinished descendants as killed, cancelling their scheduler jobs first."""
     from plumpy import ProcessState
 
-    from mdagent_hpc.execution.profile import stop_children
-
     stop_children(node)
     if not node.is_terminated:
         node.set_process_state(ProcessState.KILLED)
         node.set_process_status(reason)
         node.seal()
+
+
+def stop_children(node) -> None:
+    """Cancel the jobs of a killed run's children and close their nodes.
+
+    Ctrl-C kills the top process of an in-process run, but AiiDA passes a kill on to children only through a
+    broker, which an in-process runner has none of: without this the LAMMPS job would run on and its nodes would
+    stay `waiting` forever.
+    """
+    from aiida import orm
+    from plumpy import ProcessState
+
+    for child in node.called_descendants:
+        if not isinstance(child, orm.ProcessNode) or child.is_terminated:
+            continue
+        if isinstance(child, orm.CalcJobNode) and child.get_job_id():
+            try:
+                with child.get_authinfo().get_transport() as transport:
+                    scheduler = child.computer.get_scheduler()
+                    scheduler.set_transport(transport)
+                    scheduler.kill_job(child.get_job_id())
+            except Exception as exc:  # noqa: BLE001 (the site may be unreachable: say so, close the node anyway)
+                child.logger.error(f"could not cancel job {child.get_job_id()}: {exc}; cancel it by hand")
+        child.set_process_state(ProcessState.KILLED)
+        child.set_process_status(f"killed with its parent <{node.pk}>")
+        child.seal()
 
 
 def _wait_terminated(node, timeout: float) -> bool:

@@ -177,34 +177,8 @@ def run_here(process_class, **inputs):
         if process is not None:
             cancel.forget(process.node.pk)
     if process.node.is_killed:
-        stop_children(process.node)
+        cancel.stop_children(process.node)
     return results, process.node
-
-
-def stop_children(node) -> None:
-    """Cancel the jobs of a killed run's children and close their nodes.
-
-    Ctrl-C kills the top process of an in-process run, but AiiDA passes a kill on to children only through a
-    broker, which an in-process runner has none of: without this the LAMMPS job would run on and its nodes would
-    stay `waiting` forever.
-    """
-    from aiida import orm
-    from plumpy import ProcessState
-
-    for child in node.called_descendants:
-        if not isinstance(child, orm.ProcessNode) or child.is_terminated:
-            continue
-        if isinstance(child, orm.CalcJobNode) and child.get_job_id():
-            try:
-                with child.get_authinfo().get_transport() as transport:
-                    scheduler = child.computer.get_scheduler()
-                    scheduler.set_transport(transport)
-                    scheduler.kill_job(child.get_job_id())
-            except Exception as exc:  # noqa: BLE001 (the site may be unreachable: say so, close the node anyway)
-                child.logger.error(f"could not cancel job {child.get_job_id()}: {exc}; cancel it by hand")
-        child.set_process_state(ProcessState.KILLED)
-        child.set_process_status(f"killed with its parent <{node.pk}>")
-        child.seal()
 
 
 DAEMON_TIMEOUT_S = 120  # circus answers slowly on a loaded machine (AiiDA's default is 2 s)

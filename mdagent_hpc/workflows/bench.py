@@ -185,7 +185,8 @@ def _run_concurrently(jobs, inputs_for, concurrency: int, on_created, on_done) -
     from aiida.manage import get_manager
     from plumpy.persistence import InMemoryPersister
 
-    from mdagent_hpc.execution.profile import LOCAL_POLL_SECONDS, stop_children
+    from mdagent_hpc.execution.cancel import stop_children
+    from mdagent_hpc.execution.profile import LOCAL_POLL_SECONDS
     from mdagent_hpc.workflows.agent import AgentWorkChain
 
     class NoCheckpoints(InMemoryPersister):  # as run_here: nothing resumes an in-process run from a checkpoint

@@ -71,9 +71,10 @@ def analyse(pk: int, total: float) -> dict:
     from aiida import orm
 
     from mdagent_hpc.lammps.log import parse_log
-    from mdagent_hpc.workflows.results import read_run
+    from mdagent_hpc.provenance import EVERYONE
+    from mdagent_hpc.provenance.runs import get_run
 
-    run = read_run(pk)
+    run = get_run(EVERYONE, pk)
     if run.verdict != "passed":
         sys.exit(f"agent run {pk} did not pass: {run.exit_status} {run.exit_message}")
     (attempt,) = run.attempts

@@ -233,6 +233,7 @@ def fill(database: str, runs: int, others: int, user_id: int) -> float:
 
 def time_queries(repeat: int, md5: str) -> list[tuple[float, int]]:
     """(median ms, rows) of each query, on the profile loaded now."""
+    from mdagent_hpc.provenance import EVERYONE
     from mdagent_hpc.query.filters import build_query
     from mdagent_hpc.workflows.query import search
 
@@ -240,11 +241,11 @@ def time_queries(repeat: int, md5: str) -> list[tuple[float, int]]:
     for _, options in QUERIES:
         options = {k: (md5 if v == "POTENTIAL_MD5" else v) for k, v in options.items()}
         query = build_query(**options)  # parsing is part of the cost: built each time below too
-        rows = len(search(query))
+        rows = len(search(query, EVERYONE))
         times = []
         for _ in range(repeat):
             start = time.perf_counter()
-            search(build_query(**options))
+            search(build_query(**options), EVERYONE)
             times.append((time.perf_counter() - start) * 1000)
         results.append((statistics.median(times), rows))
     from mdagent_hpc.workflows.query import count_unindexed  # what `runs query` asks too, for its hint

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mdagent_hpc.lammps.potentials import PotentialEntry
     from mdagent_hpc.models import Evaluation, PreflightReport, Request, Run
+    from mdagent_hpc.provenance import Caller
     from mdagent_hpc.sweep.results import SweepRun
     from mdagent_hpc.sweep.spec import SweepSpec
     from mdagent_hpc.workflows.sweep_launch import SweepPlan
@@ -49,6 +50,13 @@ __all__ = [
 
 class MDAgentError(Exception):
     """A user mistake or a setup problem, said in one sentence."""
+
+
+def _caller(caller: Caller | None) -> Caller:
+    """Who reads: as given (the server passes its user), else whoever uses this profile directly."""
+    from mdagent_hpc.provenance import local_caller
+
+    return caller if caller is not None else local_caller()
 
 
 # -- the agent ------------------------------------------------------------------------------------------------
@@ -112,44 +120,41 @@ def submit(task: str | Request, *, site: str | None = None, model: str | None = 
 def _launch(request: Request, daemon: bool) -> Run:
     """Start the agent run in this process (waiting for it) or hand it to the daemon; the `Run` as it is then."""
     load_profile()
+    from mdagent_hpc.provenance.runs import read_run
     from mdagent_hpc.workflows.launch import LaunchError, run_request, submit_request
 
     try:
         node = (submit_request if daemon else run_request)(request)
     except LaunchError as exc:
         raise MDAgentError(str(exc)) from None
-    return get_run(node.pk)
+    return read_run(node)  # made here, by this caller
 
 
-def get_run(pk: int | str) -> Run:
+def get_run(pk: int | str, *, caller: Caller | None = None) -> Run:
     """One agent run (by pk or UUID): task, verdict, the passed script, its evaluation and observables, attempts."""
     load_profile()
-    from aiida import orm
-    from aiida.common.exceptions import MultipleObjectsError, NotExistent
-
-    from mdagent_hpc.workflows.results import NotAnAgentRun, read_run
+    from mdagent_hpc.provenance import NotFound
+    from mdagent_hpc.provenance.runs import NotAnAgentRun, get_run
 
     try:
-        node = orm.load_node(pk)
-    except (NotExistent, MultipleObjectsError, ValueError, TypeError):
+        return get_run(_caller(caller), pk)
+    except NotFound:
         raise MDAgentError(f"no node with pk {pk}; `mdagent runs` (or list_runs()) lists the runs") from None
-    try:
-        return read_run(node)
     except NotAnAgentRun as exc:
         raise MDAgentError(str(exc)) from None
 
 
 def list_runs(limit: int = 20, *, verdict: str | None = None, site: str | None = None,
-              task_contains: str | None = None) -> list[Run]:
+              task_contains: str | None = None, caller: Caller | None = None) -> list[Run]:
     """Recent agent runs, newest first; filter by verdict (running, passed, failed), site or words of the task."""
     if verdict is not None and verdict not in ("running", "passed", "failed"):
         raise MDAgentError(f"verdict {verdict!r} is not one of running, passed, failed")
     if not isinstance(limit, int) or limit < 1:
         raise MDAgentError(f"limit must be a positive whole number, not {limit!r}")
     load_profile()
-    from mdagent_hpc.workflows.results import list_runs as query
+    from mdagent_hpc.provenance.runs import list_runs as query
 
-    return query(limit=limit, verdict=verdict, site=site, task_contains=task_contains)
+    return query(_caller(caller), limit=limit, verdict=verdict, site=site, task_contains=task_contains)
 
 
 # -- provenance queries (docs/queries.md) -------------------------------------------------------------------
@@ -177,7 +182,7 @@ def query_runs(**filters) -> Any:
     return frame
 
 
-def find_runs(**filters) -> list[dict]:
+def find_runs(*, caller: Caller | None = None, **filters) -> list[dict]:
     """What `query_runs` finds, as JSON-ready dicts (`obs` and `params` nested): one per run."""
     from mdagent_hpc.query.filters import QueryError, build_query
 
@@ -188,32 +193,32 @@ def find_runs(**filters) -> list[dict]:
     load_profile()
     from mdagent_hpc.workflows.query import search
 
-    return search(query)
+    return search(query, _caller(caller))
 
 
-def diff_runs(a: int | str, b: int | str) -> dict:
+def diff_runs(a: int | str, b: int | str, *, caller: Caller | None = None) -> dict:
     """Run against run ("42") or attempt against attempt ("42:1", "42:2"): `script_diff` (unified), `settings`
     that differ ([key, a, b]), `observables` side by side ([name, a, b, b - a])."""
     load_profile()
+    from mdagent_hpc.provenance.runs import NotAnAgentRun
     from mdagent_hpc.workflows.query import NoSuchRun, diff
-    from mdagent_hpc.workflows.results import NotAnAgentRun
 
     try:
-        return diff(a, b)
+        return diff(_caller(caller), a, b)
     except (NoSuchRun, NotAnAgentRun, ValueError) as exc:
         raise MDAgentError(str(exc)) from None
 
 
-def plot_run(run: int | str, out: str | Path | None = None) -> Path:
+def plot_run(run: int | str, out: str | Path | None = None, *, caller: Caller | None = None) -> Path:
     """Thermo quantities against step (or time) for every run segment of a run's passed (else last) attempt, or
     of attempt N ("42:2"), as a PNG; returns its path (default: run-PK[-N].png here)."""
     load_profile()
+    from mdagent_hpc.provenance.runs import NotAnAgentRun
     from mdagent_hpc.query.plot import plot_thermo
     from mdagent_hpc.workflows.query import NoSuchRun, attempt_log
-    from mdagent_hpc.workflows.results import NotAnAgentRun
 
     try:
-        title, log = attempt_log(run)
+        title, log = attempt_log(_caller(caller), run)
         path = Path(out) if out else Path(f"run-{str(run).replace(':', '-')}.png")
         return plot_thermo(log, path, title)
     except (NoSuchRun, NotAnAgentRun, ValueError) as exc:
@@ -295,44 +300,42 @@ def sweep(spec: str | Path | SweepSpec, *, site: str | None = None, daemon: bool
         node = submit_sweep(spec) if daemon else run_sweep(spec)
     except LaunchError as exc:
         raise MDAgentError(str(exc)) from None
-    return get_sweep(node.pk)
+    from mdagent_hpc.provenance.sweeps import read_sweep
+
+    return read_sweep(node)  # made here, by this caller
 
 
-def get_sweep(pk: int | str) -> SweepRun:
+def get_sweep(pk: int | str, *, caller: Caller | None = None) -> SweepRun:
     """One sweep (by pk or UUID): progress, verdict, LLM calls, the template, the table rows."""
     load_profile()
-    from aiida import orm
-    from aiida.common.exceptions import MultipleObjectsError, NotExistent
-
-    from mdagent_hpc.workflows.sweep_launch import NotASweep, read_sweep
+    from mdagent_hpc.provenance import NotFound
+    from mdagent_hpc.provenance.sweeps import NotASweep, get_sweep
 
     try:
-        node = orm.load_node(pk)
-    except (NotExistent, MultipleObjectsError, ValueError, TypeError):
+        return get_sweep(_caller(caller), pk)
+    except NotFound:
         raise MDAgentError(f"no node with pk {pk}; `mdagent sweep status` lists the sweeps") from None
-    try:
-        return read_sweep(node)
     except NotASweep as exc:
         raise MDAgentError(str(exc)) from None
 
 
-def list_sweeps(limit: int = 20) -> list[SweepRun]:
+def list_sweeps(limit: int = 20, *, caller: Caller | None = None) -> list[SweepRun]:
     """Recent sweeps, newest first."""
     if not isinstance(limit, int) or limit < 1:
         raise MDAgentError(f"limit must be a positive whole number, not {limit!r}")
     load_profile()
-    from mdagent_hpc.workflows.sweep_launch import list_sweeps as query
+    from mdagent_hpc.provenance.sweeps import list_sweeps as query
 
-    return query(limit)
+    return query(_caller(caller), limit)
 
 
-def export_sweep(pk: int | str, folder: str | Path | None = None) -> dict[str, str]:
+def export_sweep(pk: int | str, folder: str | Path | None = None, *, caller: Caller | None = None) -> dict[str, str]:
     """Write a sweep's table (CSV, JSON) and plot (PNG) to `folder` (default: MDAGENT_HOME/sweeps/PK); their paths."""
     from mdagent_hpc.home import mdagent_home
-    from mdagent_hpc.workflows.sweep_launch import export_sweep as export
+    from mdagent_hpc.provenance.sweeps import export_sweep as export
 
-    found = get_sweep(pk)
-    return export(found.pk, Path(folder) if folder else mdagent_home() / "sweeps" / str(found.pk))
+    found = get_sweep(pk, caller=caller)
+    return export(_caller(caller), found.pk, Path(folder) if folder else mdagent_home() / "sweeps" / str(found.pk))
 
 
 # -- the tools ------------------------------------------------------------------------------------------------

@@ -66,9 +66,10 @@ def test_three_attempts_end_to_end_with_provenance(aiida_profile):
     assert "Lost atoms" in prompts[2][-1]["content"]
 
     # One Attempt record per attempt, in provenance: what it reached, what the model heard, what each step took.
-    from mdagent_hpc.workflows.results import read_run
+    from mdagent_hpc.provenance import EVERYONE
+    from mdagent_hpc.provenance.runs import get_run
 
-    run = read_run(summary["pk"])
+    run = get_run(EVERYONE, summary["pk"])
     first, second, third = run.attempts
     assert [a.stage for a in run.attempts] == [Stage.PREFLIGHT, Stage.EVALUATE, Stage.EVALUATE]
     assert first.diagnostics[0].code == "potential.missing" and first.job is None and set(first.nodes) == {
@@ -224,19 +225,21 @@ def test_request_api_replays_answers_reads_and_lists_runs(aiida_profile):
     from aiida import orm
 
     from mdagent_hpc.models import LoopPolicy, Request
+    from mdagent_hpc.provenance import local_caller
+    from mdagent_hpc.provenance.runs import NotAnAgentRun, get_run, list_runs, read_run
     from mdagent_hpc.workflows.launch import LaunchError, agent_inputs, run_request, submit_request
-    from mdagent_hpc.workflows.results import NotAnAgentRun, list_runs, read_run
 
+    me = local_caller()  # this profile's default user: it made these runs
     request = Request(task=TASK + " (replayed)", answers=[answer("good.lammps")], loop=LoopPolicy(max_attempts=1))
     run = read_run(run_request(request))
     assert run.verdict == "passed" and run.attempts[0].usage.model == "replay"
     assert run.observables and run.script == (DATA / "good.lammps").read_text()
-    assert read_run(run.uuid).pk == run.pk
+    assert get_run(me, run.uuid).pk == run.pk
 
-    assert [r.pk for r in list_runs(limit=1)] == [run.pk]
-    assert run.pk in [r.pk for r in list_runs(verdict="passed", site="local", task_contains="(REPLAYED)")]
-    assert run.pk not in [r.pk for r in list_runs(verdict="failed")]
-    assert list_runs(site="no-such-site") == []
+    assert [r.pk for r in list_runs(me, limit=1)] == [run.pk]
+    assert run.pk in [r.pk for r in list_runs(me, verdict="passed", site="local", task_contains="(REPLAYED)")]
+    assert run.pk not in [r.pk for r in list_runs(me, verdict="failed")]
+    assert list_runs(me, site="no-such-site") == []
 
     with pytest.raises(NotAnAgentRun, match="is not an agent run"):
         read_run(orm.load_node(run.attempts[0].nodes["run"]))

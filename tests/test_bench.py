@@ -295,9 +295,10 @@ def test_codegen_harness_replayed_end_to_end_resumes_compares_and_exports(aiida_
     assert plot.stat().st_size > 5000 and plot.read_bytes()[:4] == b"\x89PNG"
 
     # the failure memory reads the lessons of these runs back: cg03's wrong potential file and the line that fixed it
-    from mdagent_hpc.workflows.trajectories import past_lessons
+    from mdagent_hpc.provenance import local_caller
+    from mdagent_hpc.provenance.lessons import past_lessons
 
-    lessons = past_lessons()
+    lessons = past_lessons(local_caller())
     fix = next(m for m in lessons if m.signature.key() == "potential.missing pair_coeff")
     assert fix.fix == ["- pair_coeff 1 1 Cu_u3_typo.eam", "+ pair_coeff 1 1 Cu_u3.eam"]
     assert any(m.signature.code == "lammps.error" and "+ velocity" in " ".join(m.fix) for m in lessons)  # cg07

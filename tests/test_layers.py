@@ -51,6 +51,10 @@ ALLOWED["remote"] = {"models", "api", "sweep", "workflows"}
 ALLOWED["api"] |= {"remote"}
 ALLOWED["cli"] |= {"server", "remote"}
 ENGINE_FREE |= {("server", "wire.py"), ("server", "access.py")}
+# the read side (issues 18, 19): every read of runs, sweeps, points and lessons, for a caller
+ALLOWED["provenance"] = {"models", "home", "agent", "sweep", "bench", "execution"}
+for _layer in ("workflows", "api", "cli", "dashboard", "server"):
+    ALLOWED[_layer] |= {"provenance"}
 
 def layer_of(path: Path) -> str:
     rel = path.relative_to(PACKAGE)

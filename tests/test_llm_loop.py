@@ -56,14 +56,15 @@ def run(server: FakeOpenAIServer, *args: str, **env: str) -> tuple[subprocess.Co
 def test_best_of_k_candidates_goes_on_and_every_verdict_is_recorded(aiida_profile):
     from aiida import orm
 
-    from mdagent_hpc.workflows.results import read_run
+    from mdagent_hpc.provenance import EVERYONE
+    from mdagent_hpc.provenance.runs import get_run
 
     with FakeOpenAIServer([{"choices": [as_json(WRONG), "I would rather not.", as_json(GOOD)]}]) as server:
         result, summary = run(server, MDAGENT_LLM_CANDIDATES="3")
         request = server.requests[0]
     assert result.returncode == 0, result.stderr[-2000:]
     assert request["n"] == 3
-    (attempt,) = read_run(summary["pk"]).attempts
+    (attempt,) = get_run(EVERYONE, summary["pk"]).attempts
     assert attempt.passed and attempt.script == GOOD
     verdicts = {c.number: c for c in attempt.candidates}
     assert [c.number for c in attempt.candidates] == [3, 1, 2]  # best first
@@ -109,7 +110,8 @@ run 100
 
 
 def test_a_later_candidates_files_go_on_with_it(aiida_profile):
-    from mdagent_hpc.workflows.results import read_run
+    from mdagent_hpc.provenance import EVERYONE
+    from mdagent_hpc.provenance.runs import get_run
 
     with_file = json.dumps(
         {"script": FROM_DATA, "potentials": [], "notes": "", "files": [{"name": "two.data", "content": DATA_FILE}]}
@@ -117,7 +119,7 @@ def test_a_later_candidates_files_go_on_with_it(aiida_profile):
     missing_file = as_json(FROM_DATA)  # the same script without its data file: preflight fails
     with FakeOpenAIServer([{"choices": [missing_file, with_file]}]) as server:
         result, summary = run(server, "--max-attempts", "1", MDAGENT_LLM_CANDIDATES="2")
-    (attempt,) = read_run(summary["pk"]).attempts
+    (attempt,) = get_run(EVERYONE, summary["pk"]).attempts
     assert [(c.number, c.ok, c.chosen) for c in attempt.candidates] == [(2, True, True), (1, False, False)]
     assert attempt.files == ["two.data"] and attempt.stage.value in ("run", "evaluate")  # staged with its script
 
@@ -125,7 +127,8 @@ def test_a_later_candidates_files_go_on_with_it(aiida_profile):
 def test_a_server_without_structured_output_is_said_once_and_remembered_in_the_inputs(aiida_profile):
     from aiida import orm
 
-    from mdagent_hpc.workflows.results import read_run
+    from mdagent_hpc.provenance import EVERYONE
+    from mdagent_hpc.provenance.runs import get_run
 
     answers = [{"reject_response_format": 500}, {"reject_response_format": 500}, fenced(WRONG), fenced(GOOD)]
     with FakeOpenAIServer(answers, max_model_len=16384) as server:
@@ -134,7 +137,7 @@ def test_a_server_without_structured_output_is_said_once_and_remembered_in_the_i
     assert result.returncode == 0, result.stderr[-2000:]
     assert ["response_format" in r for r in requests] == [True, True, False, False]
     assert all(r["max_tokens"] <= 16384 - len(json.dumps(r["messages"])) // 4 for r in requests)
-    first, second = read_run(summary["pk"]).attempts
+    first, second = get_run(EVERYONE, summary["pk"]).attempts
     assert first.diagnostics[0].code == "potential.missing" and second.passed
     gen1, gen2 = (orm.load_node(a.nodes["generate"]) for a in (first, second))
     assert "HTTP 500" in gen1.outputs.response["fallback"] and gen1.outputs.response["context_tokens"] == 16384
@@ -146,7 +149,8 @@ def test_a_server_without_structured_output_is_said_once_and_remembered_in_the_i
 def test_grammar_constrained_generation_sends_the_binarys_grammar(aiida_profile):
     from aiida import orm
 
-    from mdagent_hpc.workflows.results import read_run
+    from mdagent_hpc.provenance import EVERYONE
+    from mdagent_hpc.provenance.runs import get_run
 
     with FakeOpenAIServer([GOOD]) as server:  # under a grammar the answer is the bare script
         result, summary = run(server, MDAGENT_LLM_STRUCTURED_OUTPUT="grammar")
@@ -155,6 +159,6 @@ def test_grammar_constrained_generation_sends_the_binarys_grammar(aiida_profile)
     grammar = request["structured_outputs"]["grammar"]
     assert '"eam/alloy"' in grammar and '"nvt"' in grammar and '"python"' not in grammar
     assert "no code fences" in request["messages"][0]["content"] and "response_format" not in request
-    (attempt,) = read_run(summary["pk"]).attempts
+    (attempt,) = get_run(EVERYONE, summary["pk"]).attempts
     gen = orm.load_node(attempt.nodes["generate"])
     assert gen.outputs.response["format_used"] == "grammar" and gen.inputs.grammar.value == grammar

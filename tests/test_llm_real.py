@@ -137,10 +137,11 @@ def test_the_loop_reaches_preflight_with_the_servers_grammar_output_best_of_k(vl
     ensure_profile()  # before aiida is imported: it picks the tests' AiiDA folder
     from aiida import orm
 
-    from mdagent_hpc.workflows.results import read_run
+    from mdagent_hpc.provenance import EVERYONE
+    from mdagent_hpc.provenance.runs import get_run
 
     summary = agent_run(vllm_server, tmp_path, MDAGENT_LLM_STRUCTURED_OUTPUT="grammar", MDAGENT_LLM_CANDIDATES="3")
-    run = read_run(summary["pk"])
+    run = get_run(EVERYONE, summary["pk"])
     assert len(run.attempts) == 2 and run.exit_status in (0, 310, 320, 330)  # a random model: any honest end
     for attempt in run.attempts:
         assert attempt.stage.value != "generate"  # every attempt reached preflight with the server's own script
@@ -166,10 +167,11 @@ def test_the_loop_with_json_schema_output(vllm_server, tmp_path):
     ensure_profile()  # before aiida is imported: it picks the tests' AiiDA folder
     from aiida import orm
 
-    from mdagent_hpc.workflows.results import read_run
+    from mdagent_hpc.provenance import EVERYONE
+    from mdagent_hpc.provenance.runs import get_run
 
     summary = agent_run(vllm_server, tmp_path, MDAGENT_LLM_CANDIDATES="2", MDAGENT_LLM_MAX_TOKENS="1200")
-    run = read_run(summary["pk"])
+    run = get_run(EVERYONE, summary["pk"])
     assert len(run.attempts) == 2 and run.exit_status in (0, 310, 320, 330)
     for attempt in run.attempts:
         gen = orm.load_node(attempt.nodes["generate"])

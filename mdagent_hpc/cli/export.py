@@ -72,12 +72,13 @@ def trajectories(fmt, folder, test_fraction, bench_name, as_json, **filters) -> 
                 pks = [pk for pk in pks if pk in set(members)]
     from rich.progress import Progress
 
-    from mdagent_hpc.workflows.trajectories import steps_of
+    from mdagent_hpc.provenance import local_caller
+    from mdagent_hpc.provenance.trajectories import steps_of
 
     steps = []
     with Progress(console=err(), disable=as_json, transient=True) as progress:
         for pk in progress.track(pks, description="reading attempts"):
-            steps += steps_of(pk)
+            steps += steps_of(local_caller(), pk)
     if not steps:
         raise UserError("no attempt matches these filters; `mdagent runs query` with the same filters lists runs")
     data = rows(steps, fmt, test_fraction)

@@ -20,16 +20,18 @@ from starlette.templating import Jinja2Templates
 
 from mdagent_hpc.dashboard import data, view
 from mdagent_hpc.dashboard.filters import GRADES, MORE, VERDICTS, QueryError, read_filters
+from mdagent_hpc.provenance import Caller, local_caller
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.globals.update(view=view)
 REFRESH_S = 3  # how often a page with running work asks for news
-OWNER = "mdagent.owner"  # set by the shared server (server/dashboard.py): the one AiiDA user this request may see
+CALLER = "mdagent.caller"  # set by the shared server (server/dashboard.py): whose work this request may read
 STOPS = ("passed", "max_attempts", "stuck", "no_valid_script", "llm_unavailable", "killed", "excepted")
 
 
-def owner(request: Request) -> str | None:
-    return request.scope.get(OWNER)
+def caller(request: Request) -> Caller:
+    """Whose work the request may read: as the shared server said, else whoever uses this profile directly."""
+    return request.scope.get(CALLER) or local_caller()
 
 
 def page(request: Request, name: str, status_code: int = 200, **context) -> Response:
@@ -42,18 +44,15 @@ async def home(request: Request) -> Response:
 
 async def runs(request: Request) -> Response:
     data.fresh()
-    params, me = request.query_params.multi_items(), owner(request)
-    if me is not None:  # only this user's runs, whatever the user filter asked
-        params = [(k, v) for k, v in params if k != "user"] + [("user", me)]
+    params, me = request.query_params.multi_items(), caller(request)
+    if not me.everyone:  # only this user's runs, whatever the user filter asked
+        params = [(k, v) for k, v in params if k != "user"]
     try:
         query, values = read_filters(params)
     except QueryError as exc:
         raise HTTPException(400, str(exc)) from None
-    rows = data.find_runs(query)
-    if me is not None:  # the user filter matches text: keep exactly this user's
-        rows = [r for r in rows if r.get("user") == me]
-        values.pop("user", None)
-    found = data.choices()
+    rows = data.find_runs(me, query)
+    found = data.choices(me)
     found["stop"] = sorted({*STOPS, *found["stop"]})
     return page(
         request,
@@ -75,7 +74,7 @@ async def run(request: Request) -> Response:
     try:
         result = _run(request)
     except HTTPException:
-        sweep = data.sweep_of_point(request.path_params["pk"])
+        sweep = data.sweep_of_point(caller(request), request.path_params["pk"])
         if sweep is None:
             raise
         return RedirectResponse(f"/sweeps/{sweep}", status_code=303)  # the runs list holds sweep points too
@@ -88,7 +87,7 @@ async def thermo_png(request: Request) -> Response:
     data.fresh()
     _run(request)  # the run's own 404 first
     try:
-        png = data.thermo_png(request.path_params["pk"], request.path_params["attempt"])
+        png = data.thermo_png(caller(request), request.path_params["pk"], request.path_params["attempt"])
     except data.NotFound as exc:
         raise HTTPException(404, str(exc)) from None
     return Response(png, media_type="image/png")
@@ -101,7 +100,7 @@ async def run_json(request: Request) -> Response:
 
 async def running_json(request: Request) -> Response:
     data.fresh()
-    return JSONResponse([p.as_dict() for p in data.running(owner(request))])
+    return JSONResponse([p.as_dict() for p in data.running(caller(request))])
 
 
 async def health(request: Request) -> Response:
@@ -110,13 +109,13 @@ async def health(request: Request) -> Response:
 
 async def sweeps(request: Request) -> Response:
     data.fresh()
-    return page(request, "sweeps.html", sweeps=data.list_sweeps(owner=owner(request)), refresh=REFRESH_S)
+    return page(request, "sweeps.html", sweeps=data.list_sweeps(caller(request)), refresh=REFRESH_S)
 
 
 async def sweep(request: Request) -> Response:
     data.fresh()
     try:
-        found = data.get_sweep(request.path_params["pk"])
+        found = data.get_sweep(caller(request), request.path_params["pk"])
     except data.NotFound as exc:
         raise HTTPException(404, str(exc)) from None
     return page(request, "sweep.html", sweep=found, refresh=REFRESH_S)
@@ -125,7 +124,7 @@ async def sweep(request: Request) -> Response:
 async def sweep_png(request: Request) -> Response:
     data.fresh()
     try:
-        png = data.sweep_png(request.path_params["pk"])
+        png = data.sweep_png(caller(request), request.path_params["pk"])
     except data.NotFound as exc:
         raise HTTPException(404, str(exc)) from None
     return Response(png, media_type="image/png")
@@ -133,7 +132,7 @@ async def sweep_png(request: Request) -> Response:
 
 def _run(request: Request):
     try:
-        return data.get_run(request.path_params["pk"])
+        return data.get_run(caller(request), request.path_params["pk"])
     except data.NotFound as exc:
         raise HTTPException(404, str(exc)) from None
 

@@ -1,7 +1,8 @@
 """What the dashboard reads from provenance: runs (as `models.Run`), their thermo output, running work, sweeps.
 
-Read only. Every function runs in the server's one event-loop thread (the AiiDA session is per thread), and each
-request starts with `fresh()` so a page shows work that finished since the last one.
+Read only, and only what the request's caller may read (`provenance.Caller`). Every function runs in the
+server's one event-loop thread (the AiiDA session is per thread), and each request starts with `fresh()` so a page
+shows work that finished since the last one.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ from datetime import UTC, datetime, timedelta
 
 from mdagent_hpc.dashboard.filters import models_of
 from mdagent_hpc.models import Run
+from mdagent_hpc.provenance import ACTIVE, AGENT_TYPE, POINT_TYPE, Caller, only
 from mdagent_hpc.query.filters import Query
 
-PROCESS_TYPE = "aiida.workflows:mdagent.agent"
-ACTIVE = ("created", "waiting", "running")
-RECENT = 2000  # runs the filter form takes its suggestions from
 CACHE_S = 60.0
 LIVE_DAYS = 7  # "Running now" looks at the runs started this recently (a run's state is not indexed)
 _unindexed: dict[str, float] = {}
@@ -33,11 +32,11 @@ def fresh() -> None:
     get_manager().get_profile_storage().get_session().rollback()
 
 
-def find_runs(query: Query) -> list[dict]:
+def find_runs(caller: Caller, query: Query) -> list[dict]:
     """The runs the query asks for, as the query layer's rows (`workflows.query.ROW_FIELDS`)."""
     from mdagent_hpc.workflows.query import search
 
-    return search(query)
+    return search(query, caller)
 
 
 def unindexed(values: dict[str, str]) -> int:
@@ -54,55 +53,37 @@ def unindexed(values: dict[str, str]) -> int:
     return _unindexed["count"]
 
 
-def choices() -> dict[str, list[str]]:
-    """The sites, models and stop reasons of the newest runs and sweep points, offered on the filter form.
+def choices(caller: Caller) -> dict[str, list[str]]:
+    """The sites, models and stop reasons offered on the filter form: of the caller's newest runs only."""
+    from mdagent_hpc.provenance.suggestions import choices
 
-    Only the newest RECENT: a distinct over every run's extras costs seconds at 100k runs; the form's fields still
-    take any value.
-    """
-    from aiida import orm
-
-    from mdagent_hpc.workflows.query import PROCESS_TYPES, RECORD
-
-    names = ("site", "model", "stop")
-    qb = (
-        orm.QueryBuilder()
-        .append(
-            orm.ProcessNode,
-            tag="run",
-            filters={"process_type": {"in": PROCESS_TYPES}},
-            project=[f"extras.{RECORD}.{name}" for name in names],
-        )
-        .order_by({"run": {"ctime": "desc"}})
-        .limit(RECENT)
-    )
-    rows = qb.all()
-    return {name: sorted({row[i] for row in rows if isinstance(row[i], str)}) for i, name in enumerate(names)}
+    return choices(caller)
 
 
-def get_run(pk: str) -> Run:
+def get_run(caller: Caller, pk: str) -> Run:
     from mdagent_hpc import api
 
     if not pk.isdigit():
         raise NotFound(f"{pk!r} is not a run number; runs are numbered by their pk, e.g. /runs/42")
     try:
-        return api.get_run(int(pk))
+        return api.get_run(int(pk), caller=caller)
     except api.MDAgentError as exc:
         raise NotFound(str(exc).replace("`mdagent runs` (or list_runs())", "the runs page")) from None
 
 
-def sweep_of_point(pk: str) -> int | None:
-    """The sweep a sweep point (listed with the runs) belongs to; None for any other node."""
+def sweep_of_point(caller: Caller, pk: str) -> int | None:
+    """The sweep a sweep point (listed with the runs) belongs to; None for any other node, or one the caller may
+    not read."""
     from aiida import orm
     from aiida.common.exceptions import NotExistent
-
-    from mdagent_hpc.workflows.query import POINT_TYPE
 
     if not pk.isdigit():
         return None
     try:
         node = orm.load_node(int(pk))
     except NotExistent:
+        return None
+    if not caller.may_read(node):
         return None
     return node.caller.pk if node.process_type == POINT_TYPE and node.caller is not None else None
 
@@ -116,7 +97,7 @@ def stop(run: Run) -> str:
     return stop_reason(orm.load_node(run.pk))
 
 
-def thermo_png(pk: str, number: str) -> bytes:
+def thermo_png(caller: Caller, pk: str, number: str) -> bytes:
     """The thermo plot (PNG) of attempt `number` of run `pk`, drawn by the queries' `mdagent plot`."""
     import tempfile
     from pathlib import Path
@@ -127,7 +108,7 @@ def thermo_png(pk: str, number: str) -> bytes:
     if not number.isdigit():
         raise NotFound(f"{number!r} is not an attempt number; attempts are numbered 1, 2, ...")
     try:
-        title, log = attempt_log(f"{pk}:{number}")
+        title, log = attempt_log(caller, f"{pk}:{number}")
     except NoSuchRun as exc:
         raise NotFound(str(exc)) from None
     with tempfile.TemporaryDirectory(prefix="mdagent-dashboard-") as folder:
@@ -159,9 +140,9 @@ class Progress:
         }
 
 
-def running(owner: str | None = None) -> list[Progress]:
-    """The agent runs still going that started in the last LIVE_DAYS, newest first (`verdict=running` finds all);
-    only those of the AiiDA user `owner` when given."""
+def running(caller: Caller) -> list[Progress]:
+    """The caller's agent runs still going that started in the last LIVE_DAYS, newest first (`verdict=running`
+    finds all)."""
     from aiida import orm
 
     qb = (
@@ -171,15 +152,14 @@ def running(owner: str | None = None) -> list[Progress]:
             tag="run",
             project=["*"],
             filters={
-                "process_type": PROCESS_TYPE,
+                "process_type": AGENT_TYPE,
                 "ctime": {">": datetime.now(tz=UTC) - timedelta(days=LIVE_DAYS)},
                 "attributes.process_state": {"in": list(ACTIVE)},
             },
         )
         .order_by({"run": {"ctime": "desc"}})
     )
-    if owner is not None:
-        qb.append(orm.User, with_node="run", filters={"email": owner})
+    only(qb, "run", caller)
     return [progress(node) for (node,) in qb.all()]
 
 
@@ -223,39 +203,30 @@ def run_summary(run: Run) -> dict:
     return data
 
 
-# -- sweeps (api.get_sweep, list_sweeps) ---------------------------------------------------------------------------
-def list_sweeps(limit: int = 100, owner: str | None = None) -> list:
-    """The newest sweeps; only those of the AiiDA user `owner` when given."""
-    from aiida import orm
+# -- sweeps ---------------------------------------------------------------------------------------------------------
+def list_sweeps(caller: Caller, limit: int = 100) -> list:
+    """The caller's newest sweeps."""
+    from mdagent_hpc.provenance.sweeps import list_sweeps
 
-    from mdagent_hpc import api
-    from mdagent_hpc.workflows.sweep_launch import read_sweep
-
-    if owner is None:
-        return api.list_sweeps(limit)
-    qb = orm.QueryBuilder().append(
-        orm.WorkChainNode, tag="sweep", project=["*"], filters={"process_type": "aiida.workflows:mdagent.sweep"}
-    )
-    qb.append(orm.User, with_node="sweep", filters={"email": owner})
-    return [read_sweep(n) for n in qb.order_by({"sweep": {"ctime": "desc"}}).limit(limit).all(flat=True)]
+    return list_sweeps(caller, limit)
 
 
-def get_sweep(pk: str):
+def get_sweep(caller: Caller, pk: str):
     from mdagent_hpc import api
 
     if not pk.isdigit():
         raise NotFound(f"{pk!r} is not a sweep number; sweeps are numbered by their pk, e.g. /sweeps/42")
     try:
-        return api.get_sweep(int(pk))
+        return api.get_sweep(int(pk), caller=caller)
     except api.MDAgentError as exc:
         raise NotFound(str(exc).replace("`mdagent sweep status`", "the sweeps page")) from None
 
 
-def sweep_png(pk: str) -> bytes:
+def sweep_png(caller: Caller, pk: str) -> bytes:
     """The plot the sweep made when it finished (its `plot` output)."""
     from aiida import orm
 
-    sweep = get_sweep(pk)
+    sweep = get_sweep(caller, pk)
     node = orm.load_node(sweep.pk)
     if "plot" not in node.outputs:
         why = "yet: it is still running" if sweep.verdict == "running" else "(no point passed)"

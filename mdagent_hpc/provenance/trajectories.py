@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from mdagent_hpc.bench.export import Step
-from mdagent_hpc.workflows.results import read_run
+from mdagent_hpc.provenance import Caller
+from mdagent_hpc.provenance.runs import get_run
 
 
-def steps_of(pk: int) -> list[Step]:
-    """Every attempt of run `pk` that reached the model and got an answer."""
+def steps_of(caller: Caller, pk: int) -> list[Step]:
+    """Every attempt of run `pk` (NotFound unless `caller` may read it) that reached the model and got an answer."""
     from aiida import orm
 
-    run = read_run(pk)
+    run = get_run(caller, pk)
     steps = []
     for attempt in run.attempts:
         if "generate" not in attempt.nodes:
@@ -48,31 +49,3 @@ def steps_of(pk: int) -> list[Step]:
             )
         )
     return steps
-
-
-def past_lessons(limit: int = 400, exclude: int | None = None) -> list:
-    """Lessons (`agent.memory.Lesson`) from the attempts of the newest agent runs: one query for the newest `limit`
-    attempt records, then each run's consecutive attempts compared (a failure and the change that got past it)."""
-    from aiida import orm
-
-    from mdagent_hpc.agent.memory import lessons
-    from mdagent_hpc.models import Attempt
-    from mdagent_hpc.workflows.results import PROCESS_TYPE
-
-    qb = orm.QueryBuilder()
-    qb.append(orm.WorkChainNode, filters={"process_type": PROCESS_TYPE}, project=["id"], tag="run")
-    qb.append(
-        orm.Dict,
-        with_incoming="run",
-        edge_filters={"label": {"like": "attempts__attempt_%"}},
-        project=["attributes", "ctime"],
-    )
-    qb.order_by({orm.Dict: {"ctime": "desc"}}).limit(limit)
-    by_run: dict[int, list[Attempt]] = {}
-    for pk, record, _ in qb.all():
-        if pk != exclude:
-            by_run.setdefault(pk, []).append(Attempt(**record))
-    found = []
-    for pk, attempts in by_run.items():
-        found += lessons(sorted(attempts, key=lambda a: a.number), run=pk)
-    return found

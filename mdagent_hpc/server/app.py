@@ -346,6 +346,12 @@ class Server:
     def visible_to(self, user: User) -> bool:
         return self.settings.group_read or user.admin
 
+    def caller(self, user: User):
+        """Whose work `user` may read (every read through the API takes it)."""
+        from mdagent_hpc.server import service
+
+        return service.caller(user, self.settings.group_read)
+
     async def body(self, request: Request, model: type[BaseModel]):
         try:
             return model.model_validate(await request.json())
@@ -460,7 +466,9 @@ class Server:
                     "unset MDAGENT_SERVER to replay answers locally",
                 )
             self.known_site(body.request.site)
-            return await self.submit(user, request, lambda: service.submit_run(user, body.request))
+            return await self.submit(
+                user, request, lambda: service.submit_run(user, body.request, self.settings.group_read)
+            )
 
         async def listing(user: User):
             q = request.query_params
@@ -481,7 +489,7 @@ class Server:
         async def work(user: User):
             pk = request.path_params["pk"]
             await self.readable(user, pk)
-            return JSONResponse((await self.read(api.get_run, pk)).model_dump(mode="json"))
+            return JSONResponse((await self.read(api.get_run, pk, caller=self.caller(user))).model_dump(mode="json"))
 
         return await self.handle(request, work)
 
@@ -507,7 +515,7 @@ class Server:
             spec = request.path_params["pk"]
             await self.readable(user, self.attempt_of(spec))
             with tempfile.TemporaryDirectory() as folder:
-                path = await self.read(api.plot_run, spec, Path(folder) / "plot.png")
+                path = await self.read(api.plot_run, spec, Path(folder) / "plot.png", caller=self.caller(user))
                 return Response(path.read_bytes(), media_type="image/png")
 
         return await self.handle(request, work)
@@ -526,7 +534,7 @@ class Server:
                         f"this server does not share runs within the group: you may query only your own (user {me})",
                     )
                 filters["user"] = me
-            rows = await self.read(api.find_runs, **filters)
+            rows = await self.read(api.find_runs, caller=self.caller(user), **filters)
             if not self.visible_to(user):  # the user filter matches text: keep exactly this user's
                 rows = [r for r in rows if r.get("user") == filters["user"]]
             return JSONResponse(json.loads(json.dumps(rows, default=str)))
@@ -542,7 +550,9 @@ class Server:
                 raise Problem(400, "bad_request", "give two runs (a=PK or PK:N, b=PK or PK:N)")
             for side in (a, b):
                 await self.readable(user, self.attempt_of(side))
-            return JSONResponse(json.loads(json.dumps(await self.read(api.diff_runs, a, b), default=str)))
+            return JSONResponse(
+                json.loads(json.dumps(await self.read(api.diff_runs, a, b, caller=self.caller(user)), default=str))
+            )
 
         return await self.handle(request, work)
 
@@ -556,7 +566,9 @@ class Server:
             spec = SweepSpec.model_validate((await self.body(request, SweepIn)).spec)
             self.known_site(spec.site)
             plan = await self.read(api.plan_sweep, spec)
-            return await self.submit(user, request, lambda: service.submit_sweep(user, spec), points=plan.points)
+            return await self.submit(
+                user, request, lambda: service.submit_sweep(user, spec, self.settings.group_read), points=plan.points
+            )
 
         async def listing(user: User):
             limit = parse_limit(request.query_params.get("limit"))
@@ -571,7 +583,7 @@ class Server:
         async def work(user: User):
             pk = request.path_params["pk"]
             await self.readable(user, pk, "sweep")
-            return JSONResponse((await self.read(api.get_sweep, pk)).model_dump(mode="json"))
+            return JSONResponse((await self.read(api.get_sweep, pk, caller=self.caller(user))).model_dump(mode="json"))
 
         return await self.handle(request, work)
 
@@ -592,7 +604,7 @@ class Server:
             pk = request.path_params["pk"]
             await self.readable(user, pk, "sweep")
             with tempfile.TemporaryDirectory() as folder:
-                paths = await self.read(api.export_sweep, pk, folder)
+                paths = await self.read(api.export_sweep, pk, folder, caller=self.caller(user))
                 files = {
                     kind: (Path(p).name, base64.b64encode(Path(p).read_bytes()).decode()) for kind, p in paths.items()
                 }

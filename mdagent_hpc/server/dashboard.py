@@ -1,8 +1,8 @@
 """The dashboard's pages at /dashboard/ on the server, behind the same key check and read rules as the API.
 
-The dashboard app itself serves them (no second set of pages). Unless the group setting (or admin) lets the user
-read everyone's work, each request carries the user's AiiDA identity (`dashboard.app.OWNER`), so lists show only
-their runs and sweeps, and a page about one run or sweep is checked first (the same 404 page for another user's as
+The dashboard app itself serves them (no second set of pages). Each request carries whose work the user may read
+(`dashboard.app.CALLER`: their own, or everyone's with the group setting or as admin), so lists show only what
+they may read, and a page about one run or sweep is checked first (the same 404 page for another user's as
 for one that does not exist). The key was checked, and the request logged, by the server's `Guard`.
 Browsers never call this directly: `mdagent dashboard` with MDAGENT_SERVER set forwards to it, adding the key.
 """
@@ -13,8 +13,7 @@ import re
 
 from starlette.requests import Request
 
-from mdagent_hpc.dashboard.app import OWNER, make_app, page
-from mdagent_hpc.server.access import identity
+from mdagent_hpc.dashboard.app import CALLER, make_app, page
 
 # the pages about one run or one sweep: /runs/PK..., /api/runs/PK, /sweeps/PK...
 ONE = re.compile(r"^/(?:api/)?(runs|sweeps)/([^/]+)")
@@ -32,8 +31,8 @@ class DashboardGate:
         request, user = Request(scope), scope[STATE]["user"]
         root, path = scope.get("root_path", ""), scope["path"]
         path = path[len(root) :] if root and path.startswith(root) else path
+        scope = {**scope, CALLER: self.server.caller(user)}
         if not self.server.visible_to(user):
-            scope = {**scope, OWNER: identity(user.name, user.email)}
             if one := ONE.match(path):
                 what = one[1][:-1]
                 try:

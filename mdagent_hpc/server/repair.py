@@ -14,8 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 from aiida import orm
 
-AGENT = "aiida.workflows:mdagent.agent"
-SWEEP = "aiida.workflows:mdagent.sweep"
+from mdagent_hpc.provenance import AGENT_TYPE as AGENT
+from mdagent_hpc.provenance import SWEEP_TYPE as SWEEP
+
 GRACE = timedelta(seconds=30)  # a task sent this recently may be on its way to a worker: not an orphan yet
 
 

@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from aiida import orm
 
 from mdagent_hpc.accounts.store import User
+from mdagent_hpc.provenance import ACTIVE, EVERYONE, GROUP_READ_EXTRA, Caller, owner
+from mdagent_hpc.provenance import AGENT_TYPE as AGENT
+from mdagent_hpc.provenance import SWEEP_TYPE as SWEEP
 from mdagent_hpc.server.access import identity, may_cancel, may_read
 
 USER_EXTRA = "mdagent_user"
-AGENT = "aiida.workflows:mdagent.agent"
-SWEEP = "aiida.workflows:mdagent.sweep"
-ACTIVE = ["created", "waiting", "running"]
 
 
 class Denied(Exception):
@@ -65,7 +65,12 @@ def scheduler_mark(scheduler: str, user: User) -> str:
     return f"# mdagent user: {who}"
 
 
-def submit_run(user: User, request):
+def caller(user: User, group_read: bool) -> Caller:
+    """Whose work `user` may read on this server."""
+    return EVERYONE if group_read or user.admin else Caller(identity(user.name, user.email))
+
+
+def submit_run(user: User, request, group_read: bool = False):
     """Submit an agent run to the daemon on behalf of `user`; the root node."""
     from aiida.engine import submit
 
@@ -80,25 +85,23 @@ def submit_run(user: User, request):
         options["custom_scheduler_commands"] = "\n".join(filter(None, [options.get("custom_scheduler_commands"), mark]))
         inputs["options"] = orm.Dict(options)
         node = submit(AgentWorkChain, **inputs)
-    node.base.extras.set(USER_EXTRA, user.name)
+    _mark(node, user, group_read)
     return node
 
 
-def submit_sweep(user: User, spec):
+def submit_sweep(user: User, spec, group_read: bool = False):
     from mdagent_hpc.workflows.sweep_launch import submit_sweep as submit
 
     with as_user(user):
         node = submit(spec)
-    node.base.extras.set(USER_EXTRA, user.name)
+    _mark(node, user, group_read)
     return node
 
 
-def owner(node: orm.Node) -> str:
-    """The AiiDA user (email) of the run a node belongs to (its top caller)."""
-    top = node
-    while isinstance(top, orm.ProcessNode) and top.caller is not None:
-        top = top.caller
-    return top.user.email
+def _mark(node, user: User, group_read: bool) -> None:
+    """The user's name on the root; with the group setting, its failure memory may read the group's runs (absent,
+    the safe default: own runs only)."""
+    node.base.extras.set_many({USER_EXTRA: user.name, GROUP_READ_EXTRA: group_read})
 
 
 def load(pk: int | str, what: str = "run") -> orm.Node:
@@ -132,34 +135,15 @@ def cancel(user: User, pk: int | str, group_read: bool = False) -> str:
 
 def list_runs(user: User, limit: int, verdict: str | None, site: str | None, task: str | None, group_read: bool):
     """What `mdagent runs` lists, only the user's own unless the group setting (or admin) allows all."""
-    from mdagent_hpc.workflows.results import _verdict_filter, read_run
+    from mdagent_hpc.provenance.runs import list_runs
 
-    qb = orm.QueryBuilder().append(
-        orm.WorkChainNode, tag="run", project=["*"], filters={"process_type": AGENT, **_verdict_filter(verdict)}
-    )
-    if not (group_read or user.admin):
-        qb.append(orm.User, with_node="run", filters={"email": identity(user.name, user.email)})
-    if site is not None:
-        qb.append(orm.Dict, with_outgoing="run", edge_filters={"label": "site"}, filters={"attributes.name": site})
-    if task:
-        qb.append(
-            orm.Str,
-            with_outgoing="run",
-            edge_filters={"label": "task"},
-            filters={"attributes.value": {"ilike": f"%{task}%"}},
-        )
-    qb.order_by({"run": {"ctime": "desc"}}).limit(limit)
-    return [read_run(node) for node in qb.all(flat=True)]
+    return list_runs(caller(user, group_read), limit, verdict, site, task)
 
 
 def list_sweeps(user: User, limit: int, group_read: bool):
-    from mdagent_hpc.workflows.sweep_launch import read_sweep
+    from mdagent_hpc.provenance.sweeps import list_sweeps
 
-    qb = orm.QueryBuilder().append(orm.WorkChainNode, tag="sweep", project=["*"], filters={"process_type": SWEEP})
-    if not (group_read or user.admin):
-        qb.append(orm.User, with_node="sweep", filters={"email": identity(user.name, user.email)})
-    qb.order_by({"sweep": {"ctime": "desc"}}).limit(limit)
-    return [read_sweep(node) for node in qb.all(flat=True)]
+    return list_sweeps(caller(user, group_read), limit)
 
 
 def in_flight(user: User) -> int:
@@ -167,7 +151,7 @@ def in_flight(user: User) -> int:
     qb = orm.QueryBuilder().append(
         orm.WorkChainNode,
         tag="p",
-        filters={"process_type": {"in": [AGENT, SWEEP]}, "attributes.process_state": {"in": ACTIVE}},
+        filters={"process_type": {"in": [AGENT, SWEEP]}, "attributes.process_state": {"in": list(ACTIVE)}},
     )
     qb.append(orm.User, with_node="p", filters={"email": identity(user.name, user.email)})
     return qb.count()

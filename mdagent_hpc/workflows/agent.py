@@ -2,7 +2,7 @@
 
 Each step is AiiDA plumbing around a decision of `mdagent_hpc.agent` (pure functions). Every attempt, whatever
 stage it reached, is recorded as one `models.Attempt` in the output `attempts.attempt_N` (a stored Dict: cheap,
-and readable by `workflows.results` while the run goes on); the steps it took are nodes linked as
+and readable by `provenance.runs` while the run goes on); the steps it took are nodes linked as
 `generate_N`, `preflight_N`, `dryrun_N`, `dryrun_report_N`, `run_N` and `evaluate_N`, their pks in `Attempt.nodes`.
 """
 
@@ -51,12 +51,13 @@ from mdagent_hpc.workflows.candidates import candidate_inputs, preflight_candida
 from mdagent_hpc.workflows.generate import GenerateScript, LinksOnlyNewOutputs
 from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
 from mdagent_hpc.workflows.lammps_calc import node_key
+from mdagent_hpc.workflows.owned import OwnedSteps
 from mdagent_hpc.workflows.steps import dry_run_report, evaluate_run, preflight_script
 
 DRY_RUN_WALLTIME_S = 600
 
 
-class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
+class AgentWorkChain(OwnedSteps, LinksOnlyNewOutputs, WorkChain):
     @classmethod
     def define(cls, spec):
         super().define(spec)
@@ -294,10 +295,12 @@ class AgentWorkChain(LinksOnlyNewOutputs, WorkChain):
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _lessons(self) -> list:
-        """Failures of earlier runs like this one and the change that got past them (agent/memory.py)."""
-        from mdagent_hpc.workflows.trajectories import past_lessons
+        """Failures of earlier runs like this one and the change that got past them (agent/memory.py): from the
+        owner's runs only (the group's when the server shares reads), never another user's errors and scripts."""
+        from mdagent_hpc.provenance import run_caller
+        from mdagent_hpc.provenance.lessons import past_lessons
 
-        return past_lessons(exclude=self.node.pk)
+        return past_lessons(run_caller(self.node), exclude=self.node.pk)
 
     def _policy(self) -> LoopPolicy:
         return LoopPolicy(**self.inputs.loop.get_dict())

@@ -255,7 +255,7 @@ def codegen_records(group) -> list[RunRecord]:
     """Every finished run of a codegen benchmark, newest last (a job run twice: the last one counts)."""
     from aiida import orm
 
-    from mdagent_hpc.workflows.results import read_run
+    from mdagent_hpc.provenance.runs import read_run
 
     records: dict[tuple, RunRecord] = {}
     nodes = sorted((n for n in group.nodes if isinstance(n, orm.WorkChainNode)), key=lambda n: n.ctime)

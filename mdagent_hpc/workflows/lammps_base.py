@@ -23,6 +23,7 @@ from mdagent_hpc.execution.accounting import FAULT_MESSAGES, LAMMPS_FAILED, Faul
 from mdagent_hpc.execution.site import OnFailure
 from mdagent_hpc.models import Job
 from mdagent_hpc.workflows.lammps_calc import LOG, STDOUT, LammpsCalculation, lammps_settings, node_key
+from mdagent_hpc.workflows.owned import OwnedSteps
 
 
 @calcfunction
@@ -34,7 +35,7 @@ def restart_files_of(retrieved: orm.FolderData) -> dict:
             for name in names if name not in (LOG, STDOUT) and not name.startswith("_")}
 
 
-class LammpsBaseWorkChain(BaseRestartWorkChain):
+class LammpsBaseWorkChain(OwnedSteps, BaseRestartWorkChain):
     _process_class = LammpsCalculation
 
     @classmethod

@@ -14,21 +14,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+from mdagent_hpc.provenance import AGENT_TYPE, POINT_TYPE, RECORD, SWEEP_TYPE, Caller, NotFound, owner
+from mdagent_hpc.provenance.runs import get_run, read_run, verdict_filter
 from mdagent_hpc.query.filters import Query, Range, required_literals
 from mdagent_hpc.query.record import VERSION, final_attempt_with_script, index_record, point_record
-from mdagent_hpc.workflows.results import PROCESS_TYPE, _verdict_filter, read_run
 
-RECORD = "query"  # the extra holding the recorded fields
-SWEEP_TYPE = "aiida.workflows:mdagent.sweep"
-POINT_TYPE = "mdagent_hpc.workflows.sweep.record_point"  # the calcfunction recording one sweep point
-PROCESS_TYPES = [PROCESS_TYPE, POINT_TYPE]  # the node types a query lists: agent runs and sweep points
+LISTED = [AGENT_TYPE, POINT_TYPE]  # the node types a query lists: agent runs and sweep points
 WINDOW_DAYS = (7, 56)  # newest-first listings look at the last week, then back to 8 weeks, then the rest
 BATCH = 5000  # at most this many rows per query while a regular expression is tried on them
 # On PostgreSQL, partial indexes over our nodes only: the GIN index answers every equality filter (one JSON
 # containment); the btree ones give the newest, best, longest or most-tried runs in order, so a listing stops after
 # `limit` rows instead of sorting every match. The predicate is written as the searches write theirs (an OR of
 # equalities: AiiDA sends a list as an `unnest` subquery, which no planner can match to an index predicate).
-OURS = "(" + " OR ".join(f"process_type = '{t}'" for t in PROCESS_TYPES) + ")"
+OURS = "(" + " OR ".join(f"process_type = '{t}'" for t in LISTED) + ")"
 INDEXES = {
     "mdagent_query_fields": f"ON db_dbnode USING gin ((extras #> '{{query}}') jsonb_path_ops) WHERE {OURS}",
     "mdagent_query_ctime": f"ON db_dbnode (ctime, id) WHERE {OURS}",
@@ -82,7 +80,7 @@ def record_fields(node) -> dict:
     )
     params = node.inputs.variables.get_dict() if "variables" in node.inputs else None
     return index_record(
-        run, potentials, user=node.user.email, stop=stop_reason(node), elements=elements, sweep=sweep, params=params
+        run, potentials, user=owner(node), stop=stop_reason(node), elements=elements, sweep=sweep, params=params
     )
 
 
@@ -99,7 +97,7 @@ def point_fields(node) -> dict:
         sweep={"pk": sweep.pk, "label": sweep.label or None} if sweep is not None else None,
         site=site,
         model=spec.get("model"),
-        user=node.user.email,
+        user=owner(node),
         seconds=None,
     )
 
@@ -116,7 +114,7 @@ def to_index(redo: bool = False) -> list[int]:
     from aiida import orm
 
     filters = {
-        "process_type": {"in": PROCESS_TYPES},
+        "process_type": {"in": LISTED},
         "attributes.process_state": {"in": ["finished", "excepted", "killed"]},
     }
     if not redo:
@@ -146,7 +144,7 @@ def count_unindexed() -> int:
     from aiida import orm
 
     filters = {
-        "process_type": {"or": [{"==": t} for t in PROCESS_TYPES]},
+        "process_type": {"or": [{"==": t} for t in LISTED]},
         "extras": {"!has_key": RECORD},
         "attributes.process_state": {"in": ["finished", "excepted", "killed"]},
     }
@@ -181,10 +179,10 @@ def _range(r: Range) -> dict:
 def _filters(query: Query) -> dict:
     """QueryBuilder filters on the run node for everything the database can answer."""
     key = f"extras.{RECORD}"
-    types = {"run": [PROCESS_TYPE], "point": [POINT_TYPE]}.get(query.kind, PROCESS_TYPES)
+    types = {"run": [AGENT_TYPE], "point": [POINT_TYPE]}.get(query.kind, LISTED)
     filters: dict = {"process_type": {"or": [{"==": t} for t in types]}}
     if query.verdict == "running":
-        filters.update(_verdict_filter("running"))
+        filters.update(verdict_filter("running"))
     if query.since or query.until:
         filters["ctime"] = {
             "and": ([{">=": query.since}] if query.since else []) + ([{"<=": query.until}] if query.until else [])
@@ -282,8 +280,13 @@ PROJECT = [
 ]
 
 
-def search(query: Query) -> list[dict]:
-    """The runs that match `query`, in its order, at most `query.limit`: one dict per run (see `row`)."""
+def search(query: Query, caller: Caller) -> list[dict]:
+    """The runs `caller` may read that match `query`, in its order, at most `query.limit`: one dict per run (see
+    `row`). A run's recorded `user` is its owner's (`provenance.owner`)."""
+    if not caller.everyone:
+        if query.user not in (None, caller.email):
+            return []
+        query = query.model_copy(update={"user": caller.email})
     found: dict[int, dict] = {}
     for window in _windows(query):
         for r in _search(window.model_copy(update={"limit": query.limit - len(found)})):
@@ -434,16 +437,14 @@ class NoSuchRun(ValueError):
     """A pk or attempt that does not exist, in one sentence."""
 
 
-def _run_and_attempt(spec: str | int, *, with_log: bool = False):
+def _run_and_attempt(caller: Caller, spec: str | int, *, with_log: bool = False):
     """(run, attempt) for 'PK' (the passed attempt, else the last that got as far) or 'PK:N'."""
-    from aiida.common.exceptions import MultipleObjectsError, NotExistent
-
     from mdagent_hpc.query.diff import parse_spec
 
     pk, number = parse_spec(spec)
     try:
-        run = read_run(pk)
-    except (NotExistent, MultipleObjectsError):
+        run = get_run(caller, pk)
+    except NotFound:
         raise NoSuchRun(f"no node with pk {pk}; `mdagent runs query` lists the runs") from None
     if number is not None:
         attempt = next((a for a in run.attempts if a.number == number), None)
@@ -461,13 +462,13 @@ def _run_and_attempt(spec: str | int, *, with_log: bool = False):
     return run, attempt
 
 
-def side(spec: str | int):
+def side(caller: Caller, spec: str | int):
     """A run (its final attempt) or one attempt, as `query.diff.Side`: script, settings, observables."""
     from aiida import orm
 
     from mdagent_hpc.query.diff import Side, flatten
 
-    run, attempt = _run_and_attempt(spec)
+    run, attempt = _run_and_attempt(caller, spec)
     node = orm.load_node(run.pk)
     inputs = {
         name: node.inputs[name].get_dict()
@@ -490,20 +491,20 @@ def side(spec: str | int):
     )
 
 
-def diff(spec_a: str | int, spec_b: str | int) -> dict:
+def diff(caller: Caller, spec_a: str | int, spec_b: str | int) -> dict:
     from mdagent_hpc.query.diff import diff_sides
 
-    return diff_sides(side(spec_a), side(spec_b))
+    return diff_sides(side(caller, spec_a), side(caller, spec_b))
 
 
-def attempt_log(spec: str | int):
+def attempt_log(caller: Caller, spec: str | int):
     """(title, LammpsLog) of the LAMMPS run of a run's passed (else last run) attempt, or of attempt N."""
     from aiida import orm
 
     from mdagent_hpc.lammps.log import parse_log
     from mdagent_hpc.workflows.lammps_calc import LOG
 
-    run, attempt = _run_and_attempt(spec, with_log=True)
+    run, attempt = _run_and_attempt(caller, spec, with_log=True)
     if "run" not in attempt.nodes:
         raise NoSuchRun(
             f"attempt {attempt.number} of run {run.pk} stopped at {attempt.stage.value}: "

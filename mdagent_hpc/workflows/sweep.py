@@ -27,9 +27,9 @@ from mdagent_hpc.workflows.agent import AgentWorkChain
 from mdagent_hpc.workflows.generate import LinksOnlyNewOutputs
 from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
 from mdagent_hpc.workflows.lammps_calc import LOG
+from mdagent_hpc.workflows.owned import OwnedSteps
 from mdagent_hpc.workflows.steps import finite
 
-PROCESS_TYPE = "aiida.workflows:mdagent.sweep"
 ENGINES = ("calcjob", "parsl")
 PILOT_RESUBMITS = 2  # a pilot job that ends with points not run is submitted again (same folder) this often
 
@@ -80,7 +80,7 @@ def sweep_results(spec: orm.Dict, **points: orm.Dict) -> dict:
             "plot": orm.SinglefileData(io.BytesIO(png), filename="sweep.png")}
 
 
-class SweepWorkChain(LinksOnlyNewOutputs, WorkChain):
+class SweepWorkChain(OwnedSteps, LinksOnlyNewOutputs, WorkChain):
     @classmethod
     def define(cls, spec):
         super().define(spec)

@@ -1,19 +1,17 @@
-"""From a SweepSpec to a running SweepWorkChain, and back to what a user reads (`SweepRun`).
+"""From a SweepSpec to a running SweepWorkChain (sweeps are read back in `provenance.sweeps`).
 
 `plan_sweep` resolves the site, validates the sweep against its limits and picks the engine (no AiiDA: the CLI
 shows it before asking to go on); `run_sweep` runs it in this process (replaying recorded answers when the spec has
-some), `submit_sweep` hands it to the daemon. `read_sweep`, `list_sweeps` and `export_sweep` read sweeps back.
+some), `submit_sweep` hands it to the daemon.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from mdagent_hpc.models import Request
-from mdagent_hpc.sweep.results import SweepRun, eta
 from mdagent_hpc.sweep.spec import (
     SweepError,
     SweepSpec,
@@ -25,8 +23,6 @@ from mdagent_hpc.sweep.spec import (
     validate_sweep,
 )
 from mdagent_hpc.workflows.launch import REPLAY_MODEL, LaunchError, _inputs
-
-PROCESS_TYPE = "aiida.workflows:mdagent.sweep"
 
 
 class SweepPlan(BaseModel):
@@ -121,70 +117,3 @@ def submit_sweep(spec: SweepSpec):
     except DaemonError as exc:
         raise LaunchError(str(exc)) from None
     return submit(SweepWorkChain, **inputs)
-
-
-class NotASweep(ValueError):
-    """The node is not a SweepWorkChain."""
-
-
-def read_sweep(node_or_pk) -> SweepRun:
-    from aiida import orm
-
-    node = node_or_pk if isinstance(node_or_pk, orm.Node) else orm.load_node(node_or_pk)
-    if not isinstance(node, orm.WorkChainNode) or node.process_type != PROCESS_TYPE:
-        what = getattr(node, "process_label", None) or type(node).__name__
-        raise NotASweep(f"node {node.pk} is not a sweep (it is a {what}); `mdagent sweep status` lists the sweeps")
-    extras = node.base.extras.all
-    running = [c for c in node.called if not c.is_terminated and c.process_type
-               and c.process_type.endswith(("mdagent.lammps.base", "mdagent.sweep.pilot"))]
-    n_running = len(running)
-    if "sweep_folder" in node.inputs and running:
-        from mdagent_hpc.execution.pilot import pilot_progress  # the pilot knows which of its points run
-
-        progress = pilot_progress(node.inputs.sweep_folder.value)  # empty when the folder is on another host
-        n_running = progress["running"] if progress.get("total") else n_running
-    state = node.process_state.value if node.process_state else None
-    verdict = "passed" if node.is_finished_ok else "failed" if node.is_terminated else "running"
-    end = node.mtime if node.is_terminated else datetime.now(tz=node.ctime.tzinfo)
-    elapsed = (end - node.ctime).total_seconds()
-    total, done, failed = extras.get("points_total", 0), extras.get("points_done", 0), extras.get("points_failed", 0)
-    concurrency = node.inputs.max_concurrent.value if node.inputs.engine.value == "calcjob" else max(n_running, 1)
-    return SweepRun(
-        pk=node.pk, uuid=node.uuid, task=extras.get("task", node.inputs.sweep["task"]),
-        site=extras.get("site", "local"),
-        engine=node.inputs.engine.value, state=state, verdict=verdict, exit_status=node.exit_status,
-        exit_message=node.exit_message or (node.process_status if node.is_killed or node.is_excepted else None),
-        ctime=node.ctime.isoformat(timespec="seconds"), seconds=round(elapsed, 1), points_total=total,
-        points_done=done, points_failed=failed, points_running=n_running,
-        eta_s=None if node.is_terminated else eta(total, done + failed, n_running, elapsed, concurrency),
-        llm_calls=extras.get("llm_calls", 0),
-        template=node.outputs.template.get_content() if "template" in node.outputs else None,
-        rows=node.outputs.results["rows"] if "results" in node.outputs else [])
-
-
-def list_sweeps(limit: int = 20) -> list[SweepRun]:
-    from aiida import orm
-
-    qb = orm.QueryBuilder().append(orm.WorkChainNode, tag="sweep", filters={"process_type": PROCESS_TYPE})
-    qb.order_by({"sweep": {"ctime": "desc"}}).limit(limit)
-    return [read_sweep(node) for (node,) in qb.all()]
-
-
-def export_sweep(node_or_pk, folder: Path) -> dict[str, str]:
-    """Write the table (CSV, JSON) and the plot (PNG) of a finished sweep into `folder`; their paths."""
-    import json
-
-    from aiida import orm
-
-    node = node_or_pk if isinstance(node_or_pk, orm.Node) else orm.load_node(node_or_pk)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    if "table" in node.outputs:
-        paths["csv"] = folder / "sweep.csv"
-        paths["csv"].write_bytes(node.outputs.table.get_content(mode="rb"))
-        paths["json"] = folder / "sweep.json"
-        paths["json"].write_text(json.dumps(node.outputs.results["rows"], indent=1))
-    if "plot" in node.outputs:
-        paths["png"] = folder / "sweep.png"
-        paths["png"].write_bytes(node.outputs.plot.get_content(mode="rb"))
-    return {k: str(v) for k, v in paths.items()}

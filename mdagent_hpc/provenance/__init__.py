@@ -1,0 +1,102 @@
+"""The read side: runs, sweeps, points and lessons as the graph holds them, read only for a caller.
+
+Every lookup and listing here takes a `Caller` (required, never defaulted): the AiiDA user whose work it may
+read, or EVERYONE (an admin, a server whose group shares reads, the admin's own shared profile). A node belongs
+to the AiiDA user of its top caller (`owner`); the workflows make every node of a run under that user, so a
+listing filters on the node's user.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+AGENT_TYPE = "aiida.workflows:mdagent.agent"
+SWEEP_TYPE = "aiida.workflows:mdagent.sweep"
+POINT_TYPE = "mdagent_hpc.workflows.sweep.record_point"  # the calcfunction recording one sweep point
+PROCESS_TYPES = (AGENT_TYPE, SWEEP_TYPE, POINT_TYPE)
+ACTIVE = ("created", "waiting", "running")
+RECORD = "query"  # the extra holding a run's (or point's) recorded query fields (workflows.query)
+GROUP_READ_EXTRA = "mdagent_group_read"  # on a run's root: its failure memory may read the group's runs
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who reads: the email of their AiiDA user, or None for everyone (use EVERYONE)."""
+
+    email: str | None
+
+    @property
+    def everyone(self) -> bool:
+        return self.email is None
+
+    def may_read(self, node) -> bool:
+        return self.everyone or owner(node) == self.email
+
+
+EVERYONE = Caller(None)
+
+
+class NotFound(LookupError):
+    """No such node, or not the caller's to read: the same answer for both (no oracle for which pks exist)."""
+
+
+def owner(node) -> str:
+    """The AiiDA user (email) of the run a node belongs to: its top caller's."""
+    from aiida import orm
+
+    top = node
+    while isinstance(top, orm.ProcessNode) and top.caller is not None:
+        top = top.caller
+    return top.user.email
+
+
+def only(qb, tag: str, caller: Caller):
+    """`qb` narrowed to the nodes tagged `tag` that `caller` may read."""
+    from aiida import orm
+
+    if not caller.everyone:
+        qb.append(orm.User, with_node=tag, filters={"email": caller.email})
+    return qb
+
+
+def load(caller: Caller, pk, what: str):
+    """The node `pk` (a pk or UUID) if `caller` may read it, else NotFound."""
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    try:
+        node = orm.load_node(pk)
+    except (NotExistent, MultipleObjectsError, ValueError, TypeError):
+        node = None
+    if node is None or not caller.may_read(node):
+        raise NotFound(f"no {what} {pk} that you may read")
+    return node
+
+
+def local_caller() -> Caller:
+    """Whoever uses the loaded profile directly (the CLI, the Python API, the local dashboard): on a personal
+    profile its default user; on the shared profile `mdagent server setup` made, EVERYONE (only the admin, who
+    holds its database, uses it directly)."""
+    from aiida.manage import get_manager
+
+    from mdagent_hpc.home import mdagent_home
+
+    profile = get_manager().get_profile()
+    try:
+        shared = json.loads((mdagent_home() / "server.json").read_text()).get("profile")
+    except (OSError, ValueError, AttributeError):
+        shared = None
+    if profile.name == shared:
+        return EVERYONE
+    return Caller(profile.default_user_email)
+
+
+def run_caller(node) -> Caller:
+    """Whose runs a run's failure memory may read: its owner's, or the group's when the server shares reads."""
+    from aiida import orm
+
+    top = node
+    while isinstance(top, orm.ProcessNode) and top.caller is not None:
+        top = top.caller
+    return EVERYONE if top.base.extras.get(GROUP_READ_EXTRA, False) is True else Caller(top.user.email)

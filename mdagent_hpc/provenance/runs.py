@@ -1,0 +1,101 @@
+"""Agent runs as a user reads them (`models.Run`), from the Attempt records the AgentWorkChain leaves.
+
+An attempt is in provenance once it is over (output `attempts.attempt_N`); a run still going shows the attempts
+finished so far, and its node's extra `attempts` holds the number of the attempt under way.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from mdagent_hpc.models import Attempt, Run
+from mdagent_hpc.provenance import ACTIVE, AGENT_TYPE, Caller, load, only
+
+VERDICTS = ("running", "passed", "failed")
+
+
+class NotAnAgentRun(ValueError):
+    """The node is not an AgentWorkChain."""
+
+
+def read_run(node) -> Run:
+    """The Run of an agent run's node, found by a lookup that took the caller (`get_run`, `list_runs`, ...)."""
+    from aiida import orm
+    from aiida.common.links import LinkType
+
+    if not isinstance(node, orm.WorkChainNode) or node.process_type != AGENT_TYPE:
+        what = getattr(node, "process_label", None) or type(node).__name__
+        raise NotAnAgentRun(f"node {node.pk} is not an agent run (it is a {what}); `mdagent runs` lists the runs")
+    records = node.base.links.get_outgoing(link_type=LinkType.RETURN, link_label_filter="attempts__%").all_nodes()
+    attempts = sorted((Attempt(**record.get_dict()) for record in records), key=lambda a: a.number)
+    passed = next((a for a in attempts if a.passed), None)
+    state = node.process_state.value if node.process_state else None
+    verdict = "passed" if node.is_finished_ok else "failed" if node.is_terminated else "running"
+    reason = node.exit_message or (node.process_status if node.is_killed or node.is_excepted else None)
+    end = node.mtime if node.is_terminated else datetime.now(tz=node.ctime.tzinfo)
+    return Run(
+        pk=node.pk,
+        uuid=node.uuid,
+        task=node.inputs.task.value,
+        site=node.inputs.site.get("name", "local"),
+        state=state,
+        exit_status=node.exit_status,
+        exit_message=reason,
+        verdict=verdict,
+        ctime=node.ctime.isoformat(timespec="seconds"),
+        seconds=round((end - node.ctime).total_seconds(), 1),
+        script=passed.script if passed else None,
+        evaluation=passed.evaluation if passed else None,
+        attempts=attempts,
+    )
+
+
+def get_run(caller: Caller, pk) -> Run:
+    """One agent run by pk or UUID; `NotFound` when it does not exist or is not the caller's to read."""
+    return read_run(load(caller, pk, "run"))
+
+
+def list_runs(
+    caller: Caller,
+    limit: int = 20,
+    verdict: str | None = None,
+    site: str | None = None,
+    task_contains: str | None = None,
+) -> list[Run]:
+    """The caller's newest agent runs first, optionally only those with a verdict, on a site, or whose task has
+    some words."""
+    from aiida import orm
+
+    if verdict is not None and verdict not in VERDICTS:
+        raise ValueError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+    qb = orm.QueryBuilder().append(
+        orm.WorkChainNode, tag="run", project=["*"], filters={"process_type": AGENT_TYPE, **verdict_filter(verdict)}
+    )
+    only(qb, "run", caller)
+    if site is not None:
+        qb.append(orm.Dict, with_outgoing="run", edge_filters={"label": "site"}, filters={"attributes.name": site})
+    if task_contains:
+        qb.append(
+            orm.Str,
+            with_outgoing="run",
+            edge_filters={"label": "task"},
+            filters={"attributes.value": {"ilike": f"%{task_contains}%"}},
+        )
+    qb.order_by({"run": {"ctime": "desc"}}).limit(limit)
+    return [read_run(node) for node in qb.all(flat=True)]
+
+
+def verdict_filter(verdict: str | None) -> dict:
+    state = "attributes.process_state"
+    if verdict == "running":
+        return {state: {"in": list(ACTIVE)}}
+    if verdict == "passed":
+        return {state: "finished", "attributes.exit_status": 0}
+    if verdict == "failed":
+        return {
+            "or": [
+                {state: {"in": ["excepted", "killed"]}},
+                {state: "finished", "attributes.exit_status": {"!==": 0}},
+            ]
+        }
+    return {}

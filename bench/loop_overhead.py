@@ -1,7 +1,7 @@
 """Orchestration overhead of one agent run that passes in one attempt (SQLite profile, local LAMMPS).
 
 A FakeOpenAIServer answers with mdagent_hpc/examples/demo/good.lammps, so every run is: generate, preflight, LAMMPS
-job (LammpsBaseWorkChain around the CalcJob), evaluate. In a fresh MDAGENT_HOME (temporary; the first run creates
+job (LammpsJobWorkChain around the CalcJob), evaluate. In a fresh MDAGENT_HOME (temporary; the first run creates
 the AiiDA profile) it does one warm-up run per mode, excluded, then `--runs` measured runs of each, interleaved so
 that machine load hits both alike:
 
@@ -80,7 +80,7 @@ def analyse(pk: int, total: float) -> dict:
     (attempt,) = run.attempts
     node = orm.load_node(pk)
     nodes = {step: orm.load_node(pk) for step, pk in attempt.nodes.items()}
-    calc = nodes["run"].called[0]  # the CalcJob inside LammpsBaseWorkChain
+    calc = nodes["run"].called[0]  # the CalcJob inside LammpsJobWorkChain
     log = parse_log(calc.outputs.retrieved.base.repository.get_object_content("log.lammps", mode="r"))
     lammps = sum(b.loop_time or 0.0 for b in log.blocks)
     endpoint = attempt.usage.latency_s or 0.0

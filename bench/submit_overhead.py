@@ -4,7 +4,7 @@ Starts the test cluster (schedulers/slurm-local/start.sh), then alternates, `--r
 
 - mdagent: the LAMMPS CalcJob on site `slurm-local` (sandboxed `mdagent-lmp`, poll interval 0.5 s), from the call
   to the moment its results are in provenance (upload, sbatch, squeue polls, sacct, retrieve, parse, store);
-- mdagent base: the same job in LammpsBaseWorkChain, as the agent runs it (the fault handlers' wrapping);
+- mdagent base: the same job in LammpsJobWorkChain, as the agent runs it (the fault handlers' wrapping);
 - baseline: `sbatch --wait` of a job script running the same `mdagent-lmp` command on the same files;
 - tight: the same job submitted with `sbatch` and watched with `squeue` every 0.1 s (a stricter reference:
   `sbatch --wait` itself polls slowly, so the target ratio alone flatters us).
@@ -38,13 +38,13 @@ def mdagent_run(code, options, base: bool = False) -> float:
     from aiida import orm
 
     from mdagent_hpc.execution.profile import run_here
-    from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
+    from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
     from mdagent_hpc.workflows.lammps_calc import LammpsCalculation
 
     script = orm.SinglefileData(io.BytesIO(SCRIPT.encode()), filename="in.lammps")
     inputs = {"code": code, "script": script, "metadata": {"options": options}}
     start = time.monotonic()
-    _, node = run_here(LammpsBaseWorkChain, lammps=inputs) if base else run_here(LammpsCalculation, **inputs)
+    _, node = run_here(LammpsJobWorkChain, lammps=inputs) if base else run_here(LammpsCalculation, **inputs)
     seconds = time.monotonic() - start
     if not node.is_finished_ok:
         sys.exit(f"the {node.process_label} failed: {node.exit_status} {node.exit_message}")
@@ -104,7 +104,7 @@ def main() -> None:
     ratio = m_ours / m_base
     print(f"median submit -> results in provenance: {m_ours:.2f} s (min {min(ours):.2f}, max {max(ours):.2f})")
     m_based = statistics.median(based)
-    print(f"median the same in LammpsBaseWorkChain: {m_based:.2f} s (min {min(based):.2f}, max {max(based):.2f}; "
+    print(f"median the same in LammpsJobWorkChain: {m_based:.2f} s (min {min(based):.2f}, max {max(based):.2f}; "
           f"{m_based - m_ours:+.2f} s for the wrapping)")
     print(f"median sbatch --wait:                   {m_base:.2f} s (min {min(baseline):.2f}, max {max(baseline):.2f})")
     print(f"median sbatch + squeue every 0.1 s:     {m_tight:.2f} s (min {min(tight):.2f}, max {max(tight):.2f})")

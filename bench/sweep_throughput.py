@@ -8,7 +8,7 @@ for N points of a ~1 s LAMMPS run (Lennard-Jones, 864 atoms, 1000 steps, the swe
 - ideal: N x t_point / cores (the node's CPUs that Slurm offers);
 - (a) pilot: PilotCalculation (the Parsl driver as a job on the login host, HTEX blocks on Slurm), from the call
   to its results in provenance;
-- (b) calcjob: one LammpsBaseWorkChain per point through the daemon, at most sweep.max_concurrent_jobs in the
+- (b) calcjob: one LammpsJobWorkChain per point through the daemon, at most sweep.max_concurrent_jobs in the
   queue at once, from the first submission to the last result in provenance.
 
 Prints each time and its ratio to the ideal (target: (a) <= 1.25 x ideal). Then, unless --no-llm, runs the
@@ -101,7 +101,7 @@ def calcjobs(site, n: int, progress) -> float:
 
     from mdagent_hpc.execution.computers import ensure_site
     from mdagent_hpc.execution.site import aiida_calcjob_options
-    from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
+    from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 
     code, options = ensure_site(site).code, aiida_calcjob_options(site)
     script = orm.SinglefileData.from_string(TEMPLATE, filename="in.lammps").store()
@@ -112,7 +112,7 @@ def calcjobs(site, n: int, progress) -> float:
             point = todo.pop(0)
             running.append(
                 submit(
-                    LammpsBaseWorkChain,
+                    LammpsJobWorkChain,
                     lammps={
                         "code": code,
                         "script": script,

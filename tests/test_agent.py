@@ -89,7 +89,7 @@ def test_three_attempts_end_to_end_with_provenance(aiida_profile):
     assert sorted(node.outputs.attempts) == ["attempt_1", "attempt_2", "attempt_3"]
     called = {child.pk: child.process_label for child in node.called}
     assert sorted(called) == sorted(pk for a in run.attempts for pk in a.nodes.values())
-    assert called[third.nodes["run"]] == "LammpsBaseWorkChain" and called[first.nodes["generate"]] == "generate_script"
+    assert called[third.nodes["run"]] == "LammpsJobWorkChain" and called[first.nodes["generate"]] == "generate_script"
 
     # The evaluation was computed from the run's retrieved log and the generated script.
     qb = orm.QueryBuilder()

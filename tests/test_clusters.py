@@ -115,7 +115,7 @@ def wait_until(condition, seconds: float = 600) -> None:
 
 
 def lammps_job(node):
-    """The LAMMPS CalcJob behind a step: the step itself, or the last job its LammpsBaseWorkChain ran."""
+    """The LAMMPS CalcJob behind a step: the step itself, or the last job its LammpsJobWorkChain ran."""
     from aiida import orm
 
     return node if isinstance(node, orm.CalcJobNode) else jobs_of(node)[-1]
@@ -231,14 +231,14 @@ def test_dry_run_job_errors_come_back_as_preflight_feedback(sites):
 
 
 # ------------------------------------------------------------------------------------------------ faults
-# Each fault is met by LammpsBaseWorkChain (workflows/lammps_base.py), run here as the agent runs it: the site's code,
+# Each fault is met by LammpsJobWorkChain (workflows/lammps_job.py), run here as the agent runs it: the site's code,
 # job options and on_failure policy. The agent's side (feedback, continuing from restart files) is tested at the end.
 def run_job(site_name: str, script: str, **on_failure):
-    """LammpsBaseWorkChain on a test site, in this process; returns its node."""
+    """LammpsJobWorkChain on a test site, in this process; returns its node."""
     from mdagent_hpc.execution.profile import run_here
-    from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
+    from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 
-    return run_here(LammpsBaseWorkChain, **job_inputs(site_name, script, **on_failure))[1]
+    return run_here(LammpsJobWorkChain, **job_inputs(site_name, script, **on_failure))[1]
 
 
 def job_inputs(site_name: str, script: str, **on_failure) -> dict:
@@ -261,7 +261,7 @@ def job_inputs(site_name: str, script: str, **on_failure) -> dict:
 
 
 def jobs_of(node) -> list:
-    """The LammpsCalculations a LammpsBaseWorkChain ran, in order."""
+    """The LammpsCalculations a LammpsJobWorkChain ran, in order."""
     from aiida import orm
 
     return sorted((n for n in node.called if isinstance(n, orm.CalcJobNode)), key=lambda n: n.ctime)
@@ -457,14 +457,14 @@ def test_connection_never_there_fails_by_policy_without_slurm(fast_transport_ret
     from mdagent_hpc.execution.computers import ensure_site
     from mdagent_hpc.execution.profile import run_here
     from mdagent_hpc.execution.site import SiteConfig
-    from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
+    from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 
     site = SiteConfig(name="unreachable", scheduler="slurm", workdir="/tmp/mdagent-unreachable",
                       transport={"type": "ssh", "host": "127.0.0.1", "port": 1, "user": "root",
                                  "key_policy": "AutoAddPolicy", "safe_interval": 0},
                       lammps={"binary": "lmp"})
     script = orm.SinglefileData(io.BytesIO(b"units lj\n"), filename="in.lammps")
-    _, node = run_here(LammpsBaseWorkChain, lammps={"code": ensure_site(site).code, "script": script,
+    _, node = run_here(LammpsJobWorkChain, lammps={"code": ensure_site(site).code, "script": script,
                                                     "metadata": {"options": {"max_wallclock_seconds": 60}}},
                        on_failure=orm.Dict({"connection_lost": "resubmit", "max_resubmits": 1}),
                        site=orm.Str("unreachable"))
@@ -480,11 +480,11 @@ def test_daemon_restart_mid_run_loses_nothing(sites):
     from aiida.engine import submit
 
     from mdagent_hpc.execution.profile import start_daemon, stop_daemon
-    from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
+    from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 
     start_daemon()
     try:
-        node = submit(LammpsBaseWorkChain, **job_inputs("slurm-local", good(steps=30000)))
+        node = submit(LammpsJobWorkChain, **job_inputs("slurm-local", good(steps=30000)))
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not jobs():
             time.sleep(0.2)

@@ -1,6 +1,6 @@
 """The one scheduler-fault table and the failure policy (execution/accounting.py): pure functions, no AiiDA.
 
-LammpsBaseWorkChain's handlers are thin calls of these; the real faults on a real Slurm are in test_clusters.py.
+LammpsJobWorkChain's handlers are thin calls of these; the real faults on a real Slurm are in test_clusters.py.
 """
 
 import subprocess

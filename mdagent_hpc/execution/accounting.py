@@ -1,7 +1,7 @@
 """What the scheduler says happened to a job: its accounting record, the fault it shows, and what to do about it.
 
 The one scheduler-fault table: Slurm states and CalcJob exit statuses map to a `Fault` here, and `decide` applies a
-site's `on_failure` policy to it. Pure functions: LammpsCalculation's parser and LammpsBaseWorkChain's handlers call
+site's `on_failure` policy to it. Pure functions: LammpsCalculation's parser and LammpsJobWorkChain's handlers call
 them; tests/test_faults.py checks them without AiiDA.
 """
 

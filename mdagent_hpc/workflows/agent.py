@@ -49,8 +49,8 @@ from mdagent_hpc.models import (
 )
 from mdagent_hpc.workflows.candidates import candidate_inputs, preflight_candidates, reports_of
 from mdagent_hpc.workflows.generate import GenerateScript, LinksOnlyNewOutputs
-from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
 from mdagent_hpc.workflows.lammps_calc import node_key
+from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 from mdagent_hpc.workflows.owned import OwnedSteps
 from mdagent_hpc.workflows.steps import dry_run_report, evaluate_run, preflight_script
 
@@ -107,7 +107,7 @@ class AgentWorkChain(OwnedSteps, LinksOnlyNewOutputs, WorkChain):
         site = SiteRun(**self.inputs.site.get_dict())
         # Stored once, for every preflight and LAMMPS job of this run.
         self.ctx.dry_here = orm.Bool(site.dry_run == "here").store()
-        base = LammpsBaseWorkChain.spec().inputs
+        base = LammpsJobWorkChain.spec().inputs
         self.ctx.job_inputs = {"on_failure": orm.Dict(site.on_failure).store(), "site": orm.Str(site.name).store(),
                                "max_iterations": base["max_iterations"].default().store(),
                                "clean_workdir": base["clean_workdir"].default().store()}
@@ -231,7 +231,7 @@ class AgentWorkChain(OwnedSteps, LinksOnlyNewOutputs, WorkChain):
         restart = dict(run.outputs.restart_files) if "restart_files" in run.outputs else {}
         self.ctx.restart_files = {node.filename: node for node in restart.values()}
         self._update(job=job)
-        if run.exit_status == LammpsBaseWorkChain.exit_codes.ERROR_JOB_FAULT.status and job.fault:
+        if run.exit_status == LammpsJobWorkChain.exit_codes.ERROR_JOB_FAULT.status and job.fault:
             walltime = self.inputs.options.get_dict().get("max_wallclock_seconds")
             problem = feedback.run_fault(job, run.exit_message or "", sorted(self.ctx.restart_files), walltime)
             self._fail(Stage.RUN, [problem], key=f"run:{job.fault}")
@@ -380,5 +380,5 @@ class AgentWorkChain(OwnedSteps, LinksOnlyNewOutputs, WorkChain):
             lammps["skiprun"] = orm.Bool(True)
         if "variables" in self.inputs:
             lammps["variables"] = self.inputs.variables
-        return self.submit(LammpsBaseWorkChain, lammps=lammps, **self.ctx.job_inputs,
+        return self.submit(LammpsJobWorkChain, lammps=lammps, **self.ctx.job_inputs,
                            metadata={"call_link_label": label})

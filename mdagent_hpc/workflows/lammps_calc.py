@@ -44,7 +44,7 @@ class _Waiting(Waiting):
 
     AiiDA pauses the CalcJob then (tasks.py: `except TransportTaskException: raise PauseInterruption`), and a
     paused child never tells its parent workchain, so no failure policy could act. Here the job terminates with
-    ERROR_CONNECTION_LOST, which LammpsBaseWorkChain's handler sees. A pause asked for by a user stays a pause.
+    ERROR_CONNECTION_LOST, which LammpsJobWorkChain's handler sees. A pause asked for by a user stays a pause.
     """
 
     async def execute(self):

@@ -25,8 +25,8 @@ from mdagent_hpc.sweep.results import PointResult, plot, point_result, productio
 from mdagent_hpc.sweep.spec import Point, SweepSpec, correction_task, expand, ordered, probe_points, template_task
 from mdagent_hpc.workflows.agent import AgentWorkChain
 from mdagent_hpc.workflows.generate import LinksOnlyNewOutputs
-from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
 from mdagent_hpc.workflows.lammps_calc import LOG
+from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 from mdagent_hpc.workflows.owned import OwnedSteps
 from mdagent_hpc.workflows.steps import finite
 
@@ -85,7 +85,7 @@ class SweepWorkChain(OwnedSteps, LinksOnlyNewOutputs, WorkChain):
     def define(cls, spec):
         super().define(spec)
         spec.input("sweep", valid_type=orm.Dict, help="the sweep (sweep.spec.SweepSpec, without recorded answers)")
-        spec.input("engine", valid_type=orm.Str, help="calcjob (a LammpsBaseWorkChain per point) or parsl (pilot)")
+        spec.input("engine", valid_type=orm.Str, help="calcjob (a LammpsJobWorkChain per point) or parsl (pilot)")
         spec.input("max_concurrent", valid_type=orm.Int, default=lambda: orm.Int(8),
                    help="calcjob engine: at most this many jobs in flight")
         spec.input("max_core_hours", valid_type=orm.Float, required=False,
@@ -355,7 +355,7 @@ class SweepWorkChain(OwnedSteps, LinksOnlyNewOutputs, WorkChain):
 
     def _submit_point(self, point: Point, label: str):
         site = self.inputs.agent.site.get_dict()
-        return self.submit(LammpsBaseWorkChain, lammps=self._job_inputs(point),
+        return self.submit(LammpsJobWorkChain, lammps=self._job_inputs(point),
                            on_failure=orm.Dict(site.get("on_failure", {})), site=orm.Str(site.get("name", "local")),
                            metadata={"call_link_label": label})
 

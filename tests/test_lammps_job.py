@@ -1,4 +1,4 @@
-"""LammpsBaseWorkChain and LammpsCalculation on this machine (`lammps@local`: real LAMMPS, real AiiDA).
+"""LammpsJobWorkChain and LammpsCalculation on this machine (`lammps@local`: real LAMMPS, real AiiDA).
 
 The scheduler faults need a scheduler: they are in test_clusters.py; the fault table and policy in test_faults.py.
 """
@@ -27,10 +27,10 @@ def run_job(code, script: str, **inputs):
     from aiida import orm
 
     from mdagent_hpc.execution.profile import run_here
-    from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
+    from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 
     node = orm.SinglefileData(io.BytesIO(script.encode()), filename="in.lammps")
-    return run_here(LammpsBaseWorkChain, lammps={"code": code, "script": node,
+    return run_here(LammpsJobWorkChain, lammps={"code": code, "script": node,
                                                  "metadata": {"options": {"max_wallclock_seconds": 120}}}, **inputs)[1]
 
 
@@ -79,12 +79,12 @@ def test_no_log_is_lammps_failing_too(code):
 
     from mdagent_hpc.execution.computers import local_site
     from mdagent_hpc.execution.profile import run_here
-    from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
+    from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 
     script = orm.SinglefileData(io.BytesIO(b"units lj\n"), filename="in.lammps")
     true = orm.InstalledCode(label="true", computer=orm.load_computer(local_site().name),
                              filepath_executable="/bin/true", default_calc_job_plugin="mdagent.lammps").store()
-    _, node = run_here(LammpsBaseWorkChain, lammps={"code": true, "script": script,
+    _, node = run_here(LammpsJobWorkChain, lammps={"code": true, "script": script,
                                                     "metadata": {"options": {"max_wallclock_seconds": 60}}})
     assert node.exit_status == 410 and node.called[0].exit_status == 310  # ERROR_NO_LOG
     assert "job" in node.outputs and "retrieved" in node.outputs
@@ -100,13 +100,13 @@ def test_a_killed_job_counts_as_cancelled(code):
     from aiida.engine.processes.control import kill_processes
 
     from mdagent_hpc.execution.profile import start_daemon
-    from mdagent_hpc.workflows.lammps_base import LammpsBaseWorkChain
+    from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 
     script = orm.SinglefileData(io.BytesIO(lj_script(8, 400000).encode()), filename="in.lammps")
     client = get_daemon_client()
     start_daemon(timeout=60)
     try:
-        node = submit(LammpsBaseWorkChain, lammps={"code": code, "script": script,
+        node = submit(LammpsJobWorkChain, lammps={"code": code, "script": script,
                                                    "metadata": {"options": {"max_wallclock_seconds": 600}}},
                       on_failure=orm.Dict({"cancelled": "fail"}))
         deadline = time.monotonic() + 120

@@ -1,4 +1,4 @@
-"""LammpsBaseWorkChain (`mdagent.lammps.base`): one LAMMPS job that survives the cluster, by AiiDA's own mechanism.
+"""LammpsJobWorkChain (`mdagent.lammps.job`): one LAMMPS job that survives the cluster, by AiiDA's own mechanism.
 
 A `BaseRestartWorkChain` around LammpsCalculation. Its process handlers read the fault behind a failed job (the
 one table in execution/accounting.py) and apply the site's `on_failure` policy:
@@ -35,7 +35,7 @@ def restart_files_of(retrieved: orm.FolderData) -> dict:
             for name in names if name not in (LOG, STDOUT) and not name.startswith("_")}
 
 
-class LammpsBaseWorkChain(OwnedSteps, BaseRestartWorkChain):
+class LammpsJobWorkChain(OwnedSteps, BaseRestartWorkChain):
     _process_class = LammpsCalculation
 
     @classmethod
@@ -147,3 +147,8 @@ class LammpsBaseWorkChain(OwnedSteps, BaseRestartWorkChain):
         for name in ("retrieved", "results"):
             if name in node.outputs:
                 self.out(name, node.outputs[name])
+
+
+class LammpsBaseWorkChain(LammpsJobWorkChain):
+    """Deprecated name of LammpsJobWorkChain (aiida-lammps ships a different `LammpsBaseWorkChain`): kept under its
+    old entry point `mdagent.lammps.base` only so that provenance stored before the rename still loads."""

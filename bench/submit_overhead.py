@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 1.5
-from mdagent_hpc.execution.probe import lj_script  # noqa: E402
+from mdagent_hpc.lammps.templates import lj_script  # noqa: E402
 
 SCRIPT = lj_script(10, 1000)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 1.25
-from mdagent_hpc.execution.probe import lj_script  # noqa: E402
+from mdagent_hpc.lammps.templates import lj_script  # noqa: E402
 
 TEMPLATE = lj_script(6, 1000).replace("velocity all create 1.0", "velocity all create ${T}")
 LMP = str(Path(sys.executable).parent / "mdagent-lmp")

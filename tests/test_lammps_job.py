@@ -8,7 +8,7 @@ import io
 import psutil
 import pytest
 
-from mdagent_hpc.execution.probe import lj_script
+from mdagent_hpc.lammps.templates import lj_script
 
 GOOD = lj_script(4, 100).replace("run 100", "restart 50 lj.restart\nrun 100")
 

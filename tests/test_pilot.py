@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mdagent_hpc.execution.probe import lj_script
+from mdagent_hpc.lammps.templates import lj_script
 
 MDAGENT_LMP = str(Path(sys.executable).parent / "mdagent-lmp")
 # ~1 s of LAMMPS here (864 atoms, 1000 steps); the swept value is the LAMMPS variable T.

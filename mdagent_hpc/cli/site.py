@@ -84,7 +84,7 @@ def list_sites(as_json) -> None:
 def probe(name, as_json) -> None:
     """Connect to site NAME, query its scheduler, run a 1-step LAMMPS job and read it back, timing each stage."""
     from mdagent_hpc import api
-    from mdagent_hpc.execution.probe import probe_site
+    from mdagent_hpc.workflows.probe import probe_site
 
     config = find_site(name)
     api.load_profile()

@@ -8,14 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from mdagent_hpc.execution.site import SiteConfig, SiteConfigError, aiida_calcjob_options
-
-
-def lj_script(cells: int, steps: int) -> str:
-    """NVE steps of a Lennard-Jones fcc crystal of 4 x cells^3 atoms: needs no potential file."""
-    return (f"units lj\nlattice fcc 0.8442\nregion box block 0 {cells} 0 {cells} 0 {cells}\ncreate_box 1 box\n"
-            "create_atoms 1 box\nmass 1 1.0\nvelocity all create 1.0 87287 loop geom\npair_style lj/cut 2.5\n"
-            f"pair_coeff 1 1 1.0 1.0 2.5\nfix 1 all nve\nthermo {max(1, steps // 10)}\nrun {steps}\n")
-
+from mdagent_hpc.lammps.templates import lj_script
 
 TEST_SCRIPT = lj_script(4, 1)  # one step of 256 atoms: well under a second
 
@@ -39,8 +32,12 @@ def probe_site(site: SiteConfig) -> Iterator[Stage]:
     """Yield the stages as they finish; stop after the first that fails."""
     state: dict = {}
     stages: list[tuple[str, Callable[[SiteConfig, dict], str]]] = [
-        ("aiida", _aiida), ("connect", _connect), ("scheduler", _scheduler), ("lammps job", _job),
-        ("read back", _read_back)]
+        ("aiida", _aiida),
+        ("connect", _connect),
+        ("scheduler", _scheduler),
+        ("lammps job", _job),
+        ("read back", _read_back),
+    ]
     for name, step in stages:
         start = time.monotonic()
         try:
@@ -96,9 +93,11 @@ def _scheduler(site: SiteConfig, state: dict) -> str:
             jobs = scheduler.get_jobs(user=state["user"], as_dict=True)
     except Exception as exc:  # noqa: BLE001 (any scheduler or transport error is this stage's failure)
         command = {"slurm": "squeue", "pbspro": "qstat", "direct": "ps"}[site.scheduler]
-        raise StageFailed(f"{site.scheduler} did not answer: {exc}",
-                          f"log in to the site and run `{command}`; load the scheduler's module in the login "
-                          "shell or set use_login_shell") from None
+        raise StageFailed(
+            f"{site.scheduler} did not answer: {exc}",
+            f"log in to the site and run `{command}`; load the scheduler's module in the login "
+            "shell or set use_login_shell",
+        ) from None
     return f"{site.scheduler} answers; {len(jobs)} job(s) of {state['user']} queued"
 
 
@@ -111,32 +110,47 @@ def _job(site: SiteConfig, state: dict) -> str:
     options = aiida_calcjob_options(site)
     options["max_wallclock_seconds"] = min(options["max_wallclock_seconds"], 600)
     script = orm.SinglefileData(io.BytesIO(TEST_SCRIPT.encode()), filename="in.site-test")
-    _, node = run_here(LammpsCalculation, code=state["setup"].code, script=script,
-                       metadata={"options": options, "label": f"site test {site.name}"})
+    _, node = run_here(
+        LammpsCalculation,
+        code=state["setup"].code,
+        script=script,
+        metadata={"options": options, "label": f"site test {site.name}"},
+    )
     state["node"] = node
     job = f"job {node.get_job_id()}" if node.get_job_id() else "job"
     if not node.is_finished_ok:
         stderr = ""
-        if "retrieved" in node.outputs and "_scheduler-stderr.txt" in node.outputs.retrieved.base.repository \
-                .list_object_names():
+        if (
+            "retrieved" in node.outputs
+            and "_scheduler-stderr.txt" in node.outputs.retrieved.base.repository.list_object_names()
+        ):
             stderr = node.outputs.retrieved.base.repository.get_object_content("_scheduler-stderr.txt", mode="r")
         last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "")
         detail = f"{job} (pk {node.pk}) ended with exit {node.exit_status}: {node.exit_message or node.process_state}"
         if node.exit_status == LammpsCalculation.exit_codes.ERROR_CONNECTION_LOST.status:
-            raise StageFailed(detail, "the site stopped answering during the job: check the connection and run "
-                              "`mdagent site test` again")
-        raise StageFailed(detail + (f"; stderr: {last}" if last else ""),
-                          "check lammps.binary/image and modules: the job's _scheduler-stderr.txt is in "
-                          f"`verdi calcjob outputcat {node.pk} _scheduler-stderr.txt`")
+            raise StageFailed(
+                detail,
+                "the site stopped answering during the job: check the connection and run `mdagent site test` again",
+            )
+        raise StageFailed(
+            detail + (f"; stderr: {last}" if last else ""),
+            "check lammps.binary/image and modules: the job's _scheduler-stderr.txt is in "
+            f"`verdi calcjob outputcat {node.pk} _scheduler-stderr.txt`",
+        )
     return f"{job} ran 1 step (pk {node.pk})"
 
 
 def _read_back(site: SiteConfig, state: dict) -> str:
     results = state["node"].outputs.results.get_dict()
     if not results.get("completed"):
-        raise StageFailed("the log came back but LAMMPS did not complete", "look at the log with "
-                          f"`verdi calcjob outputcat {state['node'].pk} log.lammps`")
+        raise StageFailed(
+            "the log came back but LAMMPS did not complete",
+            f"look at the log with `verdi calcjob outputcat {state['node'].pk} log.lammps`",
+        )
     accounting = results.get("accounting") or {}
-    acct = f"; accounting: {accounting.get('State')}, elapsed {accounting.get('Elapsed')}" if accounting else \
-        ("; no accounting (sacct needs slurmdbd)" if site.scheduler == "slurm" else "")
+    acct = (
+        f"; accounting: {accounting.get('State')}, elapsed {accounting.get('Elapsed')}"
+        if accounting
+        else ("; no accounting (sacct needs slurmdbd)" if site.scheduler == "slurm" else "")
+    )
     return f"log parsed: {results.get('atoms')} atoms, completed{acct}"

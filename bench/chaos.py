@@ -336,15 +336,23 @@ def main() -> None:
         )
         bad = lost or duplicated or stuck or excepted or unanswered or mismatched
         sys.exit(1 if bad else 0)
-    finally:
+    finally:  # each step on its own: one that fails must not leave the vhost or the database behind
         if server is not None:
             server.stop()
-        subprocess.run(
-            [sys.executable, "-m", "mdagent_hpc.cli", "daemon", "stop"],
-            capture_output=True,
-            env=profile_env,
-            timeout=120,
-        )
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "mdagent_hpc.cli", "daemon", "stop"],
+                capture_output=True,
+                env=profile_env,
+                timeout=120,
+            )
+        except subprocess.TimeoutExpired:
+            log("`daemon stop` did not end in 120 s; SIGKILL to the daemon's processes")
+        for pid in daemon_pids(home, name):  # left only if the stop failed
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         model.stop()
         if vhost_made:
             subprocess.run(["rabbitmqctl", "delete_vhost", name], capture_output=True, timeout=60)

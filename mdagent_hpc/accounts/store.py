@@ -42,6 +42,7 @@ from mdagent_hpc.accounts.quotas import Quota
 from mdagent_hpc.home import ensure_home
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}")  # one @, no spaces
 
 metadata = MetaData()
 users = Table(
@@ -191,18 +192,38 @@ class Store:
 
     # -- administration ------------------------------------------------------------------------------------------
     def add_user(
-        self, name: str, quota: Quota | None = None, *, email: str | None = None, admin: bool = False
+        self,
+        name: str,
+        quota: Quota | None = None,
+        *,
+        email: str | None = None,
+        admin: bool = False,
+        identity: Callable[[str, str | None], str] | None = None,
+        reserved: frozenset[str] = frozenset(),
     ) -> tuple[User, str]:
-        """A new user and their first key, which is returned here and never again."""
+        """A new user and their first key, which is returned here and never again.
+
+        `identity` gives the AiiDA user a user's work is recorded under; no two users may share one (compared
+        without case), and none may be one of `reserved` (the profile's own default user)."""
         if not NAME.fullmatch(name):
             raise AccountsError(
                 f"user name {name!r} is not valid: use 1-64 letters, digits, '.', '_', '@' or '-', "
                 "starting with a letter or digit"
             )
+        if email is not None and not EMAIL.fullmatch(email):
+            raise AccountsError(f"email {email[:80]!r} is not valid: give one address (NAME@DOMAIN, no spaces)")
+        mine = (identity(name, email) if identity else email or name).lower()
+        if mine in {r.lower() for r in reserved}:
+            raise AccountsError(f"{mine!r} is reserved for the profile's own work; give the user another email")
         quota = quota or Quota()
         with self._db(write=True) as db:
+            if db.dialect.name == "postgresql":  # two adds at once: the second waits, then sees the first
+                db.exec_driver_sql(f"LOCK TABLE {users.name} IN SHARE ROW EXCLUSIVE MODE")
             if db.execute(select(users.c.id).where(users.c.name == name)).first():
                 raise AccountsError(f"user {name!r} exists already; `mdagent users key {name}` gives them a new key")
+            for other, their_email in db.execute(select(users.c.name, users.c.email)).all():
+                if (identity(other, their_email) if identity else their_email or other).lower() == mine:
+                    raise AccountsError(f"user {other!r} already has the identity {mine!r}; give another email")
             row = {"name": name, "email": email, "admin": admin, "created_at": _now(), **quota.model_dump()}
             user_id = db.execute(users.insert().values(**row)).inserted_primary_key[0]
             key = self._insert_key(db, user_id)

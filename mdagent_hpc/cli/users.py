@@ -17,6 +17,7 @@ QUOTAS = {  # option -> (Quota field, type, help)
     "--core-hours-per-day": ("core_hours_per_day", float, "core-hours of jobs per UTC day (shared server)"),
 }
 NO_LIMIT = "none"
+RESERVED = frozenset({"mdagent@localhost"})  # the default user `server setup` gives the shared profile: its own work
 SHORT = {
     "tokens_per_day": "tokens/day",
     "requests_per_minute": "requests/min",
@@ -113,9 +114,12 @@ def users() -> None:
 def add(name, email, admin, db, as_json, **quotas) -> None:
     """Add user NAME and print their first API key (shown once: it is stored only as a hash)."""
     from mdagent_hpc.accounts.quotas import Quota
+    from mdagent_hpc.server.access import identity
 
     with store(db) as s:
-        user, key = s.add_user(name, Quota(**given(quotas)), email=email, admin=admin)
+        user, key = s.add_user(
+            name, Quota(**given(quotas)), email=email, admin=admin, identity=identity, reserved=RESERVED
+        )
     if as_json:
         emit_json({"name": user.name, "key": key, "quota": user.quota.model_dump()})
         return

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from mdagent_hpc.execution.pilot_worker import INPUT, LOG, LOST, RESULT, RUNNING, read_json, write_json
-from mdagent_hpc.execution.site import SiteConfig, apptainer_command
+from mdagent_hpc.execution.site import SiteConfig, container_command
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -116,8 +116,8 @@ def point_command(site: SiteConfig, point_dir: Path, variables: dict[str, Any]) 
     args = ["-in", INPUT, "-log", LOG, "-nocite"]
     for name, value in variables.items():
         args += ["-var", name, str(value)]
-    if site.lammps.image:
-        return apptainer_command(site, args, workdir=str(point_dir))
+    if site.lammps.container:
+        return container_command(site, args, workdir=str(point_dir))
     argv = [site.lammps.binary or "lmp", *args]
     prepend = [f"module load {m}" for m in site.lammps.modules]
     if site.potentials_dir:

@@ -7,6 +7,7 @@ killed from outside (its block cancelled or out of wall time) did not end: `Poin
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import socket
@@ -53,7 +54,9 @@ def run_point(point_dir: str, command: list[str], sha: str) -> dict:
     (folder / RUNNING).touch()
     start = time.time()
     with open(folder / STDOUT, "wb") as out:
-        returncode = subprocess.run(command, cwd=folder, stdout=out, stderr=subprocess.STDOUT).returncode
+        # ch-run (a Charliecloud site's container) refuses to start without $USER, which batch jobs may not set
+        env = {**os.environ, "USER": os.environ.get("USER") or getpass.getuser()}
+        returncode = subprocess.run(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     if returncode in _KILLED:
         # Stopped from outside (the block cancelled, out of wall time): not an end of the point. Parsl retries it.
         raise PointKilled(f"LAMMPS was stopped by a signal (exit {returncode}) on {socket.gethostname()}")

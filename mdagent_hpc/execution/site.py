@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from mdagent_hpc.configfile import ConfigFileError, load_config
+from mdagent_hpc.execution.containers import Launch, runtime
 from mdagent_hpc.home import mdagent_home
 from mdagent_hpc.models import Limits
 from mdagent_hpc.sweep.spec import SweepLimits
@@ -127,10 +128,50 @@ def _bind(spec: str) -> str:
     return spec
 
 
-class Lammps(_Strict):
-    """Either an Apptainer `image` or a `binary`; `modules` are loaded before either runs."""
+def _image_ref(value: str) -> str:
+    if not (value.startswith(IMAGE_SCHEMES) or value.startswith("/")):
+        raise ValueError(f"{value!r} is neither an absolute path nor an {', '.join(IMAGE_SCHEMES)} URI")
+    _no_space_or_braces(value)
+    return value
 
-    image: str | None = Field(None, description="a .sif path or an oras://, docker:// or library:// URI")
+
+class Container(_Strict):
+    """The LAMMPS image and the runtime that runs it (docs/clusters.md: choosing a runtime)."""
+
+    runtime: Literal["apptainer", "charliecloud"] = "apptainer"
+    image: str = Field(description="apptainer: a .sif path or an oras://, docker:// or library:// URI; "
+                       "charliecloud: the absolute path of an image folder")
+    binds: list[Annotated[str, AfterValidator(_bind)]] = Field(default_factory=list, description="src[:dst[:ro|rw]]")
+    containall: bool = Field(True, description="apptainer: --containall")
+    nv: bool = Field(False, description="apptainer: expose NVIDIA GPUs inside the container")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        return _image_ref(value)
+
+    @model_validator(mode="after")
+    def _runtime_fits(self) -> Container:
+        if self.runtime != "charliecloud":
+            return self
+        if not self.image.startswith("/"):
+            raise ValueError(f"{self.image!r}: charliecloud runs an image folder: give its absolute path")
+        apptainer_only = {"containall", "nv"} & self.model_fields_set
+        if apptainer_only:
+            raise ValueError(f"{', '.join(sorted(apptainer_only))} only apply to runtime: apptainer")
+        read_only = [spec for spec in self.binds if spec.endswith(":ro")]
+        if read_only:
+            raise ValueError(f"{read_only[0]!r}: ch-run binds are read-write (it has no read-only bind); drop ':ro' "
+                             "and protect the folder by its permissions")
+        return self
+
+
+class Lammps(_Strict):
+    """A `container` (or its older Apptainer shorthand `image`, `binds`, `containall`, `nv`), or a `binary`;
+    `modules` are loaded before either runs."""
+
+    container: Container | None = None
+    image: str | None = Field(None, description="shorthand for container: {runtime: apptainer, image: ...}")
     binds: list[Annotated[str, AfterValidator(_bind)]] = Field(default_factory=list, description="src[:dst[:ro|rw]]")
     containall: bool = True
     nv: bool = Field(False, description="expose NVIDIA GPUs inside the container")
@@ -141,20 +182,23 @@ class Lammps(_Strict):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if not (value.startswith(IMAGE_SCHEMES) or value.startswith("/")):
-            raise ValueError(f"{value!r} is neither an absolute path nor an {', '.join(IMAGE_SCHEMES)} URI")
-        _no_space_or_braces(value)
-        return value
+        return value if value is None else _image_ref(value)
 
     @model_validator(mode="after")
     def _one_of(self) -> Lammps:
-        if (self.image is None) == (self.binary is None):
-            raise ValueError("give exactly one of image (Apptainer) or binary")
+        if sum(x is not None for x in (self.container, self.image, self.binary)) != 1:
+            raise ValueError("give exactly one of image (Apptainer) or binary, or a container: {runtime, image}")
         image_only = {"binds", "containall", "nv", "executable"} & self.model_fields_set
         if self.binary is not None and image_only:
             raise ValueError(f"{', '.join(sorted(image_only))} only apply to an image")
+        if self.container is not None and image_only - {"executable"}:
+            raise ValueError(f"give {', '.join(sorted(image_only - {'executable'}))} under container:")
+        # One form in, both forms out: `container` for the runtimes, the flat fields for older readers.
+        if self.image is not None:
+            self.container = Container(image=self.image, binds=self.binds, containall=self.containall, nv=self.nv)
+        elif self.container is not None:
+            c = self.container
+            self.image, self.binds, self.containall, self.nv = c.image, list(c.binds), c.containall, c.nv
         return self
 
 
@@ -180,7 +224,7 @@ class Vllm(_Strict):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str | None) -> str | None:
-        return Lammps._image(value)
+        return value if value is None else _image_ref(value)
 
     @field_validator("command")
     @classmethod
@@ -423,13 +467,15 @@ def aiida_code_kwargs(site: SiteConfig, label: str = "lammps") -> dict[str, Any]
     if site.potentials_dir:
         kwargs["prepend_text"] += f"\nexport LAMMPS_POTENTIALS={shlex.quote(site.potentials_dir)}"
         kwargs["prepend_text"] = kwargs["prepend_text"].lstrip("\n")
-    if lmp.image:
-        engine = _apptainer_options(site, workdir="$PWD")
+    if lmp.container:
+        engine = container_prefix(site, image="{image_name}", workdir="$PWD")
         kwargs |= {
             "filepath_executable": lmp.executable,
-            "image_name": lmp.image,
-            "engine_command": " ".join(["apptainer", "exec", *engine, "{image_name}"]),
+            "image_name": lmp.container.image,
+            "engine_command": " ".join(engine),
         }
+        if lmp.container.runtime == "charliecloud":
+            kwargs["prepend_text"] = (kwargs["prepend_text"] + '\nexport USER="${USER:-$(id -un)}"').lstrip("\n")
     else:
         kwargs["filepath_executable"] = lmp.binary
     return kwargs
@@ -462,33 +508,36 @@ def aiida_calcjob_options(site: SiteConfig) -> dict[str, Any]:
     return options
 
 
+def container_launch(site: SiteConfig, image: str | None = None, workdir: str | None = None) -> Launch:
+    """What the site's LAMMPS container gets: its binds, `workdir` as the working folder, the potentials folder."""
+    c = site.lammps.container
+    if c is None:
+        raise ValueError(f"site {site.name} runs a LAMMPS binary, not a container image")
+    return Launch(
+        image=image or c.image,
+        binds=tuple(c.binds),
+        workdir=workdir,
+        potentials_dir=site.potentials_dir,
+        env={"OMP_NUM_THREADS": str(site.resources.threads_per_rank)},
+        clean_env=c.containall,
+        gpus=c.nv,
+    )
+
+
+def container_prefix(site: SiteConfig, image: str | None = None, workdir: str | None = None) -> list[str]:
+    """The words before the LAMMPS executable, from the site's container runtime (execution/containers)."""
+    launch = container_launch(site, image, workdir)
+    return runtime(site.lammps.container.runtime).prefix(launch)  # type: ignore[union-attr]
+
+
+def container_command(site: SiteConfig, args: Sequence[str] = (), workdir: str | None = None) -> list[str]:
+    """The command that runs the image's LAMMPS on `args`; `workdir` (a host folder) is bound and made the working
+    folder (needed: --containall and ch-run mount no host folders of their own)."""
+    return [*container_prefix(site, workdir=workdir), site.lammps.executable, *args]
+
+
 def apptainer_command(site: SiteConfig, args: Sequence[str] = (), workdir: str | None = None) -> list[str]:
-    """`apptainer exec [--containall] [--nv] [--bind src[:dst[:ro]]]... IMAGE lmp ARGS` for this site's image.
-
-    `workdir` is bound and made the working directory (needed with --containall, which mounts no host folders).
-    """
-    if not site.lammps.image:
+    """`apptainer exec [--containall] [--nv] [--bind src[:dst[:ro]]]... IMAGE lmp ARGS` for this site's image."""
+    if not site.lammps.container or site.lammps.container.runtime != "apptainer":
         raise ValueError(f"site {site.name} runs a LAMMPS binary, not an Apptainer image")
-    return ["apptainer", "exec", *_apptainer_options(site, workdir), site.lammps.image, site.lammps.executable, *args]
-
-
-def _apptainer_options(site: SiteConfig, workdir: str | None) -> list[str]:
-    lmp = site.lammps
-    options = ["--containall"] if lmp.containall else []
-    if lmp.nv:
-        options.append("--nv")
-    binds = list(lmp.binds)
-    if workdir:
-        binds.append(workdir)
-    if site.potentials_dir:
-        binds.append(f"{site.potentials_dir}:{site.potentials_dir}:ro")
-    for spec in binds:
-        options += ["--bind", spec]
-    if workdir:
-        options += ["--pwd", workdir]
-    if lmp.containall:
-        # --containall starts from a clean environment: pass on what LAMMPS reads.
-        options += ["--env", f"OMP_NUM_THREADS={site.resources.threads_per_rank}"]
-        if site.potentials_dir:
-            options += ["--env", f"LAMMPS_POTENTIALS={site.potentials_dir}"]
-    return options
+    return container_command(site, args, workdir)

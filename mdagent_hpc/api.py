@@ -448,11 +448,12 @@ def cancel(pk: int | str, by: str | None = None) -> str:
 # -- a shared server (docs/deploy.md): with MDAGENT_SERVER set, these go through it (mdagent_hpc/remote.py) --------
 def _through_server(name: str, local):
     import functools
-    import os
 
     @functools.wraps(local)
     def call(*args, **kwargs):
-        if os.environ.get("MDAGENT_SERVER"):
+        from mdagent_hpc.settings import env
+
+        if env("MDAGENT_SERVER"):
             from mdagent_hpc import remote
 
             return getattr(remote, name)(*args, **kwargs)

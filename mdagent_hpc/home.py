@@ -5,17 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mdagent_hpc.settings import env, mdagent_home
+
+__all__ = ["HomeError", "ensure_home", "mdagent_home", "site_potentials_dir", "user_potentials_dir"]
+
 
 class HomeError(OSError):
     """MDAGENT_HOME cannot be used; the message says which folder and what to do."""
-
-
-def mdagent_home() -> Path:
-    """`MDAGENT_HOME`, else `$XDG_DATA_HOME/mdagent`, else `~/.local/share/mdagent`."""
-    if env := os.environ.get("MDAGENT_HOME"):
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "mdagent"
 
 
 def ensure_home() -> Path:
@@ -24,8 +20,9 @@ def ensure_home() -> Path:
     try:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise HomeError(f"cannot create mdagent's folder {home} ({exc.strerror}); set MDAGENT_HOME to a folder "
-                        "you can write") from None
+        raise HomeError(
+            f"cannot create mdagent's folder {home} ({exc.strerror}); set MDAGENT_HOME to a folder you can write"
+        ) from None
     if not os.access(home, os.W_OK | os.X_OK):
         raise HomeError(f"mdagent's folder {home} is not writable; set MDAGENT_HOME to a folder you can write")
     return home
@@ -37,5 +34,5 @@ def user_potentials_dir() -> Path:
 
 def site_potentials_dir() -> Path | None:
     """A group-wide potentials folder, set by `MDAGENT_SITE_POTENTIALS` (site configs set it too)."""
-    env = os.environ.get("MDAGENT_SITE_POTENTIALS")
-    return Path(env).expanduser() if env else None
+    folder = env("MDAGENT_SITE_POTENTIALS")
+    return Path(folder).expanduser() if folder else None

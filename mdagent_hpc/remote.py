@@ -9,7 +9,6 @@ MDAGENT_API_KEY, else the file MDAGENT_API_KEY_FILE, else ~/.config/mdagent/key.
 from __future__ import annotations
 
 import base64
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,14 +40,18 @@ API = "/api/v1"
 
 
 def server_url() -> str | None:
-    url = os.environ.get("MDAGENT_SERVER", "").strip()
+    from mdagent_hpc.settings import env
+
+    url = env("MDAGENT_SERVER") or ""
     return url.rstrip("/") or None
 
 
 def api_key() -> str:
-    if key := os.environ.get("MDAGENT_API_KEY", "").strip():
+    from mdagent_hpc.settings import env
+
+    if key := env("MDAGENT_API_KEY"):
         return key
-    path = Path(os.environ.get("MDAGENT_API_KEY_FILE") or Path.home() / ".config" / "mdagent" / "key")
+    path = Path(env("MDAGENT_API_KEY_FILE") or Path.home() / ".config" / "mdagent" / "key")
     try:
         return path.read_text().strip()
     except OSError:

@@ -23,8 +23,8 @@ import pytest
 from vllm_like import VLLMLikeServer
 
 from mdagent_hpc.accounts.quotas import RateWindow, check_daily, next_midnight
-from mdagent_hpc.gateway.app import _prepare, upstream_base
-from mdagent_hpc.gateway.sse import EventSplitter, event_data, usage_of, usage_only
+from mdagent_hpc.serving.gateway.app import _prepare, upstream_base
+from mdagent_hpc.serving.gateway.sse import EventSplitter, event_data, usage_of, usage_only
 
 UPSTREAM_KEY = "upstream-" + secrets.token_hex(8)
 ANSWER = "units metal and then some more words"

@@ -9,29 +9,32 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mdagent_hpc"
 
 # layer -> the layers of ours it may import; third-party engines are checked separately below
 ALLOWED = {
+    # every MDAGENT_* variable and its resolver; the endpoint registry (serving/registry.py) is the resolver's last
+    # source, imported inside that source only
+    "settings": {"serving"},
     "models": set(),
     "configfile": {"models"},  # reading a YAML file into a model, with line numbers: for every layer below
-    "home": {"configfile"},
-    "lammps": {"models", "configfile", "home"},
-    "llm": {"models", "configfile", "home", "lammps"},  # lammps.elements: the one periodic table
+    "home": {"configfile", "settings"},
+    "lammps": {"models", "configfile", "home", "settings"},
+    "llm": {"models", "configfile", "home", "lammps", "settings"},  # lammps.elements: the one periodic table
     "agent": {"models", "configfile", "lammps", "llm"},
     "query": {"models", "lammps", "llm"},  # provenance queries as data: filters, recorded fields, diffs, plots
     "sweep": {"models", "configfile", "lammps"},  # parameter sweeps as data: spec, points, results (pandas)
-    "accounts": {"models", "configfile", "home"},  # users, hashed keys, quotas (SQLAlchemy); keys/quotas pure
-    "gateway": {"models", "configfile", "home", "accounts"},  # the LLM gateway (starlette, httpx2, uvicorn)
+    "accounts": {"models", "configfile", "home", "settings"},  # users, hashed keys, quotas (SQLAlchemy)
+    # served models: the endpoint registry, the vLLM job and its tunnel, the gateway (starlette, httpx2, uvicorn)
+    "serving": {"models", "configfile", "home", "accounts", "execution"},
     # execution imports workflows only for the site probe's CalcJob
-    "execution": {"models", "configfile", "home", "lammps", "agent", "sweep", "workflows"},
+    "execution": {"models", "configfile", "home", "settings", "lammps", "agent", "sweep", "workflows"},
     "workflows": {"models", "configfile", "home", "lammps", "llm", "agent", "sweep", "execution", "query"},
     "api": {"models", "configfile", "home", "lammps", "llm", "agent", "sweep", "execution", "workflows", "query"},
     "cli": {"models", "configfile", "home", "lammps", "llm", "agent", "sweep", "execution", "workflows", "api", "query"},
 }
 ALLOWED["api"] |= {"accounts"}  # the shared server (issue 13) reads users through the API
-ALLOWED["cli"] |= {"accounts", "gateway"}
-ALLOWED["execution"] |= {"llm"}  # `llm serve` (execution/llm_job.py) records endpoints in llm/serve.py
+ALLOWED["cli"] |= {"accounts", "serving", "settings"}
 ENGINES = ("aiida", "plumpy", "parsl", "openai", "httpx", "requests", "fastapi")
 PURE = {"models", "configfile", "lammps", "agent", "query", "sweep"}  # no engine at all
 ENGINE_FREE_LLM = {"prompts.py", "grammar.py"}  # pure too: the agent's feedback uses prompts
-ENGINE_FREE = {("accounts", "keys.py"), ("accounts", "quotas.py"), ("gateway", "sse.py")}
+ENGINE_FREE = {("accounts", "keys.py"), ("accounts", "quotas.py"), ("serving", "sse.py")}
 WEB_ENGINES = ("sqlalchemy", "starlette", "uvicorn", "httpx2")
 # benchmarks as data (issue 14): sets, scoring, training rows; workflows/bench.py runs them through the system
 ALLOWED["bench"] = {"models"}
@@ -49,6 +52,8 @@ ALLOWED["server"] = {"models", "configfile", "home", "accounts", "api", "workflo
 ALLOWED["server"] |= {"dashboard"}  # its /dashboard/ pages are the dashboard app behind the key check
 ALLOWED["remote"] = {"models", "api", "sweep", "workflows"}
 ALLOWED["api"] |= {"remote"}
+for _layer in ("workflows", "api", "remote", "server"):
+    ALLOWED[_layer] |= {"settings"}
 ALLOWED["cli"] |= {"server", "remote"}
 ENGINE_FREE |= {("server", "wire.py"), ("server", "access.py")}
 # the read side (issues 18, 19): every read of runs, sweeps, points and lessons, for a caller

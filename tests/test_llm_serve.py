@@ -95,7 +95,7 @@ def test_the_job_runs_vllm_from_the_image_with_nv_and_asks_for_the_gpus(schedule
     from mdagent_hpc.execution.profile import configure_environment
 
     configure_environment()  # AiiDA's scheduler plugins read their configuration folder on import
-    from mdagent_hpc.execution.llm_job import ENDPOINT_FILE, KEY_FILE, submit_script
+    from mdagent_hpc.serving.llm_job import ENDPOINT_FILE, KEY_FILE, submit_script
 
     script = submit_script(job_site(scheduler), "Qwen/Qwen2.5-Coder-7B-Instruct", "coder", gpus=2, hours=6)
     argv = server_line(script)
@@ -137,7 +137,7 @@ def test_a_site_without_an_image_runs_its_own_command_and_a_cpu_job_asks_for_no_
     from mdagent_hpc.execution.profile import configure_environment
 
     configure_environment()
-    from mdagent_hpc.execution.llm_job import submit_script
+    from mdagent_hpc.serving.llm_job import submit_script
 
     site = job_site("slurm", image=None, binds=[], modules=["vllm/0.10"], setup=["source /apps/venv/bin/activate"])
     script = submit_script(site, "/models/m", "m", gpus=0, hours=1)
@@ -156,7 +156,7 @@ def test_a_site_cannot_open_the_server_to_the_nodes_network():
     from mdagent_hpc.execution.profile import configure_environment
 
     configure_environment()
-    from mdagent_hpc.execution.llm_job import submit_script
+    from mdagent_hpc.serving.llm_job import submit_script
 
     site = job_site("slurm", image=None, args=["--host", "0.0.0.0", "--max-model-len", "16384"])
     argv = server_line(submit_script(site, "/models/m", "m", gpus=0, hours=1))
@@ -168,7 +168,7 @@ def test_a_site_cannot_open_the_server_to_the_nodes_network():
 def test_the_node_is_reached_directly_only_when_it_is_this_machine():
     import socket
 
-    from mdagent_hpc.execution.llm_job import is_this_machine
+    from mdagent_hpc.serving.llm_job import is_this_machine
 
     assert is_this_machine("localhost") and is_this_machine("127.0.0.1")
     assert is_this_machine(socket.gethostname()) == all(
@@ -234,8 +234,8 @@ def test_llm_serve_over_ssh_through_a_tunnel_is_registered_used_by_a_run_and_sto
     from services import TINY_MODEL, VLLM_VENV, tiny_model_args
     from test_cli import mdagent
 
-    from mdagent_hpc.execution.llm_job import alive
-    from mdagent_hpc.llm.serve import load_endpoints
+    from mdagent_hpc.serving.llm_job import alive
+    from mdagent_hpc.serving.registry import load_endpoints
 
     image = tmp_path / "vllm.sandbox"  # a sandbox folder: an image the double accepts
     image.mkdir()
@@ -311,7 +311,7 @@ def test_a_job_that_ends_or_hangs_is_reported_and_noticed(tmp_path, slurm):
 
     from test_cli import mdagent
 
-    from mdagent_hpc.llm.serve import EndpointError, load_endpoints, registered_settings
+    from mdagent_hpc.serving.registry import EndpointError, load_endpoints, registered_settings
 
     common = (
         "scheduler: slurm\ntransport: {{type: local, use_login_shell: false, safe_interval: 0}}\nqueue: debug\n"
@@ -380,8 +380,8 @@ def test_the_job_templates_in_schedulers_are_what_llm_serve_submits(site, script
 
 @pytest.mark.slow
 def test_runs_use_the_registered_endpoint_unless_one_is_configured(vllm_server, tmp_path, monkeypatch):
-    from mdagent_hpc.llm.config import load_llm_settings
-    from mdagent_hpc.llm.serve import Endpoint, EndpointError, save_endpoint
+    from mdagent_hpc.llm.config import LLMConfigError, load_llm_settings
+    from mdagent_hpc.serving.registry import Endpoint, save_endpoint
 
     monkeypatch.setenv("MDAGENT_HOME", str(tmp_path))
     common = {"site": "s", "model": "/models/tiny", "workdir": "/w", "api_key": vllm_server.api_key}
@@ -426,5 +426,5 @@ def test_runs_use_the_registered_endpoint_unless_one_is_configured(vllm_server, 
             **common,
         )
     )
-    with pytest.raises(EndpointError, match="endpoint gone .* does not answer.*mdagent llm status"):
+    with pytest.raises(LLMConfigError, match="endpoint gone .* does not answer.*mdagent llm status"):
         load_llm_settings()

@@ -146,7 +146,9 @@ class UsageDay(BaseModel):
 
 
 def default_url() -> str:
-    if url := os.environ.get("MDAGENT_USERS_DB"):
+    from mdagent_hpc.settings import env
+
+    if url := env("MDAGENT_USERS_DB"):
         return url
     return f"sqlite:///{ensure_home() / 'users.db'}"
 

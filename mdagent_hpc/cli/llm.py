@@ -53,9 +53,9 @@ def check(model, timeout, as_json) -> None:
 
 def _job_errors():
     """The exceptions of the serving commands that are the user's to fix: one sentence, exit 2."""
-    from mdagent_hpc.execution.llm_job import LlmJobError
+    from mdagent_hpc.serving.llm_job import LlmJobError
     from mdagent_hpc.execution.site import SiteConfigError
-    from mdagent_hpc.llm.serve import EndpointError
+    from mdagent_hpc.serving.registry import EndpointError
 
     return LlmJobError, SiteConfigError, EndpointError
 
@@ -67,7 +67,7 @@ def _site_unreachable(site: str, exc: Exception) -> UserError:
 
 
 def _endpoint(name: str | None):
-    from mdagent_hpc.llm.serve import default_endpoint, load_endpoints
+    from mdagent_hpc.serving.registry import default_endpoint, load_endpoints
 
     if name is None:
         endpoint = default_endpoint()
@@ -82,7 +82,7 @@ def _endpoint(name: str | None):
 
 def _refresh(endpoint):
     from mdagent_hpc import api
-    from mdagent_hpc.execution.llm_job import refresh
+    from mdagent_hpc.serving.llm_job import refresh
 
     api.load_profile()
     try:
@@ -119,7 +119,7 @@ def serve(site_name, model, gpus, hours, name, timeout, dry_run, as_json) -> Non
     then uses it without configuration (unless MDAGENT_LLM_BASE_URL or config.yaml name another endpoint)."""
     from mdagent_hpc import api
     from mdagent_hpc.cli.site import find_site
-    from mdagent_hpc.execution.llm_job import check_site, submit, wait_ready
+    from mdagent_hpc.serving.llm_job import check_site, submit, wait_ready
 
     site = find_site(site_name)
     try:
@@ -130,7 +130,7 @@ def serve(site_name, model, gpus, hours, name, timeout, dry_run, as_json) -> Non
     gpus = site.vllm.gpus if gpus is None else gpus
     hours = site.vllm.hours if hours is None else hours
     if dry_run:
-        from mdagent_hpc.execution.llm_job import submit_script
+        from mdagent_hpc.serving.llm_job import submit_script
 
         click.echo(submit_script(site, model, name, gpus, hours), nl=False)
         return
@@ -178,7 +178,7 @@ def list_endpoints(show_all, as_json) -> None:
     """The registered endpoints; each live one is checked against its job (an ended job is noticed and said)."""
     from rich.table import Table
 
-    from mdagent_hpc.llm.serve import LIVE, load_endpoints
+    from mdagent_hpc.serving.registry import LIVE, load_endpoints
 
     endpoints = []
     for endpoint in load_endpoints().values():
@@ -236,7 +236,7 @@ def status_endpoint(name, as_json) -> None:
 def stop_endpoint(name) -> None:
     """Cancel NAME's job (default: the endpoint runs use), close its SSH tunnel, mark it stopped."""
     from mdagent_hpc import api
-    from mdagent_hpc.execution.llm_job import stop
+    from mdagent_hpc.serving.llm_job import stop
 
     endpoint = _endpoint(name)
     api.load_profile()

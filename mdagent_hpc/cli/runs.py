@@ -168,12 +168,13 @@ def _print_rows(rows: list[dict], limit: int) -> None:
 
 def _hint_unindexed(filters: dict) -> None:
     """Runs from before the fields were recorded cannot match a filter on them: say so, and how to fix it."""
-    import os
 
     from mdagent_hpc.cli.main import err
     from mdagent_hpc.workflows.query import count_unindexed
 
-    if os.environ.get("MDAGENT_SERVER"):  # the runs are the server's; its admin runs `runs index` there
+    from mdagent_hpc.settings import env
+
+    if env("MDAGENT_SERVER"):  # the runs are the server's; its admin runs `runs index` there
         return
     plain = {"since", "until", "sort", "limit"}
     if any(v not in (None, [], ()) for k, v in filters.items() if k not in plain):

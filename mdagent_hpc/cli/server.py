@@ -13,6 +13,7 @@ from urllib.parse import quote
 import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, err, out, status
+from mdagent_hpc.settings import env
 
 DEFAULT_PROFILE = "mdagent-shared"
 DEFAULT_PORT = 8765
@@ -34,10 +35,9 @@ def save_settings(settings: dict) -> None:
 
 
 def saved() -> dict:
-    try:
-        return json.loads(settings_file().read_text())
-    except (OSError, ValueError):
-        return {}
+    from mdagent_hpc.settings.resolver import saved_server_settings
+
+    return saved_server_settings()
 
 
 @click.group(short_help="The shared server: setup, serve, backup, restore.")
@@ -209,7 +209,7 @@ def consumer_timeout(host: str) -> str | None:
 def serve(host, port, profile, db, group_read, request_log, workers, ssl_certfile, ssl_keyfile) -> None:
     """Serve the API until Ctrl-C; starts the AiiDA daemon if it is not running (it keeps running after)."""
     from mdagent_hpc.cli.users import store
-    from mdagent_hpc.gateway.app import bind
+    from mdagent_hpc.serving.gateway.app import bind
     from mdagent_hpc.home import ensure_home
     from mdagent_hpc.server.app import Server, ServerSettings
     from mdagent_hpc.server.app import serve as run_server
@@ -217,7 +217,7 @@ def serve(host, port, profile, db, group_read, request_log, workers, ssl_certfil
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise UserError("give both --ssl-certfile and --ssl-keyfile, or neither")
     found = saved()
-    profile = profile or os.environ.get("MDAGENT_AIIDA_PROFILE") or found.get("profile")
+    profile = profile or env("MDAGENT_AIIDA_PROFILE") or found.get("profile")
     db = db or found.get("users_db")
     if not profile or not db:
         raise UserError("no shared profile yet: run `mdagent server setup` first (or give --profile and --db)")
@@ -290,7 +290,7 @@ def cancel(pk) -> None:
 
 
 def _profile_name(profile: str | None) -> str:
-    name = profile or os.environ.get("MDAGENT_AIIDA_PROFILE") or saved().get("profile")
+    name = profile or env("MDAGENT_AIIDA_PROFILE") or saved().get("profile")
     if not name:
         raise UserError("no shared profile yet: run `mdagent server setup` first (or give --profile)")
     return name

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from mdagent_hpc.home import mdagent_home
+from mdagent_hpc.settings import env
 
 PROFILE = "mdagent"
 LOCAL_COMPUTER = "local"
@@ -26,7 +27,7 @@ class ProfileError(RuntimeError):
 
 def configure_environment() -> str:
     """Point AiiDA at our configuration folder (before AiiDA reads it); returns the profile name."""
-    if name := os.environ.get("MDAGENT_AIIDA_PROFILE"):
+    if name := env("MDAGENT_AIIDA_PROFILE"):
         return name
     os.environ["AIIDA_PATH"] = str(mdagent_home())
     warnings.filterwarnings("ignore", message="Creating AiiDA configuration folder")
@@ -44,7 +45,7 @@ def ensure_profile():
     from aiida.manage.configuration import create_profile, get_config
     from aiida.plugins import BrokerFactory
 
-    if not os.environ.get("MDAGENT_AIIDA_PROFILE"):
+    if not env("MDAGENT_AIIDA_PROFILE"):
         from aiida.manage.configuration.settings import AiiDAConfigDir
 
         if AiiDAConfigDir.get().parent != mdagent_home():
@@ -54,7 +55,7 @@ def ensure_profile():
             )
     config = get_config(create=True)
     if name not in config.profile_names:
-        if os.environ.get("MDAGENT_AIIDA_PROFILE"):
+        if env("MDAGENT_AIIDA_PROFILE"):
             raise ProfileError(
                 f"AiiDA profile '{name}' (MDAGENT_AIIDA_PROFILE) does not exist; "
                 "create it with `verdi profile setup` or unset the variable"
@@ -72,7 +73,7 @@ def ensure_profile():
         config.set_option("runner.poll.interval", 1, scope=name)
         config.set_default_profile(name, overwrite=True)
         config.store()
-    if not os.environ.get("MDAGENT_AIIDA_PROFILE"):
+    if not env("MDAGENT_AIIDA_PROFILE"):
         fast_sqlite(mdagent_home())
     try:
         profile = load_profile(name, allow_switch=True)

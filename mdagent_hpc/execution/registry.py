@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from mdagent_hpc.execution.site import SiteConfig, SiteConfigError, load_site
 from mdagent_hpc.home import mdagent_home
+from mdagent_hpc.settings import env
 
 BUNDLED = Path(__file__).resolve().parents[2] / "site_configs"
 
@@ -20,7 +20,7 @@ def user_sites_dir() -> Path:
 def site_dirs() -> list[Path]:
     """The folders searched for `NAME.yaml`, first match first."""
     dirs = [user_sites_dir()]
-    dirs += [Path(d).expanduser() for d in os.environ.get("MDAGENT_SITE_CONFIGS", "").split(":") if d]
+    dirs += [Path(d).expanduser() for d in (env("MDAGENT_SITE_CONFIGS") or "").split(":") if d]
     if BUNDLED.is_dir():
         dirs.append(BUNDLED)
     return dirs

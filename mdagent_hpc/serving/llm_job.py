@@ -4,9 +4,9 @@ The job script comes from the site's AiiDA scheduler (`get_submit_script` of a `
 directives are AiiDA's own. The job picks a free port on its node and writes `mdagent-endpoint.json` (node, port)
 before the server starts; the API key travels in a file of mode 600, never on a command line. The server listens on
 the node's loopback only (vLLM's key guards only its /v1 routes: /invocations, /tokenize, /metrics answer anyone who
-reaches the port), so nobody else on the cluster network reaches it; `execution/tunnel.py` forwards a local port to
+reaches the port), so nobody else on the cluster network reaches it; `serving/tunnel.py` forwards a local port to
 it over SSH to the node, through the login node (paramiko), in a process of its own that outlives this command. The
-registry of endpoints is `llm/serve.py`.
+registry of endpoints is `serving/registry.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mdagent_hpc.execution.site import SiteConfig
 from mdagent_hpc.home import mdagent_home
-from mdagent_hpc.llm.serve import Endpoint, EndpointError, load_endpoints, now, save_endpoint, served_model
+from mdagent_hpc.serving.registry import Endpoint, EndpointError, load_endpoints, now, save_endpoint, served_model
 
 SCRIPT = "_aiidasubmit.sh"
 ENDPOINT_FILE = "mdagent-endpoint.json"
@@ -280,7 +280,7 @@ def wait_ready(
     site: SiteConfig, endpoint: Endpoint, timeout: float, say: Callable[[str], None] = lambda _: None
 ) -> Endpoint:
     """Follow the job until its server answers /health (then registered as ready) or it ends (LlmJobError)."""
-    from mdagent_hpc.llm.serve import healthy
+    from mdagent_hpc.serving.registry import healthy
 
     start = time.monotonic()
     with SiteSession(site) as s:
@@ -318,7 +318,7 @@ def wait_ready(
 def refresh(endpoint: Endpoint) -> Endpoint:
     """Check a registered endpoint against its job and its server; an ended job is noticed and recorded."""
     from mdagent_hpc.execution.registry import find_site
-    from mdagent_hpc.llm.serve import healthy
+    from mdagent_hpc.serving.registry import healthy
 
     if endpoint.state in ("ended", "stopped"):
         return endpoint
@@ -378,7 +378,7 @@ def alive(pid: int) -> bool:
 
 
 def start_tunnel(site: SiteConfig, name: str, node: str, port: int, timeout: float = 60) -> tuple[int, int]:
-    """Start `python -m mdagent_hpc.execution.tunnel` in its own session; returns (its pid, the local port).
+    """Start `python -m mdagent_hpc.serving.tunnel` in its own session; returns (its pid, the local port).
 
     The tunnel is an SSH connection to the node itself, through the login node (and the site's own jumps), on the
     login node's SSH port, forwarding to the server on the node's loopback: clusters let a user SSH to a node where
@@ -394,7 +394,7 @@ def start_tunnel(site: SiteConfig, name: str, node: str, port: int, timeout: flo
     argv = [
         sys.executable,
         "-m",
-        "mdagent_hpc.execution.tunnel",
+        "mdagent_hpc.serving.tunnel",
         "--host",
         node,
         "--port",
@@ -440,7 +440,7 @@ def stop_tunnel(endpoint: Endpoint) -> None:
 def _is_our_tunnel(pid: int) -> bool:
     """The PID is still the tunnel process we started (not a PID the system reused)."""
     try:
-        return b"mdagent_hpc.execution.tunnel" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"mdagent_hpc.serving.tunnel" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True  # no /proc (macOS): trust the registry
 

@@ -1,8 +1,9 @@
 """Endpoints that `mdagent llm serve` started: the registry under MDAGENT_HOME and waiting for a server's health.
 
 The registry is one JSON file (`$MDAGENT_HOME/llm/endpoints.json`, mode 600: it holds each server's API key). The
-scheduler side (submitting, polling, cancelling the job, the SSH tunnel) is `mdagent_hpc/execution/llm_job.py`;
-this module knows only HTTP and the file, so the client settings can read it without AiiDA.
+scheduler side (submitting, polling, cancelling the job) is `serving/llm_job.py`, the SSH tunnel `serving/tunnel.py`;
+this module knows only HTTP and the file, so the settings resolver (`settings/resolver.py`) reads it as its last
+source, without AiiDA.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from mdagent_hpc.home import mdagent_home
-from mdagent_hpc.llm.config import LLMError
 
 State = Literal["submitted", "starting", "ready", "ended", "stopped"]
 LIVE: tuple[str, ...] = ("submitted", "starting", "ready")
 
 
-class EndpointError(LLMError):
+class EndpointError(Exception):
     """A registered endpoint cannot be used; the message says why and what to do."""
 
 

@@ -1,6 +1,6 @@
 """An SSH tunnel from a local port to a compute node's port through the login node (paramiko), as its own process.
 
-`mdagent llm serve` starts it (`python -m mdagent_hpc.execution.tunnel ...`) in a new session when the node is not
+`mdagent llm serve` starts it (`python -m mdagent_hpc.serving.tunnel ...`) in a new session when the node is not
 reachable from here, records its PID, and `mdagent llm stop` ends it by that PID. It listens on 127.0.0.1 only,
 writes the port it got to `--port-file`, and exits when the SSH connection drops (`mdagent llm status` notices and
 opens a new one).

@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from mdagent_hpc.accounts.quotas import RateWindow, Refusal, check_daily, next_midnight, utc_day
 from mdagent_hpc.accounts.store import AccountsError, Store
-from mdagent_hpc.gateway.sse import EventSplitter, event_json, generated_text, usage_of, usage_only
+from mdagent_hpc.serving.gateway.sse import EventSplitter, event_json, generated_text, usage_of, usage_only
 
 # path -> method: what the agent and ordinary OpenAI clients use; everything else is refused
 FORWARDED = {

@@ -31,8 +31,10 @@ from mdagent_hpc.lammps.install import find_lammps
 
 EXAMPLES = Path(os.environ.get("MDAGENT_LAMMPS_EXAMPLES", "/usr/share/lammps/examples"))
 POTENTIALS = EXAMPLES.parent / "potentials"  # Debian's lammps-data
-CACHE = Path(os.environ.get("MDAGENT_TEST_CORPUS")
-             or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mdagent-hpc" / "test-corpus")
+CACHE = Path(
+    os.environ.get("MDAGENT_TEST_CORPUS")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mdagent-hpc" / "test-corpus"
+)
 SCREENING = Path(__file__).with_name("corpus-screening.tsv")
 REFERENCE_LOG = "log.reference"
 
@@ -105,8 +107,8 @@ def example_name(source: str) -> str:
     return f"{folder.replace('/', '-')}-{script.removeprefix('in.')}"
 
 
-def run_example(source: str, scratch: Path, timeout: float) -> dict:
-    """Run one Debian example in `scratch` (a copy of its folder); what happened, its log and the files it read."""
+def prepare_example(source: str, scratch: Path) -> str:
+    """Copy one Debian example's folder to `scratch` as the screening runs it; the input script's name there."""
     folder, _, script = source.rpartition("/")
     shutil.copytree(EXAMPLES / folder, scratch, ignore=_dangling)  # links (to Debian's potentials) as files
     # Potential files the script names that Debian keeps in its potentials folder (LAMMPS_POTENTIALS upstream)
@@ -114,6 +116,20 @@ def run_example(source: str, scratch: Path, timeout: float) -> dict:
     for name in sorted(words & set(os.listdir(POTENTIALS)) if POTENTIALS.is_dir() else []):
         if not (scratch / name).exists():
             shutil.copy(POTENTIALS / name, scratch / name)
+    for path in [scratch, *scratch.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)
+    return script
+
+
+def screened_ok() -> list[str]:
+    """The examples the screening saw run to the end with this machine's LAMMPS (outcome `ok`)."""
+    rows = [line.split("\t") for line in SCREENING.read_text().splitlines()[1:] if line]
+    return [row[0] for row in rows if row[1] == "ok"]
+
+
+def run_example(source: str, scratch: Path, timeout: float) -> dict:
+    """Run one Debian example in `scratch` (a copy of its folder); what happened, its log and the files it read."""
+    script = prepare_example(source, scratch)
     before = {}
     for path in scratch.rglob("*"):
         if path.is_file():
@@ -125,9 +141,16 @@ def run_example(source: str, scratch: Path, timeout: float) -> dict:
     env.pop("LAMMPS_POTENTIALS", None)  # only the folder's own files count
     start = time.perf_counter()
     try:
-        proc = subprocess.run(lmp.command("-in", script, "-log", "log.lammps", "-nocite"), cwd=scratch, env=env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-                              timeout=timeout)
+        proc = subprocess.run(
+            lmp.command("-in", script, "-log", "log.lammps", "-nocite"),
+            cwd=scratch,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+        )
         status: int | str = proc.returncode
         screen = proc.stdout + proc.stderr
     except subprocess.TimeoutExpired:
@@ -135,8 +158,10 @@ def run_example(source: str, scratch: Path, timeout: float) -> dict:
     wall = time.perf_counter() - start
     read = sorted(rel for rel, (path, inode) in before.items() if _was_read(path, inode))
     if status == 0 and script not in read:
-        raise CorpusError(f"the file system under {scratch.parent} does not record reads (mounted noatime?): "
-                          "set MDAGENT_TEST_CORPUS to a folder on another file system")
+        raise CorpusError(
+            f"the file system under {scratch.parent} does not record reads (mounted noatime?): "
+            "set MDAGENT_TEST_CORPUS to a folder on another file system"
+        )
     log_path = scratch / "log.lammps"
     log = log_path.read_text(errors="replace") if log_path.is_file() else ""
     reason = ""
@@ -170,7 +195,7 @@ def thermo_summary(log: str) -> tuple[str, list[str], int]:
     memory = [i for i, line in enumerate(lines) if line.startswith("Per MPI rank memory allocation")]
     columns: list[str] = []
     if memory:
-        rest = lines[memory[0] + 1:]
+        rest = lines[memory[0] + 1 :]
         if rest[0].startswith("------------ Step"):  # thermo_style multi: "Name = value" records
             columns = ["Step"]
             for line in rest[1:]:
@@ -199,8 +224,10 @@ def cache_key() -> str:
 
 def _require_examples() -> None:
     if not EXAMPLES.is_dir():
-        raise CorpusError(f"no LAMMPS examples at {EXAMPLES}: install Debian's lammps-examples and lammps-data "
-                          "(as root: bash scripts/install.sh --test), or set MDAGENT_LAMMPS_EXAMPLES")
+        raise CorpusError(
+            f"no LAMMPS examples at {EXAMPLES}: install Debian's lammps-examples and lammps-data "
+            "(as root: bash scripts/install.sh --test), or set MDAGENT_LAMMPS_EXAMPLES"
+        )
 
 
 def _workers() -> int:
@@ -229,8 +256,10 @@ def _say(quiet: bool, text: str) -> None:
 def _build(key: str, timeout: float, quiet: bool) -> None:
     shutil.rmtree(CACHE, ignore_errors=True)
     CACHE.mkdir(parents=True)
-    _say(quiet, f"== building the test corpus in {CACHE}: {len(SELECTION)} examples from {EXAMPLES}, "
-                f"{_workers()} at a time")
+    _say(
+        quiet,
+        f"== building the test corpus in {CACHE}: {len(SELECTION)} examples from {EXAMPLES}, {_workers()} at a time",
+    )
     start = time.perf_counter()
     done = itertools.count(1)
 
@@ -243,8 +272,11 @@ def _build(key: str, timeout: float, quiet: bool) -> None:
                     (folder / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(Path(tmp) / "run" / rel, folder / rel)
                 (folder / REFERENCE_LOG).write_text(result["log"])
-        _say(quiet, f"  [{next(done)}/{len(SELECTION)}] {source}: {result['wall_s']:.1f} s"
-                    + (f"  SKIPPED: {result['reason']}" if result["reason"] else ""))
+        _say(
+            quiet,
+            f"  [{next(done)}/{len(SELECTION)}] {source}: {result['wall_s']:.1f} s"
+            + (f"  SKIPPED: {result['reason']}" if result["reason"] else ""),
+        )
         return source, result
 
     with ThreadPoolExecutor(_workers()) as pool:
@@ -256,17 +288,33 @@ def _build(key: str, timeout: float, quiet: bool) -> None:
             continue
         version, columns, blocks = thermo_summary(result["log"])
         script = source.rpartition("/")[2]
-        examples.append({
-            "name": example_name(source), "source": source, "input": script, "reference_log": REFERENCE_LOG,
-            "reference_log_lammps_version": version, "thermo_columns": columns, "thermo_blocks": blocks,
-            "files": result["read"], "wall_s": result["wall_s"],
-            "command": f"lmp -in {script} -log log.lammps -nocite  (OMP_NUM_THREADS=1, LAMMPS_POTENTIALS unset)",
-        })
-    manifest = {"key": key, "examples_dir": str(EXAMPLES), "lammps": find_lammps().executable,
-                "examples": examples, "failed": failed}
+        examples.append(
+            {
+                "name": example_name(source),
+                "source": source,
+                "input": script,
+                "reference_log": REFERENCE_LOG,
+                "reference_log_lammps_version": version,
+                "thermo_columns": columns,
+                "thermo_blocks": blocks,
+                "files": result["read"],
+                "wall_s": result["wall_s"],
+                "command": f"lmp -in {script} -log log.lammps -nocite  (OMP_NUM_THREADS=1, LAMMPS_POTENTIALS unset)",
+            }
+        )
+    manifest = {
+        "key": key,
+        "examples_dir": str(EXAMPLES),
+        "lammps": find_lammps().executable,
+        "examples": examples,
+        "failed": failed,
+    }
     (CACHE / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    _say(quiet, f"== test corpus: {len(examples)} examples in {time.perf_counter() - start:.0f} s"
-                + "".join(f"\n   skipped {f['source']}: {f['reason']}" for f in failed))
+    _say(
+        quiet,
+        f"== test corpus: {len(examples)} examples in {time.perf_counter() - start:.0f} s"
+        + "".join(f"\n   skipped {f['source']}: {f['reason']}" for f in failed),
+    )
 
 
 def screen(timeout: float = 6) -> None:

@@ -9,8 +9,9 @@ from mdagent_hpc.models import Command, FileAccess
 READ, WRITE = "read", "write"
 _STYLE_NAME = re.compile(r"[a-z][a-z0-9]*(/[a-z0-9]+)+")
 
-# Keywords that end a list of file names in `molecule` and `rerun`.
-_MOLECULE_KEYWORDS = {"offset", "toff", "boff", "aoff", "doff", "ioff", "scale"}
+# `molecule ID file1 keyword values ... file2 keyword values ...`: each keyword's number of values.
+_MOLECULE_KEYWORDS = {"offset": 5, "toff": 1, "boff": 1, "aoff": 1, "doff": 1, "ioff": 1, "scale": 1}
+# Keywords that end a list of file names in `rerun`.
 _RERUN_KEYWORDS = {"first", "last", "every", "skip", "start", "stop", "dump"}
 # Keywords, in any command, whose next word is a file written or read.
 _WRITE_KEYWORDS = {"file", "append", "outfile", "output", "screen_file"}
@@ -49,20 +50,35 @@ def looks_like_file(word: str) -> bool:
 def _fix_files(style: str, a: list[str]) -> list[tuple[int, str, str]]:
     """(index into a, mode, kind) for a fix's positional file arguments; a = words after `fix`."""
     at = {
-        "qeq/reaxff": [(7, READ)], "qeq/reax": [(7, READ)],
-        "qeq/point": [(7, READ)], "qeq/shielded": [(7, READ)], "qeq/slater": [(7, READ)],
-        "qeq/dynamic": [(7, READ)], "qeq/fire": [(7, READ)],
-        "ttm/mod": [(4, READ)], "cmap": [(3, READ)], "tmd": [(4, READ), (6, WRITE)],
-        "reaxff/species": [(6, WRITE)], "reaxff/bonds": [(4, WRITE)], "electron/stopping": [(4, READ)],
-        "eos/table": [(5, READ)], "colvars": [(3, READ)],
-        "orient/fcc": [(9, READ), (10, READ)], "orient/bcc": [(9, READ), (10, READ)],
+        "qeq/reaxff": [(7, READ)],
+        "qeq/reax": [(7, READ)],
+        "qeq/point": [(7, READ)],
+        "qeq/shielded": [(7, READ)],
+        "qeq/slater": [(7, READ)],
+        "qeq/dynamic": [(7, READ)],
+        "qeq/fire": [(7, READ)],
+        "ttm/mod": [(4, READ)],
+        "cmap": [(3, READ)],
+        "tmd": [(4, READ), (6, WRITE)],
+        "reaxff/species": [(6, WRITE)],
+        "reaxff/bonds": [(4, WRITE)],
+        "electron/stopping": [(4, READ)],
+        "eos/table": [(5, READ)],
+        "colvars": [(3, READ)],
+        "orient/fcc": [(9, READ), (10, READ)],
+        "orient/bcc": [(9, READ), (10, READ)],
     }.get(style, [])
+    if style == "bond/react":  # ... react ID group Nevery Rmin Rmax pre post map_file ..., once per reaction
+        at = [(i + 8, READ) for i, w in enumerate(a) if w == "react"]
     if style == "poems" and len(a) > 4 and a[3] == "file":
         at = [(4, READ)]
     if style == "ttm" and len(a) > 15 and a[13] not in ("infile", "outfile") and not is_number(a[13]):
         at = [(13, READ), (15, WRITE)]  # pre-2022 positional T_infile N T_outfile
-    return [(i, mode, "fix") for i, mode in at
-            if i < len(a) and not (style.startswith("qeq") and a[i] in ("reaxff", "coul/streitz"))]
+    return [
+        (i, mode, "fix")
+        for i, mode in at
+        if i < len(a) and not (style.startswith("qeq") and a[i] in ("reaxff", "coul/streitz"))
+    ]
 
 
 def command_files(words: list[str]) -> list[tuple[str, str, str]]:
@@ -81,10 +97,13 @@ def command_files(words: list[str]) -> list[tuple[str, str, str]]:
     elif name == "jump" and a and a[0] != "SELF":
         at(0, READ, "include")
     elif name == "molecule":
-        for w in a[1:]:
-            if w in _MOLECULE_KEYWORDS:
-                break
-            found.append((w, READ, "molecule"))
+        i = 1
+        while i < len(a):
+            if a[i] in _MOLECULE_KEYWORDS:
+                i += 1 + _MOLECULE_KEYWORDS[a[i]]
+                continue
+            found.append((a[i], READ, "molecule"))
+            i += 1
     elif name == "rerun":
         for w in a:
             if w in _RERUN_KEYWORDS:
@@ -118,8 +137,11 @@ def command_files(words: list[str]) -> list[tuple[str, str, str]]:
         elif a[0] == "list":
             at(1, READ, "potential")
         elif a[0] == "mliap":
-            found += [(a[i + 2], READ, "potential") for i, w in enumerate(a[:-2])
-                      if w in ("model", "descriptor") and looks_like_file(a[i + 2])]
+            found += [
+                (a[i + 2], READ, "potential")
+                for i, w in enumerate(a[:-2])
+                if w in ("model", "descriptor") and looks_like_file(a[i + 2])
+            ]
     elif name in ("pair_coeff", "bond_coeff", "angle_coeff", "dihedral_coeff", "improper_coeff"):
         start = 2 if name == "pair_coeff" else 1
         found += [(w, READ, "potential") for w in a[start:] if looks_like_file(w)]
@@ -142,5 +164,7 @@ def command_files(words: list[str]) -> list[tuple[str, str, str]]:
 
 
 def file_accesses(command: Command, words: list[str]) -> list[FileAccess]:
-    return [FileAccess(path=p, mode=m, kind=k, line=command.line, file=command.file, command=" ".join(words))
-            for p, m, k in command_files(words)]
+    return [
+        FileAccess(path=p, mode=m, kind=k, line=command.line, file=command.file, command=" ".join(words))
+        for p, m, k in command_files(words)
+    ]

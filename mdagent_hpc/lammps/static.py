@@ -9,7 +9,7 @@ import re
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from mdagent_hpc.lammps.files import number
+from mdagent_hpc.lammps.files import file_accesses, number
 from mdagent_hpc.lammps.units import DEFAULT_TIMESTEP, fix_parameter_problems, lattice_problem, timestep_problem
 from mdagent_hpc.models import Command, Diagnostic, ParsedScript, Severity
 
@@ -80,17 +80,29 @@ def pair_coefficient_checks(script: ParsedScript, run_dir: Path | None) -> list[
             checked = True
             missing_self = [i for i in range(1, ntypes + 1) if (i, i) not in covered]
             if missing_self:
-                out.append(_diag(cmd, "static.pair_coeff_missing",
-                                 f"pair coefficients are not set for atom type(s) {missing_self} of {ntypes} "
-                                 f"before this {n}", f"add `pair_coeff {missing_self[0]} {missing_self[0]} ...` "
-                                 "(or `pair_coeff * * ...` for a many-body potential)"))
+                out.append(
+                    _diag(
+                        cmd,
+                        "static.pair_coeff_missing",
+                        f"pair coefficients are not set for atom type(s) {missing_self} of {ntypes} before this {n}",
+                        f"add `pair_coeff {missing_self[0]} {missing_self[0]} ...` "
+                        "(or `pair_coeff * * ...` for a many-body potential)",
+                    )
+                )
             elif NO_MIXING.match(style):
-                pairs = [(i, j) for i in range(1, ntypes + 1) for j in range(i + 1, ntypes + 1)
-                         if (i, j) not in covered]
+                pairs = [
+                    (i, j) for i in range(1, ntypes + 1) for j in range(i + 1, ntypes + 1) if (i, j) not in covered
+                ]
                 if pairs:
-                    out.append(_diag(cmd, "static.pair_coeff_missing",
-                                     f"pair_style {style} cannot mix coefficients, and pairs {pairs[:5]} are "
-                                     f"not set before this {n}", f"add `pair_coeff {pairs[0][0]} {pairs[0][1]} ...`"))
+                    out.append(
+                        _diag(
+                            cmd,
+                            "static.pair_coeff_missing",
+                            f"pair_style {style} cannot mix coefficients, and pairs {pairs[:5]} are "
+                            f"not set before this {n}",
+                            f"add `pair_coeff {pairs[0][0]} {pairs[0][1]} ...`",
+                        )
+                    )
     return out
 
 
@@ -111,8 +123,7 @@ def _references(cmd: Command) -> list[tuple[str, str, str]]:
         return [(m.group(0), m.group(1), m.group(2)) for m in _REFERENCE.finditer(" ".join(a[2:]))]
     else:
         return []
-    return [(w, m.group(1), m.group(2)) for w in words
-            if (m := re.fullmatch(r"([vcf])_([A-Za-z0-9_]+)(\[.*\])*", w))]
+    return [(w, m.group(1), m.group(2)) for w in words if (m := re.fullmatch(r"([vcf])_([A-Za-z0-9_]+)(\[.*\])*", w))]
 
 
 def reference_checks(script: ParsedScript) -> list[Diagnostic]:
@@ -128,9 +139,14 @@ def reference_checks(script: ParsedScript) -> list[Diagnostic]:
             known = {"v": variables, "c": computes, "f": fixes}[kind]
             if name not in known:
                 what = {"v": "variable", "c": "compute", "f": "fix"}[kind]
-                out.append(_diag(cmd, "static.undefined_reference",
-                                 f"{word} refers to {what} '{name}', which the script never defines",
-                                 f"define the {what} '{name}' before this line, or remove {word}"))
+                out.append(
+                    _diag(
+                        cmd,
+                        "static.undefined_reference",
+                        f"{word} refers to {what} '{name}', which the script never defines",
+                        f"define the {what} '{name}' before this line, or remove {word}",
+                    )
+                )
     return out
 
 
@@ -147,8 +163,14 @@ def _data_sections(path: Path) -> set[str]:
     if not path.is_file():
         return set()
     with path.open(errors="replace") as fh:
-        return {s for line in fh if (s := line.split("#")[0].strip()) and s[0].isupper() and not s[0].isdigit()
-                and s.replace(" ", "").isalpha()}
+        return {
+            s
+            for line in fh
+            if (s := line.split("#")[0].strip())
+            and s[0].isupper()
+            and not s[0].isdigit()
+            and s.replace(" ", "").isalpha()
+        }
 
 
 def mass_checks(script: ParsedScript, run_dir: Path | None) -> list[Diagnostic]:
@@ -179,15 +201,25 @@ def mass_checks(script: ParsedScript, run_dir: Path | None) -> list[Diagnostic]:
                 unknown = True
             else:
                 massed |= set(types)
-        elif (n in ("run", "minimize") or n == "velocity" and "create" in a) and ntypes and not checked \
-                and not unknown and style in PER_TYPE_MASS:
+        elif (
+            (n in ("run", "minimize") or n == "velocity" and "create" in a)
+            and ntypes
+            and not checked
+            and not unknown
+            and style in PER_TYPE_MASS
+        ):
             checked = True
             missing = [i for i in range(1, ntypes + 1) if i not in massed]
             if missing:
-                out.append(_diag(cmd, "static.mass_missing",
-                                 f"atom type(s) {missing} of {ntypes} have no mass before this {n} "
-                                 f"(LAMMPS stops here: 'Not all per-type masses are set')",
-                                 f"add `mass {missing[0]} VALUE` for each type after create_box/read_data"))
+                out.append(
+                    _diag(
+                        cmd,
+                        "static.mass_missing",
+                        f"atom type(s) {missing} of {ntypes} have no mass before this {n} "
+                        f"(LAMMPS stops here: 'Not all per-type masses are set')",
+                        f"add `mass {missing[0]} VALUE` for each type after create_box/read_data",
+                    )
+                )
     return out
 
 
@@ -207,18 +239,46 @@ def integrator_checks(script: ParsedScript) -> list[Diagnostic]:
         elif n == "run":
             moving = [c for c in fixes.values() if INTEGRATOR.match(c.args[2])]
             for i, first in enumerate(moving):
-                for second in moving[i + 1:]:
+                for second in moving[i + 1 :]:
                     g1, g2 = first.args[1], second.args[1]
                     key = (first.args[0], second.args[0])
                     if key in reported or not (g1 == g2 or "all" in (g1, g2)):
                         continue
                     reported.add(key)
-                    out.append(_diag(second, "static.double_integration",
-                                     f"fix {second.args[2]} on group '{g2}' and fix {first.args[2]} (line "
-                                     f"{first.line}) on group '{g1}' both move the same atoms: they would be "
-                                     "integrated twice", "keep one integrator per atom: `unfix` one of them, "
-                                     "or put them on groups that do not overlap"))
+                    out.append(
+                        _diag(
+                            second,
+                            "static.double_integration",
+                            f"fix {second.args[2]} on group '{g2}' and fix {first.args[2]} (line "
+                            f"{first.line}) on group '{g1}' both move the same atoms: they would be "
+                            "integrated twice",
+                            "keep one integrator per atom: `unfix` one of them, "
+                            "or put them on groups that do not overlap",
+                        )
+                    )
     return out
+
+
+# LAMMPS's fix langevin `gjf` keyword (Gronbech-Jensen/Farago) keeps configurational sampling right at large
+# timesteps; LAMMPS's own examples/gjf run metal units at `timestep 0.1` with it. Such a step is a warning there.
+GJF_NOTE = (
+    "; fix langevin's gjf integrator is made for large steps (LAMMPS's own examples/gjf use 0.1 ps in "
+    "metal units), so this is a warning"
+)
+
+
+def _gjf_follows(script: ParsedScript, at: int) -> bool:
+    """Is a `fix ... langevin ... gjf vhalf|vfull|yes` defined in the simulation of command `at` (between
+    `clear`s)?"""
+    after, before = script.commands[at:], script.commands[:at]
+    start = next((i for i in range(len(before) - 1, -1, -1) if before[i].name == "clear"), -1) + 1
+    end = next((i for i, c in enumerate(after) if c.name == "clear"), len(after))
+    for cmd in before[start:] + after[:end]:
+        a = cmd.args
+        if cmd.name == "fix" and len(a) > 2 and a[2].startswith("langevin") and "gjf" in a[:-1]:
+            if a[a.index("gjf") + 1] != "no":
+                return True
+    return False
 
 
 def parameter_checks(script: ParsedScript) -> list[Diagnostic]:
@@ -226,31 +286,66 @@ def parameter_checks(script: ParsedScript) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     units, dt, units_cmd, written = "lj", None, None, "lj"
     lattices = script.find("lattice")
-    for cmd in script.commands:
+    for index, cmd in enumerate(script.commands):
         n, a = cmd.name, cmd.args
         if n == "units" and a:
             units, dt, units_cmd, written = a[0], None, cmd, a[0]
         elif n == "read_restart":
             units = written  # a restart file brings the units it was written with
-        elif n == "lattice" and len(a) > 1 and a[0] != "none" and (value := number(a[1])) is not None \
-                and value > 0 and (problem := lattice_problem(units, value, first=cmd is lattices[0])):
+        elif (
+            n == "lattice"
+            and len(a) > 1
+            and a[0] != "none"
+            and (value := number(a[1])) is not None
+            and value > 0
+            and (problem := lattice_problem(units, value, first=cmd is lattices[0]))
+        ):
             # the other commands were written for the other unit style: the `units` line is the mistake
-            out.append(_diag(units_cmd or cmd, "static.units", f"{problem} (`{cmd.text}`, line {cmd.line})",
-                             "lj lattices take a reduced density (about 0.8-1.2), metal and real ones a lattice "
-                             "constant in Angstrom; make `units` match the rest of the script"))
+            out.append(
+                _diag(
+                    units_cmd or cmd,
+                    "static.units",
+                    f"{problem} (`{cmd.text}`, line {cmd.line})",
+                    "lj lattices take a reduced density (about 0.8-1.2), metal and real ones a lattice "
+                    "constant in Angstrom; make `units` match the rest of the script",
+                )
+            )
         elif n == "clear":
             units, dt = "lj", None
         elif n == "timestep" and a and a[0] != "0" and (value := number(a[0])) is not None:
             dt = value
-            if problem := timestep_problem(units, value):
-                out.append(_diag(cmd, "static.timestep", problem,
-                                 f"use a timestep near {DEFAULT_TIMESTEP.get(units, 'the default'):g} for "
-                                 f"{units} units, or check the `units` command"))
+            if (problem := timestep_problem(units, value)) and value > 0 and _gjf_follows(script, index):
+                out.append(
+                    _diag(
+                        cmd,
+                        "static.timestep",
+                        problem + GJF_NOTE,
+                        "keep it only if the GJF "
+                        "integrator is what you mean to run; it integrates stably at larger steps, not "
+                        "at any step",
+                        Severity.WARNING,
+                    )
+                )
+            elif problem:
+                out.append(
+                    _diag(
+                        cmd,
+                        "static.timestep",
+                        problem,
+                        f"use a timestep near {DEFAULT_TIMESTEP.get(units, 'the default'):g} for "
+                        f"{units} units, or check the `units` command",
+                    )
+                )
         elif n == "fix" and len(a) > 2:
             for problem in fix_parameter_problems(cmd.words, dt or DEFAULT_TIMESTEP.get(units)):
-                out.append(_diag(cmd, "static.fix_parameter", problem,
-                                 "temperatures are absolute (K, or lj units); damping is a time in the units' "
-                                 "time unit"))
+                out.append(
+                    _diag(
+                        cmd,
+                        "static.fix_parameter",
+                        problem,
+                        "temperatures are absolute (K, or lj units); damping is a time in the units' time unit",
+                    )
+                )
     return out
 
 
@@ -267,27 +362,38 @@ def _written_before(script: ParsedScript, path: str, line_index: int) -> bool:
 
 def missing_input_checks(script: ParsedScript, run_dir: Path | None) -> list[Diagnostic]:
     """Every file the script reads (data, restart, include, molecule, fix and variable files) must exist in the
-    run folder or be written earlier by the script. Potential files are resolved in potentials.py."""
+    run folder or be written earlier by the script. Potential files are resolved in potentials.py.
+
+    A file read inside an `if` may never be read (the other branch, or a condition that never holds): a warning."""
     if run_dir is None:
         return []
     out: list[Diagnostic] = []
-    index = {(c.file, c.line): i for i, c in enumerate(script.commands)}
     seen: set[tuple[str, int, str]] = set()
-    for access in script.files:
-        if access.mode != "read" or access.kind == "potential" or "$" in access.path:
-            continue
-        if (access.file, access.line, access.path) in seen:
-            continue
-        seen.add((access.file, access.line, access.path))
-        pattern = access.path.replace("%", "*")
-        exists = (run_dir / access.path).exists() if "*" not in pattern else any(run_dir.glob(pattern))
-        if exists or _written_before(script, access.path, index.get((access.file, access.line), 0)):
-            continue
-        out.append(Diagnostic(severity=Severity.ERROR, code="file.missing",
-                              message=f"{access.kind} file '{access.path}' is not in the run folder",
-                              line=access.line, file=access.file, command=access.command,
-                              hint=f"create '{access.path}' in the run folder (or pass it as an extra file), or "
-                                   "write it earlier in the script"))
+    for index, cmd in enumerate(script.commands):
+        for access in file_accesses(cmd, cmd.words):
+            if access.mode != "read" or access.kind == "potential" or "$" in access.path:
+                continue
+            if (access.file, access.line, access.path) in seen:
+                continue
+            seen.add((access.file, access.line, access.path))
+            pattern = access.path.replace("%", "*")
+            exists = (run_dir / access.path).exists() if "*" not in pattern else any(run_dir.glob(pattern))
+            if exists or _written_before(script, access.path, index):
+                continue
+            maybe = cmd.context == "if"
+            out.append(
+                Diagnostic(
+                    severity=Severity.WARNING if maybe else Severity.ERROR,
+                    code="file.missing",
+                    message=f"{access.kind} file '{access.path}' is not in the run folder"
+                    + (" (read only if the `if` takes this branch)" if maybe else ""),
+                    line=access.line,
+                    file=access.file,
+                    command=access.command,
+                    hint=f"create '{access.path}' in the run folder (or pass it as an extra file), or write it earlier "
+                    "in the script",
+                )
+            )
     return out
 
 
@@ -330,13 +436,24 @@ def run_syntax_checks(script: ParsedScript) -> list[Diagnostic]:
             elif not (_integer(a[2]) and _integer(a[3])):
                 problem = "minimize maxiter and maxeval must be integers"
         if problem:
-            out.append(_diag(cmd, "static.run_syntax", problem + " (LAMMPS stops here when the run starts)",
-                             f"see the LAMMPS manual page of {cmd.name}"))
+            out.append(
+                _diag(
+                    cmd,
+                    "static.run_syntax",
+                    problem + " (LAMMPS stops here when the run starts)",
+                    f"see the LAMMPS manual page of {cmd.name}",
+                )
+            )
     return out
 
 
 def static_checks(script: ParsedScript, run_dir: Path | None = None) -> list[Diagnostic]:
-    return (missing_input_checks(script, run_dir) + pair_coefficient_checks(script, run_dir)
-            + mass_checks(script, run_dir) + integrator_checks(script) + parameter_checks(script)
-            + run_syntax_checks(script)
-            + reference_checks(script))
+    return (
+        missing_input_checks(script, run_dir)
+        + pair_coefficient_checks(script, run_dir)
+        + mass_checks(script, run_dir)
+        + integrator_checks(script)
+        + parameter_checks(script)
+        + run_syntax_checks(script)
+        + reference_checks(script)
+    )

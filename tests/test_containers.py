@@ -292,7 +292,7 @@ def test_check_image_reports_the_image_lammps(sif, double_env):
     local = capabilities()
     assert report.lammps_version.startswith("22 Jul 2025") and report.lammps_version == local.version
     assert "MANYBODY" in report.packages and report.packages == list(local.packages)
-    assert report.apptainer_version == "1.3.4"
+    assert report.runtime_version == "1.3.4" and report.runtime == "apptainer"
     assert report.image == str(sif)
     assert report.potentials_dir == find_lammps().potentials_dir
     assert report.potential_files == len([n for n in os.listdir(report.potentials_dir) if not n.startswith(".")])
@@ -389,7 +389,7 @@ def test_cli_check_json(sif, double_env):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["lammps_version"].startswith("22 Jul 2025") and "MANYBODY" in data["packages"]
-    assert data["image"] == str(sif) and data["apptainer_version"] == "1.3.4"
+    assert data["image"] == str(sif) and data["runtime_version"] == "1.3.4"
 
 
 def test_cli_missing_image(tmp_path, double_env):

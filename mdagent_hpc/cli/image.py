@@ -1,4 +1,4 @@
-"""`mdagent image`: Apptainer images of LAMMPS."""
+"""`mdagent image`: container images of LAMMPS (Apptainer, Charliecloud)."""
 
 from __future__ import annotations
 
@@ -7,30 +7,38 @@ import click
 from mdagent_hpc.cli.main import UserError, emit_json, out, status
 
 
-@click.group(short_help="Apptainer images of LAMMPS.")
+@click.group(short_help="Container images of LAMMPS.")
 def image() -> None:
-    """Apptainer images of LAMMPS (see containers/README.md for building, signing and publishing them)."""
+    """Container images of LAMMPS: Apptainer (see containers/README.md for building, signing and publishing them)
+    and Charliecloud (scripts/lammps_image.sh builds one)."""
 
 
 @image.command("check")
 @click.argument("image_ref", metavar="IMAGE")
+@click.option("--runtime", "runtime_name", type=click.Choice(["apptainer", "charliecloud"]), default="apptainer",
+              show_default=True, help="the container runtime that runs IMAGE")
 @click.option("--apptainer", default="apptainer", show_default=True, help="the apptainer command or its path")
+@click.option("--ch-run", "ch_run", default="ch-run", show_default=True, help="Charliecloud's ch-run or its path")
 @click.option("--executable", default="lmp", show_default=True, help="the LAMMPS binary inside the image")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="seconds for each `apptainer exec` (a URI's first run downloads the image)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def check(image_ref: str, apptainer: str, executable: str, timeout: float, as_json: bool) -> None:
-    """Report the LAMMPS version and packages of IMAGE (a .sif path, or an oras://, docker:// or library:// URI).
+def check(image_ref: str, runtime_name: str, apptainer: str, ch_run: str, executable: str, timeout: float,
+          as_json: bool) -> None:
+    """Report the LAMMPS version and packages of IMAGE, read from inside it: for Apptainer a .sif path, or an
+    oras://, docker:// or library:// URI; for Charliecloud an image folder.
 
-    Runs `apptainer exec --containall IMAGE lmp -h`; needs Apptainer, so run it on a cluster's login node.
+    Runs `apptainer exec --containall IMAGE lmp -h` (run it on a cluster's login node, where Apptainer is), or
+    `ch-run IMAGE -- lmp -h` with a scratch run folder bound as a job's would be.
     """
     from rich.table import Table
 
     from mdagent_hpc.execution.image import ImageCheckError, check_image
 
     try:
-        with status(f"Running `{executable} -h` in {image_ref} through Apptainer..."):
-            report = check_image(image_ref, apptainer=apptainer, executable=executable, timeout=timeout)
+        with status(f"Running `{executable} -h` in {image_ref} through {runtime_name}..."):
+            report = check_image(image_ref, apptainer=apptainer, executable=executable, timeout=timeout,
+                                 runtime_name=runtime_name, ch_run=ch_run)
     except ImageCheckError as exc:
         raise UserError(str(exc)) from None
     if as_json:
@@ -41,7 +49,7 @@ def check(image_ref: str, apptainer: str, executable: str, timeout: float, as_js
     table.add_column(overflow="fold")
     table.add_row("image", report.image)
     table.add_row("LAMMPS", f"[bold]{report.lammps_version}[/]")
-    table.add_row("Apptainer", report.apptainer_version)
+    table.add_row(report.runtime, report.runtime_version)
     if report.potentials_dir:
         table.add_row("potentials", f"{report.potentials_dir} ({report.potential_files} files)")
     else:

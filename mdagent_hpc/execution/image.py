@@ -1,13 +1,15 @@
-"""`mdagent image check`: what LAMMPS an Apptainer image holds (version, packages, potentials folder).
+"""`mdagent image check`: what LAMMPS an image holds (version, packages, potentials folder), read from inside it.
 
-Runs on the machine that has Apptainer (a cluster's login node):
+Runs on the machine that has the container runtime (a cluster's login node, or here for Charliecloud):
 
-    apptainer --version
-    apptainer exec --containall IMAGE lmp -h
-    apptainer exec --containall IMAGE sh -c '...'     (where $LAMMPS_POTENTIALS points, how many files)
+    apptainer --version                                  ch-run --version
+    apptainer exec --containall IMAGE lmp -h             unshare ... ch-run ... -b TMP:/mnt/run -c /mnt/run IMAGE -- lmp -h
+    apptainer exec --containall IMAGE sh -c '...'        (where $LAMMPS_POTENTIALS points, how many files)
 
-and parses `lmp -h` with the same parser as the local LAMMPS (`mdagent_hpc.lammps.install.parse_help`).
-Every failure is an `ImageCheckError`: one sentence on what went wrong and what to do next.
+through the runtime's adapter (execution/containers), and parses `lmp -h` with the same parser as the local LAMMPS
+(`mdagent_hpc.lammps.install.parse_help`). Charliecloud's check binds a scratch run folder as a job's would, so an
+image that cannot take a job's binds fails here. Every failure is an `ImageCheckError`: one sentence on what went
+wrong and what to do next.
 """
 
 from __future__ import annotations
@@ -16,16 +18,23 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from mdagent_hpc.execution.containers import ContainerRuntime, Launch, runtime
 from mdagent_hpc.execution.site import IMAGE_SCHEMES
 from mdagent_hpc.lammps.install import parse_help
 
 NOT_INSTALLED = (
     "Apptainer is not installed here; run `mdagent image check` on a login node where `apptainer --version` works"
 )
+CH_RUN_NOT_INSTALLED = (
+    "Charliecloud's ch-run is not installed here; install it (apt-get install charliecloud-runtime) or run "
+    "`mdagent image check` where `ch-run --version` works"
+)
+REBUILD = {"apptainer": "containers/lammps.def", "charliecloud": "scripts/lammps_image.sh"}
 # Prints the folder and its number of entries, or nothing when LAMMPS_POTENTIALS is unset or not a folder.
 _POTENTIALS_SCRIPT = (
     'd="${LAMMPS_POTENTIALS:-}"; [ -n "$d" ] && [ -d "$d" ] && printf "%s\\n" "$d" && ls -1 "$d" | wc -l'
@@ -38,7 +47,8 @@ class ImageCheckError(Exception):
 
 class ImageReport(BaseModel):
     image: str = Field(description="the path (made absolute) or URI that was checked")
-    apptainer_version: str
+    runtime: str = Field(description="apptainer or charliecloud")
+    runtime_version: str
     executable: str = "lmp"
     lammps_version: str
     packages: list[str]
@@ -47,39 +57,56 @@ class ImageReport(BaseModel):
 
 
 def check_image(
-    image: str, apptainer: str = "apptainer", executable: str = "lmp", timeout: float = 300.0
+    image: str,
+    apptainer: str = "apptainer",
+    executable: str = "lmp",
+    timeout: float = 300.0,
+    runtime_name: str = "apptainer",
+    ch_run: str = "ch-run",
 ) -> ImageReport:
-    """Run the image's LAMMPS with `-h` through Apptainer and report its version and packages.
+    """Run the image's LAMMPS with `-h` through its runtime and report its version and packages.
 
-    `image` is a path of a .sif file (or sandbox folder) or an oras://, docker:// or library:// URI.
-    `timeout` bounds each `apptainer exec` (the first run of a URI downloads and converts the image).
+    `image` is, for Apptainer, a path of a .sif file (or sandbox folder) or an oras://, docker:// or library:// URI;
+    for Charliecloud, an image folder. `apptainer` and `ch_run` are the runtimes' commands or paths.
+    `timeout` bounds each run (the first run of a URI downloads and converts the image).
     """
-    binary = _apptainer(apptainer)
-    target = _image(image)
-    version = _apptainer_version(binary)
-
-    result = _run([binary, "exec", "--containall", target, executable, "-h"], timeout, target)
-    if result.returncode != 0:
-        last = _last_line(result.stderr) or _last_line(result.stdout) or f"exit status {result.returncode}"
-        if result.returncode == 127 or "executable file not found" in last:
+    adapter = runtime(runtime_name)
+    binary = _binary(adapter, apptainer if runtime_name == "apptainer" else ch_run)
+    target = _image(image) if runtime_name == "apptainer" else _image_folder(image)
+    version = _version(adapter, binary)
+    rebuild = REBUILD[runtime_name]
+    with tempfile.TemporaryDirectory(prefix="mdagent-image-check-") as scratch:
+        # Apptainer's check stays the documented `exec --containall IMAGE lmp -h`; Charliecloud's binds a run folder.
+        launch = Launch(image=target, workdir=None if runtime_name == "apptainer" else scratch)
+        prefix = adapter.prefix(launch, binary)
+        result = _run([*prefix, executable, "-h"], timeout, target, adapter)
+        if result.returncode != 0:
+            last = _last_line(result.stderr) or _last_line(result.stdout) or f"exit status {result.returncode}"
+            if result.returncode == 127 or "executable file not found" in last or _no_such_command(last, executable):
+                raise ImageCheckError(
+                    f"The image {target} has no `{executable}` on its PATH ({last}); build it from {rebuild} "
+                    "or pass --executable with the name of its LAMMPS binary (lammps.executable in the site config)"
+                )
+            if runtime_name == "apptainer":
+                raise ImageCheckError(
+                    f"Apptainer could not run {target}: {last}; check that it is a readable SIF image "
+                    f"(`apptainer inspect {target}`) or rebuild it from {rebuild}"
+                )
             raise ImageCheckError(
-                f"The image {target} has no `{executable}` on its PATH ({last}); build it from containers/lammps.def "
-                "or pass --executable with the name of its LAMMPS binary (lammps.executable in the site config)"
+                f"ch-run could not run {target} with a job's binds: {last}; rebuild it with {rebuild} "
+                "(it makes /mnt/run and /mnt/potentials, where the run and potentials folders are bound)"
             )
-        raise ImageCheckError(
-            f"Apptainer could not run {target}: {last}; check that it is a readable SIF image "
-            f"(`apptainer inspect {target}`) or rebuild it from containers/lammps.def"
-        )
-    caps = parse_help(result.stdout)
-    if caps.version == "unknown":
-        raise ImageCheckError(
-            f"`{executable} -h` in {target} printed no LAMMPS version; is `{executable}` LAMMPS? "
-            "Pass --executable with the name of the LAMMPS binary in the image"
-        )
-    potentials_dir, count = _potentials(binary, target, timeout)
+        caps = parse_help(result.stdout)
+        if caps.version == "unknown":
+            raise ImageCheckError(
+                f"`{executable} -h` in {target} printed no LAMMPS version; is `{executable}` LAMMPS? "
+                "Pass --executable with the name of the LAMMPS binary in the image"
+            )
+        potentials_dir, count = _potentials(prefix, adapter, timeout)
     return ImageReport(
         image=target,
-        apptainer_version=version,
+        runtime=runtime_name,
+        runtime_version=version,
         executable=executable,
         lammps_version=caps.version,
         packages=list(caps.packages),
@@ -88,16 +115,37 @@ def check_image(
     )
 
 
-def _apptainer(apptainer: str) -> str:
-    found = shutil.which(apptainer)
+def _binary(adapter: ContainerRuntime, command: str) -> str:
+    found = shutil.which(command)
     if found:
         return found
-    if os.sep in apptainer:
+    if adapter.name == "charliecloud":
+        if os.sep in command:
+            raise ImageCheckError(f"No ch-run at {command}; give --ch-run the path of Charliecloud's ch-run")
+        raise ImageCheckError(CH_RUN_NOT_INSTALLED)
+    if os.sep in command:
         raise ImageCheckError(
-            f"No Apptainer at {apptainer}; give --apptainer the path of the apptainer binary, or run "
+            f"No Apptainer at {command}; give --apptainer the path of the apptainer binary, or run "
             "`mdagent image check` on a login node where `apptainer --version` works"
         )
     raise ImageCheckError(NOT_INSTALLED)
+
+
+def _image_folder(image: str) -> str:
+    path = Path(image).expanduser()
+    if not path.is_dir():
+        what = "is a file, not an image folder (unpack a SquashFS image with `unsquashfs -d DIR FILE`)"
+        raise ImageCheckError(
+            f"{path} {what if path.exists() else 'does not exist'}; build the image folder with "
+            "scripts/lammps_image.sh (or containers/lammps-debian.sh DIR)"
+        )
+    if not (path / "bin").exists() and not (path / "usr").is_dir():
+        raise ImageCheckError(f"{path} holds no root filesystem (no /usr); build it with scripts/lammps_image.sh")
+    return str(path.resolve())
+
+
+def _no_such_command(line: str, executable: str) -> bool:
+    return "execvp" in line and executable in line or "can't execve" in line
 
 
 def _image(image: str) -> str:
@@ -119,23 +167,22 @@ def _image(image: str) -> str:
     return str(path.resolve())
 
 
-def _apptainer_version(binary: str) -> str:
-    result = _run([binary, "--version"], 30, binary)
-    text = result.stdout.strip()
+def _version(adapter: ContainerRuntime, binary: str) -> str:
+    result = _run(adapter.version_command(binary), 30, binary, adapter)
+    text = (result.stdout + result.stderr).strip()  # ch-run prints its version on stderr
     if result.returncode != 0 or not text:
         last = _last_line(result.stderr) or f"exit status {result.returncode}"
-        raise ImageCheckError(f"`{binary} --version` failed ({last}); check the Apptainer installation or module")
-    match = re.search(r"version\s+(\S+)", text)
-    return match.group(1) if match else text.splitlines()[0]
+        raise ImageCheckError(f"`{binary} --version` failed ({last}); check the {adapter.name} installation or module")
+    return adapter.parse_version(text)
 
 
-def _potentials(binary: str, target: str, timeout: float) -> tuple[str | None, int | None]:
+def _potentials(prefix: list[str], adapter: ContainerRuntime, timeout: float) -> tuple[str | None, int | None]:
     """$LAMMPS_POTENTIALS inside the image and its number of entries; (None, None) when not there."""
     try:
         result = subprocess.run(
-            [binary, "exec", "--containall", target, "sh", "-c", _POTENTIALS_SCRIPT],
-            capture_output=True, text=True, timeout=timeout,
-        )
+            [*prefix, "sh", "-c", _POTENTIALS_SCRIPT],
+            capture_output=True, text=True, timeout=timeout, env={**os.environ, **adapter.environment()},
+        )  # fmt: skip
     except (subprocess.TimeoutExpired, OSError):
         return None, None
     lines = result.stdout.strip().splitlines()
@@ -144,9 +191,12 @@ def _potentials(binary: str, target: str, timeout: float) -> tuple[str | None, i
     return lines[0], int(lines[1])
 
 
-def _run(command: list[str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    command: list[str], timeout: float, what: str, adapter: ContainerRuntime
+) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        env = {**os.environ, **adapter.environment()}
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         hint = (
             "the first run of a URI downloads and converts the image: `apptainer pull` it first, or "
@@ -154,14 +204,19 @@ def _run(command: list[str], timeout: float, what: str) -> subprocess.CompletedP
             else ""
         )
         raise ImageCheckError(
-            f"`{' '.join(command[:3])} ...` did not finish within {timeout:g} s; {hint}pass a larger --timeout"
+            f"`{' '.join(command[: command.index(what)] if what in command else command[:3])} ...` did not finish within {timeout:g} s; {hint}pass a larger --timeout"
         ) from None
     except OSError as exc:
-        raise ImageCheckError(f"Cannot run {command[0]}: {exc.strerror}; check the Apptainer installation") from None
+        raise ImageCheckError(
+            f"Cannot run {command[0]}: {exc.strerror}; check the {adapter.name} installation"
+        ) from None
 
 
 def _last_line(text: str) -> str:
-    """The error Apptainer printed: its last FATAL/ERROR/Error line (usage text follows flag errors), else the last."""
+    """The error the runtime printed: its last FATAL/ERROR/Error line (usage text follows Apptainer's flag errors;
+    ch-run writes `ch-run[PID]: error: ... (file.c:N)`), else the last line."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    errors = [line for line in lines if re.match(r"(FATAL|ERROR|Error)\b", line)]
-    return re.sub(r"^FATAL:\s+", "", (errors or lines)[-1]) if lines else ""
+    errors = [line for line in lines if re.match(r"(FATAL|ERROR|Error)\b|ch-run\[\d+\]: error:|unshare:", line)]
+    last = (errors or lines)[-1] if lines else ""
+    last = re.sub(r"^ch-run\[\d+\]: error: (.*?)(?: \([\w.]+:\d+(?: \d+)?\))?$", r"\1", last)
+    return re.sub(r"^FATAL:\s+", "", last)

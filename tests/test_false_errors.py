@@ -10,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from false_errors import check_example  # noqa: E402
-
 from corpus import screened_ok  # noqa: E402
+from false_errors import check_example  # noqa: E402
 
 # Refused on purpose, named: the sandbox policy refuses `shell rm` with a glob (LAMMPS's own `shell rm` unlinks
 # the literal name, so the example runs, but the policy judges words, not LAMMPS's shell implementation).

@@ -43,8 +43,9 @@ def home(tmp_path, monkeypatch, lammps_index_cache):
 
 
 def script(*lines: str) -> ParsedScript:
-    return ParsedScript(main="in.x", commands=[
-        Command(line=i, file="in.x", text=t, words=t.split()) for i, t in enumerate(lines, 1)])
+    return ParsedScript(
+        main="in.x", commands=[Command(line=i, file="in.x", text=t, words=t.split()) for i, t in enumerate(lines, 1)]
+    )
 
 
 def resolve(run_dir: Path, *lines: str):
@@ -158,8 +159,7 @@ def test_run_folder_beats_caches_and_caches_beat_lammps(tmp_path, home, monkeypa
 
 
 def test_element_not_in_file_is_an_error_with_line_and_hint(tmp_path):
-    uses, diags = resolve(tmp_path, "units metal", "pair_style eam/alloy",
-                          "pair_coeff * * NiAlH_jea.eam.alloy Ni Cu")
+    uses, diags = resolve(tmp_path, "units metal", "pair_style eam/alloy", "pair_coeff * * NiAlH_jea.eam.alloy Ni Cu")
     assert [d.code for d in diags] == ["potential.element_missing"]
     d = diags[0]
     assert (d.severity, d.line, d.file) == (Severity.ERROR, 3, "in.x")
@@ -176,8 +176,9 @@ def test_missing_file_is_an_error_suggesting_files_for_the_same_elements(tmp_pat
     assert "CuNi.eam.alloy" in diags[0].hint and "MDAGENT_SITE_POTENTIALS" in diags[0].hint
     suggested = diags[0].hint.split(": ", 1)[1].split(";")[0].split(", ")
     index = {e.name: e for e in build_index([LAMMPS])}
-    assert suggested and all({"Cu", "Ni"} <= set(index[n].elements) and "eam/alloy" in index[n].styles
-                             for n in suggested)
+    assert suggested and all(
+        {"Cu", "Ni"} <= set(index[n].elements) and "eam/alloy" in index[n].styles for n in suggested
+    )
     assert uses[0].resolved is None and uses[0].source is None
 
     _, diags = resolve(tmp_path, "units metal", "pair_style tersoff", "pair_coeff * * Si.tersof Si")
@@ -201,27 +202,37 @@ def test_suggestions_hold_every_element_and_the_same_style_or_say_none_fits(tmp_
 
 
 def test_hybrid_styles_resolve_the_file_of_each_sub_style(tmp_path):
-    uses, diags = resolve(tmp_path, "units metal", "pair_style hybrid/overlay eam/alloy spin/exchange 4.0",
-                          "pair_coeff * * eam/alloy CuNi.eam.alloy Cu Ni",
-                          "pair_coeff * * spin/exchange exchange 4.0 0.5 0.2280246862 1.229983475")
+    uses, diags = resolve(
+        tmp_path,
+        "units metal",
+        "pair_style hybrid/overlay eam/alloy spin/exchange 4.0",
+        "pair_coeff * * eam/alloy CuNi.eam.alloy Cu Ni",
+        "pair_coeff * * spin/exchange exchange 4.0 0.5 0.2280246862 1.229983475",
+    )
     assert diags == []
     assert [(u.name, u.pair_style, u.elements, u.source, u.line) for u in uses] == [
-        ("CuNi.eam.alloy", "eam/alloy", ["Cu", "Ni"], "lammps", 3)]
+        ("CuNi.eam.alloy", "eam/alloy", ["Cu", "Ni"], "lammps", 3)
+    ]
 
     # a sub-style listed twice takes an instance number before the file
-    uses, diags = resolve(tmp_path, "units metal", "pair_style hybrid tersoff tersoff/omp",
-                          "pair_coeff * * tersoff Si.tersoff Si NULL",
-                          "pair_style hybrid tersoff tersoff",
-                          "pair_coeff * * tersoff 2 SiC.tersoff NULL C")
+    uses, diags = resolve(
+        tmp_path,
+        "units metal",
+        "pair_style hybrid tersoff tersoff/omp",
+        "pair_coeff * * tersoff Si.tersoff Si NULL",
+        "pair_style hybrid tersoff tersoff",
+        "pair_coeff * * tersoff 2 SiC.tersoff NULL C",
+    )
     assert diags == [] and [u.name for u in uses] == ["Si.tersoff", "SiC.tersoff"]
 
 
 def test_meam_reads_a_library_and_a_parameter_file(tmp_path):
-    uses, diags = resolve(tmp_path, "units metal", "pair_style meam",
-                          "pair_coeff * * library.meam Si C SiC.meam Si C")
+    uses, diags = resolve(tmp_path, "units metal", "pair_style meam", "pair_coeff * * library.meam Si C SiC.meam Si C")
     assert diags == []
     assert [(u.name, u.elements, u.source) for u in uses] == [
-        ("library.meam", ["Si", "C"], "lammps"), ("SiC.meam", ["Si", "C"], "lammps")]
+        ("library.meam", ["Si", "C"], "lammps"),
+        ("SiC.meam", ["Si", "C"], "lammps"),
+    ]
 
     uses, diags = resolve(tmp_path, "units metal", MEAM, "pair_coeff * * library.meam Cu NULL Cu")
     assert diags == [] and [u.name for u in uses] == ["library.meam"]
@@ -233,8 +244,11 @@ def test_meam_reads_a_library_and_a_parameter_file(tmp_path):
 
 def test_other_many_body_forms(tmp_path):
     cases = [
-        ("pair_style snap", "pair_coeff * * Ta06A.snapcoeff Ta06A.snapparam Ta",
-         ["Ta06A.snapcoeff", "Ta06A.snapparam"]),
+        (
+            "pair_style snap",
+            "pair_coeff * * Ta06A.snapcoeff Ta06A.snapparam Ta",
+            ["Ta06A.snapcoeff", "Ta06A.snapparam"],
+        ),
         ("pair_style eim", "pair_coeff * * Na Cl ffield.eim Na Cl", ["ffield.eim"]),
         ("pair_style eam", "pair_coeff 1 1 Cu_u3.eam", ["Cu_u3.eam"]),
         ("pair_style comb3 polar_off", "pair_coeff * * ffield.comb3 O Cu", ["ffield.comb3", "lib.comb3"]),
@@ -261,8 +275,14 @@ def test_units_of_the_file_must_match_the_script(tmp_path):
 
 
 def test_paths_for_the_policy_and_unknown_values_are_left_alone(tmp_path):
-    parsed = script(EAM, "pair_coeff * * /etc/Cu.eam.alloy Cu", "pair_coeff * * ../Cu.eam.alloy Cu",
-                    "pair_coeff * * ${pot} Cu", "pair_style lj/cut 2.5", "pair_coeff * * 1.0 1.0 2.5")
+    parsed = script(
+        EAM,
+        "pair_coeff * * /etc/Cu.eam.alloy Cu",
+        "pair_coeff * * ../Cu.eam.alloy Cu",
+        "pair_coeff * * ${pot} Cu",
+        "pair_style lj/cut 2.5",
+        "pair_coeff * * 1.0 1.0 2.5",
+    )
     uses, diags = resolve_potentials(parsed, tmp_path, search_path=[])
     assert (uses, diags) == ([], [])
 
@@ -285,16 +305,19 @@ def test_every_variant_of_a_looped_pair_coeff_is_resolved(tmp_path):
         (tmp_path / name).write_text("Si Si Si 1 2 3\n")
     a, b = "pair_coeff * * A.sw Si".split(), "pair_coeff * * B.sw Si".split()
     cmd = Command(line=2, file="in.x", text="pair_coeff * * ${p} Si", words=a, variants=[a, b])
-    parsed = ParsedScript(main="in.x", commands=[Command(line=1, file="in.x", text="pair_style sw",
-                                                         words=["pair_style", "sw"]), cmd])
+    parsed = ParsedScript(
+        main="in.x", commands=[Command(line=1, file="in.x", text="pair_style sw", words=["pair_style", "sw"]), cmd]
+    )
     uses, diags = resolve_potentials(parsed, tmp_path, search_path=[])
     assert diags == [] and [u.name for u in uses] == ["A.sw", "B.sw"]
 
 
 def test_fix_qeq_parameter_file_is_resolved(tmp_path):
-    uses, diags = resolve_potentials(script(
-        "fix 1 all qeq/reaxff 1 0.0 10.0 1e-6 param.qeq", "fix 2 all qeq/reaxff 1 0.0 10.0 1e-6 reaxff"),
-        tmp_path, search_path=[])
+    uses, diags = resolve_potentials(
+        script("fix 1 all qeq/reaxff 1 0.0 10.0 1e-6 param.qeq", "fix 2 all qeq/reaxff 1 0.0 10.0 1e-6 reaxff"),
+        tmp_path,
+        search_path=[],
+    )
     assert [u.name for u in uses] == ["param.qeq"] and [d.code for d in diags] == ["potential.missing"]
 
 
@@ -330,6 +353,34 @@ def test_element_names_in_the_wrong_type_order_are_found_from_the_masses(tmp_pat
     _, diags = resolve(tmp_path, *lines, "pair_coeff * * CuNi.eam.alloy Cu Ni")
     assert diags == []
     # a mass that is no mapped element's (deuterium for H, a heavy bead) is not a swap
-    _, diags = resolve(tmp_path, "units metal", "mass 1 2.014", "mass 2 58.693", EAM,
-                       "pair_coeff * * NiAlH_jea.eam.alloy H Ni")
+    _, diags = resolve(
+        tmp_path, "units metal", "mass 1 2.014", "mass 2 58.693", EAM, "pair_coeff * * NiAlH_jea.eam.alloy H Ni"
+    )
     assert [d.code for d in diags] == []
+
+
+def test_a_missing_funcfl_file_gets_files_of_the_element_the_script_or_task_names(tmp_path):
+    # pair_style eam maps no element names: the element is read from the file's name, the masses, the task
+    index = {e.name: e for e in build_index([LAMMPS])}
+
+    def first(*lines: str, task: str = "") -> tuple[str, str]:
+        _, diags = resolve_potentials(
+            script("units metal", *lines), tmp_path, search_path=[("lammps", LAMMPS)], task=task
+        )
+        assert [d.code for d in diags] == ["potential.missing"]
+        return diags[0].hint, diags[0].hint.split(": ", 1)[1].split(";")[0].split(", ")[0].split(" (")[0]
+
+    hint, name = first("pair_style eam", "pair_coeff 1 1 Cu_mine.eam")
+    assert "Cu" in index[name].elements and "eam" in index[name].styles and "from its name" in hint
+    hint, name = first("mass 1 58.69", "pair_style eam", "pair_coeff * * pot.eam")
+    assert "Ni" in index[name].elements and "eam" in index[name].styles and "from the masses" in hint
+    hint, name = first("pair_style eam", "pair_coeff * * pot.eam", task="Melt bulk gold")
+    assert "Au" in index[name].elements and "from the task" in hint
+    # no funcfl file of the element: a file of the family, with the pair_style it needs
+    hint, name = first("pair_style eam", "pair_coeff * * Fe.eam")
+    assert "Fe" in index[name].elements and "(pair_style eam/" in hint
+    # nothing to infer from: no suggestion at all, never a file by name similarity
+    _, diags = resolve_potentials(
+        script("units metal", "pair_style eam", "pair_coeff * * pot.eam"), tmp_path, search_path=[("lammps", LAMMPS)]
+    )
+    assert ".eam" not in diags[0].hint.replace("pot.eam", "")

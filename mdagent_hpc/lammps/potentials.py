@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from mdagent_hpc.home import mdagent_home, site_potentials_dir, user_potentials_dir
-from mdagent_hpc.lammps.elements import MASSES, SYMBOL_SET, SYMBOLS
+from mdagent_hpc.lammps.elements import BY_NAME, MASSES, SYMBOL_SET, SYMBOLS
 from mdagent_hpc.lammps.files import is_number, looks_like_file
 from mdagent_hpc.lammps.install import LammpsNotFound, find_lammps
 from mdagent_hpc.models import Command, Diagnostic, ParsedScript, PotentialUse, Severity
@@ -166,19 +166,23 @@ def _meam_spline(text: str) -> list[str]:  # new format: "meam/spline N El1 ... 
 
 
 def _smtbq(text: str) -> list[str]:  # "' 1st.element.(Oxygen).Stoechio...:'  'O'   3"
-    return _distinct(q[-1] for line in text.splitlines() if "stoechio" in line.lower()
-                     if (q := re.findall(r"'\s*([A-Za-z]+)\s*'", line)))
+    return _distinct(
+        q[-1]
+        for line in text.splitlines()
+        if "stoechio" in line.lower()
+        if (q := re.findall(r"'\s*([A-Za-z]+)\s*'", line))
+    )
 
 
 def _quip(text: str) -> list[str]:
-    return _distinct(SYMBOLS[int(z) - 1] for z in re.findall(r'atomic_num="(\d+)"', text)
-                     if 1 <= int(z) <= len(SYMBOLS))
+    return _distinct(
+        SYMBOLS[int(z) - 1] for z in re.findall(r'atomic_num="(\d+)"', text) if 1 <= int(z) <= len(SYMBOLS)
+    )
 
 
 def _table(text: str) -> list[str]:  # section keywords: the line before "N 1000 ..."
     lines = _lines(text)
-    return [lines[i - 1][0] for i, w in enumerate(lines)
-            if i and w[0] == "N" and len(w) > 1 and w[1].isdigit()]
+    return [lines[i - 1][0] for i, w in enumerate(lines) if i and w[0] == "N" and len(w) > 1 and w[1].isdigit()]
 
 
 def _fixed(*names: str) -> Callable[[str], list[str]]:
@@ -295,8 +299,16 @@ def describe(path: Path) -> PotentialEntry:
         elements = elements_from_filename(path.name)
     else:
         elements = _distinct(e for n in names if (e := element_of(n))) or elements_from_filename(path.name)
-    return PotentialEntry(name=path.name, path=str(path), styles=list(styles), elements=elements, names=names,
-                          units=units.group(1) if units else None, md5=_md5(path), size=size)
+    return PotentialEntry(
+        name=path.name,
+        path=str(path),
+        styles=list(styles),
+        elements=elements,
+        names=names,
+        units=units.group(1) if units else None,
+        md5=_md5(path),
+        size=size,
+    )
 
 
 # ---------------------------------------------------------------- index
@@ -313,7 +325,8 @@ def lammps_potentials_dir() -> Path | None:
 def default_search_path() -> list[tuple[str, Path]]:
     """Where a potential is looked for after the run folder: user cache, site cache, LAMMPS potentials."""
     path: list[tuple[str, Path | None]] = [
-        ("user-cache", user_potentials_dir()), ("site-cache", site_potentials_dir()),
+        ("user-cache", user_potentials_dir()),
+        ("site-cache", site_potentials_dir()),
         ("lammps", lammps_potentials_dir()),
     ]
     return [(label, p) for label, p in path if p is not None]
@@ -358,8 +371,9 @@ def build_index(folders: Iterable[Path] | None = None) -> list[PotentialEntry]:
         old = cache.get(key, {})
         new: dict[str, list] = {}
         try:
-            files = sorted((e for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")),
-                           key=lambda e: e.name)
+            files = sorted(
+                (e for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")), key=lambda e: e.name
+            )
         except OSError:
             files = []
         for f in files:
@@ -395,16 +409,18 @@ def normalize_style(style: str) -> str:
     return _ALIASES.get(style, style)
 
 
-def rank_potentials(entries: Iterable[PotentialEntry], elements: list[str],
-                    style: str | None = None) -> list[PotentialEntry]:
+def rank_potentials(
+    entries: Iterable[PotentialEntry], elements: list[str], style: str | None = None
+) -> list[PotentialEntry]:
     wanted = set(elements)
     style = normalize_style(style) if style else None
     found = [e for e in entries if wanted <= set(e.elements) and (style is None or style in e.styles)]
     return sorted(found, key=lambda e: len(set(e.elements) - wanted))  # stable: folder order breaks ties
 
 
-def find_potentials(elements: list[str], style: str | None = None, *,
-                    folders: Iterable[Path] | None = None) -> list[PotentialEntry]:
+def find_potentials(
+    elements: list[str], style: str | None = None, *, folders: Iterable[Path] | None = None
+) -> list[PotentialEntry]:
     """Files covering all `elements` (extras allowed) for `style`: exact sets first, then fewest extras."""
     return rank_potentials(build_index(folders), elements, style)
 
@@ -443,6 +459,8 @@ class _Resolver:
     mliap_uses: list[PotentialUse] = field(default_factory=list)  # files named by `pair_style mliap`
     mliap_descriptor: PotentialEntry | None = None
     mappings: list[tuple[Command, list[str], list[str]]] = field(default_factory=list)  # pair_coeff * * names
+    masses: dict[int, float] = field(default_factory=dict)  # every `mass` of the script, by type
+    task: str = ""  # the user's words, for a file whose pair_coeff names no element
     _seen: set[tuple] = field(default_factory=set)
     _entries: dict[Path, PotentialEntry] = field(default_factory=dict)
     _index: list[PotentialEntry] | None = None
@@ -457,8 +475,15 @@ class _Resolver:
         candidates += [(label, folder / Path(name).name) for label, folder in self.search_path]
         return next(((label, p.resolve()) for label, p in candidates if p.is_file()), None)
 
-    def error(self, cmd: Command, words: list[str], code: str, message: str, hint: str | None = None,
-              severity: Severity = Severity.ERROR) -> None:
+    def error(
+        self,
+        cmd: Command,
+        words: list[str],
+        code: str,
+        message: str,
+        hint: str | None = None,
+        severity: Severity = Severity.ERROR,
+    ) -> None:
         key = (code, message, cmd.file, cmd.line)
         if key not in self._seen:
             self._seen.add(key)
@@ -472,8 +497,53 @@ class _Resolver:
             return []
         return _distinct(e.name for e in rank_potentials(self.index(), elements, style) if e.name != name)[:3]
 
-    def fits(self, name: str, style: str, names: list[str]) -> str:
+    def inferred(self, name: str, types: list[str]) -> tuple[list[str], str]:
+        """The element a file that maps no names is for (funcfl `eam`: the element comes with the file), and where
+        it was read: the file's name, else the masses of the pair_coeff's types, else the task's words."""
+        stem = Path(name).name.split(".")[0]
+        from_name = elements_from_filename(stem) or _distinct(
+            BY_NAME[w] for w in re.findall(r"[a-z]+", stem.lower()) if w in BY_NAME
+        )
+        if from_name:
+            return from_name, "its name"
+        ntypes = max(self.masses, default=0)
+        wanted = [t for word in types[:2] if (r := _type_range(word, ntypes)) for t in r]
+        from_mass = _distinct(e for t in dict.fromkeys(wanted) if (e := element_of_mass(self.masses.get(t))))
+        if from_mass:
+            return from_mass, "the masses"
+        words = re.findall(r"[A-Za-z]+", self.task)
+        from_task = _distinct(
+            [BY_NAME[w.lower()] for w in words if w.lower() in BY_NAME]
+            + [w for w in words if len(w) == 2 and w in SYMBOL_SET]
+        )
+        return (from_task, "the task") if len(from_task) == 1 else ([], "")
+
+    def suggest_for_file(self, name: str, style: str, elements: list[str]) -> list[str]:
+        """Files holding `elements`: of `style` first, then of its family (eam -> eam/alloy, eam/fs), named
+        with their style when it differs (the pair_style changes with them)."""
+        family = style.split("/")[0]
+        ranked = rank_potentials(self.index(), elements)
+        exact = [e.name for e in ranked if style in e.styles and e.name != name]
+        related = [
+            f"{e.name} (pair_style {e.style})"
+            for e in ranked
+            if style not in e.styles and e.style and e.style.split("/")[0] == family
+        ]
+        return _distinct(exact + related)[:3]
+
+    def fits(self, name: str, style: str, names: list[str], types: list[str] | None = None) -> str:
         """The hint's list of files that fit, or a sentence saying none does."""
+        if not [n for n in names if n != "NULL"] and types is not None and style not in ("table", "python"):
+            elements, source = self.inferred(name, types)
+            if not elements:
+                return ""
+            close = self.suggest_for_file(name, style, elements)
+            what = " ".join(elements)
+            return (
+                f"{style} files holding {what} (the element read from {source}): {', '.join(close)}"
+                if close
+                else f"no available {style} file holds {what} (the element read from {source})"
+            )
         close = self.suggest(name, style, names)
         elements = " ".join(_distinct(n for n in names if n != "NULL"))
         if close:
@@ -482,8 +552,9 @@ class _Resolver:
             return f"no available {style} file holds all of {elements}"
         return ""
 
-    def use(self, cmd: Command, words: list[str], name: str, style: str,
-            names: list[str] | None = None) -> tuple[PotentialUse, PotentialEntry | None] | None:
+    def use(
+        self, cmd: Command, words: list[str], name: str, style: str, names: list[str] | None = None
+    ) -> tuple[PotentialUse, PotentialEntry | None] | None:
         """Resolve one file argument; None when it is not ours (NULL, variables, absolute paths, '..')."""
         if name == "NULL" or "$" in name or name.startswith(("/", "~")) or ".." in Path(name).parts:
             return None
@@ -494,29 +565,40 @@ class _Resolver:
             entry = self._entries.get(found[1]) or describe(found[1])
             self._entries[found[1]] = entry
         elements = [] if style == "table" else _distinct(n for n in names if n != "NULL")  # table: a keyword
-        use = PotentialUse(name=name, pair_style=style, elements=elements,
-                           resolved=str(found[1]) if found else None, source=found[0] if found else None,
-                           md5=entry.md5 if entry else None, line=cmd.line)
+        use = PotentialUse(
+            name=name,
+            pair_style=style,
+            elements=elements,
+            resolved=str(found[1]) if found else None,
+            source=found[0] if found else None,
+            md5=entry.md5 if entry else None,
+            line=cmd.line,
+        )
         if use not in self.uses:
             self.uses.append(use)
         if entry is None:
             where = ", ".join(["the run folder", *(label for label, _ in self.search_path)])
-            fits = self.fits(name, style, names)
+            fits = self.fits(name, style, names, words[1:3] if cmd.name == "pair_coeff" else None)
             hint = (f"{fits}; " if fits else "") + HINT_STAGE
             self.error(cmd, words, "potential.missing", f"potential file '{name}' not found ({where})", hint)
             return use, None
         if entry.units and self.units != entry.units:
             convertible = {entry.units, self.units} == {"metal", "real"}
-            self.error(cmd, words, "potential.units",
-                       f"'{name}' is for {entry.units} units but the script uses {self.units} units"
-                       + ("; only some styles convert metal<->real" if convertible else ""),
-                       f"use `units {entry.units}` or a potential written for {self.units} units",
-                       Severity.WARNING if convertible else Severity.ERROR)
+            self.error(
+                cmd,
+                words,
+                "potential.units",
+                f"'{name}' is for {entry.units} units but the script uses {self.units} units"
+                + ("; only some styles convert metal<->real" if convertible else ""),
+                f"use `units {entry.units}` or a potential written for {self.units} units",
+                Severity.WARNING if convertible else Severity.ERROR,
+            )
         self.check_names(cmd, words, name, entry.names, names, style)
         return use, entry
 
-    def check_names(self, cmd: Command, words: list[str], name: str, available: list[str],
-                    names: list[str], style: str) -> None:
+    def check_names(
+        self, cmd: Command, words: list[str], name: str, available: list[str], names: list[str], style: str
+    ) -> None:
         """Every non-NULL name must be one the file defines (files whose names we cannot read pass)."""
         missing = _distinct(n for n in names if n != "NULL" and n not in available)
         if not available or not missing:
@@ -526,17 +608,19 @@ class _Resolver:
         hint = f"'{name}' defines {' '.join(available)}"
         fits = self.fits(name, style, wanted) if what == "element" else ""
         hint += f"; {fits}" if fits else ""
-        self.error(cmd, words, "potential.element_missing",
-                   f"{what} {' '.join(missing)} not in '{name}'", hint)
+        self.error(cmd, words, "potential.element_missing", f"{what} {' '.join(missing)} not in '{name}'", hint)
 
-    def check_selected(self, cmd: Command, words: list[str], file: str, selected: list[str],
-                       mapped: list[str]) -> None:
+    def check_selected(self, cmd: Command, words: list[str], file: str, selected: list[str], mapped: list[str]) -> None:
         """meam and eim: the names mapped to types must be among those listed right after/before the file."""
         extra = _distinct(n for n in mapped if n != "NULL" and n not in selected)
         if extra:
-            self.error(cmd, words, "potential.element_missing",
-                       f"element {' '.join(extra)} is mapped to a type but not selected from '{file}'",
-                       f"the selected elements are {' '.join(selected) or 'none'}; add it to them")
+            self.error(
+                cmd,
+                words,
+                "potential.element_missing",
+                f"element {' '.join(extra)} is mapped to a type but not selected from '{file}'",
+                f"the selected elements are {' '.join(selected) or 'none'}; add it to them",
+            )
 
     def pair_style(self, cmd: Command) -> None:
         args = cmd.args
@@ -614,14 +698,24 @@ class _Resolver:
             self.use(cmd, cmd.words, args[at], style)
 
 
-def resolve_potentials(script: ParsedScript, run_dir: Path, *,
-                       search_path: list[tuple[str, Path]] | None = None,
-                       ) -> tuple[list[PotentialUse], list[Diagnostic]]:
+def resolve_potentials(
+    script: ParsedScript,
+    run_dir: Path,
+    *,
+    search_path: list[tuple[str, Path]] | None = None,
+    task: str = "",
+) -> tuple[list[PotentialUse], list[Diagnostic]]:
     """The potential files `script` reads, where each comes from, and what is wrong with them.
 
-    `search_path` lists (label, folder) to try after the run folder; default `default_search_path()`.
+    `search_path` lists (label, folder) to try after the run folder; default `default_search_path()`. `task`, the
+    user's words, helps name the element of a missing file whose pair_coeff names none.
     """
-    r = _Resolver(Path(run_dir).resolve(), default_search_path() if search_path is None else search_path)
+    r = _Resolver(Path(run_dir).resolve(), default_search_path() if search_path is None else search_path, task=task)
+    r.masses = {
+        int(c.args[0]): float(c.args[1])
+        for c in script.commands
+        if c.name == "mass" and len(c.args) > 1 and c.args[0].isdigit() and is_number(c.args[1])
+    }
     masses: dict[int, float] = {}
     style_args: list[str] = []
     for cmd in script.commands:
@@ -654,10 +748,32 @@ def _check_order(r: _Resolver, cmd: Command, words: list[str], names: list[str],
             continue
         other = next((e for e, m in known.items() if e != element and abs(mass - m) <= 0.02 * m), None)
         if other:
-            r.error(cmd, words, "potential.element_order",
-                    f"type {i} is mapped to {element} ({known[element]:g}) but has the mass of {other} "
-                    f"({mass:g}): the element names are probably in the wrong order",
-                    f"list the elements in the order of the atom types, one per type (type {i} is {other}?)")
+            r.error(
+                cmd,
+                words,
+                "potential.element_order",
+                f"type {i} is mapped to {element} ({known[element]:g}) but has the mass of {other} "
+                f"({mass:g}): the element names are probably in the wrong order",
+                f"list the elements in the order of the atom types, one per type (type {i} is {other}?)",
+            )
+
+
+def element_of_mass(mass: float | None) -> str | None:
+    """The element whose standard atomic weight is nearest `mass`, within 2 % (as `_check_order` judges)."""
+    if not mass or mass <= 0:
+        return None
+    element, weight = min(MASSES.items(), key=lambda kv: abs(kv[1] - mass))
+    return element if abs(weight - mass) <= 0.02 * weight else None
+
+
+def _type_range(word: str, ntypes: int) -> range | None:
+    """LAMMPS type ranges of a pair_coeff: `3`, `*`, `2*`, `*4`, `2*4` (`*` up to the highest type with a mass)."""
+    m = re.fullmatch(r"(\d*)\*(\d*)|(\d+)", word)
+    if not m:
+        return None
+    if m.group(3):
+        return range(int(m.group(3)), int(m.group(3)) + 1)
+    return range(int(m.group(1) or 1), int(m.group(2) or ntypes) + 1)
 
 
 def _distinct_lists(lists: list[list[str]]) -> list[list[str]]:

@@ -324,8 +324,11 @@ def preflight(
     limits: Limits | None = None,
     install: LammpsInstall | None = None,
     dry: bool = True,
+    task: str = "",
 ) -> PreflightReport:
-    """Check a script in its run folder (default: the script's folder). Never raises for a bad script."""
+    """Check a script in its run folder (default: the script's folder). Never raises for a bad script.
+
+    `task`, the user's words, helps name the element of a missing potential file whose pair_coeff names none."""
     start = time.monotonic()
     script_path = Path(script_path)
     run_dir = Path(run_dir or script_path.parent)
@@ -347,7 +350,7 @@ def preflight(
             seconds=time.monotonic() - start,
         )
     policy = check_policy(script, limits, run_dir)
-    potentials, potential_diags = resolve_potentials(script, run_dir)
+    potentials, potential_diags = resolve_potentials(script, run_dir, task=task)
     diags = list(script.diagnostics) + policy + potential_diags + static_checks(script, run_dir)
     skiprun_seconds = None
     # The policy is the wall before anything executes; an over-large system would only hit the memory cap.

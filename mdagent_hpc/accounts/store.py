@@ -88,8 +88,8 @@ submissions = Table(  # the client's request id of each submission (Idempotency-
     Column("id", Integer, primary_key=True),
     Column("user_id", ForeignKey("mdagent_users.id"), nullable=False),
     Column("request_id", String(128), nullable=False),
-    Column("pk", BigInteger, nullable=False),
-    Column("uuid", String(36), nullable=False),
+    Column("pk", BigInteger),  # NULL until the run exists (the key is stored first, so a crash cannot lose it)
+    Column("uuid", String(36)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("user_id", "request_id"),
 )
@@ -371,8 +371,9 @@ class Store:
                 raise self._unusable(exc) from None
             yield db
 
-    def submitted(self, db, user_id: int, request_id: str) -> tuple[int, str] | None:
-        """The (pk, uuid) a submission with this request id made, if one did."""
+    def submitted(self, db, user_id: int, request_id: str) -> tuple[int | None, str | None] | None:
+        """The (pk, uuid) a submission with this request id made; (None, None) when one began and made no run
+        that it recorded (it may have been cut short after making it); None when none began."""
         query = select(submissions.c.pk, submissions.c.uuid).where(
             submissions.c.user_id == user_id, submissions.c.request_id == request_id
         )
@@ -382,12 +383,17 @@ class Store:
             raise self._unusable(exc) from None
         return (row[0], row[1]) if row else None
 
-    def remember(self, db, user_id: int, request_id: str, pk: int, uuid: str) -> None:
-        row = {"user_id": user_id, "request_id": request_id, "pk": pk, "uuid": uuid, "created_at": _now()}
-        try:
+    def claim(self, user_id: int, request_id: str) -> None:
+        """Record that a submission with this request id begins, committed at once (before its run exists)."""
+        row = {"user_id": user_id, "request_id": request_id, "pk": None, "uuid": None, "created_at": _now()}
+        with self._db(write=True) as db:
             db.execute(submissions.insert().values(**row))
-        except sa_exc.SQLAlchemyError as exc:
-            raise self._unusable(exc) from None
+
+    def settle(self, user_id: int, request_id: str, pk: int, uuid: str) -> None:
+        """The run a claimed submission made."""
+        where = (submissions.c.user_id == user_id) & (submissions.c.request_id == request_id)
+        with self._db(write=True) as db:
+            db.execute(submissions.update().where(where).values(pk=pk, uuid=uuid))
 
     # -- helpers -------------------------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -258,11 +258,26 @@ class Server:
             ids = {identity(u.name, u.email): u.id for u in self.store.users()}
             return repair.repair(lambda email: self.store.user_lock(ids[email]) if email in ids else None)
 
-        try:
-            await self.write(repair_unqueued)
-        except Exception as exc:  # noqa: BLE001 (serving goes on; the admin hears it)
-            print(f"mdagent server: the check for runs left unqueued failed ({type(exc).__name__})", file=sys.stderr)
+        async def repair_once():
+            try:
+                await self.write(repair_unqueued)
+            except Exception as exc:  # noqa: BLE001 (serving goes on; the admin hears it; the next round retries)
+                print(
+                    f"mdagent server: the check for runs nobody runs failed ({type(exc).__name__}); "
+                    f"again in {repair.EVERY} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        async def repair_now_and_then():
+            while True:
+                await asyncio.sleep(repair.EVERY)
+                await repair_once()
+
+        await repair_once()  # before serving: nothing counted that nobody runs
+        repairs = asyncio.create_task(repair_now_and_then())
         yield
+        repairs.cancel()
         self.writes.shutdown(wait=True)
         self.request_log.close()
 
@@ -374,24 +389,38 @@ class Server:
         return check_submit(q, now, in_flight=running, points=points, core_hours_today=hours, tokens_today=tokens)
 
     def submit_locked(self, user: User, launch, points: int, request_id: str | None) -> tuple[int, str, bool]:
-        """Under the user's lock: the run this request id made already, else the quotas counted and the run made
-        (and the request id stored in the same transaction); (pk, uuid, made now)."""
+        """Under the user's lock: the run this request id made already, else the quotas counted and the run made;
+        (pk, uuid, made now). The request id is committed before the run is made and the run carries it (an extra,
+        committed with the node), so a server killed at any point leaves what the retry finds: no run (made now),
+        or the run (queued now if it never was)."""
+        from mdagent_hpc.server import service
+
         with self.store.user_lock(user.id) as db:
-            if request_id and (found := self.store.submitted(db, user.id, request_id)):
+            found = self.store.submitted(db, user.id, request_id) if request_id else None
+            if found is not None and found[0] is not None:
                 return (*found, False)
             once_more_after_a_blip(_ping)  # this thread's database connection, fresh if the database dropped it
+            if found is not None and (node := service.made_by(user, request_id)) is not None:
+                service.queue_if_never_queued(node)  # a broker down: 503, and the next retry queues it
+                self.store.settle(user.id, request_id, node.pk, node.uuid)
+                return node.pk, node.uuid, False
             refused = once_more_after_a_blip(lambda: self.over_quota(user, points))
             if refused is not None:
                 headers = {"retry-after": str(refused.retry_after)} if refused.retry_after is not None else None
                 raise Problem(429, refused.quota, refused.message, headers)
+            if request_id and found is None:
+                self.store.claim(user.id, request_id)
+            service.crash_point("request_stored")
             started = datetime.now(UTC)
             try:
-                node = launch()
+                node = launch(request_id)
             except Exception:
-                self.end_failed_submission(user, started)
-                raise
+                if not request_id:  # nobody will ask for this run again: ended, not left counting
+                    self.end_failed_submission(user, started)
+                raise  # with a request id the retry (or the repair) queues the run it made
+            service.crash_point("run_queued")
             if request_id:
-                self.store.remember(db, user.id, request_id, node.pk, node.uuid)
+                self.store.settle(user.id, request_id, node.pk, node.uuid)
             return node.pk, node.uuid, True
 
     @staticmethod
@@ -467,7 +496,7 @@ class Server:
                 )
             self.known_site(body.request.site)
             return await self.submit(
-                user, request, lambda: service.submit_run(user, body.request, self.settings.group_read)
+                user, request, lambda rid: service.submit_run(user, body.request, self.settings.group_read, rid)
             )
 
         async def listing(user: User):
@@ -567,7 +596,10 @@ class Server:
             self.known_site(spec.site)
             plan = await self.read(api.plan_sweep, spec)
             return await self.submit(
-                user, request, lambda: service.submit_sweep(user, spec, self.settings.group_read), points=plan.points
+                user,
+                request,
+                lambda rid: service.submit_sweep(user, spec, self.settings.group_read, rid),
+                points=plan.points,
             )
 
         async def listing(user: User):

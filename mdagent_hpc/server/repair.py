@@ -1,10 +1,16 @@
-"""Runs that a crash or a broker outage left `created` and never queued: found and repaired, never left counting.
+"""Processes that nothing will ever run: found and queued again (or ended with a reason), never left counting.
 
-AiiDA's `submit` stores the process node and its checkpoint, then sends the task that tells the daemon to run it.
-A server killed between the two, or a broker down at that moment, leaves a node `created` that nothing will ever
-run, and that `concurrent_runs` would count for good. A submission that fails on the broker ends its node at once
-(`end_failed_submission`); the server's start finds the others (`repair`) and queues them again (AiiDA's own
-`revive_processes`).
+A process is run by the daemon worker holding its task (RabbitMQ keeps the task, unacknowledged, until the process
+ends, and gives it to another worker if that worker dies). Three ways to lose it:
+- a submission cut short after its node was committed and before its task was sent (a server killed, a broker down):
+  the node stays `created` with nobody to run it (`service.launch` commits node and checkpoint first);
+- a task lost by the broker, or a continue task that failed while the broker was down: `waiting` or `running` for
+  good (what `verdi process repair` finds);
+- a node without a checkpoint (made outside `service.launch` and cut short): nothing can resume it.
+`repair` (at the server's start and every `EVERY` seconds) takes every active process older than `GRACE` that has
+no task in the queue and that no worker answers for (an RPC to the process: `held`), and sends it a continue task
+(AiiDA's `revive_processes`; the worker resumes it from its checkpoint), or ends it with a reason when it has no
+checkpoint. A submission that fails on the broker ends its node at once (`end_failed_submission`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from mdagent_hpc.provenance import AGENT_TYPE as AGENT
 from mdagent_hpc.provenance import SWEEP_TYPE as SWEEP
 
 GRACE = timedelta(seconds=30)  # a task sent this recently may be on its way to a worker: not an orphan yet
+EVERY = 60  # seconds between two repairs in a running server
+ACTIVE_STATES = ["created", "waiting", "running"]
 
 
 def created(since: datetime | None = None, before: datetime | None = None, email: str | None = None) -> list:
@@ -35,6 +43,22 @@ def created(since: datetime | None = None, before: datetime | None = None, email
     )
     if email is not None:
         qb.append(orm.User, with_node="p", filters={"email": email})
+    return qb.all(flat=True)
+
+
+def active(before: datetime) -> list[orm.ProcessNode]:
+    """Every process not ended (or with no state at all: cut short as it was made), made before `before`; process
+    functions aside (they run inside their caller's step and are never queued)."""
+    state = {"or": [{"attributes.process_state": {"in": ACTIVE_STATES}}, {"attributes.process_state": None}]}
+    functions = [
+        "process.calculation.calcfunction.CalcFunctionNode.",
+        "process.workflow.workfunction.WorkFunctionNode.",
+    ]
+    qb = orm.QueryBuilder().append(
+        orm.ProcessNode,
+        project="*",
+        filters={"and": [state, {"ctime": {"<": before}}, {"node_type": {"!in": functions}}]},
+    )
     return qb.all(flat=True)
 
 
@@ -63,29 +87,57 @@ def queued() -> set[int]:
     return set(get_process_tasks(get_manager().get_broker()))
 
 
+def held(pk: int, timeout: float = 10) -> bool:
+    """Does a daemon worker hold process `pk` (it subscribes to RPCs under its pk while it has it)? A worker too
+    busy to answer in `timeout` counts as holding it: never a second copy of a process."""
+    import kiwipy
+    from aiida.manage import get_manager
+
+    try:
+        future = get_manager().get_process_controller().get_status(pk)
+        while isinstance(future, kiwipy.Future):  # an RPC answers a future of the answer
+            future = future.result(timeout=timeout)
+    except kiwipy.UnroutableError:
+        return False
+    except Exception:  # noqa: BLE001 (a timeout or an odd answer: someone may have it)
+        return True
+    return True
+
+
 def repair(lock_for, now: datetime | None = None) -> list[int]:
-    """Every server user's run left `created` before the grace period and not in the queue, queued again (the
-    daemon resumes it from its checkpoint, which AiiDA saves as the node is made); their pks. Each is looked at
-    holding its user's submission lock (`lock_for(email)`, None for a user the server does not know: not its to
-    repair), so a submission still on its way to the queue is never taken for an orphan. Said on stderr."""
+    """Every process left with nobody to run it (made before the grace period, no task queued, no worker holding
+    it) queued again, or ended with a reason when it has no checkpoint; the pks queued. An agent run or sweep is
+    looked at holding its user's submission lock (`lock_for(email)`, None for a user the server does not know: not
+    its to repair), so a submission still on its way to the queue is never taken for an orphan. Said on stderr."""
+    import contextlib
+
     from aiida.engine.processes.control import revive_processes
 
     now = now or datetime.now(UTC)
-    requeue = []
-    for node in created(before=now - GRACE):
-        lock = lock_for(node.user.email)
-        if lock is None:
+    requeue, ended = [], []
+    in_queue = queued()
+    for node in active(before=now - GRACE):
+        if node.pk in in_queue:
             continue
-        with lock:
-            node = orm.load_node(node.pk)  # its state now: a worker may have taken it meanwhile
-            if node.process_state is None or node.process_state.value != "created" or node.pk in queued():
+        top = node.process_type in (AGENT, SWEEP)
+        lock = lock_for(node.user.email)
+        if top and lock is None:
+            continue
+        with lock if lock is not None else contextlib.nullcontext():
+            node = orm.load_node(node.pk)  # its state now: a worker may have taken it, or ended it, meanwhile
+            state = node.process_state.value if node.process_state is not None else None
+            if (state is not None and state not in ACTIVE_STATES) or node.pk in queued() or held(node.pk):
+                continue
+            if node.checkpoint is None:
+                end(node, "this process was cut short as it was made (a crash) and cannot be resumed: submit again")
+                ended.append(node.pk)
                 continue
             try:
                 revive_processes([node])
-            except Exception as exc:  # noqa: BLE001 (the daemon or broker is down: the admin hears it)
+            except Exception as exc:  # noqa: BLE001 (the daemon or broker is down: the next repair tries again)
                 print(
-                    f"mdagent server: cannot queue run {node.pk} again ({type(exc).__name__}); it was left "
-                    "unqueued by a crash: `verdi process repair` (daemon stopped) does it",
+                    f"mdagent server: cannot queue process {node.pk} again ({type(exc).__name__}); the next "
+                    f"repair (in {EVERY} s) tries again",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -95,6 +147,13 @@ def repair(lock_for, now: datetime | None = None) -> list[int]:
         print(
             f"mdagent server: {len(requeue)} run(s) left unqueued by a crash queued again: "
             + ", ".join(map(str, requeue)),
+            file=sys.stderr,
+            flush=True,
+        )
+    if ended:
+        print(
+            f"mdagent server: {len(ended)} process(es) cut short as they were made ended: "
+            + ", ".join(map(str, ended)),
             file=sys.stderr,
             flush=True,
         )

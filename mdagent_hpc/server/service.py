@@ -11,6 +11,7 @@ Nothing is kept here between requests: everything lives in the database and the 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from datetime import UTC, datetime
 
@@ -23,6 +24,8 @@ from mdagent_hpc.provenance import SWEEP_TYPE as SWEEP
 from mdagent_hpc.server.access import identity, may_cancel, may_read
 
 USER_EXTRA = "mdagent_user"
+REQUEST_EXTRA = "mdagent_request"  # the Idempotency-Key of the submission that made a root node
+CRASH_AT = "MDAGENT_TEST_CRASH_AT"  # tests only: the server dies (as by SIGKILL) at this named point of a submission
 
 
 class Denied(Exception):
@@ -70,10 +73,38 @@ def caller(user: User, group_read: bool) -> Caller:
     return EVERYONE if group_read or user.admin else Caller(identity(user.name, user.email))
 
 
-def submit_run(user: User, request, group_read: bool = False):
-    """Submit an agent run to the daemon on behalf of `user`; the root node."""
-    from aiida.engine import submit
+def crash_point(name: str) -> None:
+    """Tests kill the server between the steps of a submission here (never set in a deployment)."""
+    if os.environ.get(CRASH_AT) == name:
+        os._exit(137)
 
+
+def launch(process_class, inputs: dict, extras: dict) -> orm.ProcessNode:
+    """What `aiida.engine.submit` does, with the root node, its inputs, its extras (the user, the request id) and
+    its checkpoint committed in one transaction: a crash leaves either no node or one a retry can find by its
+    request id. Then the task goes to the broker (a crash before that: the retry or the repair queues it)."""
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+
+    runner = get_manager().get_runner()
+    with get_manager().get_profile_storage().transaction():
+        process = instantiate_process(runner, process_class, **inputs)
+        process.node.base.extras.set_many(extras)
+        runner.persister.save_checkpoint(process)
+        process.close()
+    crash_point("run_stored")
+    runner.controller.continue_process(process.pid, nowait=False, no_reply=True)
+    return process.node
+
+
+def extras_of(user: User, group_read: bool, request_id: str | None) -> dict:
+    """The user's name on the root; with the group setting, its failure memory may read the group's runs (absent,
+    the safe default: own runs only); the request id that made it."""
+    return {USER_EXTRA: user.name, GROUP_READ_EXTRA: group_read, **({REQUEST_EXTRA: request_id} if request_id else {})}
+
+
+def submit_run(user: User, request, group_read: bool = False, request_id: str | None = None):
+    """Submit an agent run to the daemon on behalf of `user`; the root node."""
     from mdagent_hpc.workflows.agent import AgentWorkChain
     from mdagent_hpc.workflows.launch import agent_inputs
 
@@ -84,24 +115,40 @@ def submit_run(user: User, request, group_read: bool = False):
         mark = scheduler_mark(code.computer.scheduler_type if code is not None else "", user)
         options["custom_scheduler_commands"] = "\n".join(filter(None, [options.get("custom_scheduler_commands"), mark]))
         inputs["options"] = orm.Dict(options)
-        node = submit(AgentWorkChain, **inputs)
-    _mark(node, user, group_read)
-    return node
+        return launch(AgentWorkChain, inputs, extras_of(user, group_read, request_id))
 
 
-def submit_sweep(user: User, spec, group_read: bool = False):
-    from mdagent_hpc.workflows.sweep_launch import submit_sweep as submit
+def submit_sweep(user: User, spec, group_read: bool = False, request_id: str | None = None):
+    from mdagent_hpc.workflows.launch import LaunchError
+    from mdagent_hpc.workflows.sweep import SweepWorkChain
+    from mdagent_hpc.workflows.sweep_launch import sweep_inputs
 
+    if spec.answers:
+        raise LaunchError("a sweep with recorded answers runs only in your own process")
     with as_user(user):
-        node = submit(spec)
-    _mark(node, user, group_read)
-    return node
+        return launch(SweepWorkChain, sweep_inputs(spec), extras_of(user, group_read, request_id))
 
 
-def _mark(node, user: User, group_read: bool) -> None:
-    """The user's name on the root; with the group setting, its failure memory may read the group's runs (absent,
-    the safe default: own runs only)."""
-    node.base.extras.set_many({USER_EXTRA: user.name, GROUP_READ_EXTRA: group_read})
+def made_by(user: User, request_id: str) -> orm.ProcessNode | None:
+    """The root node a submission of `user` with this request id made, if it made one."""
+    qb = orm.QueryBuilder().append(
+        orm.WorkChainNode,
+        tag="p",
+        filters={"process_type": {"in": [AGENT, SWEEP]}, f"extras.{REQUEST_EXTRA}": request_id},
+    )
+    qb.append(orm.User, with_node="p", filters={"email": identity(user.name, user.email)})
+    return qb.first(flat=True)
+
+
+def queue_if_never_queued(node: orm.ProcessNode) -> None:
+    """A run a cut-short submission made: its task sent now unless the broker or a worker has it already."""
+    from mdagent_hpc.server.repair import held, queued
+
+    if node.process_state is not None and node.process_state.value == "created":
+        if node.pk not in queued() and not held(node.pk):
+            from aiida.manage import get_manager
+
+            get_manager().get_process_controller().continue_process(node.pk, nowait=False, no_reply=True)
 
 
 def load(pk: int | str, what: str = "run") -> orm.Node:

@@ -47,6 +47,7 @@ from mdagent_hpc.models import (
     Stage,
     Usage,
 )
+from mdagent_hpc.workflows.broker import PatientWithBroker
 from mdagent_hpc.workflows.candidates import candidate_inputs, preflight_candidates, reports_of
 from mdagent_hpc.workflows.generate import GenerateScript, LinksOnlyNewOutputs
 from mdagent_hpc.workflows.lammps_calc import node_key
@@ -57,7 +58,7 @@ from mdagent_hpc.workflows.steps import dry_run_report, evaluate_run, preflight_
 DRY_RUN_WALLTIME_S = 600
 
 
-class AgentWorkChain(OwnedSteps, LinksOnlyNewOutputs, WorkChain):
+class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkChain):
     @classmethod
     def define(cls, spec):
         super().define(spec)

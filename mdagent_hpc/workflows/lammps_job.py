@@ -22,6 +22,7 @@ from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, calcfunctio
 from mdagent_hpc.execution.accounting import FAULT_MESSAGES, LAMMPS_FAILED, Fault, decide, fault_of_job
 from mdagent_hpc.execution.site import OnFailure
 from mdagent_hpc.models import Job
+from mdagent_hpc.workflows.broker import PatientWithBroker
 from mdagent_hpc.workflows.lammps_calc import LOG, STDOUT, LammpsCalculation, lammps_settings, node_key
 from mdagent_hpc.workflows.owned import OwnedSteps
 
@@ -35,7 +36,7 @@ def restart_files_of(retrieved: orm.FolderData) -> dict:
             for name in names if name not in (LOG, STDOUT) and not name.startswith("_")}
 
 
-class LammpsJobWorkChain(OwnedSteps, BaseRestartWorkChain):
+class LammpsJobWorkChain(PatientWithBroker, OwnedSteps, BaseRestartWorkChain):
     _process_class = LammpsCalculation
 
     @classmethod

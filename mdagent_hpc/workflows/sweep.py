@@ -24,6 +24,7 @@ from mdagent_hpc.models import Attempt
 from mdagent_hpc.sweep.results import PointResult, plot, point_result, production, table, table_json
 from mdagent_hpc.sweep.spec import Point, SweepSpec, correction_task, expand, ordered, probe_points, template_task
 from mdagent_hpc.workflows.agent import AgentWorkChain
+from mdagent_hpc.workflows.broker import PatientWithBroker
 from mdagent_hpc.workflows.generate import LinksOnlyNewOutputs
 from mdagent_hpc.workflows.lammps_calc import LOG
 from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
@@ -80,7 +81,7 @@ def sweep_results(spec: orm.Dict, **points: orm.Dict) -> dict:
             "plot": orm.SinglefileData(io.BytesIO(png), filename="sweep.png")}
 
 
-class SweepWorkChain(OwnedSteps, LinksOnlyNewOutputs, WorkChain):
+class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkChain):
     @classmethod
     def define(cls, spec):
         super().define(spec)

@@ -386,6 +386,32 @@ def test_a_retried_submission_returns_the_same_run(shared):
     ended(shared, "hank", answers[0].json()["pk"])
 
 
+@pytest.mark.parametrize("point", ["request_stored", "run_stored", "run_queued"])
+def test_a_server_killed_at_any_step_of_a_submission_leaves_one_run_and_it_runs(shared, point):
+    """The server dies (as by SIGKILL) after the request id is stored, after the run's node is committed, after
+    its task is sent; the client retries with the same key on another server: one run, and it runs."""
+    from mdagent_hpc.server.service import CRASH_AT
+
+    user(shared, "kim")
+    shared["model"].answers.extend([test_server.GOOD])  # this run's script
+    task, key = f"{TASK} (killed at {point})", {"idempotency-key": f"crash-{point}-{uuid.uuid4().hex}"}
+    dying = ServerProcess({**shared["env"], CRASH_AT: point}, free_port(), shared["home"] / f"dying-{point}.log")
+    try:
+        with pytest.raises(httpx.TransportError):
+            submit(shared, "kim", task, url=dying.url, headers=dict(key))
+        assert dying.proc.wait(60) == 137
+    finally:
+        dying.stop()
+    again = submit(shared, "kim", task, headers=dict(key))
+    assert again.status_code in (200, 201), again.text
+    pk = again.json()["pk"]
+    assert [
+        r["pk"] for r in call(shared, "GET", "/api/v1/runs", "kim", params={"task": f"(killed at {point})"}).json()
+    ] == [pk]
+    assert submit(shared, "kim", task, headers=dict(key)).json()["pk"] == pk
+    assert ended(shared, "kim", pk)["verdict"] == "passed"
+
+
 # -- 9. secrets --------------------------------------------------------------------------------------------------
 def test_server_json_is_private_and_a_password_with_url_characters_works(shared):
     settings = shared["home"] / "server.json"

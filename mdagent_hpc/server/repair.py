@@ -87,21 +87,35 @@ def queued() -> set[int]:
     return set(get_process_tasks(get_manager().get_broker()))
 
 
-def held(pk: int, timeout: float = 10) -> bool:
-    """Does a daemon worker hold process `pk` (it subscribes to RPCs under its pk while it has it)? A worker too
-    busy to answer in `timeout` counts as holding it: never a second copy of a process."""
+def held(pks: list[int], timeout: float = 10) -> set[int]:
+    """The processes among `pks` that a daemon worker holds (it subscribes to RPCs under the pk while it has one),
+    asked all at once. A worker too busy to answer within `timeout` (in all) counts as holding them: never a second
+    copy of a process."""
+    import concurrent.futures
+    import time
+
     import kiwipy
     from aiida.manage import get_manager
 
-    try:
-        future = get_manager().get_process_controller().get_status(pk)
-        while isinstance(future, kiwipy.Future):  # an RPC answers a future of the answer
-            future = future.result(timeout=timeout)
-    except kiwipy.UnroutableError:
-        return False
-    except Exception:  # noqa: BLE001 (a timeout or an odd answer: someone may have it)
-        return True
-    return True
+    controller = get_manager().get_process_controller()
+    asked = {}
+    for pk in pks:
+        try:
+            asked[pk] = controller.get_status(pk)
+        except kiwipy.UnroutableError:
+            continue
+    deadline = time.monotonic() + timeout
+    found = set()
+    for pk, future in asked.items():
+        try:
+            while isinstance(future, concurrent.futures.Future):  # an RPC answers a future of the answer
+                future = future.result(timeout=max(0.1, deadline - time.monotonic()))
+        except kiwipy.UnroutableError:
+            continue
+        except Exception:  # noqa: BLE001 (a timeout or an odd answer: someone may have it)
+            pass
+        found.add(pk)
+    return found
 
 
 def repair(lock_for, now: datetime | None = None) -> list[int]:
@@ -116,8 +130,10 @@ def repair(lock_for, now: datetime | None = None) -> list[int]:
     now = now or datetime.now(UTC)
     requeue, ended = [], []
     in_queue = queued()
-    for node in active(before=now - GRACE):
-        if node.pk in in_queue:
+    candidates = [n for n in active(before=now - GRACE) if n.pk not in in_queue]
+    answering = held([n.pk for n in candidates])
+    for node in candidates:
+        if node.pk in answering:
             continue
         top = node.process_type in (AGENT, SWEEP)
         lock = lock_for(node.user.email)
@@ -126,7 +142,7 @@ def repair(lock_for, now: datetime | None = None) -> list[int]:
         with lock if lock is not None else contextlib.nullcontext():
             node = orm.load_node(node.pk)  # its state now: a worker may have taken it, or ended it, meanwhile
             state = node.process_state.value if node.process_state is not None else None
-            if (state is not None and state not in ACTIVE_STATES) or node.pk in queued() or held(node.pk):
+            if (state is not None and state not in ACTIVE_STATES) or node.pk in queued() or held([node.pk]):
                 continue
             if node.checkpoint is None:
                 end(node, "this process was cut short as it was made (a crash) and cannot be resumed: submit again")

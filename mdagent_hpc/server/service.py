@@ -145,7 +145,7 @@ def queue_if_never_queued(node: orm.ProcessNode) -> None:
     from mdagent_hpc.server.repair import held, queued
 
     if node.process_state is not None and node.process_state.value == "created":
-        if node.pk not in queued() and not held(node.pk):
+        if node.pk not in queued() and not held([node.pk]):
             from aiida.manage import get_manager
 
             get_manager().get_process_controller().continue_process(node.pk, nowait=False, no_reply=True)

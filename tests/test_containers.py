@@ -473,3 +473,186 @@ def test_vllm_def():
     server = 'exec python -m vllm.entrypoints.openai.api_server "$@"'
     assert server in body["runscript"] and server in body["startscript"]
     assert "8000" in body["help"] and "vllm.port 8000" in body["labels"]
+
+
+# ---------------------------------------------------------------- Charliecloud, for real: LAMMPS inside the image
+# The image is containers/lammps-debian.sh's, built once and cached by scripts/lammps_image.sh (tests/run.sh runs it).
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mdagent-hpc"
+IMAGE = Path(os.environ.get("MDAGENT_LAMMPS_IMAGE") or CACHE / "lammps-image")
+EAM = (REPO / "mdagent_hpc" / "examples" / "demo" / "good.lammps").read_text().replace("run             2000", "run 20")
+
+
+@pytest.fixture(scope="module")
+def ch_image() -> Path:
+    """The cached LAMMPS image folder; missing, the test fails and says how to build it (never a silent skip)."""
+    if not (IMAGE / "opt" / "lammps").is_dir():
+        pytest.fail(f"no LAMMPS image at {IMAGE}: build it with `bash scripts/lammps_image.sh` (tests/run.sh does)")
+    os.environ.setdefault("USER", "root" if os.geteuid() == 0 else str(os.geteuid()))
+    return IMAGE
+
+
+def broken_copy(image: Path, tmp_path: Path, remove: str) -> Path:
+    """A copy of the image (hard links: cheap) without `remove`."""
+    copy = tmp_path / "broken-image"
+    subprocess.run(["cp", "-al", str(image), str(copy)], check=True)
+    target = copy / remove
+    target.unlink() if target.is_file() or target.is_symlink() else target.rmdir()
+    return copy
+
+
+def ch_site(tmp_path: Path, image: Path, extra: str = "", scheduler: str = "direct") -> Path:
+    path = tmp_path / "ch-site.yaml"
+    transport = "{type: local, use_login_shell: false, safe_interval: 0}"
+    queue = "queue: debug\nresources: {memory_mb: 1000, walltime: 600}\n" if scheduler == "slurm" else ""
+    path.write_text(f"name: ch-{scheduler}\nscheduler: {scheduler}\ntransport: {transport}\npoll_interval: 0.2\n"
+                    f"{queue}lammps:\n  container: {{runtime: charliecloud, image: {image}}}\n{extra}")
+    return path
+
+
+def run_in_image(site, run_dir: Path, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The LAMMPS job's command line (what the pilot worker and AiiDA's ContainerizedCode run) on `script`."""
+    from mdagent_hpc.execution.containers import runtime
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "in.lammps").write_text(script)
+    command = container_command_for(site, run_dir)
+    env = {**os.environ, **runtime("charliecloud").environment()}
+    return subprocess.run(command, cwd=run_dir, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def container_command_for(site, run_dir: Path) -> list[str]:
+    from mdagent_hpc.execution.site import container_command
+
+    return container_command(site, ["-in", "in.lammps", "-log", "log.lammps"], workdir=str(run_dir))
+
+
+def test_site_config_container_section(tmp_path):
+    site = load_site(ch_site(tmp_path, Path("/images/lammps")))
+    assert site.lammps.container.runtime == "charliecloud" and site.lammps.image == "/images/lammps"
+    old = load_site(SITE_CONFIGS / "pbs-gpu.yaml")  # the flat Apptainer form still loads, as runtime apptainer
+    assert old.lammps.container.runtime == "apptainer" and old.lammps.container.nv
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\nscheduler: direct\nlammps:\n  container:\n    runtime: charliecloud\n"
+                   "    image: /i\n    binds: [/data:/data:ro]\n")
+    with pytest.raises(Exception, match="ch-run binds are read-write"):
+        load_site(bad)
+    bad.write_text("name: b\nscheduler: direct\nlammps:\n  container: {runtime: charliecloud, image: oras://x/y}\n")
+    with pytest.raises(Exception, match="charliecloud runs an image folder"):
+        load_site(bad)
+
+
+def test_image_check_reads_lammps_from_inside_the_image(ch_image):
+    report = check_image(str(ch_image), runtime_name="charliecloud")
+    local = capabilities()
+    assert report.runtime == "charliecloud" and report.runtime_version == "0.31"
+    assert report.lammps_version == local.version and report.packages == list(local.packages)
+    assert report.potentials_dir == "/opt/lammps/potentials" and report.potential_files > 200
+    result = CliRunner().invoke(image_group, ["check", "--runtime", "charliecloud", str(ch_image), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["lammps_version"] == local.version
+
+
+def test_image_without_lammps_fails_clearly(ch_image, tmp_path):
+    broken = broken_copy(ch_image, tmp_path, "opt/lammps/bin/lmp")
+    with pytest.raises(ImageCheckError, match=r"has no `lmp` on its PATH"):
+        check_image(str(broken), runtime_name="charliecloud")
+    result = run_in_image(load_site(ch_site(tmp_path, broken)), tmp_path / "run", EAM)
+    assert result.returncode != 0 and not (tmp_path / "run" / "log.lammps").exists()
+    result = CliRunner().invoke(image_group, ["check", "--runtime", "charliecloud", str(broken)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().startswith("error: The image") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_image_that_cannot_take_the_run_folder_bind_fails_clearly(ch_image, tmp_path):
+    broken = broken_copy(ch_image, tmp_path, "mnt/run")
+    with pytest.raises(ImageCheckError, match=r"could not run .* with a job's binds: can't mkdir: .*mnt/run"):
+        check_image(str(broken), runtime_name="charliecloud")
+    with pytest.raises(ImageCheckError, match=r"does not exist; build the image folder"):
+        check_image(str(tmp_path / "nowhere"), runtime_name="charliecloud")
+
+
+def test_lammps_runs_in_the_image_with_the_image_potentials(ch_image, tmp_path):
+    site = load_site(ch_site(tmp_path, ch_image))
+    result = run_in_image(site, tmp_path / "run", EAM)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    log = (tmp_path / "run" / "log.lammps").read_text()
+    assert "Total wall time" in log and "Reading eam potential file Cu_u3.eam" in log
+
+
+def test_potentials_from_a_bound_site_folder(ch_image, tmp_path):
+    site_potentials = tmp_path / "site-potentials"
+    site_potentials.mkdir()
+    potential = Path(find_lammps().potentials_dir) / "Cu_u3.eam"
+    (site_potentials / "SiteCu.eam").write_text(potential.read_text())
+    script = EAM.replace("Cu_u3.eam", "SiteCu.eam")
+    without = run_in_image(load_site(ch_site(tmp_path, ch_image)), tmp_path / "run-0", script)
+    assert without.returncode != 0 and "SiteCu.eam" in without.stdout  # not in the image: the bind is what finds it
+    site = load_site(ch_site(tmp_path, ch_image, f"potentials_dir: {site_potentials}\n"))
+    result = run_in_image(site, tmp_path / "run-1", script)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert "Reading eam potential file SiteCu.eam" in (tmp_path / "run-1" / "log.lammps").read_text()
+    missing = load_site(ch_site(tmp_path, ch_image, f"potentials_dir: {tmp_path / 'no-such-folder'}\n"))
+    wrong = run_in_image(missing, tmp_path / "run-2", script)  # a wrong bind: ch-run refuses, LAMMPS never starts
+    assert wrong.returncode != 0 and "can't bind" in wrong.stderr and not (tmp_path / "run-2" / "log.lammps").exists()
+
+
+# The policy tests' red-team lines (tests/test_policy.py), run in the container WITHOUT the policy: the container
+# is the wall for what the policy misses. Whatever they do, nothing outside the run folder changes.
+def _red_team_lines() -> list[str]:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import test_policy
+
+    mark = next(m for m in test_policy.test_each_refusal_has_its_code_and_line.pytestmark if m.name == "parametrize")
+    return [line for line, _ in mark.args[1]]
+
+
+def host_snapshot(paths: list[Path]) -> dict[str, object]:
+    return {str(p): (p.read_bytes() if p.is_file() else sorted(os.listdir(p)) if p.is_dir() else None) for p in paths}
+
+
+@pytest.mark.parametrize("line", _red_team_lines())
+def test_red_team_line_changes_nothing_outside_the_run_folder(ch_image, tmp_path, line):
+    from test_policy import SETUP
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "secret.data").write_text("secret\n")
+    site = load_site(ch_site(tmp_path, ch_image))
+    # the run folder's neighbours and the host paths the lines aim at (not all of /tmp: other processes write there)
+    watched = [tmp_path, outside, *(Path(p) for p in ("/etc/hosts", "/etc/passwd", "/root/log.txt", "/tmp/x.dump",
+               "/tmp/p", "/tmp/t.txt", "/tmp/a.rst", "/tmp/b.rst", "/tmp/info.txt", "/tmp/tmd.out", "/tmp/escaped"))]
+    before = host_snapshot(watched)
+    run_in_image(site, tmp_path / "run", SETUP + line + "\nshell touch ../escaped ../outside/escaped /tmp/escaped\n")
+    after = host_snapshot(watched)
+    changed = [path for path in before if before[path] != after[path] and path != str(tmp_path)]
+    assert not changed, f"`{line}` changed {changed}"
+    assert sorted(os.listdir(tmp_path)) == ["ch-site.yaml", "outside", "run", "secret.data"]
+
+
+def test_no_network_and_no_other_process_in_the_container(ch_image, tmp_path):
+    """A listening port on this host (PostgreSQL, or one opened here) cannot be reached; no host process is seen."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    probe = (f"import os, socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5)\n"
+             "    print('connected')\nexcept OSError as e:\n    print('unreachable', e.errno)\n"
+             "print('pids', len([p for p in os.listdir('/proc') if p.isdigit()]))\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "probe.py").write_text(probe)
+    try:
+        result = run_in_image(load_site(ch_site(tmp_path, ch_image)), run,
+                              SETUP_LINES + "shell python3 probe.py\n")
+    finally:
+        listener.close()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert "unreachable" in result.stdout and "connected" not in result.stdout
+    pids = int(re.search(r"pids (\d+)", result.stdout).group(1))
+    assert pids <= 4, result.stdout  # the lmp launcher (python), LAMMPS, the shell and the probe: no host process
+
+
+SETUP_LINES = "units lj\nlattice fcc 0.8442\nregion box block 0 2 0 2 0 2\ncreate_box 1 box\n"

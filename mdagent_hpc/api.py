@@ -249,7 +249,8 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
 
 
 def propose_sweep(study: str, *, site: str | None = None, model: str | None = None) -> SweepSpec:
-    """Ask the model (one structured-output call) for the sweep spec of a study in plain language."""
+    """Ask the model for the sweep spec of a study in plain language (structured output through the script
+    generator's client: its fallbacks, learnt refusals and context budget)."""
     from mdagent_hpc.llm import LLMError, load_llm_settings
     from mdagent_hpc.llm.structured import ask_structured
     from mdagent_hpc.sweep.spec import SweepProposal, SweepSpec, proposal_messages

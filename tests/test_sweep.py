@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from mdagent_hpc.configfile import load_config
 from mdagent_hpc.lammps.log import parse_log
+from mdagent_hpc.llm.replay import prompt_tokens
 from mdagent_hpc.sweep.results import block_average, eta, plot, point_result, table
 from mdagent_hpc.sweep.spec import (
     Observable,
@@ -406,3 +407,64 @@ def test_a_study_becomes_a_spec_by_structured_output_shown_before_anything_runs(
     spec = load_config(saved, SweepSpec, "a sweep spec")
     assert spec.parameters[0].expanded() == [300, 400, 500, 600, 700, 800, 900] and spec.point_seconds == 20
     assert spec.description.startswith("thermal expansion of Al")
+
+
+# -- the proposal goes through the script generator's client ----------------------------------------------------
+PROPOSAL = {
+    "task": "NPT of a 108-atom fcc Al crystal (Al_zhou.eam.alloy) at temperature T and 0 bar",
+    "parameters": [{"name": "T", "start": 300, "stop": 900, "step": 100, "units": "K"}],
+    "observables": [{"name": "volume", "column": "vol", "units": "A^3"}],
+}
+STUDY = "thermal expansion of Al with EAM from 300 to 900 K every 100 K at zero pressure"
+
+
+@pytest.fixture
+def llm_env(monkeypatch, tmp_path):
+    from mdagent_hpc.llm.client import LEARNT, get_client
+
+    def point_at(server, **variables):
+        monkeypatch.setenv("MDAGENT_HOME", str(tmp_path))
+        for name, value in {"BASE_URL": server.base_url, "MODEL": "fake-model", **variables}.items():
+            monkeypatch.setenv(f"MDAGENT_LLM_{name}", str(value))
+        get_client.cache_clear()
+        LEARNT.clear()
+
+    yield point_at
+    get_client.cache_clear()
+    LEARNT.clear()
+
+
+def test_a_proposal_survives_a_llama_cpp_500_on_json_schema_and_the_refusal_is_shared(fake_openai, llm_env):
+    from mdagent_hpc import api
+    from mdagent_hpc.llm import generate, load_llm_settings
+
+    # llama.cpp answers a response_format it cannot do with HTTP 500, however often it is asked
+    server = fake_openai([{"reject_response_format": 500}] * 4 + [json.dumps(PROPOSAL), f"```lammps\n{TEMPLATE}```"])
+    llm_env(server, MAX_RETRIES=2)
+    proposed = api.propose_sweep(STUDY)
+    assert proposed.parameters[0].expanded() == [300, 400, 500, 600, 700, 800, 900]
+    assert [("response_format" in r) for r in server.requests] == [True, True, False]
+    # the script generator knows what the proposal learnt: no constrained request is tried again
+    generation = generate(load_llm_settings(), [{"role": "user", "content": "an LJ crystal"}])
+    assert generation.format_used == "fenced_block" and "HTTP 500" in (generation.fallback or "")
+    assert "response_format" not in server.requests[-1] and len(server.requests) == 4
+
+
+def test_a_proposal_asks_for_no_more_than_the_context_leaves(fake_openai, llm_env):
+    from mdagent_hpc import api
+
+    server = fake_openai([json.dumps(PROPOSAL)], max_model_len=2048)  # refuses max_tokens above 2048 (vLLM 0.32)
+    llm_env(server, MAX_TOKENS=4096, MAX_RETRIES=0)
+    assert api.propose_sweep(STUDY).task == PROPOSAL["task"]
+    (request,) = server.requests
+    assert request["response_format"]["json_schema"]["name"] == "sweep_spec"
+    assert 64 <= request["max_tokens"] <= 2048 - prompt_tokens(request)
+
+
+def test_a_proposal_cut_off_at_max_tokens_says_so(fake_openai, llm_env):
+    from mdagent_hpc import MDAgentError, api
+
+    server = fake_openai([{"content": json.dumps(PROPOSAL)[:80], "finish_reason": "length"}])
+    llm_env(server, MAX_TOKENS=100, MAX_RETRIES=0)
+    with pytest.raises(MDAgentError, match=r"cut off at max_tokens \(100\)"):
+        api.propose_sweep(STUDY)

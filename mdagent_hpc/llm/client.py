@@ -221,27 +221,21 @@ class LLMClient:
         ]
         if wanted == "grammar" and not grammar:
             raise LLMConfigError("structured_output is 'grammar' but no grammar was given")
-        fallback = LEARNT.refused.get(key, {}).get(wanted) if wanted else None
-        context = self.context_tokens(model)
+        constraint = (
+            {"response_format": RESPONSE_FORMAT}
+            if wanted == "json_schema"
+            else {"extra_body": {"structured_outputs": {"grammar": grammar}}}
+        )
         params: dict[str, Any] = {
             "temperature": s.temperature if temperature is None else temperature,
-            "max_tokens": self._answer_tokens(key, messages, context),
+            "max_tokens": self._answer_tokens(key, messages, self.context_tokens(model)),
         }
         params |= {k: v for k, v in (("top_p", s.top_p), ("seed", s.seed)) if v is not None}
         if s.candidates > 1:
             params["n"] = s.candidates
         start = time.monotonic()
-        response, used = None, None
-        if wanted and not fallback:
-            response, fallback = self._constrained(model, messages, params, wanted, grammar)
-            used = wanted if fallback is None else None
-        if response is None:
-            response = self._create(model, messages, params, None)
-
-        counts = response.usage.model_dump() if response.usage else {}
-        usage = {k: v for k, v in counts.items() if k.endswith("_tokens") and isinstance(v, int)}
-        if usage.get("prompt_tokens"):
-            LEARNT.chars_per_token[key] = _chars(messages) / usage["prompt_tokens"]
+        response, used, fallback = self._ask(model, messages, params, wanted, constraint)
+        usage = self._learn_usage(key, messages, response)
         choices = []
         for choice in response.choices:
             text = (choice.message.content if choice.message else None) or ""
@@ -264,6 +258,53 @@ class LLMClient:
             fallback=fallback,
             context_tokens=LEARNT.context.get(key) or s.context_tokens,
         )
+
+    def ask_json(
+        self, messages: list[dict[str, Any]], schema: dict[str, Any], name: str
+    ) -> tuple[str, str | None, int]:
+        """One answer meant to be a JSON object of `schema` (e.g. a sweep spec): asked with response_format
+        json_schema unless structured_output is 'off' (a LAMMPS grammar is for scripts only), with `generate`'s
+        fallbacks, learnt refusals and context budget. The answer's text, its finish reason and the max_tokens
+        asked for."""
+        model = self.model_name()
+        key = (self.url, model)
+        wanted = None if self.settings.structured_output == "off" else "json_schema"
+        constraint = {"response_format": {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}}
+        params: dict[str, Any] = {
+            "temperature": self.settings.temperature,
+            "max_tokens": self._answer_tokens(key, messages, self.context_tokens(model)),
+        }
+        response, _, _ = self._ask(model, messages, params, wanted, constraint)
+        self._learn_usage(key, messages, response)
+        choice = response.choices[0]
+        text = (choice.message.content if choice.message else None) or ""
+        return _THINK.sub("", text).strip(), choice.finish_reason, params["max_tokens"]
+
+    def _ask(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        wanted: str | None,
+        constraint: dict[str, Any],
+    ) -> tuple[ChatCompletion, str | None, str | None]:
+        """The response, the constraint it was asked under (None: plain text) and why `wanted` was not used."""
+        fallback = LEARNT.refused.get((self.url, model), {}).get(wanted) if wanted else None
+        response, used = None, None
+        if wanted and not fallback:
+            response, fallback = self._constrained(model, messages, params, wanted, constraint)
+            used = wanted if fallback is None else None
+        if response is None:
+            response = self._create(model, messages, params, None)
+        return response, used, fallback
+
+    def _learn_usage(self, key: Key, messages: list[dict[str, Any]], response: ChatCompletion) -> dict[str, int]:
+        """The response's token counts; the prompt's tells how many characters a token is here."""
+        counts = response.usage.model_dump() if response.usage else {}
+        usage = {k: v for k, v in counts.items() if k.endswith("_tokens") and isinstance(v, int)}
+        if usage.get("prompt_tokens"):
+            LEARNT.chars_per_token[key] = _chars(messages) / usage["prompt_tokens"]
+        return usage
 
     def _answer_tokens(self, key: Key, messages: list[dict[str, Any]], context: int | None) -> int:
         """`max_tokens`, lowered to what the context leaves after the prompt (estimated; see `_create`)."""
@@ -290,17 +331,13 @@ class LLMClient:
         return room if room < max_tokens else None
 
     def _constrained(
-        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any], kind: str, grammar: str | None
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any], kind: str, extra: dict[str, Any]
     ) -> tuple[ChatCompletion | None, str | None]:
-        """Ask with the constraint `kind`. A server that cannot do it may say so with any status (vLLM 400,
-        llama.cpp 500): until the constraint has worked once here, a refusal is tried again without it, and
-        if that answers, the constraint is taken as unsupported (for this process) and the answer used."""
+        """Ask with the constraint `kind` (the request's `extra` fields). A server that cannot do it may say so
+        with any status (vLLM 400, llama.cpp 500): until the constraint has worked once here, a refusal is tried
+        again without it, and if that answers, the constraint is taken as unsupported (for this process) and the
+        answer used."""
         key = (self.url, model)
-        extra = (
-            {"response_format": RESPONSE_FORMAT}
-            if kind == "json_schema"
-            else {"extra_body": {"structured_outputs": {"grammar": grammar}}}
-        )
         if kind not in LEARNT.works.get(key, set()):
             try:
                 response = self._create(model, messages, params, extra, retries=0)

@@ -1,21 +1,24 @@
 """Preflight and evaluation measured the way a model's mistakes hit them: a mutation corpus.
 
 Takes the passing scripts of the test corpus (located as tests/conftest.py does; `--corpus DIR` overrides) and
-applies the mistakes language models make, one per mutant (KINDS below). Each mutant is
+applies the mistakes language models make, one per mutant (KINDS below; SOURCES says where each kind comes from,
+or that no source was found). Each mutant is
 
-1. preflighted (`lammps.preflight`, with its `lmp -skiprun` dry run) in a writable copy of its example folder;
+1. preflighted (`lammps.preflight`, with its `lmp -skiprun` dry run) in a writable copy of its example folder,
+   and preflighted again without the dry run (our own checks alone);
 2. run with the real LAMMPS (`.venv/bin/lmp`, same folder, `--timeout` seconds) and its log evaluated
    (`lammps.evaluate`): the mutant "makes LAMMPS fail" when LAMMPS exits non-zero or prints an ERROR, or the
    evaluation grades the run FAIL.
 
-Per kind it prints: mutants, how many make LAMMPS fail, and of those how many are caught by preflight (before
-any job is queued), caught only by running and evaluating, or missed; of the caught ones, how many have their
-first error at the mutated line and carry a hint. Preflight refusals of mutants LAMMPS runs without failing are
-counted apart ("refused, runs"). The unmutated scripts are preflighted too: any error there is a false error.
-Totals are printed as ratios, next to the targets (>= 95 % caught by preflight, >= 90 % at the mutated line, 0
-false errors). Timings are never asserted.
+Every mutant is in the denominator: a careful reviewer rejects it when it makes LAMMPS fail or its physics is
+wrong (WRONG_PHYSICS); of those, caught before any job is queued (by our own checks, or only by LAMMPS's dry run),
+caught only at run time, or missed; a mutant that runs and passes its evaluation otherwise may be harmless, and
+refusing it is a false refusal (so is an error on an unmutated script). Kinds that only the dry run catches are
+reported apart. Targets: >= 95 % of reviewer-rejectable mutants caught before queue, false refusals <= 1 %.
+Timings are never asserted.
 
     .venv/bin/python bench/mutations.py [--per-kind N] [--kinds a,b] [--limit N] [--jobs 2] [--timeout 30]
+    .venv/bin/python bench/mutations.py --report FILE     (the report of a --json FILE, without running)
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ def _replace_word(line: str, old: str, new: str, nth: int = 0) -> str | None:
     if len(matches) <= nth:
         return None
     m = matches[nth]
-    return line[: m.start()] + new + line[m.end():]
+    return line[: m.start()] + new + line[m.end() :]
 
 
 def _typo(word: str, rng: random.Random) -> str:
@@ -106,11 +109,11 @@ def _typo(word: str, rng: random.Random) -> str:
         i = rng.choice(letters)
         how = rng.choice(("double", "drop", "swap"))
         if how == "double":
-            new = word[: i + 1] + word[i] + word[i + 1:]
+            new = word[: i + 1] + word[i] + word[i + 1 :]
         elif how == "drop" and len(letters) > 2:
-            new = word[:i] + word[i + 1:]
+            new = word[:i] + word[i + 1 :]
         elif how == "swap" and i + 1 < len(word) and word[i + 1].isalpha() and word[i + 1] != word[i]:
-            new = word[:i] + word[i + 1] + word[i] + word[i + 2:]
+            new = word[:i] + word[i + 1] + word[i] + word[i + 2 :]
         else:
             continue
         if new != word:
@@ -126,6 +129,7 @@ def kind(name: str) -> Callable[[Mutator], Mutator]:
     def register(fn: Mutator) -> Mutator:
         KINDS[name] = fn
         return fn
+
     return register
 
 
@@ -145,8 +149,18 @@ def _misspelled_command(text, raw, script, run_dir, rng):
     return out
 
 
-STYLE_POSITION = {"pair_style": 0, "atom_style": 0, "bond_style": 0, "angle_style": 0, "fix": 2, "compute": 2,
-                  "min_style": 0, "kspace_style": 0, "run_style": 0, "dihedral_style": 0}
+STYLE_POSITION = {
+    "pair_style": 0,
+    "atom_style": 0,
+    "bond_style": 0,
+    "angle_style": 0,
+    "fix": 2,
+    "compute": 2,
+    "min_style": 0,
+    "kspace_style": 0,
+    "run_style": 0,
+    "dihedral_style": 0,
+}
 
 
 @kind("misspelled_style")
@@ -162,8 +176,17 @@ def _misspelled_style(text, raw, script, run_dir, rng):
     return out
 
 
-KEYWORDED = {"thermo_style": 1, "velocity": 3, "neigh_modify": 0, "thermo_modify": 0, "fix": 3, "dump_modify": 1,
-             "create_atoms": 2, "compute_modify": 1, "min_modify": 0}
+KEYWORDED = {
+    "thermo_style": 1,
+    "velocity": 3,
+    "neigh_modify": 0,
+    "thermo_modify": 0,
+    "fix": 3,
+    "dump_modify": 1,
+    "create_atoms": 2,
+    "compute_modify": 1,
+    "min_modify": 0,
+}
 
 
 @kind("misspelled_keyword")
@@ -184,8 +207,24 @@ def _misspelled_keyword(text, raw, script, run_dir, rng):
     return out
 
 
-ARG_COUNT_COMMANDS = {"pair_coeff", "region", "create_box", "lattice", "velocity", "fix", "mass", "bond_coeff",
-                      "thermo", "timestep", "run", "minimize", "neighbor", "create_atoms", "compute", "dump"}
+ARG_COUNT_COMMANDS = {
+    "pair_coeff",
+    "region",
+    "create_box",
+    "lattice",
+    "velocity",
+    "fix",
+    "mass",
+    "bond_coeff",
+    "thermo",
+    "timestep",
+    "run",
+    "minimize",
+    "neighbor",
+    "create_atoms",
+    "compute",
+    "dump",
+}
 
 
 @kind("wrong_arg_count")
@@ -205,8 +244,12 @@ def _wrong_arg_count(text, raw, script, run_dir, rng):
 
 
 def _potential_lines(script: ParsedScript, raw: list[str]) -> list[Command]:
-    return [c for c in _simple(script, raw) if c.name == "pair_coeff" and any(
-        re.search(r"\.[A-Za-z]", w) and not w.startswith(("lj/", "coul/")) for w in c.args[2:])]
+    return [
+        c
+        for c in _simple(script, raw)
+        if c.name == "pair_coeff"
+        and any(re.search(r"\.[A-Za-z]", w) and not w.startswith(("lj/", "coul/")) for w in c.args[2:])
+    ]
 
 
 @kind("wrong_potential_file")
@@ -262,8 +305,16 @@ def _pair_coeff_missing_type(text, raw, script, run_dir, rng):
 
 def _next_run(script: ParsedScript, after: int) -> int | None:
     """The first command after line `after` that needs masses: velocity create, run, minimize."""
-    return next((c.line for c in script.commands if c.file == script.main and c.line > after
-                 and (c.name in ("run", "minimize") or c.name == "velocity" and "create" in c.args)), None)
+    return next(
+        (
+            c.line
+            for c in script.commands
+            if c.file == script.main
+            and c.line > after
+            and (c.name in ("run", "minimize") or c.name == "velocity" and "create" in c.args)
+        ),
+        None,
+    )
 
 
 @kind("missing_mass")
@@ -271,7 +322,7 @@ def _missing_mass(text, raw, script, run_dir, rng):
     out = []
     for c in _simple(script, raw):
         if c.name == "mass" and (run := _next_run(script, c.line)):
-            lines = raw[: c.line - 1] + raw[c.line:]
+            lines = raw[: c.line - 1] + raw[c.line :]
             out.append(("\n".join(lines) + "\n", run - 1, f"mass line {c.line} removed"))
     return out
 
@@ -297,7 +348,7 @@ def _ampersand_blank_line(text, raw, script, run_dir, rng):
         tokens = raw[c.line - 1].split("#")[0].split()
         if len(tokens) >= 3:
             cut = rng.randrange(2, len(tokens))
-            lines = raw[: c.line - 1] + [" ".join(tokens[:cut]) + " &", "", " ".join(tokens[cut:])] + raw[c.line:]
+            lines = raw[: c.line - 1] + [" ".join(tokens[:cut]) + " &", "", " ".join(tokens[cut:])] + raw[c.line :]
             out.append(("\n".join(lines) + "\n", c.line, f"{c.name} split with & before a blank line"))
     return out
 
@@ -325,13 +376,18 @@ def _undefined_variable(text, raw, script, run_dir, rng):
         if m and c.name != "variable":
             name = m.group(1) or m.group(2) or m.group(3)
             wrong = name + "x"
-            new = line[: m.start()] + m.group(0).replace(name, wrong) + line[m.end():]
+            new = line[: m.start()] + m.group(0).replace(name, wrong) + line[m.end() :]
             if m.group(2):
-                new = line[: m.start()] + "${" + wrong + "}" + line[m.end():]
+                new = line[: m.start()] + "${" + wrong + "}" + line[m.end() :]
             out.append((_edit(raw, c.line - 1, new), c.line, f"{name} -> {wrong}"))
         elif c.name == "run" and c.args and c.args[0].isdigit():
-            out.append((_edit(raw, c.line - 1, line.replace(c.args[0], "${nsteps}", 1)), c.line,
-                        "run ${nsteps}, never defined"))
+            out.append(
+                (
+                    _edit(raw, c.line - 1, line.replace(c.args[0], "${nsteps}", 1)),
+                    c.line,
+                    "run ${nsteps}, never defined",
+                )
+            )
     return out
 
 
@@ -401,7 +457,7 @@ def _second_integrator(text, raw, script, run_dir, rng):
             extra = f"fix dup_{c.args[0]} {c.args[1]} nve"
             if c.args[2].startswith(("langevin", "temp/")):
                 extra = f"fix dup_{c.args[0]} {c.args[1]} nvt temp 1.0 1.0 1.0"
-            lines = raw[: c.line] + [extra] + raw[c.line:]
+            lines = raw[: c.line] + [extra] + raw[c.line :]
             out.append(("\n".join(lines) + "\n", c.line + 1, f"{extra} after fix {c.args[2]}"))
     return out
 
@@ -412,8 +468,9 @@ def _undefined_compute_reference(text, raw, script, run_dir, rng):
     for c in _simple(script, raw):
         line = raw[c.line - 1].split("#")[0]
         if c.name in ("thermo_style", "fix", "compute", "variable", "dump") and (
-                m := re.search(r"\b([cf])_(\w+)", line)):
-            new = line[: m.start()] + f"{m.group(1)}_{m.group(2)}2" + line[m.end():]
+            m := re.search(r"\b([cf])_(\w+)", line)
+        ):
+            new = line[: m.start()] + f"{m.group(1)}_{m.group(2)}2" + line[m.end() :]
             out.append((_edit(raw, c.line - 1, new), c.line, f"{m.group(0)} -> {m.group(0)}2"))
     return out
 
@@ -423,10 +480,18 @@ def _missing_pair_style(text, raw, script, run_dir, rng):
     out = []
     for c in _simple(script, raw):
         if c.name == "pair_style":
-            need = next((d.line for d in script.commands if d.file == script.main and d.line > c.line
-                         and d.name in ("pair_coeff", "pair_modify", "read_data", "run", "minimize")), None)
+            need = next(
+                (
+                    d.line
+                    for d in script.commands
+                    if d.file == script.main
+                    and d.line > c.line
+                    and d.name in ("pair_coeff", "pair_modify", "read_data", "run", "minimize")
+                ),
+                None,
+            )
             if need:
-                lines = raw[: c.line - 1] + raw[c.line:]
+                lines = raw[: c.line - 1] + raw[c.line :]
                 out.append(("\n".join(lines) + "\n", need - 1, "pair_style removed"))
             break
     return out
@@ -455,6 +520,7 @@ class Outcome:
     line: int
     note: str
     preflight_ok: bool
+    own_ok: bool  # preflight without the dry run: our own checks (parse, policy, potentials, static) only
     first_error: str | None
     first_line: int | None
     first_file: str | None
@@ -475,14 +541,19 @@ def measure(corpus: Path, script_name: str, mutant: Mutant, timeout: float) -> O
         start = time.monotonic()
         report = preflight(path, run_dir, install=install)
         pre_s = time.monotonic() - start
+        own = preflight(path, run_dir, install=install, dry=False)
         first = next((d for d in report.diagnostics if d.severity == Severity.ERROR), None)
         env = install.environ()
         env["OMP_NUM_THREADS"] = "1"
         start = time.monotonic()
         try:
-            proc = subprocess.run(install.command("-in", script_name, "-log", "log.lammps", "-nocite", "-screen",
-                                                  "none"), cwd=run_dir, env=env, capture_output=True,
-                                  timeout=timeout)
+            proc = subprocess.run(
+                install.command("-in", script_name, "-log", "log.lammps", "-nocite", "-screen", "none"),
+                cwd=run_dir,
+                env=env,
+                capture_output=True,
+                timeout=timeout,
+            )
             status: int | str = proc.returncode
         except subprocess.TimeoutExpired:
             status = "timeout"
@@ -497,9 +568,23 @@ def measure(corpus: Path, script_name: str, mutant: Mutant, timeout: float) -> O
             fails, grade_text = errored, "timeout"
         else:
             fails, grade_text = status != 0 or errored or grade == Grade.FAIL, grade.value
-    return Outcome(mutant.example, mutant.kind, mutant.line, mutant.note, report.ok,
-                   first.code + ": " + first.message[:100] if first else None, first.line if first else None,
-                   first.file if first else None, bool(first and first.hint), status, grade_text, fails, pre_s, run_s)
+    return Outcome(
+        mutant.example,
+        mutant.kind,
+        mutant.line,
+        mutant.note,
+        report.ok,
+        own.ok,
+        first.code + ": " + first.message[:100] if first else None,
+        first.line if first else None,
+        first.file if first else None,
+        bool(first and first.hint),
+        status,
+        grade_text,
+        fails,
+        pre_s,
+        run_s,
+    )
 
 
 def _measure(args: tuple[Path, str, Mutant, float]) -> Outcome:
@@ -518,6 +603,166 @@ def ratio(a: int, b: int) -> str:
     return f"{a}/{b} = {100 * a / b:.1f} %" if b else f"{a}/0"
 
 
+# Kinds whose mutant a careful reviewer rejects even when LAMMPS runs it and its evaluation passes: the physics
+# is wrong (other units, swapped elements, a 1000x timestep, atoms integrated twice). Any other mutant that runs
+# and passes its evaluation may be harmless (LAMMPS read the curly quote, the dropped argument was optional): a
+# refusal of it counts as a false refusal.
+WRONG_PHYSICS = {"wrong_units", "element_order", "timestep_in_wrong_unit", "second_integrator"}
+
+# Where each kind comes from: a source on the mistakes models make in LAMMPS input, and what in it. None: no source
+# found that names the kind (reported apart as uncited).
+LEQS = "MDAgent's LAMMPS script grading rubric, huggingface.co/datasets/FredericFan/MDAgent_LEQS_DATASET: {}"
+HOLBROOK = (
+    "Holbrook, Verduzco, Strachan, arXiv:2603.20630 (LLM-written LAMMPS inputs: parser pass rate 74 % -> "
+    "91 % across eight models)"
+)
+MDGYM = "Kumar et al., MDGym, arXiv:2605.08941 (agents 'produce physically unstable configurations')"
+MDAGENT2 = (
+    "Shi et al., MDAgent2, arXiv:2601.02075 (its runtime needs tools that manage potential files; low "
+    "executability of generated code)"
+)
+SYNTAX = LEQS.format("'syntax error: a command that does not exist or a misspelling'") + "; " + HOLBROOK
+PARAMETER = LEQS.format("'parameter error: parameters set incorrectly'") + "; " + HOLBROOK
+MISSING = LEQS.format("'missing logic: a necessary setting not set'")
+SOURCES: dict[str, str | None] = {
+    "misspelled_command": SYNTAX,
+    "misspelled_style": SYNTAX,
+    "misspelled_keyword": SYNTAX,
+    "wrong_arg_count": PARAMETER,
+    "float_for_integer": PARAMETER,
+    "wrong_potential_file": MDAGENT2,
+    "missing_mass": MISSING,
+    "missing_pair_style": MISSING,
+    "pair_coeff_missing_type": MISSING,
+    "wrong_units": MDGYM + "; " + LEQS.format("'parameter error'"),
+    "timestep_in_wrong_unit": MDGYM + "; " + LEQS.format("'parameter error'"),
+    "element_order": None,
+    "ampersand_blank_line": None,
+    "curly_quotes": None,
+    "undefined_variable": None,
+    "command_before_box": None,
+    "undefined_group": None,
+    "second_integrator": None,
+    "undefined_compute_reference": None,
+}
+
+
+def rejectable(o: Outcome) -> bool:
+    return o.fails or o.kind in WRONG_PHYSICS
+
+
+def report(outcomes: list[Outcome], kinds: list[str], examples: list[dict], false_errors: list) -> None:
+    """Every mutant in the denominator: caught before queue (by our own checks, or only by the dry run), caught
+    only at run time, missed, harmless and run, refused though LAMMPS runs it."""
+    header = (
+        f"{'kind':28}{'mut':>5}{'rej':>5}{'queue':>6}{'own':>5}{'dry':>5}{'run':>5}{'miss':>5}{'ok':>5}"
+        f"{'refR':>5}{'refF':>5}{'line':>5}  source"
+    )
+    print("\n" + header)
+    rows = {}
+    for name in kinds:
+        mine = [o for o in outcomes if o.kind == name]
+        rej = [o for o in mine if rejectable(o)]
+        queue = [o for o in rej if not o.preflight_ok]
+        row = rows[name] = {
+            "mut": len(mine),
+            "rej": len(rej),
+            "queue": len(queue),
+            "own": sum(not o.own_ok for o in queue),
+            "dry": sum(o.own_ok for o in queue),
+            "run": sum(o.preflight_ok and o.fails for o in mine),
+            "miss": sum(o.preflight_ok and not o.fails and o.kind in WRONG_PHYSICS for o in mine),
+            "ok": sum(o.preflight_ok and not rejectable(o) for o in mine),
+            "refR": sum(not o.preflight_ok and not o.fails and o.kind in WRONG_PHYSICS for o in mine),
+            "refF": sum(not o.preflight_ok and not rejectable(o) for o in mine),
+            "line": sum(at_line(o, examples) for o in queue if o.fails),
+        }
+        source = "cited" if SOURCES.get(name) else "UNCITED"
+        print(f"{name:28}" + "".join(f"{row[k]:>{5 if k != 'queue' else 6}}" for k in row) + f"  {source}")
+    total = {k: sum(r[k] for r in rows.values()) for k in next(iter(rows.values()))}
+    print(f"{'total':28}" + "".join(f"{total[k]:>{5 if k != 'queue' else 6}}" for k in total))
+    print(
+        "\ncolumns: mut = mutants; rej = a careful reviewer rejects it (LAMMPS fails or the evaluation grades FAIL, "
+        "or the\nphysics is wrong: " + ", ".join(sorted(WRONG_PHYSICS)) + "); queue = of those, refused before "
+        "any job is queued;\nown / dry = of those, by our own checks (preflight without the dry run) / only by "
+        "LAMMPS's dry run; run = preflight\npassed, LAMMPS failed or the evaluation graded FAIL (caught only at run "
+        "time); miss = preflight passed, it ran and\npassed its evaluation with wrong physics; ok = it ran and passed "
+        "its evaluation (may be harmless); refR / refF = refused\nalthough LAMMPS runs it: wrong physics (a right "
+        "refusal) / may be harmless (a false refusal); line = first error at the\nmutated line, of the refused "
+        "failing ones"
+    )
+    # kinds only LAMMPS's parser rejects: our own checks catch (almost) none of them
+    parser_only = [k for k in kinds if rows[k]["queue"] and rows[k]["own"] <= 0.1 * rows[k]["queue"]]
+    rest = [k for k in kinds if k not in parser_only]
+
+    def share(ks: list[str], num: str, den: str) -> str:
+        return ratio(sum(rows[k][num] for k in ks), sum(rows[k][den] for k in ks))
+
+    caught = total["queue"] / total["rej"] if total["rej"] else 1.0
+    harmless = total["ok"] + total["refF"]
+    print(
+        f"\nreviewer-rejectable mutants caught before any job is queued: {ratio(total['queue'], total['rej'])} "
+        f"(target >= {TARGET_CAUGHT:.0%}): {'MET' if caught >= TARGET_CAUGHT else 'NOT MET'}"
+    )
+    print(
+        f"  by our own checks (no dry run): {ratio(total['own'], total['rej'])}; only by LAMMPS's dry run: "
+        f"{ratio(total['dry'], total['rej'])}"
+    )
+    print(
+        f"  caught only at run time: {ratio(total['run'], total['rej'])}; missed (ran with wrong physics): "
+        f"{ratio(total['miss'], total['rej'])}"
+    )
+    print(f"kinds only LAMMPS's dry run catches (own checks <= 10 % of their catches): {', '.join(parser_only)}")
+    print(f"  their mutants caught before queue: {share(parser_only, 'queue', 'rej')}")
+    print(
+        f"the other kinds: caught before queue {share(rest, 'queue', 'rej')}, by our own checks "
+        f"{share(rest, 'own', 'rej')}"
+    )
+    cited = [k for k in kinds if SOURCES.get(k)]
+    uncited = [k for k in kinds if k not in cited]
+    print(
+        f"cited kinds: caught before queue {share(cited, 'queue', 'rej')}; uncited kinds "
+        f"({', '.join(uncited)}): {share(uncited, 'queue', 'rej')}"
+    )
+    unmutated = len(examples)
+    refusals = total["refF"] + len(false_errors)
+    print(
+        f"false refusals: {total['refF']} of {harmless} mutants that run and pass their evaluation, + "
+        f"{len(false_errors)} of {unmutated} unmutated scripts = {ratio(refusals, harmless + unmutated)} "
+        f"(target <= 1 %): {'MET' if refusals <= 0.01 * (harmless + unmutated) else 'NOT MET'}"
+    )
+    refused_failing = sum(not o.preflight_ok and o.fails for o in outcomes)
+    print(f"first error at the mutated line: {ratio(total['line'], refused_failing)}")
+    for name, errs in false_errors:
+        print(f"  false error {name}: {errs[0]}")
+    print("\nsources of the kinds:")
+    for k in kinds:
+        print(f"  {k}: {SOURCES.get(k) or 'UNCITED: no source found that names this mistake'}")
+    listing = [
+        ("caught only at run time", [o for o in outcomes if o.preflight_ok and o.fails]),
+        (
+            "missed (wrong physics ran)",
+            [o for o in outcomes if o.preflight_ok and not o.fails and o.kind in WRONG_PHYSICS],
+        ),
+        ("false refusals", [o for o in outcomes if not o.preflight_ok and not rejectable(o)]),
+    ]
+    for title, items in listing:
+        if items:
+            print(f"\n{title} ({len(items)}, first 40):")
+            for o in items[:40]:
+                print(
+                    f"  {o.kind:28} {o.example:30} line {o.line}: {o.note} -> exit {o.exit_status}, {o.grade}; "
+                    f"{o.first_error or 'no error'}"
+                )
+
+
+def at_line(o: Outcome, examples: list[dict]) -> bool:
+    return o.first_line == o.line and o.first_file in (
+        None,
+        next((e["input"] for e in examples if e["name"] == o.example), None),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, help="a corpus folder with manifest.json (default: the tests')")
@@ -526,7 +771,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="only the first N examples")
     parser.add_argument("--jobs", type=int, default=2, help="parallel mutants (default 2: the machine's cores)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds for each real run (default 30)")
-    parser.add_argument("--json", type=Path, help="also write every outcome to this file")
+    parser.add_argument("--json", type=Path, help="also write every outcome (and the false errors) to this file")
+    parser.add_argument("--report", type=Path, help="print the report of a file --json wrote, without running")
     parser.add_argument("--list", action="store_true", help="list the kinds and exit")
     args = parser.parse_args()
     if args.list:
@@ -535,6 +781,21 @@ def main() -> None:
     kinds = args.kinds.split(",") if args.kinds else list(KINDS)
     if unknown := [k for k in kinds if k not in KINDS]:
         sys.exit(f"unknown kind(s) {', '.join(unknown)}; --list shows them")
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        if isinstance(saved, list):  # outcomes only: the unmutated scripts are preflighted again
+            corpus, examples = test_corpus()
+            baseline = [_baseline(corpus, e) for e in examples]
+            saved = {
+                "outcomes": saved,
+                "examples": examples,
+                "false_errors": [(name, errs) for name, errs in baseline if errs],
+            }
+        outcomes = [Outcome(**o) for o in saved["outcomes"]]
+        report(
+            outcomes, [k for k in kinds if any(o.kind == k for o in outcomes)], saved["examples"], saved["false_errors"]
+        )
+        return
     if args.corpus:
         corpus = args.corpus
         if not (corpus / "manifest.json").is_file():
@@ -553,8 +814,10 @@ def main() -> None:
         for e in passing:
             with tempfile.TemporaryDirectory(prefix="mdagent-mutant-") as tmp:
                 run_dir = copy_example(corpus / e["name"], Path(tmp) / "run")
-                todo += [(corpus, e["input"], m, args.timeout)
-                         for m in mutants(e["name"], run_dir, e["input"], args.per_kind, kinds)]
+                todo += [
+                    (corpus, e["input"], m, args.timeout)
+                    for m in mutants(e["name"], run_dir, e["input"], args.per_kind, kinds)
+                ]
         print(f"{len(todo)} mutants of {len(passing)} passing scripts, {len(kinds)} kinds; running...", flush=True)
         outcomes: list[Outcome] = []
         for i, o in enumerate(pool.map(_measure, todo, chunksize=1), 1):
@@ -564,63 +827,19 @@ def main() -> None:
 
     false_errors = [(name, errs) for name, errs in baseline if errs]
     if args.json:
-        args.json.write_text(json.dumps([asdict(o) for o in outcomes], indent=1))
-
-    def at_line(o: Outcome) -> bool:
-        return o.first_line == o.line and o.first_file in (None, next(
-            e["input"] for e in examples if e["name"] == o.example))
-
-    header = (f"{'kind':30}{'mutants':>8}{'fail':>6}{'preflight':>10}{'run+eval':>9}{'missed':>7}"
-              f"{'at line':>8}{'hint':>6}{'refused,runs':>13}")
-    print("\n" + header)
-    totals = dict.fromkeys(("n", "fail", "pre", "run", "miss", "line", "hint", "refused"), 0)
-    for name in kinds:
-        rows = [o for o in outcomes if o.kind == name]
-        failing = [o for o in rows if o.fails]
-        caught = [o for o in failing if not o.preflight_ok]
-        row = {"n": len(rows), "fail": len(failing), "pre": len(caught),
-               "run": sum(o.preflight_ok for o in failing),
-               "miss": sum(o.preflight_ok and not o.fails for o in rows),  # its run passed the evaluation
-               "line": sum(at_line(o) for o in caught), "hint": sum(o.hint for o in caught),
-               "refused": sum(not o.preflight_ok and not o.fails for o in rows)}
-        for k in totals:
-            totals[k] += row[k]
-        print(f"{name:30}{row['n']:8}{row['fail']:6}{row['pre']:10}{row['run']:9}{row['miss']:7}"
-              f"{row['line']:8}{row['hint']:6}{row['refused']:13}")
-    t = totals
-    print(f"{'total':30}{t['n']:8}{t['fail']:6}{t['pre']:10}{t['run']:9}{t['miss']:7}{t['line']:8}{t['hint']:6}"
-          f"{t['refused']:13}")
-    print("\ncolumns: fail = LAMMPS fails or the evaluation grades FAIL; preflight / run+eval = of those, caught "
-          "before any job\nis queued / only by running and evaluating; missed = preflight passed and the run passed "
-          "its evaluation\n(a mistake nothing saw, or a harmless one); at line / hint = of the preflight-caught, first "
-          "error at the\nmutated line / with a hint; refused,runs = preflight refused a mutant that LAMMPS runs "
-          "without failing")
-    caught_ratio = t["pre"] / t["fail"] if t["fail"] else 1.0
-    line_ratio = t["line"] / t["pre"] if t["pre"] else 1.0
-    print(f"\ncaught before any job is queued: {ratio(t['pre'], t['fail'])} of the mutants that make LAMMPS fail "
-          f"(target >= {TARGET_CAUGHT:.0%}): {'MET' if caught_ratio >= TARGET_CAUGHT else 'NOT MET'}")
-    print(f"first error at the mutated line: {ratio(t['line'], t['pre'])} (target >= {TARGET_AT_LINE:.0%}): "
-          f"{'MET' if line_ratio >= TARGET_AT_LINE else 'NOT MET'}")
-    print(f"with a hint: {ratio(t['hint'], t['pre'])}")
-    print(f"false errors on the unmutated scripts: {len(false_errors)} of {len(examples)} "
-          f"(target 0): {'MET' if not false_errors else 'NOT MET'}")
-    for name, errs in false_errors:
-        print(f"  {name}: {errs[0]}")
+        args.json.write_text(
+            json.dumps(
+                {"outcomes": [asdict(o) for o in outcomes], "false_errors": false_errors, "examples": examples},
+                indent=1,
+            )
+        )
+    report(outcomes, kinds, examples, false_errors)
     pre_times = sorted(o.preflight_s for o in outcomes)
     if pre_times:
-        print(f"preflight of a mutant: median {pre_times[len(pre_times) // 2]:.3f} s; "
-              f"whole bench {time.monotonic() - start:.0f} s")
-    missed_failing = [o for o in outcomes if o.fails and o.preflight_ok]
-    if missed_failing:
-        print("\nfailing mutants preflight passed (first 40):")
-        for o in missed_failing[:40]:
-            print(f"  {o.kind:28} {o.example:30} line {o.line}: {o.note} -> exit {o.exit_status}, {o.grade}")
-    wrong_line = [o for o in outcomes if o.fails and not o.preflight_ok and not at_line(o)]
-    if wrong_line:
-        print("\ncaught at another line (first 40):")
-        for o in wrong_line[:40]:
-            print(f"  {o.kind:28} {o.example:30} mutated {o.line}, reported {o.first_file}:{o.first_line}: "
-                  f"{o.first_error}")
+        print(
+            f"\npreflight of a mutant: median {pre_times[len(pre_times) // 2]:.3f} s; "
+            f"whole bench {time.monotonic() - start:.0f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ removed at the end), one user per client, the replay model server for the LLM, a
 as a process of its own. Each client first submits `--runs` agent runs (one attempt, a good recorded script, real
 LAMMPS through the daemon), then, until `--seconds` have passed, alternates `runs query` (POST /api/v1/query with
 a filter on elements and verdict, what `mdagent runs query --element Cu` sends) and `show` of one of its runs.
-Then it waits for every run to end and checks that nothing was lost or duplicated: every submitted pk is there,
-ended, owned by its user, and each user has exactly the runs they submitted.
+Then it waits for every run to end and checks that every submitted run passed and is found once: each user's list
+(GET /runs) and each user's `runs query` (verdict passed, Cu) hold each of their runs exactly once, no run is in two
+users' lists, and nothing else is there. By default 20 clients x 5 runs = 100 runs.
 
 Reported: p50/p95/max latency of `runs query` through the server under that load; then, with the runs ended,
 the same query from all clients at once for `--query-seconds` (queries only) and from one client; and the same
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -76,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--runs", type=int, default=1, help="runs each client submits")
+    parser.add_argument("--runs", type=int, default=5, help="runs each client submits (default 5: 100 in all)")
     parser.add_argument("--repeat", type=int, default=50, help="queries timed for the baselines")
     parser.add_argument("--query-seconds", type=float, default=20, help="then all clients only query, this long")
     args = parser.parse_args()
@@ -181,7 +183,7 @@ def main() -> None:
         print(f"load over; waiting for the {sum(map(len, submitted.values()))} runs to end ...", flush=True)
         pending = {pk: i for i, pks in submitted.items() for pk in pks}
         verdicts: dict[int, str] = {}
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + max(900, 30 * len(pending))
         with httpx.Client(base_url=f"{url}/api/v1", timeout=120, trust_env=False) as http:
             while pending and time.monotonic() < deadline:
                 for pk, i in list(pending.items()):
@@ -190,15 +192,26 @@ def main() -> None:
                         verdicts[pk] = run["verdict"]
                         del pending[pk]
                 time.sleep(2)
-            owned_ok = True
+            # every run found once: in its user's list and its user's query, exactly once, and in no other list
+            listed_by: Counter = Counter()
+            problems: list[str] = []
             for i, pks in submitted.items():
-                listed = [
+                headers = {"authorization": f"Bearer {keys[i]}"}
+                listed = Counter(r["pk"] for r in http.get("/runs", params={"limit": 1000}, headers=headers).json())
+                listed_by.update(listed)
+                found = Counter(
                     r["pk"]
-                    for r in http.get(
-                        "/runs", params={"limit": 1000}, headers={"authorization": f"Bearer {keys[i]}"}
-                    ).json()
-                ]
-                owned_ok &= sorted(listed) == sorted(pks)
+                    for r in http.post("/query", json={"filters": {**QUERY, "limit": 1000}}, headers=headers).json()
+                )
+                for pk in pks:
+                    if listed[pk] != 1 or found[pk] != 1:
+                        problems.append(
+                            f"run {pk} of user{i:02d}: in its list {listed[pk]}x, in its query {found[pk]}x"
+                        )
+                if extra := set(listed) - set(pks):
+                    problems.append(f"user{i:02d} lists runs it did not submit: {sorted(extra)}")
+            problems += [f"run {pk} is in {n} users' lists" for pk, n in listed_by.items() if n > 1]
+            owned_ok = not problems
             # the same 20 clients querying only, with the runs ended: the server's own cost under concurrency
             only: list[float] = []
 
@@ -247,7 +260,7 @@ def main() -> None:
         )
         print(
             f"runs ended: {len(verdicts)} of {total} ({sum(v == 'passed' for v in verdicts.values())} passed), "
-            f"still running: {len(pending)}; each user sees exactly their runs: {owned_ok}"
+            f"still running: {len(pending)}; every run in its user's list and query exactly once: {owned_ok}"
         )
         print(f"runs query through the server, under load:  {summary(latencies)}")
         print(
@@ -263,9 +276,19 @@ def main() -> None:
         )
         for e in errors[:5]:
             print("  error:", e)
-        lost = total != args.clients * args.runs or pending or not owned_ok
-        print("nothing lost" if not lost else "SOMETHING WAS LOST OR DUPLICATED")
-        sys.exit(1 if lost else 0)
+        for problem in problems[:10]:
+            print("  not found once:", problem)
+        not_passed = {pk: v for pk, v in verdicts.items() if v != "passed"}
+        for pk, verdict in list(not_passed.items())[:10]:
+            print(f"  run {pk} ended {verdict}")
+        bad = total != args.clients * args.runs or pending or not owned_ok or not_passed
+        print(
+            f"every run passed and found once: {total} of {args.clients * args.runs} submitted, "
+            f"{total - len(not_passed) - len(pending)} passed, {len(problems)} not found once"
+            if not bad
+            else "NOT EVERY RUN PASSED AND WAS FOUND ONCE"
+        )
+        sys.exit(1 if bad else 0)
     finally:
         if server is not None and server.poll() is None:
             server.send_signal(signal.SIGTERM)

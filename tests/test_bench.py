@@ -15,11 +15,11 @@ from openai_server import FakeOpenAIServer
 
 from mdagent_hpc.agent import memory
 from mdagent_hpc.agent.feedback import feedback_text
-from mdagent_hpc.bench import qa, scoring
-from mdagent_hpc.bench.sets import QuestionType, SetError, load_code_tasks, load_questions
+from mdagent_hpc.evalbench import qa, scoring
+from mdagent_hpc.evalbench.sets import QuestionType, SetError, load_code_tasks, load_questions
 from mdagent_hpc.models import Attempt, Diagnostic, Evaluation, Grade, Severity, Stage, Usage
 
-DATA = Path(__file__).resolve().parents[1] / "mdagent_hpc" / "bench" / "data"
+DATA = Path(__file__).resolve().parents[1] / "mdagent_hpc" / "evalbench" / "data"
 CODEGEN = DATA / "codegen-small.jsonl"
 QA = DATA / "qa-small.jsonl"
 

@@ -37,10 +37,10 @@ ENGINE_FREE_LLM = {"prompts.py", "grammar.py"}  # pure too: the agent's feedback
 ENGINE_FREE = {("accounts", "keys.py"), ("accounts", "quotas.py"), ("serving", "sse.py")}
 WEB_ENGINES = ("sqlalchemy", "starlette", "uvicorn", "httpx2")
 # benchmarks as data (issue 14): sets, scoring, training rows; workflows/bench.py runs them through the system
-ALLOWED["bench"] = {"models"}
+ALLOWED["evalbench"] = {"models"}
 for _layer in ("workflows", "api", "cli"):
-    ALLOWED[_layer] |= {"bench"}
-PURE |= {"bench"}
+    ALLOWED[_layer] |= {"evalbench"}
+PURE |= {"evalbench"}
 
 # the read-only web dashboard (issue 12): pages over the API and the queries; its filters and view helpers are pure
 ALLOWED["dashboard"] = {"models", "query", "workflows", "api"}
@@ -57,7 +57,7 @@ for _layer in ("workflows", "api", "remote", "server"):
 ALLOWED["cli"] |= {"server", "remote"}
 ENGINE_FREE |= {("server", "wire.py"), ("server", "access.py")}
 # the read side (issues 18, 19): every read of runs, sweeps, points and lessons, for a caller
-ALLOWED["provenance"] = {"models", "home", "agent", "sweep", "bench", "execution"}
+ALLOWED["provenance"] = {"models", "home", "agent", "sweep", "evalbench", "execution"}
 for _layer in ("workflows", "api", "cli", "dashboard", "server"):
     ALLOWED[_layer] |= {"provenance"}
 

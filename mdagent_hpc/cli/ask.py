@@ -17,7 +17,7 @@ STYLE_KINDS = ("atom", "pair", "bond", "angle", "dihedral", "kspace", "fix", "co
 def ask(question, model, max_tokens, as_json) -> None:
     """Answer QUESTION through the same endpoint the agent uses; the prompt carries this LAMMPS's version,
     packages, styles and the potential files for the elements the question names."""
-    from mdagent_hpc.bench.qa import ask_messages
+    from mdagent_hpc.evalbench.qa import ask_messages
     from mdagent_hpc.lammps.install import LammpsNotFound, capabilities
     from mdagent_hpc.lammps.potentials import find_potentials
     from mdagent_hpc.llm import LLMError, load_llm_settings, task_elements

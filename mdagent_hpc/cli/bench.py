@@ -40,7 +40,7 @@ def _progress(as_json: bool):
 def _bench_errors():
     import contextlib
 
-    from mdagent_hpc.bench.sets import SetError
+    from mdagent_hpc.evalbench.sets import SetError
     from mdagent_hpc.workflows.bench import BenchError, Interrupted
 
     @contextlib.contextmanager
@@ -85,7 +85,7 @@ def _bench_errors():
 def codegen(file, model, k, loop, max_attempts, concurrency, name, replay, judge, as_json) -> None:
     """Run every task of FILE (MD-EvalBench's code-generation JSON, or JSONL of {task, reference?}) through the
     system: Exec-Success@k, success with the correction loop, attempts, grade, reward, tokens and time per task."""
-    from mdagent_hpc.bench.sets import load_code_tasks
+    from mdagent_hpc.evalbench.sets import load_code_tasks
     from mdagent_hpc.workflows import bench as runs
 
     with _bench_errors():
@@ -162,7 +162,7 @@ def qa(file, model, concurrency, name, judge, as_json) -> None:
     """Ask every question of FILE (JSONL: id, type, question, options, answer, answer_text, difficulty, tags):
     exact scoring of choices, normalised matching of fill-blanks, the judge for open answers; by type, difficulty
     and tag."""
-    from mdagent_hpc.bench.sets import load_questions
+    from mdagent_hpc.evalbench.sets import load_questions
     from mdagent_hpc.workflows import bench as runs
 
     with _bench_errors():

@@ -11,7 +11,7 @@ import math
 import re
 import unicodedata
 
-from mdagent_hpc.bench.sets import Question, QuestionType
+from mdagent_hpc.evalbench.sets import Question, QuestionType
 
 SYSTEM = (
     "You are an expert in molecular dynamics and LAMMPS. Answer the question exactly in the format asked, "

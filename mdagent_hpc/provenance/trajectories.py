@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mdagent_hpc.bench.export import Step
+from mdagent_hpc.evalbench.export import Step
 from mdagent_hpc.provenance import Caller
 from mdagent_hpc.provenance.runs import get_run
 

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from mdagent_hpc.bench import judge as judging
-from mdagent_hpc.bench import qa
-from mdagent_hpc.bench.scoring import Answered, RunRecord
-from mdagent_hpc.bench.sets import CodeTask, Question, QuestionType
+from mdagent_hpc.evalbench import judge as judging
+from mdagent_hpc.evalbench import qa
+from mdagent_hpc.evalbench.scoring import Answered, RunRecord
+from mdagent_hpc.evalbench.sets import CodeTask, Question, QuestionType
 from mdagent_hpc.models import LoopPolicy, Request
 
 PREFIX = "mdagent/bench"
@@ -393,7 +393,7 @@ def chat(settings, messages: list[dict], max_tokens: int = 512, temperature: flo
 # -- reports ----------------------------------------------------------------------------------------------------
 def report(group) -> dict:
     """A benchmark run's numbers: {"label", "kind", "settings", "summary", "items", ...} (plain JSON)."""
-    from mdagent_hpc.bench import scoring
+    from mdagent_hpc.evalbench import scoring
 
     kind = group.base.extras.get("kind", None)
     settings = group.base.extras.get("settings", {})

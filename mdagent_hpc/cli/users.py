@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime, timedelta
 
 import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, out
+from mdagent_hpc.server.deploy import RESERVED
+from mdagent_hpc.server.deploy import users_store as store
 
 QUOTAS = {  # option -> (Quota field, type, help)
     "--tokens-per-day": ("tokens_per_day", int, "LLM prompt + completion tokens per UTC day"),
@@ -17,7 +18,6 @@ QUOTAS = {  # option -> (Quota field, type, help)
     "--core-hours-per-day": ("core_hours_per_day", float, "core-hours of jobs per UTC day (shared server)"),
 }
 NO_LIMIT = "none"
-RESERVED = frozenset({"mdagent@localhost"})  # the default user `server setup` gives the shared profile: its own work
 SHORT = {
     "tokens_per_day": "tokens/day",
     "requests_per_minute": "requests/min",
@@ -60,30 +60,6 @@ def db_option(command):
         metavar="URL",
         help="users database (default: MDAGENT_USERS_DB, else the shared server's, else $MDAGENT_HOME/users.db)",
     )(command)
-
-
-@contextlib.contextmanager
-def store(url: str | None):
-    """The users store; its errors (and an unusable MDAGENT_HOME) are one sentence and exit 2."""
-    from mdagent_hpc.accounts.store import AccountsError, Store
-    from mdagent_hpc.home import HomeError
-
-    opened = None
-    try:
-        opened = Store(url or shared_users_db())
-        yield opened
-    except (AccountsError, HomeError) as exc:
-        raise UserError(str(exc)) from None
-    finally:
-        if opened is not None:
-            opened.close()
-
-
-def shared_users_db() -> str | None:
-    """The users database `mdagent server setup` chose (the shared profile's PostgreSQL), if it ran here."""
-    from mdagent_hpc.cli.server import saved
-
-    return saved().get("users_db")
 
 
 def given(quotas: dict) -> dict:

@@ -180,6 +180,51 @@ def test_plot_draws_every_segment_of_a_real_log(tmp_path):
         plot_thermo(type(log)(), tmp_path / "none.png", "empty")
 
 
+RESET_SCRIPT = """units lj
+atom_style atomic
+lattice fcc 0.8442
+region box block 0 3 0 3 0 3
+create_box 1 box
+create_atoms 1 box
+mass 1 1.0
+pair_style lj/cut 2.5
+pair_coeff 1 1 1.0 1.0 2.5
+displace_atoms all random 0.05 0.05 0.05 1234
+thermo 10
+minimize 1e-4 1e-6 50 500
+reset_timestep 0
+velocity all create 1.0 87287
+fix 1 all nve
+run 100
+reset_timestep 0
+run 60
+"""
+
+
+def test_segments_after_reset_timestep_follow_each_other_on_the_step_axis(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from mdagent_hpc.lammps.log import read_log
+    from mdagent_hpc.query.plot import plot_thermo
+
+    (tmp_path / "in.reset").write_text(RESET_SCRIPT)
+    lmp = str(Path(sys.executable).parent / "lmp")
+    subprocess.run(
+        [lmp, "-in", "in.reset", "-log", "log.reset", "-screen", "none"], cwd=tmp_path, check=True, timeout=120
+    )
+    log = read_log(tmp_path / "log.reset")
+    minimized = log.blocks[0].column("Step")[-1]
+    assert [b.column("Step")[0] for b in log.blocks] == [0, 0, 0]  # each segment starts again at step 0
+    figures = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figures.append(self) or original(self, *a, **k))
+    plot_thermo(log, tmp_path / "thermo.png", "minimize, then two runs after reset_timestep")
+    ax = figures[-1].axes[0]
+    starts_ends = [(line.get_xdata()[0], line.get_xdata()[-1]) for line in ax.get_lines()]
+    assert starts_ends == [(0, minimized), (minimized, minimized + 100), (minimized + 100, minimized + 160)]
+    assert {a.get_xlabel() for a in figures[-1].axes if a.get_visible()} - {""} == {"Step (cumulative over segments)"}
+
+
 # -- real runs on both back ends ---------------------------------------------------------------------------------
 def fenced(name: str) -> str:
     return f"```lammps\n{(DEMO / name).read_text()}```"

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from mdagent_hpc.configfile import load_config
 from mdagent_hpc.lammps.log import parse_log
 from mdagent_hpc.llm.replay import prompt_tokens
-from mdagent_hpc.sweep.results import block_average, eta, plot, point_result, table
+from mdagent_hpc.sweep.results import PointResult, block_average, eta, plot, point_result, table
 from mdagent_hpc.sweep.spec import (
     Observable,
     Parameter,
@@ -468,3 +468,76 @@ def test_a_proposal_cut_off_at_max_tokens_says_so(fake_openai, llm_env):
     llm_env(server, MAX_TOKENS=100, MAX_RETRIES=0)
     with pytest.raises(MDAgentError, match=r"cut off at max_tokens \(100\)"):
         api.propose_sweep(STUDY)
+
+
+# -- the plot shows the study -------------------------------------------------------------------------------------
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every matplotlib figure saved while the test runs, to read back what was drawn."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figures.append(self) or original(self, *a, **k))
+    return figures
+
+
+def plotted(sweep, tmp_path, name="sweep.png"):
+    """The sweep's plot from made-up results: pe = -T - N/1000 at every point, error 0.01."""
+    results = [
+        PointResult(
+            id=p.id,
+            vars=p.vars,
+            ok=True,
+            grade="pass",
+            observables={"pe": -float(p.vars["T"]) - float(p.vars.get("N", 0)) / 1000},
+            errors={"pe": 0.01},
+        )
+        for p in expand(sweep)
+    ]
+    return plot(sweep, table(sweep, results), tmp_path / name)
+
+
+def drawn_lines(ax):
+    """(label, x values, y values) of each errorbar line of an axes."""
+    return [
+        (c.get_label(), list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata()))
+        for c in ax.containers
+        if c.lines and c.lines[0] is not None
+    ]
+
+
+TEMPERATURES = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2]
+
+
+def test_the_x_axis_is_the_parameter_with_the_most_values_and_a_single_value_goes_in_the_title(saved_figures, tmp_path):
+    sweep = spec(
+        parameters=[{"name": "RHO", "values": [0.85]}, {"name": "T", "start": 0.5, "stop": 1.2, "step": 0.1}],
+        observables=[{"name": "pe", "column": "pe", "units": "eps"}],
+    )
+    path = plotted(sweep, tmp_path)
+    (ax,) = saved_figures[-1].axes
+    assert ax.get_xlabel() == "T" and ax.get_ylabel() == "pe (eps)"
+    ((label, xs, ys),) = drawn_lines(ax)  # one line, pe against T
+    assert xs == pytest.approx(TEMPERATURES) and ys == pytest.approx([-t for t in TEMPERATURES])
+    assert "RHO = 0.85" in ax.get_title() and ax.get_legend() is None
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_line_per_value_of_the_other_multi_valued_parameter(saved_figures, tmp_path):
+    sweep = spec(
+        parameters=[
+            {"name": "N", "values": [256, 500], "units": "atoms"},
+            {"name": "RHO", "values": [0.85]},
+            {"name": "T", "start": 0.5, "stop": 1.2, "step": 0.1, "units": "eps/k"},
+        ],
+        observables=[{"name": "pe", "column": "pe"}],
+    )
+    plotted(sweep, tmp_path, "lines.png")
+    (ax,) = saved_figures[-1].axes
+    assert ax.get_xlabel() == "T (eps/k)" and "RHO = 0.85" in ax.get_title()
+    lines = drawn_lines(ax)
+    assert [label for label, _, _ in lines] == ["N = 256 atoms", "N = 500 atoms"]
+    for (_, xs, ys), n in zip(lines, (256, 500), strict=True):
+        assert xs == pytest.approx(TEMPERATURES) and ys == pytest.approx([-t - n / 1000 for t in TEMPERATURES])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["N = 256 atoms", "N = 500 atoms"]

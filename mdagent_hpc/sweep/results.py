@@ -17,7 +17,7 @@ from mdagent_hpc.lammps.evaluate import evaluate
 from mdagent_hpc.lammps.log import LammpsLog, ThermoBlock
 from mdagent_hpc.lammps.parser import ScriptError, parse_text
 from mdagent_hpc.models import Grade, Severity
-from mdagent_hpc.sweep.spec import Observable, Point, SweepProposal, Value
+from mdagent_hpc.sweep.spec import Observable, Parameter, Point, SweepProposal, Value
 
 if TYPE_CHECKING:
     import pandas
@@ -151,47 +151,58 @@ def table_json(frame: pandas.DataFrame) -> list[dict]:
 
 
 def plot(spec: SweepProposal, frame: pandas.DataFrame, path: Path | str) -> Path:
-    """PNG: each observable against the first parameter, with error bars; one line per value of the second."""
+    """PNG: each observable against the parameter with the most values, with error bars; one line per value of the
+    next multi-valued parameter; single-valued parameters (and the first value of any further one) in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    x, *rest = spec.parameters
-    group = rest[0] if rest else None
-    others = rest[1:]
+    multi = sorted((p for p in spec.parameters if p.count > 1), key=lambda p: -p.count)  # stable: ties keep order
+    x = multi[0] if multi else spec.parameters[0]
+    group = multi[1] if len(multi) > 1 else None
+    held = {p.name: p.expanded()[0] for p in spec.parameters if p not in (x, group)}  # one value drawn of each
+    data = frame[frame["ok"]]
+    if held:
+        data = data[(data[list(held)] == list(held.values())).all(axis=1)]
     n = len(spec.observables)
     figure, axes = pyplot.subplots(n, 1, figsize=(6.4, 3.2 * n), squeeze=False)
-    data = frame[frame["ok"]]
     for ax, observable in zip(axes[:, 0], spec.observables, strict=True):
         series = [(None, data)] if group is None else [(v, data[data[group.name] == v]) for v in group.expanded()]
         for value, part in series:
             if part.empty:
                 continue
-            if others:  # a third parameter: its first value only (one figure per combination would be many)
-                first = {p.name: p.expanded()[0] for p in others}
-                part = part[(part[list(first)] == list(first.values())).all(axis=1)]
+            part = part.sort_values(x.name)
             errors = part[f"{observable.name}_err"].astype(float)
-            label = None if value is None else f"{group.name} = {value} {group.units}".rstrip()
             ax.errorbar(
                 part[x.name].astype(float),
                 part[observable.name].astype(float),
                 yerr=None if errors.isna().all() else errors.fillna(0),
                 marker="o",
                 capsize=3,
-                label=label,
+                label=None if value is None else _setting(group, value),
             )
         ax.set_xlabel(x.label())
         ax.set_ylabel(observable.label())
         ax.grid(alpha=0.3)
         if group is not None:
             ax.legend(fontsize="small")
-    axes[0, 0].set_title(spec.task if len(spec.task) <= 70 else spec.task[:67] + "...", fontsize="small")
+    task = spec.task if len(spec.task) <= 70 else spec.task[:67] + "..."
+    fixed = ", ".join(
+        _setting(p, held[p.name]) + (f" (first of {p.count})" if p.count > 1 else "")
+        for p in spec.parameters
+        if p.name in held
+    )
+    axes[0, 0].set_title(f"{task}\n{fixed}" if fixed else task, fontsize="small")
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
     return path
+
+
+def _setting(parameter: Parameter, value: Value) -> str:
+    return f"{parameter.name} = {value} {parameter.units}".rstrip()
 
 
 class SweepRun(BaseModel):

@@ -282,14 +282,18 @@ PROJECT = [
 
 def search(query: Query, caller: Caller) -> list[dict]:
     """The runs `caller` may read that match `query`, in its order, at most `query.limit`: one dict per run (see
-    `row`). A run's recorded `user` is its owner's (`provenance.owner`)."""
+    `row`). Whose a run is: its node's user (every node of a run carries it, `workflows.owned`), so a run not
+    recorded yet is found too."""
+    from aiida import orm
+
+    owner_id = None
     if not caller.everyone:
-        if query.user not in (None, caller.email):
+        owner_id = orm.QueryBuilder().append(orm.User, filters={"email": caller.email}, project=["id"]).first(flat=True)
+        if owner_id is None:
             return []
-        query = query.model_copy(update={"user": caller.email})
     found: dict[int, dict] = {}
     for window in _windows(query):
-        for r in _search(window.model_copy(update={"limit": query.limit - len(found)})):
+        for r in _search(window.model_copy(update={"limit": query.limit - len(found)}), owner_id):
             found.setdefault(r["pk"], r)
         if len(found) >= query.limit:
             break
@@ -335,15 +339,16 @@ def _in_index_order(query: Query):
         yield
 
 
-def _search(query: Query) -> list[dict]:
+def _search(query: Query, owner_id: int | None) -> list[dict]:
     with _in_index_order(query):
-        return _search_here(query)
+        return _search_here(query, owner_id)
 
 
-def _search_here(query: Query) -> list[dict]:
+def _search_here(query: Query, owner_id: int | None) -> list[dict]:
     from aiida import orm
 
-    qb = orm.QueryBuilder().append(orm.ProcessNode, tag="run", filters=_filters(query), project=PROJECT)
+    filters = _filters(query) | ({"user_id": owner_id} if owner_id is not None else {})
+    qb = orm.QueryBuilder().append(orm.ProcessNode, tag="run", filters=filters, project=PROJECT)
     qb.order_by({"run": [_order(query), {"id": "desc"}]})
     checks = _python_checks(query)
     if not checks:

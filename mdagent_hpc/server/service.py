@@ -134,6 +134,7 @@ def made_by(user: User, request_id: str) -> orm.ProcessNode | None:
     qb = orm.QueryBuilder().append(
         orm.WorkChainNode,
         tag="p",
+        project="*",
         filters={"process_type": {"in": [AGENT, SWEEP]}, f"extras.{REQUEST_EXTRA}": request_id},
     )
     qb.append(orm.User, with_node="p", filters={"email": identity(user.name, user.email)})

@@ -419,7 +419,7 @@ def test_server_json_is_private_and_a_password_with_url_characters_works(shared)
     settings = shared["home"] / "server.json"
     settings.chmod(0o644)  # made looser by hand: setup makes it private again
     env = {**shared["env"], "MDAGENT_DB_PASSWORD": "p@ss:w/rd?#%"}  # PostgreSQL here trusts 127.0.0.1: any works
-    ok(mdagent("server", "setup", "--profile", shared["name"], "--json", env=env, timeout=300))
+    ok(mdagent("server", "setup", "--profile", shared["name"], "--accept-consumer-timeout", "--json", env=env, timeout=300))
     assert settings.stat().st_mode & 0o777 == 0o600
     store = Store(json.loads(settings.read_text())["users_db"])  # the URL parses: host, port and database intact
     assert "dave" in [u.name for u in store.users()]

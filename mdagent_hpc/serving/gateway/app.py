@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-import httpx2
+import httpx
 from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from mdagent_hpc.accounts.quotas import RateWindow, Refusal, check_daily, next_midnight, utc_day
 from mdagent_hpc.accounts.store import AccountsError, Store
-from mdagent_hpc.serving.gateway.sse import EventSplitter, event_json, generated_text, usage_of, usage_only
+from mdagent_hpc.serving.gateway.sse import StreamTally, usage_of
 
 # path -> method: what the agent and ordinary OpenAI clients use; everything else is refused
 FORWARDED = {
@@ -88,8 +88,6 @@ class Exchange:
     reserved_prompt: int = 0  # charged before forwarding (a user with a budget); settled to the real use after
     reserved_completion: int = 0
     counted: bool = False  # the server's usage was read
-    generated: list[str] = field(default_factory=list)  # a stream's text, counted if it ends without usage
-    generated_chunks: int = 0
 
     def count(self, usage: dict | None) -> None:
         if usage:
@@ -105,7 +103,7 @@ class Gateway:
         self.upstream = upstream_base(settings.upstream)
         self.rate = RateWindow()
         self.max_model_len: int | None = None  # the server's context length, once its /tokenize has said it
-        self.client: httpx2.AsyncClient | None = None
+        self.client: httpx.AsyncClient | None = None
         self._audit = settings.audit_log.open("a", buffering=1) if settings.audit_log else None
         self._audit_lock = threading.Lock()
 
@@ -115,10 +113,10 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app):
-        timeout = httpx2.Timeout(self.settings.timeout_s, connect=10.0)
-        limits = httpx2.Limits(max_connections=512, max_keepalive_connections=64)
+        timeout = httpx.Timeout(self.settings.timeout_s, connect=10.0)
+        limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
         # trust_env=False: an http_proxy meant for the users' side must not reroute the upstream
-        async with httpx2.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
             self.client = client
             yield
         if self._audit:
@@ -255,7 +253,7 @@ class Gateway:
         try:
             response = await self.client.post(self.upstream + "/tokenize", json=request, headers=headers, timeout=30)
             answer = response.json() if response.status_code == 200 else {}
-        except (httpx2.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError):
             return None
         if not isinstance(answer, dict):
             return None
@@ -265,15 +263,15 @@ class Gateway:
             return answer["count"]
         return len(answer["tokens"]) if isinstance(answer.get("tokens"), list) else None
 
-    async def count_unreported(self, ex: Exchange, payload: dict | None) -> None:
+    async def count_unreported(self, ex: Exchange, payload: dict | None, stream: StreamTally) -> None:
         """A stream that ended without its usage chunk (the user left, the server broke off): count what was sent."""
         if ex.counted or payload is None:
             return
         ex.prompt_tokens = ex.reserved_prompt or await self.prompt_tokens(ex.route, payload)
-        text = "".join(ex.generated)
+        text, chunks = stream.generated()
         counted = await self.tokenize({"model": payload.get("model"), "prompt": text, "add_special_tokens": False})
         # every chunk of a stream carries at least one new token, so their number is a floor for the count
-        ex.completion_tokens = max(ex.generated_chunks, counted if counted is not None else _estimate(text))
+        ex.completion_tokens = max(chunks, counted if counted is not None else _estimate(text))
         ex.counted = True
 
     async def forward(self, request: Request, body: bytes, ex: Exchange, prepared: Prepared | None) -> Response:
@@ -288,7 +286,7 @@ class Gateway:
         upstream_request = self.client.build_request(request.method, url, headers=headers, content=body)
         try:
             response = await self.client.send(upstream_request, stream=True)
-        except httpx2.TimeoutException:
+        except httpx.TimeoutException:
             return self.refuse(
                 ex,
                 504,
@@ -296,7 +294,7 @@ class Gateway:
                 "upstream_timeout",
                 f"the model server did not answer within {self.settings.timeout_s:g} s; try again later",
             )
-        except httpx2.TransportError:
+        except httpx.TransportError:
             return self.refuse(
                 ex,
                 502,
@@ -326,7 +324,7 @@ class Gateway:
             )
         try:
             data = await response.aread()
-        except httpx2.TransportError:
+        except httpx.TransportError:
             return self.refuse(
                 ex, 502, "server_error", "upstream_broken", "the model server broke off its answer; try again"
             )
@@ -341,39 +339,29 @@ class Gateway:
             data, status_code=response.status_code, media_type=content_type, background=BackgroundTask(self.finish, ex)
         )
 
-    async def relay(self, response: httpx2.Response, ex: Exchange, prepared: Prepared | None):
+    async def relay(self, response: httpx.Response, ex: Exchange, prepared: Prepared | None):
         """Pass the stream on as it comes, reading the usage chunk (and dropping it if the user did not ask).
 
         Each read from the server is passed on at once, as the complete events it holds: one event when the gateway
-        keeps up, several in one write when it falls behind, which costs less per event. The text passed on is kept
-        too: when the stream ends without its usage chunk (the user left), that is what is charged.
+        keeps up, several in one write when it falls behind, which costs less per event. Only events that name
+        `usage` are parsed on the way; the others are kept as they are, and read for their text only when the stream
+        ends without its usage chunk (the user left): that text is what is charged then.
         """
-        wants_usage = prepared is None or prepared.wants_usage
-        events = EventSplitter()
+        stream = StreamTally(keep_usage_chunk=prepared is None or prepared.wants_usage)
         try:
             async for chunk in response.aiter_raw():
-                kept = []
-                for event in events.feed(chunk):
-                    data = event_json(event)
-                    ex.count(usage_of(data))
-                    if usage_only(data):
-                        if not wants_usage:
-                            continue
-                    elif text := generated_text(data):
-                        ex.generated.append(text)
-                        ex.generated_chunks += 1
-                    kept.append(event)
-                if kept:
-                    yield b"".join(kept)
-            if rest := events.rest():
+                if passed := stream.feed(chunk):
+                    yield passed
+            if rest := stream.rest():
                 yield rest
-        except httpx2.TransportError:
+        except httpx.TransportError:
             ex.refused = "upstream_broken"  # the user sees the stream end early; the log says why
         finally:
+            ex.count(stream.usage)
             with anyio.CancelScope(shield=True):  # also when the user went away mid-stream
                 await response.aclose()
                 with contextlib.suppress(Exception):  # counting must not stop the charge below
-                    await self.count_unreported(ex, prepared.payload if prepared else None)
+                    await self.count_unreported(ex, prepared.payload if prepared else None, stream)
                 await run_in_threadpool(self.finish, ex)
 
     # -- refusals, usage and the audit log ----------------------------------------------------------------------
@@ -608,8 +596,8 @@ def probe_upstream(settings: GatewaySettings, timeout: float = 5.0) -> tuple[boo
         headers["authorization"] = f"Bearer {settings.upstream_key.get_secret_value()}"
     url = upstream_base(settings.upstream) + "/v1/models"
     try:
-        response = httpx2.get(url, headers=headers, timeout=timeout, trust_env=False)
-    except httpx2.HTTPError as exc:
+        response = httpx.get(url, headers=headers, timeout=timeout, trust_env=False)
+    except httpx.HTTPError as exc:
         return False, f"{url} does not answer ({type(exc).__name__})"
     if response.status_code in (401, 403):
         return False, f"{url} refuses the upstream key (HTTP {response.status_code}); check --upstream-key"

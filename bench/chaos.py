@@ -203,9 +203,18 @@ def main() -> None:
         rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
         log(f"seed {seed}; setting up profile {name} (PostgreSQL + RabbitMQ vhost {name}) ...")
         cli = [sys.executable, "-m", "mdagent_hpc.cli"]
-        subprocess.run([*cli, "server", "setup", "--profile", name, "--json"], env=env, check=True, capture_output=True)
+        subprocess.run(
+            [*cli, "server", "setup", "--profile", name, "--accept-consumer-timeout", "--json"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         added = subprocess.run(
-            [*cli, "users", "add", "chaos", "--json"], env=env, check=True, capture_output=True, text=True
+            [*cli, "users", "add", "chaos", "--concurrent-runs", "none", "--json"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         key = json.loads(added.stdout)["key"]
         server = Server(env, free_port(), root / "server.log")

@@ -110,9 +110,11 @@ def main() -> None:
             timeout=60,
         )
         print(f"setting up profile {name} (PostgreSQL + RabbitMQ) ...", flush=True)
-        mdagent("server", "setup", "--profile", name, "--json", env=env)
+        mdagent("server", "setup", "--profile", name, "--accept-consumer-timeout", "--json", env=env)
         keys = [
-            json.loads(mdagent("users", "add", f"user{i:02d}", "--json", env=env).stdout)["key"]
+            json.loads(mdagent("users", "add", f"user{i:02d}", "--concurrent-runs", "none", "--json", env=env).stdout)[
+                "key"
+            ]
             for i in range(args.clients)
         ]
         import socket

@@ -173,7 +173,9 @@ def shared(tmp_path_factory):
             capture_output=True,
             timeout=60,
         )
-        setup = ok(mdagent("server", "setup", "--profile", name, "--json", env=env, timeout=300))
+        setup = ok(
+            mdagent("server", "setup", "--profile", name, "--accept-consumer-timeout", "--json", env=env, timeout=300)
+        )
         state["setup"] = json.loads(setup.stdout)
         keys = {}
         for user, extra in (("alice", ["--email", "alice@example.org"]), ("bob", []), ("carol", []), ("eve", [])):
@@ -224,7 +226,13 @@ def test_setup_checks_what_it_finds_and_can_run_again(shared):
     assert checks["PostgreSQL"]["ok"] and "C.UTF-8" in checks["PostgreSQL"]["detail"]
     assert checks["RabbitMQ"]["ok"] and shared["name"] in checks["RabbitMQ"]["detail"]  # our own vhost
     assert "consumer_timeout" in checks and checks["profile"]["ok"]
-    again = json.loads(ok(mdagent("server", "setup", "--profile", shared["name"], "--json", env=shared["env"])).stdout)
+    again = json.loads(
+        ok(
+            mdagent(
+                "server", "setup", "--profile", shared["name"], "--accept-consumer-timeout", "--json", env=shared["env"]
+            )
+        ).stdout
+    )
     assert {c["name"]: c for c in again["checks"]}["users"]["detail"].startswith("3 active")  # eve is revoked
     health = httpx.get(f"{shared['server'].url}/health", timeout=10)
     assert health.status_code == 200 and health.json() == {"status": "ok"}

@@ -27,23 +27,31 @@ def server() -> None:
 
 
 @server.command()
-@click.option("--profile", default="mdagent-shared", show_default=True, help="the AiiDA profile to make or check")
+@click.option("--profile", help="the AiiDA profile to make or check (default: server.json's, else mdagent-shared)")
 @click.option("--database", help="PostgreSQL database (default: the profile name with _)")
 @click.option("--db-host", default="127.0.0.1", show_default=True)
 @click.option("--db-port", default=5432, show_default=True, type=int)
 @click.option("--db-user", default="postgres", show_default=True)
 @click.option("--db-password", default="", envvar="MDAGENT_DB_PASSWORD", help="(or MDAGENT_DB_PASSWORD)")
-@click.option("--broker-host", default="127.0.0.1", show_default=True)
-@click.option("--broker-port", default=5672, show_default=True, type=int)
-@click.option("--broker-user", default="guest", show_default=True)
-@click.option("--broker-password", default="guest", envvar="MDAGENT_BROKER_PASSWORD", show_default=True)
+@click.option("--broker-host", help="RabbitMQ's host (default: the profile's, else 127.0.0.1)")
+@click.option("--broker-port", type=int, help="(default: the profile's, else 5672)")
+@click.option("--broker-user", help="(default: the profile's, else guest)")
+@click.option("--broker-password", envvar="MDAGENT_BROKER_PASSWORD", help="(or MDAGENT_BROKER_PASSWORD)")
+@click.option("--broker-vhost", help="the RabbitMQ vhost, made beforehand (default: the profile's, else /)")
+@click.option(
+    "--accept-consumer-timeout",
+    is_flag=True,
+    help="go on although RabbitMQ's consumer_timeout may drop runs longer than it",
+)
 @click.option("--json", "as_json", is_flag=True, help="print what was found as JSON")
-def setup(as_json, profile, **where) -> None:
-    """Make (or check) the shared profile on PostgreSQL + RabbitMQ, the users tables in the same database, and
-    say what to fix when something is missing. Safe to run again."""
+def setup(as_json, profile, broker_host, broker_port, broker_user, broker_password, broker_vhost, **where) -> None:
+    """Make (or check again) the shared profile on PostgreSQL + RabbitMQ and the users tables in the same database,
+    and save them in $MDAGENT_HOME/server.json; says what to fix when something is missing. Safe to run again."""
     from mdagent_hpc.server import deploy
 
-    made = deploy.setup(profile, progress=_progress(as_json), **where)
+    broker = deploy.Broker(broker_host, broker_port, broker_user, broker_password, broker_vhost)
+    profile = profile or deploy.saved().get("profile") or deploy.DEFAULT_PROFILE
+    made = deploy.setup(profile, broker=broker, progress=_progress(as_json), **where)
     if as_json:
         emit_json(
             {
@@ -182,10 +190,18 @@ def backup(dest, profile, keep) -> None:
 @click.option("--db-password", default="", envvar="MDAGENT_DB_PASSWORD", help="(or MDAGENT_DB_PASSWORD)")
 def restore(source, profile, **where) -> None:
     """Restore a backup from SOURCE (a folder `server backup` wrote) into a new profile and database, users
-    included; then `mdagent server serve` uses it. Same pks, same users and keys."""
+    included, on the vhost of the profile backed up. Same pks, same users and keys. The server keeps serving
+    the profile server.json names (`mdagent server setup --profile NEW` makes NEW the server's); on a host with
+    no server.json yet, the restored profile becomes the server's."""
     from mdagent_hpc.server import deploy
 
-    database = deploy.restore(source, profile, progress=_progress(), **where)
-    out().print(
-        f"restored into profile {profile} (database {database}); `mdagent server serve` serves it", highlight=False
-    )
+    done = deploy.restore(source, profile, progress=_progress(), **where)
+    out().print(f"restored into profile {profile} (database {done.database}, vhost '{done.vhost}')", highlight=False)
+    if done.serving:
+        out().print("server.json names it now: `mdagent server serve` serves it", highlight=False)
+    else:
+        out().print(
+            f"the server still serves profile {deploy.saved().get('profile')}; to serve the restored copy instead: "
+            f"`mdagent server setup --profile {profile}`",
+            highlight=False,
+        )

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, out
-from mdagent_hpc.server.deploy import RESERVED
-from mdagent_hpc.server.deploy import users_store as store
+from mdagent_hpc.server.deploy import RESERVED, users_store
+from mdagent_hpc.server.deploy import users_store as store  # noqa: F401 (`gateway serve` makes a local one)
 
 QUOTAS = {  # option -> (Quota field, type, help)
     "--tokens-per-day": ("tokens_per_day", int, "LLM prompt + completion tokens per UTC day"),
@@ -58,7 +58,8 @@ def db_option(command):
         "--db",
         envvar="MDAGENT_USERS_DB",
         metavar="URL",
-        help="users database (default: MDAGENT_USERS_DB, else the shared server's, else $MDAGENT_HOME/users.db)",
+        help="users database (default: MDAGENT_USERS_DB, else the shared server's in server.json, "
+        "else an existing $MDAGENT_HOME/users.db)",
     )(command)
 
 
@@ -91,16 +92,34 @@ def add(name, email, admin, db, as_json, **quotas) -> None:
     """Add user NAME and print their first API key (shown once: it is stored only as a hash)."""
     from mdagent_hpc.accounts.quotas import Quota
     from mdagent_hpc.server.access import identity
+    from mdagent_hpc.server.deploy import default_quota
 
-    with store(db) as s:
-        user, key = s.add_user(
-            name, Quota(**given(quotas)), email=email, admin=admin, identity=identity, reserved=RESERVED
-        )
+    with users_store(db, new_local=False) as s:
+        quota = Quota(**(default_quota() | given(quotas)))
+        user, key = s.add_user(name, quota, email=email, admin=admin, identity=identity, reserved=RESERVED)
     if as_json:
         emit_json({"name": user.name, "key": key, "quota": user.quota.model_dump()})
         return
     out().print(f"user {user.name} added ({limits_text(user.quota)})", highlight=False)
     out().print(f"API key (shown only now; give it to {user.name} privately): {key}", highlight=False, soft_wrap=True)
+
+
+@users.command("defaults")
+@quota_options
+@click.option("--json", "as_json", is_flag=True, help="print the defaults as JSON")
+def defaults(as_json, **quotas) -> None:
+    """The quotas a user added without them gets on the shared server (set once here; `users set` changes one
+    user's). With no option: show them. `mdagent server setup` starts them at modest limits, never unlimited."""
+    from mdagent_hpc.server.deploy import DeployError, default_quota, quota_text, set_default_quota
+
+    changes = given(quotas)
+    found = set_default_quota(changes) if changes else default_quota()
+    if not found:
+        raise DeployError("default quotas are the shared server's, kept in its home's server.json: run this there")
+    if as_json:
+        emit_json(found)
+    else:
+        out().print(f"users added from now on get: {quota_text(found)}", highlight=False)
 
 
 @users.command("key")
@@ -109,7 +128,7 @@ def add(name, email, admin, db, as_json, **quotas) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the key as JSON")
 def new_key(name, db, as_json) -> None:
     """Give user NAME another API key (their other keys stay valid until `mdagent users revoke NAME --key`)."""
-    with store(db) as s:
+    with users_store(db, new_local=False) as s:
         key = s.new_key(name)
     if as_json:
         emit_json({"name": name, "key": key})
@@ -123,7 +142,7 @@ def new_key(name, db, as_json) -> None:
 @db_option
 def revoke(name, prefix, db) -> None:
     """Revoke user NAME (every key), or with --key one of their keys; takes effect on the next request."""
-    with store(db) as s:
+    with users_store(db, new_local=False) as s:
         n = s.revoke(name, prefix)
     what = f"key {prefix}" if prefix else f"user {name} and {n} active key(s)"
     out().print(f"revoked {what}", highlight=False)
@@ -138,7 +157,7 @@ def set_quota(name, db, **quotas) -> None:
     changes = given(quotas)
     if not changes:
         raise UserError("give at least one quota to change, e.g. --tokens-per-day 200000 (see --help)")
-    with store(db) as s:
+    with users_store(db, new_local=False) as s:
         user = s.set_quota(name, **changes)
     out().print(f"user {user.name}: {limits_text(user.quota)}", highlight=False)
 
@@ -153,7 +172,7 @@ def list_users(db, as_json) -> None:
     from mdagent_hpc.accounts.quotas import utc_day
 
     today = utc_day(datetime.now(UTC))
-    with store(db) as s:
+    with users_store(db, new_local=False) as s:
         found = s.users()
         used = {u.user: u for u in s.usage(since=today)}
     rows = [
@@ -201,7 +220,7 @@ def usage(name, days, db, as_json) -> None:
     from mdagent_hpc.accounts.quotas import utc_day
 
     since = utc_day(datetime.now(UTC) - timedelta(days=days - 1))
-    with store(db) as s:
+    with users_store(db, new_local=False) as s:
         rows = s.usage(name, since=since)
     if as_json:
         emit_json([r.model_dump() | {"tokens": r.tokens} for r in rows])

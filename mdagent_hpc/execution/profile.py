@@ -25,27 +25,39 @@ class ProfileError(RuntimeError):
     pass
 
 
+def shared_profile() -> str | None:
+    """The shared profile `mdagent server setup` saved in this MDAGENT_HOME's server.json (the server's home)."""
+    from mdagent_hpc.settings.resolver import saved_server_settings
+
+    return saved_server_settings().get("profile") or None
+
+
 def configure_environment() -> str:
-    """Point AiiDA at our configuration folder (before AiiDA reads it); returns the profile name."""
-    if name := env("MDAGENT_AIIDA_PROFILE"):
+    """Point AiiDA at our configuration folder (before AiiDA reads it); returns the profile name.
+
+    In the server's home (a server.json there) every command uses the shared profile from that home's AiiDA
+    configuration, also with MDAGENT_AIIDA_PROFILE set (a restored profile lives there too)."""
+    shared = shared_profile()
+    if (name := env("MDAGENT_AIIDA_PROFILE")) and not shared:
         return name
     os.environ["AIIDA_PATH"] = str(mdagent_home())
     warnings.filterwarnings("ignore", message="Creating AiiDA configuration folder")
     bindir = str(Path(sys.executable).parent)  # the daemon needs `verdi` on PATH
     if bindir not in os.environ.get("PATH", "").split(":"):
         os.environ["PATH"] = f"{bindir}:{os.environ.get('PATH', '')}"
-    return PROFILE
+    return name or shared or PROFILE
 
 
 def ensure_profile():
     """Load (creating on first use) the profile, the `local` computer and its LAMMPS code."""
     name = configure_environment()
+    shared = shared_profile()
     from aiida import load_profile
     from aiida.common.exceptions import ProfileConfigurationError
     from aiida.manage.configuration import create_profile, get_config
     from aiida.plugins import BrokerFactory
 
-    if not env("MDAGENT_AIIDA_PROFILE"):
+    if shared or not env("MDAGENT_AIIDA_PROFILE"):
         from aiida.manage.configuration.settings import AiiDAConfigDir
 
         if AiiDAConfigDir.get().parent != mdagent_home():
@@ -55,6 +67,12 @@ def ensure_profile():
             )
     config = get_config(create=True)
     if name not in config.profile_names:
+        if shared:
+            raise ProfileError(
+                f"this is the mdagent server's home ({mdagent_home()}: server.json names profile '{shared}') but "
+                f"profile '{name}' is not in its AiiDA configuration; no local profile is made here: run "
+                "`mdagent server setup` again, or `mdagent server restore`"
+            )
         if env("MDAGENT_AIIDA_PROFILE"):
             raise ProfileError(
                 f"AiiDA profile '{name}' (MDAGENT_AIIDA_PROFILE) does not exist; "

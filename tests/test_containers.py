@@ -723,7 +723,7 @@ def test_sweep_points_run_in_the_image_through_parsl_pilot_workers(ch_image, slu
             "points": points}
     (job / "sweep.json").write_text(json.dumps(spec))
     sweep = tmp_path / "sweep"
-    driver = subprocess.run([sys.executable, "-m", "mdagent_hpc.execution.pilot", str(sweep), "--job", str(job)],
+    driver = subprocess.run([sys.executable, "-m", "mdagent_hpc.execution.parsl.driver", str(sweep), "--job", str(job)],
                             capture_output=True, text=True, timeout=900)
     assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
     for point in points:

@@ -58,7 +58,7 @@ def job_folder(folder: Path, site, n: int, template: str = TEMPLATE) -> Path:
 
 def start_driver(sweep: Path, job: Path) -> subprocess.Popen:
     out = open(job / "driver.out", "a")  # noqa: SIM115 (the child holds it)
-    return subprocess.Popen([sys.executable, "-m", "mdagent_hpc.execution.pilot", str(sweep), "--job", str(job)],
+    return subprocess.Popen([sys.executable, "-m", "mdagent_hpc.execution.parsl.driver", str(sweep), "--job", str(job)],
                             stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -127,8 +127,9 @@ def test_the_pilot_section_is_validated_with_file_and_line(tmp_path):
 
 def test_parsl_config_follows_the_site_for_each_scheduler(tmp_path):
     from parsl.launchers import MpiExecLauncher, SingleNodeLauncher, SrunLauncher
+    from parsl.providers import LocalProvider, PBSProProvider
 
-    from mdagent_hpc.execution.pilot import parsl_config
+    from mdagent_hpc.execution.parsl.config import parsl_config
     from mdagent_hpc.execution.site import SiteConfig
 
     slurm = SiteConfig.model_validate({
@@ -139,7 +140,7 @@ def test_parsl_config_follows_the_site_for_each_scheduler(tmp_path):
     config = parsl_config(slurm, tmp_path, python="/opt/venv/bin/python")
     executor = config.executors[0]
     provider = executor.provider
-    assert type(provider).__mro__[1].__name__ == "SlurmProvider"
+    assert type(provider).__name__ == "SqueueSlurmProvider" and provider._cmd.startswith("squeue")
     assert (provider.partition, provider.account, provider.nodes_per_block) == ("short", "proj", 2)
     assert (provider.init_blocks, provider.min_blocks, provider.max_blocks) == (2, 1, 4)
     assert provider.walltime == "02:00:00" and "#SBATCH --mem=4000M" in provider.scheduler_options
@@ -153,18 +154,30 @@ def test_parsl_config_follows_the_site_for_each_scheduler(tmp_path):
                                      "resources": {"mpi_ranks_per_node": 8, "memory_mb": 2000},
                                      "pilot": {"nodes_per_block": 3, "walltime": 1800}})
     provider = parsl_config(pbs, tmp_path).executors[0].provider
-    assert type(provider).__mro__[1].__name__ == "PBSProProvider"
+    assert isinstance(provider, PBSProProvider)
     assert (provider.queue, provider.cpus_per_node, provider.walltime) == ("workq", 8, "00:30:00")
     assert provider.select_options == "mem=2000mb" and isinstance(provider.launcher, MpiExecLauncher)
     assert parsl_config(pbs, tmp_path).executors[0].max_workers_per_node == 8  # one per core it asked for
 
     direct = SiteConfig.model_validate({"name": "d", "scheduler": "direct"})
     provider = parsl_config(direct, tmp_path).executors[0].provider
-    assert type(provider).__mro__[1].__name__ == "LocalProvider" and isinstance(provider.launcher, SingleNodeLauncher)
+    assert isinstance(provider, LocalProvider) and isinstance(provider.launcher, SingleNodeLauncher)
+
+
+def test_the_private_names_of_parsl_our_slurm_provider_relies_on():
+    """SqueueSlurmProvider sets SlurmProvider's `_cmd` and `_translate_table`: Parsl must still read them."""
+    import inspect
+
+    from parsl.providers import SlurmProvider
+    from parsl.providers.slurm import slurm
+
+    status = inspect.getsource(SlurmProvider._status)
+    assert "self._cmd.format(" in status and "self._translate_table" in status
+    assert {"R", "PD", "CA", "CD"} <= set(slurm.squeue_translate_table)
 
 
 def test_point_command_uses_the_site_binary_or_its_image(tmp_path):
-    from mdagent_hpc.execution.pilot import point_command
+    from mdagent_hpc.execution.parsl.driver import point_command
     from mdagent_hpc.execution.site import SiteConfig
 
     binary = SiteConfig.model_validate({"name": "b", "scheduler": "slurm", "lammps": {"binary": "/opt/lmp"}})
@@ -184,7 +197,7 @@ def test_point_command_uses_the_site_binary_or_its_image(tmp_path):
 
 
 def test_values_that_would_smuggle_a_command_are_refused():
-    from mdagent_hpc.execution.pilot import refusals
+    from mdagent_hpc.execution.parsl.driver import refusals
     from mdagent_hpc.execution.site import SiteConfig
 
     site = SiteConfig.model_validate({"name": "r", "scheduler": "slurm"})
@@ -199,7 +212,7 @@ def test_a_block_just_submitted_is_pending_not_missing(slurm, tmp_path):
     """sacct knows a job only seconds after sbatch: asked too early, Parsl took queued blocks for failed ones."""
     from parsl.jobs.states import JobState
 
-    from mdagent_hpc.execution.pilot import parsl_config
+    from mdagent_hpc.execution.parsl.config import parsl_config
     from mdagent_hpc.execution.site import SiteConfig
 
     site = SiteConfig.model_validate({"name": "q", "scheduler": "slurm", "queue": "debug", "poll_interval": 1,
@@ -217,7 +230,7 @@ def test_a_block_just_submitted_is_pending_not_missing(slurm, tmp_path):
 @pytest.mark.slow
 @pytest.mark.root_only
 def test_every_point_runs_once_in_slurm_blocks_and_a_second_driver_runs_nothing(site, tmp_path):
-    from mdagent_hpc.execution.pilot import pilot_progress
+    from mdagent_hpc.execution.parsl.driver import pilot_progress
 
     sweep, job = tmp_path / "sweep", job_folder(tmp_path / "job", site, 6)
     driver = start_driver(sweep, job)
@@ -241,7 +254,7 @@ def test_every_point_runs_once_in_slurm_blocks_and_a_second_driver_runs_nothing(
     assert all(start >= before_end for (_, before_end), (start, _) in zip(spans, spans[1:], strict=False)), \
         "a block of one core ran two points at once"
 
-    again = subprocess.run([sys.executable, "-m", "mdagent_hpc.execution.pilot", str(sweep), "--job", str(job)],
+    again = subprocess.run([sys.executable, "-m", "mdagent_hpc.execution.parsl.driver", str(sweep), "--job", str(job)],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "6 of 6 point(s) ended before; running 0" in again.stdout
     assert all(len(runs(sweep, pid)) == 1 for pid in results)
@@ -317,7 +330,7 @@ def test_pilot_calculation_survives_a_daemon_restart(site, tmp_path):
     from aiida.engine import submit
     from aiida.engine.daemon.client import get_daemon_client
 
-    from mdagent_hpc.execution.pilot import pilot_progress
+    from mdagent_hpc.execution.parsl.driver import pilot_progress
     from mdagent_hpc.execution.profile import start_daemon, stop_daemon
     from mdagent_hpc.workflows.pilot_calc import PilotCalculation
 

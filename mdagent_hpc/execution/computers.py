@@ -112,7 +112,7 @@ def login_site(site: SiteConfig) -> SiteConfig:
 
 
 def ensure_pilot_code(site: SiteConfig):
-    """`pilot@NAME-login`: the Python that runs `python -m mdagent_hpc.execution.pilot` on the site's login host."""
+    """`pilot@NAME-login`: the Python that runs `python -m mdagent_hpc.execution.parsl.driver` on the site's login host."""
     from aiida import orm
     from aiida.common.exceptions import NotExistent
 

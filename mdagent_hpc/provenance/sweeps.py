@@ -30,7 +30,7 @@ def read_sweep(node) -> SweepRun:
     ]
     n_running = len(running)
     if "sweep_folder" in node.inputs and running:
-        from mdagent_hpc.execution.pilot import pilot_progress  # the pilot knows which of its points run
+        from mdagent_hpc.execution.parsl.driver import pilot_progress  # the pilot knows which of its points run
 
         progress = pilot_progress(node.inputs.sweep_folder.value)  # empty when the folder is on another host
         n_running = progress["running"] if progress.get("total") else n_running

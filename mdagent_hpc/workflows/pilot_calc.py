@@ -1,6 +1,6 @@
 """PilotCalculation (`mdagent.sweep.pilot`): a sweep's Parsl driver as a job that AiiDA follows.
 
-The driver (`python -m mdagent_hpc.execution.pilot SWEEP_FOLDER --job .`) runs on the site's login host as a
+The driver (`python -m mdagent_hpc.execution.parsl.driver SWEEP_FOLDER --job .`) runs on the site's login host as a
 job of the computer `NAME-login` (AiiDA's core.direct scheduler, the site's transport): it is a process of its
 own, so it outlives a daemon restart, and AiiDA polls it like any job and retrieves what it wrote. The points
 live in `sweep_folder`, which outlasts the job: a PilotCalculation submitted again with the same folder runs
@@ -78,7 +78,7 @@ class PilotCalculation(CalcJob):
                 target.write(node.get_content(mode="rb"))
         codeinfo = CodeInfo()
         codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = ["-m", "mdagent_hpc.execution.pilot", self.inputs.sweep_folder.value, "--job", "."]
+        codeinfo.cmdline_params = ["-m", "mdagent_hpc.execution.parsl.driver", self.inputs.sweep_folder.value, "--job", "."]
         codeinfo.stdout_name = STDOUT
         codeinfo.stderr_name = STDERR
         calcinfo = CalcInfo()

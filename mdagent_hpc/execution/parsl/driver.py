@@ -1,6 +1,6 @@
 """The Parsl engine of a sweep: many short LAMMPS points in pilot jobs ("blocks") on the site's scheduler.
 
-`python -m mdagent_hpc.execution.pilot SWEEP_FOLDER [--job DIR]` runs every point of the sweep that has not
+`python -m mdagent_hpc.execution.parsl.driver SWEEP_FOLDER [--job DIR]` runs every point of the sweep that has not
 ended yet, each in `SWEEP_FOLDER/points/<id>/` as `LAMMPS -in in.lammps -var NAME VALUE ...` through the site's
 command (its sandboxed binary or its Apptainer image). A point that ends writes `result.json` atomically; a
 point with a `result.json` for the same inputs is never run again, so a driver stopped in any way (SIGTERM,
@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mdagent_hpc.execution.pilot_worker import INPUT, LOG, LOST, RESULT, RUNNING, read_json, write_json
+from mdagent_hpc.execution.parsl.worker import INPUT, LOG, LOST, RESULT, RUNNING, read_json, write_json
 from mdagent_hpc.execution.site import SiteConfig, container_command
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -139,113 +139,9 @@ def refusals(site: SiteConfig, template: str, variables: dict[str, Any]) -> list
 
 def _on_worker(point_dir: str, command: list[str], sha: str) -> dict:
     # Parsl ships this function by value, without this module's globals: import the real one on the worker.
-    from mdagent_hpc.execution.pilot_worker import run_point
+    from mdagent_hpc.execution.parsl.worker import run_point
 
     return run_point(point_dir, command, sha)
-
-
-# ---------------------------------------------------------------- Parsl
-
-
-def _walltime(seconds: int) -> str:
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def _squeue_init(self, **kwargs) -> None:
-    """SlurmProvider asking squeue, not sacct, for its blocks' states.
-
-    sacct learns of a job seconds after sbatch (from slurmdbd); Parsl reads "no record" as "ended", counts a block
-    that is only queued as failed and, after three, gives up on the whole sweep. slurmctld knows a job at once, and
-    `--states=all` also says how it ended.
-    """
-    from parsl.providers import SlurmProvider
-    from parsl.providers.slurm.slurm import squeue_translate_table
-
-    SlurmProvider.__init__(self, **kwargs)
-    self._cmd = "squeue --noheader --states=all --format='%i %t' --job '{0}'"
-    self._translate_table = squeue_translate_table
-
-
-def parsl_config(site: SiteConfig, run_dir: str | Path, python: str | None = None):
-    """A Parsl Config: HighThroughputExecutor on the site's provider, blocks replaced, lost points retried."""
-    from parsl.config import Config
-    from parsl.executors import HighThroughputExecutor
-    from parsl.jobs.error_handlers import windowed_error_handler
-    from parsl.launchers import MpiExecLauncher, SingleNodeLauncher, SrunLauncher
-    from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
-
-    p, r = site.pilot, site.resources
-    bindir = str(Path(python or sys.executable).parent)  # process_worker_pool.py of the same Parsl
-    worker_init = "\n".join(filter(None, [f'export PATH={shlex.quote(bindir)}:"$PATH"', p.worker_init]))
-    launcher_name = p.launcher or (
-        "single" if p.nodes_per_block == 1 else {"slurm": "srun", "pbspro": "mpiexec"}.get(site.scheduler, "single")
-    )
-    launcher = {"single": SingleNodeLauncher, "srun": SrunLauncher, "mpiexec": MpiExecLauncher}[launcher_name]()
-    blocks = {
-        "init_blocks": p.init_blocks,
-        "min_blocks": p.min_blocks,
-        "max_blocks": p.max_blocks,
-        "parallelism": 1.0,
-        "worker_init": worker_init,
-        "launcher": launcher,
-    }
-    walltime = _walltime(p.walltime or r.walltime)
-    if site.scheduler == "slurm":
-        options = f"#SBATCH --mem={r.memory_mb}M" if r.memory_mb else ""
-        provider_class, kwargs = (
-            SlurmProvider,
-            {
-                "partition": site.queue,
-                "account": site.account,
-                "qos": site.qos,
-                "nodes_per_block": p.nodes_per_block,
-                "cores_per_node": p.cores_per_node,
-                "exclusive": p.cores_per_node is None,
-                "walltime": walltime,
-                "scheduler_options": options,
-                "cmd_timeout": 60,
-            },
-        )
-    elif site.scheduler == "pbspro":
-        provider_class, kwargs = (
-            PBSProProvider,
-            {
-                "account": site.account,
-                "queue": site.queue,
-                "nodes_per_block": p.nodes_per_block,
-                "cpus_per_node": p.cores_per_node or r.mpi_ranks_per_node * r.threads_per_rank,
-                "walltime": walltime,
-                "select_options": f"mem={r.memory_mb}mb" if r.memory_mb else "",
-                "cmd_timeout": 60,
-            },
-        )
-    else:
-        provider_class, kwargs = LocalProvider, {"nodes_per_block": 1}
-    # Parsl asks the scheduler every 60 s (5 s locally); the site says how often it may be asked.
-    members = {"__module__": __name__, "status_polling_interval": property(lambda self: max(site.poll_interval, 0.5))}
-    if provider_class is SlurmProvider:
-        members["__init__"] = _squeue_init
-    polled = type(provider_class.__name__, (provider_class,), members)
-    provider = polled(**kwargs, **blocks)
-    executor = HighThroughputExecutor(
-        label="pilot",
-        provider=provider,
-        address=p.address,
-        # One worker per core the block has: Parsl alone would count every core of the node.
-        max_workers_per_node=p.workers_per_node or kwargs.get("cores_per_node") or kwargs.get("cpus_per_node"),
-        heartbeat_period=max(1, p.lost_after // 4),
-        heartbeat_threshold=p.lost_after,
-        block_error_handler=windowed_error_handler,  # three blocks in a row failed to start: give up, say why
-        worker_logdir_root=str(Path(run_dir) / "workers"),
-    )
-    return Config(
-        executors=[executor],
-        run_dir=str(run_dir),
-        retries=p.retries,
-        strategy="htex_auto_scale",
-        strategy_period=2,
-        initialize_logging=True,
-    )
 
 
 # ---------------------------------------------------------------- the driver
@@ -374,6 +270,8 @@ class Driver:
         import parsl
         from parsl.app.app import python_app
 
+        from mdagent_hpc.execution.parsl.config import parsl_config
+
         bindir = str(Path(sys.executable).parent)  # Parsl starts interchange.py from PATH
         os.environ["PATH"] = f"{bindir}:{os.environ.get('PATH', '')}"
         dfk = parsl.load(parsl_config(site, self.folder / "runinfo"))
@@ -443,7 +341,9 @@ def _lock(folder: Path):
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m mdagent_hpc.execution.pilot", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mdagent_hpc.execution.parsl.driver", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("sweep_folder", help="absolute path; kept across runs of the driver")
     parser.add_argument("--job", metavar="DIR", help="take the inputs from DIR and write results there")
     args = parser.parse_args(argv)

@@ -9,6 +9,7 @@ MDAGENT_API_KEY, else the file MDAGENT_API_KEY_FILE, else ~/.config/mdagent/key.
 from __future__ import annotations
 
 import base64
+import functools
 import sys
 import time
 from pathlib import Path
@@ -76,19 +77,48 @@ def call(method: str, path: str, *, json: Any = None, params: dict | None = None
             headers=headers,
             timeout=httpx.Timeout(120, connect=10),
             trust_env=False,
+            verify=tls_context(),
         )
     except httpx.HTTPError as exc:
-        raise MDAgentError(
-            f"the mdagent server {url} does not answer ({type(exc).__name__}); check MDAGENT_SERVER "
-            "or ask your admin whether it runs"
-        ) from None
+        raise MDAgentError(unreachable(url, exc)) from None
     if response.status_code >= 400:
         try:
             message = response.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = f"HTTP {response.status_code} from {url}"
+        if response.status_code >= 500:
+            message += "; ask your mdagent admin (the server's log says why)"
         raise MDAgentError(message)
     return response.content if raw else response.json()
+
+
+@functools.cache
+def tls_context():
+    """The system's certificates (and SSL_CERT_FILE, e.g. a self-signed server's certificate the admin gave)."""
+    import ssl
+
+    return ssl.create_default_context()
+
+
+def unreachable(url: str, exc: httpx.HTTPError) -> str:
+    """Why the server at `url` gave no answer, in one sentence, with what to do."""
+    said = str(exc)
+    if url.startswith("https:") and "WRONG_VERSION_NUMBER" in said:
+        return (
+            f"the mdagent server {url} answers plain HTTP, not HTTPS: use http:// in MDAGENT_SERVER, or ask your "
+            "admin to serve it with a certificate"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in said:
+        return (
+            f"the mdagent server {url} has a certificate this machine does not trust: ask your admin for it and "
+            "set SSL_CERT_FILE to that file (or install it in the system's certificates)"
+        )
+    if url.startswith("http:") and isinstance(exc, httpx.RemoteProtocolError):
+        return f"the mdagent server {url} closed the connection: if it serves HTTPS, use https:// in MDAGENT_SERVER"
+    return (
+        f"the mdagent server {url} does not answer ({type(exc).__name__}); check MDAGENT_SERVER "
+        "or ask your admin whether it runs"
+    )
 
 
 def whoami() -> dict:
@@ -102,13 +132,12 @@ def load_profile():
 
 
 def submit(task, *, site=None, model=None, max_attempts=None):
-    from mdagent_hpc.models import Run
 
     request = make_request(task, site=site, model=model, max_attempts=max_attempts)
     if request.answers:
         raise MDAgentError("a request with recorded answers runs only in your own process; unset MDAGENT_SERVER")
     done = call("POST", "/runs", json={"request": request.model_dump(mode="json")})
-    return Run.model_validate(call("GET", f"/runs/{done['pk']}"))
+    return get_run(done["pk"])
 
 
 def run(task, *, site=None, model=None, max_attempts=None, answers=None):
@@ -122,20 +151,27 @@ def run(task, *, site=None, model=None, max_attempts=None, answers=None):
 def wait(pk: int):
     from rich.console import Console
 
-    from mdagent_hpc.models import Run
 
     console = Console(stderr=True)
-    with console.status(f"run {pk} on {server_url()} ...") as shown:
-        try:
-            while True:
-                found = Run.model_validate(call("GET", f"/runs/{pk}"))
+    cancelled = False
+    with console.status(f"run {pk} on {server_url()} ... (Ctrl-C cancels it)") as shown:
+        while True:
+            try:
+                found = get_run(pk)
                 if found.verdict != "running":
                     return found
                 shown.update(f"run {pk} on {server_url()}: {found.state}, {len(found.attempts)} attempt(s) done")
                 time.sleep(POLL_SECONDS)
-        except KeyboardInterrupt:
-            print(f"stopped waiting; run {pk} goes on on the server: `mdagent show {pk}`", file=sys.stderr)
-            raise
+            except KeyboardInterrupt:
+                if cancelled:  # a second Ctrl-C: stop waiting for the cancelled run to end
+                    print(f"stopped waiting; `mdagent show {pk}` shows how run {pk} ended", file=sys.stderr)
+                    raise
+                cancelled = True  # as a local run: Ctrl-C cancels it, then its end is shown
+                try:
+                    said = cancel(pk)
+                except MDAgentError as exc:  # it ended meanwhile, or the server is gone: say so, and wait on
+                    said = str(exc)
+                print(f"Ctrl-C: {said} (Ctrl-C again stops waiting)", file=sys.stderr)
 
 
 def cancel(pk) -> str:
@@ -143,20 +179,28 @@ def cancel(pk) -> str:
 
 
 def get_run(pk):
+    return on_server(call("GET", f"/runs/{pk}"))
+
+
+def on_server(found: dict):
+    """A run from the server, its jobs' folders (the server's disk) given as where its files are read instead."""
     from mdagent_hpc.models import Run
 
-    return Run.model_validate(call("GET", f"/runs/{pk}"))
+    run = Run.model_validate(found)
+    for attempt in run.attempts:
+        if attempt.job is not None and attempt.job.workdir:
+            attempt.job.workdir = f"on the server: `mdagent dashboard` shows run {run.pk}'s files"
+    return run
 
 
 def list_runs(limit=20, *, verdict=None, site=None, task_contains=None):
-    from mdagent_hpc.models import Run
 
     params = {
         k: v
         for k, v in {"limit": limit, "verdict": verdict, "site": site, "task": task_contains}.items()
         if v is not None
     }
-    return [Run.model_validate(r) for r in call("GET", "/runs", params=params)]
+    return [on_server(r) for r in call("GET", "/runs", params=params)]
 
 
 def find_runs(**filters) -> list[dict]:
@@ -233,4 +277,3 @@ def export_sweep(pk, folder=None) -> dict[str, str]:
         paths[kind] = str(folder / name)
         (folder / name).write_bytes(base64.b64decode(content))
     return paths
-

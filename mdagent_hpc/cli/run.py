@@ -15,8 +15,12 @@ DEMO_ANSWERS = ("wrong-potential.lammps", "lost-atoms.lammps", "good.lammps")
 
 @click.command(short_help="Generate, check, run and evaluate LAMMPS for a task.")
 @click.argument("task", required=False)
-@click.option("--file", "request_file", type=click.Path(path_type=Path),
-              help="a request file (YAML: task, site, model, loop, limits, answers), e.g. workflows/requests/NAME.yaml")
+@click.option(
+    "--file",
+    "request_file",
+    type=click.Path(path_type=Path),
+    help="a request file (YAML: task, site, model, loop, limits, answers), e.g. workflows/requests/NAME.yaml",
+)
 @click.option("--site", "site_name", help="where LAMMPS runs (`mdagent site list`; default: this machine)")
 @click.option("--daemon", is_flag=True, help="submit to the AiiDA daemon and return at once")
 @click.option("--max-attempts", type=click.IntRange(1, 50), help="at most this many attempts  [default: 5]")
@@ -27,8 +31,10 @@ def run(task, request_file, site_name, daemon, max_attempts, model, as_json) -> 
     from mdagent_hpc import api
 
     if (task is None) == (request_file is None):
-        raise UserError("give either a TASK in quotes or --file REQUEST.yaml, e.g. "
-                        "`mdagent run \"Melt a 4000-atom Cu crystal with EAM at 2000 K\"`")
+        raise UserError(
+            "give either a TASK in quotes or --file REQUEST.yaml, e.g. "
+            '`mdagent run "Melt a 4000-atom Cu crystal with EAM at 2000 K"`'
+        )
     request = api.load_request(request_file) if request_file else task
     request = api.make_request(request, site=site_name, model=model, max_attempts=max_attempts)
     launch(request, daemon=daemon, as_json=as_json)
@@ -44,8 +50,11 @@ def demo(as_json) -> None:
     """
     from mdagent_hpc import api
 
-    launch(api.make_request(DEMO_TASK, answers=demo_answers(), max_attempts=len(DEMO_ANSWERS)), daemon=False,
-           as_json=as_json)
+    launch(
+        api.make_request(DEMO_TASK, answers=demo_answers(), max_attempts=len(DEMO_ANSWERS)),
+        daemon=False,
+        as_json=as_json,
+    )
 
 
 def demo_answers() -> list[str]:
@@ -67,8 +76,13 @@ def launch(request, *, daemon: bool, as_json: bool) -> None:
         if as_json:
             emit_json({"pk": submitted.pk, "uuid": submitted.uuid, "state": "submitted"})
         else:
-            out().print(f"submitted: pk {submitted.pk}; follow it with `mdagent show {submitted.pk}`; "
-                        "`mdagent daemon status` shows the daemon", highlight=False)
+            from mdagent_hpc.remote import server_url
+
+            daemon_hint = "it runs on the server" if server_url() else "`mdagent daemon status` shows the daemon"
+            out().print(
+                f"submitted: pk {submitted.pk}; follow it with `mdagent show {submitted.pk}`; {daemon_hint}",
+                highlight=False,
+            )
         return
     with status("loading the AiiDA profile ...", quiet=as_json):
         api.load_profile()
@@ -116,7 +130,7 @@ def live_reports() -> None:
             message = record.getMessage()
             match = own.match(message)
             if record.levelno == REPORT and match:
-                err().print(f"[dim]•[/] {message[match.end():]}", highlight=False)
+                err().print(f"[dim]•[/] {message[match.end() :]}", highlight=False)
 
     logger = logging.getLogger("aiida.orm.nodes.process.workflow.workchain.WorkChainNode")
     if not any(type(h).__name__ == "Live" for h in logger.handlers):

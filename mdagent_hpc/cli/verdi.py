@@ -24,6 +24,7 @@ def verdi(args) -> None:
     """
     from mdagent_hpc import api
 
+    not_remote("`mdagent verdi`")
     profile = api.load_profile()
     executable = Path(sys.executable).parent / "verdi"
     command = str(executable) if executable.is_file() else shutil.which("verdi")
@@ -38,9 +39,21 @@ def daemon() -> None:
     """The AiiDA daemon that `mdagent run --daemon` starts: see it, start it, stop it."""
 
 
+def not_remote(what: str) -> None:
+    """With MDAGENT_SERVER set the profile and its daemon are the server's: one sentence, no traceback."""
+    from mdagent_hpc.remote import server_url
+
+    if url := server_url():
+        raise UserError(
+            f"{what} works on the profile here, but MDAGENT_SERVER is set: your runs are on {url}, whose daemon "
+            "your admin runs; `mdagent runs` and `mdagent show PK` follow them (unset MDAGENT_SERVER to work here)"
+        )
+
+
 def _client():
     from mdagent_hpc import api
 
+    not_remote("`mdagent daemon`")
     api.load_profile()  # first: importing AiiDA creates its configuration folder
     from aiida.engine.daemon.client import get_daemon_client
 

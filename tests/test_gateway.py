@@ -24,7 +24,7 @@ from vllm_like import VLLMLikeServer
 
 from mdagent_hpc.accounts.quotas import RateWindow, check_daily, next_midnight
 from mdagent_hpc.serving.gateway.app import _prepare, upstream_base
-from mdagent_hpc.serving.gateway.sse import EventSplitter, event_data, usage_of, usage_only
+from mdagent_hpc.serving.gateway.sse import EventSplitter, StreamTally, event_data, usage_of, usage_only
 
 UPSTREAM_KEY = "upstream-" + secrets.token_hex(8)
 ANSWER = "units metal and then some more words"
@@ -91,6 +91,42 @@ def test_events_are_split_as_they_complete_and_the_usage_chunk_is_found():
     assert usage_of(data[1]) is None and not usage_only(data[1])
     assert usage_of(data[2]) == usage and usage_only(data[2])
     assert data[3] is None
+
+
+def sse_chunk(data: dict, end: bytes = b"\n\n") -> bytes:
+    return b"data: " + json.dumps(data).encode() + end
+
+
+def test_a_stream_passes_on_as_read_and_only_its_usage_chunk_is_parsed_on_the_way():
+    usage = {"prompt_tokens": 3, "completion_tokens": 3}
+    stream = (
+        sse_chunk({"choices": [{"delta": {"content": "usage"}}], "usage": None})  # the word, and OpenAI's null
+        + sse_chunk({"choices": [{"delta": {"content": '"usage":{'}}]}, b"\r\n\r\n")  # the key, quoted in text
+        + sse_chunk({"choices": [{"delta": {"tool_calls": [{"function": {"arguments": "{}"}}]}}]})
+        + sse_chunk({"choices": [], "usage": usage})
+        + b"data: [DONE]\n\n"
+    )
+    for wanted in (True, False):
+        tally = StreamTally(keep_usage_chunk=wanted)
+        pieces = [stream[i : i + 5] for i in range(0, len(stream), 5)]  # cut anywhere, even inside "\r\n\r\n"
+        passed = [tally.feed(piece) for piece in pieces]
+        assert all(p.endswith((b"\n\n", b"")) for p in passed)  # only whole events are passed on
+        out = b"".join(passed) + tally.rest()
+        usage_chunk = sse_chunk({"choices": [], "usage": usage})
+        assert out == (stream if wanted else stream.replace(usage_chunk, b""))
+        assert tally.usage == usage
+        assert tally.generated() == ('usage"usage":{{}', 3)
+
+
+def test_a_long_stream_keeps_its_text_not_its_events():
+    tally = StreamTally(fold_bytes=1000)
+    event = sse_chunk({"id": "x" * 200, "choices": [{"delta": {"content": "ab"}}]})
+    for _ in range(500):
+        tally.feed(event)
+        assert tally._unread_bytes <= 1000 + len(event)  # bounded, however long the stream
+    assert tally.usage is None and tally.generated() == ("ab" * 500, 500)
+    tally.feed(b"data: {cut off")
+    assert tally.rest() == b"data: {cut off" and tally.generated() == ("ab" * 500, 500)
 
 
 def test_a_stream_is_made_to_end_with_usage_unless_it_already_does():

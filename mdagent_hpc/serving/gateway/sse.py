@@ -6,6 +6,7 @@ import json
 import re
 
 _BOUNDARY = re.compile(rb"\r?\n\r?\n")
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')  # usage with a value (OpenAI sends "usage":null in every chunk)
 
 
 class EventSplitter:
@@ -40,7 +41,7 @@ class StreamTally:
     """Reads a stream as the gateway passes it on, at a few byte searches per read.
 
     `feed` returns the complete events a read finishes (an event cut between reads waits for its end), less the
-    usage-only chunk when the user did not ask for it. Only events that name `usage` are parsed as they pass; the
+    usage-only chunk when the user did not ask for it. Only events with a `usage` object are parsed as they pass; the
     others are kept as they are and read for their text only if it is needed (`generated`: the stream ended without
     its usage), or when more than `fold_bytes` of them are kept, which bounds what a long stream holds.
     """
@@ -59,7 +60,7 @@ class StreamTally:
         buffer = self._buffer + chunk if self._buffer else chunk
         end = _end_of_last_event(buffer)
         complete, self._buffer = buffer[:end], buffer[end:]
-        if b'"usage"' in complete:
+        if _USAGE.search(complete):
             complete = self._read_usage(complete)
         if complete:
             self._unread.append(complete)

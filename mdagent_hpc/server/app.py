@@ -252,7 +252,7 @@ class Server:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app):
-        from mdagent_hpc.server import repair
+        from mdagent_hpc.server import repair, service
 
         def repair_unqueued():
             ids = {identity(u.name, u.email): u.id for u in self.store.users()}
@@ -262,6 +262,7 @@ class Server:
             try:
                 await self.write(repair_unqueued)
             except Exception as exc:  # noqa: BLE001 (serving goes on; the admin hears it; the next round retries)
+                await self.write(service.fresh_broker)
                 print(
                     f"mdagent server: the check for runs nobody runs failed ({type(exc).__name__}); "
                     f"again in {repair.EVERY} s",
@@ -414,7 +415,9 @@ class Server:
             started = datetime.now(UTC)
             try:
                 node = launch(request_id)
-            except Exception:
+            except Exception as exc:
+                if service_down(exc) == "the message broker":
+                    service.fresh_broker()
                 if not request_id:  # nobody will ask for this run again: ended, not left counting
                     self.end_failed_submission(user, started)
                 raise  # with a request id the retry (or the repair) queues the run it made

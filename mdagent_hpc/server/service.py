@@ -97,6 +97,17 @@ def launch(process_class, inputs: dict, extras: dict) -> orm.ProcessNode:
     return process.node
 
 
+def fresh_broker() -> None:
+    """After a broker failure: this thread's runner and broker connection dropped, so the next use connects anew
+    (a connection that lived through an outage can stay broken for good)."""
+    from aiida.manage import get_manager
+
+    manager = get_manager()
+    for reset in (manager.reset_runner, manager.reset_broker):
+        with contextlib.suppress(Exception):  # it is being thrown away; the next use says whether the broker is back
+            reset()
+
+
 def extras_of(user: User, group_read: bool, request_id: str | None) -> dict:
     """The user's name on the root; with the group setting, its failure memory may read the group's runs (absent,
     the safe default: own runs only); the request id that made it."""

@@ -12,10 +12,12 @@ once, only the broker call is repeated.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 
 PATIENCE = 600  # seconds a step waits for the broker before its run fails as it would have without this
 BROKER_MODULES = {"kiwipy", "aiormq", "aio_pika", "pamqp"}
+LOGGER = logging.getLogger("aiida.mdagent.broker")  # under `aiida`: the daemon's log has it
 
 
 def broker_down(exc: BaseException) -> bool:
@@ -38,8 +40,30 @@ def until_the_broker_answers(action, what: str, logger, patience: float = PATIEN
             delay = min(delay * 2, 10.0)
 
 
+def check(communicator) -> None:
+    """Raises while the broker is down: an RPC to nobody, which the broker answers `unroutable` when it is up."""
+    import kiwipy
+
+    try:
+        communicator.rpc_send("mdagent.broker-check", None)
+    except kiwipy.UnroutableError:
+        return
+
+
+def wait_for_the_broker(communicator, what: str, logger=LOGGER) -> None:
+    until_the_broker_answers(lambda: check(communicator), what, logger)
+
+
 class PatientWithBroker:
-    """WorkChain mixin: submitting a child and waiting on it survive a broker outage (see the module)."""
+    """WorkChain mixin: loading the process, submitting a child and waiting on it survive a broker outage (see the
+    module). A process registers itself with the broker (an RPC subscriber) as it is made or loaded; a
+    registration that fails half-way during an outage leaves the worker refusing the process's task later as a
+    duplicate, and a load that fails excepts the run: so both wait until the broker answers first."""
+
+    def init(self) -> None:
+        if self._communicator is not None:
+            wait_for_the_broker(self._communicator, "loading a process")
+        super().init()
 
     def submit(self, process, inputs=None, **kwargs):
         from aiida.engine import utils
@@ -47,6 +71,7 @@ class PatientWithBroker:
         runner = self.runner
         if not getattr(runner, "_broker_submit", False):  # run in this process (no daemon): no broker involved
             return super().submit(process, inputs, **kwargs)
+        wait_for_the_broker(runner.communicator, "submitting a step's child", self.logger)
         child = runner.instantiate_process(process, **utils.prepare_inputs(inputs, **kwargs))
         runner.persister.save_checkpoint(child)
         child.close()

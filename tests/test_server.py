@@ -558,9 +558,10 @@ def test_a_running_run_is_cancelled_through_the_server_by_its_owner_only(shared)
         job = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     assert job, "the LAMMPS job never started"
     lammps = psutil.Process(int(job))  # the direct scheduler's job id is the job's PID
-    refused(
-        mdagent("cancel", str(sent["pk"]), env=client, key=keys["bob"]), "no run"
-    )  # not readable by bob: the same answer as a missing run
+    # bob may not cancel it: the missing-run answer, or "another user" when an earlier test left the server
+    # sharing reads (--group-read); either way nothing is stopped
+    bobs = refused(mdagent("cancel", str(sent["pk"]), env=client, key=keys["bob"]))
+    assert "no run" in bobs or "another user" in bobs, bobs
     assert lammps.is_running()
     cancelled = ok(mdagent("cancel", str(sent["pk"]), env=client, key=keys["alice"], timeout=180))
     assert f"{sent['pk']} cancelled" in cancelled.stdout, cancelled.stdout

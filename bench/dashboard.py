@@ -110,7 +110,7 @@ def main() -> int:
     try:
         from aiida import load_profile, orm
 
-        from mdagent_hpc.workflows.query import ensure_indexes
+        from mdagent_hpc.provenance.query import ensure_indexes
 
         load_profile(names["full"], allow_switch=True)
         print(f"writing {args.runs} recorded runs and {args.runs * args.others} other nodes ...", flush=True)

@@ -7,8 +7,8 @@ run records (same keys as `query.record.index_record`, checked below), drawn at 
 tasks, elements, potentials, sites, models, users and outcomes over the last year; 10% of them sweep points
 (`record_point` nodes with parameters). Next to them `--others` (default 4) plain Dict nodes per run, so the table
 holds other nodes as a real profile does. The queries do not know this: they go through the same
-`workflows.query.search` as `mdagent runs query`, on a profile made by `ensure_postgres_profile`, with the indexes
-`mdagent runs index` makes (`workflows.query.INDEXES`).
+`provenance.query.search` as `mdagent runs query`, on a profile made by `ensure_postgres_profile`, with the indexes
+`mdagent runs index` makes (`provenance.query.INDEXES`).
 
 Each query: one warm-up, then the median of `--repeat` (5) timed calls of `search(build_query(...))`, the whole
 Python path (QueryBuilder, SQL, rows). The same queries on an empty profile are the baseline, in the same run.
@@ -142,7 +142,7 @@ def make_record(rng: random.Random, point: bool) -> tuple[dict, int]:
 def check_shape() -> None:
     """The synthetic records have the keys a real run records (query.record.index_record, FIELDS)."""
     from mdagent_hpc.models import Run
-    from mdagent_hpc.query.record import FIELDS, index_record
+    from mdagent_hpc.provenance.record import FIELDS, index_record
 
     real = index_record(
         Run(pk=1, uuid="u", task="t", ctime="2026-01-01T00:00:00"), [], user=None, stop="passed", elements=[]
@@ -234,8 +234,8 @@ def fill(database: str, runs: int, others: int, user_id: int) -> float:
 def time_queries(repeat: int, md5: str) -> list[tuple[float, int]]:
     """(median ms, rows) of each query, on the profile loaded now."""
     from mdagent_hpc.provenance import EVERYONE
-    from mdagent_hpc.query.filters import build_query
-    from mdagent_hpc.workflows.query import search
+    from mdagent_hpc.provenance.filters import build_query
+    from mdagent_hpc.provenance.query import search
 
     results = []
     for _, options in QUERIES:
@@ -248,7 +248,7 @@ def time_queries(repeat: int, md5: str) -> list[tuple[float, int]]:
             search(build_query(**options), EVERYONE)
             times.append((time.perf_counter() - start) * 1000)
         results.append((statistics.median(times), rows))
-    from mdagent_hpc.workflows.query import count_unindexed  # what `runs query` asks too, for its hint
+    from mdagent_hpc.provenance.query import count_unindexed  # what `runs query` asks too, for its hint
 
     times = []
     for _ in range(repeat):
@@ -287,7 +287,7 @@ def main() -> int:
     try:
         from aiida import load_profile, orm
 
-        from mdagent_hpc.workflows.query import ensure_indexes
+        from mdagent_hpc.provenance.query import ensure_indexes
 
         timings = {}
         for key in ("empty", "full"):

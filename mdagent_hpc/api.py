@@ -169,7 +169,7 @@ def query_runs(**filters) -> Any:
     """
     import pandas as pd
 
-    from mdagent_hpc.workflows.query import ROW_FIELDS
+    from mdagent_hpc.provenance.query import ROW_FIELDS
 
     rows = find_runs(**filters)
     flat = []
@@ -184,14 +184,14 @@ def query_runs(**filters) -> Any:
 
 def find_runs(*, caller: Caller | None = None, **filters) -> list[dict]:
     """What `query_runs` finds, as JSON-ready dicts (`obs` and `params` nested): one per run."""
-    from mdagent_hpc.query.filters import QueryError, build_query
+    from mdagent_hpc.provenance.filters import QueryError, build_query
 
     try:
         query = build_query(**filters)
     except QueryError as exc:
         raise MDAgentError(str(exc)) from None
     load_profile()
-    from mdagent_hpc.workflows.query import search
+    from mdagent_hpc.provenance.query import search
 
     return search(query, _caller(caller))
 
@@ -201,7 +201,7 @@ def diff_runs(a: int | str, b: int | str, *, caller: Caller | None = None) -> di
     that differ ([key, a, b]), `observables` side by side ([name, a, b, b - a])."""
     load_profile()
     from mdagent_hpc.provenance.runs import NotAnAgentRun
-    from mdagent_hpc.workflows.query import NoSuchRun, diff
+    from mdagent_hpc.provenance.query import NoSuchRun, diff
 
     try:
         return diff(_caller(caller), a, b)
@@ -214,8 +214,8 @@ def plot_run(run: int | str, out: str | Path | None = None, *, caller: Caller | 
     of attempt N ("42:2"), as a PNG; returns its path (default: run-PK[-N].png here)."""
     load_profile()
     from mdagent_hpc.provenance.runs import NotAnAgentRun
-    from mdagent_hpc.query.plot import plot_thermo
-    from mdagent_hpc.workflows.query import NoSuchRun, attempt_log
+    from mdagent_hpc.provenance.plot import plot_thermo
+    from mdagent_hpc.provenance.query import NoSuchRun, attempt_log
 
     try:
         title, log = attempt_log(_caller(caller), run)
@@ -229,8 +229,8 @@ def index_runs(redo: bool = False, progress=None) -> tuple[int, list[str]]:
     """Record the query fields of past runs that lack them (all with `redo`); on PostgreSQL also the indexes.
     Returns (runs recorded, problems)."""
     load_profile()
-    from mdagent_hpc.workflows.query import ensure_indexes
-    from mdagent_hpc.workflows.query import index_runs as backfill
+    from mdagent_hpc.provenance.query import ensure_indexes
+    from mdagent_hpc.provenance.query import index_runs as backfill
 
     ensure_indexes()
     return backfill(redo=redo, progress=progress)

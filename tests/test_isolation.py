@@ -116,8 +116,8 @@ def test_runs_lists_queries_and_suggestions_are_the_callers_own(two_users):
     from mdagent_hpc.provenance import EVERYONE, Caller, NotFound
     from mdagent_hpc.provenance.runs import get_run, list_runs
     from mdagent_hpc.provenance.suggestions import choices
-    from mdagent_hpc.query.filters import build_query
-    from mdagent_hpc.workflows.query import search
+    from mdagent_hpc.provenance.filters import build_query
+    from mdagent_hpc.provenance.query import search
 
     alice, tag = Caller(two_users.alice), two_users.tag
     assert get_run(alice, two_users.alices.pk).pk == two_users.alices.pk

@@ -235,7 +235,7 @@ def test_llm_serve_over_ssh_through_a_tunnel_is_registered_used_by_a_run_and_sto
     from test_cli import mdagent
 
     from mdagent_hpc.serving.llm_job import alive
-    from mdagent_hpc.serving.registry import load_endpoints
+    from mdagent_hpc.settings.endpoints import load_endpoints
 
     image = tmp_path / "vllm.sandbox"  # a sandbox folder: an image the double accepts
     image.mkdir()
@@ -311,7 +311,7 @@ def test_a_job_that_ends_or_hangs_is_reported_and_noticed(tmp_path, slurm):
 
     from test_cli import mdagent
 
-    from mdagent_hpc.serving.registry import EndpointError, load_endpoints, registered_settings
+    from mdagent_hpc.settings.endpoints import EndpointError, load_endpoints, registered_settings
 
     common = (
         "scheduler: slurm\ntransport: {{type: local, use_login_shell: false, safe_interval: 0}}\nqueue: debug\n"
@@ -381,7 +381,7 @@ def test_the_job_templates_in_schedulers_are_what_llm_serve_submits(site, script
 @pytest.mark.slow
 def test_runs_use_the_registered_endpoint_unless_one_is_configured(vllm_server, tmp_path, monkeypatch):
     from mdagent_hpc.llm.config import LLMConfigError, load_llm_settings
-    from mdagent_hpc.serving.registry import Endpoint, save_endpoint
+    from mdagent_hpc.settings.endpoints import Endpoint, save_endpoint
 
     monkeypatch.setenv("MDAGENT_HOME", str(tmp_path))
     common = {"site": "s", "model": "/models/tiny", "workdir": "/w", "api_key": vllm_server.api_key}

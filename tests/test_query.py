@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from mdagent_hpc.query.diff import Side, diff_sides, parse_spec
-from mdagent_hpc.query.filters import QueryError, Range, build_query, parse_range, parse_time
-from mdagent_hpc.query.record import index_record, script_fields
+from mdagent_hpc.provenance.diff import Side, diff_sides, parse_spec
+from mdagent_hpc.provenance.filters import QueryError, Range, build_query, parse_range, parse_time
+from mdagent_hpc.provenance.record import index_record, script_fields
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "mdagent_hpc" / "examples" / "demo"
@@ -88,7 +88,7 @@ def test_a_regular_expression_costs_linear_time():
     ],
 )
 def test_a_pattern_without_a_linear_time_match_is_refused(pattern, says):
-    from mdagent_hpc.query.filters import Text
+    from mdagent_hpc.provenance.filters import Text
 
     for task in (f"re:{pattern}", Text(pattern=pattern, regex=True)):  # typed, or built in Python
         with pytest.raises(QueryError) as caught:
@@ -170,7 +170,7 @@ def test_diff_of_two_sides_and_run_specs():
 
 def test_plot_draws_every_segment_of_a_real_log(tmp_path):
     from mdagent_hpc.lammps.log import read_log
-    from mdagent_hpc.query.plot import plot_thermo, quantities
+    from mdagent_hpc.provenance.plot import plot_thermo, quantities
 
     log = read_log(REPO / "tests" / "data" / "log.27Nov18.min.g++.1")
     out = plot_thermo(log, tmp_path / "min.png", "min example")
@@ -205,7 +205,7 @@ def test_segments_after_reset_timestep_follow_each_other_on_the_step_axis(tmp_pa
     from matplotlib.figure import Figure
 
     from mdagent_hpc.lammps.log import read_log
-    from mdagent_hpc.query.plot import plot_thermo
+    from mdagent_hpc.provenance.plot import plot_thermo
 
     (tmp_path / "in.reset").write_text(RESET_SCRIPT)
     lmp = str(Path(sys.executable).parent / "lmp")

@@ -107,6 +107,20 @@ def stop_reason(history: list[Attempt], policy: LoopPolicy) -> Stop | None:
     return None
 
 
+# The AgentWorkChain's exit codes: (status, name, message). Stored provenance names them, so they never change.
+EXIT_CODES = (
+    (300, "ERROR_LLM_UNAVAILABLE", "the LLM endpoint failed: {message}"),
+    (310, "ERROR_NO_VALID_SCRIPT", "no attempt produced a script that passed preflight"),
+    (320, "ERROR_MAX_ATTEMPTS", "no run passed evaluation in {attempts} attempts"),
+    (330, "ERROR_STUCK", "stuck: the same script or error {times} times in a row"),
+)
+
+
+def stop_reason_of(exit_status: int | None) -> str | None:
+    """The short name of an agent run's exit status (max_attempts, stuck, ...); None for a status it never sets."""
+    return next((name.removeprefix("ERROR_").lower() for code, name, _ in EXIT_CODES if code == exit_status), None)
+
+
 def exit_code(history: list[Attempt], policy: LoopPolicy) -> tuple[str, dict] | None:
     """The AgentWorkChain exit code a finished loop ends with, as (name, message parameters); None: it passed.
 

@@ -55,7 +55,7 @@ def _job_errors():
     """The exceptions of the serving commands that are the user's to fix: one sentence, exit 2."""
     from mdagent_hpc.serving.llm_job import LlmJobError
     from mdagent_hpc.execution.site import SiteConfigError
-    from mdagent_hpc.serving.registry import EndpointError
+    from mdagent_hpc.settings.endpoints import EndpointError
 
     return LlmJobError, SiteConfigError, EndpointError
 
@@ -67,7 +67,7 @@ def _site_unreachable(site: str, exc: Exception) -> UserError:
 
 
 def _endpoint(name: str | None):
-    from mdagent_hpc.serving.registry import default_endpoint, load_endpoints
+    from mdagent_hpc.settings.endpoints import default_endpoint, load_endpoints
 
     if name is None:
         endpoint = default_endpoint()
@@ -178,7 +178,7 @@ def list_endpoints(show_all, as_json) -> None:
     """The registered endpoints; each live one is checked against its job (an ended job is noticed and said)."""
     from rich.table import Table
 
-    from mdagent_hpc.serving.registry import LIVE, load_endpoints
+    from mdagent_hpc.settings.endpoints import LIVE, load_endpoints
 
     endpoints = []
     for endpoint in load_endpoints().values():

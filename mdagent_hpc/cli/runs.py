@@ -170,7 +170,7 @@ def _hint_unindexed(filters: dict) -> None:
     """Runs from before the fields were recorded cannot match a filter on them: say so, and how to fix it."""
 
     from mdagent_hpc.cli.main import err
-    from mdagent_hpc.workflows.query import count_unindexed
+    from mdagent_hpc.provenance.query import count_unindexed
 
     from mdagent_hpc.settings import env
 

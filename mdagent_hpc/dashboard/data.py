@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from mdagent_hpc.dashboard.filters import models_of
 from mdagent_hpc.models import Run
 from mdagent_hpc.provenance import ACTIVE, AGENT_TYPE, POINT_TYPE, Caller, only
-from mdagent_hpc.query.filters import Query
+from mdagent_hpc.provenance.filters import Query
 
 CACHE_S = 60.0
 LIVE_DAYS = 7  # "Running now" looks at the runs started this recently (a run's state is not indexed)
@@ -33,8 +33,8 @@ def fresh() -> None:
 
 
 def find_runs(caller: Caller, query: Query) -> list[dict]:
-    """The runs the query asks for, as the query layer's rows (`workflows.query.ROW_FIELDS`)."""
-    from mdagent_hpc.workflows.query import search
+    """The runs the query asks for, as the query layer's rows (`provenance.query.ROW_FIELDS`)."""
+    from mdagent_hpc.provenance.query import search
 
     return search(query, caller)
 
@@ -44,7 +44,7 @@ def unindexed(values: dict[str, str]) -> int:
 
     Counting them reads every run (~0.5 s at 100k), so the count is kept for a minute.
     """
-    from mdagent_hpc.workflows.query import count_unindexed
+    from mdagent_hpc.provenance.query import count_unindexed
 
     if not values.keys() - {"since", "until", "sort", "limit"}:
         return 0
@@ -92,7 +92,7 @@ def stop(run: Run) -> str:
     """Why the run ended, as the queries name it (passed, max_attempts, stuck, killed, ...)."""
     from aiida import orm
 
-    from mdagent_hpc.workflows.query import stop_reason
+    from mdagent_hpc.provenance.query import stop_reason
 
     return stop_reason(orm.load_node(run.pk))
 
@@ -102,8 +102,8 @@ def thermo_png(caller: Caller, pk: str, number: str) -> bytes:
     import tempfile
     from pathlib import Path
 
-    from mdagent_hpc.query.plot import plot_thermo
-    from mdagent_hpc.workflows.query import NoSuchRun, attempt_log
+    from mdagent_hpc.provenance.plot import plot_thermo
+    from mdagent_hpc.provenance.query import NoSuchRun, attempt_log
 
     if not number.isdigit():
         raise NotFound(f"{number!r} is not an attempt number; attempts are numbered 1, 2, ...")

@@ -7,7 +7,7 @@ until, elements, potential, ... and `obs.NAME` / `param.NAME` for ranges of obse
 from __future__ import annotations
 
 from mdagent_hpc.models import Run
-from mdagent_hpc.query.filters import GRADES, VERDICTS, Query, QueryError, build_query
+from mdagent_hpc.provenance.filters import GRADES, VERDICTS, Query, QueryError, build_query
 
 __all__ = ["GRADES", "VERDICTS", "MAIN", "MORE", "QueryError", "read_filters"]
 

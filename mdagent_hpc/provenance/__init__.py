@@ -16,7 +16,7 @@ SWEEP_TYPE = "aiida.workflows:mdagent.sweep"
 POINT_TYPE = "mdagent_hpc.workflows.sweep.record_point"  # the calcfunction recording one sweep point
 PROCESS_TYPES = (AGENT_TYPE, SWEEP_TYPE, POINT_TYPE)
 ACTIVE = ("created", "waiting", "running")
-RECORD = "query"  # the extra holding a run's (or point's) recorded query fields (workflows.query)
+RECORD = "query"  # the extra holding a run's (or point's) recorded query fields (provenance.query)
 GROUP_READ_EXTRA = "mdagent_group_read"  # on a run's root: its failure memory may read the group's runs
 
 

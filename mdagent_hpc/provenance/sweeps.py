@@ -1,7 +1,9 @@
-"""Sweeps as a user reads them (`SweepRun`), and a finished sweep's table and plot written out."""
+"""Sweeps as a user reads them (`SweepRun`), a sweep's table and plot written out, and what an earlier sweep of the
+same spec hands on to a new one (`resumable`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -9,11 +11,92 @@ from mdagent_hpc.provenance import SWEEP_TYPE, Caller, load, only
 from mdagent_hpc.sweep.results import SweepRun, eta
 
 
+# Extras a SweepWorkChain keeps up to date as it goes (also when it is interrupted): the key of its spec, and
+# {"template": pk, "files": {group: {port: pk}}, "records": {point id: {"pk": result pk, "ok": bool}}}.
+SPEC_KEY, REUSE = "spec_sha256", "reuse"
+
+
 class NotASweep(ValueError):
     """The node is not a SweepWorkChain."""
 
 
-def read_sweep(node) -> SweepRun:
+class StillRunning(ValueError):
+    """An earlier sweep of the same spec is still running: a second one would run its points twice."""
+
+
+@dataclass
+class Earlier:
+    """What an earlier sweep hands on: the SweepWorkChain's `reuse` inputs and the pilot's sweep folder."""
+
+    pk: int
+    inputs: dict
+    sweep_folder: str | None
+
+
+def resumable(email: str, key: str) -> Earlier | None:
+    """The newest earlier sweep of the spec `key` by the user `email` that validated a template (finished, killed,
+    or dead with the process that ran it); StillRunning when a newer one still runs."""
+    from aiida import orm
+
+    qb = orm.QueryBuilder().append(
+        orm.WorkChainNode, tag="sweep", project=["*"], filters={"process_type": SWEEP_TYPE, f"extras.{SPEC_KEY}": key}
+    )
+    qb.append(orm.User, with_node="sweep", filters={"email": email})
+    for node in qb.order_by({"sweep": {"ctime": "desc"}}).limit(20).all(flat=True):
+        if not node.is_terminated and _alive(node):
+            raise StillRunning(
+                f"sweep {node.pk} of this spec is still running; follow it with `mdagent sweep status {node.pk}` "
+                f"or stop it with `mdagent cancel {node.pk}` first"
+            )
+        reuse = node.base.extras.get(REUSE, None) or {}
+        if not reuse.get("template"):
+            continue
+        files = {group: {port: orm.load_node(pk) for port, pk in ports.items()}
+                 for group, ports in reuse.get("files", {}).items() if ports}
+        points = {pid: orm.load_node(r["pk"]) for pid, r in reuse.get("records", {}).items() if r["ok"]}
+        inputs = {"template": orm.load_node(reuse["template"]), **files, "points": points}
+        folder = node.inputs.sweep_folder.value if "sweep_folder" in node.inputs else None
+        return Earlier(pk=node.pk, inputs=inputs, sweep_folder=folder)
+    return None
+
+
+def _alive(node) -> bool:
+    """Whether an unfinished sweep still has a process: the daemon's are (it resumes them); one run in a CLI
+    process is not once that process is gone (killed with SIGKILL, its machine rebooted)."""
+    import os
+    import socket
+
+    from mdagent_hpc.execution.cancel import RUNNER_EXTRA
+
+    runner = node.base.extras.get(RUNNER_EXTRA, None)
+    if not runner or runner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(runner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, KeyError, TypeError):
+        return True
+    return True
+
+
+def _interrupted_frame(node):
+    """The table of the points an interrupted sweep recorded (none when it ended with its own table)."""
+    from aiida import orm
+
+    from mdagent_hpc.sweep.results import PointResult, table
+    from mdagent_hpc.sweep.spec import SweepSpec
+
+    if "results" in node.outputs or (not node.is_terminated and _alive(node)):
+        return None
+    records = (node.base.extras.get(REUSE, None) or {}).get("records", {})
+    if not records:
+        return None
+    results = [PointResult(**orm.load_node(r["pk"]).get_dict()) for r in records.values()]
+    return table(SweepSpec(**node.inputs.sweep.get_dict()), results)
+
+
+def read_sweep(node, rows: bool = True) -> SweepRun:
     """The SweepRun of a sweep's node, found by a lookup that took the caller (`get_sweep`, `list_sweeps`)."""
     from aiida import orm
 
@@ -26,7 +109,9 @@ def read_sweep(node) -> SweepRun:
         for c in node.called
         if not c.is_terminated
         and c.process_type
-        and c.process_type.endswith(("mdagent.lammps.job", "mdagent.lammps.base", "mdagent.sweep.pilot"))
+        and c.process_type.endswith(
+            ("mdagent.lammps.job", "mdagent.lammps.base", "mdagent.sweep.pilot", "mdagent.sweep.pilot_job")
+        )
     ]
     n_running = len(running)
     if "sweep_folder" in node.inputs and running:
@@ -36,6 +121,16 @@ def read_sweep(node) -> SweepRun:
         n_running = progress["running"] if progress.get("total") else n_running
     state = node.process_state.value if node.process_state else None
     verdict = "passed" if node.is_finished_ok else "failed" if node.is_terminated else "running"
+    if verdict == "running" and not _alive(node):
+        verdict = "failed"  # its process is gone: `mdagent sweep resume` takes it up
+    table_rows = []
+    if "results" in node.outputs:
+        table_rows = node.outputs.results["rows"]
+    elif rows:
+        from mdagent_hpc.sweep.results import table_json
+
+        frame = _interrupted_frame(node)
+        table_rows = table_json(frame) if frame is not None else []
     end = node.mtime if node.is_terminated else datetime.now(tz=node.ctime.tzinfo)
     elapsed = (end - node.ctime).total_seconds()
     total, done, failed = extras.get("points_total", 0), extras.get("points_done", 0), extras.get("points_failed", 0)
@@ -59,7 +154,7 @@ def read_sweep(node) -> SweepRun:
         eta_s=None if node.is_terminated else eta(total, done + failed, n_running, elapsed, concurrency),
         llm_calls=extras.get("llm_calls", 0),
         template=node.outputs.template.get_content() if "template" in node.outputs else None,
-        rows=node.outputs.results["rows"] if "results" in node.outputs else [],
+        rows=table_rows,
     )
 
 
@@ -75,11 +170,12 @@ def list_sweeps(caller: Caller, limit: int = 20) -> list[SweepRun]:
     qb = orm.QueryBuilder().append(orm.WorkChainNode, tag="sweep", project=["*"], filters={"process_type": SWEEP_TYPE})
     only(qb, "sweep", caller)
     qb.order_by({"sweep": {"ctime": "desc"}}).limit(limit)
-    return [read_sweep(node) for node in qb.all(flat=True)]
+    return [read_sweep(node, rows=False) for node in qb.all(flat=True)]
 
 
 def export_sweep(caller: Caller, pk, folder: Path) -> dict[str, str]:
-    """Write the table (CSV, JSON) and the plot (PNG) of a finished sweep into `folder`; their paths."""
+    """Write the table (CSV, JSON) and the plot (PNG) of a sweep into `folder` (of the points it recorded, when it
+    was interrupted); their paths."""
     import json
 
     node = load(caller, pk, "sweep")
@@ -94,4 +190,13 @@ def export_sweep(caller: Caller, pk, folder: Path) -> dict[str, str]:
     if "plot" in node.outputs:
         paths["png"] = folder / "sweep.png"
         paths["png"].write_bytes(node.outputs.plot.get_content(mode="rb"))
+    elif (frame := _interrupted_frame(node)) is not None:
+        from mdagent_hpc.sweep.results import plot, table_json
+        from mdagent_hpc.sweep.spec import SweepSpec
+
+        paths["csv"] = folder / "sweep.csv"
+        paths["csv"].write_text(frame.to_csv(index=False))
+        paths["json"] = folder / "sweep.json"
+        paths["json"].write_text(json.dumps(table_json(frame), indent=1))
+        paths["png"] = plot(SweepSpec(**node.inputs.sweep.get_dict()), frame, folder / "sweep.png")
     return {k: str(v) for k, v in paths.items()}

@@ -6,7 +6,7 @@ before the server starts; the API key travels in a file of mode 600, never on a 
 the node's loopback only (vLLM's key guards only its /v1 routes: /invocations, /tokenize, /metrics answer anyone who
 reaches the port), so nobody else on the cluster network reaches it; `serving/tunnel.py` forwards a local port to
 it over SSH to the node, through the login node (paramiko), in a process of its own that outlives this command. The
-registry of endpoints is `serving/registry.py`.
+registry of endpoints is `settings/endpoints.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mdagent_hpc.execution.site import SiteConfig
 from mdagent_hpc.home import mdagent_home
-from mdagent_hpc.serving.registry import Endpoint, EndpointError, load_endpoints, now, save_endpoint, served_model
+from mdagent_hpc.settings.endpoints import Endpoint, EndpointError, load_endpoints, now, save_endpoint, served_model
 
 SCRIPT = "_aiidasubmit.sh"
 ENDPOINT_FILE = "mdagent-endpoint.json"
@@ -280,7 +280,7 @@ def wait_ready(
     site: SiteConfig, endpoint: Endpoint, timeout: float, say: Callable[[str], None] = lambda _: None
 ) -> Endpoint:
     """Follow the job until its server answers /health (then registered as ready) or it ends (LlmJobError)."""
-    from mdagent_hpc.serving.registry import healthy
+    from mdagent_hpc.settings.endpoints import healthy
 
     start = time.monotonic()
     with SiteSession(site) as s:
@@ -318,7 +318,7 @@ def wait_ready(
 def refresh(endpoint: Endpoint) -> Endpoint:
     """Check a registered endpoint against its job and its server; an ended job is noticed and recorded."""
     from mdagent_hpc.execution.registry import find_site
-    from mdagent_hpc.serving.registry import healthy
+    from mdagent_hpc.settings.endpoints import healthy
 
     if endpoint.state in ("ended", "stopped"):
         return endpoint

@@ -142,7 +142,7 @@ class RegisteredEndpoint(Source):
     cheap = False  # it may wait for a model to load
 
     def __call__(self) -> dict[str, Any]:
-        from mdagent_hpc.serving.registry import EndpointError, registered_key, registered_settings
+        from mdagent_hpc.settings.endpoints import EndpointError, registered_key, registered_settings
 
         state = self.current_state
         try:

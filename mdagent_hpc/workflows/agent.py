@@ -14,6 +14,7 @@ from aiida.engine import ToContext, WorkChain, if_, while_
 from mdagent_hpc.agent import feedback
 from mdagent_hpc.agent.candidates import judge
 from mdagent_hpc.agent.loop import (
+    EXIT_CODES,
     SiteRun,
     Stop,
     error_key,
@@ -89,10 +90,8 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         spec.output("retrieved", valid_type=orm.FolderData, required=False, help="log and output of the run")
         spec.output_namespace("attempts", valid_type=orm.Dict, dynamic=True, required=False,
                               help="attempt_N: every attempt as a models.Attempt")
-        spec.exit_code(300, "ERROR_LLM_UNAVAILABLE", message="the LLM endpoint failed: {message}")
-        spec.exit_code(310, "ERROR_NO_VALID_SCRIPT", message="no attempt produced a script that passed preflight")
-        spec.exit_code(320, "ERROR_MAX_ATTEMPTS", message="no run passed evaluation in {attempts} attempts")
-        spec.exit_code(330, "ERROR_STUCK", message="stuck: the same script or error {times} times in a row")
+        for status, name, message in EXIT_CODES:
+            spec.exit_code(status, name, message=message)
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def setup(self):
@@ -286,9 +285,10 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
     def on_terminated(self):
         """Record the fields provenance queries filter on (docs/queries.md), however the run ended."""
         super().on_terminated()
-        from mdagent_hpc.workflows.query import record_run
+        from mdagent_hpc.provenance.query import STOP_REASON, record_run, stop_reason
 
         try:
+            self.node.base.extras.set(STOP_REASON, stop_reason(self.node))
             record_run(self.node)
         except Exception as exc:  # noqa: BLE001 (the run's outcome stands; its fields can be recorded again)
             self.logger.warning(f"could not record the query fields of run {self.node.pk} ({exc}); "

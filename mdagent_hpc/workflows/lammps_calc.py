@@ -27,10 +27,7 @@ from aiida_lammps.calculations.raw import LammpsRawCalculation
 from mdagent_hpc.execution.accounting import FAULT_OF_EXIT_STATUS, Fault, fault_of, parse_sacct
 from mdagent_hpc.lammps.log import parse_log
 from mdagent_hpc.lammps.parser import ScriptError, parse_text
-
-INPUT = "in.lammps"
-LOG = "log.lammps"
-STDOUT = "lammps.out"
+from mdagent_hpc.lammps.run_folder import INPUT, LOG, STDOUT
 
 
 def node_key(filename: str) -> str:

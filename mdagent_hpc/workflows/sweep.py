@@ -329,7 +329,7 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
 
     def _index(self, record) -> None:
         """The query fields of a point (docs/queries.md), recorded as it is made."""
-        from mdagent_hpc.workflows.query import record_run
+        from mdagent_hpc.provenance.query import record_run
 
         try:
             record_run(record)

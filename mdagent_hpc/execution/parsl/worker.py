@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-# The names LammpsCalculation uses too (workflows/lammps_calc.py), so a point's folder reads like a job's.
-INPUT, LOG, STDOUT = "in.lammps", "log.lammps", "lammps.out"
+# The names LammpsCalculation uses too, so a point's folder reads like a job's (a module of the standard library only).
+from mdagent_hpc.lammps.run_folder import LOG, STDOUT
+
 RESULT, LOST, RUNNING, RUNS = "result.json", "lost.json", "running", "runs.log"
 # How a run stopped from outside ends: killed by SIGHUP, SIGINT, SIGKILL or SIGTERM, directly or through a wrapper
 # (bubblewrap, a shell) that exits with 128 + the signal.

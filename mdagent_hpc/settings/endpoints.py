@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from mdagent_hpc.home import mdagent_home
+from mdagent_hpc.settings import mdagent_home
 
 State = Literal["submitted", "starting", "ready", "ended", "stopped"]
 LIVE: tuple[str, ...] = ("submitted", "starting", "ready")

@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+from mdagent_hpc.agent.loop import stop_reason_of
 from mdagent_hpc.provenance import AGENT_TYPE, POINT_TYPE, RECORD, SWEEP_TYPE, Caller, NotFound, owner
 from mdagent_hpc.provenance.runs import get_run, read_run, verdict_filter
-from mdagent_hpc.query.filters import Query, Range, required_literals
-from mdagent_hpc.query.record import VERSION, final_attempt_with_script, index_record, point_record
+from mdagent_hpc.provenance.filters import Query, Range, required_literals
+from mdagent_hpc.provenance.record import VERSION, final_attempt_with_script, index_record, point_record
 
 LISTED = [AGENT_TYPE, POINT_TYPE]  # the node types a query lists: agent runs and sweep points
 WINDOW_DAYS = (7, 56)  # newest-first listings look at the last week, then back to 8 weeks, then the rest
@@ -41,20 +42,19 @@ INDEXES = {
 
 
 # -- recording --------------------------------------------------------------------------------------------------
+STOP_REASON = "stop_reason"  # the extra an agent run records when it ends (AgentWorkChain.on_terminated)
+
+
 def stop_reason(node) -> str:
-    """passed, killed, excepted, or the name of the exit code the run stopped with (max_attempts, stuck, ...)."""
+    """passed, killed, excepted, running, or the name of the exit code the run stopped with (max_attempts, ...)."""
     if node.is_finished_ok:
         return "passed"
     if node.is_killed or node.is_excepted:
         return node.process_state.value
     if node.exit_status is None:
         return "running"
-    from mdagent_hpc.workflows.agent import AgentWorkChain
-
-    for label, code in AgentWorkChain.exit_codes.items():
-        if code.status == node.exit_status:
-            return label.removeprefix("ERROR_").lower()
-    return f"exit_{node.exit_status}"
+    recorded = node.base.extras.get(STOP_REASON, None)
+    return recorded or stop_reason_of(node.exit_status) or f"exit_{node.exit_status}"
 
 
 def record_fields(node) -> dict:
@@ -444,7 +444,7 @@ class NoSuchRun(ValueError):
 
 def _run_and_attempt(caller: Caller, spec: str | int, *, with_log: bool = False):
     """(run, attempt) for 'PK' (the passed attempt, else the last that got as far) or 'PK:N'."""
-    from mdagent_hpc.query.diff import parse_spec
+    from mdagent_hpc.provenance.diff import parse_spec
 
     pk, number = parse_spec(spec)
     try:
@@ -471,7 +471,7 @@ def side(caller: Caller, spec: str | int):
     """A run (its final attempt) or one attempt, as `query.diff.Side`: script, settings, observables."""
     from aiida import orm
 
-    from mdagent_hpc.query.diff import Side, flatten
+    from mdagent_hpc.provenance.diff import Side, flatten
 
     run, attempt = _run_and_attempt(caller, spec)
     node = orm.load_node(run.pk)
@@ -497,7 +497,7 @@ def side(caller: Caller, spec: str | int):
 
 
 def diff(caller: Caller, spec_a: str | int, spec_b: str | int) -> dict:
-    from mdagent_hpc.query.diff import diff_sides
+    from mdagent_hpc.provenance.diff import diff_sides
 
     return diff_sides(side(caller, spec_a), side(caller, spec_b))
 
@@ -507,7 +507,7 @@ def attempt_log(caller: Caller, spec: str | int):
     from aiida import orm
 
     from mdagent_hpc.lammps.log import parse_log
-    from mdagent_hpc.workflows.lammps_calc import LOG
+    from mdagent_hpc.lammps.run_folder import LOG
 
     run, attempt = _run_and_attempt(caller, spec, with_log=True)
     if "run" not in attempt.nodes:

@@ -200,8 +200,8 @@ def diff_runs(a: int | str, b: int | str, *, caller: Caller | None = None) -> di
     """Run against run ("42") or attempt against attempt ("42:1", "42:2"): `script_diff` (unified), `settings`
     that differ ([key, a, b]), `observables` side by side ([name, a, b, b - a])."""
     load_profile()
-    from mdagent_hpc.provenance.runs import NotAnAgentRun
     from mdagent_hpc.provenance.query import NoSuchRun, diff
+    from mdagent_hpc.provenance.runs import NotAnAgentRun
 
     try:
         return diff(_caller(caller), a, b)
@@ -213,9 +213,9 @@ def plot_run(run: int | str, out: str | Path | None = None, *, caller: Caller | 
     """Thermo quantities against step (or time) for every run segment of a run's passed (else last) attempt, or
     of attempt N ("42:2"), as a PNG; returns its path (default: run-PK[-N].png here)."""
     load_profile()
-    from mdagent_hpc.provenance.runs import NotAnAgentRun
     from mdagent_hpc.provenance.plot import plot_thermo
     from mdagent_hpc.provenance.query import NoSuchRun, attempt_log
+    from mdagent_hpc.provenance.runs import NotAnAgentRun
 
     try:
         title, log = attempt_log(_caller(caller), run)

@@ -14,11 +14,13 @@ from typing import Any, TypeVar, get_args
 import yaml
 from pydantic import AliasChoices, BaseModel, ValidationError
 
+from mdagent_hpc.errors import MDAgentError
+
 M = TypeVar("M", bound=BaseModel)
 Loc = tuple[str | int, ...]
 
 
-class ConfigFileError(Exception):
+class ConfigFileError(MDAgentError):
     """One or more problems in a config file, one `file:line: key: message` per line, in line order."""
 
     def __init__(self, problems: list[str]):

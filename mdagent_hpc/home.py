@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.settings import env, mdagent_home
 
 __all__ = ["HomeError", "ensure_home", "mdagent_home", "site_potentials_dir", "user_potentials_dir"]
 
 
-class HomeError(OSError):
+class HomeError(MDAgentError, OSError):
     """MDAGENT_HOME cannot be used; the message says which folder and what to do."""
 
 

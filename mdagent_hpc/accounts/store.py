@@ -39,6 +39,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from mdagent_hpc.accounts.keys import hash_key, key_prefix, looks_like_key, new_key
 from mdagent_hpc.accounts.quotas import Quota
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.home import ensure_home
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -107,7 +108,7 @@ _TOKENS = select(usage.c.prompt_tokens + usage.c.completion_tokens).where(
 )
 
 
-class AccountsError(Exception):
+class AccountsError(MDAgentError):
     """A user mistake or an unusable database, in one sentence."""
 
 

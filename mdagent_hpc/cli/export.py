@@ -43,8 +43,8 @@ def trajectories(fmt, folder, test_fraction, bench_name, as_json, **filters) -> 
     """Every attempt of the runs matching the filters (those of `mdagent runs query`): the prompt messages, the
     completion, the reward and the diagnostics; deduplicated, with a held-out split by task."""
     from mdagent_hpc import api
-    from mdagent_hpc.evalbench.export import rows
     from mdagent_hpc.cli.main import status
+    from mdagent_hpc.evalbench.export import rows
 
     filters = {k: v for k, v in filters.items() if v not in (None, [], ())}
     limit = filters.pop("limit")

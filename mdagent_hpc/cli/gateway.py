@@ -66,8 +66,8 @@ def gateway() -> None:
 def serve(upstream, upstream_key, host, port, db, audit_log, max_body_kb, timeout, ssl_certfile, ssl_keyfile) -> None:
     """Serve the gateway until Ctrl-C: users' keys in, the upstream's key out, only the OpenAI routes forwarded."""
     from mdagent_hpc.cli.users import store
-    from mdagent_hpc.serving.gateway.app import Gateway, GatewaySettings, bind, probe_upstream, serve, upstream_base
     from mdagent_hpc.home import HomeError, ensure_home
+    from mdagent_hpc.serving.gateway.app import Gateway, GatewaySettings, bind, probe_upstream, serve, upstream_base
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise UserError("give both --ssl-certfile and --ssl-keyfile, or neither")

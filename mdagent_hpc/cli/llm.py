@@ -53,8 +53,8 @@ def check(model, timeout, as_json) -> None:
 
 def _job_errors():
     """The exceptions of the serving commands that are the user's to fix: one sentence, exit 2."""
-    from mdagent_hpc.serving.llm_job import LlmJobError
     from mdagent_hpc.execution.site import SiteConfigError
+    from mdagent_hpc.serving.llm_job import LlmJobError
     from mdagent_hpc.settings.endpoints import EndpointError
 
     return LlmJobError, SiteConfigError, EndpointError

@@ -171,7 +171,6 @@ def _hint_unindexed(filters: dict) -> None:
 
     from mdagent_hpc.cli.main import err
     from mdagent_hpc.provenance.query import count_unindexed
-
     from mdagent_hpc.settings import env
 
     if env("MDAGENT_SERVER"):  # the runs are the server's; its admin runs `runs index` there

@@ -20,10 +20,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
+from mdagent_hpc.errors import MDAgentError
+
 PREFIX = "BASE64:"
 
 
-class SetError(ValueError):
+class SetError(MDAgentError, ValueError):
     """A set file that cannot be read, in one sentence naming the file and the record."""
 
 

@@ -10,11 +10,13 @@ import socket
 import time
 from pathlib import Path
 
+from mdagent_hpc.errors import MDAgentError
+
 RUNNER_EXTRA = "mdagent_runner"  # {"host": ..., "pid": ...} on a run executed in a CLI process (run_here)
 WATCH_SECONDS = 0.5
 
 
-class CancelError(Exception):
+class CancelError(MDAgentError):
     """A cancel that could not be done; the message says what to do."""
 
 

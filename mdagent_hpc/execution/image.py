@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.execution.containers import ContainerRuntime, Launch, runtime
 from mdagent_hpc.execution.site import IMAGE_SCHEMES
 from mdagent_hpc.lammps.install import parse_help
@@ -44,7 +45,7 @@ _POTENTIALS_SCRIPT = (
 )
 
 
-class ImageCheckError(Exception):
+class ImageCheckError(MDAgentError):
     """The image could not be checked; the message says why and what to do next."""
 
 

@@ -13,6 +13,7 @@ import time
 import warnings
 from pathlib import Path
 
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.home import mdagent_home
 from mdagent_hpc.settings import env
 
@@ -21,7 +22,7 @@ LOCAL_COMPUTER = "local"
 LOCAL_CODE = "lammps"
 
 
-class ProfileError(RuntimeError):
+class ProfileError(MDAgentError, RuntimeError):
     pass
 
 

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from mdagent_hpc.configfile import ConfigFileError, load_config
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.execution.containers import Launch, runtime
 from mdagent_hpc.home import mdagent_home
 from mdagent_hpc.models import Limits
@@ -48,7 +49,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
 
 
-class SiteConfigError(Exception):
+class SiteConfigError(MDAgentError):
     """One or more problems in a site config, one `file:line: key: message` per line."""
 
     def __init__(self, problems: str | Sequence[str]):

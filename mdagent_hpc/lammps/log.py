@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.lammps.files import numbers as _numbers
 
 MAX_LOG_BYTES = 200_000_000
@@ -61,7 +62,7 @@ write_coeff write_data write_dump write_restart
 _ONE_COLUMNS = ["Step", "Temp", "E_pair", "E_mol", "TotEng", "Press"]
 
 
-class LogError(Exception):
+class LogError(MDAgentError):
     """The log file cannot be read (missing, binary, too large)."""
 
 

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.lammps.files import file_accesses
 from mdagent_hpc.lammps.log import COMMANDS
 from mdagent_hpc.models import Command, Diagnostic, ParsedScript, Severity
@@ -36,7 +37,7 @@ NUMBER = "0"  # stands in for a numeric value known only at run time
 NESTING = {"if", "run", "partition"}
 
 
-class ScriptError(Exception):
+class ScriptError(MDAgentError):
     """The script cannot be read at all (missing, binary, too large)."""
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.settings.resolver import LLM_ENV as ENV_VARS
 from mdagent_hpc.settings.resolver import LLMSettings, NotConfigured, SettingsError, config_file, resolve_llm
 
 
-class LLMError(Exception):
+class LLMError(MDAgentError):
     """Base of every error of the llm package."""
 
 

@@ -15,6 +15,8 @@ from functools import lru_cache
 import re2
 from pydantic import BaseModel, Field
 
+from mdagent_hpc.errors import MDAgentError
+
 VERDICTS = ("running", "passed", "failed")
 KINDS = ("run", "point")
 GRADES = ("pass", "warn", "fail")
@@ -26,7 +28,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_PATTERN = 500  # characters of a regular expression; RE2's memory for one is bounded by its own max_mem too
 
 
-class QueryError(ValueError):
+class QueryError(MDAgentError, ValueError):
     """A filter that cannot be understood, in one sentence."""
 
 

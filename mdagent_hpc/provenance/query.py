@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 
 from mdagent_hpc.agent.loop import stop_reason_of
 from mdagent_hpc.provenance import AGENT_TYPE, POINT_TYPE, RECORD, SWEEP_TYPE, Caller, NotFound, owner
-from mdagent_hpc.provenance.runs import get_run, read_run, verdict_filter
 from mdagent_hpc.provenance.filters import Query, Range, required_literals
 from mdagent_hpc.provenance.record import VERSION, final_attempt_with_script, index_record, point_record
+from mdagent_hpc.provenance.runs import get_run, read_run, verdict_filter
 
 LISTED = [AGENT_TYPE, POINT_TYPE]  # the node types a query lists: agent runs and sweep points
 WINDOW_DAYS = (7, 56)  # newest-first listings look at the last week, then back to 8 weeks, then the rest

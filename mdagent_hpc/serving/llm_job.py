@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.execution.site import SiteConfig
 from mdagent_hpc.home import mdagent_home
 from mdagent_hpc.settings.endpoints import Endpoint, EndpointError, load_endpoints, now, save_endpoint, served_model
@@ -39,7 +40,7 @@ PICK_PORT = (
 )
 
 
-class LlmJobError(Exception):
+class LlmJobError(MDAgentError):
     """One sentence: what went wrong with the server job and what to do."""
 
 

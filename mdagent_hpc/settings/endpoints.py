@@ -19,13 +19,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.settings import mdagent_home
 
 State = Literal["submitted", "starting", "ready", "ended", "stopped"]
 LIVE: tuple[str, ...] = ("submitted", "starting", "ready")
 
 
-class EndpointError(Exception):
+class EndpointError(MDAgentError):
     """A registered endpoint cannot be used; the message says why and what to do."""
 
 

@@ -19,10 +19,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.settings import env, mdagent_home
 
 
-class SettingsError(ValueError):
+class SettingsError(MDAgentError, ValueError):
     """A setting has a bad value, or a source cannot be read; the message names where it came from."""
 
 

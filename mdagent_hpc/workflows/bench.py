@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.evalbench import judge as judging
 from mdagent_hpc.evalbench import qa
 from mdagent_hpc.evalbench.scoring import Answered, RunRecord
@@ -29,7 +30,7 @@ KINDS = ("codegen", "qa")
 REPLAY_MODEL = "replay"
 
 
-class BenchError(Exception):
+class BenchError(MDAgentError):
     """A benchmark that cannot start or be read, in one sentence."""
 
 

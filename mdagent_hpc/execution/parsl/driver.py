@@ -37,8 +37,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mdagent_hpc.execution.parsl.worker import INPUT, LOG, LOST, RESULT, RUNNING, read_json, write_json
+from mdagent_hpc.errors import MDAgentError
+from mdagent_hpc.execution.parsl.worker import LOG, LOST, RESULT, RUNNING, read_json, write_json
 from mdagent_hpc.execution.site import SiteConfig, container_command
+from mdagent_hpc.lammps.run_folder import INPUT
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -48,7 +50,7 @@ _VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _CANCEL = {"slurm": ["scancel"], "pbspro": ["qdel"]}
 
 
-class PilotError(Exception):
+class PilotError(MDAgentError):
     """Bad sweep input or a sweep that cannot start; the message says what to do."""
 
 

@@ -419,7 +419,11 @@ def test_server_json_is_private_and_a_password_with_url_characters_works(shared)
     settings = shared["home"] / "server.json"
     settings.chmod(0o644)  # made looser by hand: setup makes it private again
     env = {**shared["env"], "MDAGENT_DB_PASSWORD": "p@ss:w/rd?#%"}  # PostgreSQL here trusts 127.0.0.1: any works
-    ok(mdagent("server", "setup", "--profile", shared["name"], "--accept-consumer-timeout", "--json", env=env, timeout=300))
+    ok(
+        mdagent(
+            "server", "setup", "--profile", shared["name"], "--accept-consumer-timeout", "--json", env=env, timeout=300
+        )
+    )
     assert settings.stat().st_mode & 0o777 == 0o600
     store = Store(json.loads(settings.read_text())["users_db"])  # the URL parses: host, port and database intact
     assert "dave" in [u.name for u in store.users()]
@@ -467,3 +471,45 @@ def test_a_submission_while_the_broker_refuses_is_503(shared):
     # with the failure, or ended)
     left = call(shared, "GET", "/api/v1/runs", "alice", params={"task": "(broker down)"}).json()
     assert [r["verdict"] for r in left] in ([], ["failed"]), left
+
+
+def children(shared, pk: int) -> int:
+    """How many processes run `pk` has called so far (read in a process of its own)."""
+    code = (
+        "import sys\n"
+        "from mdagent_hpc.execution.profile import ensure_profile\n"
+        "ensure_profile()\n"
+        "from aiida import orm\n"
+        "print(len(orm.load_node(int(sys.argv[1])).called_descendants))\n"
+    )
+    env = {**shared["env"], "MDAGENT_AIIDA_PROFILE": shared["name"], "AIIDA_PATH": str(shared["home"])}
+    done = ok(subprocess.run([sys.executable, "-c", code, str(pk)], capture_output=True, text=True, env=env))
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_run_in_flight_survives_a_30_s_broker_outage(shared):
+    """Permissions on the vhost revoked and its connections closed for 30 s while a run is between its steps: the
+    run ends passed (before: `excepted` on ChannelInvalidStateError, or waiting for good)."""
+    user(shared, "lena")
+    shared["model"].answers.extend([test_server.GOOD])
+    answer = submit(shared, "lena", f"{TASK} (outage)")
+    assert answer.status_code == 201, answer.text
+    pk = answer.json()["pk"]
+    deadline = time.monotonic() + 300
+    while children(shared, pk) == 0:  # in flight: its first child made
+        assert time.monotonic() < deadline, "the run made no child in 300 s"
+        time.sleep(1)
+    vhost = shared["name"]
+    subprocess.run(["rabbitmqctl", "clear_permissions", "-p", vhost, "guest"], check=True, capture_output=True)
+    try:
+        subprocess.run(
+            ["rabbitmqctl", "close_all_connections", "--vhost", vhost, "--limit", "1000", "test outage"],
+            check=True,
+            capture_output=True,
+        )
+        time.sleep(30)  # the outage itself (the fault injected, not a wait for a result)
+    finally:
+        subprocess.run(
+            ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, capture_output=True
+        )
+    assert ended(shared, "lena", pk, timeout=900)["verdict"] == "passed"

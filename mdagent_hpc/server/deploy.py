@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from mdagent_hpc.api import MDAgentError
+from mdagent_hpc.errors import MDAgentError
 
 DEFAULT_PROFILE = "mdagent-shared"
 RESERVED = frozenset({"mdagent@localhost"})  # the default user `server setup` gives the shared profile: its own work

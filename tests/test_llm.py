@@ -11,15 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from mdagent_hpc.agent.feedback import feedback_text
-from mdagent_hpc.llm.client import (
-    LEARNT,
-    RESPONSE_SCHEMA,
-    LLMUnavailable,
-    check_endpoint,
-    generate,
-    get_client,
-    read_answer,
-)
+from mdagent_hpc.llm.answers import RESPONSE_SCHEMA, read_answer
+from mdagent_hpc.llm.client import LEARNT, check_endpoint, generate, get_client
 from mdagent_hpc.llm.config import LLMConfigError, LLMNotConfigured, LLMSettings, load_llm_settings
 from mdagent_hpc.llm.prompts import (
     STUCK_INSTRUCTION,
@@ -30,6 +23,7 @@ from mdagent_hpc.llm.prompts import (
     relevant_potentials,
     task_elements,
 )
+from mdagent_hpc.llm.unavailable import LLMUnavailable
 from mdagent_hpc.models import Attempt, Diagnostic, Limits, Severity
 
 if TYPE_CHECKING:

@@ -17,7 +17,8 @@ import sys
 import pytest
 
 from mdagent_hpc.lammps.install import capabilities
-from mdagent_hpc.llm.client import LEARNT, GeneratedScript, generate, get_client
+from mdagent_hpc.llm.answers import GeneratedScript
+from mdagent_hpc.llm.client import LEARNT, generate, get_client
 from mdagent_hpc.llm.config import LLMSettings
 from mdagent_hpc.llm.grammar import lammps_grammar
 

@@ -8,15 +8,37 @@ from __future__ import annotations
 import importlib
 
 _HOMES = {
-    "GeneratedScript": "client", "Generation": "client", "LLMUnavailable": "client", "check_endpoint": "client",
+    "GeneratedScript": "answers",
+    "Generation": "answers",
+    "LLMUnavailable": "unavailable",
+    "check_endpoint": "client",
     "generate": "client",
-    "LLMConfigError": "config", "LLMError": "config", "LLMNotConfigured": "config", "LLMSettings": "config",
+    "LLMConfigError": "config",
+    "LLMError": "config",
+    "LLMNotConfigured": "config",
+    "LLMSettings": "config",
     "load_llm_settings": "config",
-    "PotentialInfo": "prompts", "SiteCapabilities": "prompts", "build_messages": "prompts", "task_elements": "prompts",
+    "PotentialInfo": "prompts",
+    "SiteCapabilities": "prompts",
+    "build_messages": "prompts",
+    "task_elements": "prompts",
 }
-__all__ = ["GeneratedScript", "Generation", "LLMConfigError", "LLMError", "LLMNotConfigured", "LLMSettings",
-           "LLMUnavailable", "PotentialInfo", "SiteCapabilities", "build_messages", "check_endpoint", "generate",
-           "load_llm_settings", "task_elements"]
+__all__ = [
+    "GeneratedScript",
+    "Generation",
+    "LLMConfigError",
+    "LLMError",
+    "LLMNotConfigured",
+    "LLMSettings",
+    "LLMUnavailable",
+    "PotentialInfo",
+    "SiteCapabilities",
+    "build_messages",
+    "check_endpoint",
+    "generate",
+    "load_llm_settings",
+    "task_elements",
+]
 
 
 def __getattr__(name: str):

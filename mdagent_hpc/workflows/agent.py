@@ -49,12 +49,12 @@ from mdagent_hpc.models import (
     Usage,
 )
 from mdagent_hpc.workflows.broker import PatientWithBroker
+from mdagent_hpc.workflows.calcfunctions import dry_run_report, evaluate_run, preflight_script
 from mdagent_hpc.workflows.candidates import candidate_inputs, preflight_candidates, reports_of
 from mdagent_hpc.workflows.generate import GenerateScript, LinksOnlyNewOutputs
 from mdagent_hpc.workflows.lammps_calc import node_key
 from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 from mdagent_hpc.workflows.owned import OwnedSteps
-from mdagent_hpc.workflows.steps import dry_run_report, evaluate_run, preflight_script
 
 DRY_RUN_WALLTIME_S = 600
 

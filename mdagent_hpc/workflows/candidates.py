@@ -16,8 +16,8 @@ from aiida.engine import calcfunction
 
 from mdagent_hpc.lammps.preflight import preflight
 from mdagent_hpc.models import Limits, PreflightReport
+from mdagent_hpc.workflows.calcfunctions import finite
 from mdagent_hpc.workflows.lammps_calc import INPUT, node_key
-from mdagent_hpc.workflows.steps import finite
 
 
 def candidate_inputs(candidates: dict[int, tuple[orm.SinglefileData, dict[str, orm.SinglefileData]]]) -> dict:

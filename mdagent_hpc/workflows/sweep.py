@@ -25,11 +25,11 @@ from mdagent_hpc.sweep.results import PointResult, plot, point_result, productio
 from mdagent_hpc.sweep.spec import Point, SweepSpec, correction_task, expand, ordered, probe_points, template_task
 from mdagent_hpc.workflows.agent import AgentWorkChain
 from mdagent_hpc.workflows.broker import PatientWithBroker
+from mdagent_hpc.workflows.calcfunctions import finite
 from mdagent_hpc.workflows.generate import LinksOnlyNewOutputs
 from mdagent_hpc.workflows.lammps_calc import LOG
 from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 from mdagent_hpc.workflows.owned import OwnedSteps
-from mdagent_hpc.workflows.steps import finite
 
 ENGINES = ("calcjob", "parsl")
 PILOT_RESUBMITS = 2  # a pilot job that ends with points not run is submitted again (same folder) this often

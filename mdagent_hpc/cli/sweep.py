@@ -1,4 +1,5 @@
-"""`mdagent sweep "STUDY"` / `--spec FILE`, `mdagent sweep status [ID]`, `mdagent sweep show ID`."""
+"""`mdagent sweep "STUDY"` / `--spec FILE`, `mdagent sweep resume ID`, `mdagent sweep status [ID]`,
+`mdagent sweep show ID`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, err, out, status
 
-SUBCOMMANDS = ("start", "status", "show")
+SUBCOMMANDS = ("start", "resume", "status", "show")
 
 
 class SweepGroup(click.Group):
@@ -30,6 +31,7 @@ def sweep() -> None:
     \b
     mdagent sweep "thermal expansion of Al with EAM from 300 to 900 K every 100 K at zero pressure"
     mdagent sweep --spec workflows/sweeps/al-thermal-expansion.yaml --yes
+    mdagent sweep resume ID        run an interrupted sweep's spec again: its passed points and template reused
     mdagent sweep status [ID]      progress: done, running, failed, ETA
     mdagent sweep show ID          the table and where the plot is
 
@@ -54,8 +56,10 @@ def start(study, spec_file, site_name, yes, daemon, save, as_json) -> None:
     from mdagent_hpc import api
 
     if (study is None) == (spec_file is None):
-        raise UserError("give either a STUDY in quotes or --spec FILE, e.g. `mdagent sweep \"thermal expansion of "
-                        "Al with EAM from 300 to 900 K every 100 K\"`")
+        raise UserError(
+            'give either a STUDY in quotes or --spec FILE, e.g. `mdagent sweep "thermal expansion of '
+            'Al with EAM from 300 to 900 K every 100 K"`'
+        )
     if spec_file is not None:
         spec = api.load_sweep_spec(spec_file)
     else:
@@ -69,8 +73,11 @@ def start(study, spec_file, site_name, yes, daemon, save, as_json) -> None:
         save.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False))
     if not as_json:
         err().print(yaml.safe_dump(shown, sort_keys=False, width=110).rstrip(), highlight=False, markup=False)
-        err().print(f"[bold]{plan.points} points[/] on {plan.site}, engine {plan.engine} ({plan.why}); template "
-                    f"validated first at {', '.join(plan.probes)}; ~{plan.core_hours:g} core-hours", highlight=False)
+        err().print(
+            f"[bold]{plan.points} points[/] on {plan.site}, engine {plan.engine} ({plan.why}); template "
+            f"validated first at {', '.join(plan.probes)}; ~{plan.core_hours:g} core-hours",
+            highlight=False,
+        )
     if not yes:
         if as_json:
             raise UserError("add --yes to run the sweep with --json (there is no one to ask)")
@@ -85,6 +92,41 @@ def start(study, spec_file, site_name, yes, daemon, save, as_json) -> None:
         else:
             out().print(f"submitted: pk {found.pk}; follow it with `mdagent sweep status {found.pk}`", highlight=False)
         return
+    _run_here(spec, plan.points, as_json)
+
+
+@sweep.command("resume")
+@click.argument("pk")
+@click.option("--daemon", is_flag=True, help="submit to the AiiDA daemon and return at once")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def resume(pk, daemon, as_json) -> None:
+    """Run sweep PK's spec again: the points that passed and the validated template are reused (no model call);
+    only the other points run. The same as running its spec file again."""
+    from mdagent_hpc import api
+    from mdagent_hpc.sweep.spec import SweepSpec
+
+    found = api.get_sweep(pk)
+    if found.verdict == "running":
+        raise UserError(f"sweep {found.pk} is still running; follow it with `mdagent sweep status {found.pk}`")
+    if found.verdict == "passed":
+        raise UserError(f"sweep {found.pk} passed every point; `mdagent sweep show {found.pk}` shows its table")
+    spec = SweepSpec(**found.spec)
+    if daemon:
+        with status("submitting to the AiiDA daemon (starting it if needed) ...", quiet=as_json):
+            started = api.sweep(spec, daemon=True)
+        if as_json:
+            emit_json({"pk": started.pk, "uuid": started.uuid, "state": "submitted"})
+        else:
+            out().print(
+                f"submitted: pk {started.pk}; follow it with `mdagent sweep status {started.pk}`", highlight=False
+            )
+        return
+    _run_here(spec, found.points_total, as_json)
+
+
+def _run_here(spec, points: int, as_json: bool) -> None:
+    """Run the sweep in this process, print its table (also of the points that ended when it is interrupted)."""
+    from mdagent_hpc import api
     from mdagent_hpc.cli.run import quiet_engine_console
 
     with status("loading the AiiDA profile ...", quiet=as_json):
@@ -93,7 +135,7 @@ def start(study, spec_file, site_name, yes, daemon, save, as_json) -> None:
     if not as_json:
         if spec.answers:
             err().print(f"replaying {len(spec.answers)} recorded model answer(s)", highlight=False)
-        _live_reports(plan.points)
+        _live_reports(points)
     found = api.sweep(spec)
     files = api.export_sweep(found.pk) if found.rows else {}
     found = found.model_copy(update={"files": files})
@@ -118,14 +160,21 @@ def status_(pk, watch, as_json) -> None:
             emit_json([s.model_dump(mode="json", exclude={"rows", "template"}) for s in found])
             return
         if not found:
-            out().print("no sweeps yet; start one with `mdagent sweep \"STUDY\"` or `mdagent sweep --spec FILE`")
+            out().print('no sweeps yet; start one with `mdagent sweep "STUDY"` or `mdagent sweep --spec FILE`')
             return
         from rich.table import Table
 
         table = Table("pk", "state", "done", "failed", "engine", "site", "task", box=None)
         for s in found:
-            table.add_row(str(s.pk), s.verdict, f"{s.points_done}/{s.points_total}", str(s.points_failed), s.engine,
-                          s.site, s.task[:60])
+            table.add_row(
+                str(s.pk),
+                s.verdict,
+                f"{s.points_done}/{s.points_total}",
+                str(s.points_failed),
+                s.engine,
+                s.site,
+                s.task[:60],
+            )
         out().print(table)
         return
     current = api.get_sweep(pk)
@@ -137,8 +186,13 @@ def status_(pk, watch, as_json) -> None:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    with Progress(TextColumn("sweep {task.fields[pk]}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[text]}"), console=err()) as progress:
+    with Progress(
+        TextColumn("sweep {task.fields[pk]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[text]}"),
+        console=err(),
+    ) as progress:
         bar = progress.add_task("sweep", total=current.points_total, pk=current.pk, text="")
         while True:
             progress.update(bar, completed=current.points_done + current.points_failed, text=_counts(current))
@@ -171,9 +225,10 @@ def _counts(s) -> str:
 
 
 def _line(s) -> str:
-    return (f"sweep {s.pk} {s.verdict}: {s.points_done}/{s.points_total} points passed ({_counts(s)}); engine "
-            f"{s.engine} on {s.site}; LLM calls {s.llm_calls}"
-            + (f"; {s.exit_message}" if s.exit_message else ""))
+    return (
+        f"sweep {s.pk} {s.verdict}: {s.points_done}/{s.points_total} points passed ({_counts(s)}); engine "
+        f"{s.engine} on {s.site}; LLM calls {s.llm_calls}" + (f"; {s.exit_message}" if s.exit_message else "")
+    )
 
 
 def _print_sweep(s) -> None:
@@ -194,6 +249,11 @@ def _print_sweep(s) -> None:
         out().print(f"{kind}: {path}", highlight=False)
     if s.verdict == "failed" and not s.rows:
         out().print(f"nothing to tabulate; `mdagent verdi process report {s.pk}` shows what happened", highlight=False)
+    elif s.verdict == "failed" and s.state != "finished":
+        out().print(
+            f"interrupted: `mdagent sweep resume {s.pk}` runs the rest (the points that passed are kept)",
+            highlight=False,
+        )
 
 
 def _cell(value) -> str:
@@ -215,7 +275,7 @@ def _live_reports(total: int) -> None:
             match = own.match(message)
             if record.levelno == 23 and match:
                 indent = "  " if match.group(1) == "AgentWorkChain" else ""
-                err().print(f"[dim]{indent}•[/] {message[match.end():]}", highlight=False)
+                err().print(f"[dim]{indent}•[/] {message[match.end() :]}", highlight=False)
 
     logger = logging.getLogger("aiida.orm.nodes.process.workflow.workchain.WorkChainNode")
     if not any(type(h).__name__ == "Live" for h in logger.handlers):

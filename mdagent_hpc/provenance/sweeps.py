@@ -10,7 +10,6 @@ from pathlib import Path
 from mdagent_hpc.provenance import SWEEP_TYPE, Caller, load, only
 from mdagent_hpc.sweep.results import SweepRun, eta
 
-
 # Extras a SweepWorkChain keeps up to date as it goes (also when it is interrupted): the key of its spec, and
 # {"template": pk, "files": {group: {port: pk}}, "records": {point id: {"pk": result pk, "ok": bool}}}.
 SPEC_KEY, REUSE = "spec_sha256", "reuse"
@@ -51,8 +50,11 @@ def resumable(email: str, key: str) -> Earlier | None:
         reuse = node.base.extras.get(REUSE, None) or {}
         if not reuse.get("template"):
             continue
-        files = {group: {port: orm.load_node(pk) for port, pk in ports.items()}
-                 for group, ports in reuse.get("files", {}).items() if ports}
+        files = {
+            group: {port: orm.load_node(pk) for port, pk in ports.items()}
+            for group, ports in reuse.get("files", {}).items()
+            if ports
+        }
         points = {pid: orm.load_node(r["pk"]) for pid, r in reuse.get("records", {}).items() if r["ok"]}
         inputs = {"template": orm.load_node(reuse["template"]), **files, "points": points}
         folder = node.inputs.sweep_folder.value if "sweep_folder" in node.inputs else None
@@ -155,6 +157,7 @@ def read_sweep(node, rows: bool = True) -> SweepRun:
         llm_calls=extras.get("llm_calls", 0),
         template=node.outputs.template.get_content() if "template" in node.outputs else None,
         rows=table_rows,
+        spec=node.inputs.sweep.get_dict(),
     )
 
 

@@ -228,6 +228,7 @@ class SweepRun(BaseModel):
     template: str | None = Field(None, description="the last template that passed")
     rows: list[dict] = Field(default_factory=list, description="the results table, one row per point")
     files: dict[str, str] = Field(default_factory=dict, description="table CSV/JSON and plot PNG, once exported")
+    spec: dict = Field(default_factory=dict, description="the spec it ran (without recorded answers): resume runs it")
 
 
 def eta(total: int, finished: int, running: int, elapsed_s: float, concurrency: int) -> float | None:

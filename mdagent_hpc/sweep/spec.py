@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.models import LoopPolicy
 
 Value = int | float | str
@@ -26,7 +27,7 @@ PILOT_MIN_POINTS = 10
 PILOT_MAX_POINT_SECONDS = 1800
 
 
-class SweepError(Exception):
+class SweepError(MDAgentError):
     """A sweep that cannot run as given, in one sentence for the user."""
 
 
@@ -374,3 +375,13 @@ Keep the study as asked: the same ranges, steps and observables."""
 def proposal_messages(study: str) -> list[dict[str, str]]:
     """The chat messages asking the model for a SweepProposal of `study`."""
     return [{"role": "system", "content": PROPOSAL_SYSTEM}, {"role": "user", "content": study}]
+
+
+def spec_key(stored: dict) -> str:
+    """What makes two sweeps the same study (the spec as a sweep stores it, without recorded answers): a later
+    sweep with the same key reuses an earlier one's template and passed points."""
+    import hashlib
+    import json
+
+    fields = {k: v for k, v in stored.items() if k != "answers"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()

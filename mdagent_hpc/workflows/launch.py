@@ -8,12 +8,13 @@ to the daemon. A user's mistake (unknown site, no endpoint configured, ...) rais
 
 from __future__ import annotations
 
+from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.models import LimitError, Request
 
 REPLAY_MODEL = "replay"
 
 
-class LaunchError(Exception):
+class LaunchError(MDAgentError):
     """A request that cannot start, in one sentence for the user."""
 
 
@@ -56,7 +57,8 @@ def submit_request(request: Request):
     return submit(AgentWorkChain, **inputs)
 
 
-def _inputs(request: Request, llm_overrides: dict) -> dict:
+def _inputs(request: Request, llm_overrides: dict, site=None) -> dict:
+    """The AgentWorkChain's inputs; `site` when the caller has resolved it already (a sweep), else looked up."""
     from mdagent_hpc.execution.computers import local_site, workflow_inputs
     from mdagent_hpc.execution.profile import ProfileError
     from mdagent_hpc.execution.registry import find_site
@@ -64,7 +66,8 @@ def _inputs(request: Request, llm_overrides: dict) -> dict:
     from mdagent_hpc.llm import LLMError, load_llm_settings
 
     try:
-        site = local_site() if request.site is None else find_site(request.site)
+        if site is None:
+            site = local_site() if request.site is None else find_site(request.site)
         limits = request.limits.within(site.limits, site.name) if request.limits is not None else site.limits
         settings = load_llm_settings(llm_overrides)
         _load_profile()

@@ -33,17 +33,42 @@ def _points(value: orm.Dict, _) -> str | None:
     return None
 
 
+def site_of(value: orm.Dict | orm.Str):
+    """The SiteConfig a pilot runs on: given whole (a sweep resolves it once), or by name (looked up)."""
+    from mdagent_hpc.execution.site import SiteConfig
+
+    if isinstance(value, orm.Dict):
+        return SiteConfig.model_validate(value.get_dict())
+    from mdagent_hpc.execution.registry import find_site
+
+    return find_site(value.value)
+
+
 class PilotCalculation(CalcJob):
     @classmethod
     def define(cls, spec):
         super().define(spec)
         spec.input("template", valid_type=orm.SinglefileData, help="the LAMMPS script; swept values are variables")
-        spec.input_namespace("files", valid_type=orm.SinglefileData, dynamic=True, required=False,
-                             help="files the template reads (data, potentials), staged under their filename")
+        spec.input_namespace(
+            "files",
+            valid_type=orm.SinglefileData,
+            dynamic=True,
+            required=False,
+            help="files the template reads (data, potentials), staged under their filename",
+        )
         spec.input("points", valid_type=orm.Dict, validator=_points, help='{"points": [{"id", "vars"}]}')
-        spec.input("site", valid_type=orm.Str, help="the site whose pilot settings and LAMMPS command are used")
-        spec.input("sweep_folder", valid_type=orm.Str, validator=_absolute,
-                   help="absolute folder on the login host that keeps the points across submissions")
+        spec.input(
+            "site",
+            valid_type=(orm.Dict, orm.Str),
+            help="the site (its config, as the sweep resolved it; or its name) whose pilot settings and "
+            "LAMMPS command are used",
+        )
+        spec.input(
+            "sweep_folder",
+            valid_type=orm.Str,
+            validator=_absolute,
+            help="absolute folder on the login host that keeps the points across submissions",
+        )
         options = spec.inputs["metadata"]["options"]
         options["resources"].default = {"num_machines": 1, "num_mpiprocs_per_machine": 1}
         options["withmpi"].default = False
@@ -51,26 +76,31 @@ class PilotCalculation(CalcJob):
         options["output_filename"].default = STDOUT
         spec.output("results", valid_type=orm.Dict, help="{point_id: {returncode, seconds, log_file, ...}}")
         spec.exit_code(300, "ERROR_NO_RESULTS", message="the pilot driver wrote no results: {message}")
-        spec.exit_code(410, "ERROR_POINTS_MISSING", message="{missing} of {total} point(s) did not end; submit again "
-                       "with the same sweep_folder to run only those")
+        spec.exit_code(
+            410,
+            "ERROR_POINTS_MISSING",
+            message="{missing} of {total} point(s) did not end; submit again "
+            "with the same sweep_folder to run only those",
+        )
 
     def __init__(self, *args, inputs=None, **kwargs):
         # The driver runs with the login host's Python, not with the site's LAMMPS code: found from `site`.
         if inputs is not None and "code" not in inputs and "site" in inputs:
             from mdagent_hpc.execution.computers import ensure_pilot_code
-            from mdagent_hpc.execution.registry import find_site
 
-            inputs = {**inputs, "code": ensure_pilot_code(find_site(inputs["site"].value))}
+            inputs = {**inputs, "code": ensure_pilot_code(site_of(inputs["site"]))}
         super().__init__(*args, inputs=inputs, **kwargs)
 
     def prepare_for_submission(self, folder):
-        from mdagent_hpc.execution.registry import find_site
-
-        site = find_site(self.inputs.site.value)
+        site = site_of(self.inputs.site)
         template = self.inputs.template
         files = list(self.inputs.files.values()) if "files" in self.inputs else []
-        sweep = {"site": site.model_dump(mode="json", exclude_unset=True), "template": template.filename,
-                 "files": [node.filename for node in files], "points": self.inputs.points.get_dict()["points"]}
+        sweep = {
+            "site": site.model_dump(mode="json", exclude_unset=True),
+            "template": template.filename,
+            "files": [node.filename for node in files],
+            "points": self.inputs.points.get_dict()["points"],
+        }
         with folder.open("sweep.json", "w") as handle:
             json.dump(sweep, handle, indent=1)
         for node in [template, *files]:
@@ -78,7 +108,13 @@ class PilotCalculation(CalcJob):
                 target.write(node.get_content(mode="rb"))
         codeinfo = CodeInfo()
         codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = ["-m", "mdagent_hpc.execution.parsl.driver", self.inputs.sweep_folder.value, "--job", "."]
+        codeinfo.cmdline_params = [
+            "-m",
+            "mdagent_hpc.execution.parsl.driver",
+            self.inputs.sweep_folder.value,
+            "--job",
+            ".",
+        ]
         codeinfo.stdout_name = STDOUT
         codeinfo.stderr_name = STDERR
         calcinfo = CalcInfo()
@@ -103,4 +139,3 @@ class PilotParser(Parser):
         if missing:
             return self.exit_codes.ERROR_POINTS_MISSING.format(missing=len(missing), total=len(wanted))
         return None
-

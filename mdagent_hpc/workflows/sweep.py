@@ -8,7 +8,12 @@ that fails at one end is corrected before the rest run; after a correction only 
 Every point is recorded by the calcfunction `record_point` (the same for both engines): its template, its variable
 values, its log, its production thermo data and its observables, under the sweep's node. The fan-out is idempotent
 (a step re-run after a daemon restart reuses the children it had already launched, found by link label), so a
-resumed sweep neither loses nor repeats a point.
+resumed sweep neither loses nor repeats a point. The parsl engine runs each batch in a PilotBaseWorkChain, which
+submits the pilot job again while points are missing.
+
+A sweep keeps, in its extras, what a later sweep of the same spec reuses (`reuse`: its template, the files its jobs
+stage, its points' records), updated after each batch, so that it survives an interruption; given those as the input
+`reuse`, a sweep asks the model nothing and runs only the points that have not passed (docs/sweeps.md, Resuming).
 """
 
 from __future__ import annotations
@@ -21,8 +26,18 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 
 from mdagent_hpc.lammps.log import parse_log
 from mdagent_hpc.models import Attempt
+from mdagent_hpc.provenance.sweeps import REUSE, SPEC_KEY
 from mdagent_hpc.sweep.results import PointResult, plot, point_result, production, table, table_json
-from mdagent_hpc.sweep.spec import Point, SweepSpec, correction_task, expand, ordered, probe_points, template_task
+from mdagent_hpc.sweep.spec import (
+    Point,
+    SweepSpec,
+    correction_task,
+    expand,
+    ordered,
+    probe_points,
+    spec_key,
+    template_task,
+)
 from mdagent_hpc.workflows.agent import AgentWorkChain
 from mdagent_hpc.workflows.broker import PatientWithBroker
 from mdagent_hpc.workflows.calcfunctions import finite
@@ -32,34 +47,52 @@ from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 from mdagent_hpc.workflows.owned import OwnedSteps
 
 ENGINES = ("calcjob", "parsl")
-PILOT_RESUBMITS = 2  # a pilot job that ends with points not run is submitted again (same folder) this often
 
 
 @calcfunction
-def record_point(template: orm.SinglefileData, point: orm.Dict, observables: orm.List, log_name: orm.Str,
-                 retrieved: orm.FolderData | None = None, failure: orm.Str | None = None) -> dict:
+def record_point(
+    template: orm.SinglefileData,
+    point: orm.Dict,
+    observables: orm.List,
+    log_name: orm.Str,
+    retrieved: orm.FolderData | None = None,
+    failure: orm.Str | None = None,
+) -> dict:
     """One point of a sweep: its result (models: PointResult), its log and the thermo rows of its production run."""
     data = point.get_dict()
     spec_point = Point(id=data["id"], vars=data["vars"])
     names = retrieved.base.repository.list_object_names(_folder(log_name.value)) if retrieved is not None else []
     if retrieved is None or log_name.value.rsplit("/", 1)[-1] not in names:
         problem = failure.value if failure is not None else "LAMMPS wrote no log"
-        result = PointResult(id=spec_point.id, vars=spec_point.vars, ok=False, grade="fail", problems=[problem],
-                             template=data.get("template", 1))
+        result = PointResult(
+            id=spec_point.id,
+            vars=spec_point.vars,
+            ok=False,
+            grade="fail",
+            problems=[problem],
+            template=data.get("template", 1),
+        )
         return {"result": orm.Dict(result.model_dump(mode="json"))}
     text = retrieved.base.repository.get_object_content(log_name.value, mode="r")
     log = parse_log(text)
     from mdagent_hpc.sweep.spec import Observable
 
-    result = point_result(spec_point, log, template.get_content(), [Observable(**o) for o in observables.get_list()],
-                          data.get("template", 1))
+    result = point_result(
+        spec_point,
+        log,
+        template.get_content(),
+        [Observable(**o) for o in observables.get_list()],
+        data.get("template", 1),
+    )
     if failure is not None and result.ok:  # the job failed although its log looks fine (e.g. cut by the scheduler)
         result.ok, result.problems = False, [failure.value]
     block = production(log)
     thermo = {"columns": block.columns, "rows": block.rows} if block else {"columns": [], "rows": []}
-    return {"result": orm.Dict(finite(result.model_dump(mode="json"))),
-            "log": orm.SinglefileData(io.BytesIO(text.encode()), filename="log.lammps"),
-            "thermo": orm.Dict(finite(thermo))}
+    return {
+        "result": orm.Dict(finite(result.model_dump(mode="json"))),
+        "log": orm.SinglefileData(io.BytesIO(text.encode()), filename="log.lammps"),
+        "thermo": orm.Dict(finite(thermo)),
+    }
 
 
 def _folder(path: str) -> str | None:
@@ -76,9 +109,11 @@ def sweep_results(spec: orm.Dict, **points: orm.Dict) -> dict:
     frame = table(sweep, [PointResult(**node.get_dict()) for node in points.values()])
     with tempfile.TemporaryDirectory(prefix="mdagent-sweep-") as tmp:
         png = plot(sweep, frame, Path(tmp) / "sweep.png").read_bytes()
-    return {"table": orm.SinglefileData(io.BytesIO(frame.to_csv(index=False).encode()), filename="sweep.csv"),
-            "results": orm.Dict({"rows": table_json(frame)}),
-            "plot": orm.SinglefileData(io.BytesIO(png), filename="sweep.png")}
+    return {
+        "table": orm.SinglefileData(io.BytesIO(frame.to_csv(index=False).encode()), filename="sweep.csv"),
+        "results": orm.Dict({"rows": table_json(frame)}),
+        "plot": orm.SinglefileData(io.BytesIO(png), filename="sweep.png"),
+    }
 
 
 class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkChain):
@@ -87,18 +122,71 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         super().define(spec)
         spec.input("sweep", valid_type=orm.Dict, help="the sweep (sweep.spec.SweepSpec, without recorded answers)")
         spec.input("engine", valid_type=orm.Str, help="calcjob (a LammpsJobWorkChain per point) or parsl (pilot)")
-        spec.input("max_concurrent", valid_type=orm.Int, default=lambda: orm.Int(8),
-                   help="calcjob engine: at most this many jobs in flight")
-        spec.input("max_core_hours", valid_type=orm.Float, required=False,
-                   help="the site's core-hour cap, checked again with the validation run's measured time")
+        spec.input(
+            "max_concurrent",
+            valid_type=orm.Int,
+            default=lambda: orm.Int(8),
+            help="calcjob engine: at most this many jobs in flight",
+        )
+        spec.input(
+            "max_core_hours",
+            valid_type=orm.Float,
+            required=False,
+            help="the site's core-hour cap, checked again with the validation run's measured time",
+        )
         spec.input("cores_per_point", valid_type=orm.Int, default=lambda: orm.Int(1))
-        spec.input("sweep_folder", valid_type=orm.Str, required=False,
-                   help="parsl engine: the folder on the site where the pilot keeps finished points")
+        spec.input(
+            "sweep_folder",
+            valid_type=orm.Str,
+            required=False,
+            help="parsl engine: the folder on the site where the pilot keeps finished points",
+        )
+        spec.input_namespace("pilot", required=False, help="parsl engine: how the pilot jobs run")
+        spec.input_namespace("reuse", required=False, help="what an earlier sweep of the same spec hands on")
+        spec.input(
+            "pilot.code",
+            valid_type=orm.AbstractCode,
+            required=False,
+            help="parsl engine: the login host's Python that runs the driver (resolved with the site, once)",
+        )
+        spec.input("pilot.site", valid_type=orm.Dict, required=False, help="parsl engine: the site's config")
+        spec.input(
+            "pilot.max_iterations",
+            valid_type=orm.Int,
+            required=False,
+            help="parsl engine: pilot jobs per batch at most (the site's on_failure.max_resubmits + 1)",
+        )
+        spec.input(
+            "reuse.template",
+            valid_type=orm.SinglefileData,
+            required=False,
+            help="an earlier sweep's validated template: no agent run validates one again",
+        )
+        spec.input_namespace(
+            "reuse.files",
+            valid_type=orm.Data,
+            dynamic=True,
+            required=False,
+            help="the files the template's jobs stage (data files)",
+        )
+        spec.input_namespace(
+            "reuse.potentials",
+            valid_type=orm.Data,
+            dynamic=True,
+            required=False,
+            help="the potential files the template's jobs stage",
+        )
+        spec.input_namespace(
+            "reuse.points",
+            valid_type=orm.Dict,
+            dynamic=True,
+            required=False,
+            help="point id -> an earlier record of it that passed: the point does not run again",
+        )
         spec.expose_inputs(AgentWorkChain, namespace="agent", exclude=("task", "variables"))
         spec.outline(
             cls.setup,
-            cls.validate,
-            cls.check_validation,
+            if_(cls.needs_template)(cls.validate, cls.check_validation),
             while_(cls.has_work)(
                 if_(cls.should_correct)(cls.correct, cls.check_correction),
                 if_(cls.has_pending)(cls.launch, cls.collect),
@@ -106,8 +194,13 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
             cls.finalize,
         )
         spec.output("template", valid_type=orm.SinglefileData, required=False, help="the last template")
-        spec.output_namespace("points", valid_type=orm.Dict, dynamic=True, required=False,
-                              help="point id -> its latest record (sweep.results.PointResult)")
+        spec.output_namespace(
+            "points",
+            valid_type=orm.Dict,
+            dynamic=True,
+            required=False,
+            help="point id -> its latest record (sweep.results.PointResult)",
+        )
         spec.output("table", valid_type=orm.SinglefileData, required=False, help="CSV: one row per point")
         spec.output("results", valid_type=orm.Dict, required=False, help="the table as JSON rows")
         spec.output("plot", valid_type=orm.SinglefileData, required=False, help="PNG: observables vs parameters")
@@ -122,20 +215,61 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         probes = probe_points(sweep, points)
         self.ctx.points = {p.id: p.model_dump(mode="json") for p in ordered(points, probes)}
         self.ctx.probe = probes[0].id
-        rest = [p.id for p in points if p not in probes]
-        self.ctx.queues = [q for q in ([p.id for p in probes[1:]], rest) if q]
         self.ctx.state = {}  # point id -> {"record": pk, "ok": bool, "template": n}
         self.ctx.template_number = 0
         self.ctx.corrections = 0
         self.ctx.launched = []  # point ids of the batch in flight
         self.ctx.launched_phase_open = False  # the last batch left points of its phase (probes, rest) pending
-        self.ctx.pilot_round = 0  # pilot jobs submitted (each resumes the same sweep folder)
-        self.ctx.pilot_misses = 0  # pilot jobs that ended with points not run
-        self.node.base.extras.set_many({"task": sweep.task, "site": self.inputs.agent.site.get("name", "local"),
-                                        "engine": self.inputs.engine.value, "points_total": len(points),
-                                        "points_done": 0, "points_failed": 0, "llm_calls": 0})
-        self.report(f"{len(points)} points on engine {self.inputs.engine.value}; validating the template at "
-                    f"{', '.join(p.id for p in probes)} first")
+        self.ctx.pilot_round = 0  # PilotBaseWorkChains submitted (each resumes the same sweep folder)
+        self.ctx.observables = orm.List([o.model_dump() for o in sweep.observables]).store().pk  # one for all points
+        reused = self._take_reused()
+        first = [p.id for p in (probes if reused else probes[1:]) if p.id not in reused]
+        rest = [p.id for p in points if p not in probes and p.id not in reused]
+        self.ctx.queues = [q for q in (first, rest) if q]
+        self.node.base.extras.set_many(
+            {
+                "task": sweep.task,
+                "site": self.inputs.agent.site.get("name", "local"),
+                "engine": self.inputs.engine.value,
+                "points_total": len(points),
+                "points_done": 0,
+                "points_failed": 0,
+                "llm_calls": 0,
+                SPEC_KEY: spec_key(self.inputs.sweep.get_dict()),
+            }
+        )
+        if reused:
+            self._remember()
+            self.report(
+                f"{len(points)} points on engine {self.inputs.engine.value}; {len(reused)} passed in an "
+                f"earlier sweep of this spec and are reused with its template; {len(points) - len(reused)} "
+                "to run"
+            )
+            return
+        self.report(
+            f"{len(points)} points on engine {self.inputs.engine.value}; validating the template at "
+            f"{', '.join(p.id for p in probes)} first"
+        )
+
+    def _take_reused(self) -> list[str]:
+        """An earlier sweep's template and passed points (input `reuse`), taken as this sweep's own."""
+        if "reuse" not in self.inputs or "template" not in self.inputs.reuse:
+            return []
+        reuse = self.inputs.reuse
+        self.ctx.template = reuse.template
+        self.ctx.template_number = 1
+        self.ctx.job_files = {
+            group: {key: node.pk for key, node in reuse[group].items()} if group in reuse else {}
+            for group in ("files", "potentials")
+        }
+        points = reuse.points if "points" in reuse else {}
+        for pid, result in points.items():
+            if pid in self.ctx.points and result["ok"]:
+                self.ctx.state[pid] = {"record": result.pk, "ok": True, "template": 1}
+        return list(self.ctx.state)
+
+    def needs_template(self):
+        return self.ctx.template_number == 0
 
     def validate(self):
         sweep = self._sweep()
@@ -145,6 +279,7 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
     def check_validation(self):
         if not self._take_template(self.ctx.agent, self.ctx.probe):
             return self.exit_codes.ERROR_NO_TEMPLATE.format(point=self.ctx.probe)
+        self._remember()
         return self._check_core_hours()
 
     def _check_core_hours(self):
@@ -158,8 +293,10 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         hours = points * cores * seconds / 3600
         if hours <= cap:
             return None
-        why = (f"the validation run took {seconds:.3g} s, so the {points} points x {cores} cores need about "
-               f"{hours:.3g} core-hours, over the site's {cap:g} (sweep.max_core_hours); no other point was run")
+        why = (
+            f"the validation run took {seconds:.3g} s, so the {points} points x {cores} cores need about "
+            f"{hours:.3g} core-hours, over the site's {cap:g} (sweep.max_core_hours); no other point was run"
+        )
         self.report(why)
         return self.exit_codes.ERROR_OVER_CORE_HOURS.format(why=why)
 
@@ -180,11 +317,14 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
     def correct(self):
         self.ctx.corrections += 1
         failed = self._failed_now()
-        failures = {pid: PointResult(**orm.load_node(self.ctx.state[pid]["record"]).get_dict()).problems
-                    for pid in failed}
+        failures = {
+            pid: PointResult(**orm.load_node(self.ctx.state[pid]["record"]).get_dict()).problems for pid in failed
+        }
         first = Point(**self.ctx.points[failed[0]])
-        self.report(f"{len(failed)} point(s) failed with template {self.ctx.template_number}: their diagnostics go "
-                    f"to the agent (correction {self.ctx.corrections} of {self._sweep().corrections})")
+        self.report(
+            f"{len(failed)} point(s) failed with template {self.ctx.template_number}: their diagnostics go "
+            f"to the agent (correction {self.ctx.corrections} of {self._sweep().corrections})"
+        )
         task = correction_task(self._sweep(), first, self.ctx.template.get_content(), failures)
         self.ctx.correcting = first.id
         return ToContext(agent=self._agent(task, first, f"correct_{self.ctx.corrections}"))
@@ -194,6 +334,7 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         if not self._take_template(self.ctx.agent, self.ctx.correcting):
             self.report("the correction did not pass; the failed points stay failed")
             return
+        self._remember()
         if failed:  # the failed points run again with the corrected template, before what is still pending
             self.ctx.queues = [failed, *self.ctx.queues]
             self.ctx.launched_phase_open = False
@@ -217,8 +358,10 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         for pid in batch:
             label = f"point_{pid}_t{n}"
             jobs[f"job_{pid}"] = existing.get(label) or self._submit_point(Point(**self.ctx.points[pid]), label)
-        self.report(f"running {len(batch)} point(s) with template {n}: {', '.join(batch[:5])}"
-                    + (" ..." if len(batch) > 5 else ""))
+        self.report(
+            f"running {len(batch)} point(s) with template {n}: {', '.join(batch[:5])}"
+            + (" ..." if len(batch) > 5 else "")
+        )
         return ToContext(**jobs)
 
     def collect(self):
@@ -231,30 +374,30 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
             failure = None if job.is_finished_ok else job.exit_message or f"job {job.process_state.value}"
             self._record(pid, retrieved, LOG, failure)
         self.ctx.launched = []
+        self._remember()
 
     def _collect_pilot(self):
-        """Record the points the pilot ended; those it did not (its job died) go to a new pilot job, twice at most."""
+        """Record the points the pilot jobs ended (PilotBaseWorkChain submitted the job again while some were
+        missing); a point none of them ran is recorded as failed."""
         pilot = self.ctx.pilot
         ended = pilot.outputs.results.get_dict() if "results" in pilot.outputs else {}
         retrieved = pilot.outputs.retrieved if "retrieved" in pilot.outputs else None
-        missing = [pid for pid in self.ctx.launched if pid not in ended]
-        retry = bool(missing) and self.ctx.pilot_misses < PILOT_RESUBMITS
-        if retry:
-            self.ctx.pilot_misses += 1
-            self.report(f"the pilot job ended with {len(missing)} point(s) not run "
-                        f"({pilot.exit_message or pilot.process_state.value}); submitting it again")
-            self.ctx.queues = [missing, *self.ctx.queues]
-            self.ctx.launched_phase_open = True
         for pid in self.ctx.launched:
-            if pid in missing and retry:
-                continue
             failure = None
-            if pid in missing:
+            if pid not in ended:
                 failure = f"the pilot did not run this point ({pilot.exit_message or pilot.process_state.value})"
             elif ended[pid].get("returncode") != 0:  # None: refused by the sandbox policy with these values
                 failure = ended[pid].get("error") or f"LAMMPS exited with {ended[pid].get('returncode')}"
             self._record(pid, retrieved, f"points/{pid}/{LOG}", failure)
         self.ctx.launched = []
+        self._remember()
+
+    def _remember(self) -> None:
+        """What a later sweep of this spec reuses, and the counts `mdagent sweep status` shows: after each batch."""
+        records = {pid: {"pk": s["record"], "ok": s["ok"]} for pid, s in self.ctx.state.items()}
+        done = sum(1 for s in self.ctx.state.values() if s["ok"])
+        reuse = {"template": self.ctx.template.pk, "files": self.ctx.job_files, "records": records}
+        self.node.base.extras.set_many({REUSE: reuse, "points_done": done, "points_failed": len(records) - done})
 
     def finalize(self):
         records = {pid: orm.load_node(s["record"]) for pid, s in self.ctx.state.items()}
@@ -265,8 +408,10 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         for name, node in outputs.items():
             self.out(name, node)
         failed = [pid for pid, s in self.ctx.state.items() if not s["ok"]]
-        self.report(f"{len(records) - len(failed)} of {len(self.ctx.points)} points passed; "
-                    f"LLM calls {self.node.base.extras.get('llm_calls', 0)}")
+        self.report(
+            f"{len(records) - len(failed)} of {len(self.ctx.points)} points passed; "
+            f"LLM calls {self.node.base.extras.get('llm_calls', 0)}"
+        )
         if failed:
             return self.exit_codes.ERROR_POINTS_FAILED.format(failed=len(failed), total=len(self.ctx.points))
         return None
@@ -284,8 +429,12 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
 
     def _take_template(self, agent, pid: str) -> bool:
         """After an agent run: count its LLM calls; if it passed, its script is the template and its run the point's."""
-        attempts = [Attempt(**n.get_dict()) for n in agent.base.links.get_outgoing(
-            link_type=LinkType.RETURN, link_label_filter="attempts__%").all_nodes()]
+        attempts = [
+            Attempt(**n.get_dict())
+            for n in agent.base.links.get_outgoing(
+                link_type=LinkType.RETURN, link_label_filter="attempts__%"
+            ).all_nodes()
+        ]
         self.node.base.extras.set("llm_calls", self.node.base.extras.get("llm_calls", 0) + len(attempts))
         if not agent.is_finished_ok:
             self.report(f"the agent found no template that passes at {pid}: {agent.exit_message}")
@@ -297,8 +446,9 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         self.ctx.job_files = {}  # "files"/"potentials" -> port name -> pk: what every point's job stages
         for group in ("files", "potentials"):
             links = run.base.links.get_incoming(link_label_filter=f"lammps__{group}__%").all()
-            self.ctx.job_files[group] = {link.link_label.removeprefix(f"lammps__{group}__"): link.node.pk
-                                         for link in links}
+            self.ctx.job_files[group] = {
+                link.link_label.removeprefix(f"lammps__{group}__"): link.node.pk for link in links
+            }
         self.report(f"template {self.ctx.template_number} passed at {pid} after {len(attempts)} attempt(s)")
         self._record(pid, agent.outputs.retrieved, LOG, None)
         return True
@@ -309,9 +459,13 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         found = self._children().get(label)
         if found is None:
             point = {**self.ctx.points[pid], "template": n}
-            inputs = {"template": self.ctx.template, "point": orm.Dict(point),
-                      "observables": orm.List([o.model_dump() for o in self._sweep().observables]),
-                      "log_name": orm.Str(log_name), "metadata": {"call_link_label": label}}
+            inputs = {
+                "template": self.ctx.template,
+                "point": orm.Dict(point),
+                "observables": orm.load_node(self.ctx.observables),
+                "log_name": orm.Str(log_name),
+                "metadata": {"call_link_label": label},
+            }
             if retrieved is not None:
                 inputs["retrieved"] = retrieved
             if failure is not None:
@@ -322,8 +476,6 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
             result = found.outputs.result
         ok = result["ok"]
         self.ctx.state[pid] = {"record": result.pk, "ok": ok, "template": n}
-        done = sum(1 for s in self.ctx.state.values() if s["ok"])
-        self.node.base.extras.set_many({"points_done": done, "points_failed": len(self.ctx.state) - done})
         if not ok:
             self.report(f"point {pid} failed: {'; '.join(result['problems'][:2])}")
 
@@ -334,8 +486,10 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         try:
             record_run(record)
         except Exception as exc:  # noqa: BLE001 (the point stands; `mdagent runs index` records it again)
-            self.logger.warning(f"could not record the query fields of point {record.pk} ({exc}); "
-                                "`mdagent runs index` records them later")
+            self.logger.warning(
+                f"could not record the query fields of point {record.pk} ({exc}); "
+                "`mdagent runs index` records them later"
+            )
 
     def _failed_now(self) -> list[str]:
         """Points that failed with the current template (earlier failures were re-queued or are final)."""
@@ -347,8 +501,12 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         return {link.link_label: link.node for link in links}
 
     def _job_inputs(self, point: Point) -> dict:
-        lammps = {"code": self.inputs.agent.code, "script": self.ctx.template,
-                  "variables": orm.Dict(point.vars), "metadata": {"options": self.inputs.agent.options.get_dict()}}
+        lammps = {
+            "code": self.inputs.agent.code,
+            "script": self.ctx.template,
+            "variables": orm.Dict(point.vars),
+            "metadata": {"options": self.inputs.agent.options.get_dict()},
+        }
         for group, nodes in self.ctx.job_files.items():
             if nodes:
                 lammps[group] = {key: orm.load_node(pk) for key, pk in nodes.items()}
@@ -356,18 +514,35 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
 
     def _submit_point(self, point: Point, label: str):
         site = self.inputs.agent.site.get_dict()
-        return self.submit(LammpsJobWorkChain, lammps=self._job_inputs(point),
-                           on_failure=orm.Dict(site.get("on_failure", {})), site=orm.Str(site.get("name", "local")),
-                           metadata={"call_link_label": label})
+        return self.submit(
+            LammpsJobWorkChain,
+            lammps=self._job_inputs(point),
+            on_failure=orm.Dict(site.get("on_failure", {})),
+            site=orm.Str(site.get("name", "local")),
+            metadata={"call_link_label": label},
+        )
 
     def _submit_pilot(self, batch: list[str], label: str):
-        from aiida.plugins import CalculationFactory
+        from mdagent_hpc.workflows.pilot_job import PilotBaseWorkChain
 
-        pilot = CalculationFactory("mdagent.sweep.pilot")
-        files = {key: orm.load_node(pk) for group in ("files", "potentials")
-                 for key, pk in self.ctx.job_files[group].items()}
+        files = {
+            key: orm.load_node(pk) for group in ("files", "potentials") for key, pk in self.ctx.job_files[group].items()
+        }
         points = [{"id": pid, "vars": self.ctx.points[pid]["vars"]} for pid in batch]
+        given = self.inputs.get("pilot", {})
+        pilot = {
+            "template": self.ctx.template,
+            "files": files,
+            "points": orm.Dict({"points": points}),
+            "site": given.get("site") or orm.Str(self.inputs.agent.site.get("name", "local")),
+            "sweep_folder": self.inputs.sweep_folder,
+        }
+        if "code" in given:
+            pilot["code"] = given["code"]
         self.report(f"running {len(batch)} point(s) with template {self.ctx.template_number} in Parsl pilot jobs")
-        return self.submit(pilot, template=self.ctx.template, files=files, points=orm.Dict({"points": points}),
-                           site=orm.Str(self.inputs.agent.site.get("name", "local")),
-                           sweep_folder=self.inputs.sweep_folder, metadata={"call_link_label": label})
+        return self.submit(
+            PilotBaseWorkChain,
+            pilot=pilot,
+            max_iterations=given.get("max_iterations") or orm.Int(3),
+            metadata={"call_link_label": label},
+        )

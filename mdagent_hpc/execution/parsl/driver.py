@@ -328,11 +328,15 @@ def _lock(folder: Path):
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        # Another driver runs the sweep (one left by a sweep process that was killed): what it ends is kept in the
+        # folder, so this one waits for it and then runs only the points still missing.
         handle.seek(0)
-        raise PilotError(
+        print(
             f"another driver ({handle.read().strip() or 'unknown'}) is running the sweep in {folder}; "
-            "wait for it to end or stop it"
-        ) from None
+            "waiting for it to end",
+            flush=True,
+        )
+        fcntl.flock(handle, fcntl.LOCK_EX)
     handle.seek(0)
     handle.truncate()
     handle.write(f"{socket.gethostname()}:{os.getpid()}")

@@ -50,16 +50,23 @@ def job_folder(folder: Path, site, n: int, template: str = TEMPLATE) -> Path:
     """What PilotCalculation uploads: sweep.json and the template."""
     folder.mkdir(parents=True)
     (folder / "in.lj").write_text(template)
-    spec = {"site": site.model_dump(mode="json", exclude_unset=True), "template": "in.lj", "files": [],
-            "points": points(n)}
+    spec = {
+        "site": site.model_dump(mode="json", exclude_unset=True),
+        "template": "in.lj",
+        "files": [],
+        "points": points(n),
+    }
     (folder / "sweep.json").write_text(json.dumps(spec))
     return folder
 
 
 def start_driver(sweep: Path, job: Path) -> subprocess.Popen:
     out = open(job / "driver.out", "a")  # noqa: SIM115 (the child holds it)
-    return subprocess.Popen([sys.executable, "-m", "mdagent_hpc.execution.parsl.driver", str(sweep), "--job", str(job)],
-                            stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mdagent_hpc.execution.parsl.driver", str(sweep), "--job", str(job)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def wait_for(condition, timeout: float = 600, what: str = "condition"):
@@ -92,8 +99,11 @@ def queued(job_ids) -> set[str]:
 
 def blocks_of(sweep: Path) -> set[str]:
     """Every Slurm job that ran a point of this sweep (from the points' run counters)."""
-    return {line.split("job=")[1] for path in (sweep / "points").glob("*/runs.log")
-            for line in path.read_text().splitlines()}
+    return {
+        line.split("job=")[1]
+        for path in (sweep / "points").glob("*/runs.log")
+        for line in path.read_text().splitlines()
+    }
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -107,8 +117,10 @@ def test_the_pilot_section_is_validated_with_file_and_line(tmp_path):
     from mdagent_hpc.execution.site import SiteConfigError, load_site
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\nscheduler: pbspro\nsweep: {max_concurrent_jobs: 2}\npilot:\n  max_blocks: 3\n"
-                   "  launcher: srun\n  walltime: '1:75:00'\n  workers_per_nod: 4\n")
+    bad.write_text(
+        "name: bad\nscheduler: pbspro\nsweep: {max_concurrent_jobs: 2}\npilot:\n  max_blocks: 3\n"
+        "  launcher: srun\n  walltime: '1:75:00'\n  workers_per_nod: 4\n"
+    )
     with pytest.raises(SiteConfigError) as caught:
         load_site(bad)
     problems = "\n".join(caught.value.problems)
@@ -132,11 +144,27 @@ def test_parsl_config_follows_the_site_for_each_scheduler(tmp_path):
     from mdagent_hpc.execution.parsl.config import parsl_config
     from mdagent_hpc.execution.site import SiteConfig
 
-    slurm = SiteConfig.model_validate({
-        "name": "s", "scheduler": "slurm", "queue": "short", "account": "proj", "poll_interval": 30,
-        "resources": {"memory_mb": 4000, "walltime": "02:00:00"}, "sweep": {"max_concurrent_jobs": 4},
-        "pilot": {"init_blocks": 2, "min_blocks": 1, "max_blocks": 4, "nodes_per_block": 2, "workers_per_node": 16,
-                  "worker_init": "module load lammps", "retries": 3, "lost_after": 60}})
+    slurm = SiteConfig.model_validate(
+        {
+            "name": "s",
+            "scheduler": "slurm",
+            "queue": "short",
+            "account": "proj",
+            "poll_interval": 30,
+            "resources": {"memory_mb": 4000, "walltime": "02:00:00"},
+            "sweep": {"max_concurrent_jobs": 4},
+            "pilot": {
+                "init_blocks": 2,
+                "min_blocks": 1,
+                "max_blocks": 4,
+                "nodes_per_block": 2,
+                "workers_per_node": 16,
+                "worker_init": "module load lammps",
+                "retries": 3,
+                "lost_after": 60,
+            },
+        }
+    )
     config = parsl_config(slurm, tmp_path, python="/opt/venv/bin/python")
     executor = config.executors[0]
     provider = executor.provider
@@ -146,13 +174,19 @@ def test_parsl_config_follows_the_site_for_each_scheduler(tmp_path):
     assert provider.walltime == "02:00:00" and "#SBATCH --mem=4000M" in provider.scheduler_options
     assert provider.exclusive and provider.status_polling_interval == 30
     assert isinstance(provider.launcher, SrunLauncher)  # two nodes per block on slurm
-    assert provider.worker_init.splitlines() == ["export PATH=/opt/venv/bin:\"$PATH\"", "module load lammps"]
+    assert provider.worker_init.splitlines() == ['export PATH=/opt/venv/bin:"$PATH"', "module load lammps"]
     assert executor.max_workers_per_node == 16 and executor.heartbeat_threshold == 60
     assert config.retries == 3 and config.strategy == "htex_auto_scale"
 
-    pbs = SiteConfig.model_validate({"name": "p", "scheduler": "pbspro", "queue": "workq",
-                                     "resources": {"mpi_ranks_per_node": 8, "memory_mb": 2000},
-                                     "pilot": {"nodes_per_block": 3, "walltime": 1800}})
+    pbs = SiteConfig.model_validate(
+        {
+            "name": "p",
+            "scheduler": "pbspro",
+            "queue": "workq",
+            "resources": {"mpi_ranks_per_node": 8, "memory_mb": 2000},
+            "pilot": {"nodes_per_block": 3, "walltime": 1800},
+        }
+    )
     provider = parsl_config(pbs, tmp_path).executors[0].provider
     assert isinstance(provider, PBSProProvider)
     assert (provider.queue, provider.cpus_per_node, provider.walltime) == ("workq", 8, "00:30:00")
@@ -182,18 +216,48 @@ def test_point_command_uses_the_site_binary_or_its_image(tmp_path):
 
     binary = SiteConfig.model_validate({"name": "b", "scheduler": "slurm", "lammps": {"binary": "/opt/lmp"}})
     assert point_command(binary, tmp_path, {"T": 300, "P": 1.5}) == [
-        "/opt/lmp", "-in", "in.lammps", "-log", "log.lammps", "-nocite", "-var", "T", "300", "-var", "P", "1.5"]
-    modules = SiteConfig.model_validate({"name": "m", "scheduler": "slurm", "potentials_dir": "/sw/pot",
-                                         "lammps": {"binary": "lmp", "modules": ["lammps/2025"]}})
+        "/opt/lmp",
+        "-in",
+        "in.lammps",
+        "-log",
+        "log.lammps",
+        "-nocite",
+        "-var",
+        "T",
+        "300",
+        "-var",
+        "P",
+        "1.5",
+    ]
+    modules = SiteConfig.model_validate(
+        {
+            "name": "m",
+            "scheduler": "slurm",
+            "potentials_dir": "/sw/pot",
+            "lammps": {"binary": "lmp", "modules": ["lammps/2025"]},
+        }
+    )
     shell = point_command(modules, tmp_path, {"T": 300})
     assert shell[:2] == ["bash", "-c"] and shell[2].splitlines() == [
-        "module load lammps/2025", "export LAMMPS_POTENTIALS=/sw/pot",
-        "exec lmp -in in.lammps -log log.lammps -nocite -var T 300"]
+        "module load lammps/2025",
+        "export LAMMPS_POTENTIALS=/sw/pot",
+        "exec lmp -in in.lammps -log log.lammps -nocite -var T 300",
+    ]
     image = SiteConfig.model_validate({"name": "i", "scheduler": "slurm", "lammps": {"image": "/images/lmp.sif"}})
     command = point_command(image, tmp_path, {"T": 300})
     assert command[:5] == ["apptainer", "exec", "--containall", "--bind", str(tmp_path)]
-    assert command[-10:] == ["/images/lmp.sif", "lmp", "-in", "in.lammps", "-log", "log.lammps", "-nocite", "-var",
-                             "T", "300"]
+    assert command[-10:] == [
+        "/images/lmp.sif",
+        "lmp",
+        "-in",
+        "in.lammps",
+        "-log",
+        "log.lammps",
+        "-nocite",
+        "-var",
+        "T",
+        "300",
+    ]
 
 
 def test_values_that_would_smuggle_a_command_are_refused():
@@ -215,8 +279,16 @@ def test_a_block_just_submitted_is_pending_not_missing(slurm, tmp_path):
     from mdagent_hpc.execution.parsl.config import parsl_config
     from mdagent_hpc.execution.site import SiteConfig
 
-    site = SiteConfig.model_validate({"name": "q", "scheduler": "slurm", "queue": "debug", "poll_interval": 1,
-                                      "resources": {"memory_mb": 100, "walltime": 60}, "pilot": {"cores_per_node": 1}})
+    site = SiteConfig.model_validate(
+        {
+            "name": "q",
+            "scheduler": "slurm",
+            "queue": "debug",
+            "poll_interval": 1,
+            "resources": {"memory_mb": 100, "walltime": 60},
+            "pilot": {"cores_per_node": 1},
+        }
+    )
     provider = parsl_config(site, tmp_path).executors[0].provider
     provider.script_dir = str(tmp_path)
     job = provider.submit("sleep 30", 1)
@@ -251,11 +323,16 @@ def test_every_point_runs_once_in_slurm_blocks_and_a_second_driver_runs_nothing(
     assert pilot_progress(sweep) == {"done": 6, "running": 0, "failed": 0, "total": 6}
     assert not queued(blocks_of(sweep)), "the driver left its block in the queue"
     spans = sorted((float(runs(sweep, pid)[0].split()[0]), r["ended"]) for pid, r in results.items())
-    assert all(start >= before_end for (_, before_end), (start, _) in zip(spans, spans[1:], strict=False)), \
+    assert all(start >= before_end for (_, before_end), (start, _) in zip(spans, spans[1:], strict=False)), (
         "a block of one core ran two points at once"
+    )
 
-    again = subprocess.run([sys.executable, "-m", "mdagent_hpc.execution.parsl.driver", str(sweep), "--job", str(job)],
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.execution.parsl.driver", str(sweep), "--job", str(job)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and "6 of 6 point(s) ended before; running 0" in again.stdout
     assert all(len(runs(sweep, pid)) == 1 for pid in results)
 
@@ -338,9 +415,13 @@ def test_pilot_calculation_survives_a_daemon_restart(site, tmp_path):
     started = not get_daemon_client().is_daemon_running
     start_daemon()
     try:
-        node = submit(PilotCalculation, template=orm.SinglefileData.from_string(TEMPLATE, filename="in.lj"),
-                      points=orm.Dict({"points": points(6)}), site=orm.Str(site.name),
-                      sweep_folder=orm.Str(str(sweep)))
+        node = submit(
+            PilotCalculation,
+            template=orm.SinglefileData.from_string(TEMPLATE, filename="in.lj"),
+            points=orm.Dict({"points": points(6)}),
+            site=orm.Str(site.name),
+            sweep_folder=orm.Str(str(sweep)),
+        )
         assert node.inputs.code.computer.label == "slurm-pilot-login"
         assert node.inputs.code.computer.scheduler_type == "core.direct"
         wait_for(lambda: pilot_progress(sweep)["done"] >= 2, what="two points ending")
@@ -360,3 +441,37 @@ def test_pilot_calculation_survives_a_daemon_restart(site, tmp_path):
         assert len(runs(sweep, pid)) == 1, f"{pid} ran twice"
     assert all(ended(sweep)[pid]["ended"] == r["ended"] for pid, r in before.items()), "a point ended twice"
     assert pilot_progress(sweep) == {"done": 6, "running": 0, "failed": 0, "total": 6}
+
+
+@pytest.mark.slow
+@pytest.mark.root_only
+def test_pilot_base_workchain_submits_the_job_again_while_points_are_missing(slurm, tmp_path):
+    """Blocks that cannot start (no such partition) leave every point missing: PilotBaseWorkChain submits the pilot
+    job again on the same folder, max_iterations times, then ends with 410 and the (empty) results of the last."""
+    from mdagent_hpc.execution.profile import ensure_profile, run_here
+
+    ensure_profile()
+    from aiida import orm
+
+    from mdagent_hpc.execution.registry import add_site
+    from mdagent_hpc.workflows.pilot_job import PilotBaseWorkChain
+
+    path = tmp_path / "slurm-pilot-nowhere.yaml"
+    path.write_text(SITE.replace("name: slurm-pilot", "name: slurm-pilot-nowhere").replace("debug", "nowhere"))
+    site = add_site(path)[0]
+    sweep = tmp_path / "sweep"
+    _, node = run_here(
+        PilotBaseWorkChain,
+        pilot={
+            "template": orm.SinglefileData.from_string(TEMPLATE, filename="in.lj"),
+            "points": orm.Dict({"points": points(2)}),
+            "site": orm.Dict(site.model_dump(mode="json", exclude_unset=True)),
+            "sweep_folder": orm.Str(str(sweep)),
+        },
+        max_iterations=orm.Int(2),
+    )
+    jobs = [c for c in node.called if c.process_type == "aiida.calculations:mdagent.sweep.pilot"]
+    assert len(jobs) == 2 and all(job.exit_status == 410 for job in jobs)
+    assert all(job.inputs.sweep_folder.value == str(sweep) for job in jobs)
+    assert node.exit_status == 410 and node.exit_message.startswith("2 of 2 point(s) did not end after 2 pilot job")
+    assert node.outputs.results.get_dict() == {}

@@ -195,7 +195,11 @@ def test_a_sweep_through_parsl_pilot_jobs_on_slurm(slurm, profile, tmp_path):
     node = orm.load_node(sweep["pk"])
     check_provenance(node, spec)
     pilots = children(node, "pilot_")
-    assert pilots and all(p.process_type == "aiida.calculations:mdagent.sweep.pilot" for p in pilots.values())
+    # each batch in a PilotBaseWorkChain around one PilotCalculation (no point was missing: no second job)
+    assert pilots and all(p.process_type == "aiida.workflows:mdagent.sweep.pilot_job" for p in pilots.values())
+    assert all(
+        [c.process_type for c in p.called] == ["aiida.calculations:mdagent.sweep.pilot"] for p in pilots.values()
+    )
     assert not children(node, "point_")  # no per-point job: the pilot ran them
     ran = [pid for p in pilots.values() for pid in p.outputs.results.get_dict()]
     assert sorted(ran) == sorted(p.id for p in expand(spec)[1:])  # each point once; the first probe in the agent run

@@ -8,7 +8,7 @@ first use, so `import mdagent_hpc` stays fast:
 
 __version__ = "0.1.0"
 
-_API = ("MDAgentError", "check", "diff_runs", "evaluate", "find_potentials", "find_runs", "get_run", "index_runs",
+_API = ("MDAgentError", "cancel", "check", "diff_runs", "evaluate", "find_potentials", "find_runs", "get_run", "index_runs",
         "list_runs", "load_profile", "load_request", "make_request", "plot_run", "query_runs", "run", "submit",
         "export_sweep", "get_sweep", "list_sweeps", "load_sweep_spec", "plan_sweep", "propose_sweep", "sweep")
 _MODELS = ("Attempt", "Diagnostic", "Evaluation", "Finding", "Job", "Limits", "LoopPolicy", "PreflightReport",

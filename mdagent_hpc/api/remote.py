@@ -1,9 +1,7 @@
-"""The client side of `mdagent server`: when MDAGENT_SERVER is set, the API functions go through the server.
-
-`mdagent_hpc.api` hands each function named in `REMOTE` to the function of the same name here whenever
-MDAGENT_SERVER is set (checked on every call), so the CLI and Python callers need no change. The key is
-MDAGENT_API_KEY, else the file MDAGENT_API_KEY_FILE, else ~/.config/mdagent/key. A refusal from the server
-(no key, another user's run, a quota) is an `MDAgentError` with the server's sentence: the CLI prints it, exit 2.
+"""The API's backend through a shared server (`mdagent server`): the same functions as `local.py`, each one HTTP
+request with the user's key. `mdagent_hpc.api` calls these when MDAGENT_SERVER is set (checked on every call). The key
+is MDAGENT_API_KEY, else the file MDAGENT_API_KEY_FILE, else ~/.config/mdagent/key. A refusal from the server (no key,
+a run you may not read, a quota) is an `MDAgentError` with the server's sentence: the CLI prints it, exit 2.
 """
 
 from __future__ import annotations
@@ -17,25 +15,8 @@ from typing import Any
 
 import httpx
 
-from mdagent_hpc.api import MDAgentError, make_request
+from mdagent_hpc.errors import MDAgentError
 
-REMOTE = (
-    "run",
-    "submit",
-    "get_run",
-    "list_runs",
-    "find_runs",
-    "diff_runs",
-    "plot_run",
-    "index_runs",
-    "plan_sweep",
-    "sweep",
-    "get_sweep",
-    "list_sweeps",
-    "export_sweep",
-    "load_profile",
-    "cancel",
-)
 POLL_SECONDS = 1.0
 API = "/api/v1"
 
@@ -131,26 +112,20 @@ def load_profile():
     return None
 
 
-def submit(task, *, site=None, model=None, max_attempts=None):
-
-    request = make_request(task, site=site, model=model, max_attempts=max_attempts)
+def submit(request):
     if request.answers:
         raise MDAgentError("a request with recorded answers runs only in your own process; unset MDAGENT_SERVER")
     done = call("POST", "/runs", json={"request": request.model_dump(mode="json")})
     return get_run(done["pk"])
 
 
-def run(task, *, site=None, model=None, max_attempts=None, answers=None):
+def run(request):
     """Submit through the server and wait for the end, showing the run's progress on stderr."""
-    if answers:
-        raise MDAgentError("a request with recorded answers runs only in your own process; unset MDAGENT_SERVER")
-    submitted = submit(task, site=site, model=model, max_attempts=max_attempts)
-    return wait(submitted.pk)
+    return wait(submit(request).pk)
 
 
 def wait(pk: int):
     from rich.console import Console
-
 
     console = Console(stderr=True)
     cancelled = False
@@ -174,11 +149,11 @@ def wait(pk: int):
                 print(f"Ctrl-C: {said} (Ctrl-C again stops waiting)", file=sys.stderr)
 
 
-def cancel(pk) -> str:
+def cancel(pk, by=None) -> str:  # the server knows who asks: the key's user
     return call("POST", f"/runs/{pk}/cancel")["message"]
 
 
-def get_run(pk):
+def get_run(pk, caller=None):  # the caller is the key's user
     return on_server(call("GET", f"/runs/{pk}"))
 
 
@@ -193,7 +168,7 @@ def on_server(found: dict):
     return run
 
 
-def list_runs(limit=20, *, verdict=None, site=None, task_contains=None):
+def list_runs(limit, verdict, site, task_contains, caller=None):
 
     params = {
         k: v
@@ -203,7 +178,7 @@ def list_runs(limit=20, *, verdict=None, site=None, task_contains=None):
     return [on_server(r) for r in call("GET", "/runs", params=params)]
 
 
-def find_runs(**filters) -> list[dict]:
+def find_runs(filters: dict) -> list[dict]:
     return call("POST", "/query", json={"filters": {k: _jsonable(v) for k, v in filters.items()}})
 
 
@@ -215,17 +190,17 @@ def _jsonable(value):
     return value
 
 
-def diff_runs(a, b) -> dict:
+def diff_runs(a, b, caller=None) -> dict:
     return call("GET", "/diff", params={"a": str(a), "b": str(b)})
 
 
-def plot_run(run, out=None) -> Path:
+def plot_run(run, out=None, caller=None) -> Path:
     path = Path(out) if out else Path(f"run-{str(run).replace(':', '-')}.png")
     path.write_bytes(call("GET", f"/runs/{run}/plot", raw=True))
     return path
 
 
-def index_runs(redo=False, progress=None):
+def index_runs(redo=False, progress=None):  # noqa: ARG001 (the local signature)
     raise MDAgentError("`runs index` is for the server's admin: run it on the server without MDAGENT_SERVER")
 
 
@@ -235,19 +210,7 @@ def plan_sweep(spec):
     return SweepPlan.model_validate(call("POST", "/sweeps/plan", json={"spec": spec.model_dump(mode="json")}))
 
 
-def sweep(spec, *, site=None, daemon=False):
-    """A sweep through the server (a plain-language study is turned into a spec here, with your LLM settings)."""
-    from mdagent_hpc import api
-    from mdagent_hpc.sweep.spec import SweepSpec
-
-    if isinstance(spec, Path) or (isinstance(spec, str) and spec.endswith((".yaml", ".yml"))):
-        spec = api.load_sweep_spec(spec)
-    elif isinstance(spec, str):
-        spec = api.propose_sweep(spec, site=site)
-    elif not isinstance(spec, SweepSpec):
-        raise MDAgentError(f"a sweep is a SweepSpec, a spec file or a sentence, not {type(spec).__name__}")
-    if site is not None:
-        spec = spec.model_copy(update={"site": site})
+def sweep(spec, daemon=False):
     done = call("POST", "/sweeps", json={"spec": spec.model_dump(mode="json")})
     found = get_sweep(done["pk"])
     while not daemon and found.verdict == "running":
@@ -256,19 +219,19 @@ def sweep(spec, *, site=None, daemon=False):
     return found
 
 
-def get_sweep(pk):
+def get_sweep(pk, caller=None):
     from mdagent_hpc.sweep.results import SweepRun
 
     return SweepRun.model_validate(call("GET", f"/sweeps/{pk}"))
 
 
-def list_sweeps(limit=20):
+def list_sweeps(limit=20, caller=None):
     from mdagent_hpc.sweep.results import SweepRun
 
     return [SweepRun.model_validate(s) for s in call("GET", "/sweeps", params={"limit": limit})]
 
 
-def export_sweep(pk, folder=None) -> dict[str, str]:
+def export_sweep(pk, folder=None, caller=None) -> dict[str, str]:
     """The sweep's table and plot from the server, written to `folder` (default: ./sweep-PK)."""
     folder = (Path(folder) if folder else Path(f"sweep-{pk}")).resolve()
     folder.mkdir(parents=True, exist_ok=True)

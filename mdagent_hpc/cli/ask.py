@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, out, status
+from mdagent_hpc.cli.options import json_option
 
 STYLE_KINDS = ("atom", "pair", "bond", "angle", "dihedral", "kspace", "fix", "compute", "minimize", "dump")
 
@@ -13,7 +14,7 @@ STYLE_KINDS = ("atom", "pair", "bond", "angle", "dihedral", "kspace", "fix", "co
 @click.argument("question")
 @click.option("--model", help="model name (default: MDAGENT_LLM_MODEL, else the first the server lists)")
 @click.option("--max-tokens", type=click.IntRange(16, 8192), default=1024, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="print the answer as JSON")
+@json_option("the answer")
 def ask(question, model, max_tokens, as_json) -> None:
     """Answer QUESTION through the same endpoint the agent uses; the prompt carries this LAMMPS's version,
     packages, styles and the potential files for the elements the question names."""

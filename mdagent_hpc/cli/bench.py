@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, err, out
+from mdagent_hpc.cli.options import json_option
 
 
 @click.group(short_help="Benchmark a model: code generation, Q&A, compare.")
@@ -81,7 +82,7 @@ def _bench_errors():
 @click.option("--name", help="the benchmark run's name (default: FILE's stem and the model); the same name resumes")
 @click.option("--replay", is_flag=True, help="replay each task's recorded `answers` instead of asking an endpoint")
 @click.option("--judge", is_flag=True, help="also score the final scripts against the references with the LLM judge")
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@json_option("the result")
 def codegen(file, model, k, loop, max_attempts, concurrency, name, replay, judge, as_json) -> None:
     """Run every task of FILE (MD-EvalBench's code-generation JSON, or JSONL of {task, reference?}) through the
     system: Exec-Success@k, success with the correction loop, attempts, grade, reward, tokens and time per task."""
@@ -157,7 +158,7 @@ def codegen(file, model, k, loop, max_attempts, concurrency, name, replay, judge
 )
 @click.option("--name", help="the benchmark run's name (default: FILE's stem and the model); the same name resumes")
 @click.option("--judge/--no-judge", default=True, show_default=True, help="score open answers with the LLM judge")
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@json_option("the result")
 def qa(file, model, concurrency, name, judge, as_json) -> None:
     """Ask every question of FILE (JSONL: id, type, question, options, answer, answer_text, difficulty, tags):
     exact scoring of choices, normalised matching of fill-blanks, the judge for open answers; by type, difficulty
@@ -206,7 +207,7 @@ def qa(file, model, concurrency, name, judge, as_json) -> None:
 @click.argument("first")
 @click.argument("second")
 @click.option("--plot", type=click.Path(path_type=Path), help="where to write the PNG (default: A-vs-B.png here)")
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@json_option("the result")
 def compare(first, second, plot, as_json) -> None:
     """Benchmark runs FIRST and SECOND (names from `mdagent bench list`) per task or question and in total."""
     from mdagent_hpc.workflows import bench as runs
@@ -237,7 +238,7 @@ def compare(first, second, plot, as_json) -> None:
 
 
 @bench.command("list", short_help="The benchmark runs kept in provenance.")
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@json_option("the result")
 def list_(as_json) -> None:
     """Every benchmark run (its group, kind, members and settings)."""
     from mdagent_hpc.workflows import bench as runs

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, out, status
+from mdagent_hpc.cli.options import json_option
 
 
 def example_path(name: str) -> Path:
@@ -31,7 +32,7 @@ def example_path(name: str) -> Path:
 @click.option("--strict", is_flag=True, help="warnings fail too")
 @click.option("--max-atoms", type=int, help="atom limit for the policy")
 @click.option("--max-steps", type=int, help="step limit for the policy")
-@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@json_option("the report")
 def check(script, example, run_dir, no_dry_run, strict, max_atoms, max_steps, as_json) -> None:
     """Preflight SCRIPT: parse, sandbox policy, potentials, static checks and a `lmp -skiprun` dry run."""
     from mdagent_hpc import api
@@ -43,19 +44,22 @@ def check(script, example, run_dir, no_dry_run, strict, max_atoms, max_steps, as
     if script is None:
         raise UserError("give a script to check, e.g. `mdagent check in.melt` or `mdagent check --example melt`")
     with status("preflight: parse, policy, potentials, dry run ...", quiet=as_json):
-        report = api.check(script, run_dir=run_dir, dry_run=not no_dry_run, max_atoms=max_atoms,
-                           max_steps=max_steps)
+        report = api.check(script, run_dir=run_dir, dry_run=not no_dry_run, max_atoms=max_atoms, max_steps=max_steps)
     failed = not report.ok or (strict and any(d.severity == Severity.WARNING for d in report.diagnostics))
     if as_json:
         emit_json(report.model_dump(mode="json"))
     else:
         print_diagnostics(report.diagnostics)
         for p in report.potentials:
-            out().print(f"potential {p.name} ({p.pair_style}, {' '.join(p.elements)}) <- {p.source}: "
-                        f"{p.resolved} md5 {p.md5}", highlight=False)
+            out().print(
+                f"potential {p.name} ({p.pair_style}, {' '.join(p.elements)}) <- {p.source}: {p.resolved} md5 {p.md5}",
+                highlight=False,
+            )
         verdict = "[bold red]FAILED[/]" if failed else "[bold green]OK[/]"
         dry = f", dry run {report.skiprun_seconds:.2f} s" if report.skiprun_seconds is not None else ""
-        out().print(f"{verdict} {report.script}: {sum(d.severity == Severity.ERROR for d in report.diagnostics)} "
-                    f"error(s), {sum(d.severity == Severity.WARNING for d in report.diagnostics)} warning(s) "
-                    f"in {report.seconds:.2f} s{dry}")
+        out().print(
+            f"{verdict} {report.script}: {sum(d.severity == Severity.ERROR for d in report.diagnostics)} "
+            f"error(s), {sum(d.severity == Severity.WARNING for d in report.diagnostics)} warning(s) "
+            f"in {report.seconds:.2f} s{dry}"
+        )
     sys.exit(1 if failed else 0)

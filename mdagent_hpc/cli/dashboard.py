@@ -29,7 +29,8 @@ DEFAULT_PORT = 8766  # not `mdagent server serve`'s 8765: both may run on one ma
 def dashboard(host, port, allow_remote) -> None:
     """Serve the runs (with filters), each run's attempts (script diffs, diagnostics, evaluation, thermo plots),
     sweeps and the work running now, at http://HOST:PORT until Ctrl-C."""
-    from mdagent_hpc import api, remote
+    from mdagent_hpc import api
+    from mdagent_hpc.api import remote
     from mdagent_hpc.dashboard.app import LOCAL_NAMES
 
     through_server = remote.server_url() is not None

@@ -8,12 +8,13 @@ from pathlib import Path
 import click
 
 from mdagent_hpc.cli.main import emit_json
+from mdagent_hpc.cli.options import json_option
 
 
 @click.command(short_help="Judge a finished LAMMPS run from its log.")
 @click.argument("log", type=click.Path(path_type=Path))
 @click.option("--script", type=click.Path(path_type=Path), help="the input script, for thermostat targets")
-@click.option("--json", "as_json", is_flag=True, help="print the evaluation as JSON")
+@json_option("the evaluation")
 def evaluate(log, script, as_json) -> None:
     """Judge a finished LAMMPS run from its LOG: completion, errors, stability, targets, drift."""
     from mdagent_hpc import api

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, err, out
+from mdagent_hpc.cli.options import json_option
 
 
 @click.group(short_help="Export recorded runs as training data.")
@@ -38,7 +39,7 @@ def export() -> None:
     help="share of tasks held out in test (by task, never split across)",
 )
 @click.option("--bench", "bench_name", help="only the runs of this benchmark run (`mdagent bench list`)")
-@click.option("--json", "as_json", is_flag=True, help="print what was written as JSON")
+@json_option("what was written")
 def trajectories(fmt, folder, test_fraction, bench_name, as_json, **filters) -> None:
     """Every attempt of the runs matching the filters (those of `mdagent runs query`): the prompt messages, the
     completion, the reward and the diagnostics; deduplicated, with a held-out split by task."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, out, status
+from mdagent_hpc.cli.options import json_option
 
 
 @click.group(short_help="Container images of LAMMPS.")
@@ -33,7 +34,7 @@ def image() -> None:
     show_default=True,
     help="seconds for each `apptainer exec` (a URI's first run downloads the image)",
 )
-@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@json_option("the report")
 def check(
     image_ref: str, runtime_name: str, apptainer: str, ch_run: str, executable: str, timeout: float, as_json: bool
 ) -> None:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, err, out, status
+from mdagent_hpc.cli.options import json_option
 
 
 @click.group(short_help="The LLM endpoint: check it; serve a model as a cluster job.")
@@ -17,7 +18,7 @@ def llm() -> None:
 @llm.command("check")
 @click.option("--model", help="the model to try (default: MDAGENT_LLM_MODEL, else the first the server lists)")
 @click.option("--timeout", type=click.FloatRange(min=0.1), help="seconds for each request (default: the setting)")
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@json_option("the result")
 def check(model, timeout, as_json) -> None:
     """Reach the configured endpoint: list its models and ask for one tiny chat completion, each timed."""
     from mdagent_hpc.llm import LLMError, check_endpoint, load_llm_settings
@@ -113,7 +114,7 @@ def _public(endpoint) -> dict:
     help="seconds to wait for the server to answer",
 )
 @click.option("--dry-run", is_flag=True, help="print the job script and submit nothing")
-@click.option("--json", "as_json", is_flag=True, help="print the endpoint as JSON")
+@json_option("the endpoint")
 def serve(site_name, model, gpus, hours, name, timeout, dry_run, as_json) -> None:
     """Submit a job that runs `vllm serve MODEL` on SITE, wait until it answers, and register it: `mdagent run`
     then uses it without configuration (unless MDAGENT_LLM_BASE_URL or config.yaml name another endpoint)."""
@@ -173,7 +174,7 @@ def serve(site_name, model, gpus, hours, name, timeout, dry_run, as_json) -> Non
 
 @llm.command("list", short_help="The endpoints `llm serve` started, checked against their jobs.")
 @click.option("--all", "show_all", is_flag=True, help="also the ended and stopped ones")
-@click.option("--json", "as_json", is_flag=True, help="print the endpoints as JSON")
+@json_option("the endpoints")
 def list_endpoints(show_all, as_json) -> None:
     """The registered endpoints; each live one is checked against its job (an ended job is noticed and said)."""
     from rich.table import Table
@@ -204,7 +205,7 @@ def list_endpoints(show_all, as_json) -> None:
 
 @llm.command("status", short_help="One endpoint: its job, its server, its model.")
 @click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True, help="print the endpoint as JSON")
+@json_option("the endpoint")
 def status_endpoint(name, as_json) -> None:
     """NAME's job and server (default: the endpoint runs use). Exit 0 when it answers, 1 when not (yet)."""
     endpoint = _refresh(_endpoint(name))

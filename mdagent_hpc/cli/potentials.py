@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mdagent_hpc.cli.main import emit_json, out
+from mdagent_hpc.cli.options import json_option
 
 
 @click.group(short_help="Potential files available here.")
@@ -18,7 +19,7 @@ def potentials() -> None:
 @potentials.command("find")
 @click.argument("elements", nargs=-1, required=True)
 @click.option("--style", help="pair style, e.g. eam/alloy, tersoff, meam")
-@click.option("--json", "as_json", is_flag=True, help="print matches as JSON")
+@json_option("matches")
 def find(elements, style, as_json) -> None:
     """Potential files covering all ELEMENTS (e.g. `mdagent potentials find Cu Ni --style eam/alloy`)."""
     from rich.table import Table
@@ -34,6 +35,8 @@ def find(elements, style, as_json) -> None:
             table.add_row(m.name, " ".join(m.styles) or "?", " ".join(m.elements), str(Path(m.path).parent), m.md5[:12])
         out().print(table)
     else:
-        out().print(f"no potential file covers {' '.join(elements)}{' for ' + style if style else ''}; "
-                    "try without --style, or put a file in the run folder or MDAGENT_SITE_POTENTIALS")
+        out().print(
+            f"no potential file covers {' '.join(elements)}{' for ' + style if style else ''}; "
+            "try without --style, or put a file in the run folder or MDAGENT_SITE_POTENTIALS"
+        )
     sys.exit(0 if matches else 1)

@@ -13,16 +13,20 @@ STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: 
 # unit styles that have named ones (lj is reduced: no units). `--json` has every observable.
 QUANTITIES = ("temp", "press", "toteng", "pe", "ke", "vol", "density")
 ENERGY = ("toteng", "pe", "ke")
-UNITS = {"metal": {"temp": "K", "press": "bar", "energy": "eV", "vol": "Å³", "density": "g/cm³"},
-         "real": {"temp": "K", "press": "atm", "energy": "kcal/mol", "vol": "Å³", "density": "g/cm³"},
-         "si": {"temp": "K", "press": "Pa", "energy": "J", "vol": "m³", "density": "kg/m³"}}
+UNITS = {
+    "metal": {"temp": "K", "press": "bar", "energy": "eV", "vol": "Å³", "density": "g/cm³"},
+    "real": {"temp": "K", "press": "atm", "energy": "kcal/mol", "vol": "Å³", "density": "g/cm³"},
+    "si": {"temp": "K", "press": "Pa", "energy": "J", "vol": "m³", "density": "kg/m³"},
+}
 
 
 def print_diagnostics(diags: list[Diagnostic], indent: str = "") -> None:
     for d in diags:
         where = f"{d.file or ''}:{d.line}" if d.line else (d.file or "")
-        out().print(f"{indent}[{STYLE[d.severity]}]{d.severity.value:7}[/] {where:18} [dim]{d.code}[/] {d.message}",
-                    highlight=False)
+        out().print(
+            f"{indent}[{STYLE[d.severity]}]{d.severity.value:7}[/] {where:18} [dim]{d.code}[/] {d.message}",
+            highlight=False,
+        )
         if d.command:
             out().print(f"{indent}        [dim]> {d.command[:160]}[/]", highlight=False)
         if d.hint:
@@ -60,8 +64,10 @@ def format_observables(observables: dict[str, float], units: str | None = None) 
 def print_observables(evaluation: Evaluation | None) -> None:
     if evaluation is not None and evaluation.observables:
         units = evaluation.summary.get("units")
-        out().print(f"observables{f' ({units} units)' if units else ''}: "
-                    f"{format_observables(evaluation.observables, units)}", highlight=False)
+        out().print(
+            f"observables{f' ({units} units)' if units else ''}: {format_observables(evaluation.observables, units)}",
+            highlight=False,
+        )
 
 
 def print_run(run: Run) -> None:
@@ -71,8 +77,9 @@ def print_run(run: Run) -> None:
     for attempt in run.attempts:
         out().rule(f"attempt {attempt.number}: reached {attempt.stage.value}")
         if attempt.script and previous:
-            diff = difflib.unified_diff(previous.splitlines(), attempt.script.splitlines(), "previous", "this",
-                                        lineterm="")
+            diff = difflib.unified_diff(
+                previous.splitlines(), attempt.script.splitlines(), "previous", "this", lineterm=""
+            )
             out().print("\n".join(diff) or "(same script)", highlight=False)
         elif attempt.script:
             out().print(attempt.script, highlight=False)
@@ -83,8 +90,9 @@ def print_run(run: Run) -> None:
     grade = f", grade {run.evaluation.grade.value} (reward {run.evaluation.reward:.2f})" if run.evaluation else ""
     reason = f": {run.exit_message}" if run.exit_message and verdict != "passed" else ""
     print_observables(run.evaluation)
-    out().print(f"[bold {color}]{verdict}[/]{grade} after {len(run.attempts)} attempt(s){reason}; pk {run.pk}",
-                highlight=False)
+    out().print(
+        f"[bold {color}]{verdict}[/]{grade} after {len(run.attempts)} attempt(s){reason}; pk {run.pk}", highlight=False
+    )
 
 
 def print_attempt_outcome(attempt: Attempt) -> None:
@@ -124,11 +132,17 @@ def run_json(run: Run) -> dict:
             step["generate"] = {"pk": nodes["generate"]}
         if "preflight" in nodes:
             blocked = attempt.stage in (Stage.PREFLIGHT, Stage.DRY_RUN)
-            step["preflight"] = {"pk": nodes["preflight"], "ok": not blocked,
-                                 "diagnostics": step["diagnostics"] if blocked else []}
+            step["preflight"] = {
+                "pk": nodes["preflight"],
+                "ok": not blocked,
+                "diagnostics": step["diagnostics"] if blocked else [],
+            }
         if "run" in nodes:
-            step["run"] = {"pk": nodes["run"], "exit_status": attempt.job.exit_status if attempt.job else None,
-                           "workdir": attempt.job.workdir if attempt.job else None}
+            step["run"] = {
+                "pk": nodes["run"],
+                "exit_status": attempt.job.exit_status if attempt.job else None,
+                "workdir": attempt.job.workdir if attempt.job else None,
+            }
         if step.get("evaluation") is not None and "evaluate" in nodes:
             step["evaluation"]["pk"] = nodes["evaluate"]
     return data
@@ -136,7 +150,18 @@ def run_json(run: Run) -> dict:
 
 def runs_rows(runs: list[Run]) -> list[dict]:
     """`runs --json`: one row per run."""
-    return [{"pk": r.pk, "task": r.task, "verdict": r.verdict,
-             "grade": r.evaluation.grade.value if r.evaluation else None, "attempts": len(r.attempts),
-             "site": r.site, "ctime": r.ctime, "seconds": r.seconds, "observables": r.observables,
-             "units": r.evaluation.summary.get("units") if r.evaluation else None} for r in runs]
+    return [
+        {
+            "pk": r.pk,
+            "task": r.task,
+            "verdict": r.verdict,
+            "grade": r.evaluation.grade.value if r.evaluation else None,
+            "attempts": len(r.attempts),
+            "site": r.site,
+            "ctime": r.ctime,
+            "seconds": r.seconds,
+            "observables": r.observables,
+            "units": r.evaluation.summary.get("units") if r.evaluation else None,
+        }
+        for r in runs
+    ]

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, err, out, status
+from mdagent_hpc.cli.options import SITE, json_option
 
 DEMO_TASK = "Heat a small Cu crystal with EAM to 800 K in NVT and report its temperature"
 DEMO_ANSWERS = ("wrong-potential.lammps", "lost-atoms.lammps", "good.lammps")
@@ -21,11 +22,11 @@ DEMO_ANSWERS = ("wrong-potential.lammps", "lost-atoms.lammps", "good.lammps")
     type=click.Path(path_type=Path),
     help="a request file (YAML: task, site, model, loop, limits, answers), e.g. workflows/requests/NAME.yaml",
 )
-@click.option("--site", "site_name", help="where LAMMPS runs (`mdagent site list`; default: this machine)")
+@SITE
 @click.option("--daemon", is_flag=True, help="submit to the AiiDA daemon and return at once")
 @click.option("--max-attempts", type=click.IntRange(1, 50), help="at most this many attempts  [default: 5]")
 @click.option("--model", help="model name (default: MDAGENT_LLM_MODEL, else the first the server lists)")
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@json_option("the result")
 def run(task, request_file, site_name, daemon, max_attempts, model, as_json) -> None:
     """Generate, check, run and evaluate LAMMPS for TASK (or the request in --file), correcting until it passes."""
     from mdagent_hpc import api
@@ -41,7 +42,7 @@ def run(task, request_file, site_name, daemon, max_attempts, model, as_json) -> 
 
 
 @click.command(short_help="The whole loop with a replayed model (no endpoint).")
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@json_option("the result")
 def demo(as_json) -> None:
     """The whole loop with a replayed model: a wrong potential file, then lost atoms, then a good script.
 
@@ -76,7 +77,7 @@ def launch(request, *, daemon: bool, as_json: bool) -> None:
         if as_json:
             emit_json({"pk": submitted.pk, "uuid": submitted.uuid, "state": "submitted"})
         else:
-            from mdagent_hpc.remote import server_url
+            from mdagent_hpc.api.remote import server_url
 
             daemon_hint = "it runs on the server" if server_url() else "`mdagent daemon status` shows the daemon"
             out().print(

@@ -6,11 +6,12 @@ from __future__ import annotations
 import click
 
 from mdagent_hpc.cli.main import emit_json, out
+from mdagent_hpc.cli.options import json_option
 
 
 @click.command(short_help="One run, attempt by attempt, with its observables.")
 @click.argument("pk", type=int)
-@click.option("--json", "as_json", is_flag=True, help="print the run as JSON")
+@json_option("the run")
 def show(pk, as_json) -> None:
     """The story of one run: the task, each attempt's script diff, diagnostics and evaluation, the observables."""
     from mdagent_hpc import api
@@ -28,7 +29,7 @@ def show(pk, as_json) -> None:
 @click.option("--verdict", type=click.Choice(["running", "passed", "failed"]), help="only runs with this verdict")
 @click.option("--site", help="only runs on this site")
 @click.option("--task", "task_contains", help="only runs whose task contains this text")
-@click.option("--json", "as_json", is_flag=True, help="print the runs as JSON")
+@json_option("the runs")
 @click.pass_context
 def runs(ctx, limit, verdict, site, task_contains, as_json) -> None:
     """Recent agent runs: task, verdict, grade, attempts, final temperature, time.
@@ -118,7 +119,7 @@ def _many(ctx, param, values):  # noqa: ARG001 (click's callback signature)
     help="ctime, pk, reward, attempts, seconds, obs.NAME, param.NAME; a leading - sorts descending",
 )
 @click.option("--limit", type=int, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
+@json_option("the rows")
 @click.option("--csv", "as_csv", is_flag=True, help="print the rows as CSV (observables as obs.NAME columns)")
 def query(as_json, as_csv, **filters) -> None:
     """Past runs that match every filter given, newest first (or as --sort says), at most --limit."""
@@ -189,7 +190,7 @@ def _hint_unindexed(filters: dict) -> None:
 @runs.command(short_help="Two runs, or two attempts, side by side.")
 @click.argument("a")
 @click.argument("b")
-@click.option("--json", "as_json", is_flag=True, help="print the comparison as JSON")
+@json_option("the comparison")
 def diff(a, b, as_json) -> None:
     """Compare A and B: a run (PK: its passed or last attempt) or one attempt (PK:N). Prints the script diff,
     the settings that differ and the observables side by side."""
@@ -248,7 +249,7 @@ def _escape(text: str) -> str:
 
 @runs.command(short_help="Record the query fields of older runs.")
 @click.option("--all", "redo", is_flag=True, help="record every finished run again, not only those without fields")
-@click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
+@json_option("the counts")
 def index(redo, as_json) -> None:
     """Back-fill: record what `runs query` filters on for finished runs that do not have it yet (runs made before
     this version, or whose recording failed). On a PostgreSQL profile, also make the indexes queries use."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, err, out
+from mdagent_hpc.cli.options import json_option
 
 
 def find_site(name: str):
@@ -49,7 +50,7 @@ def add(file) -> None:
 
 
 @site.command("list", short_help="The site configs found.")
-@click.option("--json", "as_json", is_flag=True, help="print the sites as JSON")
+@json_option("the sites")
 def list_sites(as_json) -> None:
     """The site configs found (your folder, MDAGENT_SITE_CONFIGS, the bundled ones), first one of a name wins."""
     from rich.table import Table
@@ -61,9 +62,17 @@ def list_sites(as_json) -> None:
     for name, path in sorted(site_files().items()):
         try:
             config = load_site(path)
-            rows.append({"name": name, "scheduler": config.scheduler, "transport": config.transport.type,
-                         "host": config.transport.host or "localhost",
-                         "lammps": config.lammps.image or config.lammps.binary, "path": str(path), "problem": None})
+            rows.append(
+                {
+                    "name": name,
+                    "scheduler": config.scheduler,
+                    "transport": config.transport.type,
+                    "host": config.transport.host or "localhost",
+                    "lammps": config.lammps.image or config.lammps.binary,
+                    "path": str(path),
+                    "problem": None,
+                }
+            )
         except SiteConfigError as exc:
             rows.append({"name": name, "path": str(path), "problem": exc.problems[0]})
     if as_json:
@@ -80,7 +89,7 @@ def list_sites(as_json) -> None:
 
 @site.command("test", short_help="Connect, submit a 1-step job, read it back, timed.")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="print the stages as JSON")
+@json_option("the stages")
 def probe(name, as_json) -> None:
     """Connect to site NAME, query its scheduler, run a 1-step LAMMPS job and read it back, timing each stage."""
     from mdagent_hpc import api
@@ -101,15 +110,25 @@ def probe(name, as_json) -> None:
         emit_json({"site": name, "ok": ok, "stages": [vars(s) for s in stages]})
     else:
         total = sum(s.seconds for s in stages)
-        out().print(f"{'[bold green]site ' + name + ' works[/]' if ok else '[bold red]site ' + name + ' failed[/]'} "
-                    f"in {total:.1f} s", highlight=False)
+        out().print(
+            f"{'[bold green]site ' + name + ' works[/]' if ok else '[bold red]site ' + name + ' failed[/]'} "
+            f"in {total:.1f} s",
+            highlight=False,
+        )
     sys.exit(0 if ok else 1)
 
 
 def _with_progress(stages):
     """Show a spinner while each stage runs (submitting and waiting for a job can take a while)."""
-    names = iter(["creating the AiiDA computer and code", "connecting", "asking the scheduler",
-                  "running a 1-step LAMMPS job", "reading it back"])
+    names = iter(
+        [
+            "creating the AiiDA computer and code",
+            "connecting",
+            "asking the scheduler",
+            "running a 1-step LAMMPS job",
+            "reading it back",
+        ]
+    )
     while True:
         with err().status(f"{next(names, 'working')} ...", spinner="dots"):
             stage = next(stages, None)

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from mdagent_hpc.cli.main import UserError, emit_json, out, status
+from mdagent_hpc.cli.options import json_option
 
 
 @click.command(
@@ -41,7 +42,7 @@ def daemon() -> None:
 
 def not_remote(what: str) -> None:
     """With MDAGENT_SERVER set the profile and its daemon are the server's: one sentence, no traceback."""
-    from mdagent_hpc.remote import server_url
+    from mdagent_hpc.api.remote import server_url
 
     if url := server_url():
         raise UserError(
@@ -61,7 +62,7 @@ def _client():
 
 
 @daemon.command("status")
-@click.option("--json", "as_json", is_flag=True, help="print the status as JSON")
+@json_option("the status")
 def daemon_status(as_json) -> None:
     """Whether the daemon runs, its pid and workers, and the agent runs it holds."""
     client = _client()  # loads the profile before anything of AiiDA is imported

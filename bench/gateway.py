@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -79,7 +79,7 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def chat(client: httpx.AsyncClient, url: str, key: str, body: dict) -> tuple[int, float, float]:
+async def chat(client: httpx2.AsyncClient, url: str, key: str, body: dict) -> tuple[int, float, float]:
     """One chat completion: (streamed chunks (1 for a non-streaming answer), seconds to the first chunk, in all)."""
     headers = {"authorization": f"Bearer {key}"}
     start = time.perf_counter()
@@ -101,7 +101,7 @@ async def chat(client: httpx.AsyncClient, url: str, key: str, body: dict) -> tup
 
 async def latency(targets: dict[str, tuple[str, str]], body: dict, n: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in targets}
-    async with httpx.AsyncClient(timeout=120, trust_env=False) as client:
+    async with httpx2.AsyncClient(timeout=120, trust_env=False) as client:
         for url, key in targets.values():  # warm-up: connections, caches
             for _ in range(5):
                 await chat(client, url, key, body)
@@ -132,8 +132,8 @@ class Streams:
 
 
 async def throughput(url: str, key: str, body: dict, concurrency: int, rounds: int) -> Streams:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=600, trust_env=False, limits=limits) as client:
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx2.AsyncClient(timeout=600, trust_env=False, limits=limits) as client:
         warm = await asyncio.gather(*(chat(client, url, key, body) for _ in range(concurrency)))  # connections
         left = concurrency * rounds
         run = Streams(0.0, 0, [], [], sum(chunks for chunks, _, _ in warm))
@@ -199,7 +199,7 @@ def main() -> None:
         procs.append(proc)
         model = (
             args.model
-            or httpx.get(
+            or httpx2.get(
                 f"{upstream}/models", headers={"authorization": f"Bearer {upstream_key}"}, trust_env=False
             ).json()["data"][0]["id"]
         )

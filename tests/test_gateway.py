@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from vllm_like import VLLMLikeServer
 
@@ -186,7 +186,7 @@ def start_gateway(tmp: Path, env: dict, upstream: str, *extra: str) -> Gateway:
             try:
                 if HTTP.get(url + "/health", timeout=1).status_code == 200:
                     return Gateway(url, proc, log, audit)
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 pass
         time.sleep(0.1)
     stop_gateway(proc)
@@ -241,10 +241,10 @@ def add_user(env, name, *quota) -> str:
     return KEYS[-1]
 
 
-HTTP = httpx.Client(timeout=30, trust_env=False)  # one client: making one costs ~50 ms (its TLS context)
+HTTP = httpx2.Client(timeout=30, trust_env=False)  # one client: making one costs ~50 ms (its TLS context)
 
 
-def call(gw: Gateway, method: str, route: str, key: str | None = None, **kwargs) -> httpx.Response:
+def call(gw: Gateway, method: str, route: str, key: str | None = None, **kwargs) -> httpx2.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     if method == "POST" and "json" not in kwargs and "content" not in kwargs:
         kwargs["json"] = {**CHAT, "prompt": "hi", "input": "hi"}

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-import httpx
+import httpx2
 from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -104,7 +104,7 @@ class Gateway:
         self.upstream = upstream_base(settings.upstream)
         self.rate = RateWindow()
         self.max_model_len: int | None = None  # the server's context length, once its /tokenize has said it
-        self.client: httpx.AsyncClient | None = None
+        self.client: httpx2.AsyncClient | None = None
         self._audit = settings.audit_log.open("a", buffering=1) if settings.audit_log else None
         self._audit_lock = threading.Lock()
 
@@ -114,10 +114,10 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app):
-        timeout = httpx.Timeout(self.settings.timeout_s, connect=10.0)
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
+        timeout = httpx2.Timeout(self.settings.timeout_s, connect=10.0)
+        limits = httpx2.Limits(max_connections=512, max_keepalive_connections=64)
         # trust_env=False: an http_proxy meant for the users' side must not reroute the upstream
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+        async with httpx2.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
             self.client = client
             yield
         if self._audit:
@@ -254,7 +254,7 @@ class Gateway:
         try:
             response = await self.client.post(self.upstream + "/tokenize", json=request, headers=headers, timeout=30)
             answer = response.json() if response.status_code == 200 else {}
-        except (httpx.HTTPError, ValueError):
+        except (httpx2.HTTPError, ValueError):
             return None
         if not isinstance(answer, dict):
             return None
@@ -287,7 +287,7 @@ class Gateway:
         upstream_request = self.client.build_request(request.method, url, headers=headers, content=body)
         try:
             response = await self.client.send(upstream_request, stream=True)
-        except httpx.TimeoutException:
+        except httpx2.TimeoutException:
             return self.refuse(
                 ex,
                 504,
@@ -295,7 +295,7 @@ class Gateway:
                 "upstream_timeout",
                 f"the model server did not answer within {self.settings.timeout_s:g} s; try again later",
             )
-        except httpx.TransportError:
+        except httpx2.TransportError:
             return self.refuse(
                 ex,
                 502,
@@ -325,7 +325,7 @@ class Gateway:
             )
         try:
             data = await response.aread()
-        except httpx.TransportError:
+        except httpx2.TransportError:
             return self.refuse(
                 ex, 502, "server_error", "upstream_broken", "the model server broke off its answer; try again"
             )
@@ -340,7 +340,7 @@ class Gateway:
             data, status_code=response.status_code, media_type=content_type, background=BackgroundTask(self.finish, ex)
         )
 
-    async def relay(self, response: httpx.Response, ex: Exchange, prepared: Prepared | None):
+    async def relay(self, response: httpx2.Response, ex: Exchange, prepared: Prepared | None):
         """Pass the stream on as it comes, reading the usage chunk (and dropping it if the user did not ask).
 
         Each read from the server is passed on at once, as the complete events it holds: one event when the gateway
@@ -355,7 +355,7 @@ class Gateway:
                     yield passed
             if rest := stream.rest():
                 yield rest
-        except httpx.TransportError:
+        except httpx2.TransportError:
             ex.refused = "upstream_broken"  # the user sees the stream end early; the log says why
         finally:
             ex.count(stream.usage)
@@ -630,8 +630,8 @@ def probe_upstream(settings: GatewaySettings, timeout: float = 5.0) -> tuple[boo
         headers["authorization"] = f"Bearer {settings.upstream_key.get_secret_value()}"
     url = upstream_base(settings.upstream) + "/v1/models"
     try:
-        response = httpx.get(url, headers=headers, timeout=timeout, trust_env=False)
-    except httpx.HTTPError as exc:
+        response = httpx2.get(url, headers=headers, timeout=timeout, trust_env=False)
+    except httpx2.HTTPError as exc:
         return False, f"{url} does not answer ({type(exc).__name__})"
     if response.status_code in (401, 403):
         return False, f"{url} refuses the upstream key (HTTP {response.status_code}); check --upstream-key"

@@ -8,11 +8,62 @@ first use, so `import mdagent_hpc` stays fast:
 
 __version__ = "0.1.0"
 
-_API = ("MDAgentError", "cancel", "check", "diff_runs", "evaluate", "find_potentials", "find_runs", "get_run", "index_runs",
-        "list_runs", "load_profile", "load_request", "make_request", "plot_run", "query_runs", "run", "submit",
-        "export_sweep", "get_sweep", "list_sweeps", "load_sweep_spec", "plan_sweep", "propose_sweep", "sweep")
-_MODELS = ("Attempt", "Diagnostic", "Evaluation", "Finding", "Job", "Limits", "LoopPolicy", "PreflightReport",
-           "Request", "Run", "Usage")
+_API = (
+    "MDAgentError",
+    "cancel",
+    "check",
+    "diff_runs",
+    "evaluate",
+    "find_potentials",
+    "find_runs",
+    "get_run",
+    "index_runs",
+    "list_runs",
+    "load_profile",
+    "load_request",
+    "make_request",
+    "plot_run",
+    "query_runs",
+    "run",
+    "submit",
+    "export_sweep",
+    "get_sweep",
+    "list_sweeps",
+    "load_sweep_spec",
+    "plan_sweep",
+    "propose_sweep",
+    "sweep",
+    "add_site",
+    "list_sites",
+    "test_site",
+    "serve_model",
+    "wait_for_model",
+    "llm_job_script",
+    "list_endpoints",
+    "get_endpoint",
+    "endpoint_status",
+    "stop_endpoint",
+    "bench_codegen",
+    "bench_qa",
+    "bench_report",
+    "list_benches",
+    "export_trajectories",
+    "check_image",
+    "ask",
+)
+_MODELS = (
+    "Attempt",
+    "Diagnostic",
+    "Evaluation",
+    "Finding",
+    "Job",
+    "Limits",
+    "LoopPolicy",
+    "PreflightReport",
+    "Request",
+    "Run",
+    "Usage",
+)
 
 __all__ = [*_API, *_MODELS]
 

@@ -224,3 +224,41 @@ def load_profile():
     """Load mdagent's AiiDA profile (creating it, its `local` computer and LAMMPS code on first use); through a
     server, nothing (the profile is the server's)."""
     return _backend().load_profile()
+
+
+# -- what only this machine does (sites, served models, benchmarks, training data) and the tools beside them ----
+# Each refuses, in one sentence, what a shared server cannot do for it when MDAGENT_SERVER is set (local_only.py).
+from mdagent_hpc.api.bench import bench_codegen, bench_qa, bench_report, list_benches  # noqa: E402
+from mdagent_hpc.api.export import export_trajectories  # noqa: E402
+from mdagent_hpc.api.images import check_image  # noqa: E402
+from mdagent_hpc.api.questions import ask  # noqa: E402
+from mdagent_hpc.api.serving import (  # noqa: E402
+    endpoint_status,
+    get_endpoint,
+    list_endpoints,
+    llm_job_script,
+    serve_model,
+    stop_endpoint,
+    wait_for_model,
+)
+from mdagent_hpc.api.sites import add_site, list_sites, test_site  # noqa: E402
+
+__all__ += [
+    "add_site",
+    "ask",
+    "bench_codegen",
+    "bench_qa",
+    "bench_report",
+    "check_image",
+    "endpoint_status",
+    "export_trajectories",
+    "get_endpoint",
+    "list_benches",
+    "list_endpoints",
+    "list_sites",
+    "llm_job_script",
+    "serve_model",
+    "stop_endpoint",
+    "test_site",
+    "wait_for_model",
+]

@@ -21,6 +21,11 @@ LOGGER = logging.getLogger("aiida.mdagent.broker")  # under `aiida`: the daemon'
 
 
 def broker_down(exc: BaseException) -> bool:
+    """Is `exc` the broker (or the connection to it) being down, rather than an answer it gave?"""
+    import kiwipy
+
+    if isinstance(exc, (kiwipy.DuplicateSubscriberIdentifier, kiwipy.UnroutableError, kiwipy.RemoteException)):
+        return False
     names = {c.__module__.split(".")[0] for c in type(exc).__mro__}
     return bool(names & BROKER_MODULES) or isinstance(exc, (ConnectionError, TimeoutError))
 
@@ -54,15 +59,32 @@ def wait_for_the_broker(communicator, what: str, logger=LOGGER) -> None:
     until_the_broker_answers(lambda: check(communicator), what, logger)
 
 
+class PatientRegistrations:
+    """A process's communicator whose registrations (as the process is made or loaded) wait out an outage: one that
+    failed excepted a run being loaded, or a child being made, and the worker then dropped the child's task."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def add_rpc_subscriber(self, *args, **kwargs):
+        return until_the_broker_answers(lambda: self._inner.add_rpc_subscriber(*args, **kwargs), "registering", LOGGER)
+
+    def add_broadcast_subscriber(self, *args, **kwargs):
+        return until_the_broker_answers(
+            lambda: self._inner.add_broadcast_subscriber(*args, **kwargs), "registering", LOGGER
+        )
+
+
 class PatientWithBroker:
-    """WorkChain mixin: loading the process, submitting a child and waiting on it survive a broker outage (see the
-    module). A process registers itself with the broker (an RPC subscriber) as it is made or loaded; a
-    registration that fails half-way during an outage leaves the worker refusing the process's task later as a
-    duplicate, and a load that fails excepts the run: so both wait until the broker answers first."""
+    """Process mixin: registering the process with the broker, submitting a child and waiting on it survive a
+    broker outage (see the module)."""
 
     def init(self) -> None:
-        if self._communicator is not None:
-            wait_for_the_broker(self._communicator, "loading a process")
+        if self._communicator is not None and not isinstance(self._communicator, PatientRegistrations):
+            self._communicator = PatientRegistrations(self._communicator)
         super().init()
 
     def submit(self, process, inputs=None, **kwargs):

@@ -16,6 +16,7 @@ from aiida.engine import Process
 
 from mdagent_hpc.agent.staging import refused_name
 from mdagent_hpc.llm import LLMError, LLMUnavailable, generate, load_llm_settings
+from mdagent_hpc.workflows.broker import PatientWithBroker
 from mdagent_hpc.workflows.lammps_calc import node_key
 
 # Settings that may be stored (and so passed as inputs); the API key is deliberately not among them.
@@ -34,7 +35,7 @@ class LinksOnlyNewOutputs:
             self._outputs_linked = emitted
 
 
-class GenerateScript(LinksOnlyNewOutputs, Process):
+class GenerateScript(PatientWithBroker, LinksOnlyNewOutputs, Process):
     _node_class = orm.CalcFunctionNode
 
     @classmethod

@@ -17,6 +17,8 @@ from aiida.common.datastructures import CalcInfo, CodeInfo
 from aiida.engine import CalcJob
 from aiida.parsers import Parser
 
+from mdagent_hpc.workflows.broker import PatientWithBroker
+
 RESULTS, STDOUT, STDERR = "results.json", "pilot.out", "pilot.err"
 
 
@@ -44,7 +46,7 @@ def site_of(value: orm.Dict | orm.Str):
     return find_site(value.value)
 
 
-class PilotCalculation(CalcJob):
+class PilotCalculation(PatientWithBroker, CalcJob):
     @classmethod
     def define(cls, spec):
         super().define(spec)

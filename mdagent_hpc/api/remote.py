@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 
 from mdagent_hpc.errors import MDAgentError
 
@@ -50,17 +50,17 @@ def call(method: str, path: str, *, json: Any = None, params: dict | None = None
         raise MDAgentError("MDAGENT_SERVER is not set")
     headers = {"authorization": f"Bearer {api_key()}"}
     try:
-        response = httpx.request(
+        response = httpx2.request(
             method,
             f"{url}{API}{path}",
             json=json,
             params=params,
             headers=headers,
-            timeout=httpx.Timeout(120, connect=10),
+            timeout=httpx2.Timeout(120, connect=10),
             trust_env=False,
             verify=tls_context(),
         )
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         raise MDAgentError(unreachable(url, exc)) from None
     if response.status_code >= 400:
         try:
@@ -81,7 +81,7 @@ def tls_context():
     return ssl.create_default_context()
 
 
-def unreachable(url: str, exc: httpx.HTTPError) -> str:
+def unreachable(url: str, exc: httpx2.HTTPError) -> str:
     """Why the server at `url` gave no answer, in one sentence, with what to do."""
     said = str(exc)
     if url.startswith("https:") and "WRONG_VERSION_NUMBER" in said:
@@ -94,7 +94,7 @@ def unreachable(url: str, exc: httpx.HTTPError) -> str:
             f"the mdagent server {url} has a certificate this machine does not trust: ask your admin for it and "
             "set SSL_CERT_FILE to that file (or install it in the system's certificates)"
         )
-    if url.startswith("http:") and isinstance(exc, httpx.RemoteProtocolError):
+    if url.startswith("http:") and isinstance(exc, httpx2.RemoteProtocolError):
         return f"the mdagent server {url} closed the connection: if it serves HTTPS, use https:// in MDAGENT_SERVER"
     return (
         f"the mdagent server {url} does not answer ({type(exc).__name__}); check MDAGENT_SERVER "

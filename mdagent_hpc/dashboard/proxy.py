@@ -16,7 +16,7 @@ import hmac
 import secrets
 from urllib.parse import urlencode
 
-import httpx
+import httpx2
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -70,10 +70,10 @@ class TokenGuard:
 
 def proxy_app(server_url: str, key: str, token: str, hosts: list[str]) -> Starlette:
     """The local app: pages of `server_url`/dashboard/ fetched with `key`, for a browser holding `token`."""
-    client = httpx.AsyncClient(
+    client = httpx2.AsyncClient(
         base_url=f"{server_url}/dashboard",
         headers={"authorization": f"Bearer {key}"},
-        timeout=httpx.Timeout(120, connect=10),
+        timeout=httpx2.Timeout(120, connect=10),
         trust_env=False,
     )
 
@@ -81,7 +81,7 @@ def proxy_app(server_url: str, key: str, token: str, hosts: list[str]) -> Starle
         params = [(k, v) for k, v in request.query_params.multi_items() if k != TOKEN_PARAM]
         try:
             answer = await client.get("/" + request.path_params["path"], params=params)
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             return HTMLResponse(
                 f"<h1>502</h1><p>the mdagent server {server_url} does not answer; check MDAGENT_SERVER or ask "
                 "your admin whether it runs</p>",

@@ -109,22 +109,22 @@ def default_endpoint() -> Endpoint | None:
 
 
 def healthy(endpoint_or_url: Endpoint | str, timeout: float = 5) -> bool:
-    import httpx
+    import httpx2
 
     root = endpoint_or_url.root_url if isinstance(endpoint_or_url, Endpoint) else endpoint_or_url
     if not root:
         return False
     try:
-        return httpx.get(f"{root}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
+        return httpx2.get(f"{root}/health", timeout=timeout).status_code == 200
+    except httpx2.HTTPError:
         return False
 
 
 def served_model(endpoint: Endpoint, timeout: float = 30) -> dict:
     """The first model of the server's /v1/models (its id and max_model_len)."""
-    import httpx
+    import httpx2
 
-    answer = httpx.get(
+    answer = httpx2.get(
         f"{endpoint.base_url}/models", headers={"Authorization": f"Bearer {endpoint.api_key}"}, timeout=timeout
     )
     answer.raise_for_status()

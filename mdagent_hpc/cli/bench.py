@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 import click
 
-from mdagent_hpc.cli.main import UserError, emit_json, err, out
+from mdagent_hpc.cli.main import UserError, emit_json, err, out, status
 from mdagent_hpc.cli.options import json_option
+from mdagent_hpc.errors import MDAgentError
 
 
 @click.group(short_help="Benchmark a model: code generation, Q&A, compare.")
 def bench() -> None:
     """Benchmark a model through the whole system; every benchmark run is a provenance group (docs/bench.md)."""
-
-
-def _setup():
-    from mdagent_hpc import api
-    from mdagent_hpc.cli.run import quiet_engine_console
-
-    api.load_profile()
-    quiet_engine_console()
 
 
 def _progress(as_json: bool):
@@ -38,27 +32,40 @@ def _progress(as_json: bool):
     )
 
 
-def _bench_errors():
-    import contextlib
+class _Bar:
+    """A benchmark's progress bar on stderr, from the moment its runs start until they end (or the judging starts:
+    one live display at a time)."""
 
-    from mdagent_hpc.evalbench.sets import SetError
-    from mdagent_hpc.workflows.bench import BenchError, Interrupted
+    def __init__(self, kind: str, as_json: bool):
+        self.kind, self.as_json = kind, as_json
+        self.shown = contextlib.ExitStack()
+        self.progress = self.bar = None
 
-    @contextlib.contextmanager
-    def wrap():
-        try:
-            yield
-        except Interrupted as exc:
-            # The engine's child tasks left on the closed loop complain when collected; the command is ending.
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, _tb) -> None:
+        self.end()
+        if isinstance(exc, MDAgentError):
+            # A benchmark stopped (Ctrl-C, SIGTERM or an error) ends the command; the engine's child tasks left on
+            # the closed loop complain when collected.
             import logging
 
             logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             sys.unraisablehook = lambda _: None
-            raise UserError(str(exc)) from None
-        except (SetError, BenchError) as exc:
-            raise UserError(str(exc)) from None
 
-    return wrap()
+    def start(self, name: str, done: int, todo: int) -> None:
+        from mdagent_hpc.cli.run import quiet_engine_console
+
+        quiet_engine_console()  # the profile is loaded now, and the runs are about to start
+        self.progress = self.shown.enter_context(_progress(self.as_json))
+        self.bar = self.progress.add_task(f"{self.kind} {name}", total=done + todo, completed=done)
+
+    def advance(self) -> None:
+        self.progress.advance(self.bar)
+
+    def end(self) -> None:
+        self.shown.close()
 
 
 @bench.command(short_help="Run a code-generation set through the agent loop.")
@@ -86,60 +93,38 @@ def _bench_errors():
 def codegen(file, model, k, loop, max_attempts, concurrency, name, replay, judge, as_json) -> None:
     """Run every task of FILE (MD-EvalBench's code-generation JSON, or JSONL of {task, reference?}) through the
     system: Exec-Success@k, success with the correction loop, attempts, grade, reward, tokens and time per task."""
-    from mdagent_hpc.evalbench.sets import load_code_tasks
-    from mdagent_hpc.workflows import bench as runs
+    from mdagent_hpc import api
 
-    with _bench_errors():
-        tasks = load_code_tasks(file)
-        if replay and judge:
-            raise UserError("--judge needs a real endpoint; leave it out with --replay")
-        runs.check_replay(tasks, replay)
-        llm = None if replay else _llm_settings(model)
-        model_name = "replay" if replay else (model or llm.model or "default")
-        name = name or f"{file.stem}-{model_name}"
-        settings = {
-            "file": str(file),
-            "sha": runs.file_sha(file),
-            "model": model_name,
-            "k": k,
-            "loop": loop,
-            "max_attempts": max_attempts,
-            "replay": replay,
-        }
-        _setup()
-        with _progress(as_json) as progress:
-            bar = progress.add_task(f"codegen {name}", total=None)
+    with _Bar("codegen", as_json) as shown:
 
-            def started(done: int, todo: int) -> None:
-                progress.update(bar, total=done + todo, completed=done)
-                if done:
-                    err().print(f"resuming {name}: {done} run(s) already finished", highlight=False)
+        def started(name: str, done: int, todo: int) -> None:
+            shown.start(name, done, todo)
+            if done:
+                err().print(f"resuming {name}: {done} run(s) already finished", highlight=False)
 
-            def finished(job, node) -> None:
-                progress.advance(bar)
-                if not as_json:
-                    verdict = "passed" if node.is_finished_ok else f"failed ({node.exit_status})"
-                    progress.console.print(f"[dim]•[/] {job[0]} {job[1]} {job[2]}: {verdict}", highlight=False)
+        def finished(job: tuple, verdict: str) -> None:
+            shown.advance()
+            if not as_json:
+                shown.progress.console.print(f"[dim]•[/] {job[0]} {job[1]} {job[2]}: {verdict}", highlight=False)
 
-            group = runs.run_codegen(
-                tasks,
-                name=name,
-                settings=settings,
-                model=model,
-                k=k,
-                loop=loop,
-                max_attempts=max_attempts,
-                concurrency=concurrency,
-                replay=replay,
-                on_start=started,
-                on_done=finished,
-            )
-        if judge:
-            from mdagent_hpc.cli.main import status
+        def judging(message: str):
+            shown.end()
+            return status(message, quiet=as_json)
 
-            with status("judging the final scripts ...", quiet=as_json):
-                runs.judge_codegen(group, tasks, llm, concurrency)
-        result = runs.report(group)
+        result = api.bench_codegen(
+            file,
+            model=model,
+            k=k,
+            loop=loop,
+            max_attempts=max_attempts,
+            concurrency=concurrency,
+            name=name,
+            replay=replay,
+            judge=judge,
+            on_start=started,
+            on_done=finished,
+            status=judging,
+        )
     if as_json:
         emit_json(result)
     else:
@@ -163,33 +148,18 @@ def qa(file, model, concurrency, name, judge, as_json) -> None:
     """Ask every question of FILE (JSONL: id, type, question, options, answer, answer_text, difficulty, tags):
     exact scoring of choices, normalised matching of fill-blanks, the judge for open answers; by type, difficulty
     and tag."""
-    from mdagent_hpc.evalbench.sets import load_questions
-    from mdagent_hpc.workflows import bench as runs
+    from mdagent_hpc import api
 
-    with _bench_errors():
-        questions = load_questions(file)
-        llm = _llm_settings(model)
-        model_name = model or llm.model or "default"
-        name = name or f"{file.stem}-{model_name}"
-        record = {"file": str(file), "sha": runs.file_sha(file), "model": model_name, "judge": judge}
-        _setup()
-        with _progress(as_json) as progress:
-            bar = progress.add_task(f"qa {name}", total=None)
-
-            def started(done: int, todo: int) -> None:
-                progress.update(bar, total=done + todo, completed=done)
-
-            group = runs.run_qa(
-                questions,
-                name=name,
-                settings_record=record,
-                llm_settings=llm,
-                judge=judge,
-                concurrency=concurrency,
-                on_start=started,
-                on_done=lambda _: progress.advance(bar),
-            )
-        result = runs.report(group)
+    with _Bar("qa", as_json) as shown:
+        result = api.bench_qa(
+            file,
+            model=model,
+            concurrency=concurrency,
+            name=name,
+            judge=judge,
+            on_start=shown.start,
+            on_done=shown.advance,
+        )
     if as_json:
         emit_json(result)
     else:
@@ -210,11 +180,9 @@ def qa(file, model, concurrency, name, judge, as_json) -> None:
 @json_option("the result")
 def compare(first, second, plot, as_json) -> None:
     """Benchmark runs FIRST and SECOND (names from `mdagent bench list`) per task or question and in total."""
-    from mdagent_hpc.workflows import bench as runs
+    from mdagent_hpc import api
 
-    _setup()
-    with _bench_errors():
-        a, b = runs.report(runs.find_group(first)), runs.report(runs.find_group(second))
+    a, b = api.bench_report(first), api.bench_report(second)
     if a["kind"] != b["kind"]:
         raise UserError(f"{first} is a {a['kind']} run and {second} a {b['kind']} run; compare runs of one kind")
     plot = plot or Path(f"{first}-vs-{second}.png".replace("/", "_"))
@@ -241,10 +209,9 @@ def compare(first, second, plot, as_json) -> None:
 @json_option("the result")
 def list_(as_json) -> None:
     """Every benchmark run (its group, kind, members and settings)."""
-    from mdagent_hpc.workflows import bench as runs
+    from mdagent_hpc import api
 
-    _setup()
-    groups = runs.list_groups()
+    groups = api.list_benches()
     if as_json:
         emit_json(groups)
         return
@@ -258,15 +225,6 @@ def list_(as_json) -> None:
 
 
 # -- output -----------------------------------------------------------------------------------------------------
-def _llm_settings(model):
-    from mdagent_hpc.llm import LLMError, load_llm_settings
-
-    try:
-        return load_llm_settings({"model": model} if model else {})
-    except LLMError as exc:
-        raise UserError(str(exc)) from None
-
-
 def _print_codegen(result: dict) -> None:
     from rich.table import Table
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mdagent_hpc.cli.main import UserError, emit_json, out, status
+from mdagent_hpc.cli.main import emit_json, out, status
 from mdagent_hpc.cli.options import json_option
 
 
@@ -46,20 +46,12 @@ def check(
     """
     from rich.table import Table
 
-    from mdagent_hpc.execution.image import ImageCheckError, check_image
+    from mdagent_hpc import api
 
-    try:
-        with status(f"Running `{executable} -h` in {image_ref} through {runtime_name}..."):
-            report = check_image(
-                image_ref,
-                apptainer=apptainer,
-                executable=executable,
-                timeout=timeout,
-                runtime_name=runtime_name,
-                ch_run=ch_run,
-            )
-    except ImageCheckError as exc:
-        raise UserError(str(exc)) from None
+    with status(f"Running `{executable} -h` in {image_ref} through {runtime_name}..."):
+        report = api.check_image(
+            image_ref, runtime=runtime_name, apptainer=apptainer, ch_run=ch_run, executable=executable, timeout=timeout
+        )
     if as_json:
         emit_json(report.model_dump())
         return

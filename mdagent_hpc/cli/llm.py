@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mdagent_hpc.cli.main import UserError, emit_json, err, out, status
+from mdagent_hpc.cli.main import emit_json, err, out, status
 from mdagent_hpc.cli.options import json_option
 
 
@@ -21,12 +21,9 @@ def llm() -> None:
 @json_option("the result")
 def check(model, timeout, as_json) -> None:
     """Reach the configured endpoint: list its models and ask for one tiny chat completion, each timed."""
-    from mdagent_hpc.llm import LLMError, check_endpoint, load_llm_settings
+    from mdagent_hpc.llm import check_endpoint, load_llm_settings
 
-    try:
-        settings = load_llm_settings({"model": model, "timeout_s": timeout})
-    except LLMError as exc:
-        raise UserError(str(exc)) from None
+    settings = load_llm_settings({"model": model, "timeout_s": timeout})
     with status(f"asking {settings.base_url} ...", quiet=as_json):
         result = check_endpoint(settings)
     if as_json:
@@ -50,48 +47,6 @@ def check(model, timeout, as_json) -> None:
 
 
 # ---------------------------------------------------------------- vLLM as a scheduler job
-
-
-def _job_errors():
-    """The exceptions of the serving commands that are the user's to fix: one sentence, exit 2."""
-    from mdagent_hpc.execution.site import SiteConfigError
-    from mdagent_hpc.serving.llm_job import LlmJobError
-    from mdagent_hpc.settings.endpoints import EndpointError
-
-    return LlmJobError, SiteConfigError, EndpointError
-
-
-def _site_unreachable(site: str, exc: Exception) -> UserError:
-    return UserError(
-        f"site {site} did not answer ({type(exc).__name__}: {exc}); `mdagent site test {site}` shows which stage fails"
-    )
-
-
-def _endpoint(name: str | None):
-    from mdagent_hpc.settings.endpoints import default_endpoint, load_endpoints
-
-    if name is None:
-        endpoint = default_endpoint()
-        if endpoint is None:
-            raise UserError("no endpoint is running: start one with `mdagent llm serve --site SITE --model MODEL`")
-        return endpoint
-    endpoints = load_endpoints()
-    if name not in endpoints:
-        raise UserError(f"no endpoint {name!r} (known: {', '.join(endpoints) or 'none'}); `mdagent llm list`")
-    return endpoints[name]
-
-
-def _refresh(endpoint):
-    from mdagent_hpc import api
-    from mdagent_hpc.serving.llm_job import refresh
-
-    api.load_profile()
-    try:
-        return refresh(endpoint)
-    except _job_errors() as exc:
-        raise UserError(str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 (transport and scheduler errors: the site did not answer)
-        raise _site_unreachable(endpoint.site, exc) from None
 
 
 def _public(endpoint) -> dict:
@@ -119,32 +74,15 @@ def serve(site_name, model, gpus, hours, name, timeout, dry_run, as_json) -> Non
     """Submit a job that runs `vllm serve MODEL` on SITE, wait until it answers, and register it: `mdagent run`
     then uses it without configuration (unless MDAGENT_LLM_BASE_URL or config.yaml name another endpoint)."""
     from mdagent_hpc import api
-    from mdagent_hpc.cli.site import find_site
-    from mdagent_hpc.serving.llm_job import check_site, submit, wait_ready
 
-    site = find_site(site_name)
-    try:
-        check_site(site)
-    except _job_errors() as exc:
-        raise UserError(str(exc)) from None
-    name = name or site.name
-    gpus = site.vllm.gpus if gpus is None else gpus
-    hours = site.vllm.hours if hours is None else hours
+    job = {"gpus": gpus, "hours": hours, "name": name}
     if dry_run:
-        from mdagent_hpc.serving.llm_job import submit_script
-
-        click.echo(submit_script(site, model, name, gpus, hours), nl=False)
+        click.echo(api.llm_job_script(site_name, model, **job), nl=False)
         return
-    api.load_profile()
-    try:
-        with status(f"submitting vllm serve {model} to {site.name} ...", quiet=as_json):
-            endpoint = submit(site, model, name, gpus, hours)
-    except _job_errors() as exc:
-        raise UserError(str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 (transport and scheduler errors: the site did not answer)
-        raise _site_unreachable(site.name, exc) from None
+    with status(f"submitting vllm serve {model} to {site_name} ...", quiet=as_json):
+        endpoint = api.serve_model(site_name, model, **job)
     if not as_json:
-        err().print(f"job {endpoint.job_id} submitted to {site.name} (folder {endpoint.workdir})", highlight=False)
+        err().print(f"job {endpoint.job_id} submitted to {endpoint.site} (folder {endpoint.workdir})", highlight=False)
     try:
         with status(f"job {endpoint.job_id} submitted", quiet=as_json) as spinner:
 
@@ -152,23 +90,19 @@ def serve(site_name, model, gpus, hours, name, timeout, dry_run, as_json) -> Non
                 if spinner is not None:
                     spinner.update(message)
 
-            endpoint = wait_ready(site, endpoint, timeout, say)
+            endpoint = api.wait_for_model(endpoint, timeout, say)
     except KeyboardInterrupt:
         err().print(
-            f"interrupted: job {endpoint.job_id} keeps running; `mdagent llm status {name}` follows it, "
-            f"`mdagent llm stop {name}` ends it",
+            f"interrupted: job {endpoint.job_id} keeps running; `mdagent llm status {endpoint.name}` follows it, "
+            f"`mdagent llm stop {endpoint.name}` ends it",
             highlight=False,
         )
         sys.exit(130)
-    except _job_errors() as exc:
-        raise UserError(str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 (transport and scheduler errors: the site did not answer)
-        raise _site_unreachable(site.name, exc) from None
     if as_json:
         emit_json(_public(endpoint))
         return
     via = f" (SSH tunnel to {endpoint.node}:{endpoint.port}, pid {endpoint.tunnel_pid})" if endpoint.tunnel_pid else ""
-    out().print(f"endpoint {name}: {endpoint.served_model} at {endpoint.base_url}{via}", highlight=False)
+    out().print(f"endpoint {endpoint.name}: {endpoint.served_model} at {endpoint.base_url}{via}", highlight=False)
     out().print("registered: `mdagent run` uses it; `mdagent llm stop` ends it", highlight=False)
 
 
@@ -179,15 +113,9 @@ def list_endpoints(show_all, as_json) -> None:
     """The registered endpoints; each live one is checked against its job (an ended job is noticed and said)."""
     from rich.table import Table
 
-    from mdagent_hpc.settings.endpoints import LIVE, load_endpoints
+    from mdagent_hpc import api
 
-    endpoints = []
-    for endpoint in load_endpoints().values():
-        was_live = endpoint.state in LIVE
-        if was_live:
-            endpoint = _refresh(endpoint)
-        if show_all or endpoint.state in LIVE or was_live:
-            endpoints.append(endpoint)
+    endpoints = api.list_endpoints(show_all)
     if as_json:
         emit_json([_public(e) for e in endpoints])
         return
@@ -208,7 +136,9 @@ def list_endpoints(show_all, as_json) -> None:
 @json_option("the endpoint")
 def status_endpoint(name, as_json) -> None:
     """NAME's job and server (default: the endpoint runs use). Exit 0 when it answers, 1 when not (yet)."""
-    endpoint = _refresh(_endpoint(name))
+    from mdagent_hpc import api
+
+    endpoint = api.endpoint_status(name)
     if as_json:
         emit_json(_public(endpoint))
     else:
@@ -237,15 +167,8 @@ def status_endpoint(name, as_json) -> None:
 def stop_endpoint(name) -> None:
     """Cancel NAME's job (default: the endpoint runs use), close its SSH tunnel, mark it stopped."""
     from mdagent_hpc import api
-    from mdagent_hpc.serving.llm_job import stop
 
-    endpoint = _endpoint(name)
-    api.load_profile()
-    try:
-        with status(f"cancelling job {endpoint.job_id} on {endpoint.site} ..."):
-            endpoint = stop(endpoint)
-    except _job_errors() as exc:
-        raise UserError(str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 (transport and scheduler errors: the site did not answer)
-        raise _site_unreachable(endpoint.site, exc) from None
+    endpoint = api.get_endpoint(name)
+    with status(f"cancelling job {endpoint.job_id} on {endpoint.site} ..."):
+        endpoint = api.stop_endpoint(endpoint.name)
     out().print(f"endpoint {endpoint.name} stopped (job {endpoint.job_id} on {endpoint.site})", highlight=False)

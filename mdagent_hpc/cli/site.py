@@ -7,19 +7,8 @@ from pathlib import Path
 
 import click
 
-from mdagent_hpc.cli.main import UserError, emit_json, err, out
+from mdagent_hpc.cli.main import emit_json, err, out
 from mdagent_hpc.cli.options import json_option
-
-
-def find_site(name: str):
-    """The named site config; an unknown or invalid one is a `UserError`."""
-    from mdagent_hpc.execution.registry import find_site as lookup
-    from mdagent_hpc.execution.site import SiteConfigError
-
-    try:
-        return lookup(name)
-    except SiteConfigError as exc:
-        raise UserError(str(exc)) from None
 
 
 @click.group(short_help="Clusters and machines LAMMPS runs on.")
@@ -32,21 +21,12 @@ def site() -> None:
 def add(file) -> None:
     """Validate FILE, keep it as your site config, and create or update its AiiDA computer and code."""
     from mdagent_hpc import api
-    from mdagent_hpc.execution.computers import ensure_site
-    from mdagent_hpc.execution.registry import add_site
-    from mdagent_hpc.execution.site import SiteConfigError
-    from mdagent_hpc.home import HomeError
 
-    try:
-        config, dest, changed = add_site(file)
-        api.load_profile()
-        setup = ensure_site(config)
-    except (SiteConfigError, HomeError) as exc:
-        raise UserError(str(exc)) from None
-    out().print(f"site {config.name}: {'saved' if changed else 'unchanged'} {dest}", highlight=False)
-    for change in setup.changes or [f"computer {config.name} and code {setup.code.full_label} up to date"]:
+    added = api.add_site(file)
+    out().print(f"site {added.site.name}: {'saved' if added.changed else 'unchanged'} {added.path}", highlight=False)
+    for change in added.changes or [f"computer {added.site.name} and code {added.code} up to date"]:
         out().print(f"  {change}", highlight=False)
-    out().print(f"next: `mdagent site test {config.name}`", highlight=False)
+    out().print(f"next: `mdagent site test {added.site.name}`", highlight=False)
 
 
 @site.command("list", short_help="The site configs found.")
@@ -55,26 +35,9 @@ def list_sites(as_json) -> None:
     """The site configs found (your folder, MDAGENT_SITE_CONFIGS, the bundled ones), first one of a name wins."""
     from rich.table import Table
 
-    from mdagent_hpc.execution.registry import site_files
-    from mdagent_hpc.execution.site import SiteConfigError, load_site
+    from mdagent_hpc import api
 
-    rows = []
-    for name, path in sorted(site_files().items()):
-        try:
-            config = load_site(path)
-            rows.append(
-                {
-                    "name": name,
-                    "scheduler": config.scheduler,
-                    "transport": config.transport.type,
-                    "host": config.transport.host or "localhost",
-                    "lammps": config.lammps.image or config.lammps.binary,
-                    "path": str(path),
-                    "problem": None,
-                }
-            )
-        except SiteConfigError as exc:
-            rows.append({"name": name, "path": str(path), "problem": exc.problems[0]})
+    rows = api.list_sites()
     if as_json:
         emit_json(rows)
         return
@@ -93,12 +56,9 @@ def list_sites(as_json) -> None:
 def probe(name, as_json) -> None:
     """Connect to site NAME, query its scheduler, run a 1-step LAMMPS job and read it back, timing each stage."""
     from mdagent_hpc import api
-    from mdagent_hpc.workflows.probe import probe_site
 
-    config = find_site(name)
-    api.load_profile()
     stages = []
-    for stage in probe_site(config) if as_json else _with_progress(probe_site(config)):
+    for stage in api.test_site(name) if as_json else _with_progress(api.test_site(name)):
         stages.append(stage)
         if not as_json:
             mark = "[green]ok[/]  " if stage.ok else "[bold red]FAIL[/]"

@@ -40,10 +40,11 @@ def add_site(tmp_path: Path, name: str, body: str) -> None:
 
 
 def spec_file(tmp_path: Path, site: str, engine: str) -> tuple[Path, SweepSpec, list[str]]:
-    """The recorded LJ sweep over eight temperatures, without its answers (the fake server gives them)."""
+    """The recorded LJ sweep over eight temperatures, without its answers (the fake server gives them); its
+    description names the test, so that no other test's sweep is the same spec."""
     recorded = load_config(REPO / "workflows/sweeps/lj-melt-temperature.yaml", SweepSpec, "a sweep spec")
     data = recorded.model_dump(mode="json")
-    data.update(answers=None, site=site, engine=engine, parameters=EIGHT_TEMPERATURES)
+    data.update(answers=None, site=site, engine=engine, parameters=EIGHT_TEMPERATURES, description=tmp_path.name)
     spec = SweepSpec(**data)
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
@@ -76,8 +77,18 @@ def newest_sweep(after: int | None):
     return max(pks) if pks else None
 
 
+def running_job(node) -> bool:
+    """A LAMMPS or pilot job of the sweep runs (its CalcJob waits on the scheduler) and nothing is just being
+    created: AiiDA cannot kill a process in the instant it creates a child (docs/limits.md)."""
+    descendants = [n for n in node.called_descendants if not n.is_terminated]
+    jobs = ("LammpsCalculation", "PilotCalculation")
+    return any(n.process_label in jobs and n.get_job_id() for n in descendants) and not any(
+        n.process_state is not None and n.process_state.value == "created" for n in descendants
+    )
+
+
 def interrupt_after_two_points(proc: subprocess.Popen, sig: int, before: int | None) -> int:
-    """Wait until the sweep this process runs has recorded 2 points and is running more; send `sig`; its pk."""
+    """Wait until the sweep this process runs has recorded 2 points and runs a job for more; send `sig`; its pk."""
     from aiida import orm
 
     deadline = time.monotonic() + 900
@@ -86,7 +97,7 @@ def interrupt_after_two_points(proc: subprocess.Popen, sig: int, before: int | N
         pk = pk or newest_sweep(before)
         if pk is not None:
             node = orm.load_node(pk)
-            if node.base.extras.get("points_done", 0) >= 2 and any(not c.is_terminated for c in node.called):
+            if node.base.extras.get("points_done", 0) >= 2 and running_job(node):
                 break
         time.sleep(0.5)
     assert proc.poll() is None, f"the sweep ended before it was interrupted: {proc.communicate()[1][-3000:]}"

@@ -114,6 +114,8 @@ class ServerProcess:
     def __init__(self, env: dict, port: int, log: Path, *args: str):
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
+        if "--workers" not in args:
+            args = ("--workers", "1", *args)  # one process: a crash point (tests/test_hostile.py) ends the server
         with log.open("a") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mdagent_hpc.cli", "server", "serve", "--port", str(port), *args],

@@ -163,7 +163,8 @@ def _now() -> datetime:
 
 
 class Store:
-    def __init__(self, url: str | None = None):
+    def __init__(self, url: str | None = None, *, pool_size: int | None = None):
+        """`pool_size`: at most this many connections at once (callers beyond it wait), else SQLAlchemy's default."""
         url = url or default_url()
         try:
             parsed = make_url(url)
@@ -176,7 +177,8 @@ class Store:
             parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what is installed
         self.url = parsed.render_as_string(hide_password=True)
         try:
-            self.engine = create_engine(parsed, pool_pre_ping=True)  # a connection the database dropped is replaced
+            pool = {"pool_size": pool_size, "max_overflow": 0} if pool_size else {}
+            self.engine = create_engine(parsed, pool_pre_ping=True, **pool)  # a dropped connection is replaced
         except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
             raise AccountsError(f"cannot use the users database {self.url}: {exc}") from None
         if parsed.get_backend_name() == "sqlite":

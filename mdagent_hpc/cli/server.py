@@ -85,14 +85,21 @@ def setup(as_json, profile, broker_host, broker_port, broker_user, broker_passwo
     type=click.Path(dir_okay=False, path_type=Path),
     help="one JSON line per request (default: $MDAGENT_HOME/server/requests.jsonl)",
 )
-@click.option("--workers", default=1, show_default=True, type=int, help="daemon workers, if it is started here")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    help="server processes (default: one per CPU, as many as PostgreSQL's max_connections allows)",
+)
+@click.option(
+    "--daemon-workers", default=1, show_default=True, type=click.IntRange(1, 64), help="if the daemon is started here"
+)
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="serve HTTPS with this certificate")
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="... and this private key")
-def serve(host, port, profile, db, group_read, request_log, workers, ssl_certfile, ssl_keyfile) -> None:
+def serve(host, port, profile, db, group_read, request_log, workers, daemon_workers, ssl_certfile, ssl_keyfile) -> None:
     """Serve the API until Ctrl-C; starts the AiiDA daemon if it is not running (it keeps running after)."""
     from mdagent_hpc.home import ensure_home
-    from mdagent_hpc.server.app import Server, ServerSettings
-    from mdagent_hpc.server.app import serve as run_server
+    from mdagent_hpc.server import app as server_app
+    from mdagent_hpc.server.app import ProcessPlan, Server, ServerSettings
     from mdagent_hpc.server.deploy import loopback, saved, users_store
     from mdagent_hpc.serving.gateway.app import bind
 
@@ -113,7 +120,7 @@ def serve(host, port, profile, db, group_read, request_log, workers, ssl_certfil
         if shown is not None:
             shown.update("starting the AiiDA daemon if it is not running ...")
         try:
-            start_daemon(workers)
+            start_daemon(daemon_workers)
         except DaemonError as exc:
             raise UserError(str(exc)) from None
     request_log = request_log or ensure_home() / "server" / "requests.jsonl"
@@ -121,7 +128,9 @@ def serve(host, port, profile, db, group_read, request_log, workers, ssl_certfil
         request_log.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot make the folder of the request log {request_log} ({exc.strerror})") from None
-    with users_store(db) as users:
+    settings = ServerSettings(group_read=group_read, request_log=request_log)
+    workers = _server_processes(workers, settings, db)
+    with users_store(db, pool_size=server_app.USERS_POOL) as users:
         try:
             sock = bind(host, port)
         except OSError as exc:
@@ -137,6 +146,11 @@ def serve(host, port, profile, db, group_read, request_log, workers, ssl_certfil
             highlight=False,
         )
         err().print(f"  request log: {request_log}", highlight=False)
+        err().print(
+            f"  {workers} server process(es), each with {server_app.connections_per_process(settings)} database "
+            "connections at most",
+            highlight=False,
+        )
         if not ssl_certfile and not loopback(host):
             err().print(
                 "  [yellow]warning:[/] plain HTTP on a network address: keys cross the network in clear; "
@@ -144,15 +158,47 @@ def serve(host, port, profile, db, group_read, request_log, workers, ssl_certfil
                 highlight=False,
             )
         err().print("  Ctrl-C to stop (the daemon and the runs go on)", highlight=False)
-        settings = ServerSettings(group_read=group_read, request_log=request_log)
         try:
             app = Server(settings, users)
         except OSError as exc:
             raise UserError(
                 f"cannot write the request log {request_log} ({exc.strerror}); give a writable --request-log"
             ) from None
-        run_server(app, sock, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+        if workers == 1:
+            server_app.serve(app, sock, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+        else:
+            app.request_log.close()
+            users.close()  # each process opens its own pools; this one only supervises them
+            server_app.close_run_db()
+            server_app.serve_processes(
+                ProcessPlan(users_db=db, settings=settings),
+                workers,
+                sock,
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
+            )
     err().print("server stopped", highlight=False)
+
+
+def _server_processes(asked: int | None, settings, users_db: str) -> int:
+    """The number of server processes: `asked`, else one per CPU; refused in one sentence when PostgreSQL's
+    max_connections cannot hold them, or when the users database is SQLite (its locks hold in one process only)."""
+    from mdagent_hpc.server import app as server_app
+
+    fit = server_app.processes_that_fit(server_app.max_connections(), settings)
+    one_process_only = users_db.startswith("sqlite")
+    if asked is None:
+        return 1 if one_process_only else max(1, min(os.cpu_count() or 1, fit))
+    if asked > 1 and one_process_only:
+        raise UserError("more than one server process needs the users database on PostgreSQL, not SQLite")
+    if asked > fit:
+        raise UserError(
+            f"PostgreSQL's max_connections allows {fit} server process(es) here "
+            f"({server_app.connections_per_process(settings)} connections each, "
+            f"{server_app.RESERVED_CONNECTIONS} kept for the daemon and the admin): give --workers {max(fit, 1)} "
+            "or raise max_connections"
+        )
+    return asked
 
 
 @click.command(short_help="Stop a run or sweep of yours.")

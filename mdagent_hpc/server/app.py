@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import re
 import sys
 import tempfile
@@ -648,18 +649,106 @@ class Server:
         return await self.handle(request, work)
 
 
-def serve(server: Server, sock, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
-    """Serve until SIGINT or SIGTERM."""
+# -- N server processes -------------------------------------------------------------------------------------------
+# Each process has its own pools: the run database (AiiDA's engine) one connection per read thread, one for the
+# submission thread and one spare; the users database USERS_POOL (key checks, and the submission lock, held while
+# the same thread counts tokens on a second one). No overflow: a thread beyond them waits for a connection.
+USERS_POOL = 4
+RESERVED_CONNECTIONS = 20  # left for the daemon's workers, verdi, backups and the admin's psql
+PROCESS_PLAN = "MDAGENT_SERVER_PROCESS"  # how `serve` hands each process uvicorn starts what to build
+
+
+class ProcessPlan(BaseModel):
+    """What each server process builds its app from (uvicorn starts them afresh: it reaches them as JSON in the
+    environment)."""
+
+    users_db: str
+    settings: ServerSettings
+
+
+def run_db_pool(settings: ServerSettings) -> int:
+    return settings.read_threads + 2
+
+
+def connections_per_process(settings: ServerSettings) -> int:
+    return run_db_pool(settings) + USERS_POOL
+
+
+def processes_that_fit(max_connections: int, settings: ServerSettings) -> int:
+    """How many server processes PostgreSQL's `max_connections` allows, RESERVED_CONNECTIONS kept for the rest."""
+    return max(0, (max_connections - RESERVED_CONNECTIONS) // connections_per_process(settings))
+
+
+def max_connections() -> int:
+    """PostgreSQL's max_connections, read through the loaded profile's database."""
+    from aiida.manage import get_manager
+    from sqlalchemy import text
+
+    session = get_manager().get_profile_storage().get_session()
+    try:
+        return int(session.execute(text("SHOW max_connections")).scalar_one())
+    finally:
+        session.rollback()
+
+
+def size_run_db_pool(settings: ServerSettings) -> None:
+    """This process's AiiDA engine made again with run_db_pool connections and no overflow (the loaded profile's
+    storage settings, in memory only)."""
+    from aiida.manage import get_manager
+
+    manager = get_manager()
+    engine = {"pool_size": run_db_pool(settings), "max_overflow": 0}
+    manager.get_profile().storage_config["engine_kwargs"] = engine
+    manager.reset_profile_storage()
+
+
+def close_run_db() -> None:
+    """This process's run-database connections closed (the supervisor of N processes holds none)."""
+    from aiida.manage import get_manager
+
+    get_manager().reset_profile_storage()
+
+
+def process_app():
+    """The app of one server process: uvicorn's factory, called in each process it starts (the profile named by
+    MDAGENT_AIIDA_PROFILE, which `serve` set, loaded here, with this process's own pools)."""
+    from mdagent_hpc import api
+    from mdagent_hpc.accounts.store import Store
+
+    plan = ProcessPlan.model_validate_json(os.environ[PROCESS_PLAN])
+    api.load_profile()
+    size_run_db_pool(plan.settings)
+    return Server(plan.settings, Store(plan.users_db, pool_size=USERS_POOL)).app()
+
+
+def _uvicorn_config(app, **options):
     import uvicorn
 
-    config = uvicorn.Config(
-        server.app(),
-        log_level="warning",
-        access_log=False,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-        timeout_graceful_shutdown=5,
-        server_header=False,
+    return uvicorn.Config(
+        app, log_level="warning", access_log=False, timeout_graceful_shutdown=5, server_header=False, **options
     )
+
+
+def serve(server: Server, sock, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
+    """Serve in this process until SIGINT or SIGTERM."""
+    import uvicorn
+
+    size_run_db_pool(server.settings)
+    config = _uvicorn_config(server.app(), ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve_processes(
+    plan: ProcessPlan, workers: int, sock, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None
+) -> None:
+    """Serve with `workers` processes on one socket until SIGINT or SIGTERM: uvicorn's supervisor starts them
+    (each builds its app with process_app), and starts again one that dies."""
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[PROCESS_PLAN] = plan.model_dump_json()
+    config = _uvicorn_config(
+        f"{__name__}:process_app", factory=True, workers=workers, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(config, sockets=[sock]).run()

@@ -70,7 +70,7 @@ NOT_SERVER_HOME = (
 
 
 @contextlib.contextmanager
-def users_store(url: str | None, *, new_local: bool = True):
+def users_store(url: str | None, *, new_local: bool = True, pool_size: int | None = None):
     """The users store: `url`, else the shared server's (server.json), else $MDAGENT_HOME/users.db (made only when
     `new_local`; otherwise an error that says where the server's store is found). Errors are one sentence."""
     from mdagent_hpc.accounts.store import AccountsError, Store
@@ -84,7 +84,7 @@ def users_store(url: str | None, *, new_local: bool = True):
         )
     opened = None
     try:
-        opened = Store(url)
+        opened = Store(url, pool_size=pool_size)
         yield opened
     except (AccountsError, HomeError) as exc:
         raise DeployError(str(exc)) from None

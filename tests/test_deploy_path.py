@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -217,7 +218,7 @@ def serve(d: Deployment, actor: Actor, line: str, expected: list[str]) -> None:
         assert time.monotonic() < deadline, f"`{line}` never printed {expected[0]!r}:\n{d.server_log.read_text()}"
         time.sleep(0.5)
     url = f"https://localhost:{d.port}/health"
-    cert = str(d.actors["admin"].home / "tls" / "cert.pem")
+    cert = ssl.create_default_context(cafile=d.actors["admin"].home / "tls" / "cert.pem")
     while True:  # it says it serves before the socket answers TLS: wait for the health check
         try:
             if httpx.get(url, verify=cert, timeout=5).status_code == 200:
@@ -250,7 +251,7 @@ def interrupted(d: Deployment, actor: Actor, line: str, expected: list[str]) -> 
         runs = httpx.get(
             f"{client['MDAGENT_SERVER']}/api/v1/runs",
             headers={"authorization": f"Bearer {key}"},
-            verify=client["SSL_CERT_FILE"],
+            verify=ssl.create_default_context(cafile=client["SSL_CERT_FILE"]),
             timeout=30,
         ).json()
         if any(r["verdict"] == "running" and "long" in r["task"] for r in runs):
@@ -521,3 +522,30 @@ def test_the_servers_commands_elsewhere_refuse_instead_of_making_a_local_store_o
         [sys.executable, "-m", "mdagent_hpc.cli", "runs"], capture_output=True, text=True, env=env, timeout=300
     )
     assert done.returncode == 2 and "no local profile is made here" in done.stderr, done.stderr
+
+
+def test_a_remote_users_run_names_the_admin_for_the_servers_model_settings_and_not_the_servers_disk():
+    from mdagent_hpc.api.remote import on_server
+
+    said = "No LLM endpoint is configured: set MDAGENT_LLM_BASE_URL (e.g. http://localhost:8000/v1 for vLLM)"
+    run = on_server(
+        {
+            "pk": 7,
+            "uuid": "u",
+            "task": TASK,
+            "ctime": "2026-12-07T10:00:00",
+            "verdict": "failed",
+            "exit_message": said,
+            "attempts": [
+                {
+                    "number": 1,
+                    "stage": "generate",
+                    "diagnostics": [{"severity": "error", "code": "llm.unavailable", "message": said}],
+                    "job": {"site": "local", "workdir": "/srv/mdagent/.local/share/mdagent/work/ab/cd"},
+                }
+            ],
+        }
+    )
+    assert "ask your mdagent admin" in run.exit_message and said in run.exit_message
+    assert "ask your mdagent admin" in run.attempts[0].diagnostics[0].message
+    assert "/srv/mdagent" not in run.attempts[0].job.workdir and "mdagent dashboard" in run.attempts[0].job.workdir

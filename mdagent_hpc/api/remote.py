@@ -162,10 +162,20 @@ def on_server(found: dict):
     from mdagent_hpc.models import Run
 
     run = Run.model_validate(found)
+    run.exit_message = the_admins(run.exit_message)
     for attempt in run.attempts:
         if attempt.job is not None and attempt.job.workdir:
             attempt.job.workdir = f"on the server: `mdagent dashboard` shows run {run.pk}'s files"
+        for diagnostic in attempt.diagnostics:
+            diagnostic.message = the_admins(diagnostic.message)
     return run
+
+
+def the_admins(message: str | None) -> str | None:
+    """A server-side message about the model's settings, which are the admin's: said so."""
+    if message and "MDAGENT_LLM_" in message:
+        return f"{message} (on the server: ask your mdagent admin; your own MDAGENT_LLM_* settings are not used there)"
+    return message
 
 
 def list_runs(limit, verdict, site, task_contains, caller=None):

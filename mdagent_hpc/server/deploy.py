@@ -429,8 +429,6 @@ def restore(
     """Restore a backup from `source` (a folder `server backup` wrote) into a new profile and database, users
     included, on the RabbitMQ vhost of the profile that was backed up. Same pks, same users and keys. server.json
     is pointed at it only when there is none yet (a new host); else `setup --profile NEW` does it, when asked."""
-    import psycopg
-
     from mdagent_hpc.home import ensure_home
 
     folder = source / "last-backup" if (source / "last-backup").exists() else source
@@ -457,34 +455,7 @@ def restore(
     with progress("checking RabbitMQ ..."):
         broker = check_broker(login, {})
     database = database or profile.replace("-", "_")
-    where = {"host": db_host, "port": db_port, "user": db_user, "password": db_password}
-    try:
-        with psycopg.connect(**where, dbname="postgres", autocommit=True, connect_timeout=5) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
-                raise DeployError(f"database {database} exists already on {db_host}:{db_port}; give a new --database")
-            conn.execute(
-                psycopg.sql.SQL(
-                    "CREATE DATABASE {} ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' TEMPLATE template0"
-                ).format(psycopg.sql.Identifier(database))
-            )
-    except psycopg.OperationalError:
-        raise DeployError(
-            f"PostgreSQL at {db_host}:{db_port} does not answer or refuses {db_user}: start it "
-            "or give the right --db-host/--db-port/--db-user (and MDAGENT_DB_PASSWORD)"
-        ) from None
-    with progress(f"loading {dump} into database {database} ..."):
-        loaded = subprocess.run(
-            ["psql", "-q", "-v", "ON_ERROR_STOP=1", "-h", db_host, "-p", str(db_port), "-U", db_user]
-            + ["-d", database, "-f", str(dump)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PGPASSWORD": db_password},
-        )
-    if loaded.returncode != 0:
-        raise DeployError(
-            f"psql could not load {dump}: {loaded.stderr.strip().splitlines()[-1:]}; database {database} "
-            "is left for inspection (drop it before retrying)"
-        )
+    load_dump(dump, database, db_host, db_port, db_user, db_password, progress)
     target = ensure_home() / "repositories" / profile / "container"
     with progress(f"copying the file repository to {target} ..."):
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -515,6 +486,40 @@ def restore(
         users_db = users_db_url(db_user, db_password, db_host, db_port, database)
         save_settings({**found, "profile": profile, "users_db": users_db})
     return Restored(database, broker["broker_virtual_host"], serving)
+
+
+def load_dump(dump: Path, database: str, host: str, port: int, user: str, password: str, progress: Progress) -> None:
+    """A new database `database` (it must not exist) with `dump` loaded into it by psql."""
+    import psycopg
+
+    where = {"host": host, "port": port, "user": user, "password": password}
+    try:
+        with psycopg.connect(**where, dbname="postgres", autocommit=True, connect_timeout=5) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                raise DeployError(f"database {database} exists already on {host}:{port}; give a new --database")
+            conn.execute(
+                psycopg.sql.SQL(
+                    "CREATE DATABASE {} ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' TEMPLATE template0"
+                ).format(psycopg.sql.Identifier(database))
+            )
+    except psycopg.OperationalError:
+        raise DeployError(
+            f"PostgreSQL at {host}:{port} does not answer or refuses {user}: start it "
+            "or give the right --db-host/--db-port/--db-user (and MDAGENT_DB_PASSWORD)"
+        ) from None
+    with progress(f"loading {dump} into database {database} ..."):
+        loaded = subprocess.run(
+            ["psql", "-q", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", str(port), "-U", user]
+            + ["-d", database, "-f", str(dump)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PGPASSWORD": password},
+        )
+    if loaded.returncode != 0:
+        raise DeployError(
+            f"psql could not load {dump}: {loaded.stderr.strip().splitlines()[-1:]}; database {database} "
+            "is left for inspection (drop it before retrying)"
+        )
 
 
 def backed_up_broker(source: Path) -> dict:

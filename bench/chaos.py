@@ -90,7 +90,18 @@ class Server:
         while True:
             with self.log_path.open("a") as out:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "mdagent_hpc.cli", "server", "serve", "--port", str(self.port)],
+                    # one process: a SIGKILL kills all of it (with --workers N, the workers would outlive it)
+                    [
+                        sys.executable,
+                        "-m",
+                        "mdagent_hpc.cli",
+                        "server",
+                        "serve",
+                        "--port",
+                        str(self.port),
+                        "--workers",
+                        "1",
+                    ],
                     env=self.env,
                     stdout=out,
                     stderr=subprocess.STDOUT,

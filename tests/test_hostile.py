@@ -397,7 +397,8 @@ def test_a_server_killed_at_any_step_of_a_submission_leaves_one_run_and_it_runs(
     user(shared, "kim")
     shared["model"].answers.extend([test_server.GOOD])  # this run's script
     task, key = f"{TASK} (killed at {point})", {"idempotency-key": f"crash-{point}-{uuid.uuid4().hex}"}
-    dying = ServerProcess({**shared["env"], CRASH_AT: point}, free_port(), shared["home"] / f"dying-{point}.log")
+    env = {**shared["env"], CRASH_AT: point}  # one process (--workers 1): the crash is the server's, not a worker's
+    dying = ServerProcess(env, free_port(), shared["home"] / f"dying-{point}.log", "--workers", "1")
     try:
         with pytest.raises(httpx.TransportError):
             submit(shared, "kim", task, url=dying.url, headers=dict(key))

@@ -6,12 +6,15 @@ is listed, shown and cancelled through the other, with the same read rules on bo
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import httpx
 import pytest
 import test_server
 from test_server import GOOD, TASK, ServerProcess, free_port, mdagent, ok, refused
+
+from mdagent_hpc.server.deploy import DEFAULT_CONCURRENT_RUNS, process_slots
 
 shared = test_server.shared  # the module's own profile, daemon, users and first server
 
@@ -73,3 +76,20 @@ def test_a_run_submitted_through_one_server_is_listed_shown_and_cancelled_throug
             break
         time.sleep(1)
     assert back["verdict"] != "running" and back["state"] == "killed", back
+
+
+def test_setup_sizes_the_daemon_and_daemon_start_sets_its_workers(shared):
+    env = {**shared["env"], "MDAGENT_AIIDA_PROFILE": shared["name"], "AIIDA_PATH": str(shared["home"])}
+    workers = os.cpu_count()
+    slots = process_slots(DEFAULT_CONCURRENT_RUNS, workers)
+    checks = {c["name"]: c for c in shared["setup"]["checks"]}
+    assert checks["daemon"]["detail"].startswith(f"{workers} worker(s) of {slots} process slots"), checks["daemon"]
+    got = ok(mdagent("verdi", "config", "get", "daemon.worker_process_slots", env=env)).stdout
+    assert got.strip().splitlines()[-1] == str(slots)
+    status = json.loads(ok(mdagent("daemon", "status", "--json", env=env)).stdout)
+    assert status["workers"] == workers  # the server started it with what setup chose
+    more = ok(mdagent("daemon", "start", "--workers", str(workers + 1), env=env))
+    assert f"{workers + 1} worker(s)" in more.stdout, more.stdout
+    assert json.loads(ok(mdagent("daemon", "status", "--json", env=env)).stdout)["workers"] == workers + 1
+    ok(mdagent("daemon", "start", "--workers", str(workers), env=env))
+    assert json.loads(ok(mdagent("daemon", "status", "--json", env=env)).stdout)["workers"] == workers

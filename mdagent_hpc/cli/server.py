@@ -43,6 +43,14 @@ def server() -> None:
     is_flag=True,
     help="go on although RabbitMQ's consumer_timeout may drop runs longer than it",
 )
+@click.option("--daemon-workers", type=click.IntRange(1, 64), help="AiiDA daemon workers (default: one per CPU)")
+@click.option(
+    "--concurrent-runs",
+    type=click.IntRange(1, 100_000),
+    default=300,
+    show_default=True,
+    help="runs and sweep points in flight at once: sizes the daemon's process slots",
+)
 @click.option("--json", "as_json", is_flag=True, help="print what was found as JSON")
 def setup(as_json, profile, broker_host, broker_port, broker_user, broker_password, broker_vhost, **where) -> None:
     """Make (or check again) the shared profile on PostgreSQL + RabbitMQ and the users tables in the same database,
@@ -91,7 +99,9 @@ def setup(as_json, profile, broker_host, broker_port, broker_user, broker_passwo
     help="server processes (default: one per CPU, as many as PostgreSQL's max_connections allows)",
 )
 @click.option(
-    "--daemon-workers", default=1, show_default=True, type=click.IntRange(1, 64), help="if the daemon is started here"
+    "--daemon-workers",
+    type=click.IntRange(1, 64),
+    help="if the daemon is started here (default: what `server setup` chose)",
 )
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="serve HTTPS with this certificate")
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="... and this private key")
@@ -120,7 +130,7 @@ def serve(host, port, profile, db, group_read, request_log, workers, daemon_work
         if shown is not None:
             shown.update("starting the AiiDA daemon if it is not running ...")
         try:
-            start_daemon(daemon_workers)
+            start_daemon(daemon_workers or found.get("daemon_workers") or 1)
         except DaemonError as exc:
             raise UserError(str(exc)) from None
     request_log = request_log or ensure_home() / "server" / "requests.jsonl"

@@ -119,7 +119,11 @@ timeout_option = click.option(
 
 
 @daemon.command("start")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="worker processes (default: what `server setup` chose, else 1); a running daemon is set to this many",
+)
 @timeout_option
 def daemon_start(workers, timeout) -> None:
     """Start the daemon (what `mdagent run --daemon` does when it is not running); returns once it answers."""
@@ -128,9 +132,20 @@ def daemon_start(workers, timeout) -> None:
         from mdagent_hpc.execution.profile import daemon_answers
 
         if daemon_answers(client):
-            out().print(f"daemon already running (pid {client.get_daemon_pid()})", highlight=False)
+            running = client.get_number_of_workers()
+            if workers is not None and workers != running:
+                change = client.increase_workers if workers > running else client.decrease_workers
+                change(abs(workers - running))
+                running = workers
+            out().print(f"daemon already running (pid {client.get_daemon_pid()}, {running} worker(s))", highlight=False)
             return
-    _start(client, workers, timeout)
+    _start(client, workers or _chosen_workers(), timeout)
+
+
+def _chosen_workers() -> int:
+    from mdagent_hpc.server.deploy import saved
+
+    return saved().get("daemon_workers") or 1
 
 
 @daemon.command("stop")

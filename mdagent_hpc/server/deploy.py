@@ -131,6 +131,11 @@ class Broker:
     vhost: str | None = None
 
 
+DEFAULT_CONCURRENT_RUNS = 300  # a department's runs and sweep points in flight at once
+PROCESSES_PER_RUN = 3  # an agent run, its attempt's workflow and its calculation job hold a slot each
+AIIDA_DEFAULT_SLOTS = 200
+
+
 def setup(
     profile: str,
     *,
@@ -141,6 +146,8 @@ def setup(
     db_password: str,
     broker: Broker,
     accept_consumer_timeout: bool = False,
+    daemon_workers: int | None = None,
+    concurrent_runs: int = DEFAULT_CONCURRENT_RUNS,
     progress: Progress = quietly,
 ) -> Setup:
     """Make (or check again) the shared profile on PostgreSQL + RabbitMQ and the users tables in the same database,
@@ -175,6 +182,9 @@ def setup(
     made.set_process_controller("core.rabbitmq", found)
     config.update_profile(made)
     config.set_option("warnings.rabbitmq_version", False, scope=profile)
+    daemon_workers = daemon_workers or os.cpu_count() or 1
+    slots = process_slots(concurrent_runs, daemon_workers)
+    config.set_option("daemon.worker_process_slots", slots, scope=profile)
     config.store()
     storage = made.storage_config
     checks.insert(
@@ -203,8 +213,31 @@ def setup(
     checks.append(("profile", True, f"{profile} loads; `local` computer and LAMMPS code ready"))
     defaults = saved().get("default_quota") or DEFAULT_QUOTA
     checks.append(("default quotas", True, quota_text(defaults) + " (`mdagent users defaults` changes them)"))
-    save_settings({**saved(), "profile": profile, "users_db": users_db, "default_quota": defaults})
+    checks.append(
+        (
+            "daemon",
+            True,
+            f"{daemon_workers} worker(s) of {slots} process slots each, for {concurrent_runs} runs in flight "
+            "(applies when the daemon starts next)",
+        )
+    )
+    save_settings(
+        {
+            **saved(),
+            "profile": profile,
+            "users_db": users_db,
+            "default_quota": defaults,
+            "daemon_workers": daemon_workers,
+        }
+    )
     return Setup(profile, users_db, checks)
+
+
+def process_slots(concurrent_runs: int, workers: int) -> int:
+    """AiiDA's daemon.worker_process_slots for `concurrent_runs` runs (or sweep points) in flight on `workers`
+    workers: each run holds PROCESSES_PER_RUN processes at once, spread over the workers, and never fewer than
+    AiiDA's own default."""
+    return max(AIIDA_DEFAULT_SLOTS, -(-concurrent_runs * PROCESSES_PER_RUN // workers))
 
 
 def check_broker(given: Broker, stored: dict) -> dict:

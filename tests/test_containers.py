@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mdagent_hpc.cli.image import image as image_group
+from mdagent_hpc.cli.main import main as mdagent_main
 from mdagent_hpc.execution.image import NOT_INSTALLED, ImageCheckError, check_image
 from mdagent_hpc.execution.site import (
     aiida_code_kwargs,
@@ -379,13 +379,13 @@ def test_not_lammps(sif, double_env, monkeypatch):
 
 
 def test_cli_check(sif, double_env):
-    result = CliRunner().invoke(image_group, ["check", str(sif), "--apptainer", str(DOUBLE)])
+    result = CliRunner().invoke(mdagent_main, ["image", "check", str(sif), "--apptainer", str(DOUBLE)])
     assert result.exit_code == 0, result.output
     assert "22 Jul 2025" in result.stdout and "MANYBODY" in result.stdout and "1.3.4" in result.stdout
 
 
 def test_cli_check_json(sif, double_env):
-    result = CliRunner().invoke(image_group, ["check", str(sif), "--apptainer", str(DOUBLE), "--json"])
+    result = CliRunner().invoke(mdagent_main, ["image", "check", str(sif), "--apptainer", str(DOUBLE), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["lammps_version"].startswith("22 Jul 2025") and "MANYBODY" in data["packages"]
@@ -393,7 +393,8 @@ def test_cli_check_json(sif, double_env):
 
 
 def test_cli_missing_image(tmp_path, double_env):
-    result = CliRunner().invoke(image_group, ["check", str(tmp_path / "nope.sif"), "--apptainer", str(DOUBLE)])
+    missing = str(tmp_path / "nope.sif")
+    result = CliRunner().invoke(mdagent_main, ["image", "check", missing, "--apptainer", str(DOUBLE)])
     assert result.exit_code == 2
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     lines = result.stderr.strip().splitlines()
@@ -548,7 +549,7 @@ def test_image_check_reads_lammps_from_inside_the_image(ch_image):
     assert report.runtime == "charliecloud" and report.runtime_version == "0.31"
     assert report.lammps_version == local.version and report.packages == list(local.packages)
     assert report.potentials_dir == "/opt/lammps/potentials" and report.potential_files > 200
-    result = CliRunner().invoke(image_group, ["check", "--runtime", "charliecloud", str(ch_image), "--json"])
+    result = CliRunner().invoke(mdagent_main, ["image", "check", "--runtime", "charliecloud", str(ch_image), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["lammps_version"] == local.version
 
@@ -559,7 +560,7 @@ def test_image_without_lammps_fails_clearly(ch_image, tmp_path):
         check_image(str(broken), runtime_name="charliecloud")
     result = run_in_image(load_site(ch_site(tmp_path, broken)), tmp_path / "run", EAM)
     assert result.returncode != 0 and not (tmp_path / "run" / "log.lammps").exists()
-    result = CliRunner().invoke(image_group, ["check", "--runtime", "charliecloud", str(broken)])
+    result = CliRunner().invoke(mdagent_main, ["image", "check", "--runtime", "charliecloud", str(broken)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.strip().startswith("error: The image") and len(result.stderr.strip().splitlines()) == 1
 

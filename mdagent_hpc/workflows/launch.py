@@ -1,7 +1,7 @@
 """From a `models.Request` to a running AgentWorkChain: the one place that builds its inputs.
 
-`agent_inputs` resolves the site (its AiiDA computer and code, set up or brought up to date), loads the LLM
-settings and builds every input; `run_request` runs the workflow in this process and waits (replaying the
+`get_builder_from_request` resolves the site (its AiiDA computer and code, set up or brought up to date), loads the
+LLM settings and fills an AgentWorkChain builder; `run_request` runs it in this process and waits (replaying the
 request's recorded answers through a local OpenAI-compatible server when it has some); `submit_request` hands it
 to the daemon. A user's mistake (unknown site, no endpoint configured, ...) raises `LaunchError` with one sentence.
 """
@@ -18,23 +18,33 @@ class LaunchError(MDAgentError):
     """A request that cannot start, in one sentence for the user."""
 
 
+def get_builder_from_request(request: Request, llm_overrides: dict | None = None, site=None):
+    """An AgentWorkChain builder with every input for `request`: its limits are the site's, lowered where the
+    request lowers them; `llm_overrides` replace LLM settings, `site` a SiteConfig the caller resolved already."""
+    from mdagent_hpc.workflows.agent import AgentWorkChain
+
+    overrides = llm_overrides if llm_overrides is not None else {"model": request.model} if request.model else {}
+    builder = AgentWorkChain.get_builder()
+    builder._update(_inputs(request, overrides, site))
+    return builder
+
+
 def agent_inputs(request: Request) -> dict:
-    """Every AgentWorkChain input for `request`; its limits are the site's, lowered where the request lowers them."""
+    """Every AgentWorkChain input for `request`, as a dict (what `get_builder_from_request` fills)."""
     return _inputs(request, {"model": request.model} if request.model else {})
 
 
 def run_request(request: Request):
     """Run `request` in this process (polling every LOCAL_POLL_SECONDS) and return the finished ProcessNode."""
     from mdagent_hpc.execution.profile import run_here
-    from mdagent_hpc.workflows.agent import AgentWorkChain
 
     if not request.answers:
-        return run_here(AgentWorkChain, **agent_inputs(request))[1]
+        return run_here(get_builder_from_request(request))[1]
     from mdagent_hpc.llm.replay import FakeOpenAIServer
 
     with FakeOpenAIServer(list(request.answers), model=REPLAY_MODEL) as server:
-        inputs = _inputs(request, {"base_url": server.base_url, "model": REPLAY_MODEL, "max_retries": 0})
-        return run_here(AgentWorkChain, **inputs)[1]
+        replayed = {"base_url": server.base_url, "model": REPLAY_MODEL, "max_retries": 0}
+        return run_here(get_builder_from_request(request, replayed))[1]
 
 
 def submit_request(request: Request):
@@ -44,17 +54,16 @@ def submit_request(request: Request):
             "a request with recorded answers runs in this process (run_request or `mdagent run` "
             "without --daemon): the replay server lives only as long as the run"
         )
-    inputs = agent_inputs(request)
+    builder = get_builder_from_request(request)
     from aiida.engine import submit
 
     from mdagent_hpc.execution.profile import DaemonError, start_daemon
-    from mdagent_hpc.workflows.agent import AgentWorkChain
 
     try:
         start_daemon()
     except DaemonError as exc:
         raise LaunchError(str(exc)) from None
-    return submit(AgentWorkChain, **inputs)
+    return submit(builder)
 
 
 def _inputs(request: Request, llm_overrides: dict, site=None) -> dict:

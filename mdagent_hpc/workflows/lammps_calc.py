@@ -28,6 +28,7 @@ from mdagent_hpc.execution.accounting import FAULT_OF_EXIT_STATUS, Fault, fault_
 from mdagent_hpc.lammps.log import parse_log
 from mdagent_hpc.lammps.parser import ScriptError, parse_text
 from mdagent_hpc.lammps.run_folder import INPUT, LOG, STDOUT
+from mdagent_hpc.workflows.broker import PatientWithBroker
 
 
 def node_key(filename: str) -> str:
@@ -58,7 +59,7 @@ class _Waiting(Waiting):
             return self.create_state(ProcessState.RUNNING, self.process.terminate, exit_code)
 
 
-class LammpsCalculation(LammpsRawCalculation):
+class LammpsCalculation(PatientWithBroker, LammpsRawCalculation):
     FILENAME_INPUT = INPUT
 
     @classmethod

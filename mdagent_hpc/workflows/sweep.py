@@ -116,6 +116,52 @@ def sweep_results(spec: orm.Dict, **points: orm.Dict) -> dict:
     }
 
 
+def _define_pilot_and_reuse(spec) -> None:
+    """The parsl engine's inputs (`pilot.*`) and what an earlier sweep of the same spec hands on (`reuse.*`)."""
+    spec.input_namespace("pilot", required=False, help="parsl engine: how the pilot jobs run")
+    spec.input_namespace("reuse", required=False, help="what an earlier sweep of the same spec hands on")
+    spec.input(
+        "pilot.code",
+        valid_type=orm.AbstractCode,
+        required=False,
+        help="parsl engine: the login host's Python that runs the driver (resolved with the site, once)",
+    )
+    spec.input("pilot.site", valid_type=orm.Dict, required=False, help="parsl engine: the site's config")
+    spec.input(
+        "pilot.max_iterations",
+        valid_type=orm.Int,
+        required=False,
+        help="parsl engine: pilot jobs per batch at most (the site's on_failure.max_resubmits + 1)",
+    )
+    spec.input(
+        "reuse.template",
+        valid_type=orm.SinglefileData,
+        required=False,
+        help="an earlier sweep's validated template: no agent run validates one again",
+    )
+    spec.input_namespace(
+        "reuse.files",
+        valid_type=orm.Data,
+        dynamic=True,
+        required=False,
+        help="the files the template's jobs stage (data files)",
+    )
+    spec.input_namespace(
+        "reuse.potentials",
+        valid_type=orm.Data,
+        dynamic=True,
+        required=False,
+        help="the potential files the template's jobs stage",
+    )
+    spec.input_namespace(
+        "reuse.points",
+        valid_type=orm.Dict,
+        dynamic=True,
+        required=False,
+        help="point id -> an earlier record of it that passed: the point does not run again",
+    )
+
+
 class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkChain):
     @classmethod
     def define(cls, spec):
@@ -141,48 +187,7 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
             required=False,
             help="parsl engine: the folder on the site where the pilot keeps finished points",
         )
-        spec.input_namespace("pilot", required=False, help="parsl engine: how the pilot jobs run")
-        spec.input_namespace("reuse", required=False, help="what an earlier sweep of the same spec hands on")
-        spec.input(
-            "pilot.code",
-            valid_type=orm.AbstractCode,
-            required=False,
-            help="parsl engine: the login host's Python that runs the driver (resolved with the site, once)",
-        )
-        spec.input("pilot.site", valid_type=orm.Dict, required=False, help="parsl engine: the site's config")
-        spec.input(
-            "pilot.max_iterations",
-            valid_type=orm.Int,
-            required=False,
-            help="parsl engine: pilot jobs per batch at most (the site's on_failure.max_resubmits + 1)",
-        )
-        spec.input(
-            "reuse.template",
-            valid_type=orm.SinglefileData,
-            required=False,
-            help="an earlier sweep's validated template: no agent run validates one again",
-        )
-        spec.input_namespace(
-            "reuse.files",
-            valid_type=orm.Data,
-            dynamic=True,
-            required=False,
-            help="the files the template's jobs stage (data files)",
-        )
-        spec.input_namespace(
-            "reuse.potentials",
-            valid_type=orm.Data,
-            dynamic=True,
-            required=False,
-            help="the potential files the template's jobs stage",
-        )
-        spec.input_namespace(
-            "reuse.points",
-            valid_type=orm.Dict,
-            dynamic=True,
-            required=False,
-            help="point id -> an earlier record of it that passed: the point does not run again",
-        )
+        _define_pilot_and_reuse(spec)
         spec.expose_inputs(AgentWorkChain, namespace="agent", exclude=("task", "variables"))
         spec.outline(
             cls.setup,

@@ -120,6 +120,15 @@ def sweep_inputs(spec: SweepSpec, llm_overrides: dict | None = None, *, resume_f
     return inputs
 
 
+def get_builder_from_spec(spec: SweepSpec, llm_overrides: dict | None = None, *, resume_for: str | None = None):
+    """A SweepWorkChain builder with `sweep_inputs` (the site resolved and the sweep planned once)."""
+    from mdagent_hpc.workflows.sweep import SweepWorkChain
+
+    builder = SweepWorkChain.get_builder()
+    builder._update(sweep_inputs(spec, llm_overrides, resume_for=resume_for))
+    return builder
+
+
 def _earlier(email: str, key: str):
     from mdagent_hpc.provenance.sweeps import StillRunning, resumable
 
@@ -139,16 +148,14 @@ def _owner() -> str:
 def run_sweep(spec: SweepSpec):
     """Run the sweep in this process and return its finished node."""
     from mdagent_hpc.execution.profile import run_here
-    from mdagent_hpc.workflows.sweep import SweepWorkChain
 
     if not spec.answers:
-        return run_here(SweepWorkChain, **sweep_inputs(spec, resume_for=_owner()))[1]
+        return run_here(get_builder_from_spec(spec, resume_for=_owner()))[1]
     from mdagent_hpc.llm.replay import FakeOpenAIServer
 
     with FakeOpenAIServer(list(spec.answers), model=REPLAY_MODEL) as server:
         overrides = {"base_url": server.base_url, "model": REPLAY_MODEL, "max_retries": 0}
-        inputs = sweep_inputs(spec, overrides, resume_for=_owner())
-        return run_here(SweepWorkChain, **inputs)[1]
+        return run_here(get_builder_from_spec(spec, overrides, resume_for=_owner()))[1]
 
 
 def submit_sweep(spec: SweepSpec):
@@ -158,14 +165,13 @@ def submit_sweep(spec: SweepSpec):
             "a sweep with recorded answers runs in this process (without --daemon): the replay "
             "server lives only as long as the run"
         )
-    inputs = sweep_inputs(spec, resume_for=_owner())
+    builder = get_builder_from_spec(spec, resume_for=_owner())
     from aiida.engine import submit
 
     from mdagent_hpc.execution.profile import DaemonError, start_daemon
-    from mdagent_hpc.workflows.sweep import SweepWorkChain
 
     try:
         start_daemon()
     except DaemonError as exc:
         raise LaunchError(str(exc)) from None
-    return submit(SweepWorkChain, **inputs)
+    return submit(builder)

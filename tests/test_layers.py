@@ -17,7 +17,7 @@ TIERS = [
     ("configfile",),  # a YAML file into a model, with line numbers
     ("lammps",),  # parsing, policy, potentials, preflight, logs, evaluation
     ("llm", "sweep", "evalbench"),  # the model client and prompts; sweeps as data; benchmark sets and scoring
-    ("agent", "accounts"),  # the loop's decisions and memory; users, keys, quotas
+    ("agent", "accounts", "web"),  # the loop's decisions and memory; users, keys, quotas; what server and gateway share
     ("execution",),  # where a site meets an engine: site configs, AiiDA computers, the profile, Parsl, containers
     ("serving", "provenance"),  # llm serve, tunnel, gateway; THE read side: every read of runs takes the caller
     ("workflows",),  # AiiDA processes only

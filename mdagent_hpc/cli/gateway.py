@@ -67,7 +67,8 @@ def serve(upstream, upstream_key, host, port, db, audit_log, max_body_kb, timeou
     """Serve the gateway until Ctrl-C: users' keys in, the upstream's key out, only the OpenAI routes forwarded."""
     from mdagent_hpc.cli.users import store
     from mdagent_hpc.home import HomeError, ensure_home
-    from mdagent_hpc.serving.gateway.app import Gateway, GatewaySettings, bind, probe_upstream, serve, upstream_base
+    from mdagent_hpc.serving.gateway.app import Gateway, GatewaySettings, probe_upstream, serve, upstream_base
+    from mdagent_hpc.web import bind
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise UserError("give both --ssl-certfile and --ssl-keyfile, or neither")

@@ -111,7 +111,7 @@ def serve(host, port, profile, db, group_read, request_log, workers, daemon_work
     from mdagent_hpc.server import app as server_app
     from mdagent_hpc.server.app import ProcessPlan, Server, ServerSettings
     from mdagent_hpc.server.deploy import loopback, saved, users_store
-    from mdagent_hpc.serving.gateway.app import bind
+    from mdagent_hpc.web import bind
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise UserError("give both --ssl-certfile and --ssl-keyfile, or neither")

@@ -33,11 +33,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from mdagent_hpc import web
 from mdagent_hpc.accounts.quotas import utc_day
 from mdagent_hpc.accounts.store import AccountsError, Store, User
 from mdagent_hpc.server.access import Refused, check_submit, identity
 from mdagent_hpc.server.dashboard import DashboardGate
-from mdagent_hpc.server.wire import API, Me, QueryIn, RunIn, Submitted, SweepIn, error_body
+from mdagent_hpc.server.wire import API, STATE, Me, QueryIn, RunIn, Submitted, SweepIn, error_body, parse_pk
+from mdagent_hpc.web import Problem, bearer_key, uvicorn_config
 
 
 class ServerSettings(BaseModel):
@@ -47,17 +49,8 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = 1 << 20  # a request body larger than this is refused (413) before it is read
 
 
-MAX_PK = 2**31 - 1  # AiiDA's node ids are 32-bit integers
 MAX_LIST = 1000  # the most runs or sweeps one listing answers
-PK = re.compile(r"\d{1,18}|(?=.*[a-fA-F-])[0-9a-fA-F][0-9a-fA-F-]{7,35}")  # a pk, or a UUID (or its start)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-STATE = "mdagent"  # the scope key where Guard keeps the request's id, user and outcome
-
-
-class Problem(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
 class BodyTooLarge(Exception):
@@ -66,13 +59,6 @@ class BodyTooLarge(Exception):
 
 def too_large(limit: int) -> Problem:
     return Problem(413, "body_too_large", f"the request body is larger than this server accepts ({limit} bytes)")
-
-
-def parse_pk(text: str, what: str = "run") -> str:
-    """`text` if it looks like a pk (or a UUID, or its start), else a 400: nothing odd reaches the database."""
-    if not PK.fullmatch(text) or (text.isdigit() and int(text) > MAX_PK):
-        raise Problem(400, "bad_request", f"{text[:40]!r} is not a {what} pk (a whole number)")
-    return text
 
 
 def parse_limit(text: str | None, default: int = 20) -> int:
@@ -338,8 +324,7 @@ class Server:
             raise Problem(404, "not_found", f"no {what} {pk} that you may read; `mdagent runs` lists yours") from None
 
     async def authenticate(self, request: Request) -> User:
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        key = bearer_key(request.headers.get("authorization", "")) or ""
         if not key:
             raise Problem(
                 401,
@@ -721,22 +706,10 @@ def process_app():
     return Server(plan.settings, Store(plan.users_db, pool_size=USERS_POOL)).app()
 
 
-def _uvicorn_config(app, **options):
-    import uvicorn
-
-    return uvicorn.Config(
-        app, log_level="warning", access_log=False, timeout_graceful_shutdown=5, server_header=False, **options
-    )
-
-
 def serve(server: Server, sock, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
     """Serve in this process until SIGINT or SIGTERM."""
-    import uvicorn
-
     size_run_db_pool(server.settings)
-    config = _uvicorn_config(server.app(), ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run(sockets=[sock])
+    web.serve(server.app(), sock, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
 
 
 def serve_processes(
@@ -747,7 +720,7 @@ def serve_processes(
     from uvicorn.supervisors import Multiprocess
 
     os.environ[PROCESS_PLAN] = plan.model_dump_json()
-    config = _uvicorn_config(
+    config = uvicorn_config(
         f"{__name__}:process_app", factory=True, workers=workers, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile
     )
     with contextlib.suppress(KeyboardInterrupt):

@@ -26,7 +26,8 @@ class DashboardGate:
 
     async def __call__(self, scope, receive, send) -> None:
         from mdagent_hpc.server import service
-        from mdagent_hpc.server.app import STATE, Problem, parse_pk
+        from mdagent_hpc.server.wire import STATE, parse_pk
+        from mdagent_hpc.web import Problem
 
         request, user = Request(scope), scope[STATE]["user"]
         root, path = scope.get("root_path", ""), scope["path"]

@@ -30,9 +30,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Send
 
+from mdagent_hpc import web
 from mdagent_hpc.accounts.quotas import RateWindow, Refusal, check_daily, next_midnight, utc_day
 from mdagent_hpc.accounts.store import AccountsError, Store
 from mdagent_hpc.serving.gateway.sse import StreamTally, usage_of
+from mdagent_hpc.web import bearer_key
 
 # path -> method: what the agent and ordinary OpenAI clients use; everything else is refused
 FORWARDED = {
@@ -128,7 +130,7 @@ class Gateway:
 
     async def handle(self, request: Request) -> Response:
         ex = Exchange(method=request.method, route=request.url.path[:200])
-        key = _bearer(request.headers.get("authorization", ""))
+        key = bearer_key(request.headers.get("authorization", ""))
         if not key:
             return self.refuse(
                 ex,
@@ -493,13 +495,6 @@ class RelayResponse(StreamingResponse):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _bearer(header: str) -> str | None:
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return value.strip() or None
-
-
 async def _read_body(request: Request, limit: int) -> bytes | None:
     """The body, or None once it is over `limit` bytes (told by Content-Length, or counted as it arrives)."""
     declared = request.headers.get("content-length")
@@ -590,37 +585,11 @@ def _estimate(text: str) -> int:
     return -(-len(text.encode()) // 4)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket (port 0: any free port); OSError when it cannot be had."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only then (without it: +40 ms per keep-alive request)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def serve(
     gateway: Gateway, sock: socket.socket, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None
 ) -> None:
     """Serve until SIGINT or SIGTERM (open streams get 5 s to finish)."""
-    import uvicorn
-
-    config = uvicorn.Config(
-        gateway.app(),
-        log_level="warning",
-        access_log=False,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-        timeout_graceful_shutdown=5,
-        server_header=False,
-    )
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down cleanly, then re-raises it
-        uvicorn.Server(config).run(sockets=[sock])
+    web.serve(gateway.app(), sock, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
 
 
 def probe_upstream(settings: GatewaySettings, timeout: float = 5.0) -> tuple[bool, str]:

@@ -110,7 +110,7 @@ def serve(host, port, profile, db, group_read, request_log, workers, daemon_work
     from mdagent_hpc.home import ensure_home
     from mdagent_hpc.server import app as server_app
     from mdagent_hpc.server.app import ProcessPlan, Server, ServerSettings
-    from mdagent_hpc.server.deploy import loopback, saved, users_store
+    from mdagent_hpc.server.deploy import saved, users_store
     from mdagent_hpc.web import bind
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
@@ -147,26 +147,7 @@ def serve(host, port, profile, db, group_read, request_log, workers, daemon_work
             raise UserError(
                 f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host"
             ) from None
-        bound = sock.getsockname()
-        scheme = "https" if ssl_certfile else "http"
-        err().print(f"mdagent server on {scheme}://{bound[0]}:{bound[1]} (profile {profile})", highlight=False)
-        err().print(
-            f"  users: {sum(u.active for u in users.users())} active; runs shared in the group: "
-            f"{'yes' if group_read else 'no'}",
-            highlight=False,
-        )
-        err().print(f"  request log: {request_log}", highlight=False)
-        err().print(
-            f"  {workers} server process(es), each with {server_app.connections_per_process(settings)} database "
-            "connections at most",
-            highlight=False,
-        )
-        if not ssl_certfile and not loopback(host):
-            err().print(
-                "  [yellow]warning:[/] plain HTTP on a network address: keys cross the network in clear; "
-                "use --ssl-certfile/--ssl-keyfile or a TLS proxy in front",
-                highlight=False,
-            )
+        _say_serving(sock, profile, users, group_read, request_log, workers, settings, bool(ssl_certfile), host)
         err().print("  Ctrl-C to stop (the daemon and the runs go on)", highlight=False)
         try:
             app = Server(settings, users)
@@ -188,6 +169,33 @@ def serve(host, port, profile, db, group_read, request_log, workers, daemon_work
                 ssl_keyfile=ssl_keyfile,
             )
     err().print("server stopped", highlight=False)
+
+
+def _say_serving(sock, profile, users, group_read, request_log, workers, settings, tls: bool, host: str) -> None:
+    """What `serve` prints when it starts: where, for whom, its log, its processes, and a warning without TLS."""
+    from mdagent_hpc.server import app as server_app
+    from mdagent_hpc.server.deploy import loopback
+
+    bound = sock.getsockname()
+    scheme = "https" if tls else "http"
+    err().print(f"mdagent server on {scheme}://{bound[0]}:{bound[1]} (profile {profile})", highlight=False)
+    err().print(
+        f"  users: {sum(u.active for u in users.users())} active; runs shared in the group: "
+        f"{'yes' if group_read else 'no'}",
+        highlight=False,
+    )
+    err().print(f"  request log: {request_log}", highlight=False)
+    err().print(
+        f"  {workers} server process(es), each with {server_app.connections_per_process(settings)} database "
+        "connections at most",
+        highlight=False,
+    )
+    if not tls and not loopback(host):
+        err().print(
+            "  [yellow]warning:[/] plain HTTP on a network address: keys cross the network in clear; "
+            "use --ssl-certfile/--ssl-keyfile or a TLS proxy in front",
+            highlight=False,
+        )
 
 
 def _server_processes(asked: int | None, settings, users_db: str) -> int:

@@ -161,32 +161,19 @@ def setup(
     stored = config.get_profile(profile).process_control_config if profile in config.profile_names else {}
     with progress(f"checking RabbitMQ at {broker.host or stored.get('broker_host', '127.0.0.1')} ..."):
         found = check_broker(broker, stored)
-    checks: list[tuple[str, bool, str]] = [
-        (
-            "RabbitMQ",
-            True,
-            f"{found['broker_host']}:{found['broker_port']} vhost '{found['broker_virtual_host'] or '/'}' "
-            f"(user {found['broker_username']})",
-        )
-    ]
+    where = f"{found['broker_host']}:{found['broker_port']} vhost '{found['broker_virtual_host'] or '/'}'"
+    checks: list[tuple[str, bool, str]] = [("RabbitMQ", True, f"{where} (user {found['broker_username']})")]
     checks.append(check_consumer_timeout(found, accept_consumer_timeout))
     try:
         with progress(f"checking PostgreSQL at {db_host}:{db_port} ..."):
-            made = ensure_postgres_profile(
+            ensure_postgres_profile(
                 profile, database=database, host=db_host, port=db_port, user=db_user, password=db_password, broker=False
             )
     except ProfileError as exc:
         raise DeployError(str(exc)) from None
-    config = get_config()
-    made = config.get_profile(profile)
-    made.set_process_controller("core.rabbitmq", found)
-    config.update_profile(made)
-    config.set_option("warnings.rabbitmq_version", False, scope=profile)
     daemon_workers = daemon_workers or os.cpu_count() or 1
     slots = process_slots(concurrent_runs, daemon_workers)
-    config.set_option("daemon.worker_process_slots", slots, scope=profile)
-    config.store()
-    storage = made.storage_config
+    storage = _configure_profile(profile, found, slots)
     checks.insert(
         0,
         (
@@ -213,24 +200,26 @@ def setup(
     checks.append(("profile", True, f"{profile} loads; `local` computer and LAMMPS code ready"))
     defaults = saved().get("default_quota") or DEFAULT_QUOTA
     checks.append(("default quotas", True, quota_text(defaults) + " (`mdagent users defaults` changes them)"))
-    checks.append(
-        (
-            "daemon",
-            True,
-            f"{daemon_workers} worker(s) of {slots} process slots each, for {concurrent_runs} runs in flight "
-            "(applies when the daemon starts next)",
-        )
-    )
-    save_settings(
-        {
-            **saved(),
-            "profile": profile,
-            "users_db": users_db,
-            "default_quota": defaults,
-            "daemon_workers": daemon_workers,
-        }
-    )
+    daemon = f"{daemon_workers} worker(s) of {slots} process slots each, for {concurrent_runs} runs in flight"
+    checks.append(("daemon", True, daemon + " (applies when the daemon starts next)"))
+    saving = {"profile": profile, "users_db": users_db, "default_quota": defaults, "daemon_workers": daemon_workers}
+    save_settings({**saved(), **saving})
     return Setup(profile, users_db, checks)
+
+
+def _configure_profile(profile: str, broker: dict, slots: int) -> dict:
+    """The profile's broker (RabbitMQ as checked), its daemon's process slots, no RabbitMQ-version warning; its
+    storage config."""
+    from aiida.manage.configuration import get_config
+
+    config = get_config()
+    made = config.get_profile(profile)
+    made.set_process_controller("core.rabbitmq", broker)
+    config.update_profile(made)
+    config.set_option("warnings.rabbitmq_version", False, scope=profile)
+    config.set_option("daemon.worker_process_slots", slots, scope=profile)
+    config.store()
+    return made.storage_config
 
 
 def process_slots(concurrent_runs: int, workers: int) -> int:

@@ -228,20 +228,34 @@ def load_profile():
 
 # -- what only this machine does (sites, served models, benchmarks, training data) and the tools beside them ----
 # Each refuses, in one sentence, what a shared server cannot do for it when MDAGENT_SERVER is set (local_only.py).
-from mdagent_hpc.api.bench import bench_codegen, bench_qa, bench_report, list_benches  # noqa: E402
-from mdagent_hpc.api.export import export_trajectories  # noqa: E402
-from mdagent_hpc.api.images import check_image  # noqa: E402
-from mdagent_hpc.api.questions import ask  # noqa: E402
-from mdagent_hpc.api.serving import (  # noqa: E402
-    endpoint_status,
-    get_endpoint,
-    list_endpoints,
-    llm_job_script,
-    serve_model,
-    stop_endpoint,
-    wait_for_model,
-)
-from mdagent_hpc.api.sites import add_site, list_sites, test_site  # noqa: E402
+_ELSEWHERE = {  # loaded on first use, so that `import mdagent_hpc` stays as fast as it was
+    **dict.fromkeys(("bench_codegen", "bench_qa", "bench_report", "list_benches"), "bench"),
+    "export_trajectories": "export",
+    "check_image": "images",
+    "ask": "questions",
+    **dict.fromkeys(
+        (
+            "endpoint_status",
+            "get_endpoint",
+            "list_endpoints",
+            "llm_job_script",
+            "serve_model",
+            "stop_endpoint",
+            "wait_for_model",
+        ),
+        "serving",
+    ),
+    **dict.fromkeys(("add_site", "list_sites", "test_site"), "sites"),
+}
+
+
+def __getattr__(name: str):
+    if name in _ELSEWHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"mdagent_hpc.api.{_ELSEWHERE[name]}"), name)
+    raise AttributeError(f"module 'mdagent_hpc.api' has no attribute {name!r}")
+
 
 __all__ += [
     "add_site",

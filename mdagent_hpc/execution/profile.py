@@ -28,7 +28,7 @@ class ProfileError(MDAgentError, RuntimeError):
 
 def shared_profile() -> str | None:
     """The shared profile `mdagent server setup` saved in this MDAGENT_HOME's server.json (the server's home)."""
-    from mdagent_hpc.settings.resolver import saved_server_settings
+    from mdagent_hpc.settings import saved_server_settings
 
     return saved_server_settings().get("profile") or None
 

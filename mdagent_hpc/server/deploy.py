@@ -50,7 +50,7 @@ def save_settings(settings: dict) -> None:
 
 
 def saved() -> dict:
-    from mdagent_hpc.settings.resolver import saved_server_settings
+    from mdagent_hpc.settings import saved_server_settings
 
     return saved_server_settings()
 

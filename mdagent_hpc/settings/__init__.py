@@ -7,8 +7,10 @@ resolved by `mdagent_hpc.settings.resolver`, which reads the environment through
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 # name -> (what it sets, its default)
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -49,6 +51,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "MDAGENT_LLM_STRUCTURED_OUTPUT": ("auto, json_schema, grammar or off (llm.structured_output)", "auto"),
     "MDAGENT_LLM_CANDIDATES": ("scripts asked for per request (llm.candidates)", "1"),
     "MDAGENT_LLM_CONTEXT_TOKENS": ("the model's context length (llm.context_tokens)", "read from the server"),
+    "MDAGENT_SERVER_PROCESS": (
+        "internal: how `mdagent server serve --workers N` tells each server process what to build",
+        "set by serve itself",
+    ),
+    "MDAGENT_TEST_CRASH_AT": (
+        "tests only: the server dies at this named point of a submission (the crash tests)",
+        "unset",
+    ),
 }
 
 
@@ -66,3 +76,17 @@ def mdagent_home() -> Path:
         return Path(home).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "mdagent"
+
+
+def server_file() -> Path:
+    """What `mdagent server setup` saved (the shared profile and users database): `$MDAGENT_HOME/server.json`."""
+    return mdagent_home() / "server.json"
+
+
+def saved_server_settings() -> dict[str, Any]:
+    """server.json as a mapping; empty when there is none (or it cannot be read)."""
+    try:
+        found = json.loads(server_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}

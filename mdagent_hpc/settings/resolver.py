@@ -10,7 +10,6 @@ where it came from (`$MDAGENT_LLM_TIMEOUT: bad value ...`, `.../config.yaml (llm
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -20,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mdagent_hpc.errors import MDAgentError
-from mdagent_hpc.settings import env, mdagent_home
+from mdagent_hpc.settings import env, mdagent_home, saved_server_settings, server_file
 
 
 class SettingsError(MDAgentError, ValueError):
@@ -33,20 +32,6 @@ class NotConfigured(SettingsError):
 
 def config_file() -> Path:
     return mdagent_home() / "config.yaml"
-
-
-def server_file() -> Path:
-    """What `mdagent server setup` saved (the shared profile and users database): `$MDAGENT_HOME/server.json`."""
-    return mdagent_home() / "server.json"
-
-
-def saved_server_settings() -> dict[str, Any]:
-    """server.json as a mapping; empty when there is none (or it cannot be read)."""
-    try:
-        found = json.loads(server_file().read_text())
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 # -- the sources, each a pydantic-settings source that says where its values come from -------------------------------

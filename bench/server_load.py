@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--runs", type=int, default=5, help="runs each client submits (default 5: 100 in all)")
     parser.add_argument("--repeat", type=int, default=50, help="queries timed for the baselines")
+    parser.add_argument("--wait", type=float, default=60, help="seconds per run to wait for the runs to end (60)")
     parser.add_argument("--query-seconds", type=float, default=20, help="then all clients only query, this long")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -185,7 +186,7 @@ def main() -> None:
         print(f"load over; waiting for the {sum(map(len, submitted.values()))} runs to end ...", flush=True)
         pending = {pk: i for i, pks in submitted.items() for pk in pks}
         verdicts: dict[int, str] = {}
-        deadline = time.monotonic() + max(900, 30 * len(pending))
+        deadline = time.monotonic() + max(900, args.wait * len(pending))
         with httpx.Client(base_url=f"{url}/api/v1", timeout=120, trust_env=False) as http:
             while pending and time.monotonic() < deadline:
                 for pk, i in list(pending.items()):
@@ -197,14 +198,17 @@ def main() -> None:
             # every run found once: in its user's list and its user's query, exactly once, and in no other list
             listed_by: Counter = Counter()
             problems: list[str] = []
+            total_asked = args.clients * args.runs
             for i, pks in submitted.items():
                 headers = {"authorization": f"Bearer {keys[i]}"}
-                listed = Counter(r["pk"] for r in http.get("/runs", params={"limit": 1000}, headers=headers).json())
+                listing = http.get("/runs", params={"limit": 1000}, headers=headers)
+                query = http.post("/query", json={"filters": {**QUERY, "limit": 2 * total_asked}}, headers=headers)
+                for what, answer in (("list", listing), ("query", query)):
+                    if answer.status_code != 200:
+                        problems.append(f"user{i:02d}'s {what}: HTTP {answer.status_code} {answer.text[:200]}")
+                listed = Counter(r["pk"] for r in listing.json()) if listing.status_code == 200 else Counter()
                 listed_by.update(listed)
-                found = Counter(
-                    r["pk"]
-                    for r in http.post("/query", json={"filters": {**QUERY, "limit": 1000}}, headers=headers).json()
-                )
+                found = Counter(r["pk"] for r in query.json()) if query.status_code == 200 else Counter()
                 for pk in pks:
                     if listed[pk] != 1 or found[pk] != 1:
                         problems.append(

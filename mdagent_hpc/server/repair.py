@@ -125,6 +125,7 @@ def repair(lock_for, now: datetime | None = None) -> list[int]:
     its to repair), so a submission still on its way to the queue is never taken for an orphan. Said on stderr."""
     import contextlib
 
+    from aiida.engine.daemon.client import DaemonException
     from aiida.engine.processes.control import revive_processes
 
     now = now or datetime.now(UTC)
@@ -157,6 +158,10 @@ def repair(lock_for, now: datetime | None = None) -> list[int]:
                     file=sys.stderr,
                     flush=True,
                 )
+                if not isinstance(exc, DaemonException):  # the broker: its connection may be broken for good
+                    from mdagent_hpc.server.service import fresh_broker
+
+                    fresh_broker()
                 continue
             requeue.append(node.pk)
     if requeue:

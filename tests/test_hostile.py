@@ -514,3 +514,53 @@ def test_a_run_in_flight_survives_a_30_s_broker_outage(shared):
             ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, capture_output=True
         )
     assert ended(shared, "lena", pk, timeout=900)["verdict"] == "passed"
+
+
+REPAIR_ACROSS_AN_OUTAGE = """
+import json, subprocess, sys, time
+from mdagent_hpc.execution.profile import ensure_profile
+ensure_profile()
+from mdagent_hpc.server import repair
+
+vhost = sys.argv[1]
+
+
+def ctl(*args):
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+def repair_once():
+    try:
+        return repair.repair(lambda email: None)
+    except Exception as exc:
+        return type(exc).__name__
+
+
+seen = {"before": repair_once()}  # the connection is made here and lives through the outage
+ctl("clear_permissions", "-p", vhost, "guest")
+try:
+    ctl("close_all_connections", "--vhost", vhost, "--limit", "1000", "test outage")
+    time.sleep(20)  # the outage itself (the fault injected, not a wait for a result)
+finally:
+    ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+seen["after"] = repair_once()
+print(json.dumps(seen))
+"""
+
+
+def test_the_servers_repair_works_again_after_a_broker_outage(shared):
+    """The server's own broker connection, broken by a 20 s outage (permissions revoked, connections closed), is
+    made anew: the first repair after the outage succeeds (before: every repair after it failed, RuntimeError)."""
+    env = {**shared["env"], "MDAGENT_AIIDA_PROFILE": shared["name"], "AIIDA_PATH": str(shared["home"])}
+    done = ok(
+        subprocess.run(
+            [sys.executable, "-c", REPAIR_ACROSS_AN_OUTAGE, shared["name"]],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+    )
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert isinstance(seen["before"], list), seen
+    assert isinstance(seen["after"], list), seen  # not the name of an exception

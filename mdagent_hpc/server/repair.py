@@ -130,7 +130,13 @@ def repair(lock_for, now: datetime | None = None) -> list[int]:
 
     now = now or datetime.now(UTC)
     requeue, ended = [], []
-    in_queue = queued()
+    try:
+        in_queue = queued()
+    except Exception:  # noqa: BLE001 (a connection that lived through a broker outage can stay broken: one new try)
+        from mdagent_hpc.server.service import fresh_broker
+
+        fresh_broker()
+        in_queue = queued()  # the broker still down: raised, and the next repair tries again
     candidates = [n for n in active(before=now - GRACE) if n.pk not in in_queue]
     answering = held([n.pk for n in candidates])
     for node in candidates:

@@ -47,6 +47,7 @@ class ServerSettings(BaseModel):
     request_log: Path | None = None
     read_threads: int = 4
     max_body_bytes: int = 1 << 20  # a request body larger than this is refused (413) before it is read
+    statement_timeout_s: int = 30  # a run-database query longer than this is cancelled by PostgreSQL (400)
 
 
 MAX_LIST = 1000  # the most runs or sweeps one listing answers
@@ -90,6 +91,13 @@ def service_down(exc: BaseException) -> str | None:
     if names & {"kiwipy", "aiormq", "aio_pika", "pamqp"} or isinstance(exc, (ConnectionError, TimeoutError)):
         return "the message broker"
     return None
+
+
+def too_long(exc: BaseException) -> bool:
+    """Did PostgreSQL cancel the request's query at the server's statement timeout?"""
+    from psycopg import errors
+
+    return isinstance(exc, sa_exc.DBAPIError) and isinstance(exc.orig, errors.QueryCanceled)
 
 
 def _dropped_connection(exc: BaseException) -> bool:
@@ -295,6 +303,19 @@ class Server:
             exc = too_large(self.settings.max_body_bytes)
         if isinstance(exc, Problem):
             return JSONResponse(error_body(exc.message, exc.code), exc.status, headers=exc.headers)
+        if too_long(exc):
+            return self.answer(
+                Problem(
+                    400,
+                    "too_expensive",
+                    f"this request ran longer than the server allows ({self.settings.statement_timeout_s} s); "
+                    "narrow it (a time window, a site, a task) and ask again",
+                ),
+                state,
+            )
+        if (down := service_down(exc)) is not None:  # before MDAgentError: the users store's errors are both
+            state["error"] = type(exc).__name__
+            return self.answer(unavailable(down), state)
         if isinstance(exc, (MDAgentError, LaunchError)):  # a user's mistake, said by this project's own code
             return JSONResponse(error_body(str(exc), "bad_request"), 400)
         if isinstance(exc, ValidationError):
@@ -302,8 +323,6 @@ class Server:
             where = ".".join(str(x) for x in first["loc"])
             return JSONResponse(error_body(f"{where}: {first['msg']}", "bad_request"), 400)
         state["error"] = type(exc).__name__
-        if down := service_down(exc):
-            return self.answer(unavailable(down), state)
         print(f"request {state['id']} failed:", file=sys.stderr)
         traceback.print_exception(exc, file=sys.stderr)
         return JSONResponse(
@@ -676,14 +695,27 @@ def max_connections() -> int:
         session.rollback()
 
 
+def run_db_engine_options(settings: ServerSettings) -> dict:
+    """SQLAlchemy engine options of a server process's run database: `run_db_pool` connections, no overflow, and a
+    statement timeout, so that no query, however a user asks it, holds the database longer."""
+    timeout_ms = settings.statement_timeout_s * 1000
+    return {
+        "pool_size": run_db_pool(settings),
+        "max_overflow": 0,
+        "connect_args": {"options": f"-c statement_timeout={timeout_ms}"},
+    }
+
+
 def size_run_db_pool(settings: ServerSettings) -> None:
-    """This process's AiiDA engine made again with run_db_pool connections and no overflow (the loaded profile's
-    storage settings, in memory only)."""
+    """This process's AiiDA engine made again with `run_db_engine_options` (the loaded profile's storage settings,
+    in memory only; PostgreSQL profiles, the only kind `server setup` makes)."""
     from aiida.manage import get_manager
 
     manager = get_manager()
-    engine = {"pool_size": run_db_pool(settings), "max_overflow": 0}
-    manager.get_profile().storage_config["engine_kwargs"] = engine
+    profile = manager.get_profile()
+    if profile.storage_backend != "core.psql_dos":
+        return
+    profile.storage_config["engine_kwargs"] = run_db_engine_options(settings)
     manager.reset_profile_storage()
 
 

@@ -194,6 +194,8 @@ def check_documented(words: list[str], site, args: list[str], workdir: str | Non
     assert all(dest.startswith("/") for _, dest, _ in binds)
     assert parsed.flag("containall") == site.lammps.containall
     assert parsed.flag("nv") == site.lammps.nv
+    # LAMMPS has no network in the container: a script cannot reach anything (--containall alone leaves the host's)
+    assert parsed.flag("net") and parsed.values("network") == ["none"]
     env = {k: v for spec in parsed.values("env") for k, v in cli.parse_env(str(spec)).items()}
     if workdir:
         assert parsed.values("pwd") == [workdir]
@@ -298,7 +300,7 @@ def test_check_image_reports_the_image_lammps(sif, double_env):
     assert report.potential_files == len([n for n in os.listdir(report.potentials_dir) if not n.startswith(".")])
     calls = logged(double_env)
     assert ["--version"] in calls
-    assert ["exec", "--containall", str(sif), "lmp", "-h"] in calls
+    assert ["exec", "--containall", "--net", "--network", "none", str(sif), "lmp", "-h"] in calls
     for argv in calls:
         cli.parse(argv)
 
@@ -364,7 +366,7 @@ def test_timeout(sif, tmp_path):
 def test_uri_is_passed_to_apptainer(double_env):
     with pytest.raises(ImageCheckError, match="Unable to handle oras://ghcr.io/x/lammps:1 uri"):
         check_image("oras://ghcr.io/x/lammps:1", apptainer=str(DOUBLE))
-    assert ["exec", "--containall", "oras://ghcr.io/x/lammps:1", "lmp", "-h"] in logged(double_env)
+    assert ["exec", "--containall", "--net", "--network", "none", "oras://ghcr.io/x/lammps:1", "lmp", "-h"] in logged(double_env)
     with pytest.raises(ImageCheckError, match="give a .sif path or an oras://"):
         check_image("shub://x/y", apptainer=str(DOUBLE))
 

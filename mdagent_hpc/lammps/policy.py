@@ -11,7 +11,7 @@ import math
 import re
 from pathlib import Path, PurePosixPath
 
-from mdagent_hpc.lammps.files import command_files
+from mdagent_hpc.lammps.files import WRITE, command_files
 from mdagent_hpc.lammps.files import number as _number
 from mdagent_hpc.models import Command, Diagnostic, Limits, ParsedScript
 
@@ -27,9 +27,13 @@ REFUSED_COMMANDS = {
     "kim_query": "queries the OpenKIM web service",
 }
 REFUSED_FIX_STYLES = {
-    "python": "runs Python code", "python/invoke": "runs Python code", "python/move": "runs Python code",
-    "imd": "opens a network socket", "ipi": "opens a network socket",
-    "mdi/qm": "opens a channel to another program", "mdi/qmmm": "opens a channel to another program",
+    "python": "runs Python code",
+    "python/invoke": "runs Python code",
+    "python/move": "runs Python code",
+    "imd": "opens a network socket",
+    "ipi": "opens a network socket",
+    "mdi/qm": "opens a channel to another program",
+    "mdi/qmmm": "opens a channel to another program",
 }
 REFUSED_VARIABLE_STYLES = {"python": "runs Python code", "getenv": "reads the environment (it may hold secrets)"}
 SHELL_FILE_COMMANDS = {"rm", "mkdir", "mv", "rmdir"}
@@ -59,49 +63,117 @@ def _check_words(cmd: Command, words: list[str], run_dir: Path | None) -> list[D
     out: list[Diagnostic] = []
     name, a = words[0], words[1:]
     if "$" in name:
-        return [_diag(cmd, "policy.unresolved_command", f"the command name '{name}' is known only at run time",
-                      "write the command name literally, not through a variable", words)]
+        return [
+            _diag(
+                cmd,
+                "policy.unresolved_command",
+                f"the command name '{name}' is known only at run time",
+                "write the command name literally, not through a variable",
+                words,
+            )
+        ]
     if name in REFUSED_COMMANDS:
-        out.append(_diag(cmd, f"policy.{name}", f"`{name}` is not allowed: it {REFUSED_COMMANDS[name]}",
-                         "do without it; the sandbox allows only LAMMPS's own commands", words))
+        out.append(
+            _diag(
+                cmd,
+                f"policy.{name}",
+                f"`{name}` is not allowed: it {REFUSED_COMMANDS[name]}",
+                "do without it; the sandbox allows only LAMMPS's own commands",
+                words,
+            )
+        )
     if name == "shell":
         sub = a[0] if a else ""
         if sub not in SHELL_FILE_COMMANDS:
-            out.append(_diag(cmd, "policy.shell", f"`shell {sub}` is not allowed: it runs a program",
-                             "only `shell rm|mkdir|mv|rmdir` on files in the run folder are allowed", words))
+            out.append(
+                _diag(
+                    cmd,
+                    "policy.shell",
+                    f"`shell {sub}` is not allowed: it runs a program",
+                    "only `shell rm|mkdir|mv|rmdir` on files in the run folder are allowed",
+                    words,
+                )
+            )
     if name == "fix" and len(a) > 2 and a[2] in REFUSED_FIX_STYLES:
-        out.append(_diag(cmd, "policy.fix_style", f"fix {a[2]} is not allowed: it {REFUSED_FIX_STYLES[a[2]]}",
-                         "use a fix that runs inside LAMMPS", words))
+        out.append(
+            _diag(
+                cmd,
+                "policy.fix_style",
+                f"fix {a[2]} is not allowed: it {REFUSED_FIX_STYLES[a[2]]}",
+                "use a fix that runs inside LAMMPS",
+                words,
+            )
+        )
     if name == "pair_style" and "python" in a:
-        out.append(_diag(cmd, "policy.pair_python", "pair_style python is not allowed: it runs Python code",
-                         "use a tabulated (pair_style table) or built-in potential", words))
+        out.append(
+            _diag(
+                cmd,
+                "policy.pair_python",
+                "pair_style python is not allowed: it runs Python code",
+                "use a tabulated (pair_style table) or built-in potential",
+                words,
+            )
+        )
     if name == "variable" and len(a) > 1 and a[1] in REFUSED_VARIABLE_STYLES:
-        out.append(_diag(cmd, f"policy.variable_{a[1]}",
-                         f"variable style {a[1]} is not allowed: it {REFUSED_VARIABLE_STYLES[a[1]]}",
-                         "set the value literally in the script", words))
+        out.append(
+            _diag(
+                cmd,
+                f"policy.variable_{a[1]}",
+                f"variable style {a[1]} is not allowed: it {REFUSED_VARIABLE_STYLES[a[1]]}",
+                "set the value literally in the script",
+                words,
+            )
+        )
     if name == "dump" and len(a) > 2 and a[2] == "movie":
-        out.append(_diag(cmd, "policy.dump_movie", "dump movie is not allowed: it starts ffmpeg",
-                         "use dump image and assemble the movie afterwards", words))
+        out.append(
+            _diag(
+                cmd,
+                "policy.dump_movie",
+                "dump movie is not allowed: it starts ffmpeg",
+                "use dump image and assemble the movie afterwards",
+                words,
+            )
+        )
     for path, mode, kind in command_files(words):
         if problem := path_problem(path):
-            out.append(_diag(cmd, "policy.path", f"{kind} file '{path}' ({mode}) {problem}",
-                             "use a plain relative path inside the run folder", words))
+            out.append(
+                _diag(
+                    cmd,
+                    "policy.path",
+                    f"{kind} file '{path}' ({mode}) {problem}",
+                    "use a plain relative path inside the run folder",
+                    words,
+                )
+            )
         elif run_dir is not None and (run_dir / path).is_symlink():
             target = (run_dir / path).resolve()
             if not target.is_relative_to(run_dir.resolve()):
-                out.append(_diag(cmd, "policy.path", f"'{path}' is a link to {target}, outside the run folder",
-                                 "copy the file into the run folder instead of linking it", words))
+                out.append(
+                    _diag(
+                        cmd,
+                        "policy.path",
+                        f"'{path}' is a link to {target}, outside the run folder",
+                        "copy the file into the run folder instead of linking it",
+                        words,
+                    )
+                )
     if name not in TEXT_COMMANDS and not (name == "fix" and len(a) > 2 and a[2] == "print"):
         listed = {p for p, _, _ in command_files(words)}
         for w in a:
             if w not in listed and (w.startswith(("/", "~/")) or ".." in PurePosixPath(w).parts):
-                out.append(_diag(cmd, "policy.path", f"'{w}' looks like a path outside the run folder",
-                                 "use a plain relative path inside the run folder", words))
+                out.append(
+                    _diag(
+                        cmd,
+                        "policy.path",
+                        f"'{w}' looks like a path outside the run folder",
+                        "use a plain relative path inside the run folder",
+                        words,
+                    )
+                )
     return out
 
 
-def check_policy(script: ParsedScript, limits: Limits | None = None, run_dir: Path | None = None
-                 ) -> list[Diagnostic]:
+def check_policy(script: ParsedScript, limits: Limits | None = None, run_dir: Path | None = None) -> list[Diagnostic]:
     """Every refusal, one diagnostic per command and rule (not per variant)."""
     limits = limits or Limits()
     found: dict[tuple[int, str, str, str], Diagnostic] = {}
@@ -110,7 +182,40 @@ def check_policy(script: ParsedScript, limits: Limits | None = None, run_dir: Pa
             if words:
                 for d in _check_words(cmd, words, run_dir):
                     found.setdefault((cmd.line, cmd.file, d.code, d.message), d)
+    for d in _included_but_not_given(script):
+        found.setdefault((d.line, d.file, d.code, d.message), d)
     return list(found.values()) + check_limits(script, limits, run_dir)
+
+
+def _included_but_not_given(script: ParsedScript) -> list[Diagnostic]:
+    """`include`/`jump` of a file the script writes itself (`print ... file`, `fix print`, `log`, `shell mv`, ...), or
+    whose name is known only at run time: its commands were never checked, so it could hold any command, `shell`
+    included. A script may read as input only the files it was given (a missing one is `file.missing`)."""
+    every = [(cmd, words) for cmd in script.commands for words in (cmd.variants or [cmd.words]) if words]
+    written = {
+        PurePosixPath(path).as_posix() for _, words in every for path, mode, _ in command_files(words) if mode == WRITE
+    }
+    out = []
+    for cmd, words in every:
+        if words[0] not in ("include", "jump") or len(words) < 2 or words[1] == "SELF":
+            continue
+        target = words[1]
+        if "$" in target or "{" in target:
+            why = "its name is known only at run time"
+        elif PurePosixPath(target).as_posix() in written:
+            why = "the script writes it itself"
+        else:
+            continue
+        out.append(
+            _diag(
+                cmd,
+                "policy.include_unchecked",
+                f"`{words[0]} {target}` is not allowed: {why}, so its commands cannot be checked before the run",
+                "put the commands in the script itself, or give the file with the script",
+                words,
+            )
+        )
+    return out
 
 
 def _loop_multipliers(script: ParsedScript) -> list[int]:
@@ -120,8 +225,14 @@ def _loop_multipliers(script: ParsedScript) -> list[int]:
     for j, cmd in enumerate(cmds):
         if cmd.name != "jump" or len(cmd.words) < 3 or cmd.words[1] != "SELF":
             continue
-        start = next((i for i in range(j - 1, -1, -1) if cmds[i].name == "label" and cmds[i].args[:1] ==
-                      [cmd.words[2]] and cmds[i].file == cmd.file), None)
+        start = next(
+            (
+                i
+                for i in range(j - 1, -1, -1)
+                if cmds[i].name == "label" and cmds[i].args[:1] == [cmd.words[2]] and cmds[i].file == cmd.file
+            ),
+            None,
+        )
         if start is None:
             continue
         nexted = [w for c in cmds[start:j] if c.name == "next" for w in c.args]
@@ -238,20 +349,45 @@ def check_limits(script: ParsedScript, limits: Limits, run_dir: Path | None) -> 
     total, runs = count_steps(script)
     for cmd, n in runs:
         if n > limits.max_steps:
-            out.append(_diag(cmd, "limit.steps", f"this run asks for {n:.0f} steps; the limit is "
-                             f"{limits.max_steps}", "run fewer steps, or ask the site admin for a higher limit"))
+            out.append(
+                _diag(
+                    cmd,
+                    "limit.steps",
+                    f"this run asks for {n:.0f} steps; the limit is {limits.max_steps}",
+                    "run fewer steps, or ask the site admin for a higher limit",
+                )
+            )
     if total > limits.max_steps and all(n <= limits.max_steps for _, n in runs) and runs:
-        out.append(_diag(runs[-1][0], "limit.steps", f"the script asks for {total:.0f} steps in all; the limit "
-                         f"is {limits.max_steps}", "run fewer or shorter runs"))
+        out.append(
+            _diag(
+                runs[-1][0],
+                "limit.steps",
+                f"the script asks for {total:.0f} steps in all; the limit is {limits.max_steps}",
+                "run fewer or shorter runs",
+            )
+        )
     atoms = estimate_atoms(script, run_dir)
     if atoms is not None and atoms > limits.max_atoms:
-        cmd = next((c for c in script.commands if c.name in ("create_atoms", "read_data", "replicate")),
-                   script.commands[0])
-        out.append(_diag(cmd, "limit.atoms", f"the script creates about {atoms:.0f} atoms; the limit is "
-                         f"{limits.max_atoms}", "use a smaller box or region"))
+        cmd = next(
+            (c for c in script.commands if c.name in ("create_atoms", "read_data", "replicate")), script.commands[0]
+        )
+        out.append(
+            _diag(
+                cmd,
+                "limit.atoms",
+                f"the script creates about {atoms:.0f} atoms; the limit is {limits.max_atoms}",
+                "use a smaller box or region",
+            )
+        )
     for cmd in script.find("timer"):
         if len(cmd.args) > 1 and cmd.args[0] == "timeout" and (s := _hms(cmd.args[1])) is not None:
             if s > limits.max_walltime_s:
-                out.append(_diag(cmd, "limit.walltime", f"timer timeout {cmd.args[1]} exceeds the wall-time "
-                                 f"limit of {limits.max_walltime_s:.0f} s", "lower the timeout"))
+                out.append(
+                    _diag(
+                        cmd,
+                        "limit.walltime",
+                        f"timer timeout {cmd.args[1]} exceeds the wall-time limit of {limits.max_walltime_s:.0f} s",
+                        "lower the timeout",
+                    )
+                )
     return out

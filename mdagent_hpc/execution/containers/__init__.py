@@ -25,6 +25,7 @@ class Launch:
     env: dict[str, str] = field(default_factory=dict)
     clean_env: bool = True  # start from the image's environment, not the host's
     gpus: bool = False
+    network: bool = False  # LAMMPS gets none: a script cannot reach the network from inside the container
 
 
 class ContainerRuntime(ABC):

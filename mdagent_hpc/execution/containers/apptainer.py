@@ -1,7 +1,9 @@
-"""Apptainer: `apptainer exec [--containall] [--nv] --bind ... --pwd DIR --env K=V ... IMAGE CMD`.
+"""Apptainer: `apptainer exec [--containall] [--net --network none] [--nv] --bind ... --pwd DIR ... IMAGE CMD`.
 
 The production path on clusters. --containall gives the container no host folder and no host environment except
-what is listed; --nv exposes the NVIDIA GPUs. `--pwd` rather than `--cwd`: Apptainer before 1.3 knows only --pwd.
+what is listed, but not its own network: `--net --network none` does (a loopback only; allowed unprivileged since
+Apptainer 1.1), so a script cannot reach the network. --nv exposes the NVIDIA GPUs. `--pwd` rather than `--cwd`:
+Apptainer before 1.3 knows only --pwd.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ class Apptainer(ContainerRuntime):
 
     def prefix(self, launch: Launch, binary: str | None = None) -> list[str]:
         options = ["--containall"] if launch.clean_env else []
+        if not launch.network:
+            options += ["--net", "--network", "none"]
         if launch.gpus:
             options.append("--nv")
         binds = list(launch.binds)

@@ -471,3 +471,27 @@ def test_runs_index_back_fills_a_run_recorded_before_the_fields_existed(backend)
         with psycopg.connect(**PG, dbname=database, connect_timeout=5) as conn:
             names = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'db_dbnode'")}
         assert {"mdagent_query_fields", "mdagent_query_ctime", "mdagent_query_reward"} <= names
+
+
+@pytest.mark.slow
+@ONE_BACK_END
+def test_a_pattern_search_reads_a_bounded_number_of_runs(backend):
+    """A regular expression that matches nothing reads at most SCAN_BUDGET runs, then says how to narrow it."""
+    env, _, _ = backend
+    code = (
+        "import json\n"
+        "from mdagent_hpc.api import load_profile\n"
+        "load_profile()\n"
+        "from mdagent_hpc.provenance import EVERYONE, query\n"
+        "from mdagent_hpc.provenance.filters import QueryError, build_query\n"
+        "query.SCAN_BUDGET = 2\n"
+        "try:\n"
+        "    query.search(build_query(task=r're:\\d\\d\\d\\d\\d\\d\\d', limit=5), EVERYONE)\n"
+        "    print(json.dumps('no error'))\n"
+        "except QueryError as exc:\n"
+        "    print(json.dumps(str(exc)))\n"
+    )
+    done = python(code, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "tried on 2 runs" in said and "narrow the search" in said, said

@@ -16,13 +16,14 @@ from datetime import UTC, datetime, timedelta
 
 from mdagent_hpc.agent.loop import stop_reason_of
 from mdagent_hpc.provenance import AGENT_TYPE, POINT_TYPE, RECORD, SWEEP_TYPE, Caller, NotFound, owner
-from mdagent_hpc.provenance.filters import Query, Range, required_literals
+from mdagent_hpc.provenance.filters import Query, QueryError, Range, required_literals
 from mdagent_hpc.provenance.record import VERSION, final_attempt_with_script, index_record, point_record
 from mdagent_hpc.provenance.runs import get_run, read_run, verdict_filter
 
 LISTED = [AGENT_TYPE, POINT_TYPE]  # the node types a query lists: agent runs and sweep points
 WINDOW_DAYS = (7, 56)  # newest-first listings look at the last week, then back to 8 weeks, then the rest
 BATCH = 5000  # at most this many rows per query while a regular expression is tried on them
+SCAN_BUDGET = 100_000  # rows one search reads to try what the database cannot (a regex): a bounded cost per request
 # On PostgreSQL, partial indexes over our nodes only: the GIN index answers every equality filter (one JSON
 # containment); the btree ones give the newest, best, longest or most-tried runs in order, so a listing stops after
 # `limit` rows instead of sorting every match. The predicate is written as the searches write theirs (an OR of
@@ -353,8 +354,13 @@ def _search_here(query: Query, owner_id: int | None) -> list[dict]:
     checks = _python_checks(query)
     if not checks:
         return [row(values) for values in qb.limit(query.limit).all()]
-    found = []  # read on, in the asked order, until `limit` rows pass the checks
-    for values in _batches(qb, first=4 * query.limit):
+    found = []  # read on, in the asked order, until `limit` rows pass the checks (or the scan budget is spent)
+    for read, values in enumerate(_batches(qb, first=4 * query.limit)):
+        if read == SCAN_BUDGET:
+            raise QueryError(
+                f"the pattern was tried on {SCAN_BUDGET:,} runs and found {len(found)} of the {query.limit} asked for; "
+                "narrow the search first (since/until, site, user, or a plain word instead of re:)"
+            )
         record = (values[-1] or {}).get(RECORD) or {}
         if all(check(record) for check in checks):
             found.append(row(values))

@@ -20,46 +20,13 @@ from datetime import UTC, datetime, timedelta
 
 from aiida import orm
 
+from mdagent_hpc.provenance import ACTIVE
 from mdagent_hpc.provenance import AGENT_TYPE as AGENT
 from mdagent_hpc.provenance import SWEEP_TYPE as SWEEP
+from mdagent_hpc.provenance.processes import active, created
 
 GRACE = timedelta(seconds=30)  # a task sent this recently may be on its way to a worker: not an orphan yet
 EVERY = 60  # seconds between two repairs in a running server
-ACTIVE_STATES = ["created", "waiting", "running"]
-
-
-def created(since: datetime | None = None, before: datetime | None = None, email: str | None = None) -> list:
-    """Agent runs and sweeps still `created` (made in [since, before), of the AiiDA user `email`)."""
-    ctime = {**({">=": since} if since else {}), **({"<": before} if before else {})}
-    qb = orm.QueryBuilder().append(
-        orm.WorkChainNode,
-        tag="p",
-        project="*",
-        filters={
-            "process_type": {"in": [AGENT, SWEEP]},
-            "attributes.process_state": "created",
-            **({"ctime": ctime} if ctime else {}),
-        },
-    )
-    if email is not None:
-        qb.append(orm.User, with_node="p", filters={"email": email})
-    return qb.all(flat=True)
-
-
-def active(before: datetime) -> list[orm.ProcessNode]:
-    """Every process not ended (or with no state at all: cut short as it was made), made before `before`; process
-    functions aside (they run inside their caller's step and are never queued)."""
-    state = {"or": [{"attributes.process_state": {"in": ACTIVE_STATES}}, {"attributes.process_state": None}]}
-    functions = [
-        "process.calculation.calcfunction.CalcFunctionNode.",
-        "process.workflow.workfunction.WorkFunctionNode.",
-    ]
-    qb = orm.QueryBuilder().append(
-        orm.ProcessNode,
-        project="*",
-        filters={"and": [state, {"ctime": {"<": before}}, {"node_type": {"!in": functions}}]},
-    )
-    return qb.all(flat=True)
 
 
 def end(node: orm.ProcessNode, reason: str) -> None:
@@ -149,7 +116,7 @@ def repair(lock_for, now: datetime | None = None) -> list[int]:
         with lock if lock is not None else contextlib.nullcontext():
             node = orm.load_node(node.pk)  # its state now: a worker may have taken it, or ended it, meanwhile
             state = node.process_state.value if node.process_state is not None else None
-            if (state is not None and state not in ACTIVE_STATES) or node.pk in queued() or held([node.pk]):
+            if (state is not None and state not in ACTIVE) or node.pk in queued() or held([node.pk]):
                 continue
             if node.checkpoint is None:
                 end(node, "this process was cut short as it was made (a crash) and cannot be resumed: submit again")

@@ -14,18 +14,16 @@ import contextlib
 import os
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import datetime
 
 from aiida import orm
 
 from mdagent_hpc.accounts.store import User
-from mdagent_hpc.provenance import ACTIVE, EVERYONE, GROUP_READ_EXTRA, Caller, owner
-from mdagent_hpc.provenance import AGENT_TYPE as AGENT
-from mdagent_hpc.provenance import SWEEP_TYPE as SWEEP
+from mdagent_hpc.provenance import EVERYONE, GROUP_READ_EXTRA, Caller, owner, usage
+from mdagent_hpc.provenance.usage import REQUEST_EXTRA
 from mdagent_hpc.server.access import identity, may_cancel, may_read
 
 USER_EXTRA = "mdagent_user"
-REQUEST_EXTRA = "mdagent_request"  # the Idempotency-Key of the submission that made a root node
 CRASH_AT = "MDAGENT_TEST_CRASH_AT"  # tests only: the server dies (as by SIGKILL) at this named point of a submission
 
 
@@ -148,18 +146,6 @@ def submit_sweep(user: User, spec, group_read: bool = False, request_id: str | N
         return launch(SweepWorkChain, sweep_inputs(spec), extras_of(user, group_read, request_id))
 
 
-def made_by(user: User, request_id: str) -> orm.ProcessNode | None:
-    """The root node a submission of `user` with this request id made, if it made one."""
-    qb = orm.QueryBuilder().append(
-        orm.WorkChainNode,
-        tag="p",
-        project="*",
-        filters={"process_type": {"in": [AGENT, SWEEP]}, f"extras.{REQUEST_EXTRA}": request_id},
-    )
-    qb.append(orm.User, with_node="p", filters={"email": identity(user.name, user.email)})
-    return qb.first(flat=True)
-
-
 def queue_if_never_queued(node: orm.ProcessNode) -> None:
     """A run a cut-short submission made: its task sent now unless the broker or a worker has it already."""
     from mdagent_hpc.server.repair import held, queued
@@ -213,62 +199,18 @@ def list_sweeps(user: User, limit: int, group_read: bool):
     return list_sweeps(caller(user, group_read), limit)
 
 
+# -- what a user has used (read in provenance/usage.py) ----------------------------------------------------------
+def made_by(user: User, request_id: str):
+    return usage.made_by(identity(user.name, user.email), request_id)
+
+
 def in_flight(user: User) -> int:
-    """The user's agent runs and sweeps not yet ended."""
-    qb = orm.QueryBuilder().append(
-        orm.WorkChainNode,
-        tag="p",
-        filters={"process_type": {"in": [AGENT, SWEEP]}, "attributes.process_state": {"in": list(ACTIVE)}},
-    )
-    qb.append(orm.User, with_node="p", filters={"email": identity(user.name, user.email)})
-    return qb.count()
+    return usage.in_flight(identity(user.name, user.email))
 
 
 def tokens_today(user: User, now: datetime | None = None) -> int:
-    """Tokens the model spent today (UTC) on the user's runs, and on the runs of the user's sweeps: the usage each
-    generation's response recorded (the daemon calls the model with the server's key, past the gateway)."""
-    now = now or datetime.now(UTC)
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    total = 0
-    for root in (AGENT, SWEEP):
-        qb = orm.QueryBuilder().append(orm.WorkChainNode, tag="root", filters={"process_type": root})
-        qb.append(orm.User, with_node="root", filters={"email": identity(user.name, user.email)})
-        tag = "root"
-        if root == SWEEP:
-            qb.append(orm.WorkChainNode, with_ancestors="root", tag="run", filters={"process_type": AGENT})
-            tag = "run"
-        qb.append(orm.ProcessNode, with_incoming=tag, tag="gen", filters={"ctime": {">=": midnight}})  # called by it
-        qb.append(
-            orm.Dict,
-            with_incoming="gen",
-            edge_filters={"label": "response"},
-            project=["attributes.usage.prompt_tokens", "attributes.usage.completion_tokens"],
-        )
-        total += sum(int(p or 0) + int(c or 0) for p, c in qb.all())
-    return total
+    return usage.tokens_today(identity(user.name, user.email), now)
 
 
 def core_hours_today(user: User, now: datetime | None = None) -> float:
-    """Core-hours of the LAMMPS jobs of the user's runs today (UTC): cores x (last change - creation), the part
-    after midnight. An estimate from provenance (queue time is not counted: a job's node is made at submission,
-    its last change is its retrieval); the scheduler's own accounting (`sacct --comment`) is the exact figure."""
-    now = now or datetime.now(UTC)
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    qb = orm.QueryBuilder().append(
-        orm.WorkChainNode,
-        tag="p",
-        project=["*"],
-        filters={"process_type": {"in": [AGENT, SWEEP]}, "mtime": {">=": midnight}},
-    )
-    qb.append(orm.User, with_node="p", filters={"email": identity(user.name, user.email)})
-    total = 0.0
-    for top in qb.all(flat=True):
-        for job in top.called_descendants:
-            if not isinstance(job, orm.CalcJobNode) or job.mtime < midnight:
-                continue
-            resources = job.get_option("resources") or {}
-            cores = resources.get("tot_num_mpiprocs") or (
-                (resources.get("num_machines") or 1) * (resources.get("num_mpiprocs_per_machine") or 1)
-            )
-            total += cores * (job.mtime - max(job.ctime, midnight)).total_seconds() / 3600
-    return total
+    return usage.core_hours_today(identity(user.name, user.email), now)

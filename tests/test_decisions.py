@@ -51,10 +51,17 @@ from mdagent_hpc.models import (
 POLICY = LoopPolicy()
 
 
-def attempt(number: int, stage: Stage = Stage.EVALUATE, key: str | None = None, sha: str | None = None,
-            passed: bool = False, diagnostics: list[Diagnostic] | None = None) -> Attempt:
-    return Attempt(number=number, stage=stage, error_key=key, script_sha=sha, passed=passed,
-                   diagnostics=diagnostics or [])
+def attempt(
+    number: int,
+    stage: Stage = Stage.EVALUATE,
+    key: str | None = None,
+    sha: str | None = None,
+    passed: bool = False,
+    diagnostics: list[Diagnostic] | None = None,
+) -> Attempt:
+    return Attempt(
+        number=number, stage=stage, error_key=key, script_sha=sha, passed=passed, diagnostics=diagnostics or []
+    )
 
 
 def evaluation(grade: Grade, reward: float, *findings: Finding) -> Evaluation:
@@ -67,8 +74,10 @@ NOTE = Finding(rule="completion", severity=Severity.INFO, message="the run compl
 
 
 def test_no_aiida_import():
-    code = ("import sys, mdagent_hpc.agent.loop, mdagent_hpc.agent.feedback, mdagent_hpc.agent.staging; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'aiida', 'openai', 'httpx', 'parsl'}))")
+    code = (
+        "import sys, mdagent_hpc.agent.loop, mdagent_hpc.agent.feedback, mdagent_hpc.agent.staging; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'aiida', 'openai', 'httpx', 'parsl'}))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -152,10 +161,18 @@ def test_potentials_offered_in_the_prompt():
     assert offered_potentials([], ranked) == []  # no element named: a pair style without a file
 
 
-@pytest.mark.parametrize("name, refused", [
-    ("data.lmp", False), ("in.cu", False), ("../escape.txt", True), ("/etc/passwd", True), ("sub/data.lmp", True),
-    ("..", True), ("${dir}", True),
-])
+@pytest.mark.parametrize(
+    "name, refused",
+    [
+        ("data.lmp", False),
+        ("in.cu", False),
+        ("../escape.txt", True),
+        ("/etc/passwd", True),
+        ("sub/data.lmp", True),
+        ("..", True),
+        ("${dir}", True),
+    ],
+)
 def test_extra_file_names_that_leave_the_run_folder_are_refused(name, refused):
     assert (refused_name(name) is not None) == refused
 
@@ -169,21 +186,37 @@ def test_refused_files_are_told_to_the_model_and_never_staged():
 
 
 def test_potential_files_staged_are_those_found_outside_the_run_folder():
-    report = PreflightReport(script="in.lammps", ok=True, diagnostics=[], potentials=[
-        PotentialUse(name="Cu_u3.eam", pair_style="eam", resolved="/lammps/potentials/Cu_u3.eam", source="lammps"),
-        PotentialUse(name="own.eam", pair_style="eam", resolved="/run/own.eam", source="run-folder"),
-        PotentialUse(name="missing.eam", pair_style="eam"),
-    ])
+    report = PreflightReport(
+        script="in.lammps",
+        ok=True,
+        diagnostics=[],
+        potentials=[
+            PotentialUse(name="Cu_u3.eam", pair_style="eam", resolved="/lammps/potentials/Cu_u3.eam", source="lammps"),
+            PotentialUse(name="own.eam", pair_style="eam", resolved="/run/own.eam", source="run-folder"),
+            PotentialUse(name="missing.eam", pair_style="eam"),
+        ],
+    )
     assert potentials_to_stage(report) == {"Cu_u3.eam": "/lammps/potentials/Cu_u3.eam"}
 
 
 # -- the feedback for each kind of failure ----------------------------------------------------------------------
 def test_feedback_for_a_failed_preflight_shows_each_problem_with_line_command_and_hint():
-    problem = Diagnostic(severity=Severity.ERROR, code="potential.missing", message="file 'Cu.eam' not found",
-                         line=8, file="in.lammps", command="pair_coeff * * Cu.eam", hint="use Cu_u3.eam")
+    problem = Diagnostic(
+        severity=Severity.ERROR,
+        code="potential.missing",
+        message="file 'Cu.eam' not found",
+        line=8,
+        file="in.lammps",
+        command="pair_coeff * * Cu.eam",
+        hint="use Cu_u3.eam",
+    )
     text = feedback_text([problem])
-    assert text.splitlines() == ["Problems found:", "ERROR in.lammps:8 [potential.missing] file 'Cu.eam' not found",
-                                 "    hint: use Cu_u3.eam", "    command: pair_coeff * * Cu.eam"]
+    assert text.splitlines() == [
+        "Problems found:",
+        "ERROR in.lammps:8 [potential.missing] file 'Cu.eam' not found",
+        "    hint: use Cu_u3.eam",
+        "    command: pair_coeff * * Cu.eam",
+    ]
 
 
 def test_feedback_for_an_answer_without_a_script():
@@ -195,7 +228,8 @@ def test_feedback_for_an_answer_without_a_script():
 
 def test_feedback_for_a_dry_run_job_and_a_run_that_left_nothing():
     assert "dry-run job failed before LAMMPS wrote anything: out of memory" in feedback_text(
-        [dry_run_job_failed("out of memory")])
+        [dry_run_job_failed("out of memory")]
+    )
     assert run_failed("excepted").code == "run.failed"
 
 

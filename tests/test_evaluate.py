@@ -31,8 +31,14 @@ def run(folder: Path, script: str) -> tuple[Path, Path]:
     lmp = find_lammps()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "in.test").write_text(script)
-    proc = subprocess.run(lmp.command("-in", "in.test", "-log", "log.lammps", "-nocite"), cwd=folder,
-                          env=lmp.environ(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        lmp.command("-in", "in.test", "-log", "log.lammps", "-nocite"),
+        cwd=folder,
+        env=lmp.environ(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     (folder / "screen").write_text(proc.stdout)
     return folder / "log.lammps", folder / "in.test"
 
@@ -46,8 +52,9 @@ def finding(ev, rule):
 
 
 def test_good_nvt_run_passes_with_its_target_matched(tmp_path):
-    log, script = run(tmp_path, LJ.format(T=1.5) + "variable T equal 1.5\nfix 1 all nvt temp $T $T 0.5\n"
-                                                   "thermo 100\nrun 3000\n")
+    log, script = run(
+        tmp_path, LJ.format(T=1.5) + "variable T equal 1.5\nfix 1 all nvt temp $T $T 0.5\nthermo 100\nrun 3000\n"
+    )
     ev = evaluate(read_log(log))  # what ran is read from the input echo in the log
     assert ev.grade == Grade.PASS and ev.reward == 1.0, ev.findings
     target = finding(ev, "temperature_target")
@@ -59,14 +66,16 @@ def test_good_nvt_run_passes_with_its_target_matched(tmp_path):
     screen = read_log(tmp_path / "screen")
     assert screen.commands == [] and "run_mapping" in rules(evaluate(screen), Severity.INFO)
     verdict = [(f.rule, f.severity, f.value, f.threshold) for f in ev.findings]
-    assert [(f.rule, f.severity, f.value, f.threshold) for f in evaluate(screen, parse_script(script)).findings] \
-        == verdict
+    assert [
+        (f.rule, f.severity, f.value, f.threshold) for f in evaluate(screen, parse_script(script)).findings
+    ] == verdict
 
 
 def test_thermostat_that_does_not_reach_its_target_warns(tmp_path):
     # langevin damping of 1000 tau: the temperature hardly moves towards 2.0 in 10 tau
-    log, script = run(tmp_path, LJ.format(T=2.4) + "fix 1 all nve\nfix 2 all langevin 2.0 2.0 1000.0 48279\n"
-                                                   "thermo 100\nrun 2000\n")
+    log, script = run(
+        tmp_path, LJ.format(T=2.4) + "fix 1 all nve\nfix 2 all langevin 2.0 2.0 1000.0 48279\nthermo 100\nrun 2000\n"
+    )
     ev = evaluate(read_log(log), parse_script(script))
     assert ev.grade == Grade.WARN and 0.5 < ev.reward < 1.0
     target = finding(ev, "temperature_target")
@@ -79,11 +88,18 @@ def test_temperature_far_from_target_fails_and_ramp_target_is_interpolated():
     rows = "".join(f"{s} {t} -5.0\n" for s, t in zip(range(0, 1100, 100), [1.0] * 11, strict=True))
     text = header + rows + "Loop time of 1 on 1 procs for 1000 steps with 500 atoms\nTotal wall time: 0:00:01\n"
     log = parse_log(text)
-    hot = ParsedScript(main="in.x", commands=[
-        Command(line=1, file="in.x", text="fix 1 all nvt temp 300 300 100",
-                words="fix 1 all nvt temp 300 300 100".split()),
-        Command(line=2, file="in.x", text="run 1000", words=["run", "1000"]),
-    ])
+    hot = ParsedScript(
+        main="in.x",
+        commands=[
+            Command(
+                line=1,
+                file="in.x",
+                text="fix 1 all nvt temp 300 300 100",
+                words="fix 1 all nvt temp 300 300 100".split(),
+            ),
+            Command(line=2, file="in.x", text="run 1000", words=["run", "1000"]),
+        ],
+    )
     assert finding(evaluate(log, hot), "temperature_target").severity == Severity.ERROR
     ramp = hot.model_copy(deep=True)
     ramp.commands[0].words = "fix 1 all nvt temp 0.2 1.2 0.5".split()
@@ -111,7 +127,8 @@ def test_drift_is_per_atom_whatever_thermo_normalization(tmp_path):
     a = finding(evaluate(read_log(per_atom)), "energy_drift").value
     b = finding(evaluate(read_log(total)), "energy_drift").value
     assert read_log(total).blocks[0].column("TotEng")[0] == pytest.approx(
-        500 * read_log(per_atom).blocks[0].column("TotEng")[0], rel=1e-6)
+        500 * read_log(per_atom).blocks[0].column("TotEng")[0], rel=1e-6
+    )
     assert b == pytest.approx(a, rel=1e-3)
 
 
@@ -130,10 +147,12 @@ def test_lost_atoms_fail(tmp_path):
 
 
 def test_nan_thermo_fails(tmp_path):
-    script = ("units lj\natom_style atomic\nregion box block 0 5 0 5 0 5\ncreate_box 1 box\n"
-              "create_atoms 1 single 1 1 1\ncreate_atoms 1 single 1 1 1\ncreate_atoms 1 single 3 3 3\n"
-              "mass 1 1.0\npair_style lj/cut 2.5\npair_coeff 1 1 1.0 1.0 2.5\nfix 1 all nve\n"
-              "thermo 1\nthermo_modify lost ignore\nrun 3\n")
+    script = (
+        "units lj\natom_style atomic\nregion box block 0 5 0 5 0 5\ncreate_box 1 box\n"
+        "create_atoms 1 single 1 1 1\ncreate_atoms 1 single 1 1 1\ncreate_atoms 1 single 3 3 3\n"
+        "mass 1 1.0\npair_style lj/cut 2.5\npair_coeff 1 1 1.0 1.0 2.5\nfix 1 all nve\n"
+        "thermo 1\nthermo_modify lost ignore\nrun 3\n"
+    )
     log, _ = run(tmp_path, script)
     ev = evaluate(read_log(log))
     assert ev.grade == Grade.FAIL
@@ -159,22 +178,30 @@ def test_truncated_run_fails_completion():
 
 def test_exploding_box_and_neighbor_problems():
     rows = "0 1.0 -5.0 1000 0\n100 1.0 -5.0 1010 0\n200 1.0 -5.0 4000 0\n"
-    text = ("Per MPI rank memory allocation (min/avg/max) = 3 | 3 | 3 Mbytes\nStep Temp TotEng Volume Press\n"
-            + rows + "Loop time of 1 on 1 procs for 200 steps with 500 atoms\n\nTotal # of neighbors = 0\n"
-            "Ave neighs/atom = 0\nNeighbor list builds = 10\nDangerous builds = 3\nTotal wall time: 0:00:01\n")
+    text = (
+        "Per MPI rank memory allocation (min/avg/max) = 3 | 3 | 3 Mbytes\nStep Temp TotEng Volume Press\n"
+        + rows
+        + "Loop time of 1 on 1 procs for 200 steps with 500 atoms\n\nTotal # of neighbors = 0\n"
+        "Ave neighs/atom = 0\nNeighbor list builds = 10\nDangerous builds = 3\nTotal wall time: 0:00:01\n"
+    )
     ev = evaluate(parse_log(text))
     assert "volume_jump" in rules(ev, Severity.ERROR)
     assert {"no_neighbors", "dangerous_builds"} <= rules(ev, Severity.WARNING)
 
 
-@pytest.mark.parametrize(("message", "rule"), [
-    ("ERROR on proc 0: Bond atoms 5 6 missing at step 100 (../ntopo_bond_all.cpp:59)", "bond_atoms_missing"),
-    ("ERROR: Out of range atoms - cannot compute PPPM (src/KSPACE/pppm.cpp:1927)", "out_of_range_atoms"),
-    ("ERROR: Non-numeric atom coords - simulation unstable (src/domain.cpp:544)", "non_numeric"),
-])
+@pytest.mark.parametrize(
+    ("message", "rule"),
+    [
+        ("ERROR on proc 0: Bond atoms 5 6 missing at step 100 (../ntopo_bond_all.cpp:59)", "bond_atoms_missing"),
+        ("ERROR: Out of range atoms - cannot compute PPPM (src/KSPACE/pppm.cpp:1927)", "out_of_range_atoms"),
+        ("ERROR: Non-numeric atom coords - simulation unstable (src/domain.cpp:544)", "non_numeric"),
+    ],
+)
 def test_unstable_dynamics_errors_fail(message, rule):
-    text = ("LAMMPS (29 Sep 2021)\nrun 1000\nPer MPI rank memory allocation (min/avg/max) = 3 | 3 | 3 Mbytes\n"
-            "Step Temp TotEng\n0 300 -100\n50 310 -100\n" + message + "\n")
+    text = (
+        "LAMMPS (29 Sep 2021)\nrun 1000\nPer MPI rank memory allocation (min/avg/max) = 3 | 3 | 3 Mbytes\n"
+        "Step Temp TotEng\n0 300 -100\n50 310 -100\n" + message + "\n"
+    )
     ev = evaluate(parse_log(text))
     assert ev.grade == Grade.FAIL and rule in rules(ev, Severity.ERROR)
     assert "last input line: run 1000" in finding(ev, "lammps_error").message
@@ -183,22 +210,35 @@ def test_unstable_dynamics_errors_fail(message, rule):
 def test_pressure_target_in_units_of_its_noise():
     def press_log(mean: float) -> str:
         rows = "".join(f"{s} 300 -100 {mean + (1 if s % 200 else -1)}\n" for s in range(0, 1100, 100))
-        return ("Per MPI rank memory allocation (min/avg/max) = 3 | 3 | 3 Mbytes\nStep Temp TotEng Press\n" + rows
-                + "Loop time of 1 on 1 procs for 1000 steps with 500 atoms\nTotal wall time: 0:00:01\n")
-    npt = ParsedScript(main="in.x", commands=[
-        Command(line=1, file="in.x", text="fix 1 all npt temp 300 300 100 iso 1 1 1000",
-                words="fix 1 all npt temp 300 300 100 iso 1.0 1.0 1000".split()),
-        Command(line=2, file="in.x", text="run 1000", words=["run", "1000"]),
-    ])
+        return (
+            "Per MPI rank memory allocation (min/avg/max) = 3 | 3 | 3 Mbytes\nStep Temp TotEng Press\n"
+            + rows
+            + "Loop time of 1 on 1 procs for 1000 steps with 500 atoms\nTotal wall time: 0:00:01\n"
+        )
+
+    npt = ParsedScript(
+        main="in.x",
+        commands=[
+            Command(
+                line=1,
+                file="in.x",
+                text="fix 1 all npt temp 300 300 100 iso 1 1 1000",
+                words="fix 1 all npt temp 300 300 100 iso 1.0 1.0 1000".split(),
+            ),
+            Command(line=2, file="in.x", text="run 1000", words=["run", "1000"]),
+        ],
+    )
     near = finding(evaluate(parse_log(press_log(2.5)), npt), "pressure_target")
     far = finding(evaluate(parse_log(press_log(50.0)), npt), "pressure_target")
     assert near.severity == Severity.INFO and far.severity == Severity.WARNING and far.threshold == 1.0
 
 
 def test_minimization_is_not_judged_as_dynamics(tmp_path):
-    script = ("units lj\natom_style atomic\nregion box block 0 6 0 6 0 6\ncreate_box 1 box\n"
-              "create_atoms 1 random 180 4321 NULL overlap 0.8\nmass 1 1.0\npair_style lj/cut 2.5\n"
-              "pair_coeff 1 1 1.0 1.0 2.5\nthermo 5\nminimize 0.0 0.0 60 1000\n")
+    script = (
+        "units lj\natom_style atomic\nregion box block 0 6 0 6 0 6\ncreate_box 1 box\n"
+        "create_atoms 1 random 180 4321 NULL overlap 0.8\nmass 1 1.0\npair_style lj/cut 2.5\n"
+        "pair_coeff 1 1 1.0 1.0 2.5\nthermo 5\nminimize 0.0 0.0 60 1000\n"
+    )
     log_path, _ = run(tmp_path, script)
     log = read_log(log_path)
     ev = evaluate(log)
@@ -210,8 +250,11 @@ def test_minimization_is_not_judged_as_dynamics(tmp_path):
 
 def test_unmatched_runs_skip_target_checks_with_an_info(tmp_path):
     log, script = run(tmp_path, LJ.format(T=1.5) + "fix 1 all nvt temp 1.5 1.5 0.5\nthermo 100\nrun 1000\n")
-    screen = parse_log("\n".join(line for line in log.read_text().splitlines()
-                                 if not line.startswith(("fix", "run", "thermo", "velocity"))))
+    screen = parse_log(
+        "\n".join(
+            line for line in log.read_text().splitlines() if not line.startswith(("fix", "run", "thermo", "velocity"))
+        )
+    )
     two_runs = parse_script(script)
     two_runs.commands.append(two_runs.commands[-1])
     two_runs.commands.insert(0, Command(line=1, file="in.test", text="jump SELF", words=["jump", "SELF"]))
@@ -222,8 +265,10 @@ def test_unmatched_runs_skip_target_checks_with_an_info(tmp_path):
 def test_thresholds_are_configurable(tmp_path):
     log, script = run(tmp_path, LJ.format(T=1.5) + "fix 1 all nvt temp 1.5 1.5 0.5\nthermo 100\nrun 1000\n")
     strict = EvaluationThresholds(temp_target_rel=0.0, temp_target_sigma=0.0)
-    assert finding(evaluate(read_log(log), parse_script(script), thresholds=strict),
-                   "temperature_target").severity == Severity.WARNING
+    assert (
+        finding(evaluate(read_log(log), parse_script(script), thresholds=strict), "temperature_target").severity
+        == Severity.WARNING
+    )
 
 
 @pytest.mark.parametrize("example", MANIFEST, ids=[e["name"] for e in MANIFEST])
@@ -236,8 +281,10 @@ def test_no_corpus_reference_run_fails(example):
 
 
 def test_observables_are_what_the_production_run_measured(tmp_path):
-    script = (LJ.format(T=1.0) + "minimize 1e-4 1e-6 100 1000\nfix 1 all nvt temp 1.5 1.5 0.5\n"
-              "thermo_style custom step temp press pe ke etotal vol density lx\nthermo 100\nrun 500\nrun 2000\n")
+    script = (
+        LJ.format(T=1.0) + "minimize 1e-4 1e-6 100 1000\nfix 1 all nvt temp 1.5 1.5 0.5\n"
+        "thermo_style custom step temp press pe ke etotal vol density lx\nthermo 100\nrun 500\nrun 2000\n"
+    )
     log, _ = run(tmp_path, script)
     parsed = read_log(log)
     obs = evaluate(parsed).observables
@@ -253,9 +300,11 @@ def test_observables_are_what_the_production_run_measured(tmp_path):
     minimized = parsed.blocks[0]  # thermo_style one there: E_pair + E_mol
     assert obs["min_pe_final"] == pytest.approx(minimized.column("E_pair")[-1] + minimized.column("E_mol")[-1])
     # thermo_style one: the potential energy is E_pair + E_mol
-    one = parse_log("Per MPI rank memory allocation (min/avg/max) = 3 | 3 | 3 Mbytes\n"
-                    "Step Temp E_pair E_mol TotEng Press\n0 1.0 -5.0 -1.0 -4.5 0.1\n10 1.1 -4.0 -1.0 -3.5 0.2\n"
-                    "Loop time of 1 on 1 procs for 10 steps with 10 atoms\n")
+    one = parse_log(
+        "Per MPI rank memory allocation (min/avg/max) = 3 | 3 | 3 Mbytes\n"
+        "Step Temp E_pair E_mol TotEng Press\n0 1.0 -5.0 -1.0 -4.5 0.1\n10 1.1 -4.0 -1.0 -3.5 0.2\n"
+        "Loop time of 1 on 1 procs for 10 steps with 10 atoms\n"
+    )
     assert evaluate(one).observables["pe_final"] == -5.0
 
 
@@ -269,23 +318,28 @@ def test_atoms_lost_silently_fail_and_atoms_removed_on_purpose_do_not(tmp_path):
     assert "lost ignore" in finding(ev, "atoms_not_conserved").hint
     # delete_atoms between runs and fix evaporate during one remove atoms on purpose
     calm = LJ.format(T=1.0) + "fix 1 all nve\nthermo 50\nrun 100\n"
-    log, script = run(tmp_path / "delete", calm + "region corner block 0 1 0 1 0 1\n"
-                      "delete_atoms region corner\nrun 100\n")
+    log, script = run(
+        tmp_path / "delete", calm + "region corner block 0 1 0 1 0 1\ndelete_atoms region corner\nrun 100\n"
+    )
     parsed = read_log(log)
     assert parsed.blocks[1].atoms_start == parsed.blocks[1].atoms < 500
     assert "atoms_not_conserved" not in rules(evaluate(parsed, parse_script(script)))
-    log, script = run(tmp_path / "evaporate", calm + "region top block INF INF INF INF 4 5\n"
-                      "fix 2 all evaporate 10 5 top 38974\nrun 200\n")
+    log, script = run(
+        tmp_path / "evaporate",
+        calm + "region top block INF INF INF INF 4 5\nfix 2 all evaporate 10 5 top 38974\nrun 200\n",
+    )
     parsed = read_log(log)
     assert parsed.blocks[1].atoms < parsed.blocks[1].atoms_start
     assert "atoms_not_conserved" not in rules(evaluate(parsed), Severity.ERROR)  # from the echo alone
 
 
 def test_absurd_parameters_are_findings_of_the_evaluation():
-    log = parse_log("LAMMPS (22 Jul 2025)\nunits metal\ntimestep 10.0\nfix 1 all nvt temp -300 300 0.1\n"
-                    "fix 2 all nve\nrun 10\nPer MPI rank memory allocation (min/avg/max) = 3 | 3 | 3 Mbytes\n"
-                    "Step Temp TotEng\n0 300 -5.0\n10 301 -5.0\n"
-                    "Loop time of 1 on 1 procs for 10 steps with 500 atoms\nTotal wall time: 0:00:01\n")
+    log = parse_log(
+        "LAMMPS (22 Jul 2025)\nunits metal\ntimestep 10.0\nfix 1 all nvt temp -300 300 0.1\n"
+        "fix 2 all nve\nrun 10\nPer MPI rank memory allocation (min/avg/max) = 3 | 3 | 3 Mbytes\n"
+        "Step Temp TotEng\n0 300 -5.0\n10 301 -5.0\n"
+        "Loop time of 1 on 1 procs for 10 steps with 500 atoms\nTotal wall time: 0:00:01\n"
+    )
     ev = evaluate(log)
     messages = [f.message for f in ev.findings if f.rule == "implausible_parameter"]
     assert ev.grade == Grade.FAIL and len(messages) == 3

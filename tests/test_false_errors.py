@@ -2,14 +2,14 @@
 
 The curated corpus (tests/corpus.py SELECTION) is for speed; this screen is the false-error figure: every example
 that ran to the end with this machine's LAMMPS is checked as a user would (`mdagent check --json` in a copy of its
-folder), and any error is a false error. bench/false_errors.py prints the same with timings.
+folder), and any error is a false error. perf/false_errors.py prints the same with timings.
 """
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
 from corpus import screened_ok  # noqa: E402
 from false_errors import check_example  # noqa: E402
 

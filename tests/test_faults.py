@@ -26,8 +26,10 @@ SACCT = """JobID|JobName|State|ExitCode|Partition|NodeList|AllocCPUS|Elapsed|Tim
 
 
 def test_the_fault_table_imports_no_aiida():
-    code = ("import sys, mdagent_hpc.execution.accounting; "
-            "sys.exit(any(m == 'aiida' or m.startswith('aiida.') for m in sys.modules))")
+    code = (
+        "import sys, mdagent_hpc.execution.accounting; "
+        "sys.exit(any(m == 'aiida' or m.startswith('aiida.') for m in sys.modules))"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -35,16 +37,38 @@ def test_parse_sacct_keeps_the_job_line_its_steps_and_only_known_fields():
     job = parse_sacct(SACCT)
     assert job["JobID"] == "42" and job["State"] == "TIMEOUT" and job["Elapsed"] == "00:01:02"
     assert "Comment" not in job and "MaxRSS" not in job  # unknown field dropped, empty field dropped
-    assert job["steps"] == [{"JobID": "42.batch", "JobName": "batch", "State": "CANCELLED", "ExitCode": "0:15",
-                             "NodeList": "node1", "AllocCPUS": "1", "Elapsed": "00:01:03", "MaxRSS": "12345K"}]
+    assert job["steps"] == [
+        {
+            "JobID": "42.batch",
+            "JobName": "batch",
+            "State": "CANCELLED",
+            "ExitCode": "0:15",
+            "NodeList": "node1",
+            "AllocCPUS": "1",
+            "Elapsed": "00:01:03",
+            "MaxRSS": "12345K",
+        }
+    ]
     assert parse_sacct("") == {} and parse_sacct("JobID|State|\n") == {}
 
 
-@pytest.mark.parametrize(("state", "fault"), [
-    ("CANCELLED by 0", Fault.CANCELLED), ("CANCELLED", Fault.CANCELLED), ("TIMEOUT", Fault.WALLTIME),
-    ("DEADLINE", Fault.WALLTIME), ("NODE_FAIL", Fault.NODE_FAILURE), ("BOOT_FAIL", Fault.NODE_FAILURE),
-    ("PREEMPTED", Fault.NODE_FAILURE), ("COMPLETED", None), ("FAILED", None), ("OUT_OF_MEMORY", None), ("", None),
-    (None, None)])
+@pytest.mark.parametrize(
+    ("state", "fault"),
+    [
+        ("CANCELLED by 0", Fault.CANCELLED),
+        ("CANCELLED", Fault.CANCELLED),
+        ("TIMEOUT", Fault.WALLTIME),
+        ("DEADLINE", Fault.WALLTIME),
+        ("NODE_FAIL", Fault.NODE_FAILURE),
+        ("BOOT_FAIL", Fault.NODE_FAILURE),
+        ("PREEMPTED", Fault.NODE_FAILURE),
+        ("COMPLETED", None),
+        ("FAILED", None),
+        ("OUT_OF_MEMORY", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_fault_of_a_slurm_state(state, fault):
     assert fault_of(state) == fault
 

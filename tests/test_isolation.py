@@ -114,10 +114,10 @@ def test_the_group_setting_on_a_run_shares_the_groups_lessons(two_users):
 
 def test_runs_lists_queries_and_suggestions_are_the_callers_own(two_users):
     from mdagent_hpc.provenance import EVERYONE, Caller, NotFound
-    from mdagent_hpc.provenance.runs import get_run, list_runs
-    from mdagent_hpc.provenance.suggestions import choices
     from mdagent_hpc.provenance.filters import build_query
     from mdagent_hpc.provenance.query import search
+    from mdagent_hpc.provenance.runs import get_run, list_runs
+    from mdagent_hpc.provenance.suggestions import choices
 
     alice, tag = Caller(two_users.alice), two_users.tag
     assert get_run(alice, two_users.alices.pk).pk == two_users.alices.pk

@@ -30,8 +30,11 @@ def run_job(code, script: str, **inputs):
     from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 
     node = orm.SinglefileData(io.BytesIO(script.encode()), filename="in.lammps")
-    return run_here(LammpsJobWorkChain, lammps={"code": code, "script": node,
-                                                 "metadata": {"options": {"max_wallclock_seconds": 120}}}, **inputs)[1]
+    return run_here(
+        LammpsJobWorkChain,
+        lammps={"code": code, "script": node, "metadata": {"options": {"max_wallclock_seconds": 120}}},
+        **inputs,
+    )[1]
 
 
 def test_a_completed_run_exposes_job_log_and_results(code):
@@ -40,8 +43,17 @@ def test_a_completed_run_exposes_job_log_and_results(code):
     (calc,) = node.called
     assert node.outputs.retrieved.pk == calc.outputs.retrieved.pk and node.outputs.results["completed"]
     job = node.outputs.job.get_dict()
-    assert job == {"site": "local", "job_id": calc.get_job_id(), "exit_status": 0, "accounting": {}, "fault": None,
-                   "action": None, "resubmissions": 0, "restarts": 0, "workdir": calc.get_remote_workdir()}
+    assert job == {
+        "site": "local",
+        "job_id": calc.get_job_id(),
+        "exit_status": 0,
+        "accounting": {},
+        "fault": None,
+        "action": None,
+        "resubmissions": 0,
+        "restarts": 0,
+        "workdir": calc.get_remote_workdir(),
+    }
     # the restart files the script writes come back, asked for through aiida-lammps' settings input
     assert calc.inputs.settings["additional_retrieve_list"] == ["lj.restart", "lj.restart.*"]
     names = calc.outputs.retrieved.base.repository.list_object_names()
@@ -82,10 +94,16 @@ def test_no_log_is_lammps_failing_too(code):
     from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 
     script = orm.SinglefileData(io.BytesIO(b"units lj\n"), filename="in.lammps")
-    true = orm.InstalledCode(label="true", computer=orm.load_computer(local_site().name),
-                             filepath_executable="/bin/true", default_calc_job_plugin="mdagent.lammps").store()
-    _, node = run_here(LammpsJobWorkChain, lammps={"code": true, "script": script,
-                                                    "metadata": {"options": {"max_wallclock_seconds": 60}}})
+    true = orm.InstalledCode(
+        label="true",
+        computer=orm.load_computer(local_site().name),
+        filepath_executable="/bin/true",
+        default_calc_job_plugin="mdagent.lammps",
+    ).store()
+    _, node = run_here(
+        LammpsJobWorkChain,
+        lammps={"code": true, "script": script, "metadata": {"options": {"max_wallclock_seconds": 60}}},
+    )
     assert node.exit_status == 410 and node.called[0].exit_status == 310  # ERROR_NO_LOG
     assert "job" in node.outputs and "retrieved" in node.outputs
 
@@ -106,9 +124,11 @@ def test_a_killed_job_counts_as_cancelled(code):
     client = get_daemon_client()
     start_daemon(timeout=60)
     try:
-        node = submit(LammpsJobWorkChain, lammps={"code": code, "script": script,
-                                                   "metadata": {"options": {"max_wallclock_seconds": 600}}},
-                      on_failure=orm.Dict({"cancelled": "fail"}))
+        node = submit(
+            LammpsJobWorkChain,
+            lammps={"code": code, "script": script, "metadata": {"options": {"max_wallclock_seconds": 600}}},
+            on_failure=orm.Dict({"cancelled": "fail"}),
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (node.called and node.called[0].get_job_id()):
             time.sleep(0.3)

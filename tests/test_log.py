@@ -26,8 +26,14 @@ def run_lammps(folder: Path, script: str, name: str = "in.test") -> tuple[Path, 
     lmp = find_lammps()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(script)
-    proc = subprocess.run(lmp.command("-in", name, "-log", "log.lammps", "-nocite"), cwd=folder,
-                          env=lmp.environ(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        lmp.command("-in", name, "-log", "log.lammps", "-nocite"),
+        cwd=folder,
+        env=lmp.environ(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return folder / "log.lammps", proc.stdout, proc.returncode
 
 
@@ -80,8 +86,9 @@ def test_warnings_inside_a_block_do_not_split_it():
 
 
 def test_fresh_log_new_header_layout_and_statistics(tmp_path):
-    log_path, screen, status = run_lammps(tmp_path, LJ_BOX + "velocity all create 1.5 1234\nfix 1 all nve\n"
-                                          "thermo 20\nrun 100\n")
+    log_path, screen, status = run_lammps(
+        tmp_path, LJ_BOX + "velocity all create 1.5 1234\nfix 1 all nve\nthermo 20\nrun 100\n"
+    )
     assert status == 0
     log = read_log(log_path)
     assert log.version.startswith("22 Jul 2025") and log.completed and log.units == "lj"
@@ -93,7 +100,7 @@ def test_fresh_log_new_header_layout_and_statistics(tmp_path):
     assert block.performance.tau_per_day > 0 and block.performance.atom_steps_per_s > 1000
     assert block.neighbors.builds is not None and block.neighbors.neighs_per_atom > 10
     assert block.command == "run 100"
-    assert ("velocity all create 1.5 1234" in [text for _, text in log.commands])
+    assert "velocity all create 1.5 1234" in [text for _, text in log.commands]
     # the screen has no input echo but tells the unit style and timestep of each run
     screen_log = parse_log(screen)
     assert screen_log.commands == [] and screen_log.blocks[0].command is None
@@ -102,8 +109,10 @@ def test_fresh_log_new_header_layout_and_statistics(tmp_path):
 
 
 def test_several_runs_with_changing_styles(tmp_path):
-    script = LJ_BOX + ("velocity all create 1.0 1\nfix 1 all nve\nthermo 25\nthermo_style multi\nrun 50\n"
-                       "thermo_style yaml\nrun 50\nthermo_style custom step temp pe etotal vol density\nrun 50\n")
+    script = LJ_BOX + (
+        "velocity all create 1.0 1\nfix 1 all nve\nthermo 25\nthermo_style multi\nrun 50\n"
+        "thermo_style yaml\nrun 50\nthermo_style custom step temp pe etotal vol density\nrun 50\n"
+    )
     log_path, _, status = run_lammps(tmp_path, script)
     assert status == 0
     multi, yaml, custom = read_log(log_path).blocks
@@ -118,8 +127,10 @@ def test_several_runs_with_changing_styles(tmp_path):
 
 
 def test_echoed_commands_indented_substituted_and_from_if(tmp_path):
-    script = LJ_BOX + ("velocity all create 1.5 1\n   fix 1 all nve\n\tthermo 10\n  run 20\n"
-                       "variable n equal 30\nrun ${n}\nif \"1 > 0\" then \"run 10\"\n")
+    script = LJ_BOX + (
+        "velocity all create 1.5 1\n   fix 1 all nve\n\tthermo 10\n  run 20\n"
+        'variable n equal 30\nrun ${n}\nif "1 > 0" then "run 10"\n'
+    )
     log_path, _, status = run_lammps(tmp_path, script)
     log = read_log(log_path)
     assert status == 0 and [b.command for b in log.blocks] == ["run 20", "run 30", "run 10"]
@@ -159,11 +170,16 @@ def test_error_on_proc_without_last_line_takes_last_echoed_command(tmp_path):
 
 
 def test_old_error_form_last_command():
-    text = ("LAMMPS (29 Sep 2021 - Update 2)\nunits lj\nfoobar 1 2\n"
-            "ERROR: Unknown command: foobar 1 2 (../input.cpp:232)\nLast command: foobar 1 2\n")
+    text = (
+        "LAMMPS (29 Sep 2021 - Update 2)\nunits lj\nfoobar 1 2\n"
+        "ERROR: Unknown command: foobar 1 2 (../input.cpp:232)\nLast command: foobar 1 2\n"
+    )
     (err,) = parse_log(text).errors
-    assert (err.message, err.source, err.last_input) == ("Unknown command: foobar 1 2", "../input.cpp:232",
-                                                         "foobar 1 2")
+    assert (err.message, err.source, err.last_input) == (
+        "Unknown command: foobar 1 2",
+        "../input.cpp:232",
+        "foobar 1 2",
+    )
 
 
 def test_lost_atoms_error_ends_the_block_and_warning_form_keeps_it(tmp_path):
@@ -183,9 +199,11 @@ def test_lost_atoms_error_ends_the_block_and_warning_form_keeps_it(tmp_path):
 
 
 def test_nan_and_inf_are_kept(tmp_path):
-    script = ("units lj\natom_style atomic\nregion box block 0 5 0 5 0 5\ncreate_box 1 box\n"
-              "create_atoms 1 single 1 1 1\ncreate_atoms 1 single 1 1 1\nmass 1 1.0\n"
-              "pair_style lj/cut 2.5\npair_coeff 1 1 1.0 1.0 2.5\nfix 1 all nve\nthermo 1\nrun 2\n")
+    script = (
+        "units lj\natom_style atomic\nregion box block 0 5 0 5 0 5\ncreate_box 1 box\n"
+        "create_atoms 1 single 1 1 1\ncreate_atoms 1 single 1 1 1\nmass 1 1.0\n"
+        "pair_style lj/cut 2.5\npair_coeff 1 1 1.0 1.0 2.5\nfix 1 all nve\nthermo 1\nrun 2\n"
+    )
     log_path, _, _ = run_lammps(tmp_path, script)
     block = read_log(log_path).blocks[0]
     assert block.column("E_pair")[0] == math.inf
@@ -215,8 +233,9 @@ def test_read_log_refuses_what_is_not_a_log(tmp_path):
     log = read_log(tmp_path / "cut")
     assert log.version.startswith("22 Jul 2025") and not log.completed
     # a second log file opened by `log other.log` starts with commands, not with the version line
-    (tmp_path / "second").write_text("run 10\nStep Temp\n0 1.0\n10 1.1\nLoop time of 0.01 on 1 procs for 10 "
-                                     "steps with 10 atoms\n")
+    (tmp_path / "second").write_text(
+        "run 10\nStep Temp\n0 1.0\n10 1.1\nLoop time of 0.01 on 1 procs for 10 steps with 10 atoms\n"
+    )
     assert read_log(tmp_path / "second").blocks[0].finished
 
 

@@ -12,10 +12,10 @@ def test_continuation_comments_and_quotes():
     s = parse_text(
         "units lj # comment\n"
         "\n"
-        "fix 1 all print 10 \"T = # not a comment\" &\n"
+        'fix 1 all print 10 "T = # not a comment" &\n'
         "    file out.txt\n"
         "print 'single quoted'\n"
-        "print \"\"\"triple\nquoted # still text\n\"\"\"\n"
+        'print """triple\nquoted # still text\n"""\n'
         "run 10\n"
     )
     assert [c.line for c in s.commands] == [1, 3, 5, 6, 9]
@@ -36,7 +36,7 @@ def test_variables_substituted_with_current_value_and_all_variants():
         "variable n index 10 20 30\n"
         "fix 1 all nvt temp ${T} ${T2} 0.1\n"
         "run $n\n"
-        "print \"${T} is not substituted in quotes\"\n"
+        'print "${T} is not substituted in quotes"\n'
     )
     fix, run, pr = s.commands[3], s.commands[4], s.commands[5]
     assert fix.words[5:7] == ["300", "600"]
@@ -67,28 +67,41 @@ def test_undefined_variable_is_a_diagnostic_with_line():
 
 
 def test_include_and_files(tmp_path):
-    (tmp_path / "in.main").write_text("include in.setup\nread_data data.x\ndump 1 all atom 10 dump.*.txt\n"
-                                      "write_restart final.restart\nlog log.extra append\n")
+    (tmp_path / "in.main").write_text(
+        "include in.setup\nread_data data.x\ndump 1 all atom 10 dump.*.txt\n"
+        "write_restart final.restart\nlog log.extra append\n"
+    )
     (tmp_path / "in.setup").write_text("units metal\nmolecule w water.mol offset 1 0 0 0 0\n")
     s = parse_script(tmp_path / "in.main")
     assert [(c.file, c.line, c.name) for c in s.commands][:3] == [
-        ("in.main", 1, "include"), ("in.setup", 1, "units"), ("in.setup", 2, "molecule")]
+        ("in.main", 1, "include"),
+        ("in.setup", 1, "units"),
+        ("in.setup", 2, "molecule"),
+    ]
     files = {(f.path, f.mode, f.kind) for f in s.files}
-    assert files == {("in.setup", "read", "include"), ("water.mol", "read", "molecule"),
-                     ("data.x", "read", "data"), ("dump.*.txt", "write", "dump"),
-                     ("final.restart", "write", "restart"), ("log.extra", "write", "log")}
+    assert files == {
+        ("in.setup", "read", "include"),
+        ("water.mol", "read", "molecule"),
+        ("data.x", "read", "data"),
+        ("dump.*.txt", "write", "dump"),
+        ("final.restart", "write", "restart"),
+        ("log.extra", "write", "log"),
+    }
 
 
 def test_loop_and_label(tmp_path):
-    s = parse_text("variable i loop 3\nlabel top\nprint \"file_${i}\" file out.${i}\nnext i\njump SELF top\n")
+    s = parse_text('variable i loop 3\nlabel top\nprint "file_${i}" file out.${i}\nnext i\njump SELF top\n')
     prints = s.find("print")[0]
     assert sorted(v[3] for v in prints.variants) == ["out.1", "out.2", "out.3"]
 
 
-@pytest.mark.parametrize("problem, message", [
-    (b"\x00\x01binary", "binary file"),
-    (None, "no such file"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        (b"\x00\x01binary", "binary file"),
+        (None, "no such file"),
+    ],
+)
 def test_unreadable_scripts(tmp_path, problem, message):
     path = tmp_path / "in.x"
     if problem is not None:
@@ -110,10 +123,11 @@ def test_corpus_files_found(example):
 
 
 def test_an_unmatched_quote_is_an_error_at_its_line():
-    script = parse_text('units lj\nprint "done\nprint don\'t\nprint "it is" # it\'s fine\n'
-                        'print """\nmany lines\n"""\n')
-    assert [(d.code, d.line) for d in script.diagnostics] == [("parse.unmatched_quote", 2),
-                                                               ("parse.unmatched_quote", 3)]
+    script = parse_text('units lj\nprint "done\nprint don\'t\nprint "it is" # it\'s fine\nprint """\nmany lines\n"""\n')
+    assert [(d.code, d.line) for d in script.diagnostics] == [
+        ("parse.unmatched_quote", 2),
+        ("parse.unmatched_quote", 3),
+    ]
     assert "double" in script.diagnostics[0].message and "single" in script.diagnostics[1].message
 
 

@@ -99,8 +99,11 @@ def job_template(aiida, site: SiteConfig, options: dict | None = None, pk: int =
     shebang, default mpiprocs, default memory and mpirun command, the code its prepend text and executable.
     """
     ports = aiida.lammps_calc.LammpsCalculation.spec().inputs["metadata"]["options"]
-    opts = {name: port.default() if callable(port.default) else port.default
-            for name, port in ports.items() if getattr(port, "has_default", lambda: False)()}
+    opts = {
+        name: port.default() if callable(port.default) else port.default
+        for name, port in ports.items()
+        if getattr(port, "has_default", lambda: False)()
+    }
     opts |= aiida_calcjob_options(site) if options is None else options
     metadata = aiida_computer_kwargs(site)["metadata"]
     code = aiida_code_kwargs(site)
@@ -132,13 +135,15 @@ def job_template(aiida, site: SiteConfig, options: dict | None = None, pk: int =
     if "engine_command" in code:  # ContainerizedCode.get_prepend_cmdline_params
         prepend_cmdline += code["engine_command"].format(image_name=code["image_name"]).split()
     lc = aiida.lammps_calc
-    tmpl.codes_info = [aiida.JobTemplateCodeInfo(
-        prepend_cmdline_params=prepend_cmdline,
-        cmdline_params=[code["filepath_executable"], "-in", lc.INPUT, "-log", lc.LOG, "-nocite"],
-        use_double_quotes=[metadata.get("use_double_quotes", False), False],
-        wrap_cmdline_params=False,
-        stdout_name=lc.STDOUT,
-    )]
+    tmpl.codes_info = [
+        aiida.JobTemplateCodeInfo(
+            prepend_cmdline_params=prepend_cmdline,
+            cmdline_params=[code["filepath_executable"], "-in", lc.INPUT, "-log", lc.LOG, "-nocite"],
+            use_double_quotes=[metadata.get("use_double_quotes", False), False],
+            wrap_cmdline_params=False,
+            stdout_name=lc.STDOUT,
+        )
+    ]
     tmpl.codes_run_mode = aiida.CodeRunMode.SERIAL
     if opts.get("custom_scheduler_commands"):
         tmpl.custom_scheduler_commands = opts["custom_scheduler_commands"]
@@ -188,14 +193,30 @@ OPTION_SYNTAX = {
 }
 # pbs_resources(7B): resources "requested only inside of a select statement" (host-level) and only outside.
 CHUNK_RESOURCES = {
-    "ncpus": INTEGER, "mpiprocs": INTEGER, "ompthreads": INTEGER, "mem": SIZE, "vmem": SIZE,
-    "naccelerators": INTEGER, "accelerator_memory": SIZE, "host": r"[^:+,\s]+", "vnode": r"[^:+,\s]+",
+    "ncpus": INTEGER,
+    "mpiprocs": INTEGER,
+    "ompthreads": INTEGER,
+    "mem": SIZE,
+    "vmem": SIZE,
+    "naccelerators": INTEGER,
+    "accelerator_memory": SIZE,
+    "host": r"[^:+,\s]+",
+    "vnode": r"[^:+,\s]+",
     "arch": r"[^:+,\s]+",
 }
 JOB_WIDE_RESOURCES = {
-    "walltime": DURATION, "cput": DURATION, "pcput": DURATION, "min_walltime": DURATION, "max_walltime": DURATION,
-    "pmem": SIZE, "pvmem": SIZE, "nice": r"-?\d+", "software": r".+", "site": r".+",
-    "select": None, "place": None,  # parsed below
+    "walltime": DURATION,
+    "cput": DURATION,
+    "pcput": DURATION,
+    "min_walltime": DURATION,
+    "max_walltime": DURATION,
+    "pmem": SIZE,
+    "pvmem": SIZE,
+    "nice": r"-?\d+",
+    "software": r".+",
+    "site": r".+",
+    "select": None,
+    "place": None,  # parsed below
 }
 PLACE_WORDS = {"arrangement": {"free", "pack", "scatter", "vscatter"}, "sharing": {"excl", "shared", "exclhost"}}
 
@@ -238,11 +259,17 @@ def parse_pbs_script(script: str) -> Directives:
         stripped = line.lstrip()
         if stripped.startswith("#PBS"):
             if found.first_executable is not None:
-                raise PbsScriptError(f"line {number}: {line!r} comes after the first executable line "
-                                     f"{found.first_executable!r}; qsub ignores it")
-            _directive(stripped[len("#PBS"):], found, number)
-        elif found.first_executable is None and stripped and not stripped.startswith("#") \
-                and not line.startswith((":", "#!")):
+                raise PbsScriptError(
+                    f"line {number}: {line!r} comes after the first executable line "
+                    f"{found.first_executable!r}; qsub ignores it"
+                )
+            _directive(stripped[len("#PBS") :], found, number)
+        elif (
+            found.first_executable is None
+            and stripped
+            and not stripped.startswith("#")
+            and not line.startswith((":", "#!"))
+        ):
             found.first_executable = line
     _check_resources(found)
     return found
@@ -439,8 +466,16 @@ def test_full_site_script_matches_the_documented_directives(aiida, tmp_path):
     # PBS writes each chunk's host mpiprocs times into $PBS_NODEFILE (pbs_resources(7B) mpiprocs): the -np AiiDA
     # passes equals the number of slots PBS hands to mpirun.
     assert words[:3] == ["mpirun", "-np", str(sum(n * int(c["mpiprocs"]) for n, c in found.chunks))]
-    assert words[3:] == ["/apps/lammps/2025.07/bin/lmp", "-in", "in.lammps", "-log", "log.lammps", "-nocite",
-                         ">", "lammps.out"]
+    assert words[3:] == [
+        "/apps/lammps/2025.07/bin/lmp",
+        "-in",
+        "in.lammps",
+        "-log",
+        "log.lammps",
+        "-nocite",
+        ">",
+        "lammps.out",
+    ]
 
 
 def test_minimal_site_script(aiida, tmp_path):
@@ -570,12 +605,20 @@ def qstat_f(*jobs: tuple[str, list[tuple[str, str]]]) -> str:
     return "".join(f"Job Id: {job_id}\n" + "\n".join(prt_attr(*a) for a in attrs) + "\n\n" for job_id, attrs in jobs)
 
 
-VARIABLE_LIST = ",".join([
-    "PBS_O_HOME=/home/jdoe", "PBS_O_LANG=en_US.UTF-8", "PBS_O_LOGNAME=jdoe",
-    "PBS_O_PATH=/apps/lammps/2025.07/bin:/opt/pbs/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin",
-    "PBS_O_MAIL=/var/spool/mail/jdoe", "PBS_O_SHELL=/bin/bash", "PBS_O_WORKDIR=/scratch/jdoe/mdagent/3f/9a/"
-    "0c1e2d4b-5a6f-4e7d-8c9b-0a1b2c3d4e5f", "PBS_O_SYSTEM=Linux", "PBS_O_QUEUE=workq", "PBS_O_HOST=login01.example.org",
-])
+VARIABLE_LIST = ",".join(
+    [
+        "PBS_O_HOME=/home/jdoe",
+        "PBS_O_LANG=en_US.UTF-8",
+        "PBS_O_LOGNAME=jdoe",
+        "PBS_O_PATH=/apps/lammps/2025.07/bin:/opt/pbs/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin",
+        "PBS_O_MAIL=/var/spool/mail/jdoe",
+        "PBS_O_SHELL=/bin/bash",
+        "PBS_O_WORKDIR=/scratch/jdoe/mdagent/3f/9a/0c1e2d4b-5a6f-4e7d-8c9b-0a1b2c3d4e5f",
+        "PBS_O_SYSTEM=Linux",
+        "PBS_O_QUEUE=workq",
+        "PBS_O_HOST=login01.example.org",
+    ]
+)
 WORKDIR = "/scratch/jdoe/mdagent/3f/9a/0c1e2d4b-5a6f-4e7d-8c9b-0a1b2c3d4e5f"
 
 # A queued job exactly as qstat -f prints it (continuation lines start with a tab). test_prt_attr_matches_the_
@@ -631,12 +674,20 @@ Job Id: 1234.pbs-server
 def attributes(state: str, **extra: str) -> list[tuple[str, str]]:
     """The attributes of job 1234 (2 chunks of 4 ranks x 2 threads) in a given state, plus `extra` (dots as __)."""
     attrs = [
-        ("Job_Name", "aiida-1234"), ("Job_Owner", "jdoe@login01.example.org"), ("job_state", state),
-        ("queue", "workq"), ("server", "pbs-server"), ("ctime", "Tue Jun  3 09:05:07 2025"),
+        ("Job_Name", "aiida-1234"),
+        ("Job_Owner", "jdoe@login01.example.org"),
+        ("job_state", state),
+        ("queue", "workq"),
+        ("server", "pbs-server"),
+        ("ctime", "Tue Jun  3 09:05:07 2025"),
         ("Output_Path", f"login01.example.org:{WORKDIR}/_scheduler-stdout.txt"),
-        ("Resource_List.mem", "8192000kb"), ("Resource_List.mpiprocs", "8"), ("Resource_List.ncpus", "16"),
-        ("Resource_List.nodect", "2"), ("Resource_List.place", "free"),
-        ("Resource_List.select", "2:mpiprocs=4:ncpus=8:mem=4096000kb"), ("Resource_List.walltime", "12:00:00"),
+        ("Resource_List.mem", "8192000kb"),
+        ("Resource_List.mpiprocs", "8"),
+        ("Resource_List.ncpus", "16"),
+        ("Resource_List.nodect", "2"),
+        ("Resource_List.place", "free"),
+        ("Resource_List.select", "2:mpiprocs=4:ncpus=8:mem=4096000kb"),
+        ("Resource_List.walltime", "12:00:00"),
         ("Variable_List", VARIABLE_LIST),
     ]
     return attrs + [(k.replace("__", "."), v) for k, v in extra.items()]
@@ -645,8 +696,12 @@ def attributes(state: str, **extra: str) -> list[tuple[str, str]]:
 RUNNING = {
     "exec_host": "node017/0*8+node018/0*8",
     "exec_vnode": "(node017:ncpus=8:mem=4096000kb)+(node018:ncpus=8:mem=4096000kb)",
-    "resources_used__cput": "08:10:00", "resources_used__walltime": "01:02:03", "resources_used__ncpus": "16",
-    "resources_used__mem": "3145728kb", "stime": "Tue Jun  3 10:00:00 2025", "session_id": "48213",
+    "resources_used__cput": "08:10:00",
+    "resources_used__walltime": "01:02:03",
+    "resources_used__ncpus": "16",
+    "resources_used__mem": "3145728kb",
+    "stime": "Tue Jun  3 10:00:00 2025",
+    "session_id": "48213",
 }
 
 
@@ -696,12 +751,16 @@ def test_running_held_suspended_in_one_output(aiida):
     running, held, suspended = parse(aiida, text)
     assert [j.job_id for j in (running, held, suspended)] == ["1234.pbs-server", "1235.pbs-server", "1236.pbs-server"]
     state = aiida.JobState
-    assert (running.job_state, held.job_state, suspended.job_state) == (state.RUNNING, state.QUEUED_HELD,
-                                                                         state.SUSPENDED)
+    assert (running.job_state, held.job_state, suspended.job_state) == (
+        state.RUNNING,
+        state.QUEUED_HELD,
+        state.SUSPENDED,
+    )
     assert running.wallclock_time_seconds == 3723 and running.cpu_time == 8 * 3600 + 600
     assert running.dispatch_time == datetime.datetime(2025, 6, 3, 10, 0, 0)
     assert [(m.name, m.job_index, m.num_cpus) for m in running.allocated_machines] == [
-        ("node017", 0, 8), ("node018", 0, 8)
+        ("node017", 0, 8),
+        ("node018", 0, 8),
     ]
     assert (running.num_machines, running.num_mpiprocs, running.num_cpus) == (2, 8, 16)
     assert held.allocated_machines is None and held.wallclock_time_seconds is None
@@ -783,7 +842,9 @@ def test_joblist_command(aiida):
     assert scheduler.get_feature("can_query_by_user") is False
     # tracejob(8B) reads the PBS logs of the host it runs on: on a login node it usually finds nothing.
     assert shlex.split(scheduler._get_detailed_job_info_command("1234.pbs-server")) == [
-        "tracejob", "-v", "1234.pbs-server"
+        "tracejob",
+        "-v",
+        "1234.pbs-server",
     ]
 
 

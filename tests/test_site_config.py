@@ -318,9 +318,15 @@ def test_calcjob_options():
         "queue_name": "debug",
         "withmpi": False,
     }
-    two = aiida_calcjob_options(load_site(SITE_CONFIGS / "pbs-gpu.yaml").model_copy(
-        update={"resources": load_site(SITE_CONFIGS / "slurm-local.yaml").resources.model_copy(
-            update={"mpi_ranks_per_node": 2})}))
+    two = aiida_calcjob_options(
+        load_site(SITE_CONFIGS / "pbs-gpu.yaml").model_copy(
+            update={
+                "resources": load_site(SITE_CONFIGS / "slurm-local.yaml").resources.model_copy(
+                    update={"mpi_ranks_per_node": 2}
+                )
+            }
+        )
+    )
     assert two["withmpi"] is True and two["resources"]["num_mpiprocs_per_machine"] == 2
     local = aiida_calcjob_options(load_site(SITE_CONFIGS / "local.yaml"))
     assert local["resources"] == {"num_machines": 1, "num_mpiprocs_per_machine": 1}

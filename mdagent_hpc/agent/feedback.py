@@ -43,23 +43,34 @@ def run_fault(job: Job, message: str, restart_files: list[str], walltime_s: floa
     """
     hint = None
     if restart_files:
-        hint = (f"the restart file(s) {', '.join(restart_files)} it wrote are in the run folder of the next run: "
-                "continue from the newest with read_restart, and run only the steps that remain")
+        hint = (
+            f"the restart file(s) {', '.join(restart_files)} it wrote are in the run folder of the next run: "
+            "continue from the newest with read_restart, and run only the steps that remain"
+        )
     elif job.fault == "walltime":
-        hint = ("write restart files (`restart N file.*`) so a run cut off can continue, or ask for fewer steps"
-                + (f"; the wall time is {walltime_s:g} s" if walltime_s else ""))
+        hint = "write restart files (`restart N file.*`) so a run cut off can continue, or ask for fewer steps" + (
+            f"; the wall time is {walltime_s:g} s" if walltime_s else ""
+        )
     return problem(f"run.{job.fault or 'fault'}", message, hint)
 
 
 def evaluation_text(evaluation: Evaluation) -> str:
     """The grade, reward and every finding that is not mere information, with its hint."""
-    findings = "; ".join(f"{f.rule}: {f.message}" + (f" (hint: {f.hint})" if f.hint else "")
-                         for f in evaluation.findings if f.severity != Severity.INFO)
+    findings = "; ".join(
+        f"{f.rule}: {f.message}" + (f" (hint: {f.hint})" if f.hint else "")
+        for f in evaluation.findings
+        if f.severity != Severity.INFO
+    )
     return f"grade {evaluation.grade.value}, reward {evaluation.reward:.2f}. {findings}".strip()
 
 
-def feedback_text(diagnostics: list[Diagnostic], evaluation: Evaluation | None = None,
-                  memory: list[failure_memory.Lesson] | None = None, *, script: str | None = None) -> str:
+def feedback_text(
+    diagnostics: list[Diagnostic],
+    evaluation: Evaluation | None = None,
+    memory: list[failure_memory.Lesson] | None = None,
+    *,
+    script: str | None = None,
+) -> str:
     """What the next prompt says about an attempt, below its script; with `memory`, the past fixes of the same
     kind of failure (agent/memory.py). With `script` (the one the prompt shows, numbered), a command is quoted
     again only where LAMMPS saw something else than that line (variables substituted, an included file)."""

@@ -15,8 +15,9 @@ MAX_OFFERED = 20
 T = TypeVar("T")
 
 
-def offered_potentials(elements: list[str], ranked: list[PotentialEntry], limit: int = MAX_OFFERED
-                       ) -> list[PotentialInfo]:
+def offered_potentials(
+    elements: list[str], ranked: list[PotentialEntry], limit: int = MAX_OFFERED
+) -> list[PotentialInfo]:
     """The potentials the prompt lists: the best `limit` of those covering the task's elements (ranked best first);
     none when the task names no element (the model then picks a pair style that needs no file)."""
     if not elements:
@@ -35,9 +36,16 @@ def refused_name(name: str) -> str | None:
 
 def refused_files(names: Iterable[str]) -> list[Diagnostic]:
     """One error per extra file name that leaves the run folder (it is not written, and the model hears why)."""
-    return [Diagnostic(severity=Severity.ERROR, code="policy.path", message=f"the extra file name '{name}' {why}",
-                       hint="name extra files like data.lmp, without folders")
-            for name in names if (why := refused_name(name))]
+    return [
+        Diagnostic(
+            severity=Severity.ERROR,
+            code="policy.path",
+            message=f"the extra file name '{name}' {why}",
+            hint="name extra files like data.lmp, without folders",
+        )
+        for name in names
+        if (why := refused_name(name))
+    ]
 
 
 def files_to_stage(generated: Mapping[str, T], restart: Mapping[str, T]) -> dict[str, T]:
@@ -49,5 +57,6 @@ def files_to_stage(generated: Mapping[str, T], restart: Mapping[str, T]) -> dict
 
 def potentials_to_stage(report: PreflightReport) -> dict[str, str]:
     """Bare file name -> path of each potential the script uses that preflight found outside the run folder."""
-    return {PurePosixPath(p.name).name: p.resolved for p in report.potentials
-            if p.resolved and p.source != "run-folder"}
+    return {
+        PurePosixPath(p.name).name: p.resolved for p in report.potentials if p.resolved and p.source != "run-folder"
+    }

@@ -66,7 +66,6 @@ def _client():
 def daemon_status(as_json) -> None:
     """Whether the daemon runs, its pid and workers, and the agent runs it holds."""
     client = _client()  # loads the profile before anything of AiiDA is imported
-    from aiida import orm
     from aiida.engine.daemon.client import DaemonException
 
     running = client.is_daemon_running
@@ -82,18 +81,10 @@ def daemon_status(as_json) -> None:
             info["workers"] = client.get_number_of_workers()
         except DaemonException:  # circus not answering (yet): the pid is what we know
             info["workers"] = None
-    active = (
-        orm.QueryBuilder()
-        .append(
-            orm.WorkChainNode,
-            filters={
-                "attributes.process_label": "AgentWorkChain",
-                "attributes.process_state": {"in": ["created", "waiting", "running"]},
-            },
-            project=["id"],
-        )
-        .all(flat=True)
-    )
+    from mdagent_hpc.provenance import EVERYONE
+    from mdagent_hpc.provenance.runs import running_nodes
+
+    active = [node.pk for node in running_nodes(EVERYONE)]  # the daemon's view: every user's runs
     info["active_runs"] = sorted(active)
     if as_json:
         emit_json(info)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from mdagent_hpc.dashboard.filters import models_of
 from mdagent_hpc.models import Run
-from mdagent_hpc.provenance import ACTIVE, AGENT_TYPE, POINT_TYPE, Caller, only
+from mdagent_hpc.provenance import Caller
 from mdagent_hpc.provenance.filters import Query
 
 CACHE_S = 60.0
@@ -72,20 +72,10 @@ def get_run(caller: Caller, pk: str) -> Run:
 
 
 def sweep_of_point(caller: Caller, pk: str) -> int | None:
-    """The sweep a sweep point (listed with the runs) belongs to; None for any other node, or one the caller may
-    not read."""
-    from aiida import orm
-    from aiida.common.exceptions import NotExistent
+    """The sweep a sweep point (listed with the runs) belongs to; None for anything else the caller may read."""
+    from mdagent_hpc.provenance.sweeps import sweep_of_point as of_point
 
-    if not pk.isdigit():
-        return None
-    try:
-        node = orm.load_node(int(pk))
-    except NotExistent:
-        return None
-    if not caller.may_read(node):
-        return None
-    return node.caller.pk if node.process_type == POINT_TYPE and node.caller is not None else None
+    return of_point(caller, pk)
 
 
 def stop(run: Run) -> str:
@@ -143,24 +133,9 @@ class Progress:
 def running(caller: Caller) -> list[Progress]:
     """The caller's agent runs still going that started in the last LIVE_DAYS, newest first (`verdict=running`
     finds all)."""
-    from aiida import orm
+    from mdagent_hpc.provenance.runs import running_nodes
 
-    qb = (
-        orm.QueryBuilder()
-        .append(
-            orm.WorkChainNode,
-            tag="run",
-            project=["*"],
-            filters={
-                "process_type": AGENT_TYPE,
-                "ctime": {">": datetime.now(tz=UTC) - timedelta(days=LIVE_DAYS)},
-                "attributes.process_state": {"in": list(ACTIVE)},
-            },
-        )
-        .order_by({"run": {"ctime": "desc"}})
-    )
-    only(qb, "run", caller)
-    return [progress(node) for (node,) in qb.all()]
+    return [progress(node) for node in running_nodes(caller, datetime.now(tz=UTC) - timedelta(days=LIVE_DAYS))]
 
 
 def progress(node) -> Progress:

@@ -2,7 +2,7 @@
 
 Choice questions are scored exactly (the set of letters must be the right set); fill-blank answers by normalised
 matching (`normalise`: case, Unicode forms, spaces, quotes and trailing punctuation do not count; numbers equal to
-1e-6 relative; an answer "X or Y" accepts either); open answers by the judge (bench/judge.py), 0 to 1.
+1e-6 relative; an answer "X or Y" accepts either); open answers by the judge (perf/judge.py), 0 to 1.
 """
 
 from __future__ import annotations

@@ -12,8 +12,22 @@ from enum import StrEnum
 from mdagent_hpc.execution.site import OnFailure
 
 # The fields of `sacct --parsable` worth keeping in provenance.
-SACCT_FIELDS = ("JobID", "JobName", "State", "ExitCode", "Partition", "NodeList", "AllocCPUS", "Submit", "Start",
-                "End", "Elapsed", "Timelimit", "MaxRSS", "ReqMem")
+SACCT_FIELDS = (
+    "JobID",
+    "JobName",
+    "State",
+    "ExitCode",
+    "Partition",
+    "NodeList",
+    "AllocCPUS",
+    "Submit",
+    "Start",
+    "End",
+    "Elapsed",
+    "Timelimit",
+    "MaxRSS",
+    "ReqMem",
+)
 
 
 class Fault(StrEnum):
@@ -42,14 +56,23 @@ def parse_sacct(stdout: str) -> dict:
 def fault_of(state: str | None) -> Fault | None:
     """The fault a Slurm job state (`CANCELLED by 0`, `TIMEOUT`, `NODE_FAIL`, ...) stands for."""
     word = (state or "").split()[0] if state else ""
-    return {"CANCELLED": Fault.CANCELLED, "TIMEOUT": Fault.WALLTIME, "DEADLINE": Fault.WALLTIME,
-            "NODE_FAIL": Fault.NODE_FAILURE, "BOOT_FAIL": Fault.NODE_FAILURE, "PREEMPTED": Fault.NODE_FAILURE
-            }.get(word)
+    return {
+        "CANCELLED": Fault.CANCELLED,
+        "TIMEOUT": Fault.WALLTIME,
+        "DEADLINE": Fault.WALLTIME,
+        "NODE_FAIL": Fault.NODE_FAILURE,
+        "BOOT_FAIL": Fault.NODE_FAILURE,
+        "PREEMPTED": Fault.NODE_FAILURE,
+    }.get(word)
 
 
 # The LammpsCalculation exit statuses that stand for a fault (AiiDA's scheduler codes 120 and 140, ours 350, 360).
-FAULT_OF_EXIT_STATUS: dict[int, Fault] = {120: Fault.WALLTIME, 140: Fault.NODE_FAILURE, 350: Fault.CANCELLED,
-                                          360: Fault.CONNECTION_LOST}
+FAULT_OF_EXIT_STATUS: dict[int, Fault] = {
+    120: Fault.WALLTIME,
+    140: Fault.NODE_FAILURE,
+    350: Fault.CANCELLED,
+    360: Fault.CONNECTION_LOST,
+}
 # The LammpsCalculation exit statuses that are LAMMPS's own failure (no log, an ERROR, a log cut off): the script's
 # fault, never retried.
 LAMMPS_FAILED = frozenset({310, 320, 321})

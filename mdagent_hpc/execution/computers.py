@@ -33,10 +33,15 @@ class SiteSetup:
 
 def local_site() -> SiteConfig:
     """The embedded default: this machine, no scheduler, LAMMPS under bubblewrap (`mdagent-lmp`)."""
-    return SiteConfig(name="local", description="this machine; LAMMPS runs under bubblewrap", scheduler="direct",
-                      # No login shell: it costs ~0.15 s per scheduler command, and the code's path is absolute.
-                      transport={"type": "local", "safe_interval": 0, "use_login_shell": False}, poll_interval=0.2,
-                      lammps={"binary": str(Path(sys.executable).parent / "mdagent-lmp")})
+    return SiteConfig(
+        name="local",
+        description="this machine; LAMMPS runs under bubblewrap",
+        scheduler="direct",
+        # No login shell: it costs ~0.15 s per scheduler command, and the code's path is absolute.
+        transport={"type": "local", "safe_interval": 0, "use_login_shell": False},
+        poll_interval=0.2,
+        lammps={"binary": str(Path(sys.executable).parent / "mdagent-lmp")},
+    )
 
 
 def resolved_binary(site: SiteConfig) -> SiteConfig:
@@ -46,8 +51,10 @@ def resolved_binary(site: SiteConfig) -> SiteConfig:
         return site
     path = shutil.which(binary)
     if path is None:
-        raise SiteConfigError(f"site {site.name}: lammps.binary '{binary}' is not on PATH here; give its absolute "
-                              "path (e.g. the output of `which lmp`) or the modules that provide it")
+        raise SiteConfigError(
+            f"site {site.name}: lammps.binary '{binary}' is not on PATH here; give its absolute "
+            "path (e.g. the output of `which lmp`) or the modules that provide it"
+        )
     return site.model_copy(update={"lammps": site.lammps.model_copy(update={"binary": path})})
 
 
@@ -104,15 +111,23 @@ PILOT_CODE = "pilot"
 def login_site(site: SiteConfig) -> SiteConfig:
     """The site's login host as a site of its own, `NAME-login`: same transport and workdir, no scheduler (AiiDA's
     core.direct), so a job there (the sweep's Parsl driver) is a process on the login host that AiiDA follows."""
-    return site.model_copy(update={"name": f"{site.name}-login", "scheduler": "direct", "queue": None,
-                                   "account": None, "qos": None, "lammps": site.lammps.model_copy(
-                                       update={"image": None, "binary": "lmp"}),
-                                   # the driver is one small process: no memory limit (core.direct has none)
-                                   "resources": site.resources.model_copy(update={"memory_mb": None})})
+    return site.model_copy(
+        update={
+            "name": f"{site.name}-login",
+            "scheduler": "direct",
+            "queue": None,
+            "account": None,
+            "qos": None,
+            "lammps": site.lammps.model_copy(update={"image": None, "binary": "lmp"}),
+            # the driver is one small process: no memory limit (core.direct has none)
+            "resources": site.resources.model_copy(update={"memory_mb": None}),
+        }
+    )
 
 
 def ensure_pilot_code(site: SiteConfig):
-    """`pilot@NAME-login`: the Python that runs `python -m mdagent_hpc.execution.parsl.driver` on the site's login host."""
+    """`pilot@NAME-login`: the Python that runs the sweep driver (`python -m mdagent_hpc.execution.parsl.driver`)
+    on the site's login host."""
     from aiida import orm
     from aiida.common.exceptions import NotExistent
 
@@ -126,9 +141,13 @@ def ensure_pilot_code(site: SiteConfig):
         code.label, code.is_hidden = f"{PILOT_CODE}-replaced-{code.pk}", True
     except NotExistent:
         pass
-    return orm.InstalledCode(label=PILOT_CODE, computer=computer, filepath_executable=python,
-                             description=f"the sweep driver's Python on {site.name}'s login host",
-                             default_calc_job_plugin="mdagent.sweep.pilot").store()
+    return orm.InstalledCode(
+        label=PILOT_CODE,
+        computer=computer,
+        filepath_executable=python,
+        description=f"the sweep driver's Python on {site.name}'s login host",
+        default_calc_job_plugin="mdagent.sweep.pilot",
+    ).store()
 
 
 def _ensure_code(site: SiteConfig, computer, changes: list[str]):
@@ -144,8 +163,9 @@ def _ensure_code(site: SiteConfig, computer, changes: list[str]):
     except NotExistent:
         code = None
     except MultipleObjectsError:
-        raise SiteConfigError(f"several codes are labelled {CODE_LABEL}@{site.name}; hide or relabel all but one "
-                              "with `verdi code`") from None
+        raise SiteConfigError(
+            f"several codes are labelled {CODE_LABEL}@{site.name}; hide or relabel all but one with `verdi code`"
+        ) from None
     if code is not None and _same_code(code, code_class, kwargs):
         return code
     if code is not None:
@@ -184,5 +204,9 @@ def workflow_inputs(site: SiteConfig) -> dict:
     except ValueError as exc:
         raise SiteConfigError(str(exc)) from None
     run = SiteRun(name=site.name, dry_run=dry_run_where(site), on_failure=site.on_failure.model_dump())
-    return {"code": setup.code, "options": orm.Dict(options), "limits": orm.Dict(site.limits.model_dump()),
-            "site": orm.Dict(run.model_dump())}
+    return {
+        "code": setup.code,
+        "options": orm.Dict(options),
+        "limits": orm.Dict(site.limits.model_dump()),
+        "site": orm.Dict(run.model_dump()),
+    }

@@ -60,6 +60,8 @@ def add_site(path: str | Path) -> tuple[SiteConfig, Path, bool]:
             tmp.write_text(text)
             shutil.move(tmp, dest)
         except OSError as exc:
-            raise SiteConfigError(f"cannot keep the site config in {dest.parent} ({exc.strerror}); set MDAGENT_HOME "
-                                  "to a folder you can write") from None
+            raise SiteConfigError(
+                f"cannot keep the site config in {dest.parent} ({exc.strerror}); set MDAGENT_HOME "
+                "to a folder you can write"
+            ) from None
     return site, dest, changed

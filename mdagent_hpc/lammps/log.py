@@ -47,7 +47,8 @@ _PERF_UNITS = {
     "Gatom-step/s": ("atom_steps_per_s", 1e9),
 }
 # LAMMPS input commands (an indented log line is taken as an echoed command only if it starts with one).
-COMMANDS = frozenset("""
+COMMANDS = frozenset(
+    """
 angle_coeff angle_style angle_write atom_modify atom_style balance bond_coeff bond_style bond_write boundary
 change_box clear comm_modify comm_style compute compute_modify create_atoms create_bonds create_box delete_atoms
 delete_bonds dielectric dihedral_coeff dihedral_style dimension displace_atoms dump dump_modify echo fix
@@ -57,7 +58,8 @@ pair_modify pair_style pair_write partition plugin prd print processors python q
 read_restart region replicate rerun reset_atoms reset_timestep restart run run_style set shell special_bonds
 suffix tad temper thermo thermo_modify thermo_style timer timestep uncompute undump unfix units variable velocity
 write_coeff write_data write_dump write_restart
-""".split())
+""".split()
+)
 # thermo_style one: what LAMMPS prints when the script sets no thermo_style
 _ONE_COLUMNS = ["Step", "Temp", "E_pair", "E_mol", "TotEng", "Press"]
 
@@ -104,7 +106,8 @@ class ThermoBlock(BaseModel):
     steps: int | None = Field(None, description="run length from the Loop time line")
     atoms: int | None = Field(None, description="atoms at the end, from the Loop time line")
     atoms_start: int | None = Field(
-        None, description="atoms when the run started: created, read, replicated, deleted or left by the last run")
+        None, description="atoms when the run started: created, read, replicated, deleted or left by the last run"
+    )
     minimization: bool = False
     min_stop: str | None = Field(None, description="minimizer stopping criterion")
     performance: Performance | None = None
@@ -219,8 +222,15 @@ class _Parser:
 
     def start_block(self, i: int, style: str, columns: list[str]) -> None:
         self.close_block()
-        self.block = ThermoBlock(style=style, line=i + 1, columns=columns, command=self.echo_since_block,
-                                 units=self.log.units, timestep=self.timestep, atoms_start=self.count)
+        self.block = ThermoBlock(
+            style=style,
+            line=i + 1,
+            columns=columns,
+            command=self.echo_since_block,
+            units=self.log.units,
+            timestep=self.timestep,
+            atoms_start=self.count,
+        )
         self.echo_since_block = None
         self.expect_header = False
         if self.block.command and self.block.command.split()[0].startswith("minimize"):
@@ -373,14 +383,19 @@ class _Parser:
         elif (m := _TIMING.match(s)) and m.group(1) != "Section":
             avg, pct = _numbers([m.group(3).strip() or "nan", m.group(6)]) or [math.nan, math.nan]
             block.timing[m.group(1)] = TimingRow(avg_seconds=avg, percent=pct)
-        elif "=" in s and s.startswith(("Total # of neighbors", "Ave neighs/atom", "Neighbor list builds",
-                                        "Dangerous builds")):
+        elif "=" in s and s.startswith(
+            ("Total # of neighbors", "Ave neighs/atom", "Neighbor list builds", "Dangerous builds")
+        ):
             stats = block.neighbors or NeighborStats()
             key, value = (p.strip() for p in s.split("=", 1))
             num = _numbers([value])
             if num is not None:
-                field = {"Total # of neighbors": "total_neighbors", "Ave neighs/atom": "neighs_per_atom",
-                         "Neighbor list builds": "builds", "Dangerous builds": "dangerous_builds"}[key]
+                field = {
+                    "Total # of neighbors": "total_neighbors",
+                    "Ave neighs/atom": "neighs_per_atom",
+                    "Neighbor list builds": "builds",
+                    "Dangerous builds": "dangerous_builds",
+                }[key]
                 setattr(stats, field, num[0] if field == "neighs_per_atom" else int(num[0]))
             block.neighbors = stats
         elif s.startswith("Dangerous builds not checked"):

@@ -213,8 +213,9 @@ def substitute(text: str, values: dict[str, list[str]]) -> list[str]:
             if q:
                 out.append(f"{q}{seg}{q}")
             else:
-                out.append(_REF.sub(lambda m, c=chosen: NUMBER if m.group(2) is not None
-                                    else c[m.group(1) or m.group(3)], seg))
+                out.append(
+                    _REF.sub(lambda m, c=chosen: NUMBER if m.group(2) is not None else c[m.group(1) or m.group(3)], seg)
+                )
         result = "".join(out)
         if result not in results:
             results.append(result)
@@ -223,8 +224,15 @@ def substitute(text: str, values: dict[str, list[str]]) -> list[str]:
     return results
 
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
 
 
 def evaluate_formula(formula: str, current: dict[str, str]) -> str | None:
@@ -239,6 +247,7 @@ def evaluate_formula(formula: str, current: dict[str, str]) -> str | None:
         if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
             return _OPS[type(node.op)](ev(node.operand))
         raise ValueError
+
     try:
         value = ev(ast.parse(expr, mode="eval").body)
     except (ValueError, SyntaxError, ZeroDivisionError, OverflowError, TypeError):
@@ -256,8 +265,13 @@ def _define_variable(words: list[str], vars: _Vars, run_dir: Path | None) -> Non
         vars.define(name, args or [""], keep_if_defined=True)
     elif style in ("loop", "uloop"):
         numbers = [a for a in args if a.lstrip("-").isdigit()]
-        lo, hi = (1, int(numbers[0])) if len(numbers) == 1 else (int(numbers[0]), int(numbers[1])) \
-            if len(numbers) >= 2 else (1, 1)
+        lo, hi = (
+            (1, int(numbers[0]))
+            if len(numbers) == 1
+            else (int(numbers[0]), int(numbers[1]))
+            if len(numbers) >= 2
+            else (1, 1)
+        )
         vals = [str(v) for v in range(lo, hi + 1)]
         if "pad" in args:
             vals = [v.zfill(len(str(hi))) for v in vals]
@@ -306,8 +320,77 @@ def _nested_texts(words: list[str]) -> list[str]:
     return []
 
 
-def parse_text(text: str, name: str = "in.lammps", run_dir: Path | None = None,
-               variables: dict[str, str] | None = None) -> ParsedScript:
+def _line_problems(ln: _Line) -> list[Diagnostic]:
+    """What is wrong with a line before its words are read: a continuation cut by a blank line, an open quote."""
+    found: list[Diagnostic] = []
+    if ln.cut_by_blank:
+        found.append(
+            Diagnostic(
+                severity=Severity.ERROR,
+                code="parse.continuation",
+                message="this line ends with `&` before a blank line: LAMMPS ends the command there and reads "
+                "the next line as a command of its own",
+                line=ln.line,
+                file=ln.file,
+                command=ln.text,
+                hint="remove the blank line after `&` (or the `&`)",
+            )
+        )
+    if quote := ln.open_quote:
+        kind = {"'": "single", '"': "double", '"""': "triple"}[quote]
+        found.append(
+            Diagnostic(
+                severity=Severity.ERROR,
+                code="parse.unmatched_quote",
+                message=f"unmatched {kind} quote ({quote}): LAMMPS stops at this line",
+                line=ln.line,
+                file=ln.file,
+                command=ln.text,
+                hint="close the quote on the same line (or join lines with &); "
+                "curly quotes and apostrophes in plain words count as quotes too",
+            )
+        )
+    return found
+
+
+def _commands(pending: list[tuple[_Line, str]], vars: _Vars, diagnostics: list[Diagnostic]) -> list[Command]:
+    """The commands of the lines read, each with its words now and in every variant of the variables; a variable
+    used but never defined is a diagnostic."""
+    every = {k: v for k, v in vars.every.items() if k not in vars.unknowable}
+    defined = set(vars.every) | vars.unknowable
+    commands: list[Command] = []
+    for ln, context in pending:
+        current_text = substitute(ln.text, {k: [v] for k, v in vars.current.items()})[0]
+        variants = [split_words(t) for t in substitute(ln.text, every)]
+        for ref in references(ln.text):
+            if ref not in defined:
+                diagnostics.append(
+                    Diagnostic(
+                        severity=Severity.ERROR,
+                        code="parse.undefined_variable",
+                        message=f"variable '{ref}' is used but never defined",
+                        line=ln.line,
+                        file=ln.file,
+                        command=ln.text,
+                        hint=f"define it first, e.g. `variable {ref} equal ...`",
+                    )
+                )
+        commands.append(
+            Command(
+                line=ln.line,
+                file=ln.file,
+                text=ln.text,
+                words=split_words(current_text),
+                variants=variants,
+                context=context,
+            )
+        )
+    return commands
+
+
+def parse_text(
+    text: str, name: str = "in.lammps", run_dir: Path | None = None, variables: dict[str, str] | None = None
+) -> ParsedScript:
     """Parse script text; `run_dir` lets `include` and file-style variables be followed."""
     vars = _Vars()
     for key, value in (variables or {}).items():
@@ -317,19 +400,7 @@ def parse_text(text: str, name: str = "in.lammps", run_dir: Path | None = None,
 
     def walk(lines: list[_Line], depth: int, context: str = "") -> None:
         for ln in lines:
-            if ln.cut_by_blank:
-                diagnostics.append(Diagnostic(
-                    severity=Severity.ERROR, code="parse.continuation",
-                    message="this line ends with `&` before a blank line: LAMMPS ends the command there and reads "
-                            "the next line as a command of its own", line=ln.line, file=ln.file, command=ln.text,
-                    hint="remove the blank line after `&` (or the `&`)"))
-            if quote := ln.open_quote:
-                kind = {"'": "single", '"': "double", '"""': "triple"}[quote]
-                diagnostics.append(Diagnostic(
-                    severity=Severity.ERROR, code="parse.unmatched_quote",
-                    message=f"unmatched {kind} quote ({quote}): LAMMPS stops at this line", line=ln.line,
-                    file=ln.file, command=ln.text, hint="close the quote on the same line (or join lines with &); "
-                    "curly quotes and apostrophes in plain words count as quotes too"))
+            diagnostics.extend(_line_problems(ln))
             texts = substitute(ln.text, {k: [v] for k, v in vars.current.items()})
             words = split_words(texts[0])
             if not words:
@@ -348,9 +419,16 @@ def parse_text(text: str, name: str = "in.lammps", run_dir: Path | None = None,
                 if run_dir is None or not _inside(run_dir, target):
                     continue
                 if depth >= MAX_INCLUDE_DEPTH:
-                    diagnostics.append(Diagnostic(severity=Severity.ERROR, code="parse.include_depth",
-                                                  message=f"{cmd} nests deeper than {MAX_INCLUDE_DEPTH} files",
-                                                  line=ln.line, file=ln.file, command=ln.text))
+                    diagnostics.append(
+                        Diagnostic(
+                            severity=Severity.ERROR,
+                            code="parse.include_depth",
+                            message=f"{cmd} nests deeper than {MAX_INCLUDE_DEPTH} files",
+                            line=ln.line,
+                            file=ln.file,
+                            command=ln.text,
+                        )
+                    )
                     continue
                 if cmd == "jump" and any(target == p.file for p, _ in pending):
                     continue  # jumping to a file already read: a loop, not new commands
@@ -359,22 +437,10 @@ def parse_text(text: str, name: str = "in.lammps", run_dir: Path | None = None,
 
     walk(logical_lines(text, name), 0)
 
-    every = {k: v for k, v in vars.every.items() if k not in vars.unknowable}
-    defined = set(vars.every) | vars.unknowable
-    commands: list[Command] = []
-    for ln, context in pending:
-        current_text = substitute(ln.text, {k: [v] for k, v in vars.current.items()})[0]
-        variants = [split_words(t) for t in substitute(ln.text, every)]
-        for ref in references(ln.text):
-            if ref not in defined:
-                diagnostics.append(Diagnostic(
-                    severity=Severity.ERROR, code="parse.undefined_variable",
-                    message=f"variable '{ref}' is used but never defined", line=ln.line, file=ln.file,
-                    command=ln.text, hint=f"define it first, e.g. `variable {ref} equal ...`"))
-        commands.append(Command(line=ln.line, file=ln.file, text=ln.text, words=split_words(current_text),
-                                variants=variants, context=context))
-    script = ParsedScript(main=name, commands=commands,
-                          variables={k: v for k, v in vars.every.items()}, diagnostics=diagnostics)
+    commands = _commands(pending, vars, diagnostics)
+    script = ParsedScript(
+        main=name, commands=commands, variables={k: v for k, v in vars.every.items()}, diagnostics=diagnostics
+    )
     script.files = [fa for c in commands for fa in file_accesses(c, c.words)]
     return script
 

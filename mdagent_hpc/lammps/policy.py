@@ -59,6 +59,49 @@ def path_problem(path: str) -> str | None:
     return None
 
 
+def _path_problems(cmd: Command, words: list[str], run_dir: Path | None) -> list[Diagnostic]:
+    """Files (and words that look like paths) outside the run folder, or links leading out of it."""
+    name, a = words[0], words[1:]
+    out: list[Diagnostic] = []
+    for path, mode, kind in command_files(words):
+        if problem := path_problem(path):
+            out.append(
+                _diag(
+                    cmd,
+                    "policy.path",
+                    f"{kind} file '{path}' ({mode}) {problem}",
+                    "use a plain relative path inside the run folder",
+                    words,
+                )
+            )
+        elif run_dir is not None and (run_dir / path).is_symlink():
+            target = (run_dir / path).resolve()
+            if not target.is_relative_to(run_dir.resolve()):
+                out.append(
+                    _diag(
+                        cmd,
+                        "policy.path",
+                        f"'{path}' is a link to {target}, outside the run folder",
+                        "copy the file into the run folder instead of linking it",
+                        words,
+                    )
+                )
+    if name not in TEXT_COMMANDS and not (name == "fix" and len(a) > 2 and a[2] == "print"):
+        listed = {p for p, _, _ in command_files(words)}
+        for w in a:
+            if w not in listed and (w.startswith(("/", "~/")) or ".." in PurePosixPath(w).parts):
+                out.append(
+                    _diag(
+                        cmd,
+                        "policy.path",
+                        f"'{w}' looks like a path outside the run folder",
+                        "use a plain relative path inside the run folder",
+                        words,
+                    )
+                )
+    return out
+
+
 def _check_words(cmd: Command, words: list[str], run_dir: Path | None) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     name, a = words[0], words[1:]
@@ -134,42 +177,7 @@ def _check_words(cmd: Command, words: list[str], run_dir: Path | None) -> list[D
                 words,
             )
         )
-    for path, mode, kind in command_files(words):
-        if problem := path_problem(path):
-            out.append(
-                _diag(
-                    cmd,
-                    "policy.path",
-                    f"{kind} file '{path}' ({mode}) {problem}",
-                    "use a plain relative path inside the run folder",
-                    words,
-                )
-            )
-        elif run_dir is not None and (run_dir / path).is_symlink():
-            target = (run_dir / path).resolve()
-            if not target.is_relative_to(run_dir.resolve()):
-                out.append(
-                    _diag(
-                        cmd,
-                        "policy.path",
-                        f"'{path}' is a link to {target}, outside the run folder",
-                        "copy the file into the run folder instead of linking it",
-                        words,
-                    )
-                )
-    if name not in TEXT_COMMANDS and not (name == "fix" and len(a) > 2 and a[2] == "print"):
-        listed = {p for p, _, _ in command_files(words)}
-        for w in a:
-            if w not in listed and (w.startswith(("/", "~/")) or ".." in PurePosixPath(w).parts):
-                out.append(
-                    _diag(
-                        cmd,
-                        "policy.path",
-                        f"'{w}' looks like a path outside the run folder",
-                        "use a plain relative path inside the run folder",
-                        words,
-                    )
-                )
+    out += _path_problems(cmd, words, run_dir)
     return out
 
 

@@ -34,16 +34,16 @@ def _libdirs(executable: str, env: dict[str, str]) -> list[str]:
     return dirs
 
 
-def sandboxed(argv: list[str], run_dir: Path, env: dict[str, str], read_only: list[str] | None = None
-              ) -> list[str]:
+def sandboxed(argv: list[str], run_dir: Path, env: dict[str, str], read_only: list[str] | None = None) -> list[str]:
     """`argv` wrapped in bwrap, working in `run_dir`. `env` becomes the whole environment."""
     bwrap = bwrap_path()
     if bwrap is None:
-        raise SandboxUnavailable("bubblewrap (bwrap) is not installed or cannot create namespaces here; "
-                                 "install it (apt-get install bubblewrap) or use a site with a container")
+        raise SandboxUnavailable(
+            "bubblewrap (bwrap) is not installed or cannot create namespaces here; "
+            "install it (apt-get install bubblewrap) or use a site with a container"
+        )
     run_dir = Path(run_dir).resolve()
-    cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
-           "--ro-bind", "/usr", "/usr"]
+    cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv", "--ro-bind", "/usr", "/usr"]
     for link in ("bin", "lib", "lib64", "sbin"):
         if Path(f"/{link}").is_symlink():
             cmd += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]

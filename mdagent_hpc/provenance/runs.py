@@ -99,3 +99,15 @@ def verdict_filter(verdict: str | None) -> dict:
             ]
         }
     return {}
+
+
+def running_nodes(caller: Caller, since: datetime | None = None) -> list:
+    """The caller's agent run nodes not yet ended (started after `since`, when given), newest first."""
+    from aiida import orm
+
+    filters = {"process_type": AGENT_TYPE, "attributes.process_state": {"in": list(ACTIVE)}}
+    if since is not None:
+        filters["ctime"] = {">": since}
+    qb = orm.QueryBuilder().append(orm.WorkChainNode, tag="run", project=["*"], filters=filters)
+    only(qb, "run", caller)
+    return qb.order_by({"run": {"ctime": "desc"}}).all(flat=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from mdagent_hpc.provenance import SWEEP_TYPE, Caller, load, only
+from mdagent_hpc.provenance import POINT_TYPE, SWEEP_TYPE, Caller, load, only
 from mdagent_hpc.sweep.results import SweepRun, eta
 
 # Extras a SweepWorkChain keeps up to date as it goes (also when it is interrupted): the key of its spec, and
@@ -203,3 +203,20 @@ def export_sweep(caller: Caller, pk, folder: Path) -> dict[str, str]:
         paths["json"].write_text(json.dumps(table_json(frame), indent=1))
         paths["png"] = plot(SweepSpec(**node.inputs.sweep.get_dict()), frame, folder / "sweep.png")
     return {k: str(v) for k, v in paths.items()}
+
+
+def sweep_of_point(caller: Caller, pk: str) -> int | None:
+    """The sweep a sweep point (listed with the runs) belongs to; None for any other node, or one the caller may
+    not read."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    if not pk.isdigit():
+        return None
+    try:
+        node = orm.load_node(int(pk))
+    except NotExistent:
+        return None
+    if not caller.may_read(node):
+        return None
+    return node.caller.pk if node.process_type == POINT_TYPE and node.caller is not None else None

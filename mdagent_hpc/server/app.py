@@ -247,7 +247,7 @@ class Server:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app):
-        from mdagent_hpc.server import repair, service
+        from mdagent_hpc.server import repair
 
         def repair_unqueued():
             ids = {identity(u.name, u.email): u.id for u in self.store.users()}
@@ -257,7 +257,7 @@ class Server:
             try:
                 await self.write(repair_unqueued)
             except Exception as exc:  # noqa: BLE001 (serving goes on; the admin hears it; the next round retries)
-                await self.write(service.fresh_broker)
+                await self.write(repair.fresh_broker)
                 print(
                     f"mdagent server: the check for runs nobody runs failed ({type(exc).__name__}); "
                     f"again in {repair.EVERY} s",
@@ -399,7 +399,7 @@ class Server:
         (pk, uuid, made now). The request id is committed before the run is made and the run carries it (an extra,
         committed with the node), so a server killed at any point leaves what the retry finds: no run (made now),
         or the run (queued now if it never was)."""
-        from mdagent_hpc.server import service
+        from mdagent_hpc.server import repair, service
 
         with self.store.user_lock(user.id) as db:
             found = self.store.submitted(db, user.id, request_id) if request_id else None
@@ -422,7 +422,7 @@ class Server:
                 node = launch(request_id)
             except Exception as exc:
                 if service_down(exc) == "the message broker":
-                    service.fresh_broker()
+                    repair.fresh_broker()
                 if not request_id:  # nobody will ask for this run again: ended, not left counting
                     self.end_failed_submission(user, started)
                 raise  # with a request id the retry (or the repair) queues the run it made

@@ -29,6 +29,24 @@ GRACE = timedelta(seconds=30)  # a task sent this recently may be on its way to 
 EVERY = 60  # seconds between two repairs in a running server
 
 
+def fresh_broker() -> None:
+    """After a broker failure: the runner, broker connection and process controller dropped, so the next use
+    connects anew (a connection that lived through an outage can stay broken for good). aiida-core 2.9's
+    `reset_runner` / `reset_broker` forget them only when closing them succeeds, and closing a connection the
+    outage broke can fail: they are forgotten all the same."""
+    from aiida.manage import get_manager
+
+    manager = get_manager()
+    for reset in (manager.reset_runner, manager.reset_broker):
+        try:
+            reset()
+        except Exception as exc:  # noqa: BLE001 (it is being thrown away; the next use says if the broker is back)
+            print(f"mdagent server: closing the old broker connection failed ({type(exc).__name__})", file=sys.stderr)
+    manager._runner = None  # noqa: SLF001 (aiida has no public way to drop what it could not close)
+    manager._broker = None  # noqa: SLF001
+    manager._process_controller = None  # noqa: SLF001
+
+
 def end(node: orm.ProcessNode, reason: str) -> None:
     """A process that will never run, ended as excepted with `reason` (so nothing counts it in flight)."""
     from plumpy.process_states import ProcessState
@@ -100,8 +118,6 @@ def repair(lock_for, now: datetime | None = None) -> list[int]:
     try:
         in_queue = queued()
     except Exception:  # noqa: BLE001 (a connection that lived through a broker outage can stay broken: one new try)
-        from mdagent_hpc.server.service import fresh_broker
-
         fresh_broker()
         in_queue = queued()  # the broker still down: raised, and the next repair tries again
     candidates = [n for n in active(before=now - GRACE) if n.pk not in in_queue]
@@ -132,8 +148,6 @@ def repair(lock_for, now: datetime | None = None) -> list[int]:
                     flush=True,
                 )
                 if not isinstance(exc, DaemonException):  # the broker: its connection may be broken for good
-                    from mdagent_hpc.server.service import fresh_broker
-
                     fresh_broker()
                 continue
             requeue.append(node.pk)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 from datetime import datetime
 
@@ -94,24 +93,6 @@ def launch(process_class, inputs: dict, extras: dict) -> orm.ProcessNode:
     crash_point("run_stored")
     runner.controller.continue_process(process.pid, nowait=False, no_reply=True)
     return process.node
-
-
-def fresh_broker() -> None:
-    """After a broker failure: the runner, broker connection and process controller dropped, so the next use
-    connects anew (a connection that lived through an outage can stay broken for good). aiida-core 2.9's
-    `reset_runner` / `reset_broker` forget them only when closing them succeeds, and closing a connection the
-    outage broke can fail: they are forgotten all the same."""
-    from aiida.manage import get_manager
-
-    manager = get_manager()
-    for reset in (manager.reset_runner, manager.reset_broker):
-        try:
-            reset()
-        except Exception as exc:  # noqa: BLE001 (it is being thrown away; the next use says if the broker is back)
-            print(f"mdagent server: closing the old broker connection failed ({type(exc).__name__})", file=sys.stderr)
-    manager._runner = None  # noqa: SLF001 (aiida has no public way to drop what it could not close)
-    manager._broker = None  # noqa: SLF001
-    manager._process_controller = None  # noqa: SLF001
 
 
 def extras_of(user: User, group_read: bool, request_id: str | None) -> dict:

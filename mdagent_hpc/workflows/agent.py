@@ -68,12 +68,24 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         spec.input("llm", valid_type=orm.Dict, help="endpoint and sampling settings (never the API key)")
         spec.input("loop", valid_type=orm.Dict, default=lambda: orm.Dict(LoopPolicy().model_dump(mode="json")))
         spec.input("limits", valid_type=orm.Dict, default=lambda: orm.Dict(Limits().model_dump()))
-        spec.input("options", valid_type=orm.Dict, default=lambda: orm.Dict({"max_wallclock_seconds": 3600}),
-                   help="metadata.options of the LAMMPS CalcJob")
-        spec.input("site", valid_type=orm.Dict, default=lambda: orm.Dict(SiteRun().model_dump()),
-                   help="the site's name, where the dry run happens, and what to do when a job dies")
-        spec.input("variables", valid_type=orm.Dict, required=False,
-                   help="LAMMPS variables for every job (`-var NAME VALUE`): a sweep template's probe point")
+        spec.input(
+            "options",
+            valid_type=orm.Dict,
+            default=lambda: orm.Dict({"max_wallclock_seconds": 3600}),
+            help="metadata.options of the LAMMPS CalcJob",
+        )
+        spec.input(
+            "site",
+            valid_type=orm.Dict,
+            default=lambda: orm.Dict(SiteRun().model_dump()),
+            help="the site's name, where the dry run happens, and what to do when a job dies",
+        )
+        spec.input(
+            "variables",
+            valid_type=orm.Dict,
+            required=False,
+            help="LAMMPS variables for every job (`-var NAME VALUE`): a sweep template's probe point",
+        )
         spec.outline(
             cls.setup,
             while_(cls.should_go_on)(
@@ -88,8 +100,13 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         spec.output("script", valid_type=orm.SinglefileData, required=False, help="the script that passed")
         spec.output("evaluation", valid_type=orm.Dict, required=False)
         spec.output("retrieved", valid_type=orm.FolderData, required=False, help="log and output of the run")
-        spec.output_namespace("attempts", valid_type=orm.Dict, dynamic=True, required=False,
-                              help="attempt_N: every attempt as a models.Attempt")
+        spec.output_namespace(
+            "attempts",
+            valid_type=orm.Dict,
+            dynamic=True,
+            required=False,
+            help="attempt_N: every attempt as a models.Attempt",
+        )
         for status, name, message in EXIT_CODES:
             spec.exit_code(status, name, message=message)
 
@@ -102,15 +119,21 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         potentials = offered_potentials(elements, find_potentials(elements) if elements else [])
         caps = capabilities()
         self.ctx.capabilities = SiteCapabilities(
-            lammps_version=caps.version, packages=list(caps.packages), potentials=potentials,
-            limits=describe_limits(Limits(**self.inputs.limits.get_dict()))).model_dump(mode="json")
+            lammps_version=caps.version,
+            packages=list(caps.packages),
+            potentials=potentials,
+            limits=describe_limits(Limits(**self.inputs.limits.get_dict())),
+        ).model_dump(mode="json")
         site = SiteRun(**self.inputs.site.get_dict())
         # Stored once, for every preflight and LAMMPS job of this run.
         self.ctx.dry_here = orm.Bool(site.dry_run == "here").store()
         base = LammpsJobWorkChain.spec().inputs
-        self.ctx.job_inputs = {"on_failure": orm.Dict(site.on_failure).store(), "site": orm.Str(site.name).store(),
-                               "max_iterations": base["max_iterations"].default().store(),
-                               "clean_workdir": base["clean_workdir"].default().store()}
+        self.ctx.job_inputs = {
+            "on_failure": orm.Dict(site.on_failure).store(),
+            "site": orm.Str(site.name).store(),
+            "max_iterations": base["max_iterations"].default().store(),
+            "clean_workdir": base["clean_workdir"].default().store(),
+        }
         # Grammar-constrained generation: the grammar of this LAMMPS's own command and style names, stored once.
         if self.inputs.llm.get_dict().get("structured_output") == "grammar":
             self.ctx.grammar = orm.Str(lammps_grammar(caps.styles)).store()
@@ -139,24 +162,40 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
             settings["context_tokens"] = self.ctx.context_tokens
         grammar = settings.get("structured_output") == "grammar"
         budget = {"context_tokens": self.ctx.context_tokens, "answer_tokens": settings.get("max_tokens", 4096)}
-        messages = build_messages(self.inputs.task.value, SiteCapabilities(**self.ctx.capabilities),
-                                  [a for a in history if not a.passed], stuck=stuck, **budget,
-                                  answer="script" if grammar else "json")
-        self.report(f"attempt {number}: generating (temperature {settings['temperature']:.2f}"
-                    f"{', stuck: asking for a new strategy' if stuck else ''})")
+        messages = build_messages(
+            self.inputs.task.value,
+            SiteCapabilities(**self.ctx.capabilities),
+            [a for a in history if not a.passed],
+            stuck=stuck,
+            **budget,
+            answer="script" if grammar else "json",
+        )
+        self.report(
+            f"attempt {number}: generating (temperature {settings['temperature']:.2f}"
+            f"{', stuck: asking for a new strategy' if stuck else ''})"
+        )
         self.node.base.extras.set("attempts", number)
-        future = self.submit(GenerateScript, messages=orm.List(messages), settings=orm.Dict(settings),
-                             **({"grammar": self.ctx.grammar} if grammar else {}),
-                             metadata={"call_link_label": f"generate_{number}"})
+        future = self.submit(
+            GenerateScript,
+            messages=orm.List(messages),
+            settings=orm.Dict(settings),
+            **({"grammar": self.ctx.grammar} if grammar else {}),
+            metadata={"call_link_label": f"generate_{number}"},
+        )
         return ToContext(generation=future)
 
     def preflight(self):
         gen = self.ctx.generation
         self._took("generate", gen)
         response = gen.outputs.response.get_dict()
-        self._update(usage=Usage(model=response.get("model"), latency_s=response.get("latency_s"),
-                                 prompt_tokens=(response.get("usage") or {}).get("prompt_tokens"),
-                                 completion_tokens=(response.get("usage") or {}).get("completion_tokens")))
+        self._update(
+            usage=Usage(
+                model=response.get("model"),
+                latency_s=response.get("latency_s"),
+                prompt_tokens=(response.get("usage") or {}).get("prompt_tokens"),
+                completion_tokens=(response.get("usage") or {}).get("completion_tokens"),
+            )
+        )
         if gen.exit_status == GenerateScript.exit_codes.ERROR_LLM_UNAVAILABLE.status:
             self._fail(Stage.GENERATE, [feedback.endpoint_failed(response["error"], response["message"])])
             return
@@ -172,23 +211,33 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
             self.ctx.script, files, names = candidates[1]
             refused = refused_files(names)
             self.ctx.files = files_to_stage(files, self.ctx.restart_files)
-            check = preflight_script(self.ctx.script, self.inputs.limits, dry=self.ctx.dry_here,
-                                     **{node_key(name): f for name, f in self.ctx.files.items()},
-                                     metadata={"call_link_label": f"preflight_{self._number()}"})
+            check = preflight_script(
+                self.ctx.script,
+                self.inputs.limits,
+                dry=self.ctx.dry_here,
+                **{node_key(name): f for name, f in self.ctx.files.items()},
+                metadata={"call_link_label": f"preflight_{self._number()}"},
+            )
             report = PreflightReport(**check.get_dict())
         else:
             check, report, refused = self._best_of(candidates)
         self._took("preflight", check.creator)
         script = self.ctx.script
-        self._update(stage=Stage.PREFLIGHT, script=script.get_content(), files=sorted(self.ctx.files),
-                     script_sha=script_sha(script.get_content()))
+        self._update(
+            stage=Stage.PREFLIGHT,
+            script=script.get_content(),
+            files=sorted(self.ctx.files),
+            script_sha=script_sha(script.get_content()),
+        )
         if refused or not report.ok:
             self._fail(Stage.PREFLIGHT, refused + report.diagnostics)
             return
         self._update(diagnostics=[d for d in report.diagnostics if d.severity != Severity.INFO])
         # Stored now: the dry-run job and the run stage the same nodes.
-        self.ctx.potentials = {node_key(name): orm.SinglefileData(path, filename=name).store()
-                               for name, path in potentials_to_stage(report).items()}
+        self.ctx.potentials = {
+            node_key(name): orm.SinglefileData(path, filename=name).store()
+            for name, path in potentials_to_stage(report).items()
+        }
         where = "" if self.ctx.dry_here.value else f"; dry run next, as a short job on {self.inputs.site['name']}"
         self.report(f"attempt {self._number()}: preflight passed ({len(report.diagnostics)} notes{where})")
 
@@ -198,8 +247,9 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
     def dry_run_job(self):
         self._update(stage=Stage.DRY_RUN)
         options = self.inputs.options.get_dict()
-        options["max_wallclock_seconds"] = min(options.get("max_wallclock_seconds", DRY_RUN_WALLTIME_S),
-                                               DRY_RUN_WALLTIME_S)
+        options["max_wallclock_seconds"] = min(
+            options.get("max_wallclock_seconds", DRY_RUN_WALLTIME_S), DRY_RUN_WALLTIME_S
+        )
         self.report(f"attempt {self._number()}: dry run (lmp -skiprun) on {self.inputs.code.full_label}")
         return ToContext(dry_run=self._submit_lammps(options, f"dryrun_{self._number()}", skiprun=True))
 
@@ -209,8 +259,12 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         if "retrieved" not in job.outputs:
             self._fail(Stage.DRY_RUN, [feedback.dry_run_job_failed(job.exit_message or str(job.process_state))])
             return
-        report = dry_run_report(job.outputs.retrieved, self.ctx.script, self.inputs.limits,
-                                metadata={"call_link_label": f"dryrun_report_{self._number()}"})
+        report = dry_run_report(
+            job.outputs.retrieved,
+            self.ctx.script,
+            self.inputs.limits,
+            metadata={"call_link_label": f"dryrun_report_{self._number()}"},
+        )
         self._took("dry_run_report", report.creator)
         diagnostics = [Diagnostic(**d) for d in report["diagnostics"]]
         if not report["ok"]:
@@ -244,8 +298,10 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         self._took("evaluate", node.creator)
         evaluation = Evaluation(**node.get_dict())
         worst = next((f for f in evaluation.findings if f.severity == Severity.ERROR), None)
-        self.report(f"attempt {self._number()}: evaluated {evaluation.grade.value}, reward {evaluation.reward:.2f}"
-                    + (f" ({worst.rule}: {worst.message})" if worst else ""))
+        self.report(
+            f"attempt {self._number()}: evaluated {evaluation.grade.value}, reward {evaluation.reward:.2f}"
+            + (f" ({worst.rule}: {worst.message})" if worst else "")
+        )
         self._update(stage=Stage.EVALUATE, evaluation=evaluation)
         if passes(evaluation, self._policy()):
             self._update(passed=True)
@@ -259,8 +315,9 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         """Close the attempt: what the model will hear about it, its record in provenance; then go on or stop."""
         attempt = Attempt(**self.ctx.current)
         if not attempt.passed:
-            attempt.feedback = feedback.feedback_text(self._failure(), attempt.evaluation, self._lessons(),
-                                                      script=attempt.script)
+            attempt.feedback = feedback.feedback_text(
+                self._failure(), attempt.evaluation, self._lessons(), script=attempt.script
+            )
             attempt.error_key = self.ctx.error_key or error_key(self._failure())
         record = orm.Dict(attempt.model_dump(mode="json")).store()
         self.ctx.attempts.append(record)
@@ -274,8 +331,9 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         outcome = exit_code(history, policy)
         if outcome is None:
             evaluation = history[-1].evaluation
-            self.node.base.extras.set_many({"verdict": "passed", "grade": evaluation.grade.value,
-                                            "reward": evaluation.reward})
+            self.node.base.extras.set_many(
+                {"verdict": "passed", "grade": evaluation.grade.value, "reward": evaluation.reward}
+            )
             self.report(f"passed after {len(history)} attempt(s), grade {evaluation.grade.value}")
             return None
         self.node.base.extras.set("verdict", "failed")
@@ -291,8 +349,9 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
             self.node.base.extras.set(STOP_REASON, stop_reason(self.node))
             record_run(self.node)
         except Exception as exc:  # noqa: BLE001 (the run's outcome stands; its fields can be recorded again)
-            self.logger.warning(f"could not record the query fields of run {self.node.pk} ({exc}); "
-                                "`mdagent runs index` records them")
+            self.logger.warning(
+                f"could not record the query fields of run {self.node.pk} ({exc}); `mdagent runs index` records them"
+            )
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _lessons(self) -> list:
@@ -319,8 +378,9 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
     def _failure(self) -> list[Diagnostic]:
         return [Diagnostic(**d) for d in self.ctx.failure]
 
-    def _fail(self, stage: Stage, problems: list[Diagnostic], evaluation: Evaluation | None = None,
-              key: str | None = None) -> None:
+    def _fail(
+        self, stage: Stage, problems: list[Diagnostic], evaluation: Evaluation | None = None, key: str | None = None
+    ) -> None:
         """This attempt stops at `stage` because of `problems` (or of its evaluation, reported already)."""
         self.ctx.failure = [d.model_dump(mode="json") for d in problems]
         self.ctx.error_key = key
@@ -333,8 +393,10 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
     def _took(self, step: str, node) -> None:
         """Record the node of a step and the wall time it took."""
         current = Attempt(**self.ctx.current)
-        self._update(nodes={**current.nodes, step: node.pk},
-                     seconds={**current.seconds, step: round((node.mtime - node.ctime).total_seconds(), 3)})
+        self._update(
+            nodes={**current.nodes, step: node.pk},
+            seconds={**current.seconds, step: round((node.mtime - node.ctime).total_seconds(), 3)},
+        )
 
     @staticmethod
     def _candidates(gen, response: dict) -> dict:
@@ -354,25 +416,34 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
 
     def _best_of(self, candidates: dict):
         """Preflight every candidate at once; the best goes on (`ctx.script`, `ctx.files`); each verdict is recorded."""
-        with_script = {n: (script, files_to_stage(files, self.ctx.restart_files), refused)
-                       for n, (script, files, refused) in candidates.items() if script is not None}
-        check = preflight_candidates(self.inputs.limits, self.ctx.dry_here,
-                                     **candidate_inputs({n: (s, f) for n, (s, f, _) in with_script.items()}),
-                                     metadata={"call_link_label": f"preflight_{self._number()}"})
+        with_script = {
+            n: (script, files_to_stage(files, self.ctx.restart_files), refused)
+            for n, (script, files, refused) in candidates.items()
+            if script is not None
+        }
+        check = preflight_candidates(
+            self.inputs.limits,
+            self.ctx.dry_here,
+            **candidate_inputs({n: (s, f) for n, (s, f, _) in with_script.items()}),
+            metadata={"call_link_label": f"preflight_{self._number()}"},
+        )
         reports = reports_of(check)
-        verdicts = judge({n: (c[0].get_content() if c[0] is not None else None) for n, c in candidates.items()},
-                         reports, {n: refused_files(r) for n, (_, _, r) in with_script.items()})
+        verdicts = judge(
+            {n: (c[0].get_content() if c[0] is not None else None) for n, c in candidates.items()},
+            reports,
+            {n: refused_files(r) for n, (_, _, r) in with_script.items()},
+        )
         best = next(v.number for v in verdicts if v.chosen)
         self.ctx.script, self.ctx.files, names = with_script[best]
         self._update(candidates=verdicts)
         passed = sum(v.ok for v in verdicts)
-        self.report(f"attempt {self._number()}: {len(verdicts)} candidates, {passed} passed preflight; "
-                    f"candidate {best} goes on")
+        self.report(
+            f"attempt {self._number()}: {len(verdicts)} candidates, {passed} passed preflight; candidate {best} goes on"
+        )
         return check, reports[best], refused_files(names)
 
     def _submit_lammps(self, options: dict, label: str, skiprun: bool = False):
-        lammps = {"code": self.inputs.code, "script": self.ctx.script,
-                  "metadata": {"options": options}}
+        lammps = {"code": self.inputs.code, "script": self.ctx.script, "metadata": {"options": options}}
         if self.ctx.files:
             lammps["files"] = {node_key(name): f for name, f in self.ctx.files.items()}
         if self.ctx.potentials:
@@ -381,5 +452,6 @@ class AgentWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
             lammps["skiprun"] = orm.Bool(True)
         if "variables" in self.inputs:
             lammps["variables"] = self.inputs.variables
-        return self.submit(LammpsJobWorkChain, lammps=lammps, **self.ctx.job_inputs,
-                           metadata={"call_link_label": label})
+        return self.submit(
+            LammpsJobWorkChain, lammps=lammps, **self.ctx.job_inputs, metadata={"call_link_label": label}
+        )

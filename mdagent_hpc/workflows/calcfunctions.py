@@ -29,8 +29,9 @@ def finite(data):
 
 
 @calcfunction
-def preflight_script(script: orm.SinglefileData, limits: orm.Dict, dry: orm.Bool | None = None,
-                     **files: orm.SinglefileData) -> orm.Dict:
+def preflight_script(
+    script: orm.SinglefileData, limits: orm.Dict, dry: orm.Bool | None = None, **files: orm.SinglefileData
+) -> orm.Dict:
     """Preflight the script with its files in a fresh folder; the report (ok, diagnostics, potentials).
 
     `dry` False leaves out the `lmp -skiprun` dry run (done as a short job where LAMMPS is, see `dry_run_report`).
@@ -40,8 +41,7 @@ def preflight_script(script: orm.SinglefileData, limits: orm.Dict, dry: orm.Bool
         (run_dir / INPUT).write_text(script.get_content())
         for node in files.values():
             (run_dir / node.filename).write_bytes(node.get_content(mode="rb"))
-        report = preflight(run_dir / INPUT, run_dir, limits=Limits(**limits.get_dict()),
-                           dry=dry is None or dry.value)
+        report = preflight(run_dir / INPUT, run_dir, limits=Limits(**limits.get_dict()), dry=dry is None or dry.value)
     return orm.Dict(finite(report.model_dump(mode="json")))
 
 
@@ -55,8 +55,7 @@ def dry_run_report(retrieved: orm.FolderData, script: orm.SinglefileData, limits
     stderr = read("_scheduler-stderr.txt", mode="r") if "_scheduler-stderr.txt" in names else ""
     parsed = parse_text(script.get_content(), INPUT)
     returncode = 0 if "Total wall time" in log else 1
-    diags = skiprun_diagnostics(parsed, log + "\n" + stdout, returncode, stderr or stdout,
-                                Limits(**limits.get_dict()))
+    diags = skiprun_diagnostics(parsed, log + "\n" + stdout, returncode, stderr or stdout, Limits(**limits.get_dict()))
     ok = not any(d.severity == Severity.ERROR for d in diags)
     return orm.Dict({"ok": ok, "diagnostics": [d.model_dump(mode="json") for d in diags]})
 

@@ -20,8 +20,19 @@ from mdagent_hpc.workflows.broker import PatientWithBroker
 from mdagent_hpc.workflows.lammps_calc import node_key
 
 # Settings that may be stored (and so passed as inputs); the API key is deliberately not among them.
-STORED_SETTINGS = ("base_url", "model", "timeout_s", "max_retries", "temperature", "top_p", "max_tokens", "seed",
-                   "structured_output", "candidates", "context_tokens")
+STORED_SETTINGS = (
+    "base_url",
+    "model",
+    "timeout_s",
+    "max_retries",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "seed",
+    "structured_output",
+    "candidates",
+    "context_tokens",
+)
 
 
 class LinksOnlyNewOutputs:
@@ -43,13 +54,22 @@ class GenerateScript(PatientWithBroker, LinksOnlyNewOutputs, Process):
         super().define(spec)
         spec.input("messages", valid_type=orm.List, help="the chat messages sent to the model")
         spec.input("settings", valid_type=orm.Dict, help="endpoint and sampling settings (no secrets)")
-        spec.input("grammar", valid_type=orm.Str, required=False,
-                   help="the site's LAMMPS grammar (llm.grammar), used when structured_output is grammar")
+        spec.input(
+            "grammar",
+            valid_type=orm.Str,
+            required=False,
+            help="the site's LAMMPS grammar (llm.grammar), used when structured_output is grammar",
+        )
         spec.output("script", valid_type=orm.SinglefileData, required=False, help="the first answer's script")
         spec.output_namespace("files", valid_type=orm.SinglefileData, dynamic=True, required=False)
-        spec.output_namespace("candidates", valid_type=orm.SinglefileData, dynamic=True, required=False,
-                              help="with candidates > 1, answer N's script as candidate_N (N from 2), its files as "
-                                   "candidate_N_file_<name>")
+        spec.output_namespace(
+            "candidates",
+            valid_type=orm.SinglefileData,
+            dynamic=True,
+            required=False,
+            help="with candidates > 1, answer N's script as candidate_N (N from 2), its files as "
+            "candidate_N_file_<name>",
+        )
         spec.output("response", valid_type=orm.Dict, help="raw answers, model, usage, latency, problems")
         spec.exit_code(300, "ERROR_LLM_UNAVAILABLE", message="the LLM endpoint failed: {kind}: {message}")
         spec.exit_code(310, "ERROR_NO_SCRIPT", message="the answer held no usable script")

@@ -65,12 +65,25 @@ class LammpsCalculation(PatientWithBroker, LammpsRawCalculation):
     @classmethod
     def define(cls, spec):
         super().define(spec)
-        spec.input_namespace("potentials", valid_type=orm.SinglefileData, dynamic=True, required=False,
-                             help="potential files, staged under their filename")
-        spec.input("skiprun", valid_type=orm.Bool, required=False,
-                   help="a dry run (`lmp -skiprun`): set up everything, run no steps")
-        spec.input("variables", valid_type=orm.Dict, required=False,
-                   help="LAMMPS variables given on the command line (`-var NAME VALUE`): a sweep's point")
+        spec.input_namespace(
+            "potentials",
+            valid_type=orm.SinglefileData,
+            dynamic=True,
+            required=False,
+            help="potential files, staged under their filename",
+        )
+        spec.input(
+            "skiprun",
+            valid_type=orm.Bool,
+            required=False,
+            help="a dry run (`lmp -skiprun`): set up everything, run no steps",
+        )
+        spec.input(
+            "variables",
+            valid_type=orm.Dict,
+            required=False,
+            help="LAMMPS variables given on the command line (`-var NAME VALUE`): a sweep's point",
+        )
         options = spec.inputs["metadata"]["options"]
         options["input_filename"].default = INPUT
         options["output_filename"].default = STDOUT
@@ -91,13 +104,13 @@ class LammpsCalculation(PatientWithBroker, LammpsRawCalculation):
 
     def prepare_for_submission(self, folder):
         calcinfo = super().prepare_for_submission(folder)  # the script, `files`, lammps.out, additional retrieves
-        for node in (self.inputs.potentials.values() if "potentials" in self.inputs else []):
+        for node in self.inputs.potentials.values() if "potentials" in self.inputs else []:
             with folder.open(node.filename, "wb") as target:
                 target.write(node.get_content(mode="rb"))
             calcinfo.provenance_exclude_list.append(node.filename)  # the input node holds it
         codeinfo = calcinfo.codes_info[0]
         codeinfo.cmdline_params += ["-log", LOG, "-nocite"]
-        for name, value in (self.inputs.variables.get_dict().items() if "variables" in self.inputs else ()):
+        for name, value in self.inputs.variables.get_dict().items() if "variables" in self.inputs else ():
             codeinfo.cmdline_params += ["-var", name, str(value)]
         if "skiprun" in self.inputs and self.inputs.skiprun.value:
             codeinfo.cmdline_params.append("-skiprun")
@@ -134,28 +147,46 @@ class LammpsParser(Parser):
         retrieved = self.retrieved
         names = retrieved.base.repository.list_object_names()
         if LOG not in names:
-            self.out("results", orm.Dict({"completed": False, "errors": [], "accounting": accounting,
-                                          "fault": fault.value if fault else None, "job_id": self.node.get_job_id()}))
+            self.out(
+                "results",
+                orm.Dict(
+                    {
+                        "completed": False,
+                        "errors": [],
+                        "accounting": accounting,
+                        "fault": fault.value if fault else None,
+                        "job_id": self.node.get_job_id(),
+                    }
+                ),
+            )
             return self._fault_exit(fault, scheduler_status) or self.exit_codes.ERROR_NO_LOG
         log = parse_log(retrieved.base.repository.get_object_content(LOG, mode="r"))
         last = log.last_block
-        self.out("results", orm.Dict({
-            "job_id": self.node.get_job_id(),
-            "accounting": accounting,
-            "fault": fault.value if fault else None,
-            "last_step": int(last.rows[-1][last.columns.index("Step")]) if last and last.rows
-            and "Step" in last.columns else None,
-            "restart_files": sorted(n for n in names if n not in (LOG, STDOUT) and not n.startswith("_")),
-            "completed": log.completed,
-            "errors": [e.message for e in log.errors],
-            "warnings": len(log.warnings),
-            "atoms": log.atoms,
-            "blocks": len(log.blocks),
-            "total_wall_time": log.total_wall_time,
-            "final_thermo": {c: v if math.isfinite(v) else str(v) for c, v in zip(last.columns, last.rows[-1],
-                                                                                     strict=False)}
-            if last and last.rows else {},
-        }))
+        self.out(
+            "results",
+            orm.Dict(
+                {
+                    "job_id": self.node.get_job_id(),
+                    "accounting": accounting,
+                    "fault": fault.value if fault else None,
+                    "last_step": int(last.rows[-1][last.columns.index("Step")])
+                    if last and last.rows and "Step" in last.columns
+                    else None,
+                    "restart_files": sorted(n for n in names if n not in (LOG, STDOUT) and not n.startswith("_")),
+                    "completed": log.completed,
+                    "errors": [e.message for e in log.errors],
+                    "warnings": len(log.warnings),
+                    "atoms": log.atoms,
+                    "blocks": len(log.blocks),
+                    "total_wall_time": log.total_wall_time,
+                    "final_thermo": {
+                        c: v if math.isfinite(v) else str(v) for c, v in zip(last.columns, last.rows[-1], strict=False)
+                    }
+                    if last and last.rows
+                    else {},
+                }
+            ),
+        )
         if exit_code := self._fault_exit(fault, scheduler_status):
             return exit_code
         if log.errors:

@@ -31,9 +31,13 @@ from mdagent_hpc.workflows.owned import OwnedSteps
 def restart_files_of(retrieved: orm.FolderData) -> dict:
     """The restart files a cut-off run left, as files for the next run (so provenance shows where they came from)."""
     names = retrieved.base.repository.list_object_names()
-    return {node_key(name): orm.SinglefileData(io.BytesIO(retrieved.base.repository.get_object_content(name, "rb")),
-                                               filename=name)
-            for name in names if name not in (LOG, STDOUT) and not name.startswith("_")}
+    return {
+        node_key(name): orm.SinglefileData(
+            io.BytesIO(retrieved.base.repository.get_object_content(name, "rb")), filename=name
+        )
+        for name in names
+        if name not in (LOG, STDOUT) and not name.startswith("_")
+    }
 
 
 class LammpsJobWorkChain(PatientWithBroker, OwnedSteps, BaseRestartWorkChain):
@@ -43,8 +47,12 @@ class LammpsJobWorkChain(PatientWithBroker, OwnedSteps, BaseRestartWorkChain):
     def define(cls, spec):
         super().define(spec)
         spec.expose_inputs(LammpsCalculation, namespace="lammps")
-        spec.input("on_failure", valid_type=orm.Dict, default=lambda: orm.Dict(OnFailure().model_dump()),
-                   help="the site's policy for jobs that die of a fault (execution.site.OnFailure)")
+        spec.input(
+            "on_failure",
+            valid_type=orm.Dict,
+            default=lambda: orm.Dict(OnFailure().model_dump()),
+            help="the site's policy for jobs that die of a fault (execution.site.OnFailure)",
+        )
         spec.input("site", valid_type=orm.Str, default=lambda: orm.Str("local"), help="the site's name")
         spec.outline(
             cls.setup,
@@ -54,8 +62,13 @@ class LammpsJobWorkChain(PatientWithBroker, OwnedSteps, BaseRestartWorkChain):
         spec.output("job", valid_type=orm.Dict, help="the job as the scheduler saw it (models.Job)")
         spec.output("retrieved", valid_type=orm.FolderData, required=False, help="log and output of the run")
         spec.output("results", valid_type=orm.Dict, required=False, help="the parser's summary of the log")
-        spec.output_namespace("restart_files", valid_type=orm.SinglefileData, dynamic=True, required=False,
-                              help="restart files of a job cut off, when the policy says restart")
+        spec.output_namespace(
+            "restart_files",
+            valid_type=orm.SinglefileData,
+            dynamic=True,
+            required=False,
+            help="restart files of a job cut off, when the policy says restart",
+        )
         spec.exit_code(410, "ERROR_LAMMPS_FAILED", message="LAMMPS failed: {message}")
         spec.exit_code(420, "ERROR_JOB_FAULT", message="{message}")
 
@@ -86,10 +99,15 @@ class LammpsJobWorkChain(PatientWithBroker, OwnedSteps, BaseRestartWorkChain):
         return None
 
     # -- handlers, highest priority first ---------------------------------------------------------------------
-    @process_handler(priority=500, exit_codes=[LammpsCalculation.exit_codes.ERROR_CONNECTION_LOST,
-                                               LammpsCalculation.exit_codes.ERROR_CANCELLED,
-                                               LammpsCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE,
-                                               LammpsCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
+    @process_handler(
+        priority=500,
+        exit_codes=[
+            LammpsCalculation.exit_codes.ERROR_CONNECTION_LOST,
+            LammpsCalculation.exit_codes.ERROR_CANCELLED,
+            LammpsCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE,
+            LammpsCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
+        ],
+    )
     def handle_fault(self, node):
         """Wall time, node failure, cancellation, lost connection: the site's policy decides."""
         return self._fault(node, fault_of_job(node.exit_status))
@@ -108,8 +126,12 @@ class LammpsJobWorkChain(PatientWithBroker, OwnedSteps, BaseRestartWorkChain):
         if not node.is_failed:
             return None
         self._finish(node)
-        return ProcessHandlerReport(True, self.exit_codes.ERROR_JOB_FAULT.format(
-            message=f"the job failed (exit {node.exit_status}): {node.exit_message}"))
+        return ProcessHandlerReport(
+            True,
+            self.exit_codes.ERROR_JOB_FAULT.format(
+                message=f"the job failed (exit {node.exit_status}): {node.exit_message}"
+            ),
+        )
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def _fault(self, node, fault: Fault) -> ProcessHandlerReport:
@@ -122,16 +144,21 @@ class LammpsJobWorkChain(PatientWithBroker, OwnedSteps, BaseRestartWorkChain):
         job = f"job {node.get_job_id()}" if node.get_job_id() else "the job"
         what = FAULT_MESSAGES[fault]
         if fault == Fault.CONNECTION_LOST:  # with the cause; and a job AiiDA lost sight of may still be running
-            what = node.exit_message + (f"; job {node.get_job_id()} may still be running on the site (it could not "
-                                        "be cancelled)" if node.get_job_id() else "")
+            what = node.exit_message + (
+                f"; job {node.get_job_id()} may still be running on the site (it could not be cancelled)"
+                if node.get_job_id()
+                else ""
+            )
         self.report(f"{job}: {what}{step} (exit {node.exit_status}); site policy: {action}")
         self.ctx.job.update(fault=fault.value, action=action)
         if action == "resubmit":
             self.ctx.resubmissions += 1
             return ProcessHandlerReport(True)  # the same inputs again
         if action == "restart":
-            self.out("restart_files", dict(restart_files_of(node.outputs.retrieved,
-                                                            metadata={"call_link_label": "restart_files"})))
+            self.out(
+                "restart_files",
+                dict(restart_files_of(node.outputs.retrieved, metadata={"call_link_label": "restart_files"})),
+            )
             self.ctx.job["restarts"] = 1
         self._finish(node)
         message = f"{what}{step}; site policy: {action}"
@@ -141,9 +168,13 @@ class LammpsJobWorkChain(PatientWithBroker, OwnedSteps, BaseRestartWorkChain):
         """Attach `job`, and `retrieved` and `results` when the job left them; ends the restart loop."""
         self.ctx.is_finished = True
         results = node.outputs.results.get_dict() if "results" in node.outputs else {}
-        self.ctx.job.update(job_id=node.get_job_id(), exit_status=node.exit_status,
-                            accounting=results.get("accounting", {}), resubmissions=self.ctx.resubmissions,
-                            workdir=node.get_remote_workdir())
+        self.ctx.job.update(
+            job_id=node.get_job_id(),
+            exit_status=node.exit_status,
+            accounting=results.get("accounting", {}),
+            resubmissions=self.ctx.resubmissions,
+            workdir=node.get_remote_workdir(),
+        )
         self.out("job", orm.Dict(Job(**self.ctx.job).model_dump(mode="json")).store())
         for name in ("retrieved", "results"):
             if name in node.outputs:

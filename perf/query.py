@@ -14,7 +14,7 @@ Each query: one warm-up, then the median of `--repeat` (5) timed calls of `searc
 Python path (QueryBuilder, SQL, rows). The same queries on an empty profile are the baseline, in the same run.
 Target: under 200 ms each at 100k. Both databases are dropped at the end (`--keep` keeps them).
 
-    .venv/bin/python bench/query.py [--runs 100000] [--others 4] [--repeat 5] [--keep]
+    .venv/bin/python perf/query.py [--runs 100000] [--others 4] [--repeat 5] [--keep]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ two separate writable temporary copies:
 It prints the median, p95 and max preflight time, the median per-example ratio preflight/run and the ratio of
 the totals, and whether the target "preflight median < 0.5 s" is met. Timings are never asserted.
 
-    .venv/bin/python bench/preflight.py [--limit N] [--corpus DIR]
+    .venv/bin/python perf/preflight.py [--limit N] [--corpus DIR]
 """
 
 from __future__ import annotations
@@ -86,16 +86,24 @@ def main() -> None:
             run_dir = copy_example(args.corpus / name, Path(tmp) / "run" / name)
             start = time.monotonic()
             try:
-                proc = subprocess.run(install.command("-in", script, "-log", "log.lammps", "-nocite"), cwd=run_dir,
-                                      env=env, capture_output=True, timeout=RUN_TIMEOUT_S)
+                proc = subprocess.run(
+                    install.command("-in", script, "-log", "log.lammps", "-nocite"),
+                    cwd=run_dir,
+                    env=env,
+                    capture_output=True,
+                    timeout=RUN_TIMEOUT_S,
+                )
                 status = proc.returncode
             except subprocess.TimeoutExpired:
                 status = "timeout"
             run_s = time.monotonic() - start
             rows.append((name, report.ok, report.seconds, report.skiprun_seconds or 0.0, run_s, status))
-            print(f"[{i:2}/{len(todo)}] {name:32} preflight {report.seconds:6.3f} s "
-                  f"(skiprun {report.skiprun_seconds or 0:6.3f}) {'ok ' if report.ok else 'BAD'}  "
-                  f"run {run_s:7.2f} s exit {status}  ratio {report.seconds / run_s:5.2f}", flush=True)
+            print(
+                f"[{i:2}/{len(todo)}] {name:32} preflight {report.seconds:6.3f} s "
+                f"(skiprun {report.skiprun_seconds or 0:6.3f}) {'ok ' if report.ok else 'BAD'}  "
+                f"run {run_s:7.2f} s exit {status}  ratio {report.seconds / run_s:5.2f}",
+                flush=True,
+            )
             shutil.rmtree(pre_dir)
             shutil.rmtree(run_dir)
 
@@ -107,14 +115,21 @@ def main() -> None:
     print("\nsummary")
     print(f"{'':28}{'median':>10}{'p95':>10}{'max':>10}{'total':>10}")
     print(f"{'preflight (s)':28}{median:10.3f}{percentile(pre, 95):10.3f}{max(pre):10.3f}{sum(pre):10.2f}")
-    print(f"{'  of which lmp -skiprun (s)':28}{statistics.median(skip):10.3f}{percentile(skip, 95):10.3f}"
-          f"{max(skip):10.3f}{sum(skip):10.2f}")
-    print(f"{'real run (s)':28}{statistics.median(run):10.3f}{percentile(run, 95):10.3f}{max(run):10.3f}"
-          f"{sum(run):10.2f}")
-    print(f"{'ratio preflight/run':28}{statistics.median(ratios):10.3f}{percentile(ratios, 95):10.3f}"
-          f"{max(ratios):10.3f}{sum(pre) / sum(run):10.3f}")
-    print(f"preflight passed {sum(r[1] for r in rows)}/{len(rows)}; runs exited 0: "
-          f"{sum(r[5] == 0 for r in rows)}/{len(rows)}")
+    print(
+        f"{'  of which lmp -skiprun (s)':28}{statistics.median(skip):10.3f}{percentile(skip, 95):10.3f}"
+        f"{max(skip):10.3f}{sum(skip):10.2f}"
+    )
+    print(
+        f"{'real run (s)':28}{statistics.median(run):10.3f}{percentile(run, 95):10.3f}{max(run):10.3f}{sum(run):10.2f}"
+    )
+    print(
+        f"{'ratio preflight/run':28}{statistics.median(ratios):10.3f}{percentile(ratios, 95):10.3f}"
+        f"{max(ratios):10.3f}{sum(pre) / sum(run):10.3f}"
+    )
+    print(
+        f"preflight passed {sum(r[1] for r in rows)}/{len(rows)}; runs exited 0: "
+        f"{sum(r[5] == 0 for r in rows)}/{len(rows)}"
+    )
     print(f"target preflight median < {TARGET_S} s: {'MET' if median < TARGET_S else 'NOT MET'} ({median:.3f} s)")
 
 

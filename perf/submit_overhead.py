@@ -12,7 +12,7 @@ Starts the test cluster (schedulers/slurm-local/start.sh), then alternates, `--r
 The job is a ~1 s LAMMPS run (Lennard-Jones, 4000 atoms). Prints both medians and their ratio; target <= 1.5.
 Works in a temporary MDAGENT_HOME. Timings are printed, never asserted.
 
-    .venv/bin/python bench/submit_overhead.py [--runs 20]
+    .venv/bin/python perf/submit_overhead.py [--runs 20]
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def mdagent_run(code, options, base: bool = False) -> float:
     from aiida import orm
 
     from mdagent_hpc.execution.profile import run_here
-    from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
     from mdagent_hpc.workflows.lammps_calc import LammpsCalculation
+    from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 
     script = orm.SinglefileData(io.BytesIO(SCRIPT.encode()), filename="in.lammps")
     inputs = {"code": code, "script": script, "metadata": {"options": options}}
@@ -53,16 +53,26 @@ def mdagent_run(code, options, base: bool = False) -> float:
 
 def sbatch_wait(folder: Path, lmp: str, tight: bool = False) -> float:
     (folder / "in.lammps").write_text(SCRIPT)
-    (folder / "job.sh").write_text(f"#!/bin/bash\n#SBATCH --partition=debug\n#SBATCH --mem=1000\n#SBATCH --time=10\n"
-                                   f"cd {folder}\n'{lmp}' -in in.lammps -log log.lammps -nocite > lammps.out\n")
+    (folder / "job.sh").write_text(
+        f"#!/bin/bash\n#SBATCH --partition=debug\n#SBATCH --mem=1000\n#SBATCH --time=10\n"
+        f"cd {folder}\n'{lmp}' -in in.lammps -log log.lammps -nocite > lammps.out\n"
+    )
     start = time.monotonic()
     wait = [] if tight else ["--wait"]
-    done = subprocess.run(["sbatch", *wait, "--parsable", "-o", str(folder / "slurm.out"), str(folder / "job.sh")],
-                          cwd=folder, capture_output=True, text=True)
+    done = subprocess.run(
+        ["sbatch", *wait, "--parsable", "-o", str(folder / "slurm.out"), str(folder / "job.sh")],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         sys.exit(f"sbatch failed: {done.stderr.strip()}")
-    while tight and subprocess.run(["squeue", "-h", "-j", done.stdout.strip().split(";")[0], "-t", "PD,R,CG"],
-                                   capture_output=True, text=True).stdout.strip():
+    while (
+        tight
+        and subprocess.run(
+            ["squeue", "-h", "-j", done.stdout.strip().split(";")[0], "-t", "PD,R,CG"], capture_output=True, text=True
+        ).stdout.strip()
+    ):
         time.sleep(0.1)
     return time.monotonic() - start
 
@@ -98,18 +108,25 @@ def main() -> None:
             tight.append(sbatch_wait(Path(tmp), lmp, tight=True))
         ours.append(mdagent_run(setup.code, options))
         based.append(mdagent_run(setup.code, options, base=True))
-        print(f"run {i + 1:2}/{args.runs}: mdagent {ours[-1]:5.2f} s   base {based[-1]:5.2f} s   "
-              f"sbatch --wait {baseline[-1]:5.2f} s   sbatch + squeue {tight[-1]:5.2f} s", file=sys.stderr)
+        print(
+            f"run {i + 1:2}/{args.runs}: mdagent {ours[-1]:5.2f} s   base {based[-1]:5.2f} s   "
+            f"sbatch --wait {baseline[-1]:5.2f} s   sbatch + squeue {tight[-1]:5.2f} s",
+            file=sys.stderr,
+        )
     m_ours, m_base, m_tight = statistics.median(ours), statistics.median(baseline), statistics.median(tight)
     ratio = m_ours / m_base
     print(f"median submit -> results in provenance: {m_ours:.2f} s (min {min(ours):.2f}, max {max(ours):.2f})")
     m_based = statistics.median(based)
-    print(f"median the same in LammpsJobWorkChain: {m_based:.2f} s (min {min(based):.2f}, max {max(based):.2f}; "
-          f"{m_based - m_ours:+.2f} s for the wrapping)")
+    print(
+        f"median the same in LammpsJobWorkChain: {m_based:.2f} s (min {min(based):.2f}, max {max(based):.2f}; "
+        f"{m_based - m_ours:+.2f} s for the wrapping)"
+    )
     print(f"median sbatch --wait:                   {m_base:.2f} s (min {min(baseline):.2f}, max {max(baseline):.2f})")
     print(f"median sbatch + squeue every 0.1 s:     {m_tight:.2f} s (min {min(tight):.2f}, max {max(tight):.2f})")
-    print(f"ratio {ratio:.2f} (target <= {TARGET}): {'met' if ratio <= TARGET else 'MISSED'}; "
-          f"against the tight reference: {m_ours / m_tight:.2f}")
+    print(
+        f"ratio {ratio:.2f} (target <= {TARGET}): {'met' if ratio <= TARGET else 'MISSED'}; "
+        f"against the tight reference: {m_ours / m_tight:.2f}"
+    )
 
 
 if __name__ == "__main__":

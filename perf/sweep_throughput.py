@@ -12,7 +12,7 @@ sweep folder's result.json; the validating point's LAMMPS wall time from its rec
 (the node's cores that Slurm offers). The ratio is whole / ideal (targets: <= 1.3 at 100 points, <= 1.15 at 1,000).
 A breakdown from the provenance says where the rest went. Timings are printed, never asserted.
 
-    .venv/bin/python bench/sweep_throughput.py [--points 100 1000]
+    .venv/bin/python perf/sweep_throughput.py [--points 100 1000]
 """
 
 from __future__ import annotations

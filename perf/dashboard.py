@@ -1,12 +1,12 @@
 """The dashboard at a group's scale: its pages served from 100k recorded runs in a PostgreSQL profile.
 
-The runs are written as bench/query.py writes them (AgentWorkChain and sweep-point nodes with a `query` extra shaped
+The runs are written as perf/query.py writes them (AgentWorkChain and sweep-point nodes with a `query` extra shaped
 like a real run's, straight into AiiDA's node table with COPY). A real `mdagent dashboard` process serves that profile
 and an empty one; each page is fetched over HTTP (one warm-up, then the median of `--repeat`), the whole server path:
 the filter form's choices, the running work, the query, the template. The empty profile is the baseline, in the same
 run. Both databases are dropped at the end.
 
-    .venv/bin/python bench/dashboard.py [--runs 100000] [--others 4] [--repeat 5]
+    .venv/bin/python perf/dashboard.py [--runs 100000] [--others 4] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from query import PG, check_shape, fill, potential  # noqa: E402 (the runs bench/query.py writes)
+from query import PG, check_shape, fill, potential  # noqa: E402 (the runs perf/query.py writes)
 
 PAGES = [
     ("runs list, newest 50", "/runs"),

@@ -11,7 +11,7 @@ Measures, interleaved so that machine load hits each alike, the median wall time
 and prints each with its ratio to `python -c pass`, and whether `mdagent --help` meets the target (< 0.3 s).
 Timings are never asserted.
 
-    .venv/bin/python bench/cli_startup.py [--repeat N]
+    .venv/bin/python perf/cli_startup.py [--repeat N]
 """
 
 from __future__ import annotations

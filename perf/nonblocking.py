@@ -3,19 +3,19 @@
 In a fresh MDAGENT_HOME profile, a daemon with ONE worker runs everything. A FakeOpenAIServer holds its first
 answer for `--hang` seconds (default 20) before answering with a good script. The benchmark
 
-1. submits K (`-k`, default 5) small calcfunctions (bench/_bench_processes.py:add) to the idle daemon, once
+1. submits K (`-k`, default 5) small calcfunctions (perf/_bench_processes.py:add) to the idle daemon, once
    as a warm-up, then again as the baseline, timing submission to all terminated;
 2. submits an AgentWorkChain (with the inputs `mdagent run --daemon` builds), waits until the server has received its
    request (the generation is in flight, hanging), and submits the same K processes, timed the same way;
 3. waits for the agent run to finish (it passes once the answer arrives);
 4. the negative control (skip with --no-control): a process whose coroutine `run` calls time.sleep(hang)
-   without awaiting (bench/_bench_processes.py:BlockingSleep), then the same K processes: this is what a
+   without awaiting (perf/_bench_processes.py:BlockingSleep), then the same K processes: this is what a
    blocking HTTP call would do to the worker;
 
 and stops the daemon (also on error). It prints the times and their ratios to the baseline: near 1 means the
 worker was not stalled; a stall shows as about the hang time. Timings are printed, never asserted.
 
-    .venv/bin/python bench/nonblocking.py [-k 5] [--hang 20] [--no-control]
+    .venv/bin/python perf/nonblocking.py [-k 5] [--hang 20] [--no-control]
 """
 
 from __future__ import annotations
@@ -34,8 +34,14 @@ sys.path.insert(0, str(REPO / "tests"))
 from openai_server import FakeOpenAIServer  # noqa: E402
 
 TASK = "Heat a small Cu crystal with EAM to 800 K in NVT"
-GOOD = json.dumps({"script": (REPO / "mdagent_hpc" / "examples" / "demo" / "good.lammps").read_text(), "files": [],
-                   "potentials": [], "notes": ""})
+GOOD = json.dumps(
+    {
+        "script": (REPO / "mdagent_hpc" / "examples" / "demo" / "good.lammps").read_text(),
+        "files": [],
+        "potentials": [],
+        "notes": "",
+    }
+)
 
 
 def submit_batch(k: int, tag: int) -> float:
@@ -53,8 +59,11 @@ def submit_batch(k: int, tag: int) -> float:
         time.sleep(0.05)
     seconds = time.monotonic() - start
     bad = [n.pk for n in nodes if not n.is_finished_ok]
-    print(f"  {k} processes: submitted in {submitted:.2f} s, all terminated after {seconds:.2f} s"
-          + (f" (NOT ok: {bad})" if bad else ""), flush=True)
+    print(
+        f"  {k} processes: submitted in {submitted:.2f} s, all terminated after {seconds:.2f} s"
+        + (f" (NOT ok: {bad})" if bad else ""),
+        flush=True,
+    )
     return seconds
 
 
@@ -106,8 +115,10 @@ def measure(server: FakeOpenAIServer, k: int, hang: float, control: bool) -> Non
     busy = submit_batch(k, 2)
     in_flight = time.monotonic() - requested
     generation_open = not agent.called or not agent.called[0].is_terminated
-    print(f"  batch finished {in_flight:.2f} s after the request; generation still in flight: {generation_open}",
-          flush=True)
+    print(
+        f"  batch finished {in_flight:.2f} s after the request; generation still in flight: {generation_open}",
+        flush=True,
+    )
 
     deadline = time.monotonic() + hang + 120
     while not agent.is_terminated and time.monotonic() < deadline:
@@ -126,8 +137,10 @@ def measure(server: FakeOpenAIServer, k: int, hang: float, control: bool) -> Non
         print(f"{'  ratio to idle':40}{blocked / baseline:10.2f}")
     print(f"{'hang of the LLM call / of the control':40}{hang:10.2f}")
     stalled = in_flight >= hang or not generation_open
-    print(f"verdict: {'STALLED' if stalled else 'not stalled'} (the batch finished while the generation was "
-          f"{'in flight' if generation_open else 'already done'})")
+    print(
+        f"verdict: {'STALLED' if stalled else 'not stalled'} (the batch finished while the generation was "
+        f"{'in flight' if generation_open else 'already done'})"
+    )
 
 
 def main() -> None:
@@ -136,13 +149,21 @@ def main() -> None:
     parser.add_argument("--hang", type=float, default=20.0, help="seconds the endpoint holds its first answer")
     parser.add_argument("--no-control", action="store_true", help="skip the blocking negative control")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="mdagent-bench-home-") as home, \
-            FakeOpenAIServer([{"hang": args.hang, "content": GOOD}]) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="mdagent-bench-home-") as home,
+        FakeOpenAIServer([{"hang": args.hang, "content": GOOD}]) as server,
+    ):
         # The daemon inherits this environment: set it all before starting it.
         os.environ["MDAGENT_HOME"] = home
         os.environ.pop("MDAGENT_AIIDA_PROFILE", None)
-        os.environ.update({"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model",
-                           "MDAGENT_LLM_MAX_RETRIES": "0", "MDAGENT_LLM_TIMEOUT": "60"})
+        os.environ.update(
+            {
+                "MDAGENT_LLM_BASE_URL": server.base_url,
+                "MDAGENT_LLM_MODEL": "fake-model",
+                "MDAGENT_LLM_MAX_RETRIES": "0",
+                "MDAGENT_LLM_TIMEOUT": "60",
+            }
+        )
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH), os.environ.get("PYTHONPATH")) if p)
         print(f"MDAGENT_HOME={home}; endpoint {server.base_url}", flush=True)
 
@@ -155,8 +176,10 @@ def main() -> None:
         start = time.monotonic()
         start_daemon()
         try:
-            print(f"daemon started with {client.get_number_of_workers()} worker in "
-                  f"{time.monotonic() - start:.1f} s", flush=True)
+            print(
+                f"daemon started with {client.get_number_of_workers()} worker in {time.monotonic() - start:.1f} s",
+                flush=True,
+            )
             measure(server, args.k, args.hang, not args.no_control)
         finally:
             client.stop_daemon(wait=True, timeout=60)  # a loaded machine answers slower than the 2 s default

@@ -14,7 +14,7 @@ the same query from all clients at once for `--query-seconds` (queries only) and
 query in-process (api.find_runs in a Python process on the profile, the baseline), in the same run, with the
 ratios of the p95s.
 
-    .venv/bin/python bench/server_load.py [--clients 20] [--seconds 60] [--runs 1] [--query-seconds 20]
+    .venv/bin/python perf/server_load.py [--clients 20] [--seconds 60] [--runs 1] [--query-seconds 20]
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ refusing it is a false refusal (so is an error on an unmutated script). Kinds th
 reported apart. Targets: >= 95 % of reviewer-rejectable mutants caught before queue, false refusals <= 1 %.
 Timings are never asserted.
 
-    .venv/bin/python bench/mutations.py [--per-kind N] [--kinds a,b] [--limit N] [--jobs 2] [--timeout 30]
-    .venv/bin/python bench/mutations.py --report FILE     (the report of a --json FILE, without running)
+    .venv/bin/python perf/mutations.py [--per-kind N] [--kinds a,b] [--limit N] [--jobs 2] [--timeout 30]
+    .venv/bin/python perf/mutations.py --report FILE     (the report of a --json FILE, without running)
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""A fast fake of vLLM's OpenAI server for bench/gateway.py: so the gateway, not the model, is what is measured.
+"""A fast fake of vLLM's OpenAI server for perf/gateway.py: so the gateway, not the model, is what is measured.
 
 A bare ASGI app on uvicorn (uvloop and httptools when installed, as vLLM runs): `/v1/models`,
 `POST /v1/chat/completions` (one server-sent event per token in vLLM's chunk format, a finish chunk, the usage chunk
 when `stream_options.include_usage` is set, `data: [DONE]`; or one JSON answer), and `/tokenize`. Every chunk is
 made once at start; `--chunk-delay 0` streams them as fast as the event loop can write. `/v1` needs the key.
 
-    .venv/bin/python bench/fake_upstream.py --port 0 --api-key KEY --tokens 128 --chunk-delay 0
+    .venv/bin/python perf/fake_upstream.py --port 0 --api-key KEY --tokens 128 --chunk-delay 0
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ At the end it waits for every run to end and reads the profile itself (in a sepa
 submissions never answered with a pk, and the time from the end of the last fault until every run had ended.
 Only what it started is stopped (by PID) and only its own vhost and database are removed.
 
-    .venv/bin/python bench/chaos.py [--submissions 20] [--seed N] [--wait 900]
+    .venv/bin/python perf/chaos.py [--submissions 20] [--seed N] [--wait 900]
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """What one streamed read costs the gateway's HTTP client: httpx against httpx2, CPU time in one process.
 
-32 streams at a time from bench/fake_upstream.py (256 chunks each, as fast as it can), read with `aiter_raw` as the
+32 streams at a time from perf/fake_upstream.py (256 chunks each, as fast as it can), read with `aiter_raw` as the
 gateway reads them, on uvloop; CPU time of this process per read, three rounds each, alternated. Printed, never
 asserted. The gateway uses the cheaper one (docs/llm.md, "Cost").
 
-    .venv/bin/python bench/http_clients.py
+    .venv/bin/python perf/http_clients.py
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ The cases were written before the suggestion code they measure and were not chan
 
 The potentials searched are Debian's `lammps-data` folder (/usr/share/lammps/potentials), the folder a site gets.
 
-    .venv/bin/python bench/potential_suggestions.py
+    .venv/bin/python perf/potential_suggestions.py
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ tokens per second, and whether anything went wrong in the harness's sense: a tra
 result within --timeout), a lost attempt (fewer attempts recorded than the loop made, the run not passed). The
 model cannot write valid LAMMPS; that it fails is expected, how it fails is the point.
 
-    .venv/bin/python bench/small_model.py [--task TEXT] [--max-tokens 1024] [--timeout 2400] [--modes structured,fenced]
+    .venv/bin/python perf/small_model.py [--task TEXT] [--max-tokens 1024] [--timeout 2400] [--modes structured,fenced]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ In one run, against the same upstream:
 2. throughput: 32 (`-c`) concurrent streaming chat completions, `--rounds` times, direct then through the gateway,
    alternated twice; completed requests and streamed chunks per second (target: gateway >= 0.95 of direct).
 
-The upstream is bench/fake_upstream.py in its own process by default (a bare ASGI app on uvicorn), streaming
+The upstream is perf/fake_upstream.py in its own process by default (a bare ASGI app on uvicorn), streaming
 `--tokens` chunks `--chunk-delay` s apart (0, the default: as fast as it can, so the gateway, not the model, is
 what is measured; 0.02 is like a model generating 50 tokens/s per request); or a real
 server with `--upstream URL [--upstream-key KEY] [--model M]` (then `--max-tokens` per request, and for vLLM
@@ -16,8 +16,8 @@ server with `--upstream URL [--upstream-key KEY] [--model M]` (then `--max-token
 written on every request as in production. Both processes are stopped by their PIDs at the end. Times are printed,
 never asserted.
 
-    .venv/bin/python bench/gateway.py [-n 200] [-c 32] [--rounds 4] [--tokens 128] [--chunk-delay 0]
-    .venv/bin/python bench/gateway.py --upstream http://127.0.0.1:8000/v1 --upstream-key KEY
+    .venv/bin/python perf/gateway.py [-n 200] [-c 32] [--rounds 4] [--tokens 128] [--chunk-delay 0]
+    .venv/bin/python perf/gateway.py --upstream http://127.0.0.1:8000/v1 --upstream-key KEY
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def main() -> None:
             upstream, upstream_key = args.upstream.rstrip("/"), args.upstream_key or "EMPTY"
         else:
             upstream_key = "bench-upstream-key"
-            fake = [sys.executable, str(REPO / "bench" / "fake_upstream.py"), "--port", "0"]
+            fake = [sys.executable, str(REPO / "perf" / "fake_upstream.py"), "--port", "0"]
             fake += ["--api-key", upstream_key, "--tokens", str(args.tokens), "--chunk-delay", str(args.chunk_delay)]
             proc, upstream = start(fake, env, tmp / "upstream.log", "serving at ")
             procs.append(proc)

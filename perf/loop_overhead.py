@@ -18,7 +18,7 @@ ratios, never asserted.
 
 A local runner has no broker; `run_here` polls every LOCAL_POLL_SECONDS for children it waits on.
 
-    .venv/bin/python bench/loop_overhead.py [--runs 3]
+    .venv/bin/python perf/loop_overhead.py [--runs 3]
 """
 
 from __future__ import annotations
@@ -40,8 +40,14 @@ sys.path.insert(0, str(REPO / "tests"))
 from openai_server import FakeOpenAIServer  # noqa: E402
 
 TASK = "Heat a small Cu crystal with EAM to 800 K in NVT"
-GOOD = json.dumps({"script": (REPO / "mdagent_hpc" / "examples" / "demo" / "good.lammps").read_text(), "files": [],
-                   "potentials": [], "notes": ""})
+GOOD = json.dumps(
+    {
+        "script": (REPO / "mdagent_hpc" / "examples" / "demo" / "good.lammps").read_text(),
+        "files": [],
+        "potentials": [],
+        "notes": "",
+    }
+)
 TARGETS = {"in-process": 2.0, "cli": 4.0}
 
 
@@ -58,8 +64,12 @@ def run_in_process() -> tuple[float, int]:
 def run_cli() -> tuple[float, int]:
     """One agent run through the command line; (seconds, pk)."""
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "mdagent_hpc.cli", "run", TASK, "--max-attempts", "1", "--json"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mdagent_hpc.cli", "run", TASK, "--max-attempts", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     seconds = time.monotonic() - start
     if proc.returncode != 0:
         sys.exit(f"the CLI run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -105,8 +115,16 @@ def analyse(pk: int, total: float) -> dict:
     steps["  run: CalcJob done > base done"] = (nodes["run"].mtime - calc.mtime).total_seconds()
     steps["workchain node"] = (node.mtime - node.ctime).total_seconds()
     overhead = total - lammps - endpoint
-    return {"pk": pk, "total": total, "lammps": lammps, "endpoint": endpoint, "startup": job - lammps,
-            "overhead": overhead, "engine": overhead - (job - lammps), "steps": steps}
+    return {
+        "pk": pk,
+        "total": total,
+        "lammps": lammps,
+        "endpoint": endpoint,
+        "startup": job - lammps,
+        "overhead": overhead,
+        "engine": overhead - (job - lammps),
+        "steps": steps,
+    }
 
 
 def main() -> None:
@@ -116,8 +134,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mdagent-bench-home-") as home, FakeOpenAIServer() as server:
         os.environ["MDAGENT_HOME"] = home
         os.environ.pop("MDAGENT_AIIDA_PROFILE", None)
-        os.environ.update({"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model",
-                           "MDAGENT_LLM_MAX_RETRIES": "0"})
+        os.environ.update(
+            {"MDAGENT_LLM_BASE_URL": server.base_url, "MDAGENT_LLM_MODEL": "fake-model", "MDAGENT_LLM_MAX_RETRIES": "0"}
+        )
         print(f"MDAGENT_HOME={home}; endpoint {server.base_url}", flush=True)
 
         server.add(GOOD)
@@ -138,23 +157,34 @@ def main() -> None:
                 server.add(GOOD)
                 r = analyse(*reversed(func()))
                 results[mode].append(r)
-                print(f"run {i + 1} {mode:10} pk {r['pk']:4}: total {r['total']:6.2f} s  LAMMPS {r['lammps']:5.2f} s"
-                      f"  endpoint {r['endpoint']:5.3f} s  overhead {r['overhead']:5.2f} s", flush=True)
+                print(
+                    f"run {i + 1} {mode:10} pk {r['pk']:4}: total {r['total']:6.2f} s  LAMMPS {r['lammps']:5.2f} s"
+                    f"  endpoint {r['endpoint']:5.3f} s  overhead {r['overhead']:5.2f} s",
+                    flush=True,
+                )
         print(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores: above ~1 the numbers are inflated)")
 
     keys = ("total", "lammps", "endpoint", "startup", "overhead", "engine")
     med = {mode: {k: statistics.median(r[k] for r in rows) for k in keys} for mode, rows in results.items()}
     print("\nsummary (median over runs, seconds)")
-    print(f"{'':12}{'total':>8}{'LAMMPS':>8}{'endpoint':>10}{'lmp start':>10}{'overhead':>10}{'engine':>8}"
-          f"{'overhead/LAMMPS':>17}")
+    print(
+        f"{'':12}{'total':>8}{'LAMMPS':>8}{'endpoint':>10}{'lmp start':>10}{'overhead':>10}{'engine':>8}"
+        f"{'overhead/LAMMPS':>17}"
+    )
     for mode, m in med.items():
-        print(f"{mode:12}{m['total']:8.2f}{m['lammps']:8.2f}{m['endpoint']:10.3f}{m['startup']:10.2f}"
-              f"{m['overhead']:10.2f}{m['engine']:8.2f}{m['overhead'] / m['lammps']:17.1f}")
-    print("  overhead = total - LAMMPS - endpoint (includes the job's start-up: wrapper, bubblewrap, lmp loading);"
-          " engine = overhead - that start-up")
-    print(f"CLI start-up and profile load (CLI total - in-process total): "
-          f"{med['cli']['total'] - med['in-process']['total']:.2f} s; ratio CLI / in-process "
-          f"{med['cli']['total'] / med['in-process']['total']:.2f}")
+        print(
+            f"{mode:12}{m['total']:8.2f}{m['lammps']:8.2f}{m['endpoint']:10.3f}{m['startup']:10.2f}"
+            f"{m['overhead']:10.2f}{m['engine']:8.2f}{m['overhead'] / m['lammps']:17.1f}"
+        )
+    print(
+        "  overhead = total - LAMMPS - endpoint (includes the job's start-up: wrapper, bubblewrap, lmp loading);"
+        " engine = overhead - that start-up"
+    )
+    print(
+        f"CLI start-up and profile load (CLI total - in-process total): "
+        f"{med['cli']['total'] - med['in-process']['total']:.2f} s; ratio CLI / in-process "
+        f"{med['cli']['total'] / med['in-process']['total']:.2f}"
+    )
 
     print("\nper step, in-process (median s, from the Attempt record and node ctime/mtime)")
     for key in results["in-process"][0]["steps"]:
@@ -162,8 +192,10 @@ def main() -> None:
         print(f"  {key:36}{statistics.median(values):7.3f}")
     for mode, target in TARGETS.items():
         overhead = med[mode]["overhead"]
-        print(f"target {mode} orchestration < {target:.0f} s: {'MET' if overhead < target else 'NOT MET'} "
-              f"({overhead:.2f} s, {overhead / target:.2f} of the target)")
+        print(
+            f"target {mode} orchestration < {target:.0f} s: {'MET' if overhead < target else 'NOT MET'} "
+            f"({overhead:.2f} s, {overhead / target:.2f} of the target)"
+        )
 
 
 if __name__ == "__main__":

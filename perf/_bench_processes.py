@@ -1,4 +1,4 @@
-"""Small processes for the benchmarks; importable by a daemon worker when bench/ is on its PYTHONPATH."""
+"""Small processes for the benchmarks; importable by a daemon worker when perf/ is on its PYTHONPATH."""
 
 import time
 

@@ -1,6 +1,6 @@
 """Failure memory measured for what it is for: is the past fix found, and does it help the next script?
 
-bench/mutations.py makes mutants of the test corpus's passing scripts (one model-like mistake each, of a known kind).
+perf/mutations.py makes mutants of the test corpus's passing scripts (one model-like mistake each, of a known kind).
 Each is preflighted (with its `lmp -skiprun` dry run); a refused mutant is a failure with a first error and a fix
 (the change from the mutant back to the script). The split is by the changed command (the fix's right lines,
 numbers masked): a held-out failure never has a near-duplicate in history, and held-out failures are deduplicated
@@ -14,7 +14,7 @@ by it (one per changed command). The ranking (`agent.memory.recall`) is frozen: 
    inserted, the line removed), else what the feedback itself spells out (a suggested potential file or timestep).
    The corrected script is preflighted: fixed = it passes; restored = it is the original script.
 
-    .venv/bin/python bench/memory.py [--per-kind 1] [--holdout 0.3] [--jobs 2] [--limit N]
+    .venv/bin/python perf/memory.py [--per-kind 1] [--holdout 0.3] [--jobs 2] [--limit N]
 """
 
 from __future__ import annotations

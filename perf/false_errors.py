@@ -7,7 +7,7 @@ once with this machine's LAMMPS; `ok` = it ran to the end). Each is copied as th
 checks, `lmp -skiprun`). Any error on a script LAMMPS runs to the end is a false error; each is printed with its
 example and first error. Warnings are counted too, not judged. Timings are never asserted.
 
-    .venv/bin/python bench/false_errors.py [--jobs 2] [--limit N] [--only SOURCE,...] [--json FILE]
+    .venv/bin/python perf/false_errors.py [--jobs 2] [--limit N] [--only SOURCE,...] [--json FILE]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import contextlib
 import socket
 
 
-class Problem(Exception):
+class RequestRefusedError(Exception):
     """A request refused on purpose: its status, a short code and the sentence the client sees (never how)."""
 
     def __init__(self, status: int, code: str, message: str, headers: dict | None = None):

@@ -257,7 +257,7 @@ def test_request_api_replays_answers_reads_and_lists_runs(aiida_profile):
 
     from mdagent_hpc.models import LoopPolicy, Request
     from mdagent_hpc.provenance import local_caller
-    from mdagent_hpc.provenance.runs import NotAnAgentRun, get_run, list_runs, read_run
+    from mdagent_hpc.provenance.runs import NotAnAgentRunError, get_run, list_runs, read_run
     from mdagent_hpc.workflows.launch import LaunchError, agent_inputs, run_request, submit_request
 
     me = local_caller()  # this profile's default user: it made these runs
@@ -272,7 +272,7 @@ def test_request_api_replays_answers_reads_and_lists_runs(aiida_profile):
     assert run.pk not in [r.pk for r in list_runs(me, verdict="failed")]
     assert list_runs(me, site="no-such-site") == []
 
-    with pytest.raises(NotAnAgentRun, match="is not an agent run"):
+    with pytest.raises(NotAnAgentRunError, match="is not an agent run"):
         read_run(orm.load_node(run.attempts[0].nodes["run"]))
     with pytest.raises(LaunchError, match="no site 'nowhere'"):
         agent_inputs(Request(task=TASK, site="nowhere"))

@@ -113,7 +113,7 @@ def test_the_group_setting_on_a_run_shares_the_groups_lessons(two_users):
 
 
 def test_runs_lists_queries_and_suggestions_are_the_callers_own(two_users):
-    from mdagent_hpc.provenance import EVERYONE, Caller, NotFound
+    from mdagent_hpc.provenance import EVERYONE, Caller, NotFoundError
     from mdagent_hpc.provenance.filters import build_query
     from mdagent_hpc.provenance.query import search
     from mdagent_hpc.provenance.runs import get_run, list_runs
@@ -121,9 +121,9 @@ def test_runs_lists_queries_and_suggestions_are_the_callers_own(two_users):
 
     alice, tag = Caller(two_users.alice), two_users.tag
     assert get_run(alice, two_users.alices.pk).pk == two_users.alices.pk
-    with pytest.raises(NotFound, match="that you may read"):
+    with pytest.raises(NotFoundError, match="that you may read"):
         get_run(alice, two_users.bobs.pk)
-    with pytest.raises(NotFound, match="that you may read"):  # the same answer for a pk that does not exist
+    with pytest.raises(NotFoundError, match="that you may read"):  # the same answer for a pk that does not exist
         get_run(alice, 2**31 - 1)
     assert [r.pk for r in list_runs(alice, limit=1000, task_contains=tag)] == [two_users.alices.pk]
     assert two_users.bobs.pk in [r.pk for r in list_runs(EVERYONE, limit=1000, task_contains=tag)]

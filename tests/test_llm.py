@@ -13,7 +13,7 @@ import pytest
 from mdagent_hpc.agent.feedback import feedback_text
 from mdagent_hpc.llm.answers import RESPONSE_SCHEMA, read_answer
 from mdagent_hpc.llm.client import LEARNT, check_endpoint, generate, get_client
-from mdagent_hpc.llm.config import LLMConfigError, LLMNotConfigured, LLMSettings, load_llm_settings
+from mdagent_hpc.llm.config import LLMConfigError, LLMNotConfiguredError, LLMSettings, load_llm_settings
 from mdagent_hpc.llm.prompts import (
     STUCK_INSTRUCTION,
     PotentialInfo,
@@ -23,7 +23,7 @@ from mdagent_hpc.llm.prompts import (
     relevant_potentials,
     task_elements,
 )
-from mdagent_hpc.llm.unavailable import LLMUnavailable
+from mdagent_hpc.llm.unavailable import LLMUnavailableError
 from mdagent_hpc.models import Attempt, Diagnostic, Limits, Severity
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def test_settings_priority_yaml_env_overrides(monkeypatch: pytest.MonkeyPatch, t
 
 
 def test_not_configured(tmp_path) -> None:
-    with pytest.raises(LLMNotConfigured) as exc:
+    with pytest.raises(LLMNotConfiguredError) as exc:
         load_llm_settings()
     msg = str(exc.value)
     assert "MDAGENT_LLM_BASE_URL" in msg and str(tmp_path / "config.yaml") in msg and "\n" not in msg
@@ -409,7 +409,7 @@ def test_server_without_structured_output(fake_openai: StartServer) -> None:
 
 def test_json_schema_required_but_rejected(fake_openai: StartServer) -> None:
     srv = fake_openai([{"reject_response_format": True}])
-    with pytest.raises(LLMUnavailable, match="structured_output") as exc:
+    with pytest.raises(LLMUnavailableError, match="structured_output") as exc:
         generate(settings_for(srv, structured_output="json_schema"), MESSAGES)
     assert exc.value.kind == "bad_request" and len(srv.requests) == 1
 
@@ -434,7 +434,7 @@ def test_429_retried(fake_openai: StartServer) -> None:
 
 def test_429_persistent(fake_openai: StartServer) -> None:
     srv = fake_openai([{"status": 429}] * 2)
-    with pytest.raises(LLMUnavailable) as exc:
+    with pytest.raises(LLMUnavailableError) as exc:
         generate(settings_for(srv, max_retries=1), MESSAGES)
     assert exc.value.kind == "rate_limited" and len(srv.requests) == 2
 
@@ -443,14 +443,14 @@ def test_429_says_which_limit_and_when_it_resets(fake_openai: StartServer) -> No
     """A gateway's quota refusal names the limit and its reset time: the user must see that sentence."""
     message = "daily LLM token budget reached (quota tokens_per_day); it resets at 2026-12-01T00:00:00Z"
     srv = fake_openai([{"status": 429, "message": message}])
-    with pytest.raises(LLMUnavailable) as exc:
+    with pytest.raises(LLMUnavailableError) as exc:
         generate(settings_for(srv, max_retries=0), MESSAGES)
     assert exc.value.kind == "rate_limited" and message in str(exc.value)
 
 
 def test_401_not_retried(fake_openai: StartServer) -> None:
     srv = fake_openai([{"status": 401}, answer()])
-    with pytest.raises(LLMUnavailable, match="MDAGENT_LLM_API_KEY") as exc:
+    with pytest.raises(LLMUnavailableError, match="MDAGENT_LLM_API_KEY") as exc:
         generate(settings_for(srv), MESSAGES)
     assert exc.value.kind == "auth" and len(srv.requests) == 1
     assert SECRET not in str(exc.value)
@@ -459,7 +459,7 @@ def test_401_not_retried(fake_openai: StartServer) -> None:
 def test_hang_times_out(fake_openai: StartServer) -> None:
     srv = fake_openai([{"hang": 4}, {"hang": 4}])
     start = time.monotonic()
-    with pytest.raises(LLMUnavailable, match="MDAGENT_LLM_TIMEOUT") as exc:
+    with pytest.raises(LLMUnavailableError, match="MDAGENT_LLM_TIMEOUT") as exc:
         generate(settings_for(srv, timeout_s=1, max_retries=1), MESSAGES)
     assert exc.value.kind == "timeout" and len(srv.requests) == 2
     assert time.monotonic() - start < 1 * 2 + 2  # two 1 s attempts plus backoff
@@ -471,7 +471,7 @@ def test_unreachable() -> None:
         port = sock.getsockname()[1]
     settings = LLMSettings(base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=1, timeout_s=2)
     start = time.monotonic()
-    with pytest.raises(LLMUnavailable, match="Cannot connect") as exc:
+    with pytest.raises(LLMUnavailableError, match="Cannot connect") as exc:
         generate(settings, MESSAGES)
     assert exc.value.kind == "unreachable" and time.monotonic() - start < 5
 
@@ -479,14 +479,14 @@ def test_unreachable() -> None:
 @pytest.mark.parametrize("content_type", ["text/html", "application/json"])
 def test_garbage_body(fake_openai: StartServer, content_type: str) -> None:
     srv = fake_openai([{"garbage": "<html>proxy login</html>", "content_type": content_type}])
-    with pytest.raises(LLMUnavailable, match="/v1") as exc:
+    with pytest.raises(LLMUnavailableError, match="/v1") as exc:
         generate(settings_for(srv), MESSAGES)
     assert exc.value.kind == "server_error" and len(srv.requests) == 1
 
 
 def test_script_ran_out(fake_openai: StartServer) -> None:
     srv = fake_openai([])
-    with pytest.raises(LLMUnavailable, match="ran out") as exc:
+    with pytest.raises(LLMUnavailableError, match="ran out") as exc:
         generate(settings_for(srv, max_retries=0), MESSAGES)
     assert exc.value.kind == "server_error"
 
@@ -567,7 +567,7 @@ def test_a_passing_500_keeps_structured_output(fake_openai: StartServer) -> None
 
 def test_a_broken_server_is_not_taken_for_one_without_structured_output(fake_openai: StartServer) -> None:
     srv = fake_openai([{"status": 500}] * 5)
-    with pytest.raises(LLMUnavailable, match="HTTP 500") as exc:
+    with pytest.raises(LLMUnavailableError, match="HTTP 500") as exc:
         generate(settings_for(srv, max_retries=2), MESSAGES)
     assert exc.value.kind == "server_error"
     assert [("response_format" in r) for r in srv.requests] == [True, True, False, False, False]
@@ -597,7 +597,7 @@ def test_a_wrong_context_guess_is_corrected_from_the_servers_words(fake_openai: 
 
 def test_a_prompt_that_fills_the_context_says_so(fake_openai: StartServer) -> None:
     srv = fake_openai([answer()], max_model_len=512)
-    with pytest.raises(LLMUnavailable, match="max-model-len") as exc:
+    with pytest.raises(LLMUnavailableError, match="max-model-len") as exc:
         generate(settings_for(srv, context_tokens=100_000), [{"role": "user", "content": "x" * 4000}])
     assert exc.value.kind == "bad_request"
 

@@ -52,14 +52,14 @@ def _launch(request: Request, daemon: bool) -> Run:
 def get_run(pk: int | str, caller: Caller | None) -> Run:
     """One agent run (by pk or UUID): task, verdict, the passed script, its evaluation and observables, attempts."""
     load_profile()
-    from mdagent_hpc.provenance import NotFound
-    from mdagent_hpc.provenance.runs import NotAnAgentRun, get_run
+    from mdagent_hpc.provenance import NotFoundError
+    from mdagent_hpc.provenance.runs import NotAnAgentRunError, get_run
 
     try:
         return get_run(_caller(caller), pk)
-    except NotFound:
+    except NotFoundError:
         raise MDAgentError(f"no node with pk {pk}; `mdagent runs` (or list_runs()) lists the runs") from None
-    except NotAnAgentRun as exc:
+    except NotAnAgentRunError as exc:
         raise MDAgentError(str(exc)) from None
 
 
@@ -86,12 +86,12 @@ def diff_runs(a: int | str, b: int | str, caller: Caller | None) -> dict:
     """Run against run ("42") or attempt against attempt ("42:1", "42:2"): `script_diff` (unified), `settings`
     that differ ([key, a, b]), `observables` side by side ([name, a, b, b - a])."""
     load_profile()
-    from mdagent_hpc.provenance.query import NoSuchRun, diff
-    from mdagent_hpc.provenance.runs import NotAnAgentRun
+    from mdagent_hpc.provenance.query import NoSuchRunError, diff
+    from mdagent_hpc.provenance.runs import NotAnAgentRunError
 
     try:
         return diff(_caller(caller), a, b)
-    except (NoSuchRun, NotAnAgentRun, ValueError) as exc:
+    except (NoSuchRunError, NotAnAgentRunError, ValueError) as exc:
         raise MDAgentError(str(exc)) from None
 
 
@@ -100,14 +100,14 @@ def plot_run(run: int | str, out: str | Path | None, caller: Caller | None) -> P
     of attempt N ("42:2"), as a PNG; returns its path (default: run-PK[-N].png here)."""
     load_profile()
     from mdagent_hpc.provenance.plot import plot_thermo
-    from mdagent_hpc.provenance.query import NoSuchRun, attempt_log
-    from mdagent_hpc.provenance.runs import NotAnAgentRun
+    from mdagent_hpc.provenance.query import NoSuchRunError, attempt_log
+    from mdagent_hpc.provenance.runs import NotAnAgentRunError
 
     try:
         title, log = attempt_log(_caller(caller), run)
         path = Path(out) if out else Path(f"run-{str(run).replace(':', '-')}.png")
         return plot_thermo(log, path, title)
-    except (NoSuchRun, NotAnAgentRun, ValueError) as exc:
+    except (NoSuchRunError, NotAnAgentRunError, ValueError) as exc:
         raise MDAgentError(str(exc)) from None
 
 
@@ -143,14 +143,14 @@ def sweep(spec: SweepSpec, daemon: bool) -> SweepRun:
 def get_sweep(pk: int | str, caller: Caller | None) -> SweepRun:
     """One sweep (by pk or UUID): progress, verdict, LLM calls, the template, the table rows."""
     load_profile()
-    from mdagent_hpc.provenance import NotFound
-    from mdagent_hpc.provenance.sweeps import NotASweep, get_sweep
+    from mdagent_hpc.provenance import NotFoundError
+    from mdagent_hpc.provenance.sweeps import NotASweepError, get_sweep
 
     try:
         return get_sweep(_caller(caller), pk)
-    except NotFound:
+    except NotFoundError:
         raise MDAgentError(f"no node with pk {pk}; `mdagent sweep status` lists the sweeps") from None
-    except NotASweep as exc:
+    except NotASweepError as exc:
         raise MDAgentError(str(exc)) from None
 
 

@@ -21,7 +21,7 @@ def ask(
     styles and the potential files for the elements the question names. Returns {"question", "answer", "usage",
     "seconds", "elements", "potentials"}; `status(message)` is around the wait for the model."""
     from mdagent_hpc.evalbench.qa import ask_messages
-    from mdagent_hpc.lammps.install import LammpsNotFound, capabilities
+    from mdagent_hpc.lammps.install import LammpsNotFoundError, capabilities
     from mdagent_hpc.lammps.potentials import find_potentials
     from mdagent_hpc.llm import LLMError, load_llm_settings, task_elements
     from mdagent_hpc.workflows.bench import chat
@@ -31,7 +31,7 @@ def ask(
     settings = load_llm_settings({"model": model} if model else {})
     try:
         caps = capabilities()
-    except LammpsNotFound as exc:
+    except LammpsNotFoundError as exc:
         raise MDAgentError(str(exc)) from None
     elements = task_elements(question)
     found = find_potentials(elements)[:20] if elements else []

@@ -25,7 +25,7 @@ def check(
 
     Problems in the script are in the report (`.ok`, `.diagnostics`); only a file that is not a script raises.
     """
-    from mdagent_hpc.lammps.install import LammpsNotFound
+    from mdagent_hpc.lammps.install import LammpsNotFoundError
     from mdagent_hpc.lammps.preflight import preflight
     from mdagent_hpc.models import Limits
 
@@ -39,7 +39,7 @@ def check(
     limits = Limits(**{k: v for k, v in {"max_atoms": max_atoms, "max_steps": max_steps}.items() if v})
     try:
         report = preflight(script, Path(run_dir) if run_dir else None, limits=limits, dry=dry_run)
-    except LammpsNotFound as exc:
+    except LammpsNotFoundError as exc:
         raise MDAgentError(str(exc)) from None
     unreadable = [d for d in report.diagnostics if d.code == "script.unreadable"]
     if unreadable:

@@ -88,7 +88,7 @@ async def thermo_png(request: Request) -> Response:
     _run(request)  # the run's own 404 first
     try:
         png = data.thermo_png(caller(request), request.path_params["pk"], request.path_params["attempt"])
-    except data.NotFound as exc:
+    except data.NotFoundError as exc:
         raise HTTPException(404, str(exc)) from None
     return Response(png, media_type="image/png")
 
@@ -116,7 +116,7 @@ async def sweep(request: Request) -> Response:
     data.fresh()
     try:
         found = data.get_sweep(caller(request), request.path_params["pk"])
-    except data.NotFound as exc:
+    except data.NotFoundError as exc:
         raise HTTPException(404, str(exc)) from None
     return page(request, "sweep.html", sweep=found, refresh=REFRESH_S)
 
@@ -125,7 +125,7 @@ async def sweep_png(request: Request) -> Response:
     data.fresh()
     try:
         png = data.sweep_png(caller(request), request.path_params["pk"])
-    except data.NotFound as exc:
+    except data.NotFoundError as exc:
         raise HTTPException(404, str(exc)) from None
     return Response(png, media_type="image/png")
 
@@ -133,7 +133,7 @@ async def sweep_png(request: Request) -> Response:
 def _run(request: Request):
     try:
         return data.get_run(caller(request), request.path_params["pk"])
-    except data.NotFound as exc:
+    except data.NotFoundError as exc:
         raise HTTPException(404, str(exc)) from None
 
 

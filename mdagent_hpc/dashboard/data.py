@@ -21,7 +21,7 @@ LIVE_DAYS = 7  # "Running now" looks at the runs started this recently (a run's 
 _unindexed: dict[str, float] = {}
 
 
-class NotFound(LookupError):
+class NotFoundError(LookupError):
     """The URL names something that is not there; the message says what to do."""
 
 
@@ -64,11 +64,11 @@ def get_run(caller: Caller, pk: str) -> Run:
     from mdagent_hpc import api
 
     if not pk.isdigit():
-        raise NotFound(f"{pk!r} is not a run number; runs are numbered by their pk, e.g. /runs/42")
+        raise NotFoundError(f"{pk!r} is not a run number; runs are numbered by their pk, e.g. /runs/42")
     try:
         return api.get_run(int(pk), caller=caller)
     except api.MDAgentError as exc:
-        raise NotFound(str(exc).replace("`mdagent runs` (or list_runs())", "the runs page")) from None
+        raise NotFoundError(str(exc).replace("`mdagent runs` (or list_runs())", "the runs page")) from None
 
 
 def sweep_of_point(caller: Caller, pk: str) -> int | None:
@@ -93,19 +93,19 @@ def thermo_png(caller: Caller, pk: str, number: str) -> bytes:
     from pathlib import Path
 
     from mdagent_hpc.provenance.plot import plot_thermo
-    from mdagent_hpc.provenance.query import NoSuchRun, attempt_log
+    from mdagent_hpc.provenance.query import NoSuchRunError, attempt_log
 
     if not number.isdigit():
-        raise NotFound(f"{number!r} is not an attempt number; attempts are numbered 1, 2, ...")
+        raise NotFoundError(f"{number!r} is not an attempt number; attempts are numbered 1, 2, ...")
     try:
         title, log = attempt_log(caller, f"{pk}:{number}")
-    except NoSuchRun as exc:
-        raise NotFound(str(exc)) from None
+    except NoSuchRunError as exc:
+        raise NotFoundError(str(exc)) from None
     with tempfile.TemporaryDirectory(prefix="mdagent-dashboard-") as folder:
         try:
             return plot_thermo(log, Path(folder) / "thermo.png", title).read_bytes()
         except ValueError as exc:  # no thermo rows
-            raise NotFound(f"attempt {number} of run {pk}: {exc}") from None
+            raise NotFoundError(f"attempt {number} of run {pk}: {exc}") from None
 
 
 @dataclass
@@ -190,11 +190,11 @@ def get_sweep(caller: Caller, pk: str):
     from mdagent_hpc import api
 
     if not pk.isdigit():
-        raise NotFound(f"{pk!r} is not a sweep number; sweeps are numbered by their pk, e.g. /sweeps/42")
+        raise NotFoundError(f"{pk!r} is not a sweep number; sweeps are numbered by their pk, e.g. /sweeps/42")
     try:
         return api.get_sweep(int(pk), caller=caller)
     except api.MDAgentError as exc:
-        raise NotFound(str(exc).replace("`mdagent sweep status`", "the sweeps page")) from None
+        raise NotFoundError(str(exc).replace("`mdagent sweep status`", "the sweeps page")) from None
 
 
 def sweep_png(caller: Caller, pk: str) -> bytes:
@@ -205,5 +205,5 @@ def sweep_png(caller: Caller, pk: str) -> bytes:
     node = orm.load_node(sweep.pk)
     if "plot" not in node.outputs:
         why = "yet: it is still running" if sweep.verdict == "running" else "(no point passed)"
-        raise NotFound(f"sweep {sweep.pk} has no plot {why}")
+        raise NotFoundError(f"sweep {sweep.pk} has no plot {why}")
     return node.outputs.plot.get_content(mode="rb")

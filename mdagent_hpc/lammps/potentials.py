@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from mdagent_hpc.home import mdagent_home, site_potentials_dir, user_potentials_dir
 from mdagent_hpc.lammps.elements import BY_NAME, MASSES, SYMBOL_SET, SYMBOLS
 from mdagent_hpc.lammps.files import is_number, looks_like_file
-from mdagent_hpc.lammps.install import LammpsNotFound, find_lammps
+from mdagent_hpc.lammps.install import LammpsNotFoundError, find_lammps
 from mdagent_hpc.models import Command, Diagnostic, ParsedScript, PotentialUse, Severity
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -317,7 +317,7 @@ def describe(path: Path) -> PotentialEntry:
 def lammps_potentials_dir() -> Path | None:
     try:
         found = find_lammps().potentials_dir
-    except LammpsNotFound:
+    except LammpsNotFoundError:
         return None
     return Path(found) if found else None
 

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailableError(RuntimeError):
     pass
 
 
@@ -38,7 +38,7 @@ def sandboxed(argv: list[str], run_dir: Path, env: dict[str, str], read_only: li
     """`argv` wrapped in bwrap, working in `run_dir`. `env` becomes the whole environment."""
     bwrap = bwrap_path()
     if bwrap is None:
-        raise SandboxUnavailable(
+        raise SandboxUnavailableError(
             "bubblewrap (bwrap) is not installed or cannot create namespaces here; "
             "install it (apt-get install bubblewrap) or use a site with a container"
         )
@@ -68,7 +68,7 @@ def main() -> None:
     """`mdagent-lmp ARGS`: run this machine's LAMMPS on ARGS, sandboxed in the current folder."""
     import sys
 
-    from mdagent_hpc.lammps.install import LammpsNotFound, find_lammps
+    from mdagent_hpc.lammps.install import LammpsNotFoundError, find_lammps
 
     try:
         install = find_lammps()
@@ -76,7 +76,7 @@ def main() -> None:
         env = install.environ({"PATH": "/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8"})
         read_only = [install.potentials_dir] if install.potentials_dir else []
         argv = sandboxed(install.command(*sys.argv[1:]), cwd, env, read_only)
-    except (LammpsNotFound, SandboxUnavailable) as exc:
+    except (LammpsNotFoundError, SandboxUnavailableError) as exc:
         print(f"mdagent-lmp: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     os.execv(argv[0], argv)

@@ -39,7 +39,7 @@ from mdagent_hpc.llm.budget import (
     prompt_estimate,
 )
 from mdagent_hpc.llm.config import LLMConfigError, LLMSettings
-from mdagent_hpc.llm.unavailable import CHECK_URL, LLMUnavailable, server_message, unavailable
+from mdagent_hpc.llm.unavailable import CHECK_URL, LLMUnavailableError, server_message, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class LLMClient:
         if self._model is None:
             served = self.list_models()
             if not served:
-                raise LLMUnavailable("bad_request", f"{self.url} serves no models; set MDAGENT_LLM_MODEL.")
+                raise LLMUnavailableError("bad_request", f"{self.url} serves no models; set MDAGENT_LLM_MODEL.")
             self._model = served[0]
         return self._model
 
@@ -111,7 +111,7 @@ class LLMClient:
         if (self.url, model) not in LEARNT.context:
             try:
                 self._served()
-            except LLMUnavailable:
+            except LLMUnavailableError:
                 LEARNT.context[(self.url, model)] = None  # the chat request will say what is wrong
         return LEARNT.context.get((self.url, model))
 
@@ -241,7 +241,7 @@ class LLMClient:
         if kind not in LEARNT.works.get(key, set()):
             try:
                 response = self._create(model, messages, params, extra, retries=0)
-            except LLMUnavailable as err:
+            except LLMUnavailableError as err:
                 if err.refusal:
                     return self._refused(model, messages, params, extra, kind, err)
                 if err.kind in ("auth", "server_error") or not self.settings.max_retries:
@@ -261,18 +261,18 @@ class LLMClient:
         params: dict[str, Any],
         extra: dict[str, Any],
         kind: str,
-        err: LLMUnavailable,
+        err: LLMUnavailableError,
     ) -> tuple[ChatCompletion | None, str | None]:
         """The first request with the constraint failed: it may be the constraint, or the server."""
         if err.kind == "server_error":  # a 5xx may pass on: ask once more with the constraint
             try:
                 return self._create(model, messages, params, extra, retries=0), None
-            except LLMUnavailable as again:
+            except LLMUnavailableError as again:
                 if not again.refusal:
                     raise
                 err = again
         if self.settings.structured_output == "json_schema":
-            raise LLMUnavailable(
+            raise LLMUnavailableError(
                 err.kind,
                 f"{err.message} If the server does not support json_schema structured output, "
                 "set structured_output to 'auto' or 'off'.",
@@ -305,7 +305,7 @@ class LLMClient:
             if room is None:
                 raise unavailable(err, self.url, self.settings) from err
             if room < MIN_ANSWER_TOKENS:
-                raise LLMUnavailable(
+                raise LLMUnavailableError(
                     "bad_request",
                     f"The prompt leaves no room for an answer in {model}'s context ({server_message(err)});"
                     " serve the model with a longer context (vLLM --max-model-len) or shorten the task.",
@@ -320,7 +320,7 @@ class LLMClient:
         except (openai.APIError, ValueError) as err:  # ValueError: a body that is not JSON
             raise unavailable(err, self.url, self.settings) from err
         if not isinstance(response, ChatCompletion) or not response.choices:
-            raise LLMUnavailable(
+            raise LLMUnavailableError(
                 "server_error",
                 f"{self.url} answered with something that is not a chat completion "
                 f"({one_line(str(response))!r}); {CHECK_URL}",
@@ -328,7 +328,7 @@ class LLMClient:
         return response
 
     def chat(self, messages: list[dict[str, Any]], max_tokens: int, temperature: float = 0.0) -> ChatCompletion:
-        """One plain chat completion (questions, judging): no script reading; raises LLMUnavailable."""
+        """One plain chat completion (questions, judging): no script reading; raises LLMUnavailableError."""
         model = self.model_name()
         params = {"temperature": temperature, "max_tokens": min(max_tokens, self.settings.max_tokens)}
         return self._create(model, messages, params, None)
@@ -354,7 +354,7 @@ def generate(
     temperature: float | None = None,
     grammar: str | None = None,
 ) -> Generation:
-    """Ask the model for `settings.candidates` scripts. Raises LLMUnavailable if no answer could be had; an answer
+    """Ask the model for `settings.candidates` scripts. Raises LLMUnavailableError if no answer could be had; an answer
     without a usable script comes back as a Choice with `script=None` and `problems`. `grammar` (see
     `llm.grammar`) is used when `structured_output` is `grammar`."""
     return get_client(settings).generate(messages, temperature=temperature, grammar=grammar)
@@ -364,7 +364,7 @@ def check_endpoint(settings: LLMSettings) -> dict[str, Any]:
     """Reach the endpoint as the agent will (for `mdagent llm check`), without retries, each step timed.
 
     Lists the served models, says whether the configured one is among them, and asks it for one tiny chat
-    completion. `ok` is True only when all of that worked; otherwise `kind` (as in `LLMUnavailable`) and `error`
+    completion. `ok` is True only when all of that worked; otherwise `kind` (as in `LLMUnavailableError`) and `error`
     (one sentence saying what to do) tell why.
     """
     client = get_client(settings.model_copy(update={"max_retries": 0}))
@@ -384,7 +384,7 @@ def check_endpoint(settings: LLMSettings) -> dict[str, Any]:
     start = time.monotonic()
     try:
         models = client.list_models()
-    except LLMUnavailable as err:
+    except LLMUnavailableError as err:
         return result | {"kind": err.kind, "error": err.message}
     model = settings.model or (models[0] if models else None)
     result |= {
@@ -408,7 +408,7 @@ def check_endpoint(settings: LLMSettings) -> dict[str, Any]:
             {"temperature": 0.0, "max_tokens": 16},
             None,
         )
-    except LLMUnavailable as err:
+    except LLMUnavailableError as err:
         return result | {"kind": err.kind, "error": err.message}
     text = (response.choices[0].message.content if response.choices[0].message else None) or ""
     return result | {

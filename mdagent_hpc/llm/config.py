@@ -7,7 +7,7 @@ from typing import Any
 
 from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.settings.resolver import LLM_ENV as ENV_VARS
-from mdagent_hpc.settings.resolver import LLMSettings, NotConfigured, SettingsError, config_file, resolve_llm
+from mdagent_hpc.settings.resolver import LLMSettings, NotConfiguredError, SettingsError, config_file, resolve_llm
 
 
 class LLMError(MDAgentError):
@@ -18,17 +18,18 @@ class LLMConfigError(LLMError):
     """A setting has a bad value; the message names where it came from."""
 
 
-class LLMNotConfigured(LLMConfigError):
+class LLMNotConfiguredError(LLMConfigError):
     """No endpoint (base_url) is configured at all."""
 
 
 def load_llm_settings(overrides: dict[str, Any] | None = None) -> LLMSettings:
     """The settings of the first source that has each (None values in `overrides` and empty variables count as
-    not set); LLMNotConfigured when no source names an endpoint, LLMConfigError naming the source of a bad value."""
+    not set); LLMNotConfiguredError when no source names an endpoint, LLMConfigError naming where a bad value came
+    from."""
     try:
         return resolve_llm(overrides)
-    except NotConfigured as exc:
-        raise LLMNotConfigured(str(exc)) from None
+    except NotConfiguredError as exc:
+        raise LLMNotConfiguredError(str(exc)) from None
     except SettingsError as exc:
         raise LLMConfigError(str(exc)) from None
 
@@ -37,7 +38,7 @@ __all__ = [
     "ENV_VARS",
     "LLMConfigError",
     "LLMError",
-    "LLMNotConfigured",
+    "LLMNotConfiguredError",
     "LLMSettings",
     "config_file",
     "load_llm_settings",

@@ -1,4 +1,4 @@
-"""Why an endpoint gave no answer at all (as opposed to an answer without a usable script): `LLMUnavailable`, its
+"""Why an endpoint gave no answer at all (as opposed to an answer without a usable script): `LLMUnavailableError`, its
 kind, and one sentence saying what to do, made from the openai client's error."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ CHECK_URL = "check that the base URL is the OpenAI-compatible API (usually endin
 UnavailableKind = Literal["unreachable", "auth", "rate_limited", "server_error", "timeout", "bad_request"]
 
 
-class LLMUnavailable(LLMError):
+class LLMUnavailableError(LLMError):
     """The endpoint could not give an answer at all (as opposed to an answer without a usable script)."""
 
     def __init__(self, kind: UnavailableKind, message: str):
@@ -39,7 +39,7 @@ def server_message(err: openai.APIStatusError) -> str:
     return one_line(str(message or err.message))
 
 
-def unavailable(err: Exception, url: str, settings: LLMSettings) -> LLMUnavailable:
+def unavailable(err: Exception, url: str, settings: LLMSettings) -> LLMUnavailableError:
     """Why the openai client's `err` left no answer from `url`, in one sentence saying what to do."""
     found = _explain(err, url, settings)
     if isinstance(err, openai.APIStatusError):
@@ -48,45 +48,45 @@ def unavailable(err: Exception, url: str, settings: LLMSettings) -> LLMUnavailab
     return found
 
 
-def _explain(err: Exception, url: str, settings: LLMSettings) -> LLMUnavailable:
+def _explain(err: Exception, url: str, settings: LLMSettings) -> LLMUnavailableError:
     attempts = f"{settings.max_retries + 1} attempt(s)"
     if isinstance(err, openai.APITimeoutError):
-        return LLMUnavailable(
+        return LLMUnavailableError(
             "timeout",
             f"{url} did not answer within {settings.timeout_s:g} s ({attempts}); the server may be overloaded"
             " or the answer too long: raise MDAGENT_LLM_TIMEOUT or lower max_tokens.",
         )
     if isinstance(err, openai.APIConnectionError):
         cause = f" ({one_line(str(err.__cause__))})" if err.__cause__ else ""
-        return LLMUnavailable(
+        return LLMUnavailableError(
             "unreachable",
             f"Cannot connect to {url}{cause}; check that the server is running and that MDAGENT_LLM_BASE_URL is right.",
         )
     if not isinstance(err, openai.APIStatusError):
-        return LLMUnavailable(
+        return LLMUnavailableError(
             "server_error",
             f"{url} answered with something that is not valid JSON ({one_line(str(err))}); {CHECK_URL}",
         )
     code, msg = err.status_code, server_message(err)
     if code in (401, 403):
-        return LLMUnavailable("auth", f"{url} rejected the API key (HTTP {code}); check MDAGENT_LLM_API_KEY.")
+        return LLMUnavailableError("auth", f"{url} rejected the API key (HTTP {code}); check MDAGENT_LLM_API_KEY.")
     if code == 429:
-        return LLMUnavailable(
+        return LLMUnavailableError(
             "rate_limited",
             f"{url} still answers HTTP 429 after {attempts} ({msg}); wait until the limit resets"
             " or lower the request rate.",
         )
     if code >= 500:
-        return LLMUnavailable(
+        return LLMUnavailableError(
             "server_error",
             f"{url} failed with HTTP {code} after {attempts} ({msg}); check the server's log.",
         )
     if code == 404:
-        return LLMUnavailable(
+        return LLMUnavailableError(
             "bad_request",
             f"{url} has no such model or route (HTTP 404: {msg}); check MDAGENT_LLM_MODEL and that the"
             " base URL ends in /v1.",
         )
-    return LLMUnavailable(
+    return LLMUnavailableError(
         "bad_request", f"{url} rejected the request (HTTP {code}: {msg}); check the model and max_tokens."
     )

@@ -37,7 +37,7 @@ class Caller:
 EVERYONE = Caller(None)
 
 
-class NotFound(LookupError):
+class NotFoundError(LookupError):
     """No such node, or not the caller's to read: the same answer for both (no oracle for which pks exist)."""
 
 
@@ -61,7 +61,7 @@ def only(qb, tag: str, caller: Caller):
 
 
 def load(caller: Caller, pk, what: str):
-    """The node `pk` (a pk or UUID) if `caller` may read it, else NotFound."""
+    """The node `pk` (a pk or UUID) if `caller` may read it, else NotFoundError."""
     from aiida import orm
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
@@ -70,7 +70,7 @@ def load(caller: Caller, pk, what: str):
     except (NotExistent, MultipleObjectsError, ValueError, TypeError):
         node = None
     if node is None or not caller.may_read(node):
-        raise NotFound(f"no {what} {pk} that you may read")
+        raise NotFoundError(f"no {what} {pk} that you may read")
     return node
 
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from mdagent_hpc.agent.loop import stop_reason_of
-from mdagent_hpc.provenance import AGENT_TYPE, POINT_TYPE, RECORD, SWEEP_TYPE, Caller, NotFound, owner
+from mdagent_hpc.provenance import AGENT_TYPE, POINT_TYPE, RECORD, SWEEP_TYPE, Caller, NotFoundError, owner
 from mdagent_hpc.provenance.filters import Query, QueryError, Range, required_literals
 from mdagent_hpc.provenance.record import VERSION, final_attempt_with_script, index_record, point_record
 from mdagent_hpc.provenance.runs import get_run, read_run, verdict_filter
@@ -444,7 +444,7 @@ def row(values) -> dict:
 
 
 # -- one run against another; its thermo -----------------------------------------------------------------------
-class NoSuchRun(ValueError):
+class NoSuchRunError(ValueError):
     """A pk or attempt that does not exist, in one sentence."""
 
 
@@ -455,12 +455,12 @@ def _run_and_attempt(caller: Caller, spec: str | int, *, with_log: bool = False)
     pk, number = parse_spec(spec)
     try:
         run = get_run(caller, pk)
-    except NotFound:
-        raise NoSuchRun(f"no node with pk {pk}; `mdagent runs query` lists the runs") from None
+    except NotFoundError:
+        raise NoSuchRunError(f"no node with pk {pk}; `mdagent runs query` lists the runs") from None
     if number is not None:
         attempt = next((a for a in run.attempts if a.number == number), None)
         if attempt is None:
-            raise NoSuchRun(f"run {pk} has {len(run.attempts)} attempt(s); there is no attempt {number}")
+            raise NoSuchRunError(f"run {pk} has {len(run.attempts)} attempt(s); there is no attempt {number}")
         return run, attempt
     if with_log:
         attempt = next((a for a in run.attempts if a.passed), None) or next(
@@ -469,7 +469,7 @@ def _run_and_attempt(caller: Caller, spec: str | int, *, with_log: bool = False)
     else:
         attempt = final_attempt_with_script(run) or (run.attempts[-1] if run.attempts else None)
     if attempt is None:
-        raise NoSuchRun(f"run {pk} has no attempt {'that ran LAMMPS ' if with_log else ''}yet")
+        raise NoSuchRunError(f"run {pk} has no attempt {'that ran LAMMPS ' if with_log else ''}yet")
     return run, attempt
 
 
@@ -517,13 +517,13 @@ def attempt_log(caller: Caller, spec: str | int):
 
     run, attempt = _run_and_attempt(caller, spec, with_log=True)
     if "run" not in attempt.nodes:
-        raise NoSuchRun(
+        raise NoSuchRunError(
             f"attempt {attempt.number} of run {run.pk} stopped at {attempt.stage.value}: "
             "LAMMPS never ran, there is no thermo output"
         )
     job = orm.load_node(attempt.nodes["run"])
     if "retrieved" not in job.outputs or LOG not in job.outputs.retrieved.base.repository.list_object_names():
-        raise NoSuchRun(f"attempt {attempt.number} of run {run.pk}: the job left no {LOG}")
+        raise NoSuchRunError(f"attempt {attempt.number} of run {run.pk}: the job left no {LOG}")
     text = job.outputs.retrieved.base.repository.get_object_content(LOG, mode="r")
     task = run.task if len(run.task) <= 70 else run.task[:69] + "…"
     return f"run {run.pk} attempt {attempt.number}: {task}", parse_log(text)

@@ -14,7 +14,7 @@ from mdagent_hpc.provenance import ACTIVE, AGENT_TYPE, Caller, load, only
 VERDICTS = ("running", "passed", "failed")
 
 
-class NotAnAgentRun(ValueError):
+class NotAnAgentRunError(ValueError):
     """The node is not an AgentWorkChain."""
 
 
@@ -25,7 +25,7 @@ def read_run(node) -> Run:
 
     if not isinstance(node, orm.WorkChainNode) or node.process_type != AGENT_TYPE:
         what = getattr(node, "process_label", None) or type(node).__name__
-        raise NotAnAgentRun(f"node {node.pk} is not an agent run (it is a {what}); `mdagent runs` lists the runs")
+        raise NotAnAgentRunError(f"node {node.pk} is not an agent run (it is a {what}); `mdagent runs` lists the runs")
     records = node.base.links.get_outgoing(link_type=LinkType.RETURN, link_label_filter="attempts__%").all_nodes()
     attempts = sorted((Attempt(**record.get_dict()) for record in records), key=lambda a: a.number)
     passed = next((a for a in attempts if a.passed), None)
@@ -51,7 +51,7 @@ def read_run(node) -> Run:
 
 
 def get_run(caller: Caller, pk) -> Run:
-    """One agent run by pk or UUID; `NotFound` when it does not exist or is not the caller's to read."""
+    """One agent run by pk or UUID; `NotFoundError` when it does not exist or is not the caller's to read."""
     return read_run(load(caller, pk, "run"))
 
 

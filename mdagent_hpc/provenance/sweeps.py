@@ -15,11 +15,11 @@ from mdagent_hpc.sweep.results import SweepRun, eta
 SPEC_KEY, REUSE = "spec_sha256", "reuse"
 
 
-class NotASweep(ValueError):
+class NotASweepError(ValueError):
     """The node is not a SweepWorkChain."""
 
 
-class StillRunning(ValueError):
+class StillRunningError(ValueError):
     """An earlier sweep of the same spec is still running: a second one would run its points twice."""
 
 
@@ -34,7 +34,7 @@ class Earlier:
 
 def resumable(email: str, key: str) -> Earlier | None:
     """The newest earlier sweep of the spec `key` by the user `email` that validated a template (finished, killed,
-    or dead with the process that ran it); StillRunning when a newer one still runs."""
+    or dead with the process that ran it); StillRunningError when a newer one still runs."""
     from aiida import orm
 
     qb = orm.QueryBuilder().append(
@@ -43,7 +43,7 @@ def resumable(email: str, key: str) -> Earlier | None:
     qb.append(orm.User, with_node="sweep", filters={"email": email})
     for node in qb.order_by({"sweep": {"ctime": "desc"}}).limit(20).all(flat=True):
         if not node.is_terminated and _alive(node):
-            raise StillRunning(
+            raise StillRunningError(
                 f"sweep {node.pk} of this spec is still running; follow it with `mdagent sweep status {node.pk}` "
                 f"or stop it with `mdagent cancel {node.pk}` first"
             )
@@ -104,7 +104,7 @@ def read_sweep(node, rows: bool = True) -> SweepRun:
 
     if not isinstance(node, orm.WorkChainNode) or node.process_type != SWEEP_TYPE:
         what = getattr(node, "process_label", None) or type(node).__name__
-        raise NotASweep(f"node {node.pk} is not a sweep (it is a {what}); `mdagent sweep status` lists the sweeps")
+        raise NotASweepError(f"node {node.pk} is not a sweep (it is a {what}); `mdagent sweep status` lists the sweeps")
     extras = node.base.extras.all
     running = [
         c
@@ -162,7 +162,7 @@ def read_sweep(node, rows: bool = True) -> SweepRun:
 
 
 def get_sweep(caller: Caller, pk) -> SweepRun:
-    """One sweep by pk or UUID; `NotFound` when it does not exist or is not the caller's to read."""
+    """One sweep by pk or UUID; `NotFoundError` when it does not exist or is not the caller's to read."""
     return read_sweep(load(caller, pk, "sweep"))
 
 
@@ -182,7 +182,7 @@ def export_sweep(caller: Caller, pk, folder: Path) -> dict[str, str]:
     import json
 
     node = load(caller, pk, "sweep")
-    read_sweep(node)  # NotASweep for any other node
+    read_sweep(node)  # NotASweepError for any other node
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     if "table" in node.outputs:

@@ -8,7 +8,7 @@ from mdagent_hpc.provenance.runs import get_run
 
 
 def steps_of(caller: Caller, pk: int) -> list[Step]:
-    """Every attempt of run `pk` (NotFound unless `caller` may read it) that reached the model and got an answer."""
+    """Every attempt of run `pk` (NotFoundError unless `caller` may read it) that reached the model and was answered."""
     from aiida import orm
 
     run = get_run(caller, pk)

@@ -39,7 +39,7 @@ from mdagent_hpc.accounts.store import AccountsError, Store, User
 from mdagent_hpc.server.access import Refused, check_submit, identity
 from mdagent_hpc.server.dashboard import DashboardGate
 from mdagent_hpc.server.wire import API, STATE, Me, QueryIn, RunIn, Submitted, SweepIn, error_body, parse_pk
-from mdagent_hpc.web import Problem, bearer_key, uvicorn_config
+from mdagent_hpc.web import RequestRefusedError, bearer_key, uvicorn_config
 
 
 class ServerSettings(BaseModel):
@@ -54,24 +54,26 @@ MAX_LIST = 1000  # the most runs or sweeps one listing answers
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-class BodyTooLarge(Exception):
+class BodyTooLargeError(Exception):
     pass
 
 
-def too_large(limit: int) -> Problem:
-    return Problem(413, "body_too_large", f"the request body is larger than this server accepts ({limit} bytes)")
+def too_large(limit: int) -> RequestRefusedError:
+    return RequestRefusedError(
+        413, "body_too_large", f"the request body is larger than this server accepts ({limit} bytes)"
+    )
 
 
 def parse_limit(text: str | None, default: int = 20) -> int:
     if text is None:
         return default
     if not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
-        raise Problem(400, "bad_request", f"limit must be a whole number from 1 to {MAX_LIST}")
+        raise RequestRefusedError(400, "bad_request", f"limit must be a whole number from 1 to {MAX_LIST}")
     return int(text)
 
 
-def unavailable(what: str) -> Problem:
-    return Problem(
+def unavailable(what: str) -> RequestRefusedError:
+    return RequestRefusedError(
         503,
         "unavailable",
         f"{what} is not answering; retry in a minute (your request did nothing)",
@@ -184,7 +186,7 @@ class Guard:
             message = await receive()
             received += len(message.get("body", b""))
             if received > limit:
-                raise BodyTooLarge
+                raise BodyTooLargeError
             return message
 
         try:
@@ -193,7 +195,11 @@ class Guard:
                 state["user"] = await self.server.authenticate(request)
                 length = request.headers.get("content-length")
                 if length is not None and (not length.isdigit() or int(length) > limit):
-                    raise too_large(limit) if length.isdigit() else Problem(400, "bad_request", "bad Content-Length")
+                    raise (
+                        too_large(limit)
+                        if length.isdigit()
+                        else RequestRefusedError(400, "bad_request", "bad Content-Length")
+                    )
             await self.app(scope, counting, sending)
         except Exception as exc:  # noqa: BLE001 (the server answers and keeps serving; the log has the type)
             if state["sent"]:
@@ -299,13 +305,13 @@ class Server:
         from mdagent_hpc.api import MDAgentError
         from mdagent_hpc.workflows.launch import LaunchError
 
-        if isinstance(exc, BodyTooLarge):
+        if isinstance(exc, BodyTooLargeError):
             exc = too_large(self.settings.max_body_bytes)
-        if isinstance(exc, Problem):
+        if isinstance(exc, RequestRefusedError):
             return JSONResponse(error_body(exc.message, exc.code), exc.status, headers=exc.headers)
         if too_long(exc):
             return self.answer(
-                Problem(
+                RequestRefusedError(
                     400,
                     "too_expensive",
                     f"this request ran longer than the server allows ({self.settings.statement_timeout_s} s); "
@@ -339,13 +345,15 @@ class Server:
         parse_pk(pk, what)
         try:
             return await self.read(service.readable, user, pk, self.visible_to(user), what)
-        except (service.Denied, service.Missing):
-            raise Problem(404, "not_found", f"no {what} {pk} that you may read; `mdagent runs` lists yours") from None
+        except (service.DeniedError, service.MissingError):
+            raise RequestRefusedError(
+                404, "not_found", f"no {what} {pk} that you may read; `mdagent runs` lists yours"
+            ) from None
 
     async def authenticate(self, request: Request) -> User:
         key = bearer_key(request.headers.get("authorization", "")) or ""
         if not key:
-            raise Problem(
+            raise RequestRefusedError(
                 401,
                 "missing_api_key",
                 "no API key: set MDAGENT_API_KEY (or write it to "
@@ -356,7 +364,7 @@ class Server:
         except AccountsError:
             raise unavailable("the users database") from None
         if user is None:
-            raise Problem(
+            raise RequestRefusedError(
                 401,
                 "invalid_api_key",
                 "this API key is not valid (unknown or revoked); ask your mdagent "
@@ -379,7 +387,7 @@ class Server:
         except ValueError as exc:  # ValidationError is a ValueError; so is bad JSON
             if isinstance(exc, ValidationError):
                 raise
-            raise Problem(400, "bad_request", "the request body is not JSON") from None
+            raise RequestRefusedError(400, "bad_request", "the request body is not JSON") from None
 
     def over_quota(self, user: User, points: int = 0) -> Refused | None:
         """The quota a new run (or sweep of `points`) would break, counted now (call it holding the user's lock)."""
@@ -413,7 +421,7 @@ class Server:
             refused = once_more_after_a_blip(lambda: self.over_quota(user, points))
             if refused is not None:
                 headers = {"retry-after": str(refused.retry_after)} if refused.retry_after is not None else None
-                raise Problem(429, refused.quota, refused.message, headers)
+                raise RequestRefusedError(429, refused.quota, refused.message, headers)
             if request_id and found is None:
                 self.store.claim(user.id, request_id)
             service.crash_point("request_stored")
@@ -446,7 +454,9 @@ class Server:
     async def submit(self, user: User, request: Request, launch, points: int = 0) -> Response:
         request_id = request.headers.get("idempotency-key")
         if request_id is not None and not REQUEST_ID.fullmatch(request_id):
-            raise Problem(400, "bad_request", "Idempotency-Key must be 1-128 letters, digits, '.', '_', ':' or '-'")
+            raise RequestRefusedError(
+                400, "bad_request", "Idempotency-Key must be 1-128 letters, digits, '.', '_', ':' or '-'"
+            )
         pk, uuid_, made = await self.write(self.submit_locked, user, launch, points, request_id)
         return JSONResponse(Submitted(pk=pk, uuid=uuid_, user=user.name).model_dump(), 201 if made else 200)
 
@@ -455,7 +465,7 @@ class Server:
         from mdagent_hpc.execution.registry import site_files
 
         if name is not None and name not in site_files():
-            raise Problem(
+            raise RequestRefusedError(
                 400, "unknown_site", f"no site {name[:64]!r} on this server; ask your mdagent admin which sites it has"
             )
 
@@ -464,7 +474,7 @@ class Server:
         """The run's pk in PK or PK:N (N an attempt number)."""
         pk, _, attempt = spec.partition(":")
         if attempt and not attempt.isdigit():
-            raise Problem(400, "bad_request", f"{spec[:40]!r} is not PK or PK:N (N an attempt number)")
+            raise RequestRefusedError(400, "bad_request", f"{spec[:40]!r} is not PK or PK:N (N an attempt number)")
         return pk
 
     # -- routes --------------------------------------------------------------------------------------------------
@@ -496,7 +506,7 @@ class Server:
         async def submit(user: User):
             body = await self.body(request, RunIn)
             if body.request.answers:
-                raise Problem(
+                raise RequestRefusedError(
                     400,
                     "bad_request",
                     "a request with recorded answers runs only in your own process; "
@@ -512,7 +522,7 @@ class Server:
             limit = parse_limit(q.get("limit"))
             verdict = q.get("verdict")
             if verdict is not None and verdict not in ("running", "passed", "failed"):
-                raise Problem(400, "bad_request", "verdict must be one of running, passed, failed")
+                raise RequestRefusedError(400, "bad_request", "verdict must be one of running, passed, failed")
             found = await self.read(
                 service.list_runs, user, limit, verdict, q.get("site"), q.get("task"), self.visible_to(user)
             )
@@ -537,10 +547,12 @@ class Server:
             pk = parse_pk(request.path_params["pk"])
             try:
                 said = await self.write(service.cancel, user, pk, self.visible_to(user))
-            except service.Missing:
-                raise Problem(404, "not_found", f"no run {pk} that you may read; `mdagent runs` lists yours") from None
-            except service.Denied as exc:
-                raise Problem(403, "forbidden", str(exc)) from None
+            except service.MissingError:
+                raise RequestRefusedError(
+                    404, "not_found", f"no run {pk} that you may read; `mdagent runs` lists yours"
+                ) from None
+            except service.DeniedError as exc:
+                raise RequestRefusedError(403, "forbidden", str(exc)) from None
             return JSONResponse({"message": said})
 
         return await self.handle(request, work)
@@ -565,7 +577,7 @@ class Server:
             if not self.visible_to(user):
                 me = identity(user.name, user.email)
                 if filters.get("user") not in (None, "", me):
-                    raise Problem(
+                    raise RequestRefusedError(
                         403,
                         "forbidden",
                         f"this server does not share runs within the group: you may query only your own (user {me})",
@@ -584,7 +596,7 @@ class Server:
         async def work(user: User):
             a, b = request.query_params.get("a"), request.query_params.get("b")
             if not a or not b:
-                raise Problem(400, "bad_request", "give two runs (a=PK or PK:N, b=PK or PK:N)")
+                raise RequestRefusedError(400, "bad_request", "give two runs (a=PK or PK:N, b=PK or PK:N)")
             for side in (a, b):
                 await self.readable(user, self.attempt_of(side))
             return JSONResponse(

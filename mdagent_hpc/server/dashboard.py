@@ -27,7 +27,7 @@ class DashboardGate:
     async def __call__(self, scope, receive, send) -> None:
         from mdagent_hpc.server import service
         from mdagent_hpc.server.wire import STATE, parse_pk
-        from mdagent_hpc.web import Problem
+        from mdagent_hpc.web import RequestRefusedError
 
         request, user = Request(scope), scope[STATE]["user"]
         root, path = scope.get("root_path", ""), scope["path"]
@@ -39,7 +39,11 @@ class DashboardGate:
                 try:
                     parse_pk(one[2], what)
                     await self.server.read(service.readable, user, one[2], False, what)
-                except (service.Denied, service.Missing, Problem):  # the same page for all: no pk oracle
+                except (
+                    service.DeniedError,
+                    service.MissingError,
+                    RequestRefusedError,
+                ):  # the same page for all: no pk oracle
                     await self.refuse(request, 404, f"no {what} {one[2][:40]} that you may read", send)
                     return
         await self.app(scope, receive, send)

@@ -26,11 +26,11 @@ USER_EXTRA = "mdagent_user"
 CRASH_AT = "MDAGENT_TEST_CRASH_AT"  # tests only: the server dies (as by SIGKILL) at this named point of a submission
 
 
-class Denied(Exception):
+class DeniedError(Exception):
     """Not this user's to see or touch (HTTP 403), in one sentence."""
 
 
-class Missing(Exception):
+class MissingError(Exception):
     """No such run or sweep (HTTP 404), in one sentence."""
 
 
@@ -144,26 +144,26 @@ def load(pk: int | str, what: str = "run") -> orm.Node:
     try:
         return orm.load_node(pk)
     except (NotExistent, MultipleObjectsError, ValueError, TypeError):
-        raise Missing(f"no {what} with pk {pk}; `mdagent runs` lists yours") from None
+        raise MissingError(f"no {what} with pk {pk}; `mdagent runs` lists yours") from None
 
 
 def readable(user: User, pk: int | str, group_read: bool, what: str = "run") -> orm.Node:
     node = load(pk, what)
     if not may_read(identity(user.name, user.email), user.admin, owner(node), group_read):
-        raise Denied(f"{what} {pk} belongs to another user and this server does not share runs within the group")
+        raise DeniedError(f"{what} {pk} belongs to another user and this server does not share runs within the group")
     return node
 
 
 def cancel(user: User, pk: int | str, group_read: bool = False) -> str:
     """Missing for a run the user may not even read (as for one that does not exist: no oracle for which pks
-    exist), Denied for one they may read but not stop."""
+    exist), DeniedError for one they may read but not stop."""
     from mdagent_hpc import api
 
     me, whose = identity(user.name, user.email), owner(load(pk))
     if not may_read(me, user.admin, whose, group_read):
-        raise Missing(f"no run with pk {pk}; `mdagent runs` lists yours")
+        raise MissingError(f"no run with pk {pk}; `mdagent runs` lists yours")
     if not may_cancel(me, user.admin, whose):
-        raise Denied(f"run {pk} belongs to another user; only they (or an admin) may cancel it")
+        raise DeniedError(f"run {pk} belongs to another user; only they (or an admin) may cancel it")
     return api.cancel(pk, by=me)
 
 

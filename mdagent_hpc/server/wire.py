@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from mdagent_hpc.models import Request
-from mdagent_hpc.web import Problem
+from mdagent_hpc.web import RequestRefusedError
 
 API = "/api/v1"  # every route but /health is under it
 KEY_HEADER = "authorization"  # "Bearer mdk_..."
@@ -53,5 +53,5 @@ STATE = "mdagent"  # the scope key where the server's Guard keeps the request's 
 def parse_pk(text: str, what: str = "run") -> str:
     """`text` if it looks like a pk (or a UUID, or its start), else a 400: nothing odd reaches the database."""
     if not PK.fullmatch(text) or (text.isdigit() and int(text) > MAX_PK):
-        raise Problem(400, "bad_request", f"{text[:40]!r} is not a {what} pk (a whole number)")
+        raise RequestRefusedError(400, "bad_request", f"{text[:40]!r} is not a {what} pk (a whole number)")
     return text

@@ -26,7 +26,7 @@ class SettingsError(MDAgentError, ValueError):
     """A setting has a bad value, or a source cannot be read; the message names where it came from."""
 
 
-class NotConfigured(SettingsError):
+class NotConfiguredError(SettingsError):
     """A required setting has no source at all."""
 
 
@@ -264,10 +264,10 @@ class _ResolvedLLM(Resolved, LLMSettings):
 
 
 def resolve_llm(overrides: dict[str, Any] | None = None) -> LLMSettings:
-    """The LLM settings; `NotConfigured` when no source names an endpoint, `SettingsError` for a bad value."""
+    """The LLM settings; `NotConfiguredError` when no source names an endpoint, `SettingsError` for a bad value."""
     resolved = _ResolvedLLM.load(overrides)
     if not resolved.base_url:
-        raise NotConfigured(
+        raise NotConfiguredError(
             "No LLM endpoint is configured: set MDAGENT_LLM_BASE_URL (e.g. http://localhost:8000/v1 for vLLM)"
             f" or add 'llm: {{base_url: http://localhost:8000/v1, model: MODEL}}' to {config_file()},"
             " or start one with `mdagent llm serve --site SITE --model MODEL`."
@@ -279,4 +279,4 @@ def resolve(overrides: dict[str, Any] | None = None) -> Settings:
     return Settings.load(overrides)
 
 
-__all__ = ["LLMSettings", "NotConfigured", "Settings", "SettingsError", "resolve", "resolve_llm"]
+__all__ = ["LLMSettings", "NotConfiguredError", "Settings", "SettingsError", "resolve", "resolve_llm"]

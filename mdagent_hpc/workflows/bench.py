@@ -34,7 +34,7 @@ class BenchError(MDAgentError):
     """A benchmark that cannot start or be read, in one sentence."""
 
 
-class Interrupted(BenchError):
+class BenchInterruptedError(BenchError):
     """Ctrl-C or SIGTERM stopped the runs under way (closed as killed; a resume runs them again)."""
 
 
@@ -249,7 +249,9 @@ def _run_concurrently(jobs, inputs_for, concurrency: int, on_created, on_done) -
     for node in killed:  # once nothing runs them any more: a kill reaches children only through a broker
         stop_children(node)
     if interrupted:
-        raise Interrupted("interrupted: the runs under way were stopped; run the same command again to resume")
+        raise BenchInterruptedError(
+            "interrupted: the runs under way were stopped; run the same command again to resume"
+        )
 
 
 def codegen_records(group) -> list[RunRecord]:
@@ -381,7 +383,7 @@ def qa_records(group) -> list[Answered]:
 
 # -- one chat completion ----------------------------------------------------------------------------------------
 def chat(settings, messages: list[dict], max_tokens: int = 512, temperature: float = 0.0) -> tuple[str, dict, float]:
-    """One plain chat completion: (text, usage, seconds). Raises LLMUnavailable with one sentence."""
+    """One plain chat completion: (text, usage, seconds). Raises LLMUnavailableError with one sentence."""
     from mdagent_hpc.llm.client import get_client
 
     start = time.monotonic()

@@ -15,7 +15,7 @@ from aiida import orm
 from aiida.engine import Process
 
 from mdagent_hpc.agent.staging import refused_name
-from mdagent_hpc.llm import LLMError, LLMUnavailable, generate, load_llm_settings
+from mdagent_hpc.llm import LLMError, LLMUnavailableError, generate, load_llm_settings
 from mdagent_hpc.workflows.broker import PatientWithBroker
 from mdagent_hpc.workflows.lammps_calc import node_key
 
@@ -85,7 +85,7 @@ class GenerateScript(PatientWithBroker, LinksOnlyNewOutputs, Process):
             settings = load_llm_settings(overrides)
             call = functools.partial(generate, settings, messages, grammar=grammar)
             generation = await asyncio.get_running_loop().run_in_executor(None, call)
-        except LLMUnavailable as exc:
+        except LLMUnavailableError as exc:
             self.out("response", orm.Dict({"error": exc.kind, "message": str(exc)}))
             return self.exit_codes.ERROR_LLM_UNAVAILABLE.format(kind=exc.kind, message=str(exc))
         except LLMError as exc:

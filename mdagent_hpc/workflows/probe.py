@@ -22,7 +22,7 @@ class Stage:
     fix: str = ""
 
 
-class StageFailed(Exception):
+class StageFailedError(Exception):
     def __init__(self, detail: str, fix: str):
         super().__init__(detail)
         self.detail, self.fix = detail, fix
@@ -42,7 +42,7 @@ def probe_site(site: SiteConfig) -> Iterator[Stage]:
         start = time.monotonic()
         try:
             detail = step(site, state)
-        except StageFailed as exc:
+        except StageFailedError as exc:
             yield Stage(name, False, time.monotonic() - start, exc.detail, exc.fix)
             return
         yield Stage(name, True, time.monotonic() - start, detail)
@@ -54,7 +54,7 @@ def _aiida(site: SiteConfig, state: dict) -> str:
     try:
         setup = ensure_site(site)
     except SiteConfigError as exc:
-        raise StageFailed(str(exc), "correct the site config and `mdagent site add` it again") from None
+        raise StageFailedError(str(exc), "correct the site config and `mdagent site add` it again") from None
     state["setup"] = setup
     return "; ".join(setup.changes) or f"computer {site.name} and code {setup.code.full_label} up to date"
 
@@ -80,7 +80,7 @@ def _connect(site: SiteConfig, state: dict) -> str:
             fix = f"check host, port, user and key: `ssh -p {t.port} {key}{login} true` must work without a password"
         else:
             fix = f"make the work directory {computer.get_workdir()} writable, or set workdir in the site config"
-        raise StageFailed(f"cannot use {where}: {type(exc).__name__}: {exc}", fix) from None
+        raise StageFailedError(f"cannot use {where}: {type(exc).__name__}: {exc}", fix) from None
     return f"{user}@{computer.hostname} ({site.transport.type}), workdir {workdir} writable"
 
 
@@ -93,7 +93,7 @@ def _scheduler(site: SiteConfig, state: dict) -> str:
             jobs = scheduler.get_jobs(user=state["user"], as_dict=True)
     except Exception as exc:  # noqa: BLE001 (any scheduler or transport error is this stage's failure)
         command = {"slurm": "squeue", "pbspro": "qstat", "direct": "ps"}[site.scheduler]
-        raise StageFailed(
+        raise StageFailedError(
             f"{site.scheduler} did not answer: {exc}",
             f"log in to the site and run `{command}`; load the scheduler's module in the login "
             "shell or set use_login_shell",
@@ -128,11 +128,11 @@ def _job(site: SiteConfig, state: dict) -> str:
         last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "")
         detail = f"{job} (pk {node.pk}) ended with exit {node.exit_status}: {node.exit_message or node.process_state}"
         if node.exit_status == LammpsCalculation.exit_codes.ERROR_CONNECTION_LOST.status:
-            raise StageFailed(
+            raise StageFailedError(
                 detail,
                 "the site stopped answering during the job: check the connection and run `mdagent site test` again",
             )
-        raise StageFailed(
+        raise StageFailedError(
             detail + (f"; stderr: {last}" if last else ""),
             "check lammps.binary/image and modules: the job's _scheduler-stderr.txt is in "
             f"`verdi calcjob outputcat {node.pk} _scheduler-stderr.txt`",
@@ -143,7 +143,7 @@ def _job(site: SiteConfig, state: dict) -> str:
 def _read_back(site: SiteConfig, state: dict) -> str:
     results = state["node"].outputs.results.get_dict()
     if not results.get("completed"):
-        raise StageFailed(
+        raise StageFailedError(
             "the log came back but LAMMPS did not complete",
             f"look at the log with `verdi calcjob outputcat {state['node'].pk} log.lammps`",
         )

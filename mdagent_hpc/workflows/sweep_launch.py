@@ -130,11 +130,11 @@ def get_builder_from_spec(spec: SweepSpec, llm_overrides: dict | None = None, *,
 
 
 def _earlier(email: str, key: str):
-    from mdagent_hpc.provenance.sweeps import StillRunning, resumable
+    from mdagent_hpc.provenance.sweeps import StillRunningError, resumable
 
     try:
         return resumable(email, key)
-    except StillRunning as exc:
+    except StillRunningError as exc:
         raise LaunchError(str(exc)) from None
 
 

@@ -2,7 +2,7 @@
 
 `run_point` runs the point's LAMMPS command in its folder unless the point already ended, appends a line to
 `runs.log` each time it starts it (the run counter) and writes `result.json` atomically when LAMMPS ends. A LAMMPS
-killed from outside (its block cancelled or out of wall time) did not end: `PointKilled`, and Parsl runs it again.
+killed from outside (its block cancelled or out of wall time) did not end: `PointKilledError`, and Parsl runs it again.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ RESULT, LOST, RUNNING, RUNS = "result.json", "lost.json", "running", "runs.log"
 _KILLED = frozenset(code for sig in (1, 2, 9, 15) for code in (-sig, 128 + sig))
 
 
-class PointKilled(RuntimeError):
+class PointKilledError(RuntimeError):
     """The point's LAMMPS was killed by a signal from outside: it did not end, and is run again."""
 
 
@@ -60,7 +60,7 @@ def run_point(point_dir: str, command: list[str], sha: str) -> dict:
         returncode = subprocess.run(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     if returncode in _KILLED:
         # Stopped from outside (the block cancelled, out of wall time): not an end of the point. Parsl retries it.
-        raise PointKilled(f"LAMMPS was stopped by a signal (exit {returncode}) on {socket.gethostname()}")
+        raise PointKilledError(f"LAMMPS was stopped by a signal (exit {returncode}) on {socket.gethostname()}")
     result = {
         "returncode": returncode,
         "seconds": round(time.time() - start, 3),

@@ -15,6 +15,16 @@ AGENT_TYPE = "aiida.workflows:mdagent.agent"
 SWEEP_TYPE = "aiida.workflows:mdagent.sweep"
 POINT_TYPE = "mdagent_hpc.workflows.sweep.record_point"  # the calcfunction recording one sweep point
 PROCESS_TYPES = (AGENT_TYPE, SWEEP_TYPE, POINT_TYPE)
+# a sweep's jobs: a point's LAMMPS job (its old name too, for stored sweeps), a pilot job and its restart workchain
+JOB_TYPES = tuple(
+    f"aiida.{kind}:mdagent.{name}"
+    for kind, name in (
+        ("workflows", "lammps.job"),
+        ("workflows", "lammps.base"),
+        ("calculations", "sweep.pilot"),
+        ("workflows", "sweep.pilot_job"),
+    )
+)
 ACTIVE = ("created", "waiting", "running")
 RECORD = "query"  # the extra holding a run's (or point's) recorded query fields (provenance.query)
 GROUP_READ_EXTRA = "mdagent_group_read"  # on a run's root: its failure memory may read the group's runs

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from mdagent_hpc.provenance import POINT_TYPE, SWEEP_TYPE, Caller, load, only
+from mdagent_hpc.provenance import JOB_TYPES, POINT_TYPE, SWEEP_TYPE, Caller, load, only
 from mdagent_hpc.sweep.results import SweepRun, eta
 
 # Extras a SweepWorkChain keeps up to date as it goes (also when it is interrupted): the key of its spec, and
@@ -106,15 +106,7 @@ def read_sweep(node, rows: bool = True) -> SweepRun:
         what = getattr(node, "process_label", None) or type(node).__name__
         raise NotASweepError(f"node {node.pk} is not a sweep (it is a {what}); `mdagent sweep status` lists the sweeps")
     extras = node.base.extras.all
-    running = [
-        c
-        for c in node.called
-        if not c.is_terminated
-        and c.process_type
-        and c.process_type.endswith(
-            ("mdagent.lammps.job", "mdagent.lammps.base", "mdagent.sweep.pilot", "mdagent.sweep.pilot_job")
-        )
-    ]
+    running = [c for c in node.called if not c.is_terminated and c.process_type in JOB_TYPES]
     n_running = len(running)
     if "sweep_folder" in node.inputs and running:
         from mdagent_hpc.execution.parsl.driver import pilot_progress  # the pilot knows which of its points run

@@ -37,13 +37,32 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+# uvicorn's own lines (a malformed request, a shutdown) as the rest of a server's log reads: time, who, level
+LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s uvicorn %(levelname)s: %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "uvicorn": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+    },
+}
+
+
 def uvicorn_config(app, **options):
-    """uvicorn's settings for our apps: warnings only, no access log (we keep our own), no Server header, 5 s for
-    open requests to finish on shutdown."""
+    """uvicorn's settings for our apps: warnings only, in our log's form, no access log (we keep our own), no Server
+    header, 5 s for open requests to finish on shutdown."""
     import uvicorn
 
     return uvicorn.Config(
-        app, log_level="warning", access_log=False, timeout_graceful_shutdown=5, server_header=False, **options
+        app,
+        log_level="warning",
+        log_config=LOG_CONFIG,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+        **options,
     )
 
 

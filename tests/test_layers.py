@@ -16,7 +16,7 @@ TIERS = [
     ("home", "models"),  # MDAGENT_HOME; the domain types
     ("configfile",),  # a YAML file into a model, with line numbers
     ("lammps",),  # parsing, policy, potentials, preflight, logs, evaluation
-    ("llm", "sweep", "evalbench"),  # the model client and prompts; sweeps as data; benchmark sets and scoring
+    ("llm", "sweeps", "evalbench"),  # the model client and prompts; sweeps as data; benchmark sets and scoring
     ("agent", "accounts", "web"),  # the loop's decisions and memory; users, keys, quotas; what server and gateway share
     ("execution",),  # where a site meets an engine: site configs, AiiDA computers, the profile, Parsl, containers
     ("serving", "provenance"),  # llm serve, tunnel, gateway; THE read side: every read of runs takes the caller
@@ -31,7 +31,7 @@ ALLOWED = {layer: {other for other, m in TIER.items() if m < n} for layer, n in 
 
 ENGINES = ("aiida", "plumpy", "parsl", "openai", "httpx", "requests", "fastapi")
 WEB_ENGINES = ("sqlalchemy", "starlette", "uvicorn", "pydantic_settings")
-PURE = {"errors", "home", "models", "configfile", "lammps", "sweep", "evalbench", "agent"}  # no engine at all
+PURE = {"errors", "home", "models", "configfile", "lammps", "sweeps", "evalbench", "agent"}  # no engine at all
 PURE_FILES = {  # pure modules inside layers that use an engine elsewhere
     "settings/__init__.py",
     "llm/prompts.py",

@@ -354,8 +354,8 @@ def test_apptainer_command_documented_flags(tmp_path):
         MINIMAL + "lammps:\n  image: docker://lammps/lammps:latest\n  binds: [/data:/data:ro, /scratch]\n", tmp_path
     )
     assert apptainer_command(s, ["-in", "in.lj"]) == [
-        "apptainer", "exec", "--containall", "--bind", "/data:/data:ro", "--bind", "/scratch",
-        "--env", "OMP_NUM_THREADS=1", "docker://lammps/lammps:latest", "lmp", "-in", "in.lj",
+        "apptainer", "exec", "--containall", "--net", "--network", "none",
+        "--bind", "/data:/data:ro", "--bind", "/scratch", "--env", "OMP_NUM_THREADS=1", "docker://lammps/lammps:latest", "lmp", "-in", "in.lj",
     ]  # fmt: skip
 
 
@@ -363,8 +363,8 @@ def test_apptainer_command_gpu_workdir_and_potentials(tmp_path):
     text = "lammps:\n  image: /images/lmp.sif\n  nv: true\n  containall: false\n  executable: lmp_kokkos\n"
     s = site(MINIMAL + "potentials_dir: /pot\n" + text, tmp_path)
     assert apptainer_command(s, workdir="/run/1") == [
-        "apptainer", "exec", "--nv", "--bind", "/run/1", "--bind", "/pot:/pot:ro", "--pwd", "/run/1",
-        "/images/lmp.sif", "lmp_kokkos",
+        "apptainer", "exec", "--net", "--network", "none", "--nv",
+        "--bind", "/run/1", "--bind", "/pot:/pot:ro", "--pwd", "/run/1", "/images/lmp.sif", "lmp_kokkos",
     ]  # fmt: skip
 
 

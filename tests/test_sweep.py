@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from mdagent_hpc.configfile import load_config
 from mdagent_hpc.lammps.log import parse_log
 from mdagent_hpc.llm.replay import prompt_tokens
-from mdagent_hpc.sweep.results import PointResult, block_average, eta, plot, point_result, table
-from mdagent_hpc.sweep.spec import (
+from mdagent_hpc.sweeps.results import PointResult, block_average, eta, plot, point_result, table
+from mdagent_hpc.sweeps.spec import (
     Observable,
     Parameter,
     SweepError,
@@ -302,7 +302,7 @@ def test_every_spec_file_is_a_spec_whose_templates_pass_preflight(path, tmp_path
 def test_a_structured_answer_is_read_from_json_or_a_fence_and_a_bad_one_is_one_sentence():
     from mdagent_hpc.llm.config import LLMError
     from mdagent_hpc.llm.structured import read_structured
-    from mdagent_hpc.sweep.spec import SweepProposal
+    from mdagent_hpc.sweeps.spec import SweepProposal
 
     body = {
         "task": "NPT of fcc Al at temperature T",

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mdagent_hpc.configfile import load_config
-from mdagent_hpc.sweep.spec import SweepSpec, expand
+from mdagent_hpc.sweeps.spec import SweepSpec, expand
 
 REPO = Path(__file__).resolve().parents[1]
 MDAGENT_LMP = str(Path(sys.executable).parent / "mdagent-lmp")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mdagent_hpc.configfile import load_config
-from mdagent_hpc.sweep.spec import SweepSpec, expand
+from mdagent_hpc.sweeps.spec import SweepSpec, expand
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = REPO / "workflows" / "sweeps"

@@ -21,8 +21,8 @@ from mdagent_hpc.errors import MDAgentError
 if TYPE_CHECKING:
     from mdagent_hpc.models import Request, Run
     from mdagent_hpc.provenance import Caller
-    from mdagent_hpc.sweep.results import SweepRun
-    from mdagent_hpc.sweep.spec import SweepSpec
+    from mdagent_hpc.sweeps.results import SweepRun
+    from mdagent_hpc.sweeps.spec import SweepSpec
     from mdagent_hpc.workflows.sweep_launch import SweepPlan
 
 __all__ = [

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from mdagent_hpc.models import Request, Run
     from mdagent_hpc.provenance import Caller
     from mdagent_hpc.provenance.filters import Query
-    from mdagent_hpc.sweep.results import SweepRun
-    from mdagent_hpc.sweep.spec import SweepSpec
+    from mdagent_hpc.sweeps.results import SweepRun
+    from mdagent_hpc.sweeps.spec import SweepSpec
     from mdagent_hpc.workflows.sweep_launch import SweepPlan
 
 

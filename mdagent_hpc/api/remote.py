@@ -230,13 +230,13 @@ def sweep(spec, daemon=False):
 
 
 def get_sweep(pk, caller=None):
-    from mdagent_hpc.sweep.results import SweepRun
+    from mdagent_hpc.sweeps.results import SweepRun
 
     return SweepRun.model_validate(call("GET", f"/sweeps/{pk}"))
 
 
 def list_sweeps(limit=20, caller=None):
-    from mdagent_hpc.sweep.results import SweepRun
+    from mdagent_hpc.sweeps.results import SweepRun
 
     return [SweepRun.model_validate(s) for s in call("GET", "/sweeps", params={"limit": limit})]
 

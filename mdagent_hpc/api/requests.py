@@ -10,7 +10,7 @@ from mdagent_hpc.errors import MDAgentError
 
 if TYPE_CHECKING:
     from mdagent_hpc.models import Request
-    from mdagent_hpc.sweep.spec import SweepSpec
+    from mdagent_hpc.sweeps.spec import SweepSpec
 
 
 def make_request(
@@ -61,7 +61,7 @@ def load_request(path: str | Path) -> Request:
 def load_sweep_spec(path: str | Path) -> SweepSpec:
     """Read a sweep spec file (YAML with the fields of `SweepSpec`, e.g. workflows/sweeps/NAME.yaml)."""
     from mdagent_hpc.configfile import load_config
-    from mdagent_hpc.sweep.spec import SweepSpec
+    from mdagent_hpc.sweeps.spec import SweepSpec
 
     return load_config(path, SweepSpec, "a sweep spec")
 
@@ -71,7 +71,7 @@ def propose_sweep(study: str, *, site: str | None = None, model: str | None = No
     generator's client: its fallbacks, learnt refusals and context budget)."""
     from mdagent_hpc.llm import load_llm_settings
     from mdagent_hpc.llm.structured import ask_structured
-    from mdagent_hpc.sweep.spec import SweepProposal, SweepSpec, proposal_messages
+    from mdagent_hpc.sweeps.spec import SweepProposal, SweepSpec, proposal_messages
 
     if not isinstance(study, str) or len(study.split()) < 3:
         raise MDAgentError(
@@ -85,7 +85,7 @@ def propose_sweep(study: str, *, site: str | None = None, model: str | None = No
 
 def sweep_spec(spec: str | Path | SweepSpec, site: str | None = None) -> SweepSpec:
     """The `SweepSpec` a sweep runs: `spec`, a spec file, or a study in plain language; `site` replaces its site."""
-    from mdagent_hpc.sweep.spec import SweepSpec
+    from mdagent_hpc.sweeps.spec import SweepSpec
 
     if isinstance(spec, Path) or (isinstance(spec, str) and spec.endswith((".yaml", ".yml"))):
         spec = load_sweep_spec(spec)

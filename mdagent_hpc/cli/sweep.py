@@ -103,7 +103,7 @@ def resume(pk, daemon, as_json) -> None:
     """Run sweep PK's spec again: the points that passed and the validated template are reused (no model call);
     only the other points run. The same as running its spec file again."""
     from mdagent_hpc import api
-    from mdagent_hpc.sweep.spec import SweepSpec
+    from mdagent_hpc.sweeps.spec import SweepSpec
 
     found = api.get_sweep(pk)
     if found.verdict == "running":

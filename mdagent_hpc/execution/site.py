@@ -29,7 +29,7 @@ from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.execution.containers import Launch, runtime
 from mdagent_hpc.home import mdagent_home
 from mdagent_hpc.models import Limits
-from mdagent_hpc.sweep.spec import SweepLimits
+from mdagent_hpc.sweeps.spec import SweepLimits
 
 Scheduler = Literal["direct", "slurm", "pbspro"]
 Policy = Literal["resubmit", "restart", "fail"]

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mdagent_hpc.provenance import JOB_TYPES, POINT_TYPE, SWEEP_TYPE, Caller, load, only
-from mdagent_hpc.sweep.results import SweepRun, eta
+from mdagent_hpc.sweeps.results import SweepRun, eta
 
 # Extras a SweepWorkChain keeps up to date as it goes (also when it is interrupted): the key of its spec, and
 # {"template": pk, "files": {group: {port: pk}}, "records": {point id: {"pk": result pk, "ok": bool}}}.
@@ -86,8 +86,8 @@ def _interrupted_frame(node):
     """The table of the points an interrupted sweep recorded (none when it ended with its own table)."""
     from aiida import orm
 
-    from mdagent_hpc.sweep.results import PointResult, table
-    from mdagent_hpc.sweep.spec import SweepSpec
+    from mdagent_hpc.sweeps.results import PointResult, table
+    from mdagent_hpc.sweeps.spec import SweepSpec
 
     if "results" in node.outputs or (not node.is_terminated and _alive(node)):
         return None
@@ -121,7 +121,7 @@ def read_sweep(node, rows: bool = True) -> SweepRun:
     if "results" in node.outputs:
         table_rows = node.outputs.results["rows"]
     elif rows:
-        from mdagent_hpc.sweep.results import table_json
+        from mdagent_hpc.sweeps.results import table_json
 
         frame = _interrupted_frame(node)
         table_rows = table_json(frame) if frame is not None else []
@@ -186,8 +186,8 @@ def export_sweep(caller: Caller, pk, folder: Path) -> dict[str, str]:
         paths["png"] = folder / "sweep.png"
         paths["png"].write_bytes(node.outputs.plot.get_content(mode="rb"))
     elif (frame := _interrupted_frame(node)) is not None:
-        from mdagent_hpc.sweep.results import plot, table_json
-        from mdagent_hpc.sweep.spec import SweepSpec
+        from mdagent_hpc.sweeps.results import plot, table_json
+        from mdagent_hpc.sweeps.spec import SweepSpec
 
         paths["csv"] = folder / "sweep.csv"
         paths["csv"].write_text(frame.to_csv(index=False))

@@ -610,7 +610,7 @@ class Server:
         from mdagent_hpc.server import service
 
         async def submit(user: User):
-            from mdagent_hpc.sweep.spec import SweepSpec
+            from mdagent_hpc.sweeps.spec import SweepSpec
 
             spec = SweepSpec.model_validate((await self.body(request, SweepIn)).spec)
             self.known_site(spec.site)
@@ -641,7 +641,7 @@ class Server:
 
     async def plan(self, request: Request) -> Response:
         from mdagent_hpc import api
-        from mdagent_hpc.sweep.spec import SweepSpec
+        from mdagent_hpc.sweeps.spec import SweepSpec
 
         async def work(_user: User):
             spec = SweepSpec.model_validate((await self.body(request, SweepIn)).spec)

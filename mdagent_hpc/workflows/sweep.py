@@ -27,8 +27,8 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from mdagent_hpc.lammps.log import parse_log
 from mdagent_hpc.models import Attempt
 from mdagent_hpc.provenance.sweeps import REUSE, SPEC_KEY
-from mdagent_hpc.sweep.results import PointResult, plot, point_result, production, table, table_json
-from mdagent_hpc.sweep.spec import (
+from mdagent_hpc.sweeps.results import PointResult, plot, point_result, production, table, table_json
+from mdagent_hpc.sweeps.spec import (
     Point,
     SweepSpec,
     correction_task,
@@ -75,7 +75,7 @@ def record_point(
         return {"result": orm.Dict(result.model_dump(mode="json"))}
     text = retrieved.base.repository.get_object_content(log_name.value, mode="r")
     log = parse_log(text)
-    from mdagent_hpc.sweep.spec import Observable
+    from mdagent_hpc.sweeps.spec import Observable
 
     result = point_result(
         spec_point,

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from mdagent_hpc.models import Request
-from mdagent_hpc.sweep.spec import (
+from mdagent_hpc.sweeps.spec import (
     SweepError,
     SweepSpec,
     choose_engine,

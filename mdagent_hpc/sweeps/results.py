@@ -17,7 +17,7 @@ from mdagent_hpc.lammps.evaluate import evaluate
 from mdagent_hpc.lammps.log import LammpsLog, ThermoBlock
 from mdagent_hpc.lammps.parser import ScriptError, parse_text
 from mdagent_hpc.models import Grade, Severity
-from mdagent_hpc.sweep.spec import Observable, Parameter, Point, SweepProposal, Value
+from mdagent_hpc.sweeps.spec import Observable, Parameter, Point, SweepProposal, Value
 
 if TYPE_CHECKING:
     import pandas

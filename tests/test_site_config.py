@@ -355,7 +355,8 @@ def test_apptainer_command_documented_flags(tmp_path):
     )
     assert apptainer_command(s, ["-in", "in.lj"]) == [
         "apptainer", "exec", "--containall", "--net", "--network", "none",
-        "--bind", "/data:/data:ro", "--bind", "/scratch", "--env", "OMP_NUM_THREADS=1", "docker://lammps/lammps:latest", "lmp", "-in", "in.lj",
+        "--bind", "/data:/data:ro", "--bind", "/scratch", "--env", "OMP_NUM_THREADS=1",
+        "docker://lammps/lammps:latest", "lmp", "-in", "in.lj",
     ]  # fmt: skip
 
 

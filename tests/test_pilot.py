@@ -248,7 +248,7 @@ def test_point_command_uses_the_site_binary_or_its_image(tmp_path):
     ]
     image = SiteConfig.model_validate({"name": "i", "scheduler": "slurm", "lammps": {"image": "/images/lmp.sif"}})
     command = point_command(image, tmp_path, {"T": 300})
-    assert command[:5] == ["apptainer", "exec", "--containall", "--bind", str(tmp_path)]
+    assert command[:8] == ["apptainer", "exec", "--containall", "--net", "--network", "none", "--bind", str(tmp_path)]
     assert command[-10:] == [
         "/images/lmp.sif",
         "lmp",

@@ -83,7 +83,10 @@ class PatientWithBroker:
     broker outage (see the module)."""
 
     def init(self) -> None:
-        if self._communicator is not None and not isinstance(self._communicator, PatientRegistrations):
+        # Only in a daemon worker (its runner submits through the broker): a process made by a submitter (the server,
+        # `mdagent run --daemon`) must fail at once during an outage, so that the submitter answers 503, not hang.
+        daemon = getattr(self.runner, "_broker_submit", False)
+        if daemon and self._communicator is not None and not isinstance(self._communicator, PatientRegistrations):
             self._communicator = PatientRegistrations(self._communicator)
         super().init()
 

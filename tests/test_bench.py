@@ -484,12 +484,9 @@ def test_code_judge_scores_the_final_script_against_the_reference(aiida_profile,
     assert "pair_coeff      1 1 Cu_u3.eam" in judged[0]["messages"][-1]["content"]  # the script it judged
 
 
-def test_harness_reports_a_model_that_fails_everything(aiida_profile, request, tmp_path):
+def test_harness_reports_a_model_that_fails_everything(aiida_profile, vllm_server, tmp_path):
     """The real CPU vLLM with its tiny random model: every task fails, the harness says so, nothing crashes."""
-    try:
-        server = request.getfixturevalue("vllm_server")
-    except pytest.FixtureLookupError:
-        pytest.skip("no vllm_server fixture in tests/services.py yet")
+    server = vllm_server
     two = tmp_path / "two.jsonl"
     two.write_text("".join(CODEGEN.read_text().splitlines(keepends=True)[:2]))
     env = {

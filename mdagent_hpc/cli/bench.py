@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 
 import click
@@ -49,10 +48,9 @@ class _Bar:
         if isinstance(exc, MDAgentError):
             # A benchmark stopped (Ctrl-C, SIGTERM or an error) ends the command; the engine's child tasks left on
             # the closed loop complain when collected.
-            import logging
+            from mdagent_hpc.cli.main import quiet_abandoned_tasks
 
-            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-            sys.unraisablehook = lambda _: None
+            quiet_abandoned_tasks()
 
     def start(self, name: str, done: int, todo: int) -> None:
         from mdagent_hpc.cli.run import quiet_engine_console

@@ -61,6 +61,7 @@ class LazyGroup(click.Group):
     def main(self, args=None, **kwargs):
         if args is None:  # the real command line (a test runner passes args): end without the module teardown
             atexit.register(_end_now)
+            quiet_abandoned_tasks()
         try:
             return super().main(args, **kwargs)
         except SystemExit as exc:
@@ -83,6 +84,32 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except MDAgentError as exc:
             raise UserError(str(exc)) from None
+
+
+def quiet_abandoned_tasks() -> None:
+    """Keep the engine's abandoned tasks quiet when they are collected.
+
+    A run or sweep stopped by Ctrl-C, SIGTERM or a cancel leaves its children's tasks pending on AiiDA's loop; when
+    the garbage collector takes them, asyncio logs "Task was destroyed but it is pending!" and a coroutine closed
+    then may raise in its cleanup (greenback's shim: KeyError), printed as "Exception ignored in ...". Neither says
+    anything to a user: the run's state is in the database. Every other asyncio message and unraisable error is
+    still shown.
+    """
+    import logging
+
+    class AbandonedTask(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.msg).startswith("Task was destroyed but it is pending")
+
+    logging.getLogger("asyncio").addFilter(AbandonedTask())
+    shown = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if type(unraisable.object).__name__ == "coroutine":  # a pending task's coroutine closed by the collector
+            return
+        shown(unraisable)
+
+    sys.unraisablehook = hook
 
 
 _exit_status: dict[str, object] = {"code": 1}  # an exception that is not SystemExit ends with 1, as Python does

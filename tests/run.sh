@@ -16,4 +16,4 @@ echo "== running tests"
 # the modules that use the test Slurm cluster or the vLLM server are marked xdist_group("cluster") for a later
 # two-worker run (`-n 2 --dist loadgroup`), not yet safe: under it a module's tests were seen out of order.
 # -rs: every skip listed; one outside tests/conftest.py ALLOWED_SKIPS fails the run
-exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider --durations=40 --durations-min=15 "$@"

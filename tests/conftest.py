@@ -38,7 +38,47 @@ def pytest_configure(config):
     config.addinivalue_line("markers", f"root_only: starts Slurm or sshd; skipped unless root ('{ROOT_ONLY}')")
 
 
+# -- two workers (tests/run.sh: -n 2): each module in order on one worker; the shared services' modules on one ----
+# These modules use the session's test Slurm cluster, sshd or vLLM server (fixtures `slurm`, `sshd`,
+# `vllm_server`): one worker runs them all, one after another, so that two workers never start a service twice or
+# fill the cluster's slots under each other. Every other module is its own unit (its tests keep their order: several
+# build on the ones before). A module that asks for one of those fixtures and is not listed fails the collection.
+SHARED_SERVICES = ("slurm", "sshd", "vllm_server")
+ONE_WORKER = {
+    "test_bench.py",
+    "test_cancel.py",
+    "test_clusters.py",
+    "test_containers.py",
+    "test_gateway.py",
+    "test_gateway_budget.py",
+    "test_llm_real.py",
+    "test_llm_serve.py",
+    "test_pilot.py",
+    "test_sweep_resume.py",
+    "test_sweep_run.py",
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole modules as units (xdist's loadgroup does not group under pytest 9.2: it renames node ids, which 9.2 no
+    longer reads), the ONE_WORKER modules as one unit."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "shared-services" if Path(module).name in ONE_WORKER else module
+
+    return ByModule(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
+    strays = sorted({item.path.name for item in items if set(SHARED_SERVICES) & set(item.fixturenames)} - ONE_WORKER)
+    if strays:
+        raise pytest.UsageError(
+            f"{', '.join(strays)} use the shared test services ({', '.join(SHARED_SERVICES)}): add them to "
+            "ONE_WORKER in tests/conftest.py"
+        )
     if os.geteuid() != 0:
         for item in items:
             if item.get_closest_marker("root_only"):

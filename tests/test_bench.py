@@ -19,9 +19,6 @@ from mdagent_hpc.evalbench import qa, scoring
 from mdagent_hpc.evalbench.sets import QuestionType, SetError, load_code_tasks, load_questions
 from mdagent_hpc.models import Attempt, Diagnostic, Evaluation, Grade, Severity, Stage, Usage
 
-# one xdist worker runs every module that uses the test Slurm cluster or the vLLM server (tests/run.sh: -n 2)
-pytestmark = pytest.mark.xdist_group("cluster")
-
 DATA = Path(__file__).resolve().parents[1] / "mdagent_hpc" / "evalbench" / "data"
 CODEGEN = DATA / "codegen-small.jsonl"
 QA = DATA / "qa-small.jsonl"

@@ -15,9 +15,6 @@ import pytest
 from openai_server import FakeOpenAIServer
 from services import SSHD_STATE
 
-# one xdist worker runs every module that uses the test Slurm cluster or the vLLM server (tests/run.sh: -n 2)
-pytestmark = pytest.mark.xdist_group("cluster")
-
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "mdagent_hpc" / "examples" / "demo"
 TASK = "Heat a small Cu crystal with EAM to 800 K in NVT"

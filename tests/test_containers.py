@@ -28,9 +28,6 @@ from mdagent_hpc.execution.site import (
 )
 from mdagent_hpc.lammps.install import capabilities, find_lammps
 
-# one xdist worker runs every module that uses the test Slurm cluster or the vLLM server (tests/run.sh: -n 2)
-pytestmark = pytest.mark.xdist_group("cluster")
-
 REPO = Path(__file__).resolve().parents[1]
 CONTAINERS = REPO / "containers"
 SITE_CONFIGS = REPO / "site_configs"

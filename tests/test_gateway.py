@@ -26,9 +26,6 @@ from mdagent_hpc.accounts.quotas import RateWindow, check_daily, next_midnight
 from mdagent_hpc.serving.gateway.app import _prepare, upstream_base
 from mdagent_hpc.serving.gateway.sse import EventSplitter, StreamTally, event_data, usage_of, usage_only
 
-# one xdist worker runs every module that uses the test Slurm cluster or the vLLM server (tests/run.sh: -n 2)
-pytestmark = pytest.mark.xdist_group("cluster")
-
 UPSTREAM_KEY = "upstream-" + secrets.token_hex(8)
 ANSWER = "units metal and then some more words"
 # every route a client could try; only the first four are forwarded, and only with a valid key

@@ -21,9 +21,6 @@ from vllm_like import VLLMLikeServer
 
 from mdagent_hpc.accounts.quotas import next_midnight
 
-# one xdist worker runs every module that uses the test Slurm cluster or the vLLM server (tests/run.sh: -n 2)
-pytestmark = pytest.mark.xdist_group("cluster")
-
 UPSTREAM_KEY = "upstream-" + secrets.token_hex(8)
 ANSWER = " ".join(f"w{i}" for i in range(40))  # 40 words: 40 completion tokens unless max_tokens cuts it
 PROMPT_WORDS = len(CHAT["messages"][0]["content"].split())  # 5

@@ -22,8 +22,7 @@ from mdagent_hpc.llm.client import LEARNT, generate, get_client
 from mdagent_hpc.llm.config import LLMSettings
 from mdagent_hpc.llm.grammar import lammps_grammar
 
-# one xdist worker runs every module that uses the test Slurm cluster or the vLLM server (tests/run.sh: -n 2)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
+pytestmark = pytest.mark.slow
 
 MESSAGES = [
     {"role": "system", "content": "You write LAMMPS input scripts."},

@@ -8,9 +8,6 @@ from pathlib import Path
 
 import pytest
 
-# one xdist worker runs every module that uses the test Slurm cluster or the vLLM server (tests/run.sh: -n 2)
-pytestmark = pytest.mark.xdist_group("cluster")
-
 REPO = Path(__file__).resolve().parents[1]
 
 

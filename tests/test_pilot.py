@@ -17,9 +17,6 @@ import pytest
 
 from mdagent_hpc.lammps.templates import lj_script
 
-# one xdist worker runs every module that uses the test Slurm cluster or the vLLM server (tests/run.sh: -n 2)
-pytestmark = pytest.mark.xdist_group("cluster")
-
 MDAGENT_LMP = str(Path(sys.executable).parent / "mdagent-lmp")
 # ~1 s of LAMMPS here (864 atoms, 1000 steps); the swept value is the LAMMPS variable T.
 TEMPLATE = lj_script(6, 1000).replace("velocity all create 1.0", "velocity all create ${T}")

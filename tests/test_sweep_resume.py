@@ -21,8 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 MDAGENT_LMP = str(Path(sys.executable).parent / "mdagent-lmp")
 EIGHT_TEMPERATURES = [{"name": "T", "values": [0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0]}]
 
-# one xdist worker runs every module that uses the test Slurm cluster or the vLLM server (tests/run.sh: -n 2)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

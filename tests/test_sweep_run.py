@@ -20,8 +20,7 @@ SPECS = sorted(SWEEPS.glob("*.yaml"))
 MDAGENT_LMP = str(Path(sys.executable).parent / "mdagent-lmp")
 ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="starts Slurm: needs root")
 
-# one xdist worker runs every module that uses the test Slurm cluster or the vLLM server (tests/run.sh: -n 2)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
+pytestmark = pytest.mark.slow
 
 
 def mdagent(*args, env_extra=None, timeout=900):

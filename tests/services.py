@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from mdagent_hpc.serving import llm_job, model_guard
 
 REPO = Path(__file__).resolve().parents[1]
 SSHD_STATE = "/tmp/mdagent-sshd-tests"
@@ -164,7 +167,8 @@ def wait_for_health(root_url: str, proc: subprocess.Popen, log: Path, timeout: f
 @pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory):
     """ONE real `vllm serve` (CPU) with the tiny random model for the whole session, on a free loopback port,
-    behind an --api-key; stopped at the end by its PID. Fails (never skips) when the venv is not built."""
+    behind its key (every route but /health, as `mdagent llm serve` runs it); stopped at the end by its PID. Fails
+    (never skips) when the venv is not built."""
     missing = vllm_missing()
     if missing:
         pytest.fail(missing, pytrace=False)
@@ -179,16 +183,17 @@ def vllm_server(tmp_path_factory):
         "127.0.0.1",
         "--port",
         str(port),
-        "--api-key",
-        api_key,
+        "--middleware",  # the key on every route, as `mdagent llm serve` runs it
+        llm_job.GUARD,
     ]
+    shutil.copy(model_guard.__file__, folder / llm_job.GUARD_FILE)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             command,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=vllm_env(folder / "cache"),
+            env=vllm_env(folder / "cache") | {"VLLM_API_KEY": api_key, "PYTHONPATH": str(folder)},
             start_new_session=True,
         )
     root = f"http://127.0.0.1:{port}"

@@ -26,6 +26,11 @@ def test_the_shared_server_is_real_vllm_with_a_long_context_behind_its_key(vllm_
 
     assert vllm_server.base_url.endswith("/v1")
     assert get(f"{vllm_server.root_url}/health")[0] == 200
+    # vLLM's own key guards /v1 only: the rest (a whole generation at /invocations) is model_guard's
+    for path in ("/invocations", "/tokenize", "/metrics", "/version", "/v1/models"):
+        assert get(f"{vllm_server.root_url}{path}")[0] == 401, path
+        assert get(f"{vllm_server.root_url}{path}", "wrong")[0] == 401, path
+    assert get(f"{vllm_server.root_url}/version", vllm_server.api_key)[0] == 200
     assert get(f"{vllm_server.base_url}/models")[0] == 401
     assert get(f"{vllm_server.base_url}/models", "wrong")[0] == 401
     status, models = get(f"{vllm_server.base_url}/models", vllm_server.api_key)
@@ -52,6 +57,43 @@ def test_the_shared_server_is_real_vllm_with_a_long_context_behind_its_key(vllm_
     assert answer.usage.prompt_tokens > 5 and answer.usage.completion_tokens > 0
     for choice in answer.choices:  # cut at 8 tokens, but constrained: it starts as the schema's object
         assert choice.message.content.startswith('{"')
+
+
+def test_the_model_guard_wants_the_key_on_every_route_but_health():
+    import asyncio
+
+    import httpx
+
+    from mdagent_hpc.serving.model_guard import RequireKey
+
+    async def served(scope, receive, send):  # stands in for vLLM's app
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"generated"})
+
+    async def ask(app, path, key=None, scheme="Bearer"):
+        headers = {"authorization": f"{scheme} {key}"} if key is not None else {}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node") as client:
+            return (await client.post(path, headers=headers)).status_code
+
+    async def checks():
+        guarded = RequireKey(served, key="s3cret")
+        assert await ask(guarded, "/invocations") == 401
+        assert await ask(guarded, "/invocations", "wrong") == 401
+        assert await ask(guarded, "/invocations", "s3cret", scheme="Basic") == 401
+        assert await ask(guarded, "/invocations", "s3cret") == 200
+        assert await ask(guarded, "/tokenize", "s3cret ") == 200  # as vLLM's own check: surrounding blanks
+        assert await ask(guarded, "/health") == 200
+        assert await ask(RequireKey(served, key=""), "/invocations", "") == 401  # no key set: nobody
+
+        sent = []
+
+        async def record(message):
+            sent.append(message)
+
+        await guarded({"type": "websocket", "path": "/v1/realtime", "headers": []}, None, record)
+        assert sent == [{"type": "websocket.close", "code": 1008}]
+
+    asyncio.run(checks())
 
 
 # ---------------------------------------------------------------- `mdagent llm serve`: the job script
@@ -106,7 +148,9 @@ def test_the_job_runs_vllm_from_the_image_with_nv_and_asks_for_the_gpus(schedule
         "Qwen/Qwen2.5-Coder-7B-Instruct",
         "--max-model-len",
         "16384",
-        "--host",  # the node's loopback only: vLLM's key does not guard /invocations, /tokenize, /metrics
+        "--middleware",  # the key on every route (vLLM's own guards /v1 only): serving/model_guard.py
+        "model_guard.RequireKey",
+        "--host",  # the node's loopback only
         "127.0.0.1",
         "--port",
         "PORT",
@@ -129,6 +173,7 @@ def test_the_job_runs_vllm_from_the_image_with_nv_and_asks_for_the_gpus(schedule
         assert {"#PBS -l walltime=06:00:00", "#PBS -q gpu", "#PBS -A proj"} <= set(directives(script, "#PBS"))
     # the key comes from a file of mode 600 into the container's environment, never on a command line
     assert f'export APPTAINERENV_VLLM_API_KEY="$(cat {KEY_FILE})"' in script
+    assert 'export APPTAINERENV_PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"' in script  # model_guard.py's folder
     assert "--api-key" not in script
     assert ENDPOINT_FILE in script.split("apptainer")[0]  # node and port are written before the server starts
 
@@ -278,8 +323,11 @@ vllm:
         key = load_endpoints()["vllm-ssh"].api_key
         assert get(f"{endpoint['base_url']}/models")[0] == 401
         assert get(f"{endpoint['base_url']}/models", key)[1]["data"][0]["max_model_len"] == 32768
-        # vLLM answers /invocations without a key, so it listens on the node's loopback only: from the node's
-        # network address (another machine's view of it) nothing answers on its port
+        # every route but /health wants the key at the tunnel's local end too (vLLM's own key guards /v1 only)
+        root = endpoint["base_url"].removesuffix("/v1")
+        assert [get(f"{root}{path}")[0] for path in ("/invocations", "/tokenize", "/health")] == [401, 401, 200]
+        # and it listens on the node's loopback only: from the node's network address (another machine's view of
+        # it) nothing answers on its port
         assert open_to_network(endpoint["port"]) == []
 
         # a random model reaches preflight with grammar-constrained output (as in test_llm_real.py); no seed: vLLM

@@ -3,8 +3,9 @@
 The job script comes from the site's AiiDA scheduler (`get_submit_script` of a `JobTemplate`), so Slurm and PBS
 directives are AiiDA's own. The job picks a free port on its node and writes `mdagent-endpoint.json` (node, port)
 before the server starts; the API key travels in a file of mode 600, never on a command line. The server listens on
-the node's loopback only (vLLM's key guards only its /v1 routes: /invocations, /tokenize, /metrics answer anyone who
-reaches the port), so nobody else on the cluster network reaches it; `serving/tunnel.py` forwards a local port to
+the node's loopback only, so nobody else on the cluster network reaches it, and wants the key on every route but
+/health (vLLM's own key guards only /v1; `serving/model_guard.py` the rest, for other users of the node and of the
+tunnel's local end); `serving/tunnel.py` forwards a local port to
 it over SSH to the node, through the login node (paramiko), in a process of its own that outlives this command. The
 registry of endpoints is `settings/endpoints.py`.
 """
@@ -26,12 +27,15 @@ from pathlib import Path
 from mdagent_hpc.errors import MDAgentError
 from mdagent_hpc.execution.site import SiteConfig
 from mdagent_hpc.home import mdagent_home
+from mdagent_hpc.serving import model_guard
 from mdagent_hpc.settings.endpoints import Endpoint, EndpointError, load_endpoints, now, save_endpoint, served_model
 
 SCRIPT = "_aiidasubmit.sh"
 ENDPOINT_FILE = "mdagent-endpoint.json"
 KEY_FILE = ".api-key"
 LOG = "vllm.log"
+GUARD_FILE = "model_guard.py"  # serving/model_guard.py in the job's folder
+GUARD = "model_guard.RequireKey"
 LOOPBACK = "127.0.0.1"
 # A free port on the node, with a random one where the node has no python3.
 PICK_PORT = (
@@ -60,11 +64,12 @@ def check_site(site: SiteConfig) -> None:
 def server_argv(site: SiteConfig, model: str) -> list[str]:
     """The server's command line as the job runs it (`$PORT` expands in the job).
 
-    `--host 127.0.0.1` comes last, so a site's `args` cannot open the server to the node's network (the last wins).
+    `--host 127.0.0.1` comes last, so a site's `args` cannot open the server to the node's network (the last wins);
+    the key guards every route but /health (`serving/model_guard.py`, copied into the job's folder, on vLLM's path).
     """
     v = site.vllm
     assert v is not None
-    serve = [*shlex.split(v.command), model, *v.args, "--host", LOOPBACK, "--port", "$PORT"]
+    serve = [*shlex.split(v.command), model, *v.args, "--middleware", GUARD, "--host", LOOPBACK, "--port", "$PORT"]
     if not v.image:
         return serve
     options = ["--nv"] if v.nv else []
@@ -125,12 +130,14 @@ def submit_script(site: SiteConfig, model: str, name: str, gpus: int, hours: flo
     if gpus and site.scheduler == "slurm":
         template.custom_scheduler_commands = f"#SBATCH --gres=gpu:{gpus}"
     key_var = "APPTAINERENV_VLLM_API_KEY" if v.image else "VLLM_API_KEY"  # Apptainer passes APPTAINERENV_X as X
+    path_var = "APPTAINERENV_PYTHONPATH" if v.image else "PYTHONPATH"
     lines = [
         f"# mdagent llm serve: endpoint {name}, model {model}",
         *(f"module load {m}" for m in v.modules),
         *v.setup,
         PICK_PORT,
         f'export {key_var}="$(cat {KEY_FILE})"',
+        f'export {path_var}="$PWD${{PYTHONPATH:+:$PYTHONPATH}}"',  # the job's folder: model_guard.py
     ]
     if not v.image:
         lines += [f"export {k}={shlex.quote(val)}" for k, val in v.env.items()]
@@ -203,6 +210,7 @@ def submit(site: SiteConfig, model: str, name: str, gpus: int, hours: float) -> 
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / SCRIPT).write_text(submit_script(site, model, name, gpus, hours, s.scheduler))
             s.transport.putfile(str(Path(tmp) / SCRIPT), f"{folder}/{SCRIPT}")
+        s.transport.putfile(str(Path(model_guard.__file__)), f"{folder}/{GUARD_FILE}")
         job_id = s.scheduler.submit_job(folder, SCRIPT)
     if not isinstance(job_id, str):
         raise LlmJobError(f"the {site.scheduler} scheduler of site {site.name} refused the job: {job_id}")

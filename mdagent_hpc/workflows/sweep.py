@@ -426,7 +426,7 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         return SweepSpec(**self.inputs.sweep.get_dict())
 
     def _agent(self, task: str, point: Point, label: str):
-        if (found := self._children().get(label)) is not None:  # launched before a restart: not asked again
+        if (found := self._child(label)) is not None:  # launched before a restart: not asked again
             return found
         inputs = self.exposed_inputs(AgentWorkChain, "agent")
         inputs["metadata"] = {**inputs.get("metadata", {}), "call_link_label": label}
@@ -461,7 +461,7 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
     def _record(self, pid: str, retrieved, log_name: str, failure: str | None) -> None:
         n = self.ctx.template_number
         label = f"record_{pid}_t{n}"
-        found = self._children().get(label)
+        found = self._child(label)
         if found is None:
             point = {**self.ctx.points[pid], "template": n}
             inputs = {
@@ -504,6 +504,16 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         """Children already called, by link label (a step re-run after a restart finds what it launched before)."""
         links = self.node.base.links.get_outgoing(link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC)).all()
         return {link.link_label: link.node for link in links}
+
+    def _child(self, label: str):
+        """The child called `label`, if any: one lookup by label, not a read of every child (a point's record asks
+        once per point; reading all children each time grew with the square of the points)."""
+        from aiida.common.escaping import escape_for_sql_like
+
+        links = self.node.base.links.get_outgoing(
+            link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC), link_label_filter=escape_for_sql_like(label)
+        ).all()
+        return links[0].node if links else None
 
     def _job_inputs(self, point: Point) -> dict:
         lammps = {

@@ -301,6 +301,41 @@ def test_no_key_a_revoked_key_and_another_users_run_are_refused(shared):
     assert any(x["user"] is None and x["status"] == 401 for x in lines)
 
 
+@pytest.mark.slow
+def test_thirty_readers_at_once_never_run_the_servers_database_pool_dry(shared):
+    """Every read route and the dashboard at once, from 30 clients: every answer 200. Before, reads ran
+    on shared worker threads, each of which kept an AiiDA session and a connection of its own: the pool (6) ran dry,
+    requests waited 30 s for a connection and failed (500), and a page held up the event loop."""
+    import asyncio
+
+    pk = shared["runs"]["alice"]
+    routes = [
+        ("POST", "/api/v1/query", {"filters": {"verdict": "passed"}}),
+        ("GET", f"/api/v1/runs/{pk}", None),
+        ("GET", "/api/v1/runs", None),
+        ("GET", "/dashboard/runs", None),
+        ("GET", "/dashboard/api/running", None),
+        ("GET", "/health", None),
+    ]
+
+    async def client(http: httpx.AsyncClient, n: int) -> list[tuple[str, int]]:
+        seen = []
+        for i in range(2 * len(routes)):
+            method, path, body = routes[(n + i) % len(routes)]
+            seen.append((path, (await http.request(method, path, json=body)).status_code))
+        return seen
+
+    async def everyone():
+        headers = {"authorization": f"Bearer {shared['keys']['alice']}"}
+        limits = httpx.Limits(max_connections=30)
+        async with httpx.AsyncClient(base_url=shared["server"].url, headers=headers, timeout=120, limits=limits) as h:
+            return [x for seen in await asyncio.gather(*(client(h, n) for n in range(30))) for x in seen]
+
+    answers = asyncio.run(everyone())
+    assert len(answers) == 360
+    assert [a for a in answers if a[1] != 200] == []  # a request that waited out the pool (30 s) answered 500
+
+
 class LocalDashboard:
     """`mdagent dashboard` with MDAGENT_SERVER set (pages forwarded from the server with the key), by its PID."""
 

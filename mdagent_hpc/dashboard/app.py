@@ -151,16 +151,17 @@ async def http_error(request: Request, exc: HTTPException) -> Response:
 
 async def server_error(request: Request, exc: Exception) -> Response:
     # uvicorn logs the traceback in the server's terminal (Starlette re-raises after this response)
+    # what went wrong, never how: no exception text (a shared server's page would show it to any user)
     return _error(
         request,
         500,
-        f"the dashboard failed reading this page ({type(exc).__name__}: {exc}); the "
-        "terminal running `mdagent dashboard` shows the details",
+        "the dashboard failed reading this page; the log of the terminal or server running it has the details",
     )
 
 
 def _error(request: Request, status: int, message: str) -> Response:
-    if request.url.path.startswith("/api/"):
+    root, path = request.scope.get("root_path", ""), request.scope["path"]
+    if path.removeprefix(root).startswith("/api/"):  # also under the server's /dashboard mount
         return JSONResponse({"error": message}, status_code=status)
     return page(request, "error.html", status_code=status, status=status, message=message)
 

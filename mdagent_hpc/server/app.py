@@ -45,7 +45,8 @@ from mdagent_hpc.web import RequestRefusedError, bearer_key, uvicorn_config
 class ServerSettings(BaseModel):
     group_read: bool = False  # may users read each other's runs (never each other's secrets)
     request_log: Path | None = None
-    read_threads: int = 4
+    read_threads: int = 4  # API reads at once (each thread its own run-database connection)
+    page_threads: int = 2  # dashboard pages at once (the same)
     max_body_bytes: int = 1 << 20  # a request body larger than this is refused (413) before it is read
     statement_timeout_s: int = 30  # a run-database query longer than this is cancelled by PostgreSQL (400)
 
@@ -225,12 +226,26 @@ def _one_thread_with_a_loop() -> None:
     asyncio.set_event_loop(asyncio.new_event_loop())
 
 
+def _threads(n: int, name: str) -> ThreadPoolExecutor:
+    """`n` threads for AiiDA work, each with an event loop of its own (AiiDA's runner and the dashboard's pages
+    want one)."""
+    return ThreadPoolExecutor(n, thread_name_prefix=name, initializer=_one_thread_with_a_loop)
+
+
+HEALTH_TIMEOUT_S = 5  # a database that does not answer /health's count in this long is unavailable (503)
+
+
 class Server:
     def __init__(self, settings: ServerSettings, store: Store):
         self.settings = settings
         self.store = store
-        self.reads = anyio.CapacityLimiter(settings.read_threads)
-        self.writes = ThreadPoolExecutor(1, thread_name_prefix="aiida-submit", initializer=_one_thread_with_a_loop)
+        # Every thread that reads AiiDA keeps its own session and connection, so the work runs on threads of its own:
+        # as many as the run database's pool has connections (`run_db_pool`). Shared worker threads (anyio's) each
+        # kept one more, until the pool ran dry and a request waited 30 s for a connection.
+        self.reads = _threads(settings.read_threads, "aiida-read")
+        self.pages = _threads(settings.page_threads, "aiida-page")
+        self.probe = _threads(1, "aiida-health")  # /health never waits behind reads
+        self.writes = _threads(1, "aiida-submit")
         self.request_log = RequestLog(settings.request_log)
 
     def app(self) -> Starlette:
@@ -280,13 +295,14 @@ class Server:
         repairs = asyncio.create_task(repair_now_and_then())
         yield
         repairs.cancel()
-        self.writes.shutdown(wait=True)
+        for threads in (self.reads, self.pages, self.probe, self.writes):
+            threads.shutdown(wait=True)
         self.request_log.close()
 
     # -- plumbing ------------------------------------------------------------------------------------------------
     async def read(self, fn, *args, **kwargs):
-        return await anyio.to_thread.run_sync(
-            lambda: once_more_after_a_blip(lambda: fn(*args, **kwargs)), limiter=self.reads
+        return await asyncio.get_running_loop().run_in_executor(
+            self.reads, lambda: once_more_after_a_blip(lambda: fn(*args, **kwargs))
         )
 
     async def write(self, fn, *args, **kwargs):
@@ -337,6 +353,23 @@ class Server:
             ),
             500,
         )
+
+    async def page(self, app, scope, receive, send) -> None:
+        """Serve a dashboard page on a page thread. The dashboard's handlers read AiiDA in their own event loop (as
+        `mdagent dashboard` serves them, one thread); here each page runs on its thread's loop, its messages passed
+        to and from this one, so a page never holds up the API or /health."""
+        loop = asyncio.get_running_loop()
+
+        def here(fn):
+            async def call(*args):
+                return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(*args), loop))
+
+            return call
+
+        def serve_page() -> None:
+            asyncio.get_event_loop().run_until_complete(app(scope, here(receive), here(send)))
+
+        await loop.run_in_executor(self.pages, serve_page)
 
     async def readable(self, user: User, pk: str, what: str = "run"):
         """The node, or the same 404 whether it does not exist or is not this user's to read (no pk oracle)."""
@@ -481,8 +514,11 @@ class Server:
     async def health(self, _request: Request) -> Response:
         from aiida import orm
 
+        count = asyncio.get_running_loop().run_in_executor(
+            self.probe, lambda: once_more_after_a_blip(lambda: orm.QueryBuilder().append(orm.User).count())
+        )
         try:
-            await self.read(lambda: orm.QueryBuilder().append(orm.User).count())
+            await asyncio.wait_for(count, HEALTH_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001
             return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, 503)
         return JSONResponse({"status": "ok"})
@@ -666,9 +702,10 @@ class Server:
 
 
 # -- N server processes -------------------------------------------------------------------------------------------
-# Each process has its own pools: the run database (AiiDA's engine) one connection per read thread, one for the
-# submission thread and one spare; the users database USERS_POOL (key checks, and the submission lock, held while
-# the same thread counts tokens on a second one). No overflow: a thread beyond them waits for a connection.
+# Each process has its own pools: the run database (AiiDA's engine) one connection per read and page thread, one
+# for the health probe and one for the submission thread; the users database USERS_POOL (key checks, and the
+# submission lock, held while the same thread counts tokens on a second one). No overflow: a thread beyond them
+# waits for a connection.
 USERS_POOL = 4
 RESERVED_CONNECTIONS = 20  # left for the daemon's workers, verdi, backups and the admin's psql
 PROCESS_PLAN = "MDAGENT_SERVER_PROCESS"  # how `serve` hands each process uvicorn starts what to build
@@ -683,7 +720,7 @@ class ProcessPlan(BaseModel):
 
 
 def run_db_pool(settings: ServerSettings) -> int:
-    return settings.read_threads + 2
+    return settings.read_threads + settings.page_threads + 2  # and the health probe's, the submission thread's
 
 
 def connections_per_process(settings: ServerSettings) -> int:

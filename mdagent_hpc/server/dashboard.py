@@ -46,7 +46,7 @@ class DashboardGate:
                 ):  # the same page for all: no pk oracle
                     await self.refuse(request, 404, f"no {what} {one[2][:40]} that you may read", send)
                     return
-        await self.app(scope, receive, send)
+        await self.server.page(self.app, scope, receive, send)
 
     async def refuse(self, request: Request, status: int, message: str, send) -> None:
         response = page(request, "error.html", status_code=status, status=status, message=message)

@@ -237,14 +237,24 @@ def build(timeout: float = 120, quiet: bool = False) -> Path:
     """The corpus folder, built first if the cache is missing or stale. Safe to call from parallel processes."""
     _require_examples()
     key = cache_key()
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    with open(CACHE.parent / f"{CACHE.name}.lock", "w") as lock:
+    folder = CACHE / key  # one folder per key: a second checkout (another LAMMPS) never removes one in use
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        manifest = CACHE / "manifest.json"
-        if manifest.is_file() and json.loads(manifest.read_text()).get("key") == key:
-            return CACHE
-        _build(key, timeout, quiet)
-    return CACHE
+        manifest = folder / "manifest.json"
+        if not (manifest.is_file() and json.loads(manifest.read_text()).get("key") == key):
+            _build(folder, key, timeout, quiet)
+    os.utime(folder)  # in use: kept by _forget_unused
+    _forget_unused()
+    return folder
+
+
+def _forget_unused(days: int = 14) -> None:
+    """Corpora of other keys not used for `days` (an old checkout's, an old LAMMPS's) are removed."""
+    cutoff = time.time() - days * 86400
+    for old in CACHE.iterdir():
+        if old.is_dir() and old.stat().st_mtime < cutoff:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -252,21 +262,21 @@ def _say(quiet: bool, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _build(key: str, timeout: float, quiet: bool) -> None:
-    shutil.rmtree(CACHE, ignore_errors=True)
-    CACHE.mkdir(parents=True)
+def _build(target: Path, key: str, timeout: float, quiet: bool) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
     _say(
         quiet,
-        f"== building the test corpus in {CACHE}: {len(SELECTION)} examples from {EXAMPLES}, {_workers()} at a time",
+        f"== building the test corpus in {target}: {len(SELECTION)} examples from {EXAMPLES}, {_workers()} at a time",
     )
     start = time.perf_counter()
     done = itertools.count(1)
 
     def one(source: str) -> tuple[str, dict]:
-        with tempfile.TemporaryDirectory(dir=CACHE.parent) as tmp:
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
             result = run_example(source, Path(tmp) / "run", timeout)
             if not result["reason"]:
-                folder = CACHE / example_name(source)
+                folder = target / example_name(source)
                 for rel in result["read"]:
                     (folder / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(Path(tmp) / "run" / rel, folder / rel)
@@ -308,7 +318,7 @@ def _build(key: str, timeout: float, quiet: bool) -> None:
         "examples": examples,
         "failed": failed,
     }
-    (CACHE / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     _say(
         quiet,
         f"== test corpus: {len(examples)} examples in {time.perf_counter() - start:.0f} s"

@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -86,28 +87,44 @@ class LazyGroup(click.Group):
             raise UserError(str(exc)) from None
 
 
-def quiet_abandoned_tasks() -> None:
-    """Keep the engine's abandoned tasks quiet when they are collected.
+ENGINE_LOGGERS = ("asyncio", "plumpy", "kiwipy", "aio_pika", "aiormq")
+_engine_log: list[bool] = []
 
-    A run or sweep stopped by Ctrl-C, SIGTERM or a cancel leaves its children's tasks pending on AiiDA's loop; when
-    the garbage collector takes them, asyncio logs "Task was destroyed but it is pending!" and a coroutine closed
-    then may raise in its cleanup (greenback's shim: KeyError), printed as "Exception ignored in ...". Neither says
-    anything to a user: the run's state is in the database. Every other asyncio message and unraisable error is
-    still shown.
+
+def quiet_abandoned_tasks() -> None:
+    """The engine's own messages go to MDAGENT_HOME/logs/engine.log, not the user's terminal.
+
+    AiiDA's engine libraries (plumpy, kiwipy, asyncio) log to no handler of their own, so Python printed their
+    errors on stderr with tracebacks, and a run or sweep stopped by Ctrl-C or a cancel leaves tasks and sessions
+    that complain when collected ("Task was destroyed but it is pending!", "Exception ignored in ...": greenback's
+    KeyError, SQLAlchemy). None of it is for the user (the run's state and its reason are in the database, and the
+    command says what happened); all of it is kept in the engine log (opened only when something is written).
     """
     import logging
+    import traceback
 
-    class AbandonedTask(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return not str(record.msg).startswith("Task was destroyed but it is pending")
+    if _engine_log:  # once per process
+        return
+    _engine_log.append(True)
 
-    logging.getLogger("asyncio").addFilter(AbandonedTask())
-    shown = sys.unraisablehook
+    class EngineLog(logging.FileHandler):
+        def _open(self):
+            Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+            return super()._open()
+
+    from mdagent_hpc.home import mdagent_home
+
+    handler = EngineLog(mdagent_home() / "logs" / "engine.log", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
+    for name in ENGINE_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.propagate = False
 
     def hook(unraisable) -> None:
-        if type(unraisable.object).__name__ == "coroutine":  # a pending task's coroutine closed by the collector
-            return
-        shown(unraisable)
+        lines = traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+        message = unraisable.err_msg or "Exception ignored in"
+        logging.getLogger("asyncio").warning(f"{message}: {unraisable.object!r}\n{''.join(lines)}")
 
     sys.unraisablehook = hook
 

@@ -8,7 +8,9 @@ user's own AiiDA configuration instead (e.g. a shared PostgreSQL + RabbitMQ one)
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -164,6 +166,18 @@ def ensure_local_code():
 LOCAL_POLL_SECONDS = 0.1
 
 
+class _RunKeepsSigint:
+    """What `aiida.engine.processes.functions` sees as the `signal` module during `run_here`: a calcfunction's
+    `signal.signal(SIGINT, ...)` leaves the run's handler in place."""
+
+    SIGINT = signal.SIGINT
+    getsignal = staticmethod(signal.getsignal)
+
+    @staticmethod
+    def signal(signum, _handler):
+        return signal.getsignal(signum)
+
+
 def run_here(process_class, **inputs):
     """Run a process in this Python process (not the daemon); returns (results, node).
 
@@ -184,6 +198,16 @@ def run_here(process_class, **inputs):
 
     runner = get_manager().create_runner(communicator=None, poll_interval=LOCAL_POLL_SECONDS, persister=NoCheckpoints())
     process = None
+
+    # Ctrl-C kills the whole run wherever it lands. AiiDA's runner kills the run from its SIGINT handler, but each
+    # calcfunction swaps in a handler of its own while it runs, which kills that calcfunction only: a Ctrl-C during
+    # a sweep's `record_point` excepted the sweep's step, or went unnoticed while the sweep ran on. So here the
+    # calcfunctions leave SIGINT alone (the run's kill waits for the step to end).
+    import aiida.engine.processes.functions as process_functions
+
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread only
+    if main:
+        process_functions.signal = _RunKeepsSigint
     try:
         process = instantiate_process(runner, process_class, **inputs)
         cancel.mark_in_process(process.node)
@@ -193,6 +217,8 @@ def run_here(process_class, **inputs):
         except KilledError:  # Ctrl-C: the runner killed the process; its node says so
             results = {}
     finally:
+        if main:
+            process_functions.signal = signal
         runner.close()
         if process is not None:
             cancel.forget(process.node.pk)

@@ -526,8 +526,11 @@ def test_the_gateway_in_front_of_a_real_vllm(vllm_server, tmp):
     }
     model = vllm_server.model
     chat = {"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
-    # why a gateway: vLLM's --api-key leaves /invocations open, and it answers a full completion
-    direct = HTTP.post(vllm_server.root_url + "/invocations", json=chat)
+    # vLLM's own key leaves /invocations (a full completion) open; model_guard closes it, with the one shared key
+    # (the gateway's upstream key: it tells no users apart and counts nothing), so users go through the gateway
+    assert HTTP.post(vllm_server.root_url + "/invocations", json=chat).status_code == 401
+    headers = {"authorization": f"Bearer {vllm_server.api_key}"}
+    direct = HTTP.post(vllm_server.root_url + "/invocations", json=chat, headers=headers)
     assert direct.status_code == 200 and direct.json()["choices"][0]["message"]["content"]
     gw = start_gateway(tmp, env, vllm_server.base_url)
     try:

@@ -219,6 +219,20 @@ class PatientWithBroker:
         )
         return child.node
 
+    def _do_step(self):
+        """A WorkChain step, with the calcfunctions it calls patient too: each registers with the broker as it is
+        made (the runner's communicator), and one refused during an outage (`ChannelAccessRefused` as a step
+        called `preflight_script`) excepted the run."""
+        runner = self.runner
+        inner = runner.communicator
+        if not getattr(runner, "_broker_submit", False) or inner is None or isinstance(inner, PatientRegistrations):
+            return super()._do_step()
+        runner._communicator = PatientRegistrations(inner)
+        try:
+            return super()._do_step()
+        finally:
+            runner._communicator = inner
+
     def _action_awaitables(self) -> None:
         from aiida.engine.processes.workchains.awaitable import AwaitableTarget
 

@@ -187,24 +187,15 @@ def main() -> None:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     rng = random.Random(seed)
     sys.path.insert(0, str(REPO))
+    from _deployment import GOOD_ANSWER, deployment_env
+
     from mdagent_hpc.llm.replay import FakeOpenAIServer
 
     root = Path(tempfile.mkdtemp(prefix="mdagent-chaos-"))
     name = f"mdagent-bench-chaos-{uuid.uuid4().hex[:8]}"
     home = root / "home"
-    good = f"```lammps\n{(REPO / 'mdagent_hpc' / 'examples' / 'demo' / 'good.lammps').read_text()}```\n"
-    model = FakeOpenAIServer([good] * (args.submissions * 10), model="fake-model").start()
-    env = {
-        **os.environ,
-        "MDAGENT_HOME": str(home),
-        "AIIDA_BROKER_VIRTUAL_HOST": name,
-        "MDAGENT_LLM_BASE_URL": model.base_url,
-        "MDAGENT_LLM_MODEL": "fake-model",
-        "MDAGENT_LLM_API_KEY": "x",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    }
-    for k in ("MDAGENT_AIIDA_PROFILE", "MDAGENT_SERVER", "MDAGENT_API_KEY", "MDAGENT_USERS_DB", "AIIDA_PATH"):
-        env.pop(k, None)
+    model = FakeOpenAIServer([GOOD_ANSWER] * (args.submissions * 10), model="fake-model").start()
+    env = deployment_env(home, name, model.base_url)
     profile_env = {**env, "MDAGENT_AIIDA_PROFILE": name, "AIIDA_PATH": str(home)}
     server: Server | None = None
     vhost_made = False

@@ -84,23 +84,14 @@ def main() -> None:
     parser.add_argument("--query-seconds", type=float, default=20, help="then all clients only query, this long")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    from _deployment import GOOD_ANSWER, deployment_env
+
     from mdagent_hpc.llm.replay import FakeOpenAIServer
 
     root = Path(tempfile.mkdtemp(prefix="mdagent-server-load-"))
     name = f"mdagent-bench-server-{uuid.uuid4().hex[:8]}"
-    good = f"```lammps\n{(REPO / 'mdagent_hpc' / 'examples' / 'demo' / 'good.lammps').read_text()}```\n"
-    model = FakeOpenAIServer([good] * (args.clients * args.runs + 10), model="fake-model").start()
-    env = {
-        **os.environ,
-        "MDAGENT_HOME": str(root / "home"),
-        "AIIDA_BROKER_VIRTUAL_HOST": name,
-        "MDAGENT_LLM_BASE_URL": model.base_url,
-        "MDAGENT_LLM_MODEL": "fake-model",
-        "MDAGENT_LLM_API_KEY": "x",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    }
-    for k in ("MDAGENT_AIIDA_PROFILE", "MDAGENT_SERVER", "MDAGENT_API_KEY", "MDAGENT_USERS_DB", "AIIDA_PATH"):
-        env.pop(k, None)
+    model = FakeOpenAIServer([GOOD_ANSWER] * (args.clients * args.runs + 10), model="fake-model").start()
+    env = deployment_env(root / "home", name, model.base_url)
     server = None
     try:
         subprocess.run(["rabbitmqctl", "add_vhost", name], check=True, capture_output=True, timeout=60)

@@ -237,25 +237,16 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: cleaned up
     sys.path.insert(0, str(REPO))
+    from _deployment import GOOD_ANSWER, deployment_env
+
     from mdagent_hpc.llm.replay import FakeOpenAIServer
 
     users = min(args.users, args.runs)
     submits = args.runs + len(args.workers) * len(args.submit_clients) * args.submits
     root = Path(tempfile.mkdtemp(prefix="mdagent-server-scale-"))
     name = f"mdagent-bench-scale-{uuid.uuid4().hex[:8]}"
-    good = f"```lammps\n{(REPO / 'mdagent_hpc' / 'examples' / 'demo' / 'good.lammps').read_text()}```\n"
-    model = FakeOpenAIServer([good] * (2 * submits + 10), model="fake-model").start()
-    env = {
-        **os.environ,
-        "MDAGENT_HOME": str(root / "home"),
-        "AIIDA_BROKER_VIRTUAL_HOST": name,
-        "MDAGENT_LLM_BASE_URL": model.base_url,
-        "MDAGENT_LLM_MODEL": "fake-model",
-        "MDAGENT_LLM_API_KEY": "x",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    }
-    for k in ("MDAGENT_AIIDA_PROFILE", "MDAGENT_SERVER", "MDAGENT_API_KEY", "MDAGENT_USERS_DB", "AIIDA_PATH"):
-        env.pop(k, None)
+    model = FakeOpenAIServer([GOOD_ANSWER] * (2 * submits + 10), model="fake-model").start()
+    env = deployment_env(root / "home", name, model.base_url)
     database, servers, rows, failed = name.replace("-", "_"), [], [], []
     try:
         rabbitmqctl("add_vhost", name)

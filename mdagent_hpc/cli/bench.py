@@ -48,9 +48,9 @@ class _Bar:
         if isinstance(exc, MDAgentError):
             # A benchmark stopped (Ctrl-C, SIGTERM or an error) ends the command; the engine's child tasks left on
             # the closed loop complain when collected.
-            from mdagent_hpc.cli.main import quiet_abandoned_tasks
+            from mdagent_hpc.cli.main import engine_messages_to_log
 
-            quiet_abandoned_tasks()
+            engine_messages_to_log()
 
     def start(self, name: str, done: int, todo: int) -> None:
         from mdagent_hpc.cli.run import quiet_engine_console

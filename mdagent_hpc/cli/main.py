@@ -62,7 +62,7 @@ class LazyGroup(click.Group):
     def main(self, args=None, **kwargs):
         if args is None:  # the real command line (a test runner passes args): end without the module teardown
             atexit.register(_end_now)
-            quiet_abandoned_tasks()
+            engine_messages_to_log()
         try:
             return super().main(args, **kwargs)
         except SystemExit as exc:
@@ -91,7 +91,7 @@ ENGINE_LOGGERS = ("asyncio", "plumpy", "kiwipy", "aio_pika", "aiormq")
 _engine_log: list[bool] = []
 
 
-def quiet_abandoned_tasks() -> None:
+def engine_messages_to_log() -> None:
     """The engine's own messages go to MDAGENT_HOME/logs/engine.log, not the user's terminal.
 
     AiiDA's engine libraries (plumpy, kiwipy, asyncio) log to no handler of their own, so Python printed their

@@ -38,47 +38,65 @@ def pytest_configure(config):
     config.addinivalue_line("markers", f"root_only: starts Slurm or sshd; skipped unless root ('{ROOT_ONLY}')")
 
 
-# -- two workers (tests/run.sh: -n 2): each module in order on one worker; the shared services' modules on one ----
-# These modules use the session's test Slurm cluster, sshd or vLLM server (fixtures `slurm`, `sshd`,
-# `vllm_server`): one worker runs them all, one after another, so that two workers never start a service twice or
-# fill the cluster's slots under each other. Every other module is its own unit (its tests keep their order: several
-# build on the ones before). A module that asks for one of those fixtures and is not listed fails the collection.
-SHARED_SERVICES = ("slurm", "sshd", "vllm_server")
-ONE_WORKER = {
-    "test_bench.py",
-    "test_cancel.py",
-    "test_clusters.py",
-    "test_containers.py",
-    "test_gateway.py",
-    "test_gateway_budget.py",
-    "test_llm_real.py",
-    "test_llm_serve.py",
-    "test_pilot.py",
-    "test_sweep_resume.py",
-    "test_sweep_run.py",
+# -- two workers (tests/run.sh: -n 2): each module whole and in order on one worker; a shared service's modules on one -
+# A module that uses the test Slurm cluster or sshd (fixtures `slurm`, `sshd`) is in SLURM_MODULES, one that uses the
+# session's vLLM server (`vllm_server`) in VLLM_MODULES. Each set runs on one worker, one module after another, so
+# that two workers never start a service twice or fill the cluster's slots under each other; the two sets can run
+# side by side. Every other module is its own unit (its tests keep their order: several build on the ones before).
+# A module that asks for one of those fixtures and is not in its set fails the collection.
+SERVICE_SETS = {
+    "slurm": (
+        ("slurm", "sshd"),
+        {
+            "test_cancel.py",
+            "test_clusters.py",
+            "test_containers.py",
+            "test_llm_serve.py",
+            "test_pilot.py",
+            "test_sweep_resume.py",
+            "test_sweep_run.py",
+        },
+    ),
+    "vllm": (
+        ("vllm_server",),
+        {"test_bench.py", "test_gateway.py", "test_gateway_budget.py", "test_llm_real.py", "test_llm_shared_server.py"},
+    ),
 }
+# Units handed out first, longest first (measured with --durations), so that no long unit starts last.
+LONG_UNITS = ("slurm", "vllm", "test_deploy_path.py", "test_query.py", "test_hostile.py", "test_interrupt.py")
+
+
+def _unit(module: str) -> str:
+    name = Path(module).name
+    return next((unit for unit, (_, modules) in SERVICE_SETS.items() if name in modules), module)
 
 
 def pytest_xdist_make_scheduler(config, log):
     """Whole modules as units (xdist's loadgroup does not group under pytest 9.2: it renames node ids, which 9.2 no
-    longer reads), the ONE_WORKER modules as one unit."""
+    longer reads), each service set as one unit, the long units first."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "shared-services" if Path(module).name in ONE_WORKER else module
+            return _unit(nodeid.split("::", 1)[0])
+
+        def _assign_work_unit(self, node) -> None:
+            for unit in reversed(LONG_UNITS):
+                for scope in [s for s in self.workqueue if Path(s).name == unit]:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
 
     return ByModule(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    strays = sorted({item.path.name for item in items if set(SHARED_SERVICES) & set(item.fixturenames)} - ONE_WORKER)
+    strays = set()
+    for item in items:
+        for unit, (fixtures, modules) in SERVICE_SETS.items():
+            if set(fixtures) & set(item.fixturenames) and item.path.name not in modules:
+                strays.add(f"{item.path.name} (uses {'/'.join(fixtures)}: add it to SERVICE_SETS['{unit}'])")
     if strays:
-        raise pytest.UsageError(
-            f"{', '.join(strays)} use the shared test services ({', '.join(SHARED_SERVICES)}): add them to "
-            "ONE_WORKER in tests/conftest.py"
-        )
+        raise pytest.UsageError(f"tests/conftest.py: {'; '.join(sorted(strays))}")
     if os.geteuid() != 0:
         for item in items:
             if item.get_closest_marker("root_only"):

@@ -165,6 +165,14 @@ def wait_for_health(root_url: str, proc: subprocess.Popen, log: Path, timeout: f
 
 
 @pytest.fixture(scope="session")
+def vllm_built() -> None:
+    """The vLLM CPU venv and the tiny model, built (a test that starts its own `vllm serve`); fails, never skips."""
+    missing = vllm_missing()
+    if missing:
+        pytest.fail(missing, pytrace=False)
+
+
+@pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory):
     """ONE real `vllm serve` (CPU) with the tiny random model for the whole session, on a free loopback port,
     behind its key (every route but /health, as `mdagent llm serve` runs it); stopped at the end by its PID. Fails

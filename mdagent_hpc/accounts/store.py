@@ -401,9 +401,15 @@ class Store:
     # -- helpers -------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _db(self, write: bool = False):
-        """A connection (a transaction when `write`); a database that fails is an AccountsError in one sentence."""
+        """A connection (a transaction when `write`); a database that fails is an AccountsError in one sentence.
+
+        On SQLite a write transaction takes the database's write lock as it begins (BEGIN IMMEDIATE): its reads and
+        writes are then one step for every other process (pysqlite would begin it only at the first write, after the
+        checks had read)."""
         try:
             with self.engine.begin() if write else self.engine.connect() as db:
+                if write and db.dialect.name == "sqlite":
+                    db.exec_driver_sql("BEGIN IMMEDIATE")
                 yield db
         except sa_exc.SQLAlchemyError as exc:
             raise self._unusable(exc) from None

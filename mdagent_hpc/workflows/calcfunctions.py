@@ -28,6 +28,26 @@ def finite(data):
     return data
 
 
+def call_without_broker(function, **inputs) -> dict:
+    """Call a calcfunction from a workchain step the way `function(**inputs)` does (same node, inputs, outputs and
+    CALL_CALC link to the step's process), but on a runner of the step's event loop with no broker connection.
+
+    In a daemon step, `function(**inputs)` runs on the daemon's runner: the process registers an RPC and a broadcast
+    subscriber with RabbitMQ and broadcasts each state change, several broker round trips for a function that runs
+    here, now, and that nobody can reach while it does (aiida-core gives a calcfunction called outside a process a
+    runner without a broker for the same reason, PR #7343). A sweep records its points with it: one round of broker
+    calls per point cost more than the record itself."""
+    from aiida.engine import Process
+    from aiida.engine.runners import Runner
+
+    current = Process.current()
+    if current is None:  # not in a step: aiida-core's own call has no broker either
+        return function(**inputs)
+    process_class = function.process_class
+    process = process_class(inputs=process_class.create_inputs(**inputs), runner=Runner(loop=current.runner.loop))
+    return process.execute()
+
+
 @calcfunction
 def preflight_script(
     script: orm.SinglefileData, limits: orm.Dict, dry: orm.Bool | None = None, **files: orm.SinglefileData

@@ -40,7 +40,7 @@ from mdagent_hpc.sweeps.spec import (
 )
 from mdagent_hpc.workflows.agent import AgentWorkChain
 from mdagent_hpc.workflows.broker import PatientWithBroker
-from mdagent_hpc.workflows.calcfunctions import finite
+from mdagent_hpc.workflows.calcfunctions import call_without_broker, finite
 from mdagent_hpc.workflows.generate import LinksOnlyNewOutputs
 from mdagent_hpc.workflows.lammps_calc import LOG
 from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
@@ -475,7 +475,7 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
                 inputs["retrieved"] = retrieved
             if failure is not None:
                 inputs["failure"] = orm.Str(failure)
-            result = record_point(**inputs)["result"]
+            result = call_without_broker(record_point, **inputs)["result"]
             self._index(result.creator)
         else:
             result = found.outputs.result

@@ -25,6 +25,7 @@ from vllm_like import VLLMLikeServer
 from mdagent_hpc.accounts.quotas import RateWindow, check_daily, next_midnight
 from mdagent_hpc.serving.gateway.app import _prepare, upstream_base
 from mdagent_hpc.serving.gateway.sse import EventSplitter, StreamTally, event_data, usage_of, usage_only
+from mdagent_hpc.serving.gateway.upstream import UpstreamError, _dechunk
 
 UPSTREAM_KEY = "upstream-" + secrets.token_hex(8)
 ANSWER = "units metal and then some more words"
@@ -127,6 +128,22 @@ def test_a_long_stream_keeps_its_text_not_its_events():
     assert tally.usage is None and tally.generated() == ("ab" * 500, 500)
     tally.feed(b"data: {cut off")
     assert tally.rest() == b"data: {cut off" and tally.generated() == ("ab" * 500, 500)
+
+
+def test_a_chunked_answer_read_in_any_pieces_gives_its_body_and_its_end():
+    body = [b"data: a\n\n", b"x" * 300, b"data: [DONE]\n\n"]
+    wire = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in body) + b"0\r\n\r\n"
+    for size in (1, 2, 7, len(wire)):  # cut anywhere, even inside a size line or a CRLF
+        buffer, out, done = bytearray(), [], False
+        for i in range(0, len(wire), size):
+            buffer += wire[i : i + size]
+            piece, done = _dechunk(buffer)
+            out.append(piece)
+        assert b"".join(out) == b"".join(body) and done and not buffer
+    with pytest.raises(UpstreamError):
+        _dechunk(bytearray(b"zz\r\ndata\r\n"))
+    with pytest.raises(UpstreamError):
+        _dechunk(bytearray(b"2\r\nabc\r\n"))
 
 
 def test_a_stream_is_made_to_end_with_usage_unless_it_already_does():

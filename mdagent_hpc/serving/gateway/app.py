@@ -34,6 +34,7 @@ from mdagent_hpc import web
 from mdagent_hpc.accounts.quotas import RateWindow, Refusal, check_daily, next_midnight, utc_day
 from mdagent_hpc.accounts.store import AccountsError, Store
 from mdagent_hpc.serving.gateway.sse import StreamTally, usage_of
+from mdagent_hpc.serving.gateway.upstream import StreamClient, UpstreamError, UpstreamTimeout
 from mdagent_hpc.web import bearer_key
 
 # path -> method: what the agent and ordinary OpenAI clients use; everything else is refused
@@ -107,6 +108,7 @@ class Gateway:
         self.rate = RateWindow()
         self.max_model_len: int | None = None  # the server's context length, once its /tokenize has said it
         self.client: httpx2.AsyncClient | None = None
+        self.streams = StreamClient(self.upstream, settings.timeout_s)  # streamed POSTs: see upstream.py
         self._audit = settings.audit_log.open("a", buffering=1) if settings.audit_log else None
         self._audit_lock = threading.Lock()
 
@@ -121,7 +123,10 @@ class Gateway:
         # trust_env=False: an http_proxy meant for the users' side must not reroute the upstream
         async with httpx2.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
             self.client = client
-            yield
+            try:
+                yield
+            finally:
+                await self.streams.aclose()
         if self._audit:
             self._audit.close()
 
@@ -278,18 +283,25 @@ class Gateway:
         ex.counted = True
 
     async def forward(self, request: Request, body: bytes, ex: Exchange, prepared: Prepared | None) -> Response:
-        url = self.upstream + ex.route + (f"?{request.url.query}" if request.url.query else "")
+        target = ex.route + (f"?{request.url.query}" if request.url.query else "")
         headers = {
             "content-type": request.headers.get("content-type", "application/json"),
             "accept": request.headers.get("accept", "*/*"),
-            "accept-encoding": "identity",  # the stream is passed on as it comes (aiter_raw), so never compressed
+            "accept-encoding": "identity",  # the stream is passed on as it comes, so never compressed
         }
         if self.settings.upstream_key is not None:
             headers["authorization"] = f"Bearer {self.settings.upstream_key.get_secret_value()}"
-        upstream_request = self.client.build_request(request.method, url, headers=headers, content=body)
         try:
-            response = await self.client.send(upstream_request, stream=True)
-        except httpx2.TimeoutException:
+            if prepared is not None and prepared.stream:
+                response = await self.streams.post(urlsplit(self.upstream).path + target, headers, body)
+                pieces = response.chunks()
+            else:
+                upstream_request = self.client.build_request(
+                    request.method, self.upstream + target, headers=headers, content=body
+                )
+                response = await self.client.send(upstream_request, stream=True)
+                pieces = response.aiter_raw()
+        except (httpx2.TimeoutException, UpstreamTimeout):
             return self.refuse(
                 ex,
                 504,
@@ -297,7 +309,7 @@ class Gateway:
                 "upstream_timeout",
                 f"the model server did not answer within {self.settings.timeout_s:g} s; try again later",
             )
-        except httpx2.TransportError:
+        except (httpx2.TransportError, UpstreamError):
             return self.refuse(
                 ex,
                 502,
@@ -320,14 +332,14 @@ class Gateway:
         content_type = response.headers.get("content-type", "application/json")
         if content_type.startswith("text/event-stream"):
             return RelayResponse(
-                self.relay(response, ex, prepared),
+                self.relay(response, pieces, ex, prepared),
                 status_code=response.status_code,
                 headers={"cache-control": "no-cache"},
                 media_type=content_type,
             )
         try:
             data = await response.aread()
-        except httpx2.TransportError:
+        except (httpx2.TransportError, UpstreamError):
             return self.refuse(
                 ex, 502, "server_error", "upstream_broken", "the model server broke off its answer; try again"
             )
@@ -342,7 +354,7 @@ class Gateway:
             data, status_code=response.status_code, media_type=content_type, background=BackgroundTask(self.finish, ex)
         )
 
-    async def relay(self, response: httpx2.Response, ex: Exchange, prepared: Prepared | None):
+    async def relay(self, response, pieces, ex: Exchange, prepared: Prepared | None):
         """Pass the stream on as it comes, reading the usage chunk (and dropping it if the user did not ask).
 
         Each read from the server is passed on at once, as the complete events it holds: one event when the gateway
@@ -352,12 +364,12 @@ class Gateway:
         """
         stream = StreamTally(keep_usage_chunk=prepared is None or prepared.wants_usage)
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in pieces:
                 if passed := stream.feed(chunk):
                     yield passed
             if rest := stream.rest():
                 yield rest
-        except httpx2.TransportError:
+        except (httpx2.TransportError, UpstreamError):
             ex.refused = "upstream_broken"  # the user sees the stream end early; the log says why
         finally:
             ex.count(stream.usage)

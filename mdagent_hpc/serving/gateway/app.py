@@ -28,7 +28,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Send
 
 from mdagent_hpc import web
 from mdagent_hpc.accounts.quotas import RateWindow, Refusal, check_daily, next_midnight, utc_day
@@ -331,7 +330,7 @@ class Gateway:
         ex.status = response.status_code
         content_type = response.headers.get("content-type", "application/json")
         if content_type.startswith("text/event-stream"):
-            return RelayResponse(
+            return StreamingResponse(
                 self.relay(response, pieces, ex, prepared),
                 status_code=response.status_code,
                 headers={"cache-control": "no-cache"},
@@ -472,39 +471,6 @@ class Gateway:
             prompt_tokens=ex.prompt_tokens - ex.reserved_prompt,
             completion_tokens=ex.completion_tokens - ex.reserved_completion,
         )
-
-
-class RelayResponse(StreamingResponse):
-    """A streaming response that writes what has piled up while it waited in one write, not one write per piece.
-
-    The stream is read in a task of its own; each time the writer runs, it sends everything read since, joined. When
-    the gateway keeps up that is one event per write, as before; when it falls behind (a busy machine, many
-    streams), the events read in one go from the server leave in one write, so the cost per event falls just when
-    the gateway needs it to.
-    """
-
-    async def stream_response(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        pieces_in, pieces_out = anyio.create_memory_object_stream[bytes](max_buffer_size=256)  # bounded: the
-        # reader waits for a slow user, as the server's stream then waits for the reader
-
-        async def read() -> None:
-            async with pieces_in:
-                async for piece in self.body_iterator:
-                    try:
-                        pieces_in.send_nowait(piece)  # no checkpoint: a burst of events is read in one go
-                    except anyio.WouldBlock:
-                        await pieces_in.send(piece)
-
-        async with anyio.create_task_group() as tasks, pieces_out:
-            tasks.start_soon(read)
-            async for piece in pieces_out:
-                pending = [piece]
-                with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
-                    while True:
-                        pending.append(pieces_out.receive_nowait())
-                await send({"type": "http.response.body", "body": b"".join(pending), "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

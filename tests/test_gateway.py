@@ -11,8 +11,11 @@ import json
 import os
 import secrets
 import signal
+import socketserver
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +28,6 @@ from vllm_like import VLLMLikeServer
 from mdagent_hpc.accounts.quotas import RateWindow, check_daily, next_midnight
 from mdagent_hpc.serving.gateway.app import _prepare, upstream_base
 from mdagent_hpc.serving.gateway.sse import EventSplitter, StreamTally, event_data, usage_of, usage_only
-from mdagent_hpc.serving.gateway.upstream import UpstreamError, _dechunk
 
 UPSTREAM_KEY = "upstream-" + secrets.token_hex(8)
 ANSWER = "units metal and then some more words"
@@ -128,22 +130,6 @@ def test_a_long_stream_keeps_its_text_not_its_events():
     assert tally.usage is None and tally.generated() == ("ab" * 500, 500)
     tally.feed(b"data: {cut off")
     assert tally.rest() == b"data: {cut off" and tally.generated() == ("ab" * 500, 500)
-
-
-def test_a_chunked_answer_read_in_any_pieces_gives_its_body_and_its_end():
-    body = [b"data: a\n\n", b"x" * 300, b"data: [DONE]\n\n"]
-    wire = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in body) + b"0\r\n\r\n"
-    for size in (1, 2, 7, len(wire)):  # cut anywhere, even inside a size line or a CRLF
-        buffer, out, done = bytearray(), [], False
-        for i in range(0, len(wire), size):
-            buffer += wire[i : i + size]
-            piece, done = _dechunk(buffer)
-            out.append(piece)
-        assert b"".join(out) == b"".join(body) and done and not buffer
-    with pytest.raises(UpstreamError):
-        _dechunk(bytearray(b"zz\r\ndata\r\n"))
-    with pytest.raises(UpstreamError):
-        _dechunk(bytearray(b"2\r\nabc\r\n"))
 
 
 def test_a_stream_is_made_to_end_with_usage_unless_it_already_does():
@@ -482,6 +468,108 @@ def test_an_unreachable_upstream_is_a_502_that_says_so(tmp, env):
     finally:
         stop_gateway(dead.proc)
     assert dead.proc.returncode is not None
+
+
+class BadUpstream(socketserver.ThreadingTCPServer):
+    """An upstream that misbehaves as the request's model says: `break` (a stream cut off in its second event),
+    `silent` (never answers), `garbage` (not HTTP); over TLS with a certificate no one trusts when given one."""
+
+    daemon_threads = allow_reuse_address = True
+
+    def __init__(self, tls: ssl.SSLContext | None = None):
+        super().__init__(("127.0.0.1", 0), BadUpstreamHandler)
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server_address[1]}/v1"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        return (self.tls.wrap_socket(sock, server_side=True) if self.tls else sock), addr
+
+
+class BadUpstreamHandler(socketserver.StreamRequestHandler):
+    def handle(self):
+        head = b""
+        while not head.endswith(b"\r\n\r\n") and (line := self.rfile.readline()):
+            head += line
+        length = int(
+            next((h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0)
+        )
+        model = json.loads(self.rfile.read(length) or b"{}").get("model")
+        if model == "silent":
+            time.sleep(5)
+        elif model == "garbage":
+            self.wfile.write(b"nonsense\r\n\r\n")
+        elif model == "break":
+            event = b"data: " + json.dumps({"choices": [{"delta": {"content": "hi"}}]}).encode() + b"\n\n"
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            )
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event) + b"%x\r\n%s" % (len(event), event[:9]))
+        else:
+            self.wfile.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+
+
+def test_an_upstream_that_breaks_off_times_out_or_is_not_trusted_is_told_without_details(tmp_path, env):
+    key = add_user(env, "olga")
+    bad = BadUpstream()
+    gw = start_gateway(tmp_path, env, bad.url, "--timeout", "1")
+    try:
+        with HTTP.stream(
+            "POST",
+            gw.url + "/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={**CHAT, "model": "break", "stream": True},
+        ) as response:
+            assert response.status_code == 200
+            assert response.read().count(b"data: ") == 1  # the whole first event, not the cut one
+        response = call(gw, "POST", "/v1/chat/completions", key, json={**CHAT, "model": "silent"})
+        assert response.status_code == 504 and "did not answer within 1 s" in response.json()["error"]["message"]
+        response = call(gw, "POST", "/v1/chat/completions", key, json={**CHAT, "model": "garbage"})
+        assert response.status_code == 502 and "cannot be reached" in response.json()["error"]["message"]
+    finally:
+        stop_gateway(gw.proc)
+    lines = [json.loads(line) for line in gw.audit.read_text().splitlines()]
+    assert [(line["status"], line["refused"]) for line in lines] == [
+        (200, "upstream_broken"),
+        (504, "upstream_timeout"),
+        (502, "upstream_unreachable"),
+    ]
+    cert, private = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(private),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, private)
+    untrusted = BadUpstream(tls)
+    gw = start_gateway(tmp_path, env, untrusted.url)
+    try:
+        response = call(gw, "POST", "/v1/chat/completions", key, json={**CHAT, "model": "break", "stream": True})
+        message = response.json()["error"]["message"]
+        assert response.status_code == 502 and "cannot be reached" in message
+        assert "127.0.0.1" not in message and "certificate" not in message.lower()
+    finally:
+        stop_gateway(gw.proc)
+    for server in (bad, untrusted):
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_users_store_works_on_postgresql_and_a_lost_database_is_a_503(tmp, env, upstream):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import anyio
 import httpx2
 from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
@@ -33,7 +34,6 @@ from mdagent_hpc import web
 from mdagent_hpc.accounts.quotas import RateWindow, Refusal, check_daily, next_midnight, utc_day
 from mdagent_hpc.accounts.store import AccountsError, Store
 from mdagent_hpc.serving.gateway.sse import StreamTally, usage_of
-from mdagent_hpc.serving.gateway.upstream import StreamClient, UpstreamError, UpstreamTimeout
 from mdagent_hpc.web import bearer_key
 
 # path -> method: what the agent and ordinary OpenAI clients use; everything else is refused
@@ -106,8 +106,7 @@ class Gateway:
         self.upstream = upstream_base(settings.upstream)
         self.rate = RateWindow()
         self.max_model_len: int | None = None  # the server's context length, once its /tokenize has said it
-        self.client: httpx2.AsyncClient | None = None
-        self.streams = StreamClient(self.upstream, settings.timeout_s)  # streamed POSTs: see upstream.py
+        self.session: aiohttp.ClientSession | None = None
         self._audit = settings.audit_log.open("a", buffering=1) if settings.audit_log else None
         self._audit_lock = threading.Lock()
 
@@ -117,15 +116,20 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app):
-        timeout = httpx2.Timeout(self.settings.timeout_s, connect=10.0)
-        limits = httpx2.Limits(max_connections=512, max_keepalive_connections=64)
-        # trust_env=False: an http_proxy meant for the users' side must not reroute the upstream
-        async with httpx2.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
-            self.client = client
-            try:
-                yield
-            finally:
-                await self.streams.aclose()
+        # aiohttp: its C parser de-chunks what one read of the socket holds in one pass (vLLM sends every token as a
+        # chunk of its own). Idle connections are closed before the server's (uvicorn's 5 s): a POST is not retried on
+        # a connection the server closed. trust_env=False: an http_proxy meant for the users' side must not reroute
+        # the upstream; auto_decompress=False: answers are passed on as they come. connect: waiting for a free
+        # connection and making one (sock_connect), like httpx2's pool and connect timeouts before.
+        connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=4.0)
+        timeout = aiohttp.ClientTimeout(
+            connect=self.settings.timeout_s, sock_connect=10.0, sock_read=self.settings.timeout_s
+        )
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, trust_env=False
+        ) as session:
+            self.session = session
+            yield
         if self._audit:
             self._audit.close()
 
@@ -258,9 +262,11 @@ class Gateway:
         if self.settings.upstream_key is not None:
             headers["authorization"] = f"Bearer {self.settings.upstream_key.get_secret_value()}"
         try:
-            response = await self.client.post(self.upstream + "/tokenize", json=request, headers=headers, timeout=30)
-            answer = response.json() if response.status_code == 200 else {}
-        except (httpx2.HTTPError, ValueError):
+            async with self.session.post(
+                self.upstream + "/tokenize", json=request, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
+            ) as response:
+                answer = json.loads(await response.read()) if response.status == 200 else {}
+        except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
         if not isinstance(answer, dict):
             return None
@@ -291,16 +297,8 @@ class Gateway:
         if self.settings.upstream_key is not None:
             headers["authorization"] = f"Bearer {self.settings.upstream_key.get_secret_value()}"
         try:
-            if prepared is not None and prepared.stream:
-                response = await self.streams.post(urlsplit(self.upstream).path + target, headers, body)
-                pieces = response.chunks()
-            else:
-                upstream_request = self.client.build_request(
-                    request.method, self.upstream + target, headers=headers, content=body
-                )
-                response = await self.client.send(upstream_request, stream=True)
-                pieces = response.aiter_raw()
-        except (httpx2.TimeoutException, UpstreamTimeout):
+            response = await self.session.request(request.method, self.upstream + target, headers=headers, data=body)
+        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors (and ClientErrors)
             return self.refuse(
                 ex,
                 504,
@@ -308,7 +306,7 @@ class Gateway:
                 "upstream_timeout",
                 f"the model server did not answer within {self.settings.timeout_s:g} s; try again later",
             )
-        except (httpx2.TransportError, UpstreamError):
+        except aiohttp.ClientError:
             return self.refuse(
                 ex,
                 502,
@@ -317,8 +315,8 @@ class Gateway:
                 "the model server behind this gateway cannot be reached (it may be starting or "
                 "stopped); try again later or tell your mdagent admin",
             )
-        if response.status_code in (401, 403):
-            await response.aclose()
+        if response.status in (401, 403):
+            response.release()
             return self.refuse(
                 ex,
                 502,
@@ -327,33 +325,33 @@ class Gateway:
                 "the model server refused the gateway's own key; tell your mdagent admin (the gateway's "
                 "--upstream-key or MDAGENT_GATEWAY_UPSTREAM_KEY is wrong)",
             )
-        ex.status = response.status_code
+        ex.status = response.status
         content_type = response.headers.get("content-type", "application/json")
         if content_type.startswith("text/event-stream"):
             return StreamingResponse(
-                self.relay(response, pieces, ex, prepared),
-                status_code=response.status_code,
+                self.relay(response, ex, prepared),
+                status_code=response.status,
                 headers={"cache-control": "no-cache"},
                 media_type=content_type,
             )
         try:
-            data = await response.aread()
-        except (httpx2.TransportError, UpstreamError):
+            data = await response.read()
+        except (aiohttp.ClientError, TimeoutError):
             return self.refuse(
                 ex, 502, "server_error", "upstream_broken", "the model server broke off its answer; try again"
             )
         finally:
-            await response.aclose()
-        if response.status_code == 200 and content_type.startswith("application/json"):
+            response.release()
+        if response.status == 200 and content_type.startswith("application/json"):
             with contextlib.suppress(ValueError):
                 ex.count(usage_of(json.loads(data)))
             if not ex.counted:  # a server that does not say what it used: the reservation is the charge
                 ex.prompt_tokens, ex.completion_tokens = ex.reserved_prompt, ex.reserved_completion
         return Response(
-            data, status_code=response.status_code, media_type=content_type, background=BackgroundTask(self.finish, ex)
+            data, status_code=response.status, media_type=content_type, background=BackgroundTask(self.finish, ex)
         )
 
-    async def relay(self, response, pieces, ex: Exchange, prepared: Prepared | None):
+    async def relay(self, response: aiohttp.ClientResponse, ex: Exchange, prepared: Prepared | None):
         """Pass the stream on as it comes, reading the usage chunk (and dropping it if the user did not ask).
 
         Each read from the server is passed on at once, as the complete events it holds: one event when the gateway
@@ -363,17 +361,17 @@ class Gateway:
         """
         stream = StreamTally(keep_usage_chunk=prepared is None or prepared.wants_usage)
         try:
-            async for chunk in pieces:
+            async for chunk in response.content.iter_any():  # what one read of the socket holds, de-chunked
                 if passed := stream.feed(chunk):
                     yield passed
             if rest := stream.rest():
                 yield rest
-        except (httpx2.TransportError, UpstreamError):
+        except (aiohttp.ClientError, TimeoutError):
             ex.refused = "upstream_broken"  # the user sees the stream end early; the log says why
         finally:
             ex.count(stream.usage)
+            response.release()  # kept for the next request when read to the end, else closed
             with anyio.CancelScope(shield=True):  # also when the user went away mid-stream
-                await response.aclose()
                 with contextlib.suppress(Exception):  # counting must not stop the charge below
                     await self.count_unreported(ex, prepared.payload if prepared else None, stream)
                 await run_in_threadpool(self.finish, ex)

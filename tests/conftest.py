@@ -140,9 +140,17 @@ def copy_example(src: Path, dest: Path) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_home(tmp_path_factory):
-    """The test session gets its own MDAGENT_HOME (config, AiiDA profile, caches), never the developer's."""
+    """The test session gets its own MDAGENT_HOME (config, AiiDA profile, caches), never the developer's, and AiiDA's
+    folder in it before any test runs: AiiDA fixes its folder when first imported, and a test that imported a module
+    using AiiDA before any profile was loaded left every later test on that worker on ~/.aiida."""
+    from mdagent_hpc.execution.profile import configure_environment
+
     os.environ["MDAGENT_HOME"] = str(tmp_path_factory.mktemp("mdagent-home"))
     os.environ.pop("MDAGENT_SITE_POTENTIALS", None)
     os.environ.pop("MDAGENT_AIIDA_PROFILE", None)
+    configure_environment()
+    from aiida.manage.configuration.settings import AiiDAConfigDir
+
+    AiiDAConfigDir.set()  # fixed here, whatever a test later does to AIIDA_PATH (and if collecting imported AiiDA)
     for key in [k for k in os.environ if k.startswith("MDAGENT_LLM_")]:
         os.environ.pop(key)

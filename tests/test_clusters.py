@@ -366,21 +366,6 @@ def test_node_failure_mid_run_is_resubmitted(sites, slurm):
 
 
 @pytest.mark.root_only
-def test_walltime_with_policy_restart_exposes_the_restart_file(sites):
-    script = good(steps=5_000_000, extra="restart         500 cont.restart cont.restart\n")
-    node = run_job("slurm-walltime", script)
-    assert node.exit_status == 420, node.exit_message
-    (calc,) = jobs_of(node)
-    assert calc.exit_status == 120 and calc.outputs.results["accounting"]["State"] == "TIMEOUT"
-    assert calc.outputs.results["restart_files"] == ["cont.restart"]
-    assert node.outputs.job["fault"] == "walltime" and node.outputs.job["action"] == "restart"
-    (restart,) = node.outputs.restart_files.values()
-    assert restart.filename == "cont.restart" and restart.get_content(mode="rb")[:4]  # a LAMMPS binary restart
-    # made from the job's retrieved files by the restart_files calcfunction, so provenance shows where it came from
-    assert restart.creator.inputs.retrieved.pk == calc.outputs.retrieved.pk
-
-
-@pytest.mark.root_only
 def test_lammps_error_is_not_retried(sites):
     node = run_job(
         "slurm-local", good().replace("run             2000", "run 2000\nfix 9 all nonesuch"), node_failure="resubmit"
@@ -553,7 +538,7 @@ def test_daemon_restart_mid_run_loses_nothing(sites):
 
 # ------------------------------------------------------------------------------------------------ the agent's side
 @pytest.mark.root_only
-def test_agent_continues_from_the_restart_file_after_a_walltime_cut(sites):
+def test_a_walltime_cut_exposes_the_restart_file_and_the_agent_continues_from_it(sites):
     continuation = (DEMO / "good.lammps").read_text()
     continuation = re.sub(
         r"(?s)^.*?pair_style", "units           metal\nread_restart    cont.restart\npair_style", continuation
@@ -569,8 +554,16 @@ def test_agent_continues_from_the_restart_file_after_a_walltime_cut(sites):
     summary = json.loads(result.stdout)
     assert summary["verdict"] == "passed", result.stderr[-3000:]
     steps = called(summary["pk"])
-    first = lammps_job(steps["run_1"])
+    # the cut job: policy `restart` exposes the restart file, made from the job's retrieved files by a calcfunction
+    (first,) = jobs_of(steps["run_1"])
+    assert steps["run_1"].exit_status == 420, steps["run_1"].exit_message
     assert first.exit_status == 120 and first.outputs.results["accounting"]["State"] == "TIMEOUT"
+    assert first.outputs.results["restart_files"] == ["cont.restart"]
+    assert steps["run_1"].outputs.job["fault"] == "walltime" and steps["run_1"].outputs.job["action"] == "restart"
+    (restart,) = steps["run_1"].outputs.restart_files.values()
+    assert restart.filename == "cont.restart" and restart.get_content(mode="rb")[:4]  # a LAMMPS binary restart
+    assert restart.creator.inputs.retrieved.pk == first.outputs.retrieved.pk
+    # the agent is told, and the next script reads it
     assert "cont.restart" in second_prompt and "read_restart" in second_prompt
     staged = lammps_job(steps["run_2"]).inputs.files
     assert [node.filename for node in staged.values()] == ["cont.restart"]

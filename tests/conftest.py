@@ -39,8 +39,8 @@ def pytest_configure(config):
 
 
 # -- workers (tests/run.sh: -n 3): each module whole and in order on one worker; a shared service's modules on one ---
-# A module that uses the test Slurm cluster or sshd (fixtures `slurm`, `sshd`) is in SLURM_MODULES, one that uses the
-# session's vLLM server (`vllm_server`) in VLLM_MODULES. Each set runs on one worker, one module after another, so
+# A module that uses the test Slurm cluster or sshd (fixtures `slurm`, `sshd`) is in SERVICE_SETS["slurm"], one that
+# uses the session's vLLM server (`vllm_server`) in SERVICE_SETS["vllm"]. Each set runs on one worker, in turn, so
 # that two workers never start a service twice or fill the cluster's slots under each other; the two sets can run
 # side by side. Every other module is its own unit (its tests keep their order: several build on the ones before).
 # A module that asks for one of those fixtures and is not in its set fails the collection.
@@ -62,8 +62,9 @@ SERVICE_SETS = {
         {"test_bench.py", "test_gateway.py", "test_gateway_budget.py", "test_llm_real.py", "test_llm_shared_server.py"},
     ),
 }
-# Units handed out first, longest first (measured with --durations), so that no long unit starts last.
-LONG_UNITS = ("slurm", "vllm", "test_deploy_path.py", "test_query.py", "test_hostile.py", "test_interrupt.py")
+# Units handed out first, longest first (--durations of a three-worker run: the Slurm set ~20 min, the vLLM set ~7,
+# then these modules 2.5-5 min each), so that no long unit starts last.
+LONG_UNITS = ("slurm", "vllm", "test_hostile.py", "test_query.py", "test_deploy_path.py", "test_server.py")
 
 
 def _unit(module: str) -> str:

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -172,9 +174,12 @@ def main() -> None:
     )
     parser.add_argument("--budget", type=int, help="give the bench user a daily token budget (reserve and settle)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the users db, audit log and logs (removed at exit)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mdagent-bench-gateway-"))
+    if not args.keep:
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     env = {**os.environ, "MDAGENT_HOME": str(tmp), "MDAGENT_USERS_DB": f"sqlite:///{tmp / 'users.db'}"}
     procs = []
     try:
@@ -269,7 +274,7 @@ def main() -> None:
         f"gateway CPU: {result['gateway_cpu_us_per_chunk']:.1f} us per streamed chunk, so "
         f"{result['gateway_cores_needed']:.2f} of a core to keep up with the direct rate"
     )
-    print(f"audit log: {len(audit)} lines; users db and logs in {tmp}")
+    print(f"audit log: {len(audit)} lines" + (f"; users db and logs in {tmp}" if args.keep else ""))
     print(
         f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a busy machine lowers the ratio)"
     )

@@ -18,8 +18,10 @@ A breakdown from the provenance says where the rest went. Timings are printed, n
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -136,6 +138,7 @@ def main() -> None:
     print("starting the test cluster ...", file=sys.stderr)
     subprocess.run(["bash", str(REPO / "schedulers/slurm-local/start.sh")], check=True, stdout=subprocess.DEVNULL)
     home = Path(tempfile.mkdtemp(prefix="mdagent-bench-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)  # its profile, sweep folders and jobs' work folders
     os.environ["MDAGENT_HOME"] = str(home)
     try:
         from mdagent_hpc.execution.profile import configure_environment, ensure_profile

@@ -80,7 +80,7 @@ def breakdown(pk: int) -> dict:
         "sweep": (node.mtime - node.ctime).total_seconds(),
         "validate": span(by.get("validate", [])),
         "pilots": [round((p.mtime - p.ctime).total_seconds(), 1) for p in by.get("pilot", [])],
-        "records": sum((n.mtime - n.ctime).total_seconds() for n in by.get("record", [])),
+        "records": sum((n.mtime - n.ctime).total_seconds() for n in by.get("record", []) + by.get("logs", [])),
         "records_n": len(by.get("record", [])),
         "table": span(by.get("results", [])),
         "lammps_seconds": lammps,

@@ -57,12 +57,16 @@ def record_point(
     log_name: orm.Str,
     retrieved: orm.FolderData | None = None,
     failure: orm.Str | None = None,
+    log: orm.SinglefileData | None = None,
 ) -> dict:
-    """One point of a sweep: its result (models: PointResult), its log and the thermo rows of its production run."""
+    """One point of a sweep: its result (models: PointResult), its log and the thermo rows of its production run.
+
+    The log is `log` (a pilot's point: `pilot_logs` took it out of the pilot's folder) or `log_name` in `retrieved`
+    (a point's own job)."""
     data = point.get_dict()
     spec_point = Point(id=data["id"], vars=data["vars"])
     names = retrieved.base.repository.list_object_names(_folder(log_name.value)) if retrieved is not None else []
-    if retrieved is None or log_name.value.rsplit("/", 1)[-1] not in names:
+    if log is None and (retrieved is None or log_name.value.rsplit("/", 1)[-1] not in names):
         problem = failure.value if failure is not None else "LAMMPS wrote no log"
         result = PointResult(
             id=spec_point.id,
@@ -73,20 +77,22 @@ def record_point(
             template=data.get("template", 1),
         )
         return {"result": orm.Dict(result.model_dump(mode="json"))}
-    text = retrieved.base.repository.get_object_content(log_name.value, mode="r")
-    log = parse_log(text)
+    text = (
+        log.get_content() if log is not None else retrieved.base.repository.get_object_content(log_name.value, mode="r")
+    )
+    parsed = parse_log(text)
     from mdagent_hpc.sweeps.spec import Observable
 
     result = point_result(
         spec_point,
-        log,
+        parsed,
         template.get_content(),
         [Observable(**o) for o in observables.get_list()],
         data.get("template", 1),
     )
     if failure is not None and result.ok:  # the job failed although its log looks fine (e.g. cut by the scheduler)
         result.ok, result.problems = False, [failure.value]
-    block = production(log)
+    block = production(parsed)
     thermo = {"columns": block.columns, "rows": block.rows} if block else {"columns": [], "rows": []}
     return {
         "result": orm.Dict(finite(result.model_dump(mode="json"))),
@@ -97,6 +103,22 @@ def record_point(
 
 def _folder(path: str) -> str | None:
     return path.rsplit("/", 1)[0] if "/" in path else None
+
+
+@calcfunction
+def pilot_logs(retrieved: orm.FolderData, points: orm.List) -> dict:
+    """The log of each of `points` that the pilot's retrieved folder holds (`points/ID/log.lammps`), a node each.
+
+    One call per batch: a calcfunction's inputs are hashed again when it is stored, so a pilot's whole folder as an
+    input of every point's record cost each record a pass over every point's log (1,000 points: ~2.8 s a record)."""
+    folder = retrieved.base.repository
+    ran = set(folder.list_object_names("points")) if "points" in folder.list_object_names() else set()
+    logs = {}
+    for pid in points.get_list():
+        if pid in ran and LOG in folder.list_object_names(f"points/{pid}"):
+            content = folder.get_object_content(f"points/{pid}/{LOG}", mode="rb")
+            logs[pid] = orm.SinglefileData(io.BytesIO(content), filename=LOG)
+    return logs
 
 
 @calcfunction
@@ -386,14 +408,14 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         missing); a point none of them ran is recorded as failed."""
         pilot = self.ctx.pilot
         ended = pilot.outputs.results.get_dict() if "results" in pilot.outputs else {}
-        retrieved = pilot.outputs.retrieved if "retrieved" in pilot.outputs else None
+        logs = self._pilot_logs(pilot) if "retrieved" in pilot.outputs else {}
         for pid in self.ctx.launched:
             failure = None
             if pid not in ended:
                 failure = f"the pilot did not run this point ({pilot.exit_message or pilot.process_state.value})"
             elif ended[pid].get("returncode") != 0:  # None: refused by the sandbox policy with these values
                 failure = ended[pid].get("error") or f"LAMMPS exited with {ended[pid].get('returncode')}"
-            self._record(pid, retrieved, f"points/{pid}/{LOG}", failure)
+            self._record(pid, None, f"points/{pid}/{LOG}", failure, log=logs.get(pid))
         self.ctx.launched = []
         self._remember()
 
@@ -458,7 +480,16 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         self._record(pid, agent.outputs.retrieved, LOG, None)
         return True
 
-    def _record(self, pid: str, retrieved, log_name: str, failure: str | None) -> None:
+    def _pilot_logs(self, pilot) -> dict:
+        """The batch's logs out of the pilot's folder, by `pilot_logs` (once: found again after a restart)."""
+        label = f"logs_{self.ctx.pilot_round}"
+        found = self._child(label)
+        if found is None:
+            inputs = {"retrieved": pilot.outputs.retrieved, "points": orm.List(list(self.ctx.launched))}
+            return call_without_broker(pilot_logs, **inputs, metadata={"call_link_label": label})
+        return {link.link_label: link.node for link in found.base.links.get_outgoing(link_type=LinkType.CREATE).all()}
+
+    def _record(self, pid: str, retrieved, log_name: str, failure: str | None, log=None) -> None:
         n = self.ctx.template_number
         label = f"record_{pid}_t{n}"
         found = self._child(label)
@@ -473,6 +504,8 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
             }
             if retrieved is not None:
                 inputs["retrieved"] = retrieved
+            if log is not None:
+                inputs["log"] = log
             if failure is not None:
                 inputs["failure"] = orm.Str(failure)
             result = call_without_broker(record_point, **inputs)["result"]

@@ -1,20 +1,8 @@
 """The session's shared `vllm serve` (CPU build, tiny model; tests/services.py `vllm_server`): behind its key on every
 route, and found by runs through the endpoint registry."""
 
-import json
-import urllib.error
-import urllib.request
-
 import pytest
-
-
-def get(url: str, key: str | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, json.loads(answer.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, {}
+from test_llm_serve import get  # GET with the key, (status, JSON)
 
 
 @pytest.mark.slow

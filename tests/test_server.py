@@ -606,3 +606,98 @@ def test_a_running_run_is_cancelled_through_the_server_by_its_owner_only(shared)
     shown = json.loads(ok(mdagent("show", str(sent["pk"]), "--json", env=client, key=keys["alice"])).stdout)
     assert shown["verdict"] != "running" and shown["state"] == "killed", shown
     assert provenance(shared, sent["pk"])["state"] == "killed"
+
+
+class HoldingProxy:
+    """A TCP relay in front of the server that holds the answer to the run's submission (POST .../runs) until the
+    test releases it: the moment a user's Ctrl-C can land while the server has made the run but the client has not
+    heard of it."""
+
+    def __init__(self, upstream_port: int):
+        import socket
+        import threading
+
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client) -> None:
+        import socket
+        import threading
+
+        with client, socket.create_connection(self.upstream) as server:
+            first = client.recv(65536)
+            server.sendall(first)
+            hold = first.startswith(b"POST /api/v1/runs ")
+            threading.Thread(target=self._pipe, args=(client, server), daemon=True).start()
+            while chunk := server.recv(65536):
+                if hold:
+                    self.held.set()
+                    assert self.release.wait(120)
+                    hold = False
+                client.sendall(chunk)
+
+    @staticmethod
+    def _pipe(source, target) -> None:
+        try:
+            while chunk := source.recv(65536):
+                target.sendall(chunk)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.release.set()
+        self.listener.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_submission_is_on_its_way_cancels_the_run_the_server_made(shared):
+    """`mdagent run` interrupted after the server made the run but before its answer reached the client: the run is
+    cancelled once the answer comes, not left running unseen, and the command says so (no 'Aborted!')."""
+    import re
+
+    client, keys = shared["client"], shared["keys"]
+    with shared["model"]._lock:
+        shared["model"].answers.appendleft(GOOD.replace("run             2000", "run             2000000"))
+    proxy = HoldingProxy(shared["port"])
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mdagent_hpc.cli", "run", TASK + " (ctrl-c on submit)"],
+            env={**client, "MDAGENT_SERVER": proxy.url, "MDAGENT_API_KEY": keys["alice"]},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proxy.held.wait(120), "the submission never reached the server"
+            proc.send_signal(signal.SIGINT)
+            time.sleep(1)  # the signal lands while the client waits for the answer
+            proxy.release.set()
+            out, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        proxy.close()
+    printed = out + err
+    assert "Traceback" not in printed and "Aborted" not in printed, printed
+    assert proc.returncode == 1, (proc.returncode, printed)
+    cancelled = re.search(r"Ctrl-C: (?:run )?(\d+) cancelled", printed)
+    assert cancelled, printed
+    pk = int(cancelled.group(1))
+    shown = json.loads(ok(mdagent("show", str(pk), "--json", env=client, key=keys["alice"])).stdout)
+    assert shown["verdict"] != "running" and shown["state"] == "killed", shown

@@ -7,8 +7,11 @@ a run you may not read, a quota) is an `MDAgentError` with the server's sentence
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -113,40 +116,78 @@ def load_profile():
 
 
 def submit(request):
+    return get_run(_post_run(request))
+
+
+def _post_run(request) -> int:
     if request.answers:
         raise MDAgentError("a request with recorded answers runs only in your own process; unset MDAGENT_SERVER")
-    done = call("POST", "/runs", json={"request": request.model_dump(mode="json")})
-    return get_run(done["pk"])
+    return call("POST", "/runs", json={"request": request.model_dump(mode="json")})["pk"]
 
 
 def run(request):
-    """Submit through the server and wait for the end, showing the run's progress on stderr."""
-    return wait(submit(request).pk)
+    """Submit through the server and wait for the end, showing the run's progress on stderr. Ctrl-C, from the moment
+    the command starts, cancels the run (once the server has answered with it) and shows its end; a second Ctrl-C
+    stops waiting."""
+    pk = None
+    with _ctrl_c_noted() as pressed:
+        try:
+            pk = _post_run(request)
+            return _wait(pk, pressed)
+        except KeyboardInterrupt:  # the second Ctrl-C
+            if pk is None:
+                print("stopped; if the server made the run, `mdagent runs` lists it", file=sys.stderr)
+            else:
+                print(f"stopped waiting; `mdagent show {pk}` shows how run {pk} ended", file=sys.stderr)
+            raise
 
 
-def wait(pk: int):
+@contextlib.contextmanager
+def _ctrl_c_noted():
+    """Within: Ctrl-C is counted, not raised (the yielded function gives the count); a second one interrupts. So a
+    Ctrl-C that comes while a request is on its way is never lost between two statements."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: 0
+        return
+    count = [0]
+
+    def note(signum, frame):
+        count[0] += 1
+        if count[0] > 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield lambda: count[0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _wait(pk: int, pressed) -> Any:
     from rich.console import Console
 
-    console = Console(stderr=True)
     cancelled = False
-    with console.status(f"run {pk} on {server_url()} ... (Ctrl-C cancels it)") as shown:
+    with Console(stderr=True).status(f"run {pk} on {server_url()} ... (Ctrl-C cancels it)") as shown:
         while True:
-            try:
-                found = get_run(pk)
-                if found.verdict != "running":
-                    return found
-                shown.update(f"run {pk} on {server_url()}: {found.state}, {len(found.attempts)} attempt(s) done")
-                time.sleep(POLL_SECONDS)
-            except KeyboardInterrupt:
-                if cancelled:  # a second Ctrl-C: stop waiting for the cancelled run to end
-                    print(f"stopped waiting; `mdagent show {pk}` shows how run {pk} ended", file=sys.stderr)
-                    raise
-                cancelled = True  # as a local run: Ctrl-C cancels it, then its end is shown
+            if pressed() and not cancelled:  # as a local run: Ctrl-C cancels it, then its end is shown
+                cancelled = True
                 try:
                     said = cancel(pk)
                 except MDAgentError as exc:  # it ended meanwhile, or the server is gone: say so, and wait on
                     said = str(exc)
                 print(f"Ctrl-C: {said} (Ctrl-C again stops waiting)", file=sys.stderr)
+            found = get_run(pk)
+            if found.verdict != "running":
+                return found
+            shown.update(f"run {pk} on {server_url()}: {found.state}, {len(found.attempts)} attempt(s) done")
+            _sleep_unless(pressed, cancelled)
+
+
+def _sleep_unless(pressed, cancelled: bool) -> None:
+    """Sleep one poll, ended early by a first Ctrl-C (the signal handler does not interrupt time.sleep)."""
+    end = time.monotonic() + POLL_SECONDS
+    while time.monotonic() < end and (cancelled or not pressed()):
+        time.sleep(0.05)
 
 
 def cancel(pk, by=None) -> str:  # the server knows who asks: the key's user

@@ -49,6 +49,31 @@ from mdagent_hpc.workflows.owned import OwnedSteps
 ENGINES = ("calcjob", "parsl")
 
 
+class PointRecord(orm.Dict):
+    """A sweep point's result (sweep.results.PointResult), as `record_point` makes it.
+
+    A Dict compares by content, read from the database on both sides; AiiDA checks each input link of a process
+    against those already given with ==, so the table's calcfunction with a Dict per point made N² database reads
+    (1,000 points: about 15 minutes). A record is itself: it compares by identity, as nodes do."""
+
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if isinstance(other, PointRecord):
+            return self._identity() == other._identity()
+        return orm.Node.__eq__(self, other)
+
+    def __hash__(self):
+        return hash(self._identity())
+
+    def _identity(self) -> str:
+        """The node's UUID, read once: it never changes, and each read is a trip through the ORM (~20 us), which
+        the link checks above make N² times."""
+        if getattr(self, "_uuid_read", None) is None:
+            self._uuid_read = self.uuid
+        return self._uuid_read
+
+
 @calcfunction
 def record_point(
     template: orm.SinglefileData,
@@ -76,7 +101,7 @@ def record_point(
             problems=[problem],
             template=data.get("template", 1),
         )
-        return {"result": orm.Dict(result.model_dump(mode="json"))}
+        return {"result": PointRecord(result.model_dump(mode="json"))}
     text = (
         log.get_content() if log is not None else retrieved.base.repository.get_object_content(log_name.value, mode="r")
     )
@@ -95,7 +120,7 @@ def record_point(
     block = production(parsed)
     thermo = {"columns": block.columns, "rows": block.rows} if block else {"columns": [], "rows": []}
     return {
-        "result": orm.Dict(finite(result.model_dump(mode="json"))),
+        "result": PointRecord(finite(result.model_dump(mode="json"))),
         "log": orm.SinglefileData(io.BytesIO(text.encode()), filename="log.lammps"),
         "thermo": orm.Dict(finite(thermo)),
     }

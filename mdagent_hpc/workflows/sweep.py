@@ -470,7 +470,20 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _sweep(self) -> SweepSpec:
-        return SweepSpec(**self.inputs.sweep.get_dict())
+        return SweepSpec(**self._spec_dict())
+
+    def _spec_dict(self) -> dict:
+        """The spec, read once per process (a stored node's attributes are read from the database at each use)."""
+        if getattr(self, "_spec_read", None) is None:
+            self._spec_read = self.inputs.sweep.get_dict()
+        return self._spec_read
+
+    def _template_text(self) -> str:
+        """The current template's text, read once per template."""
+        template = self.ctx.template
+        if getattr(self, "_template_read", (None, None))[0] != template.pk:
+            self._template_read = (template.pk, template.get_content())
+        return self._template_read[1]
 
     def _agent(self, task: str, point: Point, label: str):
         if (found := self._child(label)) is not None:  # launched before a restart: not asked again
@@ -547,7 +560,7 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         from mdagent_hpc.provenance.query import record_run
 
         try:
-            record_run(record)
+            record_run(record, sweep=self.node, spec=self._spec_dict(), template=self._template_text())
         except Exception as exc:  # noqa: BLE001 (the point stands; `mdagent runs index` records it again)
             self.logger.warning(
                 f"could not record the query fields of point {record.pk} ({exc}); "

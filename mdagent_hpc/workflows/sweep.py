@@ -47,6 +47,7 @@ from mdagent_hpc.workflows.lammps_job import LammpsJobWorkChain
 from mdagent_hpc.workflows.owned import OwnedSteps
 
 ENGINES = ("calcjob", "parsl")
+RECORDS_PER_STEP = 25  # a kill (Ctrl-C, `mdagent cancel`) and a checkpoint wait for at most this many records
 
 
 class PointRecord(orm.Dict):
@@ -241,7 +242,7 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
             if_(cls.needs_template)(cls.validate, cls.check_validation),
             while_(cls.has_work)(
                 if_(cls.should_correct)(cls.correct, cls.check_correction),
-                if_(cls.has_pending)(cls.launch, cls.collect),
+                if_(cls.has_pending)(cls.launch, cls.collect, while_(cls.has_unrecorded)(cls.record_some)),
             ),
             cls.finalize,
         )
@@ -417,31 +418,46 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         return ToContext(**jobs)
 
     def collect(self):
+        """What each point of the batch left (its log, or why it failed), recorded by `record_some`."""
         if self.inputs.engine.value == "parsl":
-            self._collect_pilot()
-            return
-        for pid in self.ctx.launched:
-            job = self.ctx[f"job_{pid}"]
-            retrieved = job.outputs.retrieved if "retrieved" in job.outputs else None
-            failure = None if job.is_finished_ok else job.exit_message or f"job {job.process_state.value}"
-            self._record(pid, retrieved, LOG, failure)
+            self.ctx.unrecorded = self._pilot_outcomes()
+        else:
+            self.ctx.unrecorded = []
+            for pid in self.ctx.launched:
+                job = self.ctx[f"job_{pid}"]
+                failure = None if job.is_finished_ok else job.exit_message or f"job {job.process_state.value}"
+                retrieved = job.outputs.retrieved.pk if "retrieved" in job.outputs else None
+                self.ctx.unrecorded.append({"pid": pid, "retrieved": retrieved, "log_name": LOG, "failure": failure})
         self.ctx.launched = []
-        self._remember()
 
-    def _collect_pilot(self):
-        """Record the points the pilot jobs ended (PilotBaseWorkChain submitted the job again while some were
-        missing); a point none of them ran is recorded as failed."""
+    def _pilot_outcomes(self) -> list[dict]:
+        """The points the pilot jobs ended (PilotBaseWorkChain submitted the job again while some were missing);
+        a point none of them ran is recorded as failed."""
         pilot = self.ctx.pilot
         ended = pilot.outputs.results.get_dict() if "results" in pilot.outputs else {}
         logs = self._pilot_logs(pilot) if "retrieved" in pilot.outputs else {}
+        outcomes = []
         for pid in self.ctx.launched:
             failure = None
             if pid not in ended:
                 failure = f"the pilot did not run this point ({pilot.exit_message or pilot.process_state.value})"
             elif ended[pid].get("returncode") != 0:  # None: refused by the sandbox policy with these values
                 failure = ended[pid].get("error") or f"LAMMPS exited with {ended[pid].get('returncode')}"
-            self._record(pid, None, f"points/{pid}/{LOG}", failure, log=logs.get(pid))
-        self.ctx.launched = []
+            log = logs[pid].pk if pid in logs else None
+            outcomes.append({"pid": pid, "log": log, "log_name": f"points/{pid}/{LOG}", "failure": failure})
+        return outcomes
+
+    def has_unrecorded(self):
+        return bool(self.ctx.get("unrecorded"))
+
+    def record_some(self):
+        """Record the next few points of the batch (a step each few, so that a kill or a checkpoint never waits
+        for a whole batch: 1,000 records take minutes)."""
+        chunk, self.ctx.unrecorded = self.ctx.unrecorded[:RECORDS_PER_STEP], self.ctx.unrecorded[RECORDS_PER_STEP:]
+        for outcome in chunk:
+            retrieved = orm.load_node(outcome["retrieved"]) if outcome.get("retrieved") else None
+            log = orm.load_node(outcome["log"]) if outcome.get("log") else None
+            self._record(outcome["pid"], retrieved, outcome["log_name"], outcome["failure"], log=log)
         self._remember()
 
     def _remember(self) -> None:

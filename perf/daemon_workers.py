@@ -115,13 +115,12 @@ def wait_sealed(pk: int, timeout: float) -> None:
 def records(pk: int, points: int) -> list[float]:
     """Each point's LAMMPS seconds; Failed unless every point was recorded exactly once and passed."""
     from aiida import orm
-    from aiida.common.links import LinkType
 
-    node = orm.load_node(pk)
+    from mdagent_hpc.provenance.sweeps import recorded_points
+
     found: dict[str, list] = {}
-    for link in node.base.links.get_outgoing(link_type=LinkType.CALL_CALC).all():
-        if link.link_label.startswith("record_"):
-            found.setdefault(link.node.inputs.point["id"], []).append(link.node.outputs.result)
+    for record in recorded_points(orm.load_node(pk)):
+        found.setdefault(record["id"], []).append(record)
     twice = sorted(pid for pid, results in found.items() if len(results) > 1)
     failed = sorted(pid for pid, results in found.items() if not all(r["ok"] for r in results))
     if len(found) != points or twice or failed:

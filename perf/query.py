@@ -5,10 +5,10 @@ writes, with PostgreSQL's COPY straight into AiiDA's node table, 100k AgentWorkC
 type, process state, exit status as AiiDA stores them) each with a `query` extra shaped exactly like the one a real
 run records (same keys as `query.record.index_record`, checked below), drawn at random from a small world of
 tasks, elements, potentials, sites, models, users and outcomes over the last year; 10% of them sweep points
-(`record_point` nodes with parameters). Next to them `--others` (default 4) plain Dict nodes per run, so the table
-holds other nodes as a real profile does. The queries do not know this: they go through the same
-`provenance.query.search` as `mdagent runs query`, on a profile made by `ensure_postgres_profile`, with the indexes
-`mdagent runs index` makes (`provenance.query.INDEXES`).
+(SweepPoint nodes with parameters, as `record_points` makes them). Next to them `--others` (default 4) plain Dict
+nodes per run, so the table holds other nodes as a real profile does. The queries do not know this: they go
+through the same `provenance.query.search` as `mdagent runs query`, on a profile made by `ensure_postgres_profile`,
+with the indexes `mdagent runs index` makes (`provenance.query.INDEXES`).
 
 Each query: one warm-up, then the median of `--repeat` (5) timed calls of `search(build_query(...))`, the whole
 Python path (QueryBuilder, SQL, rows). The same queries on an empty profile are the baseline, in the same run.
@@ -155,6 +155,8 @@ def fill(database: str, runs: int, others: int, user_id: int) -> float:
     """COPY `runs` run nodes (+ `others` Dict nodes each) into the node table; returns seconds."""
     import psycopg
 
+    from mdagent_hpc.provenance import POINT_NODE_TYPE
+
     rng = random.Random(12)
     now = datetime.now(tz=UTC)
     start = time.monotonic()
@@ -169,24 +171,17 @@ def fill(database: str, runs: int, others: int, user_id: int) -> float:
                 record, status = make_record(rng, point)
                 ctime = now - timedelta(seconds=rng.uniform(0, 365 * 86400))
                 mtime = ctime + timedelta(seconds=record["seconds"])
-                if point:
-                    kind = (
-                        "process.calculation.calcfunction.CalcFunctionNode.",
-                        "mdagent_hpc.workflows.sweep.record_point",
-                        "record_point",
-                    )
+                if point:  # a SweepPoint: a Dict of the point's result, no process
+                    kind = (POINT_NODE_TYPE, None)
+                    attributes = {"id": record["point"], "vars": record["params"], "ok": record["verdict"] == "passed"}
                 else:
-                    kind = (
-                        "process.workflow.workchain.WorkChainNode.",
-                        "aiida.workflows:mdagent.agent",
-                        "AgentWorkChain",
-                    )
-                attributes = {
-                    "process_state": "finished",
-                    "exit_status": status,
-                    "sealed": True,
-                    "process_label": kind[2],
-                }
+                    kind = ("process.workflow.workchain.WorkChainNode.", "aiida.workflows:mdagent.agent")
+                    attributes = {
+                        "process_state": "finished",
+                        "exit_status": status,
+                        "sealed": True,
+                        "process_label": "AgentWorkChain",
+                    }
                 extras = {
                     "query": record,
                     "task": record["task"],

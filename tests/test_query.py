@@ -250,12 +250,13 @@ T = spec.parameters[0].model_copy(update={"values": [0.6, 1.2], "start": None, "
 sweep = api.sweep(spec.model_copy(update={"parameters": [T]}))
 assert sweep.verdict == "passed", sweep
 from aiida import orm
+from mdagent_hpc.provenance.sweeps import recorded_points
 pks["sweep"] = sweep.pk
 for child in orm.load_node(sweep.pk).called:
     if child.process_type == "aiida.workflows:mdagent.agent":
         pks["probe"] = child.pk
-    elif child.process_type.endswith("record_point"):
-        pks[f"T{child.outputs.result['vars']['T']}"] = child.pk
+for record in recorded_points(orm.load_node(sweep.pk)):
+    pks[f"T{record['vars']['T']}"] = record.pk
 os.environ.update(MDAGENT_LLM_BASE_URL="http://127.0.0.1:9/v1", MDAGENT_LLM_MODEL="down", MDAGENT_LLM_MAX_RETRIES="0")
 pks["down"] = api.run("Melt bulk aluminium with EAM at 1500 K and report the final temperature").pk
 api.index_runs()

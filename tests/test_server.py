@@ -228,6 +228,7 @@ def test_setup_checks_what_it_finds_and_can_run_again(shared):
     assert checks["PostgreSQL"]["ok"] and "C.UTF-8" in checks["PostgreSQL"]["detail"]
     assert checks["RabbitMQ"]["ok"] and shared["name"] in checks["RabbitMQ"]["detail"]  # our own vhost
     assert "consumer_timeout" in checks and checks["profile"]["ok"]
+    assert checks["query indexes"]["detail"].startswith("6 on the runs")  # made by setup, not only by `runs index`
     again = json.loads(
         ok(
             mdagent(

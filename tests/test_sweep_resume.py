@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from mdagent_hpc.configfile import load_config
+from mdagent_hpc.provenance.sweeps import recorded_points
 from mdagent_hpc.sweeps.spec import SweepSpec, expand
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,10 +160,11 @@ def check_interrupted_and_resumed(tmp_path, fake_openai, site: str, engine: str,
     reused = sorted(node.inputs.reuse.points)
     assert reused == passed  # every passed point reused, none run again
     points = {p.id for p in expand(spec)}
-    assert {n.outputs.result["vars"]["T"] for n in children(node, "record_").values()} | {
-        node.inputs.reuse.points[pid]["vars"]["T"] for pid in reused
-    } == {p.vars["T"] for p in expand(spec)}
-    assert sorted(children(node, "record_")) == sorted(f"record_{pid}_t1" for pid in points - set(passed))
+    records = recorded_points(node)
+    assert {n["vars"]["T"] for n in records} | {node.inputs.reuse.points[pid]["vars"]["T"] for pid in reused} == {
+        p.vars["T"] for p in expand(spec)
+    }
+    assert sorted(f"{n['id']}_t{n['template']}" for n in records) == sorted(f"{pid}_t1" for pid in points - set(passed))
     return first_pk, node
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mdagent_hpc.configfile import load_config
+from mdagent_hpc.provenance.sweeps import recorded_points
 from mdagent_hpc.sweeps.spec import SweepSpec, expand
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,25 +62,34 @@ def children(node, prefix: str) -> dict:
 
 
 def check_provenance(node, spec: SweepSpec) -> None:
-    """Every point is a record_point under the sweep with its template, values, log, thermo rows and result."""
+    """Every point is a SweepPoint under the sweep, made by its batch's record_points with its template, values, log
+    and thermo rows."""
+    from mdagent_hpc.provenance import POINT_NODE_TYPE
+
     points = {p.id: p for p in expand(spec)}
     assert sorted(node.outputs.points) == sorted(points)
     for pid, record in node.outputs.points.items():
         result = record.get_dict()
+        assert record.node_type == POINT_NODE_TYPE
         assert result["ok"] and result["vars"] == points[pid].vars and result["rows"] >= 10
         call = record.creator
-        assert call.inputs.point["vars"] == points[pid].vars
+        assert call.process_label == "record_points"
+        i = next(link.link_label for link in call.base.links.get_outgoing().all() if link.node.pk == record.pk)
+        i = i.removeprefix("result_")
+        assert call.inputs.points[int(i)]["vars"] == points[pid].vars
         assert "variable" in call.inputs.template.get_content()
-        assert "Total wall time" in call.outputs.log.get_content()
-        assert len(call.outputs.thermo["rows"]) == result["rows"] + 1
+        log = call.outputs[f"log_{i}"] if f"log_{i}" in call.outputs else call.inputs[f"log_{i}"]
+        assert "Total wall time" in log.get_content()
+        assert len(call.outputs[f"thermo_{i}"]["rows"]) == result["rows"] + 1
+        assert record.base.extras.get("query")["point"] == pid  # its query fields, recorded as it was made
     assert node.outputs.plot.get_content(mode="rb")[:4] == b"\x89PNG"
     assert node.outputs.table.get_content().splitlines()[0].startswith("point,")
     # the query docs/sweeps.md gives finds every point's results (a point re-run after a correction: one per template)
     from aiida import orm
 
     qb = orm.QueryBuilder().append(orm.WorkflowNode, filters={"id": node.pk}, tag="s")
-    qb.append(orm.CalcFunctionNode, with_incoming="s", filters={"attributes.process_label": "record_point"}, tag="p")
-    qb.append(orm.Data, with_incoming="p", edge_filters={"label": "result"}, project="attributes")
+    qb.append(orm.CalcFunctionNode, with_incoming="s", filters={"attributes.process_label": "record_points"}, tag="p")
+    qb.append(orm.Data, with_incoming="p", edge_filters={"label": {"like": "result_%"}}, project="attributes")
     found = qb.all(flat=True)
     assert {r["id"] for r in found} == set(points)
     latest = {pid: record["template"] for pid, record in node.outputs.points.items()}
@@ -129,19 +139,12 @@ def test_a_template_failing_at_the_hot_end_is_corrected_once_and_only_failed_poi
     node = orm.load_node(ran(SWEEPS / "lj-timestep-correction.yaml")["pk"])
     assert sorted(children(node, "validate")) == ["validate"] and sorted(children(node, "correct")) == ["correct_1"]
     # the probe at the hot end failed with template 1 and was re-done (by the correcting agent) with template 2
-    records = {label: n.outputs.result.get_dict() for label, n in children(node, "record_").items()}
-    assert not records["record_T_3_t1"]["ok"] and "Lost atoms" in " ".join(records["record_T_3_t1"]["problems"])
-    assert records["record_T_3_t2"]["ok"] and records["record_T_0p6_t1"]["ok"]
+    records = {f"{n['id']}_t{n['template']}": n.get_dict() for n in recorded_points(node)}
+    assert not records["T_3_t1"]["ok"] and "Lost atoms" in " ".join(records["T_3_t1"]["problems"])
+    assert records["T_3_t2"]["ok"] and records["T_0p6_t1"]["ok"]
     # only the failed point ran again: the cold probe kept its template-1 result, the rest ran once with template 2
     assert sorted(children(node, "point_")) == ["point_T_1p2_t2", "point_T_1p8_t2", "point_T_2p4_t2", "point_T_3_t1"]
-    assert sorted(records) == [
-        "record_T_0p6_t1",
-        "record_T_1p2_t2",
-        "record_T_1p8_t2",
-        "record_T_2p4_t2",
-        "record_T_3_t1",
-        "record_T_3_t2",
-    ]
+    assert sorted(records) == ["T_0p6_t1", "T_1p2_t2", "T_1p8_t2", "T_2p4_t2", "T_3_t1", "T_3_t2"]
     assert node.outputs.points["T_0p6"].get_dict()["template"] == 1
     assert node.outputs.points["T_3"].get_dict()["template"] == 2
     assert "timestep 0.005" in node.outputs.template.get_content()
@@ -269,7 +272,8 @@ def test_a_daemon_restart_mid_sweep_loses_and_repeats_no_point(profile, tmp_path
     check_provenance(node, spec)
     n = len(expand(spec))
     assert sorted(children(node, "point_")) == sorted(f"point_{p.id}_t1" for p in expand(spec)[1:])
-    assert len(children(node, "record_")) == n  # each point recorded once
+    assert len(recorded_points(node)) == n  # each point recorded once
+    assert len(children(node, "records_")) < n  # in batches, not a process per point
     assert len(server.requests) == 1  # the restart asked the model nothing
 
 
@@ -294,5 +298,5 @@ def test_a_sweep_over_the_core_hour_cap_at_its_measured_time_stops_before_the_po
     from aiida import orm
 
     node = orm.load_node(run.pk)
-    assert not children(node, "point_") and len(children(node, "record_")) == 1  # only the validated probe
+    assert not children(node, "point_") and len(recorded_points(node)) == 1  # only the validated probe
     assert get_sweep(run.pk).points_done == 1

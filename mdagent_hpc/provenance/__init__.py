@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 AGENT_TYPE = "aiida.workflows:mdagent.agent"
 SWEEP_TYPE = "aiida.workflows:mdagent.sweep"
-POINT_TYPE = "mdagent_hpc.workflows.sweep.record_point"  # the calcfunction recording one sweep point
+# A sweep point is the SweepPoint its batch's `record_points` made; until December 2026 it was the process of the
+# calcfunction `record_point` (one per point), and stored sweeps keep those.
+POINT_NODE_TYPE = "data.mdagent.point.SweepPoint."
+POINT_TYPE = "mdagent_hpc.workflows.sweep.record_point"
 PROCESS_TYPES = (AGENT_TYPE, SWEEP_TYPE, POINT_TYPE)
 # a sweep's jobs: a point's LAMMPS job (its old name too, for stored sweeps), a pilot job and its restart workchain
 JOB_TYPES = tuple(
@@ -28,6 +31,23 @@ JOB_TYPES = tuple(
 ACTIVE = ("created", "waiting", "running")
 RECORD = "query"  # the extra holding a run's (or point's) recorded query fields (provenance.query)
 GROUP_READ_EXTRA = "mdagent_group_read"  # on a run's root: its failure memory may read the group's runs
+
+
+def listed(kind: str | None = None) -> dict:
+    """QueryBuilder filters (on orm.Node) for what queries list: agent runs (`kind` "run"), sweep points ("point"),
+    or both. Written as an OR of equalities, as query.INDEXES's predicate is (a planner matches it only so)."""
+    runs = [{"process_type": {"==": AGENT_TYPE}}]
+    points = [{"process_type": {"==": POINT_TYPE}}, {"node_type": {"==": POINT_NODE_TYPE}}]
+    return {"or": {"run": runs, "point": points}.get(kind, runs + points)}
+
+
+def is_point(node) -> bool:
+    return node.node_type == POINT_NODE_TYPE or getattr(node, "process_type", None) == POINT_TYPE
+
+
+def point_process(node):
+    """The process that recorded a sweep point (its `record_points`, or an old point's own `record_point`)."""
+    return node.creator if node.node_type == POINT_NODE_TYPE else node
 
 
 @dataclass(frozen=True)

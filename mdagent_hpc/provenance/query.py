@@ -15,12 +15,23 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from mdagent_hpc.agent.loop import stop_reason_of
-from mdagent_hpc.provenance import AGENT_TYPE, POINT_TYPE, RECORD, SWEEP_TYPE, Caller, NotFoundError, owner
+from mdagent_hpc.provenance import (
+    AGENT_TYPE,
+    POINT_NODE_TYPE,
+    POINT_TYPE,
+    RECORD,
+    SWEEP_TYPE,
+    Caller,
+    NotFoundError,
+    is_point,
+    listed,
+    owner,
+    point_process,
+)
 from mdagent_hpc.provenance.filters import Query, QueryError, Range, required_literals
 from mdagent_hpc.provenance.record import VERSION, final_attempt_with_script, index_record, point_record
 from mdagent_hpc.provenance.runs import get_run, read_run, verdict_filter
 
-LISTED = [AGENT_TYPE, POINT_TYPE]  # the node types a query lists: agent runs and sweep points
 WINDOW_DAYS = (7, 56)  # newest-first listings look at the last week, then back to 8 weeks, then the rest
 BATCH = 5000  # at most this many rows per query while a regular expression is tried on them
 SCAN_BUDGET = 100_000  # rows one search reads to try what the database cannot (a regex): a bounded cost per request
@@ -28,7 +39,7 @@ SCAN_BUDGET = 100_000  # rows one search reads to try what the database cannot (
 # containment); the btree ones give the newest, best, longest or most-tried runs in order, so a listing stops after
 # `limit` rows instead of sorting every match. The predicate is written as the searches write theirs (an OR of
 # equalities: AiiDA sends a list as an `unnest` subquery, which no planner can match to an index predicate).
-OURS = "(" + " OR ".join(f"process_type = '{t}'" for t in LISTED) + ")"
+OURS = f"(process_type = '{AGENT_TYPE}' OR process_type = '{POINT_TYPE}' OR node_type = '{POINT_NODE_TYPE}')"
 INDEXES = {
     "mdagent_query_fields": f"ON db_dbnode USING gin ((extras #> '{{query}}') jsonb_path_ops) WHERE {OURS}",
     "mdagent_query_ctime": f"ON db_dbnode (ctime, id) WHERE {OURS}",
@@ -86,17 +97,24 @@ def record_fields(node) -> dict:
 
 
 def point_fields(node, sweep=None, spec: dict | None = None, template: str | None = None) -> dict:
-    """The query fields of a sweep point (a `record_point` node under its SweepWorkChain). The running sweep gives
-    what it already holds (itself, its spec, its template's text), saving three reads a point."""
-    sweep = node.caller if sweep is None else sweep
+    """The query fields of a sweep point (a SweepPoint, or an old point's `record_point` node, under its
+    SweepWorkChain). The running sweep gives what it already holds (itself, its spec, its template's text), saving
+    three reads a point."""
+    process = point_process(node)
+    sweep = process.caller if sweep is None else sweep
     if spec is None:
         spec = sweep.inputs.sweep.get_dict() if sweep is not None and "sweep" in sweep.inputs else {}
     site = sweep.base.extras.get("site", None) if sweep is not None else None
-    result = node.outputs.result.get_dict() if "result" in node.outputs else {"ok": False, "problems": ["no record"]}
+    if node.node_type == POINT_NODE_TYPE:
+        result = node.get_dict()
+    else:
+        result = (
+            node.outputs.result.get_dict() if "result" in node.outputs else {"ok": False, "problems": ["no record"]}
+        )
     return point_record(
         result,
         task=spec.get("task", ""),
-        template=node.inputs.template.get_content() if template is None else template,
+        template=process.inputs.template.get_content() if template is None else template,
         sweep={"pk": sweep.pk, "label": sweep.label or None} if sweep is not None else None,
         site=site,
         model=spec.get("model"),
@@ -108,7 +126,7 @@ def point_fields(node, sweep=None, spec: dict | None = None, template: str | Non
 def record_run(node, **known) -> dict:
     """Record (or record again) the query fields on a terminated agent run or a sweep point (`known`: what its sweep
     holds, see `point_fields`); returns them."""
-    fields = point_fields(node, **known) if node.process_type == POINT_TYPE else record_fields(node)
+    fields = point_fields(node, **known) if is_point(node) else record_fields(node)
     node.base.extras.set(RECORD, fields)
     return fields
 
@@ -117,13 +135,10 @@ def to_index(redo: bool = False) -> list[int]:
     """Pks of the terminated runs whose fields are missing or older than this version (every one with `redo`)."""
     from aiida import orm
 
-    filters = {
-        "process_type": {"in": LISTED},
-        "attributes.process_state": {"in": ["finished", "excepted", "killed"]},
-    }
+    parts = [listed(), _terminated()]
     if not redo:
-        filters["or"] = [{"extras": {"!has_key": RECORD}}, {f"extras.{RECORD}.version": {"<": VERSION}}]
-    qb = orm.QueryBuilder().append(orm.ProcessNode, filters=filters, project=["id"]).order_by({orm.ProcessNode: "id"})
+        parts.append({"or": [{"extras": {"!has_key": RECORD}}, {f"extras.{RECORD}.version": {"<": VERSION}}]})
+    qb = orm.QueryBuilder().append(orm.Node, filters={"and": parts}, project=["id"]).order_by({orm.Node: "id"})
     return [pk for (pk,) in qb.all()]
 
 
@@ -147,16 +162,23 @@ def count_unindexed() -> int:
     """Terminated runs without recorded fields (on PostgreSQL, `mdagent_query_missing` makes this a lookup)."""
     from aiida import orm
 
-    filters = {
-        "process_type": {"or": [{"==": t} for t in LISTED]},
-        "extras": {"!has_key": RECORD},
-        "attributes.process_state": {"in": ["finished", "excepted", "killed"]},
+    filters = {"and": [listed(), {"extras": {"!has_key": RECORD}}, _terminated()]}
+    return orm.QueryBuilder().append(orm.Node, filters=filters).count()
+
+
+def _terminated() -> dict:
+    """A run that ended (a sweep point is recorded when its job has ended)."""
+    return {
+        "or": [
+            {"attributes.process_state": {"in": ["finished", "excepted", "killed"]}},
+            {"node_type": {"==": POINT_NODE_TYPE}},
+        ]
     }
-    return orm.QueryBuilder().append(orm.ProcessNode, filters=filters).count()
 
 
 def ensure_indexes() -> list[str]:
-    """On a PostgreSQL profile, the indexes queries use (made once; IF NOT EXISTS); [] on SQLite."""
+    """On a PostgreSQL profile, the indexes queries use (made once; IF NOT EXISTS; one made before sweep points were
+    SweepPoints is made again, its predicate lacking them); [] on SQLite."""
     from aiida.manage import get_manager
     from sqlalchemy import text
 
@@ -165,6 +187,10 @@ def ensure_indexes() -> list[str]:
         return []
     session = storage.get_session()
     for name, definition in INDEXES.items():
+        made = session.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = :name"), {"name": name})
+        before = made.scalar()
+        if before is not None and POINT_NODE_TYPE not in before:
+            session.execute(text(f"DROP INDEX {name}"))
         session.execute(text(f"CREATE INDEX IF NOT EXISTS {name} {definition}"))
     session.commit()
     return list(INDEXES)
@@ -183,8 +209,7 @@ def _range(r: Range) -> dict:
 def _filters(query: Query) -> dict:
     """QueryBuilder filters on the run node for everything the database can answer."""
     key = f"extras.{RECORD}"
-    types = {"run": [AGENT_TYPE], "point": [POINT_TYPE]}.get(query.kind, LISTED)
-    filters: dict = {"process_type": {"or": [{"==": t} for t in types]}}
+    filters: dict = listed(query.kind)
     if query.verdict == "running":
         filters.update(verdict_filter("running"))
     if query.since or query.until:
@@ -280,6 +305,7 @@ PROJECT = [
     "ctime",
     "attributes.process_state",
     "attributes.exit_status",
+    "node_type",
     "extras",  # one projection: each JSON path projected costs QueryBuilder milliseconds to build
 ]
 
@@ -352,7 +378,7 @@ def _search_here(query: Query, owner_id: int | None) -> list[dict]:
     from aiida import orm
 
     filters = _filters(query) | ({"user_id": owner_id} if owner_id is not None else {})
-    qb = orm.QueryBuilder().append(orm.ProcessNode, tag="run", filters=filters, project=PROJECT)
+    qb = orm.QueryBuilder().append(orm.Node, tag="run", filters=filters, project=PROJECT)
     qb.order_by({"run": [_order(query), {"id": "desc"}]})
     checks = _python_checks(query)
     if not checks:
@@ -417,12 +443,15 @@ ROW_FIELDS = (
 
 def row(values) -> dict:
     """One result row: the node's columns and its recorded fields (None where a run has not been recorded yet)."""
-    pk, uuid, ctime, state, exit_status, extras = values
+    pk, uuid, ctime, state, exit_status, node_type, extras = values
     extras = extras or {}
     record = extras.get(RECORD) or {}
     task, site, attempts = extras.get("task"), extras.get("site"), extras.get("attempts")
+    point = node_type == POINT_NODE_TYPE
     verdict = record.get("verdict") or (
-        "passed"
+        "unrecorded"  # a point's verdict is in its query fields, which `mdagent runs index` records
+        if point
+        else "passed"
         if state == "finished" and exit_status == 0
         else "failed"
         if state in ("finished", "excepted", "killed")
@@ -434,7 +463,7 @@ def row(values) -> dict:
         uuid=uuid,
         ctime=ctime.isoformat(timespec="seconds"),
         verdict=verdict,
-        kind=record.get("kind", "run"),
+        kind=record.get("kind", "point" if point else "run"),
         task=record.get("task", task),
         site=record.get("site", site),
         attempts=record.get("attempts", attempts),

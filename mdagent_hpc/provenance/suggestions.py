@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mdagent_hpc.provenance import AGENT_TYPE, POINT_TYPE, RECORD, Caller, only
+from mdagent_hpc.provenance import RECORD, Caller, listed, only
 
 RECENT = 2000  # runs the suggestions are taken from
 
@@ -17,9 +17,9 @@ def choices(caller: Caller) -> dict[str, list[str]]:
 
     names = ("site", "model", "stop")
     qb = orm.QueryBuilder().append(
-        orm.ProcessNode,
+        orm.Node,
         tag="run",
-        filters={"process_type": {"in": [AGENT_TYPE, POINT_TYPE]}},
+        filters=listed(),
         project=[f"extras.{RECORD}.{name}" for name in names],
     )
     only(qb, "run", caller)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from mdagent_hpc.provenance import JOB_TYPES, POINT_TYPE, SWEEP_TYPE, Caller, load, only
+from mdagent_hpc.provenance import JOB_TYPES, SWEEP_TYPE, Caller, is_point, load, only, point_process
 from mdagent_hpc.sweeps.results import SweepRun, eta
 
 # Extras a SweepWorkChain keeps up to date as it goes (also when it is interrupted): the key of its spec, and
@@ -197,6 +197,26 @@ def export_sweep(caller: Caller, pk, folder: Path) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
+def recorded_points(node) -> list:
+    """Every record a sweep (found by a lookup that took the caller) made, in the order made: each point once per
+    template it ran with (the output `points` holds the latest). Sweeps before December 2026
+    recorded a point per `record_point` process; the record is its output `result`."""
+    from aiida.common.links import LinkType
+
+    found = []
+    calls = node.base.links.get_outgoing(link_type=LinkType.CALL_CALC).all()
+    for link in sorted(calls, key=lambda link: link.node.pk):
+        if link.link_label.startswith("records_"):
+            made = link.node.base.links.get_outgoing(link_type=LinkType.CREATE, link_label_filter="result_%").all()
+            records = [m.node for m in sorted(made, key=lambda m: int(m.link_label.removeprefix("result_")))]
+        elif link.link_label.startswith("record_") and "result" in link.node.outputs:
+            records = [link.node.outputs.result]
+        else:
+            continue
+        found.extend(records)
+    return found
+
+
 def sweep_of_point(caller: Caller, pk: str) -> int | None:
     """The sweep a sweep point (listed with the runs) belongs to; None for any other node, or one the caller may
     not read."""
@@ -211,4 +231,7 @@ def sweep_of_point(caller: Caller, pk: str) -> int | None:
         return None
     if not caller.may_read(node):
         return None
-    return node.caller.pk if node.process_type == POINT_TYPE and node.caller is not None else None
+    if not is_point(node):
+        return None
+    sweep = point_process(node).caller
+    return sweep.pk if sweep is not None else None

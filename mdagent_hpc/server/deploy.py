@@ -198,6 +198,11 @@ def setup(
     with progress("loading the profile (the local computer and LAMMPS code) ..."):
         api.load_profile()
     checks.append(("profile", True, f"{profile} loads; `local` computer and LAMMPS code ready"))
+    from mdagent_hpc.provenance.query import ensure_indexes
+
+    with progress("making the query indexes (once; minutes on millions of runs) ..."):
+        made = ensure_indexes()
+    checks.append(("query indexes", True, f"{len(made)} on the runs and sweep points (docs/queries.md)"))
     defaults = saved().get("default_quota") or DEFAULT_QUOTA
     checks.append(("default quotas", True, quota_text(defaults) + " (`mdagent users defaults` changes them)"))
     daemon = f"{daemon_workers} worker(s) of {slots} process slots each, for {concurrent_runs} runs in flight"

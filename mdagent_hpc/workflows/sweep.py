@@ -75,6 +75,11 @@ class PointRecord(orm.Dict):
         return self._uuid_read
 
 
+class SweepPoint(PointRecord):
+    """A sweep point: its result (sweep.results.PointResult), made by `record_points`, listed with the runs (its
+    query fields in its extras, docs/queries.md). The sweep's own output `points.<id>` is each point's latest."""
+
+
 @calcfunction
 def record_point(
     template: orm.SinglefileData,
@@ -85,43 +90,71 @@ def record_point(
     failure: orm.Str | None = None,
     log: orm.SinglefileData | None = None,
 ) -> dict:
-    """One point of a sweep: its result (models: PointResult), its log and the thermo rows of its production run.
+    """One point, as sweeps recorded them until December 2026 (a process per point; `record_points` now). Kept so
+    that stored sweeps load and `mdagent sweep resume` can reuse their points."""
+    return _point_record(
+        template.get_content(),
+        point.get_dict(),
+        observables.get_list(),
+        log_name.value,
+        retrieved,
+        failure.value if failure is not None else None,
+        log,
+        PointRecord,
+    )
 
-    The log is `log` (a pilot's point: `pilot_logs` took it out of the pilot's folder) or `log_name` in `retrieved`
-    (a point's own job)."""
-    data = point.get_dict()
+
+@calcfunction
+def record_points(template: orm.SinglefileData, observables: orm.List, points: orm.List, **sources) -> dict:
+    """The records of a batch of sweep points, one process for the batch (a process per point cost more than the
+    point's LAMMPS run). For the i-th of `points` ({id, vars, template, log_name, failure}) the sources are
+    `log_i` (a pilot's point: its log, taken out of the pilot's folder by `pilot_logs`) or `retrieved_i` (the folder
+    of the point's own job); the outputs are `result_i` (a SweepPoint), `thermo_i` (the thermo rows of its production
+    run) and, when its log came in a folder, `log_i`."""
+    text_of_template, wanted = template.get_content(), observables.get_list()
+    outputs = {}
+    for i, entry in enumerate(points.get_list()):
+        made = _point_record(
+            text_of_template,
+            entry,
+            wanted,
+            entry["log_name"],
+            sources.get(f"retrieved_{i}"),
+            entry.get("failure"),
+            sources.get(f"log_{i}"),
+            SweepPoint,
+        )
+        for name, node in made.items():
+            if name != "log" or f"log_{i}" not in sources:
+                outputs[f"{name}_{i}"] = node
+    return outputs
+
+
+def _point_record(template: str, data: dict, observables: list, log_name: str, retrieved, failure, log, kind) -> dict:
+    """A point's record (`kind`), and its log and thermo rows when it left a log."""
     spec_point = Point(id=data["id"], vars=data["vars"])
-    names = retrieved.base.repository.list_object_names(_folder(log_name.value)) if retrieved is not None else []
-    if log is None and (retrieved is None or log_name.value.rsplit("/", 1)[-1] not in names):
-        problem = failure.value if failure is not None else "LAMMPS wrote no log"
+    names = retrieved.base.repository.list_object_names(_folder(log_name)) if retrieved is not None else []
+    if log is None and (retrieved is None or log_name.rsplit("/", 1)[-1] not in names):
         result = PointResult(
             id=spec_point.id,
             vars=spec_point.vars,
             ok=False,
             grade="fail",
-            problems=[problem],
+            problems=[failure or "LAMMPS wrote no log"],
             template=data.get("template", 1),
         )
-        return {"result": PointRecord(result.model_dump(mode="json"))}
-    text = (
-        log.get_content() if log is not None else retrieved.base.repository.get_object_content(log_name.value, mode="r")
-    )
+        return {"result": kind(result.model_dump(mode="json"))}
+    text = log.get_content() if log is not None else retrieved.base.repository.get_object_content(log_name, mode="r")
     parsed = parse_log(text)
     from mdagent_hpc.sweeps.spec import Observable
 
-    result = point_result(
-        spec_point,
-        parsed,
-        template.get_content(),
-        [Observable(**o) for o in observables.get_list()],
-        data.get("template", 1),
-    )
+    result = point_result(spec_point, parsed, template, [Observable(**o) for o in observables], data.get("template", 1))
     if failure is not None and result.ok:  # the job failed although its log looks fine (e.g. cut by the scheduler)
-        result.ok, result.problems = False, [failure.value]
+        result.ok, result.problems = False, [failure]
     block = production(parsed)
     thermo = {"columns": block.columns, "rows": block.rows} if block else {"columns": [], "rows": []}
     return {
-        "result": PointRecord(finite(result.model_dump(mode="json"))),
+        "result": kind(finite(result.model_dump(mode="json"))),
         "log": orm.SinglefileData(io.BytesIO(text.encode()), filename="log.lammps"),
         "thermo": orm.Dict(finite(thermo)),
     }
@@ -451,13 +484,10 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         return bool(self.ctx.get("unrecorded"))
 
     def record_some(self):
-        """Record the next few points of the batch (a step each few, so that a kill or a checkpoint never waits
-        for a whole batch: 1,000 records take minutes)."""
+        """Record the next few points of the batch, one `record_points` for them (a step each few, so that a kill or
+        a checkpoint never waits for a whole batch: 1,000 records take minutes)."""
         chunk, self.ctx.unrecorded = self.ctx.unrecorded[:RECORDS_PER_STEP], self.ctx.unrecorded[RECORDS_PER_STEP:]
-        for outcome in chunk:
-            retrieved = orm.load_node(outcome["retrieved"]) if outcome.get("retrieved") else None
-            log = orm.load_node(outcome["log"]) if outcome.get("log") else None
-            self._record(outcome["pid"], retrieved, outcome["log_name"], outcome["failure"], log=log)
+        self._record(chunk)
         self._remember()
 
     def _remember(self) -> None:
@@ -531,7 +561,7 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
                 link.link_label.removeprefix(f"lammps__{group}__"): link.node.pk for link in links
             }
         self.report(f"template {self.ctx.template_number} passed at {pid} after {len(attempts)} attempt(s)")
-        self._record(pid, agent.outputs.retrieved, LOG, None)
+        self._record([{"pid": pid, "retrieved": agent.outputs.retrieved.pk, "log_name": LOG, "failure": None}])
         return True
 
     def _pilot_logs(self, pilot) -> dict:
@@ -543,36 +573,51 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
             return call_without_broker(pilot_logs, **inputs, metadata={"call_link_label": label})
         return {link.link_label: link.node for link in found.base.links.get_outgoing(link_type=LinkType.CREATE).all()}
 
-    def _record(self, pid: str, retrieved, log_name: str, failure: str | None, log=None) -> None:
+    def _record(self, outcomes: list[dict]) -> None:
+        """Record points with the current template by one `record_points` (found again after a restart, by label).
+        An outcome: pid, log_name, failure and the pk of its log (a pilot's point) or retrieved folder (its own job)."""
         n = self.ctx.template_number
-        label = f"record_{pid}_t{n}"
+        label = f"records_{outcomes[0]['pid']}_t{n}"  # a point is recorded once per template
         found = self._child(label)
         if found is None:
-            point = {**self.ctx.points[pid], "template": n}
-            inputs = {
-                "template": self.ctx.template,
-                "point": orm.Dict(point),
-                "observables": orm.load_node(self.ctx.observables),
-                "log_name": orm.Str(log_name),
-                "metadata": {"call_link_label": label},
-            }
-            if retrieved is not None:
-                inputs["retrieved"] = retrieved
-            if log is not None:
-                inputs["log"] = log
-            if failure is not None:
-                inputs["failure"] = orm.Str(failure)
-            result = call_without_broker(record_point, **inputs)["result"]
-            self._index(result.creator)
+            entries, sources = [], {}
+            for i, outcome in enumerate(outcomes):
+                pid = outcome["pid"]
+                entries.append(
+                    {
+                        **self.ctx.points[pid],
+                        "template": n,
+                        "log_name": outcome["log_name"],
+                        "failure": outcome["failure"],
+                    }
+                )
+                if outcome.get("log"):
+                    sources[f"log_{i}"] = orm.load_node(outcome["log"])
+                elif outcome.get("retrieved"):
+                    sources[f"retrieved_{i}"] = orm.load_node(outcome["retrieved"])
+            made = call_without_broker(
+                record_points,
+                template=self.ctx.template,
+                observables=orm.load_node(self.ctx.observables),
+                points=orm.List(entries),
+                **sources,
+                metadata={"call_link_label": label},
+            )
+            for i in range(len(outcomes)):
+                self._index(made[f"result_{i}"])
         else:
-            result = found.outputs.result
-        ok = result["ok"]
-        self.ctx.state[pid] = {"record": result.pk, "ok": ok, "template": n}
-        if not ok:
-            self.report(f"point {pid} failed: {'; '.join(result['problems'][:2])}")
+            made = {
+                link.link_label: link.node for link in found.base.links.get_outgoing(link_type=LinkType.CREATE).all()
+            }
+        for i, outcome in enumerate(outcomes):
+            result = made[f"result_{i}"]
+            ok = result["ok"]
+            self.ctx.state[outcome["pid"]] = {"record": result.pk, "ok": ok, "template": n}
+            if not ok:
+                self.report(f"point {outcome['pid']} failed: {'; '.join(result['problems'][:2])}")
 
     def _index(self, record) -> None:
-        """The query fields of a point (docs/queries.md), recorded as it is made."""
+        """The query fields of a point (docs/queries.md), recorded on its SweepPoint as it is made."""
         from mdagent_hpc.provenance.query import record_run
 
         try:

@@ -129,6 +129,9 @@ def test_every_sweep_file_runs_with_every_point_in_provenance(path, profile, ran
     assert all(row[f"{first}_err"] is not None and row[f"{first}_err"] >= 0 for row in sweep["rows"])
     shown = mdagent("sweep", "show", str(sweep["pk"]))
     assert shown.returncode == 0 and "png:" in shown.stdout and sweep["rows"][0]["point"] in shown.stdout
+    point = next(iter(node.outputs.points.values()))
+    as_run = mdagent("show", str(point.pk))  # a point is listed with the runs: showing it says where it belongs
+    assert as_run.returncode != 0 and f"is a point of sweep {node.pk}" in as_run.stderr
 
 
 def test_a_template_failing_at_the_hot_end_is_corrected_once_and_only_failed_points_run_again(profile, ran):

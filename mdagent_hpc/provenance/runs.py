@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from mdagent_hpc.models import Attempt, Run
-from mdagent_hpc.provenance import ACTIVE, AGENT_TYPE, Caller, load, only
+from mdagent_hpc.provenance import ACTIVE, AGENT_TYPE, Caller, is_point, load, only, point_process
 
 VERDICTS = ("running", "passed", "failed")
 
@@ -24,6 +24,10 @@ def read_run(node) -> Run:
     from aiida.common.links import LinkType
 
     if not isinstance(node, orm.WorkChainNode) or node.process_type != AGENT_TYPE:
+        if is_point(node) and (sweep := point_process(node).caller) is not None:
+            raise NotAnAgentRunError(
+                f"node {node.pk} is a point of sweep {sweep.pk}; `mdagent sweep show {sweep.pk}` shows its table"
+            )
         what = getattr(node, "process_label", None) or type(node).__name__
         raise NotAnAgentRunError(f"node {node.pk} is not an agent run (it is a {what}); `mdagent runs` lists the runs")
     records = node.base.links.get_outgoing(link_type=LinkType.RETURN, link_label_filter="attempts__%").all_nodes()

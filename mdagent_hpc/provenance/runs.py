@@ -30,24 +30,49 @@ def read_run(node) -> Run:
             )
         what = getattr(node, "process_label", None) or type(node).__name__
         raise NotAnAgentRunError(f"node {node.pk} is not an agent run (it is a {what}); `mdagent runs` lists the runs")
-    records = node.base.links.get_outgoing(link_type=LinkType.RETURN, link_label_filter="attempts__%").all_nodes()
-    attempts = sorted((Attempt(**record.get_dict()) for record in records), key=lambda a: a.number)
+    # Three queries, the columns and attributes projected: reading them through the node and its links (each
+    # property, inputs.task, inputs.site, each attempt) made ~36 statements a run.
+    # Each query expires the loaded node, and touching it again reloads it: so it is read once, here.
+    pk = node.pk
+    columns = ("uuid", "ctime", "mtime", "attributes")
+    row = orm.QueryBuilder().append(orm.Node, filters={"id": pk}, project=list(columns)).one()
+    uuid, ctime, mtime, attributes = row
+    given = orm.QueryBuilder().append(orm.Node, filters={"id": pk}, tag="run")
+    given.append(
+        orm.Data,
+        with_outgoing="run",
+        edge_filters={"type": LinkType.INPUT_WORK.value, "label": {"in": ["task", "site"]}},
+        edge_project="label",
+        project="attributes",
+    )
+    inputs = {label: values for values, label in given.all()}
+    made = orm.QueryBuilder().append(orm.Node, filters={"id": pk}, tag="run")
+    made.append(
+        orm.Data,
+        with_incoming="run",
+        edge_filters={"type": LinkType.RETURN.value, "label": {"like": "attempts\\_\\_%"}},
+        project="attributes",
+    )
+    attempts = sorted((Attempt(**record) for record in made.all(flat=True)), key=lambda a: a.number)
     passed = next((a for a in attempts if a.passed), None)
-    state = node.process_state.value if node.process_state else None
-    verdict = "passed" if node.is_finished_ok else "failed" if node.is_terminated else "running"
-    reason = node.exit_message or (node.process_status if node.is_killed or node.is_excepted else None)
-    end = node.mtime if node.is_terminated else datetime.now(tz=node.ctime.tzinfo)
+    state, exit_status = attributes.get("process_state"), attributes.get("exit_status")
+    terminated = state in ("finished", "excepted", "killed")
+    verdict = "passed" if state == "finished" and exit_status == 0 else "failed" if terminated else "running"
+    reason = attributes.get("exit_message") or (
+        attributes.get("process_status") if state in ("killed", "excepted") else None
+    )
+    end = mtime if terminated else datetime.now(tz=ctime.tzinfo)
     return Run(
-        pk=node.pk,
-        uuid=node.uuid,
-        task=node.inputs.task.value,
-        site=node.inputs.site.get("name", "local"),
+        pk=pk,
+        uuid=uuid,
+        task=inputs["task"]["value"],
+        site=inputs.get("site", {}).get("name", "local"),
         state=state,
-        exit_status=node.exit_status,
+        exit_status=exit_status,
         exit_message=reason,
         verdict=verdict,
-        ctime=node.ctime.isoformat(timespec="seconds"),
-        seconds=round((end - node.ctime).total_seconds(), 1),
+        ctime=ctime.isoformat(timespec="seconds"),
+        seconds=round((end - ctime).total_seconds(), 1),
         script=passed.script if passed else None,
         evaluation=passed.evaluation if passed else None,
         attempts=attempts,

@@ -63,6 +63,8 @@ def breakdown(pk: int) -> dict:
     from aiida import orm
     from aiida.common.links import LinkType
 
+    from mdagent_hpc.provenance.sweeps import recorded_points
+
     node = orm.load_node(pk)
     links = node.base.links.get_outgoing(link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC)).all()
     by = {}
@@ -70,18 +72,20 @@ def breakdown(pk: int) -> dict:
         by.setdefault(link.link_label.split("_")[0], []).append(link.node)
     folder = Path(node.inputs.sweep_folder.value)
     lammps = [json.loads(p.read_text())["seconds"] for p in folder.glob("points/*/result.json")]
-    validated = [
-        n
-        for n in by.get("record", [])
-        if n.inputs.point["id"] not in {p.parent.name for p in folder.glob("points/*/result.json")}
-    ]
-    lammps += [n.outputs.result["seconds"] or 0 for n in validated]
+    ran = {p.parent.name for p in folder.glob("points/*/result.json")}
+    records = recorded_points(node)
+    lammps += [r["seconds"] or 0 for r in records if r["id"] not in ran]  # the validating point: its agent's run
+    # The records' time as the sweep spends it: from each pilot's end to what the sweep starts next (the next pilot,
+    # or the table), so the query fields and the checkpoint each record step writes count too.
+    pilots = sorted(by.get("pilot", []), key=lambda n: n.ctime)
+    starts = [n.ctime for n in pilots[1:]] + [min((n.ctime for n in by.get("results", [])), default=node.mtime)]
     return {
         "sweep": (node.mtime - node.ctime).total_seconds(),
         "validate": span(by.get("validate", [])),
-        "pilots": [round((p.mtime - p.ctime).total_seconds(), 1) for p in by.get("pilot", [])],
-        "records": sum((n.mtime - n.ctime).total_seconds() for n in by.get("record", []) + by.get("logs", [])),
-        "records_n": len(by.get("record", [])),
+        "pilots": [round((p.mtime - p.ctime).total_seconds(), 1) for p in pilots],
+        "records": sum((start - p.mtime).total_seconds() for p, start in zip(pilots, starts, strict=True)),
+        "records_calls": len(by.get("records", [])),
+        "records_n": len(records),
         "table": span(by.get("results", [])),
         "lammps_seconds": lammps,
     }
@@ -115,7 +119,8 @@ def one(home: Path, n: int, cores: int) -> None:
     print(
         f"    in the sweep node {parts['sweep']:.1f} s (CLI start, plan, profile outside it: "
         f"{whole - parts['sweep']:.1f} s): validation {parts['validate']:.1f} s, pilot jobs {parts['pilots']} s, "
-        f"{parts['records_n']} records {parts['records']:.1f} s, table and plot {parts['table']:.1f} s; "
+        f"{parts['records_n']} records in {parts['records_calls']} calls {parts['records']:.1f} s, "
+        f"table and plot {parts['table']:.1f} s; "
         f"LLM calls {sweep['llm_calls']}",
         flush=True,
     )

@@ -579,7 +579,7 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         n = self.ctx.template_number
         label = f"records_{outcomes[0]['pid']}_t{n}"  # a point is recorded once per template
         found = self._child(label)
-        if found is None:
+        if found is None or not found.is_finished_ok:  # none yet, or one a daemon stopped in the middle
             entries, sources = [], {}
             for i, outcome in enumerate(outcomes):
                 pid = outcome["pid"]
@@ -645,7 +645,7 @@ class SweepWorkChain(PatientWithBroker, OwnedSteps, LinksOnlyNewOutputs, WorkCha
         links = self.node.base.links.get_outgoing(
             link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC), link_label_filter=escape_for_sql_like(label)
         ).all()
-        return links[0].node if links else None
+        return max((link.node for link in links), key=lambda node: node.pk) if links else None  # the newest
 
     def _job_inputs(self, point: Point) -> dict:
         lammps = {

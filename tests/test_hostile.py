@@ -451,10 +451,22 @@ def test_a_database_down_is_503_with_retry_after_and_the_first_request_after_a_b
             answer = call(shared, "GET", path, "alice")
             assert answer.status_code == 503 and int(answer.headers["retry-after"]) > 0, answer.text
             says_what_not_how(answer)
+        # /health says what its probe (every second, off the request path) last found: unavailable, soon
+        assert health_becomes(shared, 503), "/health still said ok 10 s after the database went away"
     finally:
         database_refuses(shared, False)
     for path in ("/api/v1/runs", "/api/v1/sweeps", "/api/v1/me"):  # every pooled connection was dropped
         assert call(shared, "GET", path, "alice").status_code == 200, path
+    assert health_becomes(shared, 200), "/health still said unavailable 10 s after the database came back"
+
+
+def health_becomes(shared, status: int, within_s: float = 10) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if call(shared, "GET", "/health").status_code == status:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def test_a_submission_while_the_broker_refuses_is_503(shared):

@@ -232,7 +232,8 @@ def _threads(n: int, name: str) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(n, thread_name_prefix=name, initializer=_one_thread_with_a_loop)
 
 
-HEALTH_TIMEOUT_S = 5  # a database that does not answer /health's count in this long is unavailable (503)
+HEALTH_TIMEOUT_S = 5  # a database that does not answer the health probe's count in this long is unavailable (503)
+HEALTH_EVERY_S = 1.0  # the probe's period: /health says what the last probe found, and never waits for a query
 
 
 class Server:
@@ -244,7 +245,9 @@ class Server:
         # kept one more, until the pool ran dry and a request waited 30 s for a connection.
         self.reads = _threads(settings.read_threads, "aiida-read")
         self.pages = _threads(settings.page_threads, "aiida-page")
-        self.probe = _threads(1, "aiida-health")  # /health never waits behind reads
+        self.probe = _threads(1, "aiida-health")  # the health probe never waits behind reads
+        self.health: tuple[bool, str] | None = None  # (the database answered, why not): the last probe's finding
+        self.probed: asyncio.Event | None = None
         self.writes = _threads(1, "aiida-submit")
         self.request_log = RequestLog(settings.request_log)
 
@@ -291,10 +294,13 @@ class Server:
                 await asyncio.sleep(repair.EVERY)
                 await repair_once()
 
+        self.probed = asyncio.Event()
+        probes = asyncio.create_task(self.probe_now_and_then())
         await repair_once()  # before serving: nothing counted that nobody runs
         repairs = asyncio.create_task(repair_now_and_then())
         yield
         repairs.cancel()
+        probes.cancel()
         for threads in (self.reads, self.pages, self.probe, self.writes):
             threads.shutdown(wait=True)
         self.request_log.close()
@@ -511,16 +517,30 @@ class Server:
         return pk
 
     # -- routes --------------------------------------------------------------------------------------------------
-    async def health(self, _request: Request) -> Response:
+    async def probe_now_and_then(self) -> None:
+        """Count the users every HEALTH_EVERY_S on the probe's own thread; /health answers with the last finding, so
+        a request queue, a busy database or a hung query costs /health nothing but the age of that finding."""
         from aiida import orm
 
-        count = asyncio.get_running_loop().run_in_executor(
-            self.probe, lambda: once_more_after_a_blip(lambda: orm.QueryBuilder().append(orm.User).count())
-        )
-        try:
-            await asyncio.wait_for(count, HEALTH_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001
-            return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, 503)
+        def count():
+            return once_more_after_a_blip(lambda: orm.QueryBuilder().append(orm.User).count())
+
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.probe, count), HEALTH_TIMEOUT_S)
+                self.health = (True, "")
+            except Exception as exc:  # noqa: BLE001 (the probe says unavailable, and why in one word)
+                self.health = (False, type(exc).__name__)
+            self.probed.set()
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    async def health(self, _request: Request) -> Response:
+        if self.probed is not None and not self.probed.is_set():  # just started: the first probe's finding
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.probed.wait(), HEALTH_TIMEOUT_S)
+        ok, reason = self.health or (False, "Starting")
+        if not ok:
+            return JSONResponse({"status": "unavailable", "reason": reason}, 503)
         return JSONResponse({"status": "ok"})
 
     async def me(self, request: Request) -> Response:

@@ -301,7 +301,7 @@ def test_ctrl_c_during_the_job_cancels_it_and_closes_every_node(aiida_profile):
     with FakeOpenAIServer([LONG_LJ]) as server:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mdagent_hpc.cli", "run", TASK],
-            env={**os.environ, **llm_env(server)},
+            env={**os.environ, **llm_env(server), "PYTHONFAULTHANDLER": "1"},  # SIGABRT: where each thread is
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -315,7 +315,13 @@ def test_ctrl_c_during_the_job_cancels_it_and_closes_every_node(aiida_profile):
         job = psutil.Process(int(calc.get_job_id()))
         time.sleep(1)
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=120)
+        try:
+            proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=60)
+            job.kill()
+            pytest.fail(f"mdagent run did not end within 120 s of Ctrl-C; where it was:\n{err[-6000:]}")
     assert proc.returncode != 0
     job.wait(timeout=30)  # raises if the job outlives its run
     calc = orm.load_node(calc.pk)

@@ -246,7 +246,7 @@ class Server:
         self.reads = _threads(settings.read_threads, "aiida-read")
         self.pages = _threads(settings.page_threads, "aiida-page")
         self.probe = _threads(1, "aiida-health")  # the health probe never waits behind reads
-        self.health: tuple[bool, str] | None = None  # (the database answered, why not): the last probe's finding
+        self.found: tuple[bool, str] | None = None  # (the database answered, why not): the last probe's finding
         self.probed: asyncio.Event | None = None
         self.writes = _threads(1, "aiida-submit")
         self.request_log = RequestLog(settings.request_log)
@@ -528,9 +528,9 @@ class Server:
         while True:
             try:
                 await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.probe, count), HEALTH_TIMEOUT_S)
-                self.health = (True, "")
+                self.found = (True, "")
             except Exception as exc:  # noqa: BLE001 (the probe says unavailable, and why in one word)
-                self.health = (False, type(exc).__name__)
+                self.found = (False, type(exc).__name__)
             self.probed.set()
             await asyncio.sleep(HEALTH_EVERY_S)
 
@@ -538,7 +538,7 @@ class Server:
         if self.probed is not None and not self.probed.is_set():  # just started: the first probe's finding
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.probed.wait(), HEALTH_TIMEOUT_S)
-        ok, reason = self.health or (False, "Starting")
+        ok, reason = self.found or (False, "Starting")
         if not ok:
             return JSONResponse({"status": "unavailable", "reason": reason}, 503)
         return JSONResponse({"status": "ok"})

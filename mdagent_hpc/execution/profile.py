@@ -213,8 +213,8 @@ def run_here(process_class, **inputs):
         cancel.mark_in_process(process.node)
         cancel.watch(runner, process)  # `mdagent cancel PK` from another terminal: as Ctrl-C
         try:
-            results = _execute(runner, process, main)
-        except KilledError:  # Ctrl-C: the process was killed; its node says so
+            results = runner.run(process)
+        except KilledError:  # Ctrl-C: the runner killed the process; its node says so
             results = {}
     finally:
         if main:
@@ -225,40 +225,6 @@ def run_here(process_class, **inputs):
     if process.node.is_killed:
         cancel.stop_children(process.node)
     return results, process.node
-
-
-KILL_AGAIN_S = 5.0  # a Ctrl-C'd run still going after this long is killed again, from its event loop
-
-
-def _execute(runner, process, main: bool) -> dict:
-    """Run `process` on `runner`'s loop until it ends (AiiDA's `Runner.run`), killing it on Ctrl-C or SIGTERM.
-
-    As AiiDA's runner does, the signal handler kills the process at once (a step under way ends, then the process is
-    killed). But that kill runs wherever the main thread was, also inside the event loop's own bookkeeping: once, in
-    a loaded CI run, it was lost (the run said it was being killed and waited on its LAMMPS job for ever, a second
-    Ctrl-C ignored). So the loop also kills it again every KILL_AGAIN_S until it has ended."""
-    from aiida.engine.utils import loop_scope
-
-    message = "Process was killed because the runner received an interrupt"
-
-    def kill_again() -> None:
-        if not process.has_terminated():
-            process.kill(msg_text=message)
-            runner.loop.call_later(KILL_AGAIN_S, kill_again)
-
-    def interrupted(_signum, _frame) -> None:
-        if process.has_terminated() or process.is_killing:
-            return
-        process.kill(msg_text=message)
-        runner.loop.call_soon_threadsafe(runner.loop.call_later, KILL_AGAIN_S, kill_again)
-
-    with loop_scope(runner.loop):
-        before = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
-        try:
-            return process.execute()
-        finally:
-            for sig, handler in before.items():
-                signal.signal(sig, handler)
 
 
 DAEMON_TIMEOUT_S = 120  # circus answers slowly on a loaded machine (AiiDA's default is 2 s)

@@ -213,8 +213,8 @@ def run_here(process_class, **inputs):
         cancel.mark_in_process(process.node)
         cancel.watch(runner, process)  # `mdagent cancel PK` from another terminal: as Ctrl-C
         try:
-            results = runner.run(process)
-        except KilledError:  # Ctrl-C: the runner killed the process; its node says so
+            results = _execute(runner, process, main)
+        except KilledError:  # Ctrl-C: the process was killed; its node says so
             results = {}
     finally:
         if main:
@@ -225,6 +225,55 @@ def run_here(process_class, **inputs):
     if process.node.is_killed:
         cancel.stop_children(process.node)
     return results, process.node
+
+
+KILL_CHECK_S = 2.0  # after a Ctrl-C, how often the loop looks for a kill that plumpy dropped
+
+
+def _kill_lost(process) -> bool:
+    """The process was asked to die but plumpy dropped the kill: `is_killing`, its action cancelled, still going.
+
+    A step clears its pending interrupt (cancelling it) when it ends; a kill that lands between the step's check for
+    one and that end, while the next state is Running, is lost, and AiiDA's runner then ignores every further
+    Ctrl-C ("already being killed"). Seen once in a loaded CI run: the run waited on its LAMMPS job for ever."""
+    killing = getattr(process, "_killing", None)  # plumpy's own record of the kill asked for
+    return killing is not None and killing.cancelled() and not process.has_terminated()
+
+
+def _execute(runner, process, main: bool) -> dict:
+    """Run `process` on `runner`'s loop until it ends, as AiiDA's `Runner.run` does; Ctrl-C or SIGTERM kills it.
+
+    As in AiiDA's runner, the signal handler kills the process at once (a step under way ends, then it dies). Unlike
+    it, a kill that plumpy dropped (`_kill_lost`) is asked again: by the next Ctrl-C, and by the loop every
+    KILL_CHECK_S."""
+    from aiida.engine.utils import loop_scope
+
+    message = "Process was killed because the runner received an interrupt"
+    watching = []
+
+    def check() -> None:
+        if process.has_terminated():
+            return
+        if _kill_lost(process):
+            process.kill(msg_text=message)
+        runner.loop.call_later(KILL_CHECK_S, check)
+
+    def interrupted(_signum, _frame) -> None:
+        if process.has_terminated():
+            return
+        if not process.is_killing or _kill_lost(process):
+            process.kill(msg_text=message)
+        if not watching:
+            watching.append(True)
+            runner.loop.call_soon_threadsafe(runner.loop.call_later, KILL_CHECK_S, check)
+
+    with loop_scope(runner.loop):
+        before = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+        try:
+            return process.execute()
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
 
 
 DAEMON_TIMEOUT_S = 120  # circus answers slowly on a loaded machine (AiiDA's default is 2 s)

@@ -227,46 +227,31 @@ def run_here(process_class, **inputs):
     return results, process.node
 
 
-KILL_CHECK_S = 2.0  # after a Ctrl-C, how often the loop looks for a kill that plumpy dropped
-
-
-def _kill_lost(process) -> bool:
-    """The process was asked to die but plumpy dropped the kill: `is_killing`, its action cancelled, still going.
-
-    A step clears its pending interrupt (cancelling it) when it ends; a kill that lands between the step's check for
-    one and that end, while the next state is Running, is lost, and AiiDA's runner then ignores every further
-    Ctrl-C ("already being killed"). Seen once in a loaded CI run: the run waited on its LAMMPS job for ever."""
-    killing = getattr(process, "_killing", None)  # plumpy's own record of the kill asked for
-    return killing is not None and killing.cancelled() and not process.has_terminated()
-
-
 def _execute(runner, process, main: bool) -> dict:
     """Run `process` on `runner`'s loop until it ends, as AiiDA's `Runner.run` does; Ctrl-C or SIGTERM kills it.
 
-    As in AiiDA's runner, the signal handler kills the process at once (a step under way ends, then it dies). Unlike
-    it, a kill that plumpy dropped (`_kill_lost`) is asked again: by the next Ctrl-C, and by the loop every
-    KILL_CHECK_S."""
+    AiiDA's runner kills the process inside its signal handler, wherever the main thread happens to be: in the middle
+    of a database call (the connection was left closed, a LAMMPS job's poll excepted, and the job ran on after its
+    run ended), or after a step's check for a pending kill (plumpy dropped the kill, and the run waited on its job for
+    ever); both were seen in loaded CI runs. Here the handler only queues the kill on the loop, which runs it while
+    the process waits or between two of its steps (the loop gets a turn after each step), never inside one."""
+    import asyncio
+
     from aiida.engine.utils import loop_scope
 
-    message = "Process was killed because the runner received an interrupt"
-    watching = []
-
-    def check() -> None:
-        if process.has_terminated():
-            return
-        if _kill_lost(process):
-            process.kill(msg_text=message)
-        runner.loop.call_later(KILL_CHECK_S, check)
+    def kill() -> None:
+        if not process.has_terminated() and not process.is_killing:
+            process.kill(msg_text="Process was killed because the runner received an interrupt")
 
     def interrupted(_signum, _frame) -> None:
-        if process.has_terminated():
-            return
-        if not process.is_killing or _kill_lost(process):
-            process.kill(msg_text=message)
-        if not watching:
-            watching.append(True)
-            runner.loop.call_soon_threadsafe(runner.loop.call_later, KILL_CHECK_S, check)
+        runner.loop.call_soon_threadsafe(kill)
 
+    async def step_until_terminated() -> None:
+        while not process.has_terminated():
+            await process.step()
+            await asyncio.sleep(0)  # a queued kill runs here, between two steps
+
+    process.step_until_terminated = step_until_terminated
     with loop_scope(runner.loop):
         before = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:

@@ -100,7 +100,7 @@ def point_fields(node, sweep=None, spec: dict | None = None, template: str | Non
     """The query fields of a sweep point (a SweepPoint, or an old point's `record_point` node, under its
     SweepWorkChain). The running sweep gives what it already holds (itself, its spec, its template's text), saving
     three reads a point."""
-    process = point_process(node)
+    process = point_process(node) if sweep is None or template is None else None  # a read the sweep saves
     sweep = process.caller if sweep is None else sweep
     if spec is None:
         spec = sweep.inputs.sweep.get_dict() if sweep is not None and "sweep" in sweep.inputs else {}

@@ -91,24 +91,12 @@ run 100
 
 @pytest.fixture(scope="module")
 def lj_log(tmp_path_factory) -> str:
-    """The log of a short LJ run by the real LAMMPS."""
-    import subprocess
+    """The log of a short LJ run by the real LAMMPS (the template at T = 1.0)."""
+    from test_log import run_lammps
 
-    from mdagent_hpc.lammps.install import find_lammps
-
-    folder = tmp_path_factory.mktemp("lj")
-    (folder / "in.lj").write_text(SCRIPT)
-    lmp = find_lammps()
-    done = subprocess.run(
-        lmp.command("-in", "in.lj", "-var", "T", "1.0", "-log", "log.lammps", "-nocite"),
-        cwd=folder,
-        env=lmp.environ(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout[-2000:]
-    return (folder / "log.lammps").read_text()
+    log, screen, status = run_lammps(tmp_path_factory.mktemp("lj"), SCRIPT.replace("${T}", "1.0"))
+    assert status == 0, screen[-2000:]
+    return log.read_text()
 
 
 def test_one_record_points_records_a_batch_from_logs_folders_and_failures_and_each_is_listed_once(profile, lj_log):
